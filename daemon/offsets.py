@@ -1,0 +1,101 @@
+"""Offset watermarks: commit per partition up to the lowest event whose outcomes are not all recorded.
+
+Pure. Deliveries finish out of order; an event is done when every outcome record it is owed has been
+acknowledged by Kafka. The committable offset of a partition is its lowest unfinished offset, or the
+last offset seen + 1 when nothing is unfinished.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Collection, Hashable
+
+
+class PartitionOffsets:
+    """Unfinished offsets of one partition, for one assignment of it."""
+
+    __slots__ = ("_order", "_pending", "_revoked", "committed", "next_offset", "owner")
+
+    def __init__(self, owner: OffsetTracker) -> None:
+        self.owner = owner
+        self._pending: dict[int, int] = {}  # offset -> outcomes still owed
+        self._order: deque[int] = deque()  # unfinished offsets, ascending (records arrive in order)
+        self.next_offset: int | None = None  # last offset seen + 1
+        self.committed: int | None = None  # last watermark committed
+        self._revoked = False
+
+    @property
+    def unfinished(self) -> int:
+        return len(self._pending)
+
+    def add(self, offset: int, owed: int) -> None:
+        """Record that ``offset`` was read and is owed ``owed`` outcomes (0: done already)."""
+        self.next_offset = offset + 1
+        if owed > 0:
+            self._pending[offset] = owed
+            self._order.append(offset)
+            self.owner.in_flight += 1
+
+    def done(self, offset: int) -> None:
+        """One outcome of ``offset`` is recorded. Safe to call after the partition was revoked."""
+        left = self._pending.get(offset)
+        if left is None:
+            return
+        if left > 1:
+            self._pending[offset] = left - 1
+            return
+        del self._pending[offset]
+        if not self._revoked:
+            self.owner.in_flight -= 1
+            self.owner.on_done()
+
+    def watermark(self) -> int | None:
+        """The offset to commit: the lowest unfinished one, else the next to read; None before any read."""
+        order, pending = self._order, self._pending
+        while order and order[0] not in pending:
+            order.popleft()
+        return order[0] if order else self.next_offset
+
+    def revoke(self) -> None:
+        if not self._revoked:
+            self._revoked = True
+            self.owner.in_flight -= len(self._pending)
+            self.owner.on_done()
+
+
+class OffsetTracker:
+    """Partitions by topic-partition key; the count of unfinished events across all of them."""
+
+    def __init__(self, on_done: Callable[[], None] = lambda: None) -> None:
+        self.partitions: dict[Hashable, PartitionOffsets] = {}
+        self.in_flight = 0
+        self.on_done = on_done
+
+    def assign(self, tp: Hashable) -> PartitionOffsets:
+        part = self.partitions.get(tp)
+        if part is None:
+            part = self.partitions[tp] = PartitionOffsets(self)
+        return part
+
+    def revoke(self, tp: Hashable) -> PartitionOffsets | None:
+        part = self.partitions.pop(tp, None)
+        if part is not None:
+            part.revoke()
+        return part
+
+    def committable(self, tps: Collection[Hashable] | None = None) -> dict[Hashable, int]:
+        """Watermarks that moved since they were last committed (of ``tps`` only, when given)."""
+        out: dict[Hashable, int] = {}
+        for tp, part in self.partitions.items():
+            if tps is not None and tp not in tps:
+                continue
+            mark = part.watermark()
+            if mark is not None and mark != part.committed:
+                out[tp] = mark
+        return out
+
+    def mark_committed(self, offsets: dict[Hashable, int]) -> None:
+        for tp, mark in offsets.items():
+            part = self.partitions.get(tp)
+            if part is not None:
+                part.committed = mark

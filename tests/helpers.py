@@ -1,0 +1,189 @@
+"""Test helpers: a TOML writer, real HTTP receivers, Kafka produce/read helpers. No mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+SECRET = "whsec_" + base64.b64encode(b"test-secret-0123456789abcdef").decode()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+def to_toml(doc: dict[str, Any]) -> str:
+    """Enough TOML for configs: top-level tables, arrays of tables, inline tables for dict values."""
+    lines: list[str] = []
+    for name, section in doc.items():
+        if isinstance(section, list):
+            for item in section:
+                lines.append(f"[[{name}]]")
+                lines += [f"{k} = {_value(v)}" for k, v in item.items()]
+                lines.append("")
+        else:
+            lines.append(f"[{name}]")
+            lines += [f"{k} = {_value(v)}" for k, v in section.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass
+class Request:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Receiver:
+    """A real aiohttp server on 127.0.0.1 that records every request and answers as told."""
+
+    status: int = 200
+    delay_s: float = 0.0
+    hold: asyncio.Event | None = None  # when set: requests wait until it is set
+    requests: list[Request] = field(default_factory=list)
+    concurrent: int = 0
+    max_concurrent: int = 0
+    port: int = 0
+    _runner: web.AppRunner | None = None
+    _arrived: asyncio.Condition | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def start(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._arrived = asyncio.Condition()
+        return self
+
+    async def stop(self) -> None:
+        if self.hold is not None:
+            self.hold.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.concurrent += 1
+        self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        try:
+            self.requests.append(Request(request.path, dict(request.headers), body, time.time()))
+            assert self._arrived is not None
+            async with self._arrived:
+                self._arrived.notify_all()
+            if self.hold is not None:
+                await self.hold.wait()
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            return web.Response(status=self.status, text="ok" if self.status < 300 else "nope")
+        finally:
+            self.concurrent -= 1
+
+    async def wait_for(self, count: int, within_s: float = 20.0) -> list[Request]:
+        assert self._arrived is not None
+        async with self._arrived:
+            await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.requests) >= count), within_s)
+        return self.requests
+
+
+async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, v, key=key) for v in values]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(
+    bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool], within_s: float = 30.0
+) -> list[dict[str, Any]]:
+    """Read a topic from the start (no group) until ``until(records)`` holds; returns the JSON values."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    records: list[dict[str, Any]] = []
+    try:
+        partitions = None
+        deadline = time.monotonic() + within_s
+        while partitions is None:
+            partitions = consumer.partitions_for_topic(topic)
+            if partitions is None:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic)
+                if partitions is None:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"topic {topic} never appeared")
+                    await asyncio.sleep(0.1)
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        while not until(records):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{len(records)} records on {topic} and the condition still does not hold")
+            batch = await consumer.getmany(timeout_ms=int(min(left, 0.5) * 1000))
+            for recs in batch.values():
+                records.extend(json.loads(r.value) for r in recs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> dict[int, int | None]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
+    finally:
+        await consumer.stop()
+
+
+async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], within_s: float = 20.0) -> None:
+    deadline = time.monotonic() + within_s
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition never held")
+        await asyncio.sleep(0.05)
+
+
+def env_with(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra)
+    return env

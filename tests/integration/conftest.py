@@ -1,0 +1,95 @@
+"""Integration fixtures: one real Tansu broker per session, real receivers, the real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.app import App
+from daemon.config import load_config
+from daemon.embedded import EmbeddedBroker, free_port
+from tests.helpers import Receiver, eventually, to_toml, unique
+
+
+@pytest.fixture(scope="session")
+async def broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+    async with EmbeddedBroker(log_path=log) as b:
+        yield b
+
+
+@dataclass
+class Setup:
+    """One test's own topics and group, and a config builder pointing at them."""
+
+    broker: EmbeddedBroker
+    topic: str
+    results: str
+    group: str
+    path: Path
+
+    def config(
+        self, endpoints: list[dict[str, Any]], subscriptions: list[dict[str, Any]], **kafka: Any
+    ) -> dict[str, Any]:
+        return {
+            "kafka": {
+                "bootstrap_servers": self.broker.bootstrap,
+                "group_id": self.group,
+                "topics": [self.topic],
+                "results_topic": self.results,
+                "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 500,
+                "commit_interval_ms": 100,
+                **kafka,
+            },
+            "admin": {"listen": f"127.0.0.1:{free_port()}"},
+            "delivery": {"drain_timeout_s": 10},
+            "endpoints": endpoints,
+            "subscriptions": subscriptions,
+        }
+
+    def write(self, doc: dict[str, Any]) -> Path:
+        self.path.write_text(to_toml(doc))
+        return self.path
+
+
+@pytest.fixture
+async def setup(broker: EmbeddedBroker, tmp_path: Path) -> Setup:
+    s = Setup(broker, unique("events"), unique("results"), unique("group"), tmp_path / "router.toml")
+    await broker.create_topics([s.topic, s.results])
+    return s
+
+
+@pytest.fixture
+async def receivers() -> AsyncIterator[list[Receiver]]:
+    started: list[Receiver] = []
+    yield started
+    for r in started:
+        await r.stop()
+
+
+async def receiver(pool: list[Receiver], **kwargs: Any) -> Receiver:
+    r = await Receiver(**kwargs).start()
+    pool.append(r)
+    return r
+
+
+@contextlib.asynccontextmanager
+async def running(path: Path) -> AsyncIterator[App]:
+    """The daemon in this process (signals left alone), joined to its group before the body runs."""
+    app = App(load_config(path), config_path=path)
+    task = asyncio.create_task(app.serve(install_signals=False))
+    try:
+        await eventually(lambda: task.done() or (hasattr(app, "source") and app.source.joined), 30)
+        if task.done():
+            task.result()
+        yield app
+    finally:
+        app.request_stop()
+        await asyncio.wait_for(task, 30)
