@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -112,7 +114,7 @@ class Sender:
         except aiohttp.ClientError as exc:
             error = _describe(exc)
         except OSError as exc:
-            error = f"connection error: {exc.strerror or type(exc).__name__}"
+            error = _os_error(exc)
         finally:
             metrics.requests_in_flight.dec()
         elapsed = time.perf_counter() - start
@@ -151,10 +153,20 @@ async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _os_error(exc: OSError) -> str:
+    # The message of a connect error names the address; the errno text does not.
+    if isinstance(exc, socket.gaierror):
+        return "connection error: name resolution failed"
+    reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else type(exc).__name__
+    return f"connection error: {reason}"
+
+
 def _describe(exc: aiohttp.ClientError) -> str:
     """An error text without the URL: URLs may carry tokens, and results must not carry secrets."""
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "TLS error: handshake or certificate verification failed"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"connection error: {exc.os_error.strerror or type(exc.os_error).__name__}"
+        return _os_error(exc.os_error)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "connection error: server disconnected"
     if isinstance(exc, aiohttp.ClientPayloadError):

@@ -187,3 +187,84 @@ def env_with(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
     return env
+
+
+class DaemonProcess:
+    """The real ``webhook-router run`` as a subprocess, for tests that send it signals."""
+
+    def __init__(self, config_path: Any, admin_port: int, log_path: Any) -> None:
+        self.config_path = config_path
+        self.admin_port = admin_port
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, wait_ready: bool = True) -> DaemonProcess:
+        import sys
+
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "daemon",
+            "run",
+            "--config",
+            str(self.config_path),
+            stdout=log,
+            stderr=log,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        log.close()
+        if wait_ready:
+            await eventually(self.ready, 30)
+        return self
+
+    async def ready(self) -> bool:
+        return await self.get_status("/readyz") == 200
+
+    async def get_status(self, path: str) -> int | None:
+        import aiohttp
+
+        if self.proc is not None and self.proc.returncode is not None:
+            raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+        try:
+            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.admin_port}{path}") as r:
+                await r.read()
+                return r.status
+        except aiohttp.ClientError:
+            return None
+
+    async def metrics(self) -> str:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.admin_port}/metrics") as r:
+            return await r.text()
+
+    async def metric(self, line_prefix: str) -> float:
+        for line in (await self.metrics()).splitlines():
+            if line.startswith(line_prefix + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, within_s: float = 30.0) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), within_s)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    async def kill(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            await self.proc.wait()

@@ -14,7 +14,7 @@ import pytest
 from daemon.app import App
 from daemon.config import load_config
 from daemon.embedded import EmbeddedBroker, free_port
-from tests.helpers import Receiver, eventually, to_toml, unique
+from tests.helpers import DaemonProcess, Receiver, eventually, to_toml, unique
 
 
 @pytest.fixture(scope="session")
@@ -33,10 +33,12 @@ class Setup:
     results: str
     group: str
     path: Path
+    admin_port: int = 0
 
     def config(
         self, endpoints: list[dict[str, Any]], subscriptions: list[dict[str, Any]], **kafka: Any
     ) -> dict[str, Any]:
+        self.admin_port = free_port()
         return {
             "kafka": {
                 "bootstrap_servers": self.broker.bootstrap,
@@ -48,7 +50,7 @@ class Setup:
                 "commit_interval_ms": 100,
                 **kafka,
             },
-            "admin": {"listen": f"127.0.0.1:{free_port()}"},
+            "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
             "delivery": {"drain_timeout_s": 10},
             "endpoints": endpoints,
             "subscriptions": subscriptions,
@@ -60,10 +62,28 @@ class Setup:
 
 
 @pytest.fixture
-async def setup(broker: EmbeddedBroker, tmp_path: Path) -> Setup:
+async def setup(broker: EmbeddedBroker, tmp_path: Path, request: pytest.FixtureRequest) -> Setup:
+    """Fresh topics per test; ``@pytest.mark.parametrize("setup", [3], indirect=True)`` sets partitions."""
+    partitions = getattr(request, "param", 1)
     s = Setup(broker, unique("events"), unique("results"), unique("group"), tmp_path / "router.toml")
-    await broker.create_topics([s.topic, s.results])
+    await broker.create_topics([s.topic], partitions=partitions)
+    await broker.create_topics([s.results])
     return s
+
+
+@pytest.fixture
+async def daemons(setup: Setup, tmp_path: Path) -> AsyncIterator[list[DaemonProcess]]:
+    """Start with ``await spawn(daemons, setup)``; every process is killed at teardown."""
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        await d.kill()
+
+
+async def spawn(pool: list[DaemonProcess], setup: Setup, wait_ready: bool = True) -> DaemonProcess:
+    d = DaemonProcess(setup.path, setup.admin_port, setup.path.parent / f"daemon-{len(pool)}.log")
+    pool.append(d)
+    return await d.start(wait_ready)
 
 
 @pytest.fixture
