@@ -54,32 +54,24 @@ class EmbeddedBroker:
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self._log_path = log_path
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
 
     async def start(self, within_s: float = 30.0) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
-        out = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._proc = subprocess.Popen(  # noqa: S603 - a fixed binary and fixed arguments
-            [
-                str(find_tansu()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        if out is not subprocess.DEVNULL:
-            out.close()
+        argv = [str(find_tansu()), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        argv += ["--storage-engine", "memory://tansu/"]
+        log = self._log_path.open("ab") if self._log_path else None
+        try:
+            proc = self._proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        finally:
+            if log is not None:
+                log.close()
         deadline = time.monotonic() + within_s
         while True:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"tansu exited with code {self._proc.returncode}")
+            if proc.returncode is not None:
+                raise RuntimeError(f"tansu exited with code {proc.returncode}")
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 writer.close()
@@ -105,14 +97,14 @@ class EmbeddedBroker:
 
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        if proc is None or proc.returncode is not None:
             return
         proc.terminate()
         try:
-            await asyncio.to_thread(proc.wait, 10)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
             proc.kill()
-            await asyncio.to_thread(proc.wait)
+            await proc.wait()
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.helpers import SECRET, committed, produce, read_topic
+from tests.helpers import SECRET, Receiver, committed, produce, read_topic
 from tests.integration.conftest import Setup, receiver, running
 
 
@@ -13,7 +13,7 @@ def _events(n: int, event: str = "lead.created") -> list[bytes]:
     return [json.dumps({"event": event, "n": i}).encode() for i in range(n)]
 
 
-async def test_concurrency_limit_holds(setup: Setup, receivers: list) -> None:
+async def test_concurrency_limit_holds(setup: Setup, receivers: list[Receiver]) -> None:
     hold = asyncio.Event()
     r = await receiver(receivers, hold=hold)
     ep = {"id": "slow", "url": r.url, "secret": SECRET, "max_concurrency": 3, "timeout_s": 30}
@@ -32,7 +32,7 @@ async def test_concurrency_limit_holds(setup: Setup, receivers: list) -> None:
     assert {rec["status"] for rec in records} == {"delivered"}
 
 
-async def test_waiting_for_a_slot_is_not_part_of_the_timeout(setup: Setup, receivers: list) -> None:
+async def test_waiting_for_a_slot_is_not_part_of_the_timeout(setup: Setup, receivers: list[Receiver]) -> None:
     # One slot, 0.6 s per request, 1 s timeout: the fifth request waits ~2.4 s for the slot and still succeeds.
     r = await receiver(receivers, delay_s=0.6)
     ep = {"id": "one", "url": r.url, "secret": SECRET, "max_concurrency": 1, "timeout_s": 1}
@@ -44,7 +44,7 @@ async def test_waiting_for_a_slot_is_not_part_of_the_timeout(setup: Setup, recei
     assert r.max_concurrent == 1
 
 
-async def test_slow_receiver_times_out(setup: Setup, receivers: list) -> None:
+async def test_slow_receiver_times_out(setup: Setup, receivers: list[Receiver]) -> None:
     r = await receiver(receivers, delay_s=4)
     ep = {"id": "sleepy", "url": r.url, "secret": SECRET, "timeout_s": 1}
     path = setup.write(setup.config([ep], [{"endpoint": "sleepy", "events": ["lead.created"]}]))
@@ -58,7 +58,7 @@ async def test_slow_receiver_times_out(setup: Setup, receivers: list) -> None:
     assert len(r.requests) == 1
 
 
-async def test_non_2xx_is_failed_with_body(setup: Setup, receivers: list) -> None:
+async def test_non_2xx_is_failed_with_body(setup: Setup, receivers: list[Receiver]) -> None:
     r = await receiver(receivers, status=503)
     ep = {"id": "down", "url": r.url, "secret": SECRET}
     path = setup.write(setup.config([ep], [{"endpoint": "down", "events": ["*"]}]))
@@ -86,7 +86,7 @@ async def test_connection_refused_is_failed(setup: Setup) -> None:
     assert "127.0.0.1" not in rec["error"]  # no URL (which may carry tokens) in results
 
 
-async def test_malformed_events_are_recorded_and_the_stream_moves_on(setup: Setup, receivers: list) -> None:
+async def test_malformed_events_are_recorded_and_the_stream_moves_on(setup: Setup, receivers: list[Receiver]) -> None:
     r = await receiver(receivers)
     ep = {"id": "ok", "url": r.url, "secret": SECRET}
     path = setup.write(setup.config([ep], [{"endpoint": "ok", "events": ["*"]}]))

@@ -6,11 +6,11 @@ import json
 
 from standardwebhooks.webhooks import Webhook
 
-from tests.helpers import SECRET, produce, read_topic
+from tests.helpers import SECRET, Receiver, produce, read_topic
 from tests.integration.conftest import Setup, receiver, running
 
 
-async def test_one_event_three_endpoints(setup: Setup, receivers: list) -> None:
+async def test_one_event_three_endpoints(setup: Setup, receivers: list[Receiver]) -> None:
     rs = [await receiver(receivers) for _ in range(3)]
     endpoints = [
         {"id": f"ep-{i}", "url": r.url, "secret": SECRET, "headers": {"X-Tenant": f"t{i}"}} for i, r in enumerate(rs)
