@@ -98,8 +98,13 @@ class Source:
         """Fetch and dispatch until ``stopping`` is set."""
         consumer, dispatch, offsets = self._consumer, self._dispatch, self.offsets
         next_lag = time.monotonic() + _LAG_INTERVAL_S
+        max_records = self._kafka.max_poll_records
         while not self.stopping:
-            batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=self._kafka.max_poll_records)
+            # Never fetch more than the cap has room for: the cap on events in flight is exact.
+            room = self._cap - offsets.in_flight
+            if room <= 0 and not self._paused:
+                self._pause()
+            batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=max(1, min(max_records, room)))
             for tp, records in batches.items():
                 part = offsets.partitions.get(tp)
                 if part is None:  # revoked while the batch was on its way
@@ -107,8 +112,6 @@ class Source:
                 for record in records:
                     dispatch(record, part)
                 self._metrics.events_consumed.labels(tp.topic).inc(len(records))
-            if offsets.in_flight >= self._cap and not self._paused:
-                self._pause()
             self._metrics.events_in_flight.set(offsets.in_flight)
             if time.monotonic() >= next_lag:
                 next_lag = time.monotonic() + _LAG_INTERVAL_S
