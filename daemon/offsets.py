@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Hashable
 class PartitionOffsets:
     """Unfinished offsets of one partition, for one assignment of it."""
 
-    __slots__ = ("_order", "_pending", "_revoked", "committed", "next_offset", "owner")
+    __slots__ = ("_order", "_pending", "committed", "next_offset", "owner")
 
     def __init__(self, owner: OffsetTracker) -> None:
         self.owner = owner
@@ -22,7 +22,6 @@ class PartitionOffsets:
         self._order: deque[int] = deque()  # unfinished offsets, ascending (records arrive in order)
         self.next_offset: int | None = None  # last offset seen + 1
         self.committed: int | None = None  # last watermark committed
-        self._revoked = False
 
     @property
     def unfinished(self) -> int:
@@ -37,7 +36,11 @@ class PartitionOffsets:
             self.owner.in_flight += 1
 
     def done(self, offset: int) -> None:
-        """One outcome of ``offset`` is recorded. Safe to call after the partition was revoked."""
+        """One outcome of ``offset`` is recorded. Safe to call after the partition was revoked.
+
+        An event of a revoked partition still counts as in flight until it finishes: its deliveries
+        are still under way and still hold memory, so the cap keeps counting them.
+        """
         left = self._pending.get(offset)
         if left is None:
             return
@@ -45,9 +48,8 @@ class PartitionOffsets:
             self._pending[offset] = left - 1
             return
         del self._pending[offset]
-        if not self._revoked:
-            self.owner.in_flight -= 1
-            self.owner.on_done()
+        self.owner.in_flight -= 1
+        self.owner.on_done()
 
     def watermark(self) -> int | None:
         """The offset to commit: the lowest unfinished one, else the next to read; None before any read."""
@@ -55,12 +57,6 @@ class PartitionOffsets:
         while order and order[0] not in pending:
             order.popleft()
         return order[0] if order else self.next_offset
-
-    def revoke(self) -> None:
-        if not self._revoked:
-            self._revoked = True
-            self.owner.in_flight -= len(self._pending)
-            self.owner.on_done()
 
 
 class OffsetTracker:
@@ -78,10 +74,8 @@ class OffsetTracker:
         return part
 
     def revoke(self, tp: Hashable) -> PartitionOffsets | None:
-        part = self.partitions.pop(tp, None)
-        if part is not None:
-            part.revoke()
-        return part
+        """Forget the partition: its watermark is no longer ours to commit."""
+        return self.partitions.pop(tp, None)
 
     def committable(self, tps: Collection[Hashable] | None = None) -> dict[Hashable, int]:
         """Watermarks that moved since they were last committed (of ``tps`` only, when given)."""

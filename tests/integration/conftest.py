@@ -56,9 +56,10 @@ class Setup:
             "subscriptions": subscriptions,
         }
 
-    def write(self, doc: dict[str, Any]) -> Path:
-        self.path.write_text(to_toml(doc))
-        return self.path
+    def write(self, doc: dict[str, Any], path: Path | None = None) -> Path:
+        path = path or self.path
+        path.write_text(to_toml(doc))
+        return path
 
 
 @pytest.fixture
