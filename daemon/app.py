@@ -119,9 +119,12 @@ class App:
             stop = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
             stop.cancel()
-            if fetch in done and not self._stop.is_set():
-                fetch.result()  # the fetch loop died: raise its error after shutting down
+            crashed = fetch.exception() if fetch in done else None
+            if crashed is not None:
+                log.error("the fetch loop failed (%s: %s): shutting down", type(crashed).__name__, crashed)
             await self._shutdown()
+            if crashed is not None:
+                raise crashed
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -141,6 +141,21 @@ class Sender:
         )
 
 
+def internal_error(endpoint: Endpoint, job: Job) -> Outcome:
+    return Outcome(
+        delivery_id=job.delivery_id,
+        endpoint_id=endpoint.id,
+        event_type=job.event_type,
+        attempt=job.attempt,
+        status=FAILED,
+        error="internal error (see the router's log)",
+        source_topic=job.topic,
+        source_partition=job.partition,
+        source_offset=job.offset,
+        timestamp=utc_now_iso(),
+    )
+
+
 async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
@@ -210,6 +225,9 @@ class Lane:
             self.busy += 1
             try:
                 outcome = await sender.attempt(endpoint, job)
+            except Exception:  # a bug, not an endpoint's doing: record it rather than lose the job
+                log.exception("delivery %s to %s failed unexpectedly", job.delivery_id, endpoint.id)
+                outcome = internal_error(endpoint, job)
             finally:
                 self.busy -= 1
             report(job, outcome)
