@@ -219,7 +219,13 @@ class App:
         if restart_needed:
             log.warning("config reload: changes to %s take effect only after a restart", ", ".join(restart_needed))
         old_routing = self._routing
-        self._routing = self._build_routing(new, old_routing.lanes)
+        try:
+            routing = self._build_routing(new, old_routing.lanes)
+        except ValueError as exc:  # validation should have caught it; never let a reload take the daemon down
+            self.metrics.config_reloads.labels("error").inc()
+            log.error("config reload refused, keeping the running config: %s", exc)
+            return
+        self._routing = routing
         self._config = new
         if new.kafka.topics != old.kafka.topics:
             self.source.subscribe(new.kafka.topics)

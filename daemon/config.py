@@ -16,13 +16,14 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
 from msgspec import Meta
+from yarl import URL
 
 from daemon.errors import ConfigError
 
 _FROZEN: dict[str, Any] = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
 
-Name = Annotated[str, Meta(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+$")]
-EndpointId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+Name = Annotated[str, Meta(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+\Z")]
+EndpointId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*\Z")]
 EventPattern = Annotated[str, Meta(min_length=1, max_length=255)]
 
 # Headers the router owns: an endpoint may not override them.
@@ -30,7 +31,8 @@ RESERVED_HEADERS = frozenset(
     {"host", "content-length", "content-type", "transfer-encoding", "connection", "webhook-id"}
     | {"webhook-timestamp", "webhook-signature"}
 )
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class KafkaConfig(msgspec.Struct, **_FROZEN):
@@ -60,7 +62,7 @@ class KafkaConfig(msgspec.Struct, **_FROZEN):
 
 
 class AdminConfig(msgspec.Struct, **_FROZEN):
-    listen: Annotated[str, Meta(pattern=r"^[^\s:]+:\d{1,5}$")] = "127.0.0.1:9464"
+    listen: Annotated[str, Meta(pattern=r"^[^\s:]+:\d{1,5}\Z")] = "127.0.0.1:9464"
 
 
 class DeliveryConfig(msgspec.Struct, **_FROZEN):
@@ -85,7 +87,7 @@ class EndpointConfig(msgspec.Struct, **_FROZEN):
 class SubscriptionConfig(msgspec.Struct, **_FROZEN):
     endpoint: EndpointId
     events: Annotated[list[EventPattern], Meta(min_length=1)]
-    topics: list[Name] | None = None
+    topics: Annotated[list[Name], Meta(min_length=1)] | None = None
 
 
 class Config(msgspec.Struct, **_FROZEN):
@@ -136,7 +138,7 @@ def decode_whsec(secret: str) -> bytes:
     try:
         key = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError("must be 'whsec_' followed by base64") from None
+        raise ValueError("must be base64, optionally after 'whsec_'") from None
     if not key:
         raise ValueError("must not be empty")
     return key
@@ -166,19 +168,32 @@ def _check_value(tp: Any, value: Any, path: str, errors: list[str]) -> None:
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         _check_struct(tp, value, path, errors)
         return
-    if get_origin(tp) is list:
-        (item_tp,) = get_args(tp)
-        if isinstance(item_tp, type) and issubclass(item_tp, msgspec.Struct):
-            if not isinstance(value, list):
-                errors.append(f"{path}: must be an array of tables")
-                return
-            for i, item in enumerate(value):
-                _check_struct(item_tp, item, f"{path}[{i}]", errors)
+    bare, metas = (get_args(tp)[0], get_args(tp)[1:]) if get_origin(tp) is Annotated else (tp, ())
+    if get_origin(bare) is list:
+        (item_tp,) = get_args(bare)
+        if not isinstance(value, list):
+            tables = isinstance(item_tp, type) and issubclass(item_tp, msgspec.Struct)
+            errors.append(f"{path}: must be an array{' of tables' if tables else ''}")
             return
+        if _report(Annotated[list[Any], *metas] if metas else list[Any], value, path, errors):
+            for i, item in enumerate(value):
+                _check_value(item_tp, item, f"{path}[{i}]", errors)
+        return
+    if get_origin(bare) is dict and isinstance(value, dict):
+        _, item_tp = get_args(bare)
+        for key, item in value.items():
+            _check_value(item_tp, item, f"{path}.{key}", errors)
+        return
+    _report(tp, value, path, errors)
+
+
+def _report(tp: Any, value: Any, path: str, errors: list[str]) -> bool:
     try:
         msgspec.convert(value, tp)
     except msgspec.ValidationError as exc:
         errors.append(f"{path}{_locate(str(exc))}: {_humanize(str(exc))}")
+        return False
+    return True
 
 
 _AT = re.compile(r" - at `\$(.*)`$")
@@ -194,7 +209,8 @@ def _locate(message: str) -> str:
 def _humanize(message: str) -> str:
     message = _AT.sub("", message)
     if m := _BOUND.match(message):
-        return f"must be {m.group(1)} {m.group(2)}"
+        bound = m.group(2).removesuffix(".0")
+        return f"must be {m.group(1)} {bound}"
     if m := _LENGTH.match(message):
         return f"length must be {m.group(1)} {m.group(2)}"
     if message.startswith("Expected `str` matching regex"):
@@ -240,6 +256,15 @@ def _check_semantics(config: Config, environ: Any, errors: list[str]) -> None:
                 errors.append(f"{path}.topics[{j}]: {topic!r} is not one of kafka.topics")
 
 
+def _parses(url: str) -> bool:
+    """True when the HTTP client accepts the URL (host present, port in range, brackets closed)."""
+    try:
+        parsed = URL(url)
+        return bool(parsed.host) and parsed.port is not None
+    except ValueError:
+        return False
+
+
 def _check_endpoint(endpoint: EndpointConfig, path: str, seen: set[str], environ: Any, errors: list[str]) -> None:
     if endpoint.id in seen:
         errors.append(f"{path}.id: duplicate endpoint id {endpoint.id!r}")
@@ -247,7 +272,7 @@ def _check_endpoint(endpoint: EndpointConfig, path: str, seen: set[str], environ
 
     url = endpoint.url
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("http", "https") or not rest or rest[0] in "/?#":
+    if not sep or scheme.lower() not in ("http", "https") or not rest or rest[0] in "/?#" or not _parses(url):
         errors.append(f"{path}.url: must be an absolute http:// or https:// URL")
 
     if (endpoint.secret is None) == (endpoint.secret_env is None):
@@ -262,10 +287,10 @@ def _check_endpoint(endpoint: EndpointConfig, path: str, seen: set[str], environ
             errors.append(f"{path}.{field}: {exc}")
 
     for name in endpoint.headers:
-        if not _TOKEN.match(name):
+        if not _TOKEN.fullmatch(name):
             errors.append(f"{path}.headers.{name}: not a valid header name")
         elif name.lower() in RESERVED_HEADERS:
             errors.append(f"{path}.headers.{name}: set by the router, cannot be overridden")
     for name, value in endpoint.headers.items():
-        if "\r" in value or "\n" in value:
-            errors.append(f"{path}.headers.{name}: value must not contain line breaks")
+        if _CONTROL.search(value):
+            errors.append(f"{path}.headers.{name}: value must not contain control characters")

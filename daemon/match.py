@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 from daemon.config import SubscriptionConfig
 
-# One route: an endpoint id and the topics it is limited to (None: every topic).
-_Route = tuple[str, frozenset[str] | None]
+# One route: its subscription's place in the config, the endpoint id, the topics it is limited to (None: all).
+_Route = tuple[int, str, frozenset[str] | None]
 
 _CACHE_LIMIT = 65_536
 
@@ -25,8 +25,8 @@ class RoutingTable:
         self._exact: dict[str, list[_Route]] = {}
         self._prefixes: dict[str, list[_Route]] = {}
         self._star: list[_Route] = []
-        for sub in subscriptions:
-            route: _Route = (sub.endpoint, frozenset(sub.topics) if sub.topics is not None else None)
+        for index, sub in enumerate(subscriptions):
+            route: _Route = (index, sub.endpoint, frozenset(sub.topics) if sub.topics is not None else None)
             for pattern in sub.events:
                 if pattern == "*":
                     self._star.append(route)
@@ -56,8 +56,9 @@ class RoutingTable:
                 break
             routes.extend(self._prefixes.get(event_type[:length], ()))
         routes.extend(self._star)
+        routes.sort()
         seen: dict[str, None] = {}
-        for endpoint, topics in routes:
+        for _, endpoint, topics in routes:
             if topics is None or topic in topics:
                 seen[endpoint] = None
         return tuple(seen)

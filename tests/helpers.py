@@ -170,7 +170,7 @@ async def committed(bootstrap: str, group: str, topic: str, partitions: int = 1)
         await consumer.stop()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], within_s: float = 20.0) -> None:
+async def eventually(check: Callable[[], Awaitable[object]] | Callable[[], object], within_s: float = 20.0) -> None:
     deadline = time.monotonic() + within_s
     while True:
         result = check()

@@ -45,8 +45,8 @@ class Setup:
                 "group_id": self.group,
                 "topics": [self.topic],
                 "results_topic": self.results,
-                "session_timeout_ms": 6000,
-                "heartbeat_interval_ms": 500,
+                "session_timeout_ms": 3000,  # the test broker takes about half of it to form a group
+                "heartbeat_interval_ms": 300,
                 "commit_interval_ms": 100,
                 **kafka,
             },

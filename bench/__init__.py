@@ -1,0 +1,1 @@
+"""Benchmarks: standalone scripts, never imported by the tests."""

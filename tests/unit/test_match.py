@@ -1,0 +1,175 @@
+"""RoutingTable: exact types, prefix wildcards, ``*``, topic filters, dedupe, cache."""
+
+from __future__ import annotations
+
+import pytest
+
+import daemon.match
+from daemon.config import SubscriptionConfig
+from daemon.match import RoutingTable
+
+
+def sub(endpoint: str, *events: str, topics: list[str] | None = None) -> SubscriptionConfig:
+    return SubscriptionConfig(endpoint=endpoint, events=list(events), topics=topics)
+
+
+def test_exact_match() -> None:
+    table = RoutingTable([sub("crm", "lead.created")])
+    assert table.match("leads", "lead.created") == ("crm",)
+    assert table.match("leads", "lead.updated") == ()
+    assert table.match("leads", "lead.created.v2") == ()
+    assert table.match("leads", "lead.create") == ()
+    assert table.match("leads", "Lead.Created") == ()
+
+
+def test_prefix_wildcard() -> None:
+    table = RoutingTable([sub("crm", "lead.*")])
+    assert table.match("leads", "lead.created") == ("crm",)
+    assert table.match("leads", "lead.a.b.c") == ("crm",)
+    assert table.match("leads", "lead.") == ("crm",)
+    assert table.match("leads", "lead") == ()
+    assert table.match("leads", "leads.created") == ()
+    assert table.match("leads", "xlead.created") == ()
+    assert table.match("leads", "order.created") == ()
+
+
+def test_prefix_wildcard_without_dot() -> None:
+    table = RoutingTable([sub("crm", "lead*")])
+    assert table.match("leads", "lead") == ("crm",)
+    assert table.match("leads", "leader.elected") == ("crm",)
+    assert table.match("leads", "lea") == ()
+
+
+def test_star_matches_every_type() -> None:
+    table = RoutingTable([sub("audit", "*")])
+    for event_type in ("lead.created", "x", "order.paid", "*", "a.b.c.d.e"):
+        assert table.match("leads", event_type) == ("audit",)
+        assert table.match("orders", event_type) == ("audit",)
+
+
+def test_nested_prefixes_all_match() -> None:
+    table = RoutingTable([sub("a", "a.*"), sub("ab", "a.b.*"), sub("abc", "a.b.c.*"), sub("other", "a.c.*")])
+    assert table.match("t", "a.b.c.d") == ("a", "ab", "abc")
+    assert table.match("t", "a.b.x") == ("a", "ab")
+    assert table.match("t", "a.x") == ("a",)
+    assert table.match("t", "a.c.x") == ("a", "other")
+    assert table.match("t", "b.c") == ()
+
+
+def test_topic_filter() -> None:
+    table = RoutingTable(
+        [
+            sub("anywhere", "lead.created"),
+            sub("orders-only", "lead.created", topics=["orders"]),
+            sub("both", "lead.*", topics=["leads", "orders"]),
+            sub("leads-only", "*", topics=["leads"]),
+        ]
+    )
+    assert table.match("leads", "lead.created") == ("anywhere", "both", "leads-only")
+    assert table.match("orders", "lead.created") == ("anywhere", "orders-only", "both")
+    assert table.match("billing", "lead.created") == ("anywhere",)
+    assert table.match("billing", "lead.updated") == ()
+    assert table.match("leads", "order.paid") == ("leads-only",)
+    assert table.match("orders", "order.paid") == ()
+
+
+def test_endpoint_matched_several_times_appears_once() -> None:
+    table = RoutingTable(
+        [
+            sub("crm", "lead.created", "lead.*", "*"),
+            sub("crm", "lead.created"),
+            sub("billing", "lead.created", "lead.*"),
+            sub("crm", "*", topics=["leads"]),
+        ]
+    )
+    assert table.match("leads", "lead.created") == ("crm", "billing")
+    assert table.match("leads", "lead.updated") == ("crm", "billing")
+    assert table.match("leads", "order.paid") == ("crm",)
+
+
+def test_endpoints_in_config_order_for_one_kind_of_pattern() -> None:
+    table = RoutingTable([sub(name, "lead.created") for name in ("zeta", "alpha", "mid", "alpha", "beta")])
+    assert table.match("leads", "lead.created") == ("zeta", "alpha", "mid", "beta")
+    table = RoutingTable([sub(name, "*") for name in ("zeta", "alpha", "mid")])
+    assert table.match("leads", "x") == ("zeta", "alpha", "mid")
+
+
+def test_endpoints_in_config_order_across_pattern_kinds() -> None:
+    table = RoutingTable([sub("audit", "*"), sub("crm", "lead.*"), sub("billing", "lead.created"), sub("sales", "l*")])
+    assert table.match("leads", "lead.created") == ("audit", "crm", "billing", "sales")
+
+
+def test_no_match_is_an_empty_tuple() -> None:
+    table = RoutingTable([sub("crm", "lead.*", topics=["leads"])])
+    result = table.match("orders", "lead.created")
+    assert result == ()
+    assert type(result) is tuple
+    assert RoutingTable([]).match("leads", "lead.created") == ()
+
+
+def test_result_is_a_tuple_of_endpoint_ids() -> None:
+    result = RoutingTable([sub("crm", "*")]).match("leads", "x")
+    assert type(result) is tuple
+    assert result == ("crm",)
+
+
+def test_cache_returns_the_same_answer() -> None:
+    table = RoutingTable([sub("crm", "lead.*"), sub("billing", "*", topics=["orders"])])
+    first = table.match("orders", "lead.created")
+    assert first == ("crm", "billing")
+    assert table.match("orders", "lead.created") is first
+    empty = table.match("leads", "order.paid")
+    assert empty == ()
+    assert table.match("leads", "order.paid") is empty
+    # the cache is keyed by topic too
+    assert table.match("leads", "lead.created") == ("crm",)
+    assert table.match("orders", "lead.created") == ("crm", "billing")
+
+
+def test_cache_is_bounded_and_answers_stay_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(daemon.match, "_CACHE_LIMIT", 8)
+    table = RoutingTable([sub("crm", "lead.*"), sub("audit", "*", topics=["audit"])])
+    for round_ in range(3):
+        for i in range(50):
+            assert table.match("leads", f"lead.e{i}") == ("crm",), round_
+            assert table.match("audit", f"other.e{i}") == ("audit",), round_
+            assert table.match("leads", f"other.e{i}") == (), round_
+            assert len(table._cache) <= 8
+
+
+def test_subscriptions_may_be_any_iterable() -> None:
+    table = RoutingTable(sub(f"ep{i}", f"t{i}") for i in range(3))
+    assert table.match("x", "t1") == ("ep1",)
+
+
+def test_many_subscriptions() -> None:
+    subs: list[SubscriptionConfig] = []
+    for i in range(10_000):
+        subs.append(sub(f"exact-{i}", f"type.{i}"))
+    for i in range(5_000):
+        subs.append(sub(f"prefix-{i}", f"ns{i}.*", topics=["leads"] if i % 2 else None))
+    for i in range(4_990):
+        subs.append(sub(f"multi-{i % 100}", f"type.{i}", f"ns{i}.*"))
+    for i in range(10):
+        subs.append(sub(f"star-{i}", "*", topics=[f"topic-{i}"]))
+    assert len(subs) == 20_000
+    table = RoutingTable(subs)
+
+    assert table.match("leads", "type.0") == ("exact-0", "multi-0")
+    assert table.match("leads", "type.4989") == ("exact-4989", "multi-89")
+    assert table.match("leads", "type.4990") == ("exact-4990",)
+    assert table.match("leads", "type.9999") == ("exact-9999",)
+    assert table.match("leads", "type.10000") == ()
+    assert table.match("leads", "ns7.created") == ("prefix-7", "multi-7")
+    assert table.match("orders", "ns7.created") == ("multi-7",)
+    assert table.match("orders", "ns8.created") == ("prefix-8", "multi-8")
+    # "ns1.*" must not match "ns12.x", nor "ns12.*" match "ns1.x"
+    assert table.match("orders", "ns12.x") == ("prefix-12", "multi-12")
+    assert table.match("orders", "ns4999.x") == ()
+    assert table.match("leads", "ns4999.x") == ("prefix-4999",)
+    assert table.match("topic-3", "anything") == ("star-3",)
+    assert table.match("topic-3", "type.5") == ("exact-5", "multi-5", "star-3")
+    assert table.match("topic-99", "anything") == ()
+    for i in range(0, 10_000, 97):
+        expected = (f"exact-{i}", f"multi-{i % 100}") if i < 4_990 else (f"exact-{i}",)
+        assert table.match("orders", f"type.{i}") == expected

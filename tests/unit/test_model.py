@@ -1,0 +1,400 @@
+"""Values: the event type probe, response body truncation, timestamps, status classes, delivery ids, endpoints."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from daemon import model
+from daemon.config import DeliveryConfig, EndpointConfig
+from daemon.deliver import Endpoint, delivery_id
+from daemon.metrics import status_class
+from daemon.model import (
+    RESPONSE_BODY_LIMIT,
+    InvalidEvent,
+    Outcome,
+    TypeReader,
+    decode_outcome,
+    encode_outcome,
+    truncate_body,
+    utc_now_iso,
+)
+
+# --- TypeReader ---
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b'{"event": "lead.created"}', "lead.created"),
+        (b'{"type": "order.paid"}', "order.paid"),
+        (b'{"event": "a", "type": "b"}', "a"),  # event wins
+        (b'{"type": "b", "event": "a"}', "a"),
+        (b'{"event": null, "type": "b"}', "b"),
+        (b' \n{"data": [1, {"x": null}], "type": "t", "extra": {"event": "nested"}}\n', "t"),
+        ('{"event": "lead.créé"}'.encode(), "lead.créé"),
+        (b'{"event": "\\u00e9"}', "é"),
+    ],
+)
+def test_default_fields(raw: bytes, expected: str) -> None:
+    assert TypeReader().read(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("field", "raw", "expected"),
+    [
+        ("kind", b'{"kind": "k", "event": "ignored"}', "k"),
+        ("meta.kind", b'{"meta": {"kind": "lead.created"}, "event": "ignored"}', "lead.created"),
+        ("a.b.c", b'{"a": {"b": {"c": "deep"}}}', "deep"),
+    ],
+)
+def test_custom_field(field: str, raw: bytes, expected: str) -> None:
+    assert TypeReader(field).read(raw) == expected
+
+
+def test_describe() -> None:
+    assert TypeReader().describe == "'event' or 'type'"
+    assert TypeReader("meta.kind").describe == "'meta.kind'"
+    assert TypeReader(None).describe == "'event' or 'type'"
+    assert TypeReader("").describe == "'event' or 'type'"
+
+
+def _reason(reader: TypeReader, raw: bytes | None) -> str:
+    with pytest.raises(InvalidEvent) as info:
+        reader.read(raw)
+    return str(info.value)
+
+
+DEFAULT_NO_TYPE = "no event type field ('event' or 'type')"
+DEFAULT_NOT_STRING = "event type field ('event' or 'type') must be a non-empty string"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", "empty record"),
+        (None, "empty record"),
+        (b"not json", "not valid JSON"),
+        (b"{", "not valid JSON"),
+        (b'{"event": "a"} trailing', "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b"\x00\x01\x02", "not valid JSON"),
+        (b'["lead.created"]', "not a JSON object"),
+        (b'"lead.created"', "not a JSON object"),
+        (b"42", "not a JSON object"),
+        (b"null", "not a JSON object"),
+        (b"{}", DEFAULT_NO_TYPE),
+        (b'{"kind": "lead.created"}', DEFAULT_NO_TYPE),
+        (b'{"event": null, "type": null}', DEFAULT_NO_TYPE),
+        (b'{"event": 5}', DEFAULT_NOT_STRING),
+        (b'{"event": 5, "type": "ok"}', DEFAULT_NOT_STRING),
+        (b'{"type": true}', DEFAULT_NOT_STRING),
+        (b'{"type": ["a"]}', DEFAULT_NOT_STRING),
+        (b'{"event": {"name": "a"}}', DEFAULT_NOT_STRING),
+        (b'{"event": ""}', DEFAULT_NOT_STRING),
+        (b'{"type": ""}', DEFAULT_NOT_STRING),
+    ],
+)
+def test_invalid_events_default_reader(raw: bytes | None, reason: str) -> None:
+    assert _reason(TypeReader(), raw) == reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"", "empty record"),
+        (None, "empty record"),
+        (b"not json", "not valid JSON"),
+        (b"\xff\xfe", "not valid JSON"),
+        (b'[{"meta": {"kind": "x"}}]', "not a JSON object"),
+        (b'"x"', "not a JSON object"),
+        (b"null", "not a JSON object"),
+        (b"{}", "no event type field ('meta.kind')"),
+        (b'{"event": "lead.created"}', "no event type field ('meta.kind')"),
+        (b'{"meta": 3}', "no event type field ('meta.kind')"),
+        (b'{"meta": ["kind"]}', "no event type field ('meta.kind')"),
+        (b'{"meta": {}}', "no event type field ('meta.kind')"),
+        (b'{"meta": {"kind": null}}', "no event type field ('meta.kind')"),
+        (b'{"meta.kind": "flat"}', "no event type field ('meta.kind')"),
+        (b'{"meta": {"kind": 7}}', "event type field ('meta.kind') must be a non-empty string"),
+        (b'{"meta": {"kind": ["x"]}}', "event type field ('meta.kind') must be a non-empty string"),
+        (b'{"meta": {"kind": {"a": 1}}}', "event type field ('meta.kind') must be a non-empty string"),
+        (b'{"meta": {"kind": ""}}', "event type field ('meta.kind') must be a non-empty string"),
+    ],
+)
+def test_invalid_events_custom_reader(raw: bytes | None, reason: str) -> None:
+    assert _reason(TypeReader("meta.kind"), raw) == reason
+
+
+def test_invalid_event_is_an_exception_with_its_reason() -> None:
+    error = InvalidEvent("empty record")
+    assert isinstance(error, Exception)
+    assert error.args == ("empty record",)
+
+
+# --- truncate_body ---
+
+
+def test_short_body_is_kept() -> None:
+    assert truncate_body(b"") == ""
+    assert truncate_body(b"ok") == "ok"
+    assert truncate_body("Zoë €".encode()) == "Zoë €"
+
+
+def test_body_at_the_limit_is_kept() -> None:
+    assert RESPONSE_BODY_LIMIT == 4096
+    body = b"x" * 4096
+    assert truncate_body(body) == "x" * 4096
+
+
+def test_long_ascii_body_is_cut_at_the_limit() -> None:
+    assert truncate_body(b"a" * 10_000) == "a" * 4096
+
+
+@pytest.mark.parametrize("char", ["é", "€", "😀", "中"])
+@pytest.mark.parametrize("shift", range(4))
+def test_multibyte_body_stays_within_the_limit(char: str, shift: int) -> None:
+    # ``shift`` ASCII bytes first, so the limit falls inside a character at every position.
+    raw = b"a" * shift + (char * 5_000).encode()
+    text = truncate_body(raw)
+    size = len(text.encode("utf-8"))
+    assert size <= 4096
+    width = len(char.encode())
+    whole = (4096 - shift) // width
+    assert text == "a" * shift + char * whole
+    assert size == shift + whole * width
+    assert 4096 - size < width
+
+
+def test_invalid_utf8_is_dropped() -> None:
+    assert truncate_body(b"ok\xff\xfe done") == "ok done"
+    text = truncate_body(b"\xff" * 5_000)
+    assert text == ""
+
+
+def test_truncated_body_encodes_within_the_limit_for_mixed_input() -> None:
+    unit = "aé€😀"  # 1 + 2 + 3 + 4 = 10 bytes
+    text = truncate_body((unit * 2_000).encode())
+    assert text == unit * 409 + "aé€"  # 4090 + 6 bytes: the limit falls exactly after the euro sign
+    assert len(text.encode()) == 4096
+    text = truncate_body(b"\xff" + (unit * 2_000).encode())
+    assert text == unit * 409 + "aé"  # one junk byte dropped: the euro sign no longer fits
+    assert len(text.encode()) == 4093
+
+
+# --- utc_now_iso ---
+
+ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
+def test_utc_now_iso_format_and_value() -> None:
+    before = datetime.now(UTC)
+    text = utc_now_iso()
+    after = datetime.now(UTC)
+    assert ISO_MS.match(text), text
+    stamp = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert before - timedelta(milliseconds=1) <= stamp <= after
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (1763897400.25, "2025-11-23T11:30:00.250Z"),
+        (1763897400.0, "2025-11-23T11:30:00.000Z"),
+        (1763897400.5, "2025-11-23T11:30:00.500Z"),
+        (0.0, "1970-01-01T00:00:00.000Z"),
+        (951782400.75, "2000-02-29T00:00:00.750Z"),
+    ],
+)
+def test_utc_now_iso_fixed_clock(monkeypatch: pytest.MonkeyPatch, now: float, expected: str) -> None:
+    monkeypatch.setattr(time, "time", lambda: now)
+    assert utc_now_iso() == expected
+
+
+def test_utc_now_iso_just_before_a_second_boundary(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = math.nextafter(1763897401.0, 0.0)
+    monkeypatch.setattr(time, "time", lambda: now)
+    assert utc_now_iso() == "2025-11-23T11:30:00.999Z"
+
+
+# --- Outcome ---
+
+
+def test_outcome_round_trip() -> None:
+    outcome = Outcome(
+        delivery_id="msg_1",
+        endpoint_id="crm",
+        event_type="lead.created",
+        attempt=1,
+        status=model.DELIVERED,
+        http_status=204,
+        duration_ms=12.5,
+        response_body="",
+        source_topic="leads",
+        source_partition=3,
+        source_offset=42,
+        timestamp="2025-11-23T11:30:00.250Z",
+    )
+    raw = encode_outcome(outcome)
+    assert decode_outcome(raw) == outcome
+    assert raw.startswith(b'{"delivery_id":"msg_1","endpoint_id":"crm","event_type":"lead.created","attempt":1,')
+    assert (model.DELIVERED, model.FAILED, model.INVALID_EVENT) == ("delivered", "failed", "invalid_event")
+
+
+# --- status_class ---
+
+
+@pytest.mark.parametrize(
+    ("http_status", "error", "expected"),
+    [
+        (200, None, "2xx"),
+        (204, None, "2xx"),
+        (299, None, "2xx"),
+        (100, None, "1xx"),
+        (301, "HTTP 301", "3xx"),
+        (404, "HTTP 404", "4xx"),
+        (429, "HTTP 429", "4xx"),
+        (500, "HTTP 500", "5xx"),
+        (599, "HTTP 599", "5xx"),
+        (600, "HTTP 600", "other"),
+        (99, None, "other"),
+        (0, None, "other"),
+        (-1, None, "other"),
+        (503, "timeout: something", "5xx"),  # a status always wins
+        (None, "timeout: no complete response within 10 s", "timeout"),
+        (None, "connection error: Connection refused", "connection"),
+        (None, "connection error: name resolution failed", "connection"),
+        (None, "protocol error: bad status line", "connection"),
+        (None, "TLS error: handshake or certificate verification failed", "connection"),
+        (None, "a timeout: not at the start", "connection"),
+        (None, "", "connection"),
+        (None, None, "connection"),
+    ],
+)
+def test_status_class(http_status: int | None, error: str | None, expected: str) -> None:
+    assert status_class(http_status, error) == expected
+
+
+# --- delivery_id ---
+
+
+def test_delivery_id_is_stable() -> None:
+    expected = "msg_" + hashlib.blake2b(b"leads\x000\x0042\x00crm", digest_size=16).hexdigest()
+    assert delivery_id("leads", 0, 42, "crm") == expected
+    assert delivery_id("leads", 0, 42, "crm") == "msg_bb5ad8c84b4a7e6d02126eeff67e2e1e"
+    assert re.fullmatch(r"msg_[0-9a-f]{32}", delivery_id("t", 1, 2, "e"))
+
+
+def test_delivery_id_is_distinct_per_event_and_endpoint() -> None:
+    ids = {
+        delivery_id(topic, partition, offset, endpoint)
+        for topic in ("leads", "orders")
+        for partition in range(3)
+        for offset in range(50)
+        for endpoint in ("crm", "billing", "crm2")
+    }
+    assert len(ids) == 2 * 3 * 50 * 3
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (("a", 1, 23, "x"), ("a", 12, 3, "x")),
+        (("a", 12, 3, "x"), ("a1", 2, 3, "x")),
+        (("a", 1, 2, "3x"), ("a", 1, 23, "x")),
+        (("leads", 0, 42, "crm"), ("leads", 0, 43, "crm")),
+        (("leads", 0, 42, "crm"), ("leads", 0, 42, "CRM")),
+    ],
+)
+def test_delivery_id_fields_do_not_run_together(
+    one: tuple[str, int, int, str], other: tuple[str, int, int, str]
+) -> None:
+    assert delivery_id(*one) != delivery_id(*other)
+
+
+# --- Endpoint.same_as ---
+
+SECRET = "whsec_" + base64.b64encode(b"endpoint-secret-0123456789").decode()
+ROTATED = "whsec_" + base64.b64encode(b"rotated-secret-9876543210").decode()
+
+
+def make(delivery: DeliveryConfig | None = None, environ: dict[str, str] | None = None, **over: Any) -> Endpoint:
+    fields: dict[str, Any] = {"id": "crm", "url": "https://crm.example.com/hook", "secret": SECRET}
+    fields.update(over)
+    config = EndpointConfig(**fields)
+    return Endpoint(config, delivery or DeliveryConfig(), environ or {})
+
+
+def test_endpoint_is_built_from_its_config() -> None:
+    ep = make(DeliveryConfig(user_agent="acme/1"), headers={"X-Tenant": "acme"}, timeout_s=3.5, max_concurrency=4)
+    assert ep.id == "crm"
+    assert str(ep.url) == "https://crm.example.com/hook"
+    assert ep.keys == (base64.b64decode(SECRET.removeprefix("whsec_")),)
+    assert ep.timeout_s == 3.5
+    assert ep.timeout.total == 3.5
+    assert ep.max_concurrency == 4
+    assert ep.base_headers == {"Content-Type": "application/json", "User-Agent": "acme/1", "X-Tenant": "acme"}
+
+
+def test_endpoint_header_may_override_user_agent() -> None:
+    ep = make(headers={"User-Agent": "custom/2"})
+    assert ep.base_headers == {"Content-Type": "application/json", "User-Agent": "custom/2"}
+
+
+def test_endpoint_secret_from_environ() -> None:
+    ep = make(environ={"CRM_SECRET": ROTATED}, secret=None, secret_env="CRM_SECRET")
+    assert ep.keys == (base64.b64decode(ROTATED.removeprefix("whsec_")),)
+
+
+def test_same_as_identical() -> None:
+    assert make().same_as(make())
+    env = {"CRM_SECRET": SECRET}
+    assert make(environ=env, secret=None, secret_env="CRM_SECRET").same_as(
+        make(environ=dict(env), secret=None, secret_env="CRM_SECRET")
+    )
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"url": "https://crm.example.com/other"},
+        {"secret": ROTATED},
+        {"timeout_s": 11.0},
+        {"max_concurrency": 9},
+        {"headers": {"X-Tenant": "acme"}},
+        {"id": "crm2"},
+    ],
+)
+def test_same_as_differs_when_the_config_differs(changed: dict[str, Any]) -> None:
+    assert not make().same_as(make(**changed))
+    assert not make(**changed).same_as(make())
+
+
+def test_same_as_differs_when_the_env_secret_changed() -> None:
+    before = make(environ={"CRM_SECRET": SECRET}, secret=None, secret_env="CRM_SECRET")
+    after = make(environ={"CRM_SECRET": ROTATED}, secret=None, secret_env="CRM_SECRET")
+    assert before.config == after.config
+    assert before.same_as(after) is False
+
+
+def test_same_as_differs_when_the_user_agent_changed() -> None:
+    assert make(DeliveryConfig(user_agent="a/1")).same_as(make(DeliveryConfig(user_agent="b/2"))) is False
+
+
+def test_same_as_ignores_the_drain_timeout() -> None:
+    assert make(DeliveryConfig(drain_timeout_s=5)).same_as(make(DeliveryConfig(drain_timeout_s=25))) is True
+
+
+def test_same_secret_inline_or_from_env_is_not_the_same_endpoint() -> None:
+    # The config differs (secret vs secret_env), so the lane is rebuilt even though the key is the same.
+    inline = make()
+    from_env = make(environ={"CRM_SECRET": SECRET}, secret=None, secret_env="CRM_SECRET")
+    assert inline.keys == from_env.keys
+    assert inline.same_as(from_env) is False
