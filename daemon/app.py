@@ -18,14 +18,15 @@ import aiohttp
 from aiokafka import AIOKafkaProducer
 
 from daemon.admin import AdminServer
-from daemon.config import Config, load_config
+from daemon.config import Config, Resolved, load_config, resolve
 from daemon.consume import Source, kafka_client_options
-from daemon.deliver import Endpoint, Job, Lane, Sender, delivery_id
+from daemon.deliver import Endpoint, Job, Lane, Sender, delivery_id, outcome_for
 from daemon.errors import ConfigError
 from daemon.match import RoutingTable
 from daemon.metrics import Metrics
-from daemon.model import INVALID_EVENT, InvalidEvent, Outcome, TypeReader, encode_outcome, utc_now_iso
+from daemon.model import INVALID_EVENT, Event, InvalidEvent, Outcome, TypeReader, encode_outcome, utc_now_iso
 from daemon.offsets import PartitionOffsets
+from daemon.profiles import PROFILES, skip_for
 from daemon.results import ResultsWriter
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,10 @@ class Routing:
 
     __slots__ = ("config", "lanes", "readers", "table")
 
-    def __init__(self, config: Config, lanes: dict[str, Lane]) -> None:
+    def __init__(self, config: Config, resolved: Resolved, lanes: dict[str, Lane]) -> None:
         self.config = config
-        self.table = RoutingTable(config.subscriptions)
+        catalogues = {e.id: PROFILES[e.profile].catalogue for e in resolved.endpoints}
+        self.table = RoutingTable(resolved.subscriptions, catalogues)
         self.lanes = lanes
         self.readers = {topic: TypeReader(field) for topic, field in config.kafka.event_type_fields.items()}
 
@@ -240,16 +242,17 @@ class App:
 
     def _build_routing(self, config: Config, old_lanes: dict[str, Lane]) -> Routing:
         lanes: dict[str, Lane] = {}
-        for ep_config in config.endpoints:
+        resolved = resolve(config)
+        for ep_config in resolved.endpoints:
             endpoint = Endpoint(ep_config, config.delivery, self._environ)
             previous = old_lanes.get(endpoint.id)
             if previous is not None and previous.endpoint.same_as(endpoint):
                 lanes[endpoint.id] = previous
             else:
                 lanes[endpoint.id] = Lane(endpoint, self._sender, self.metrics, self._report)
-        self.metrics.endpoints.set(len(config.endpoints))
-        self.metrics.subscriptions.set(len(config.subscriptions))
-        return Routing(config, lanes)
+        self.metrics.endpoints.set(len(resolved.endpoints))
+        self.metrics.subscriptions.set(len(resolved.subscriptions))
+        return Routing(config, resolved, lanes)
 
     async def _close_lanes(self) -> None:
         await self._cancel_lanes()
@@ -267,9 +270,9 @@ class App:
     def _dispatch(self, record: Any, part: PartitionOffsets) -> None:
         """Route one consumed record: to each matched endpoint's lane, or to an invalid_event record."""
         routing = self._routing
-        topic, offset = record.topic, record.offset
+        topic, offset, value = record.topic, record.offset, record.value
         try:
-            event_type = routing.readers.get(topic, _DEFAULT_READER).read(record.value)
+            event_type = routing.readers.get(topic, _DEFAULT_READER).read(value)
         except InvalidEvent as exc:
             self.metrics.events_invalid.labels(topic).inc()
             part.add(offset, 1)
@@ -287,25 +290,33 @@ class App:
             )
             self._results.submit(None, encode_outcome(outcome), partial(part.done, offset))
             return
-        targets = routing.table.match(topic, event_type)
+        match = routing.table.match(topic, event_type)
+        if not match.endpoints and not match.conditional:
+            part.add(offset, 0)
+            self.metrics.events_unmatched.labels(topic).inc()
+            return
+        partition = record.partition
+        stamp = record.timestamp if record.timestamp and record.timestamp > 0 else int(time.time() * 1000)
+        event = Event(value, event_type, topic, partition, offset, stamp)
+        targets = match.select(event.decoded)
         part.add(offset, len(targets))
         if not targets:
             self.metrics.events_unmatched.labels(topic).inc()
             return
         ack = partial(part.done, offset)
-        lanes, body, partition = routing.lanes, record.value, record.partition
+        lanes = routing.lanes
         for endpoint_id in targets:
-            lanes[endpoint_id].put(
-                Job(
-                    body=body,
-                    event_type=event_type,
-                    topic=topic,
-                    partition=partition,
-                    offset=offset,
-                    delivery_id=delivery_id(topic, partition, offset, endpoint_id),
-                    ack=ack,
-                )
-            )
+            lane = lanes[endpoint_id]
+            job = Job(event=event, delivery_id=delivery_id(topic, partition, offset, endpoint_id), ack=ack)
+            profile = lane.endpoint.profile
+            if profile.skips:
+                rule = skip_for(profile, event.decoded(), event_type)
+                if rule is not None:
+                    self._report(
+                        job, outcome_for(endpoint_id, job, rule.status, error=rule.reason, profile=profile.name)
+                    )
+                    continue
+            lane.put(job)
 
     def _report(self, job: Job, outcome: Outcome) -> None:
         key = outcome.endpoint_id.encode() if outcome.endpoint_id else None

@@ -19,6 +19,7 @@ from msgspec import Meta
 from yarl import URL
 
 from daemon.errors import ConfigError
+from daemon.profiles import PROFILES, ProfileName, pattern_matches
 
 _FROZEN: dict[str, Any] = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
 
@@ -74,20 +75,72 @@ class DeliveryConfig(msgspec.Struct, **_FROZEN):
 class EndpointConfig(msgspec.Struct, **_FROZEN):
     id: EndpointId
     url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    profile: ProfileName = "standard-webhooks"
+    # One of: secret, secret_env, secrets (a rotation: the first is current, every one signs).
     secret: str | None = None
     secret_env: str | None = None
-    timeout_s: Annotated[float, Meta(ge=1, le=120)] = 10.0
+    secrets: Annotated[list[str], Meta(min_length=1, max_length=8)] | None = None
+    timeout_s: Annotated[float, Meta(ge=1, le=120)] | None = None  # default: the profile's
     max_concurrency: Annotated[int, Meta(ge=1, le=1024)] = 8
     headers: dict[str, str] = {}
+    allow_http: bool = False  # for profiles whose contract is https only
 
     def __repr__(self) -> str:  # never print the secret
-        return f"EndpointConfig(id={self.id!r}, url=<redacted>)"
+        return f"EndpointConfig(id={self.id!r}, profile={self.profile!r}, url=<redacted>)"
+
+    @property
+    def effective_timeout_s(self) -> float:
+        return self.timeout_s if self.timeout_s is not None else PROFILES[self.profile].timeout_s
+
+
+class WhereConfig(msgspec.Struct, **_FROZEN):
+    """Only events whose field (dotted path) is, or is not, one of these values."""
+
+    field: Annotated[str, Meta(min_length=1)]
+    one_of: list[str] | None = None
+    none_of: list[str] | None = None
 
 
 class SubscriptionConfig(msgspec.Struct, **_FROZEN):
     endpoint: EndpointId
     events: Annotated[list[EventPattern], Meta(min_length=1)]
     topics: Annotated[list[Name], Meta(min_length=1)] | None = None
+    where: WhereConfig | None = None
+
+
+CampaignId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+\Z")]
+
+
+class CampaignConfig(msgspec.Struct, **_FROZEN):
+    """A campaign's overrides of its organisation's settings; what it leaves out it inherits."""
+
+    id: CampaignId
+    enabled: bool | None = None
+    url: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
+    events: Annotated[list[EventPattern], Meta(min_length=1)] | None = None
+    headers: dict[str, str] | None = None
+    retry_attempts: Annotated[int, Meta(ge=1, le=10)] | None = None
+    timeout_s: Annotated[float, Meta(ge=1, le=120)] | None = None
+
+
+class OrganizationConfig(msgspec.Struct, **_FROZEN):
+    """Organisation-level webhook settings (campaign profile), inherited by each of its campaigns."""
+
+    id: EndpointId
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    events: Annotated[list[EventPattern], Meta(min_length=1)]
+    enabled: bool = True
+    headers: dict[str, str] = {}
+    retry_attempts: Annotated[int, Meta(ge=1, le=10)] = 3
+    timeout_s: Annotated[float, Meta(ge=1, le=120)] = 10.0
+    max_concurrency: Annotated[int, Meta(ge=1, le=1024)] = 8
+    topics: Annotated[list[Name], Meta(min_length=1)] | None = None
+    campaign_field: Annotated[str, Meta(min_length=1)] = "campaignId"
+    allow_http: bool = True
+    campaigns: list[CampaignConfig] = []
+
+    def __repr__(self) -> str:
+        return f"OrganizationConfig(id={self.id!r}, campaigns={len(self.campaigns)})"
 
 
 class Config(msgspec.Struct, **_FROZEN):
@@ -96,9 +149,97 @@ class Config(msgspec.Struct, **_FROZEN):
     delivery: DeliveryConfig = DeliveryConfig()
     endpoints: list[EndpointConfig] = []
     subscriptions: list[SubscriptionConfig] = []
+    organizations: list[OrganizationConfig] = []
 
     def __repr__(self) -> str:
         return f"Config(topics={self.kafka.topics!r}, endpoints={len(self.endpoints)})"
+
+
+class Resolved(msgspec.Struct, frozen=True):
+    """Endpoints and subscriptions with organisations and campaigns expanded into them."""
+
+    endpoints: list[EndpointConfig]
+    subscriptions: list[SubscriptionConfig]
+
+
+def resolve(config: Config) -> Resolved:
+    """Expand organisations into endpoints and subscriptions, once per config.
+
+    Per campaign: a disabled campaign gets nothing; a campaign's own endpoint (its URL, headers and
+    limits, each inherited where it sets none) gets the events it configures (or inherits); the
+    organisation's endpoint gets the rest of the organisation's events for that campaign. An event
+    both configure goes to the campaign's URL only.
+    """
+    endpoints = list(config.endpoints)
+    subscriptions = list(config.subscriptions)
+    for org in config.organizations:
+        endpoints.append(_org_endpoint(org))
+        # event pattern -> campaigns that take it away from the organisation's endpoint
+        claimed: dict[str, list[str]] = {pattern: [] for pattern in org.events}
+        for camp in org.campaigns:
+            enabled = org.enabled if camp.enabled is None else camp.enabled
+            own_events = camp.events if camp.events is not None else org.events
+            for pattern in org.events:
+                if not enabled or any(_overlap(pattern, mine) for mine in own_events):
+                    claimed[pattern].append(camp.id)
+            if not enabled:
+                continue
+            camp_id = f"{org.id}:{camp.id}"
+            endpoints.append(
+                EndpointConfig(
+                    id=camp_id,
+                    url=camp.url or org.url,
+                    profile="campaign",
+                    timeout_s=camp.timeout_s or org.timeout_s,
+                    max_concurrency=org.max_concurrency,
+                    headers=camp.headers if camp.headers is not None else org.headers,
+                    allow_http=org.allow_http,
+                )
+            )
+            subscriptions.append(
+                SubscriptionConfig(
+                    endpoint=camp_id,
+                    events=list(own_events),
+                    topics=org.topics,
+                    where=WhereConfig(field=org.campaign_field, one_of=[camp.id]),
+                )
+            )
+        if not org.enabled:
+            continue
+        for pattern, campaigns in claimed.items():
+            subscriptions.append(
+                SubscriptionConfig(
+                    endpoint=org.id,
+                    events=[pattern],
+                    topics=org.topics,
+                    where=WhereConfig(field=org.campaign_field, none_of=campaigns) if campaigns else None,
+                )
+            )
+    return Resolved(endpoints, subscriptions)
+
+
+def _org_endpoint(org: OrganizationConfig) -> EndpointConfig:
+    return EndpointConfig(
+        id=org.id,
+        url=org.url,
+        profile="campaign",
+        timeout_s=org.timeout_s,
+        max_concurrency=org.max_concurrency,
+        headers=org.headers,
+        allow_http=org.allow_http,
+    )
+
+
+def _overlap(a: str, b: str) -> bool:
+    """True when some event type matches both patterns."""
+    pa, pb = a.removesuffix("*"), b.removesuffix("*")
+    if a.endswith("*") and b.endswith("*"):
+        return pa.startswith(pb) or pb.startswith(pa)
+    if a.endswith("*"):
+        return b.startswith(pa)
+    if b.endswith("*"):
+        return a.startswith(pb)
+    return a == b
 
 
 def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Config:
@@ -125,11 +266,15 @@ def parse_config(raw: dict[str, Any], environ: Any) -> Config:
     return config
 
 
-def resolve_secret(endpoint: EndpointConfig, environ: Any) -> str:
-    """The endpoint's signing secret, from the file or from the environment variable it names."""
+def resolve_secrets(endpoint: EndpointConfig, environ: Any) -> list[str]:
+    """The endpoint's signing secrets, current first: from the file or the environment variable it names."""
+    if endpoint.secrets is not None:
+        return list(endpoint.secrets)
     if endpoint.secret is not None:
-        return endpoint.secret
-    return str(environ[endpoint.secret_env or ""])
+        return [endpoint.secret]
+    if endpoint.secret_env is not None:
+        return [str(environ[endpoint.secret_env])]
+    return []
 
 
 def decode_whsec(secret: str) -> bytes:
@@ -207,7 +352,7 @@ def _locate(message: str) -> str:
 
 
 def _humanize(message: str) -> str:
-    message = _AT.sub("", message)
+    message = _AT.sub("", message).replace(" | null`", "`")  # TOML has no null: never suggest it
     if m := _BOUND.match(message):
         bound = m.group(2).removesuffix(".0")
         return f"must be {m.group(1)} {bound}"
@@ -239,21 +384,69 @@ def _check_semantics(config: Config, environ: Any, errors: list[str]) -> None:
     if port > 65535:
         errors.append("admin.listen: port must be <= 65535")
 
-    seen: set[str] = set()
+    seen: dict[str, EndpointConfig] = {}
     for i, endpoint in enumerate(config.endpoints):
         _check_endpoint(endpoint, f"endpoints[{i}]", seen, environ, errors)
+    for i, org in enumerate(config.organizations):
+        _check_organization(org, f"organizations[{i}]", seen, topics, errors)
 
+    subscribed: set[str] = set()
     for i, sub in enumerate(config.subscriptions):
         path = f"subscriptions[{i}]"
-        if sub.endpoint not in seen:
+        target = seen.get(sub.endpoint)
+        if target is None:
             errors.append(f"{path}.endpoint: no endpoint with id {sub.endpoint!r}")
-        for j, pattern in enumerate(sub.events):
-            star = pattern.find("*")
-            if star != -1 and star != len(pattern) - 1:
-                errors.append(f"{path}.events[{j}]: '*' may only end a pattern ('lead.*' or '*')")
+        else:
+            subscribed.add(sub.endpoint)
+        catalogue = PROFILES[target.profile].catalogue if target is not None else None
+        _check_events(sub.events, f"{path}.events", catalogue, target.profile if target else "", errors)
         for j, topic in enumerate(sub.topics or ()):
             if topic not in topics:
                 errors.append(f"{path}.topics[{j}]: {topic!r} is not one of kafka.topics")
+        if sub.where is not None and (sub.where.one_of is None) == (sub.where.none_of is None):
+            errors.append(f"{path}.where: exactly one of one_of, none_of is required")
+
+    for i, endpoint in enumerate(config.endpoints):
+        if PROFILES[endpoint.profile].needs_events and endpoint.id not in subscribed:
+            errors.append(f"endpoints[{i}]: the {endpoint.profile} contract needs at least one subscribed event")
+
+
+def _check_events(
+    patterns: list[str], path: str, catalogue: frozenset[str] | None, profile: str, errors: list[str]
+) -> None:
+    for j, pattern in enumerate(patterns):
+        star = pattern.find("*")
+        if star != -1 and star != len(pattern) - 1:
+            errors.append(f"{path}[{j}]: '*' may only end a pattern ('lead.*' or '*')")
+        elif catalogue is not None and not any(pattern_matches(pattern, known) for known in catalogue):
+            errors.append(f"{path}[{j}]: {pattern!r} is not a {profile} event type")
+
+
+def _check_organization(
+    org: OrganizationConfig, path: str, seen: dict[str, EndpointConfig], topics: set[str], errors: list[str]
+) -> None:
+    catalogue = PROFILES["campaign"].catalogue
+    if org.id in seen:
+        errors.append(f"{path}.id: duplicate endpoint id {org.id!r}")
+    seen[org.id] = _org_endpoint(org)
+    _check_url(org.url, org.allow_http, False, f"{path}.url", errors)
+    _check_headers(org.headers, f"{path}.headers", errors)
+    _check_events(org.events, f"{path}.events", catalogue, "campaign", errors)
+    for j, topic in enumerate(org.topics or ()):
+        if topic not in topics:
+            errors.append(f"{path}.topics[{j}]: {topic!r} is not one of kafka.topics")
+    campaign_ids: set[str] = set()
+    for j, camp in enumerate(org.campaigns):
+        where = f"{path}.campaigns[{j}]"
+        if camp.id in campaign_ids:
+            errors.append(f"{where}.id: duplicate campaign id {camp.id!r}")
+        campaign_ids.add(camp.id)
+        if camp.url is not None:
+            _check_url(camp.url, org.allow_http, False, f"{where}.url", errors)
+        if camp.headers is not None:
+            _check_headers(camp.headers, f"{where}.headers", errors)
+        if camp.events is not None:
+            _check_events(camp.events, f"{where}.events", catalogue, "campaign", errors)
 
 
 def _parses(url: str) -> bool:
@@ -265,32 +458,57 @@ def _parses(url: str) -> bool:
         return False
 
 
-def _check_endpoint(endpoint: EndpointConfig, path: str, seen: set[str], environ: Any, errors: list[str]) -> None:
-    if endpoint.id in seen:
-        errors.append(f"{path}.id: duplicate endpoint id {endpoint.id!r}")
-    seen.add(endpoint.id)
-
-    url = endpoint.url
+def _check_url(url: str, allow_http: bool, https_only: bool, path: str, errors: list[str]) -> None:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in ("http", "https") or not rest or rest[0] in "/?#" or not _parses(url):
-        errors.append(f"{path}.url: must be an absolute http:// or https:// URL")
+        errors.append(f"{path}: must be an absolute http:// or https:// URL")
+    elif https_only and scheme.lower() != "https" and not allow_http:
+        errors.append(f"{path}: must use https:// (or set allow_http = true on the endpoint)")
 
-    if (endpoint.secret is None) == (endpoint.secret_env is None):
-        errors.append(f"{path}: exactly one of secret, secret_env is required")
-    elif endpoint.secret_env is not None and endpoint.secret_env not in environ:
-        errors.append(f"{path}.secret_env: environment variable {endpoint.secret_env} is not set")
-    else:
-        field = "secret" if endpoint.secret is not None else "secret_env"
-        try:
-            decode_whsec(resolve_secret(endpoint, environ))
-        except ValueError as exc:
-            errors.append(f"{path}.{field}: {exc}")
 
-    for name in endpoint.headers:
+def _check_headers(headers: dict[str, str], path: str, errors: list[str]) -> None:
+    for name in headers:
         if not _TOKEN.fullmatch(name):
-            errors.append(f"{path}.headers.{name}: not a valid header name")
+            errors.append(f"{path}.{name}: not a valid header name")
         elif name.lower() in RESERVED_HEADERS:
-            errors.append(f"{path}.headers.{name}: set by the router, cannot be overridden")
-    for name, value in endpoint.headers.items():
+            errors.append(f"{path}.{name}: set by the router, cannot be overridden")
+    for name, value in headers.items():
         if _CONTROL.search(value):
-            errors.append(f"{path}.headers.{name}: value must not contain control characters")
+            errors.append(f"{path}.{name}: value must not contain control characters")
+
+
+def _check_endpoint(
+    endpoint: EndpointConfig, path: str, seen: dict[str, EndpointConfig], environ: Any, errors: list[str]
+) -> None:
+    profile = PROFILES[endpoint.profile]
+    if endpoint.id in seen:
+        errors.append(f"{path}.id: duplicate endpoint id {endpoint.id!r}")
+    seen[endpoint.id] = endpoint
+    _check_url(endpoint.url, endpoint.allow_http, profile.https_only, f"{path}.url", errors)
+    if endpoint.timeout_s is not None and endpoint.timeout_s > profile.max_timeout_s:
+        errors.append(f"{path}.timeout_s: the {profile.name} contract allows at most {profile.max_timeout_s:g} s")
+    _check_secrets(endpoint, profile.key_source, path, environ, errors)
+    _check_headers(endpoint.headers, f"{path}.headers", errors)
+
+
+def _check_secrets(endpoint: EndpointConfig, kind: str, path: str, environ: Any, errors: list[str]) -> None:
+    given = [name for name in ("secret", "secret_env", "secrets") if getattr(endpoint, name) is not None]
+    if kind == "optional":
+        if given:
+            errors.append(f"{path}.{given[0]}: the {endpoint.profile} contract carries no secret")
+        return
+    if len(given) != 1:
+        errors.append(f"{path}: exactly one of secret, secret_env, secrets is required")
+        return
+    if endpoint.secret_env is not None and endpoint.secret_env not in environ:
+        errors.append(f"{path}.secret_env: environment variable {endpoint.secret_env} is not set")
+        return
+    for j, secret in enumerate(resolve_secrets(endpoint, environ)):
+        where = f"{path}.{given[0]}" + (f"[{j}]" if endpoint.secrets is not None else "")
+        if kind == "whsec":
+            try:
+                decode_whsec(secret)
+            except ValueError as exc:
+                errors.append(f"{where}: {exc}")
+        elif not secret:
+            errors.append(f"{where}: must not be empty")

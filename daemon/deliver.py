@@ -17,12 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import orjson
 from yarl import URL
 
-from daemon.config import DeliveryConfig, EndpointConfig, decode_whsec, resolve_secret
+from daemon.config import DeliveryConfig, EndpointConfig, decode_whsec, resolve_secrets
 from daemon.metrics import Metrics, status_class
-from daemon.model import DELIVERED, FAILED, RESPONSE_BODY_LIMIT, Outcome, truncate_body, utc_now_iso
-from daemon.sign import standard_webhooks_signature
+from daemon.model import DELIVERED, FAILED, LIVE, RESPONSE_BODY_LIMIT, Event, Outcome, truncate_body, utc_now_iso
+from daemon.profiles import PROFILES, Profile
+from daemon.sign import hmac_sha256_hex, standard_webhooks_signature
 
 log = logging.getLogger(__name__)
 
@@ -36,52 +38,100 @@ def delivery_id(topic: str, partition: int, offset: int, endpoint_id: str) -> st
 class Endpoint:
     """Everything about an endpoint that does not change per delivery, computed once per config."""
 
-    __slots__ = ("base_headers", "config", "id", "keys", "max_concurrency", "timeout", "timeout_s", "url")
+    __slots__ = (
+        "agora_key", "base_headers", "body_key", "config", "id", "keys", "max_concurrency", "profile", "secret",
+        "skip_auto", "timeout", "timeout_s", "url",
+    )  # fmt: skip
 
     def __init__(self, config: EndpointConfig, delivery: DeliveryConfig, environ: Any) -> None:
         self.config = config
         self.id = config.id
+        self.profile: Profile = PROFILES[config.profile]
         self.url = URL(config.url, encoded=False)
-        self.keys = (decode_whsec(resolve_secret(config, environ)),)
-        self.timeout_s = config.timeout_s
-        self.timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+        secrets = resolve_secrets(config, environ)
+        self.secret = secrets[0] if secrets else ""
+        self.keys = tuple(decode_whsec(s) for s in secrets) if self.profile.signing == "standard-webhooks" else ()
+        self.agora_key = self.secret.encode()
+        # Bodies that do not carry the secret are shared by every endpoint of the profile.
+        self.body_key = (self.profile.name, self.secret if self.profile.injects_secret else None)
+        self.timeout_s = config.effective_timeout_s
+        self.timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         self.max_concurrency = config.max_concurrency
-        self.base_headers: dict[str, str] = {
-            "Content-Type": "application/json",
-            "User-Agent": delivery.user_agent,
-            **config.headers,
-        }
+        if self.profile.standard_headers:
+            self.base_headers: dict[str, str] = {
+                "Content-Type": "application/json",
+                "User-Agent": delivery.user_agent,
+                **config.headers,
+            }
+            self.skip_auto: frozenset[str] = frozenset()
+        else:
+            self.base_headers = {}
+            self.skip_auto = frozenset({"Content-Type", "User-Agent", "Accept", "Accept-Encoding"})
 
     def same_as(self, other: Endpoint) -> bool:
         """True when ``other`` delivers exactly like this one (its lane can be kept across a reload)."""
-        return self.config == other.config and self.keys == other.keys and self.base_headers == other.base_headers
+        return (
+            self.config == other.config
+            and self.keys == other.keys
+            and self.secret == other.secret
+            and self.base_headers == other.base_headers
+        )
+
+    def render(self, event: Event) -> bytes:
+        """The body for this endpoint: as it arrived, or the profile's mapping of it (built once per event)."""
+        template = self.profile.template
+        if template is None:
+            return event.value
+        body = event.bodies.get(self.body_key)
+        if body is None:
+            rendered = template.render(event.decoded(), event.event_type, event.time_ms, self.secret)
+            body = event.bodies[self.body_key] = orjson.dumps(rendered)
+        return body
+
+    def headers(self, job: Job, body: bytes, ts: int) -> dict[str, str]:
+        headers = self.base_headers.copy()
+        signing = self.profile.signing
+        if signing == "standard-webhooks":
+            headers["webhook-id"] = job.delivery_id
+            headers["webhook-timestamp"] = str(ts)
+            headers["webhook-signature"] = standard_webhooks_signature(self.keys, job.delivery_id, ts, body)
+        elif signing == "agora":
+            headers["X-Agora-Signature-256"] = "sha256=" + hmac_sha256_hex(self.agora_key, body)
+            headers["X-Agora-Event"] = job.event.event_type
+            headers["X-Agora-Delivery"] = f"{self.id}-{job.attempt}-{ts}"
+        return headers
 
 
 class Job:
-    """One delivery to make: an event's body for one endpoint, and what to call with the outcome."""
+    """One delivery to make: an event for one endpoint, and what to call once its outcome is recorded."""
 
-    __slots__ = ("ack", "attempt", "body", "delivery_id", "event_type", "offset", "partition", "topic")
+    __slots__ = ("ack", "attempt", "delivery_id", "event", "trigger")
 
     def __init__(
-        self,
-        *,
-        body: bytes,
-        event_type: str,
-        topic: str,
-        partition: int,
-        offset: int,
-        delivery_id: str,
-        ack: Callable[[], None],
-        attempt: int = 1,
+        self, *, event: Event, delivery_id: str, ack: Callable[[], None], attempt: int = 1, trigger: str = LIVE
     ) -> None:
-        self.body = body
-        self.event_type = event_type
-        self.topic = topic
-        self.partition = partition
-        self.offset = offset
+        self.event = event
         self.delivery_id = delivery_id
         self.ack = ack  # called once this job's outcome record is acknowledged by Kafka
         self.attempt = attempt
+        self.trigger = trigger
+
+
+def outcome_for(endpoint_id: str | None, job: Job, status: str, **fields: Any) -> Outcome:
+    event = job.event
+    return Outcome(
+        delivery_id=job.delivery_id,
+        endpoint_id=endpoint_id,
+        event_type=event.event_type,
+        attempt=job.attempt,
+        status=status,
+        source_topic=event.topic,
+        source_partition=event.partition,
+        source_offset=event.offset,
+        timestamp=utc_now_iso(),
+        trigger=job.trigger,
+        **fields,
+    )
 
 
 class Sender:
@@ -93,22 +143,25 @@ class Sender:
 
     async def attempt(self, endpoint: Endpoint, job: Job) -> Outcome:
         ts = int(time.time())
-        headers = endpoint.base_headers.copy()
-        headers["webhook-id"] = job.delivery_id
-        headers["webhook-timestamp"] = str(ts)
-        headers["webhook-signature"] = standard_webhooks_signature(endpoint.keys, job.delivery_id, ts, job.body)
+        body = endpoint.render(job.event)
+        headers = endpoint.headers(job, body, ts)
         http_status: int | None = None
-        body: str | None = None
+        response: str | None = None
         error: str | None = None
         metrics = self._metrics
         metrics.requests_in_flight.inc()
         start = time.perf_counter()
         try:
             async with self._session.post(
-                endpoint.url, data=job.body, headers=headers, timeout=endpoint.timeout, allow_redirects=False
+                endpoint.url,
+                data=body,
+                headers=headers,
+                timeout=endpoint.timeout,
+                allow_redirects=False,
+                skip_auto_headers=endpoint.skip_auto,
             ) as resp:
                 http_status = resp.status
-                body = truncate_body(await _read_at_most(resp.content, RESPONSE_BODY_LIMIT))
+                response = truncate_body(await _read_at_most(resp.content, RESPONSE_BODY_LIMIT))
         except TimeoutError:
             error = f"timeout: no complete response within {endpoint.timeout_s:g} s"
         except aiohttp.ClientError as exc:
@@ -124,36 +177,20 @@ class Sender:
             error = f"HTTP {http_status}"
         metrics.deliveries.labels(status, status_class(http_status, error)).inc()
         metrics.delivery_duration.labels(status).observe(elapsed)
-        return Outcome(
-            delivery_id=job.delivery_id,
-            endpoint_id=endpoint.id,
-            event_type=job.event_type,
-            attempt=job.attempt,
-            status=status,
+        return outcome_for(
+            endpoint.id,
+            job,
+            status,
             http_status=http_status,
             duration_ms=round(elapsed * 1000, 3),
-            response_body=body,
+            response_body=response,
             error=error,
-            source_topic=job.topic,
-            source_partition=job.partition,
-            source_offset=job.offset,
-            timestamp=utc_now_iso(),
+            profile=endpoint.profile.name,
         )
 
 
 def internal_error(endpoint: Endpoint, job: Job) -> Outcome:
-    return Outcome(
-        delivery_id=job.delivery_id,
-        endpoint_id=endpoint.id,
-        event_type=job.event_type,
-        attempt=job.attempt,
-        status=FAILED,
-        error="internal error (see the router's log)",
-        source_topic=job.topic,
-        source_partition=job.partition,
-        source_offset=job.offset,
-        timestamp=utc_now_iso(),
-    )
+    return outcome_for(endpoint.id, job, FAILED, error="internal error (see the router's log)")
 
 
 async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:

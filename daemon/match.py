@@ -2,14 +2,57 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from daemon.config import SubscriptionConfig
 
-# One route: its subscription's place in the config, the endpoint id, the topics it is limited to (None: all).
-_Route = tuple[int, str, frozenset[str] | None]
-
 _CACHE_LIMIT = 65_536
+
+
+class Where:
+    """A condition on one field of the event: its value is (or, negated, is not) one of ``values``."""
+
+    __slots__ = ("negate", "path", "values")
+
+    def __init__(self, field: str, values: Iterable[str], negate: bool) -> None:
+        self.path = tuple(field.split("."))
+        self.values = frozenset(values)
+        self.negate = negate
+
+    def holds(self, event: Any) -> bool:
+        value = event
+        for step in self.path:
+            value = value.get(step) if isinstance(value, dict) else None
+        comparable = isinstance(value, (str, int)) and not isinstance(value, bool)
+        inside = comparable and str(value) in self.values
+        return inside != self.negate
+
+
+class Match:
+    """The endpoints for one (topic, event type): those that always apply, and those under a condition."""
+
+    __slots__ = ("conditional", "endpoints")
+
+    def __init__(self, endpoints: tuple[str, ...], conditional: tuple[tuple[str, Where], ...]) -> None:
+        self.endpoints = endpoints
+        self.conditional = conditional
+
+    def select(self, event: Callable[[], Any]) -> tuple[str, ...]:
+        """Endpoint ids for one event; ``event()`` decodes it, called only when a condition needs it."""
+        if not self.conditional:
+            return self.endpoints
+        decoded = event()
+        chosen = dict.fromkeys(self.endpoints)
+        for endpoint, where in self.conditional:
+            if endpoint not in chosen and where.holds(decoded):
+                chosen[endpoint] = None
+        return tuple(chosen)
+
+
+# One route: its subscription's place in the config, the endpoint id, the topics it is limited to (None: all),
+# the event types its endpoint's contract knows (None: any), and its condition.
+_Route = tuple[int, str, frozenset[str] | None, frozenset[str] | None, Where | None]
 
 
 class RoutingTable:
@@ -21,12 +64,20 @@ class RoutingTable:
 
     __slots__ = ("_cache", "_exact", "_prefix_lengths", "_prefixes", "_star")
 
-    def __init__(self, subscriptions: Iterable[SubscriptionConfig]) -> None:
+    def __init__(
+        self, subscriptions: Iterable[SubscriptionConfig], catalogues: Mapping[str, frozenset[str] | None] | None = None
+    ) -> None:
         self._exact: dict[str, list[_Route]] = {}
         self._prefixes: dict[str, list[_Route]] = {}
         self._star: list[_Route] = []
+        catalogues = catalogues or {}
         for index, sub in enumerate(subscriptions):
-            route: _Route = (index, sub.endpoint, frozenset(sub.topics) if sub.topics is not None else None)
+            where = None
+            if sub.where is not None:
+                negate = sub.where.none_of is not None
+                where = Where(sub.where.field, (sub.where.none_of if negate else sub.where.one_of) or (), negate)
+            topics = frozenset(sub.topics) if sub.topics is not None else None
+            route: _Route = (index, sub.endpoint, topics, catalogues.get(sub.endpoint), where)
             for pattern in sub.events:
                 if pattern == "*":
                     self._star.append(route)
@@ -35,10 +86,10 @@ class RoutingTable:
                 else:
                     self._exact.setdefault(pattern, []).append(route)
         self._prefix_lengths = sorted({len(p) for p in self._prefixes})
-        self._cache: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._cache: dict[tuple[str, str], Match] = {}
 
-    def match(self, topic: str, event_type: str) -> tuple[str, ...]:
-        """Endpoint ids subscribed to ``event_type`` on ``topic``, each once, in config order."""
+    def match(self, topic: str, event_type: str) -> Match:
+        """What is subscribed to ``event_type`` on ``topic``: each endpoint once, in config order."""
         key = (topic, event_type)
         hit = self._cache.get(key)
         if hit is not None:
@@ -49,16 +100,23 @@ class RoutingTable:
         self._cache[key] = found
         return found
 
-    def _resolve(self, topic: str, event_type: str) -> tuple[str, ...]:
+    def _resolve(self, topic: str, event_type: str) -> Match:
         routes: list[_Route] = list(self._exact.get(event_type, ()))
         for length in self._prefix_lengths:
             if length > len(event_type):
                 break
             routes.extend(self._prefixes.get(event_type[:length], ()))
         routes.extend(self._star)
-        routes.sort()
-        seen: dict[str, None] = {}
-        for _, endpoint, topics in routes:
-            if topics is None or topic in topics:
-                seen[endpoint] = None
-        return tuple(seen)
+        routes.sort(key=lambda route: route[0])
+        plain: dict[str, None] = {}
+        conditional: list[tuple[str, Where]] = []
+        for _, endpoint, topics, catalogue, where in routes:
+            if topics is not None and topic not in topics:
+                continue
+            if catalogue is not None and event_type not in catalogue:
+                continue
+            if where is None:
+                plain[endpoint] = None
+            else:
+                conditional.append((endpoint, where))
+        return Match(tuple(plain), tuple((e, w) for e, w in conditional if e not in plain))

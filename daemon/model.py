@@ -6,6 +6,7 @@ import time
 from typing import Any, Final
 
 import msgspec
+import orjson
 
 RESPONSE_BODY_LIMIT: Final = 4096
 
@@ -13,6 +14,10 @@ RESPONSE_BODY_LIMIT: Final = 4096
 DELIVERED: Final = "delivered"
 FAILED: Final = "failed"
 INVALID_EVENT: Final = "invalid_event"
+
+# What started an attempt.
+LIVE: Final = "live"
+PING: Final = "ping"
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -27,10 +32,12 @@ class Outcome(msgspec.Struct, kw_only=True):
     duration_ms: float | None = None
     response_body: str | None = None
     error: str | None = None
-    source_topic: str
-    source_partition: int
-    source_offset: int
+    source_topic: str | None
+    source_partition: int | None
+    source_offset: int | None
     timestamp: str
+    trigger: str = LIVE
+    profile: str | None = None
 
 
 encode_outcome = msgspec.json.Encoder().encode
@@ -46,6 +53,38 @@ def utc_now_iso() -> str:
 def truncate_body(raw: bytes) -> str:
     """A response body as text, at most ``RESPONSE_BODY_LIMIT`` bytes once encoded as UTF-8."""
     return raw[:RESPONSE_BODY_LIMIT].decode("utf-8", errors="ignore")
+
+
+class Event:
+    """One event as read from Kafka, shared by all of its deliveries.
+
+    The JSON is decoded at most once, and only when something needs its fields (a profile's body, a
+    condition); each distinct rendered body is built once and shared by the endpoints that send it.
+    """
+
+    __slots__ = ("_decoded", "bodies", "event_type", "offset", "partition", "time_ms", "topic", "value")
+
+    def __init__(
+        self, value: bytes, event_type: str, topic: str | None, partition: int | None, offset: int | None,
+        time_ms: int,
+    ) -> None:  # fmt: skip
+        self.value = value
+        self.event_type = event_type
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.time_ms = time_ms
+        self._decoded: dict[str, Any] | None = None
+        self.bodies: dict[Any, bytes] = {}
+
+    def decoded(self) -> dict[str, Any]:
+        if self._decoded is None:
+            try:
+                value = orjson.loads(self.value)
+            except orjson.JSONDecodeError:
+                value = None
+            self._decoded = value if isinstance(value, dict) else {}
+        return self._decoded
 
 
 class InvalidEvent(Exception):

@@ -21,7 +21,7 @@ from daemon.config import (
     decode_whsec,
     load_config,
     parse_config,
-    resolve_secret,
+    resolve_secrets,
 )
 from daemon.errors import ConfigError, RouterError
 
@@ -210,7 +210,7 @@ def test_missing_required_fields() -> None:
         (doc(endpoints=[endpoint(timeout_s="10")]), ["endpoints[0].timeout_s: expected `float`, got `str`"]),
         (doc(endpoints=[endpoint(timeout_s=True)]), ["endpoints[0].timeout_s: expected `float`, got `bool`"]),
         (doc(endpoints=[endpoint(max_concurrency=1.5)]), ["endpoints[0].max_concurrency: expected `int`, got `float`"]),
-        (doc(endpoints=[endpoint(secret=5)]), ["endpoints[0].secret: expected `str | null`, got `int`"]),
+        (doc(endpoints=[endpoint(secret=5)]), ["endpoints[0].secret: expected `str`, got `int`"]),
         (doc(endpoints=[endpoint(headers={"X-A": 5})]), ["endpoints[0].headers.X-A: expected `str`, got `int`"]),
         (
             doc(subscriptions=[{"endpoint": "crm", "events": ["lead.*", ""]}]),
@@ -385,9 +385,11 @@ def test_secret_and_secret_env_both_or_neither() -> None:
     both = endpoint(secret_env="CRM_SECRET")
     neither = {"id": "crm", "url": "https://crm.example.com/hook"}
     environ = {"CRM_SECRET": SECRET}
-    assert errors_of(doc(endpoints=[both]), environ) == ["endpoints[0]: exactly one of secret, secret_env is required"]
+    assert errors_of(doc(endpoints=[both]), environ) == [
+        "endpoints[0]: exactly one of secret, secret_env, secrets is required"
+    ]
     assert errors_of(doc(endpoints=[neither]), environ) == [
-        "endpoints[0]: exactly one of secret, secret_env is required"
+        "endpoints[0]: exactly one of secret, secret_env, secrets is required"
     ]
 
 
@@ -403,8 +405,8 @@ def test_secret_env_is_resolved_from_the_environ_given() -> None:
     config = parse_config(doc(endpoints=[ep]), {"CRM_SECRET": OTHER_SECRET})
     assert config.endpoints[0].secret is None
     assert config.endpoints[0].secret_env == "CRM_SECRET"
-    assert resolve_secret(config.endpoints[0], {"CRM_SECRET": OTHER_SECRET}) == OTHER_SECRET
-    assert decode_whsec(resolve_secret(config.endpoints[0], {"CRM_SECRET": OTHER_SECRET})) == OTHER_KEY
+    assert resolve_secrets(config.endpoints[0], {"CRM_SECRET": OTHER_SECRET})[0] == OTHER_SECRET
+    assert decode_whsec(resolve_secrets(config.endpoints[0], {"CRM_SECRET": OTHER_SECRET})[0]) == OTHER_KEY
 
 
 def test_secret_env_value_must_be_a_whsec_secret() -> None:
@@ -417,7 +419,7 @@ def test_secret_env_value_must_be_a_whsec_secret() -> None:
 
 def test_inline_secret_resolves_to_itself() -> None:
     config = parse_config(doc(), {})
-    assert resolve_secret(config.endpoints[0], {}) == SECRET
+    assert resolve_secrets(config.endpoints[0], {})[0] == SECRET
     assert decode_whsec(SECRET) == KEY
 
 
@@ -618,14 +620,14 @@ def test_repr_never_contains_the_secret() -> None:
         assert secret_body not in text
         assert OTHER_SECRET not in text
     assert repr(config) == "Config(topics=['leads', 'orders'], endpoints=2)"
-    assert repr(config.endpoints[0]) == "EndpointConfig(id='inline', url=<redacted>)"
-    assert repr(config.endpoints[1]) == "EndpointConfig(id='crm', url=<redacted>)"
+    assert repr(config.endpoints[0]) == "EndpointConfig(id='inline', profile='standard-webhooks', url=<redacted>)"
+    assert repr(config.endpoints[1]) == "EndpointConfig(id='crm', profile='standard-webhooks', url=<redacted>)"
     assert "token=abc" not in repr(config.endpoints)
 
 
 def test_endpoint_config_repr_built_directly() -> None:
     ep = EndpointConfig(id="x", url="https://x.example.com/", secret=SECRET)
-    assert repr(ep) == "EndpointConfig(id='x', url=<redacted>)"
+    assert repr(ep) == "EndpointConfig(id='x', profile='standard-webhooks', url=<redacted>)"
     assert SECRET not in repr(Config(kafka=KafkaConfig(**kafka()), endpoints=[ep]))
 
 

@@ -15,45 +15,45 @@ def sub(endpoint: str, *events: str, topics: list[str] | None = None) -> Subscri
 
 def test_exact_match() -> None:
     table = RoutingTable([sub("crm", "lead.created")])
-    assert table.match("leads", "lead.created") == ("crm",)
-    assert table.match("leads", "lead.updated") == ()
-    assert table.match("leads", "lead.created.v2") == ()
-    assert table.match("leads", "lead.create") == ()
-    assert table.match("leads", "Lead.Created") == ()
+    assert table.match("leads", "lead.created").endpoints == ("crm",)
+    assert table.match("leads", "lead.updated").endpoints == ()
+    assert table.match("leads", "lead.created.v2").endpoints == ()
+    assert table.match("leads", "lead.create").endpoints == ()
+    assert table.match("leads", "Lead.Created").endpoints == ()
 
 
 def test_prefix_wildcard() -> None:
     table = RoutingTable([sub("crm", "lead.*")])
-    assert table.match("leads", "lead.created") == ("crm",)
-    assert table.match("leads", "lead.a.b.c") == ("crm",)
-    assert table.match("leads", "lead.") == ("crm",)
-    assert table.match("leads", "lead") == ()
-    assert table.match("leads", "leads.created") == ()
-    assert table.match("leads", "xlead.created") == ()
-    assert table.match("leads", "order.created") == ()
+    assert table.match("leads", "lead.created").endpoints == ("crm",)
+    assert table.match("leads", "lead.a.b.c").endpoints == ("crm",)
+    assert table.match("leads", "lead.").endpoints == ("crm",)
+    assert table.match("leads", "lead").endpoints == ()
+    assert table.match("leads", "leads.created").endpoints == ()
+    assert table.match("leads", "xlead.created").endpoints == ()
+    assert table.match("leads", "order.created").endpoints == ()
 
 
 def test_prefix_wildcard_without_dot() -> None:
     table = RoutingTable([sub("crm", "lead*")])
-    assert table.match("leads", "lead") == ("crm",)
-    assert table.match("leads", "leader.elected") == ("crm",)
-    assert table.match("leads", "lea") == ()
+    assert table.match("leads", "lead").endpoints == ("crm",)
+    assert table.match("leads", "leader.elected").endpoints == ("crm",)
+    assert table.match("leads", "lea").endpoints == ()
 
 
 def test_star_matches_every_type() -> None:
     table = RoutingTable([sub("audit", "*")])
     for event_type in ("lead.created", "x", "order.paid", "*", "a.b.c.d.e"):
-        assert table.match("leads", event_type) == ("audit",)
-        assert table.match("orders", event_type) == ("audit",)
+        assert table.match("leads", event_type).endpoints == ("audit",)
+        assert table.match("orders", event_type).endpoints == ("audit",)
 
 
 def test_nested_prefixes_all_match() -> None:
     table = RoutingTable([sub("a", "a.*"), sub("ab", "a.b.*"), sub("abc", "a.b.c.*"), sub("other", "a.c.*")])
-    assert table.match("t", "a.b.c.d") == ("a", "ab", "abc")
-    assert table.match("t", "a.b.x") == ("a", "ab")
-    assert table.match("t", "a.x") == ("a",)
-    assert table.match("t", "a.c.x") == ("a", "other")
-    assert table.match("t", "b.c") == ()
+    assert table.match("t", "a.b.c.d").endpoints == ("a", "ab", "abc")
+    assert table.match("t", "a.b.x").endpoints == ("a", "ab")
+    assert table.match("t", "a.x").endpoints == ("a",)
+    assert table.match("t", "a.c.x").endpoints == ("a", "other")
+    assert table.match("t", "b.c").endpoints == ()
 
 
 def test_topic_filter() -> None:
@@ -65,12 +65,12 @@ def test_topic_filter() -> None:
             sub("leads-only", "*", topics=["leads"]),
         ]
     )
-    assert table.match("leads", "lead.created") == ("anywhere", "both", "leads-only")
-    assert table.match("orders", "lead.created") == ("anywhere", "orders-only", "both")
-    assert table.match("billing", "lead.created") == ("anywhere",)
-    assert table.match("billing", "lead.updated") == ()
-    assert table.match("leads", "order.paid") == ("leads-only",)
-    assert table.match("orders", "order.paid") == ()
+    assert table.match("leads", "lead.created").endpoints == ("anywhere", "both", "leads-only")
+    assert table.match("orders", "lead.created").endpoints == ("anywhere", "orders-only", "both")
+    assert table.match("billing", "lead.created").endpoints == ("anywhere",)
+    assert table.match("billing", "lead.updated").endpoints == ()
+    assert table.match("leads", "order.paid").endpoints == ("leads-only",)
+    assert table.match("orders", "order.paid").endpoints == ()
 
 
 def test_endpoint_matched_several_times_appears_once() -> None:
@@ -82,48 +82,49 @@ def test_endpoint_matched_several_times_appears_once() -> None:
             sub("crm", "*", topics=["leads"]),
         ]
     )
-    assert table.match("leads", "lead.created") == ("crm", "billing")
-    assert table.match("leads", "lead.updated") == ("crm", "billing")
-    assert table.match("leads", "order.paid") == ("crm",)
+    assert table.match("leads", "lead.created").endpoints == ("crm", "billing")
+    assert table.match("leads", "lead.updated").endpoints == ("crm", "billing")
+    assert table.match("leads", "order.paid").endpoints == ("crm",)
 
 
 def test_endpoints_in_config_order_for_one_kind_of_pattern() -> None:
     table = RoutingTable([sub(name, "lead.created") for name in ("zeta", "alpha", "mid", "alpha", "beta")])
-    assert table.match("leads", "lead.created") == ("zeta", "alpha", "mid", "beta")
+    assert table.match("leads", "lead.created").endpoints == ("zeta", "alpha", "mid", "beta")
     table = RoutingTable([sub(name, "*") for name in ("zeta", "alpha", "mid")])
-    assert table.match("leads", "x") == ("zeta", "alpha", "mid")
+    assert table.match("leads", "x").endpoints == ("zeta", "alpha", "mid")
 
 
 def test_endpoints_in_config_order_across_pattern_kinds() -> None:
     table = RoutingTable([sub("audit", "*"), sub("crm", "lead.*"), sub("billing", "lead.created"), sub("sales", "l*")])
-    assert table.match("leads", "lead.created") == ("audit", "crm", "billing", "sales")
+    assert table.match("leads", "lead.created").endpoints == ("audit", "crm", "billing", "sales")
 
 
 def test_no_match_is_an_empty_tuple() -> None:
     table = RoutingTable([sub("crm", "lead.*", topics=["leads"])])
     result = table.match("orders", "lead.created")
-    assert result == ()
-    assert type(result) is tuple
-    assert RoutingTable([]).match("leads", "lead.created") == ()
+    assert result.endpoints == ()
+    assert result.conditional == ()
+    assert RoutingTable([]).match("leads", "lead.created").endpoints == ()
 
 
 def test_result_is_a_tuple_of_endpoint_ids() -> None:
     result = RoutingTable([sub("crm", "*")]).match("leads", "x")
-    assert type(result) is tuple
-    assert result == ("crm",)
+    assert type(result.endpoints) is tuple
+    assert result.endpoints == ("crm",)
+    assert result.select(lambda: None) == ("crm",)
 
 
 def test_cache_returns_the_same_answer() -> None:
     table = RoutingTable([sub("crm", "lead.*"), sub("billing", "*", topics=["orders"])])
     first = table.match("orders", "lead.created")
-    assert first == ("crm", "billing")
+    assert first.endpoints == ("crm", "billing")
     assert table.match("orders", "lead.created") is first
     empty = table.match("leads", "order.paid")
-    assert empty == ()
+    assert empty.endpoints == ()
     assert table.match("leads", "order.paid") is empty
     # the cache is keyed by topic too
-    assert table.match("leads", "lead.created") == ("crm",)
-    assert table.match("orders", "lead.created") == ("crm", "billing")
+    assert table.match("leads", "lead.created").endpoints == ("crm",)
+    assert table.match("orders", "lead.created").endpoints == ("crm", "billing")
 
 
 def test_cache_is_bounded_and_answers_stay_right(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,15 +132,15 @@ def test_cache_is_bounded_and_answers_stay_right(monkeypatch: pytest.MonkeyPatch
     table = RoutingTable([sub("crm", "lead.*"), sub("audit", "*", topics=["audit"])])
     for round_ in range(3):
         for i in range(50):
-            assert table.match("leads", f"lead.e{i}") == ("crm",), round_
-            assert table.match("audit", f"other.e{i}") == ("audit",), round_
-            assert table.match("leads", f"other.e{i}") == (), round_
+            assert table.match("leads", f"lead.e{i}").endpoints == ("crm",), round_
+            assert table.match("audit", f"other.e{i}").endpoints == ("audit",), round_
+            assert table.match("leads", f"other.e{i}").endpoints == (), round_
             assert len(table._cache) <= 8
 
 
 def test_subscriptions_may_be_any_iterable() -> None:
     table = RoutingTable(sub(f"ep{i}", f"t{i}") for i in range(3))
-    assert table.match("x", "t1") == ("ep1",)
+    assert table.match("x", "t1").endpoints == ("ep1",)
 
 
 def test_many_subscriptions() -> None:
@@ -155,21 +156,21 @@ def test_many_subscriptions() -> None:
     assert len(subs) == 20_000
     table = RoutingTable(subs)
 
-    assert table.match("leads", "type.0") == ("exact-0", "multi-0")
-    assert table.match("leads", "type.4989") == ("exact-4989", "multi-89")
-    assert table.match("leads", "type.4990") == ("exact-4990",)
-    assert table.match("leads", "type.9999") == ("exact-9999",)
-    assert table.match("leads", "type.10000") == ()
-    assert table.match("leads", "ns7.created") == ("prefix-7", "multi-7")
-    assert table.match("orders", "ns7.created") == ("multi-7",)
-    assert table.match("orders", "ns8.created") == ("prefix-8", "multi-8")
+    assert table.match("leads", "type.0").endpoints == ("exact-0", "multi-0")
+    assert table.match("leads", "type.4989").endpoints == ("exact-4989", "multi-89")
+    assert table.match("leads", "type.4990").endpoints == ("exact-4990",)
+    assert table.match("leads", "type.9999").endpoints == ("exact-9999",)
+    assert table.match("leads", "type.10000").endpoints == ()
+    assert table.match("leads", "ns7.created").endpoints == ("prefix-7", "multi-7")
+    assert table.match("orders", "ns7.created").endpoints == ("multi-7",)
+    assert table.match("orders", "ns8.created").endpoints == ("prefix-8", "multi-8")
     # "ns1.*" must not match "ns12.x", nor "ns12.*" match "ns1.x"
-    assert table.match("orders", "ns12.x") == ("prefix-12", "multi-12")
-    assert table.match("orders", "ns4999.x") == ()
-    assert table.match("leads", "ns4999.x") == ("prefix-4999",)
-    assert table.match("topic-3", "anything") == ("star-3",)
-    assert table.match("topic-3", "type.5") == ("exact-5", "multi-5", "star-3")
-    assert table.match("topic-99", "anything") == ()
+    assert table.match("orders", "ns12.x").endpoints == ("prefix-12", "multi-12")
+    assert table.match("orders", "ns4999.x").endpoints == ()
+    assert table.match("leads", "ns4999.x").endpoints == ("prefix-4999",)
+    assert table.match("topic-3", "anything").endpoints == ("star-3",)
+    assert table.match("topic-3", "type.5").endpoints == ("exact-5", "multi-5", "star-3")
+    assert table.match("topic-99", "anything").endpoints == ()
     for i in range(0, 10_000, 97):
         expected = (f"exact-{i}", f"multi-{i % 100}") if i < 4_990 else (f"exact-{i}",)
-        assert table.match("orders", f"type.{i}") == expected
+        assert table.match("orders", f"type.{i}").endpoints == expected
