@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from daemon import __version__
-from daemon.config import load_config
+from daemon.config import Config, load_config
 from daemon.errors import ConfigError
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -28,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(args.path)
     if args.command == "run":
         return _run(args.config)
+    if args.command == "ping":
+        return _ping(args.config, args.endpoint)
     if args.command == "demo":
         from daemon.demo import run_demo
 
@@ -45,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="path of the TOML config")
     check = sub.add_parser("check-config", help="validate a config: exit 0, or 2 listing every error")
     check.add_argument("path")
+    ping = sub.add_parser("ping", help="send an endpoint its profile's test event once; record the outcome")
+    ping.add_argument("--config", required=True, help="path of the TOML config")
+    ping.add_argument("endpoint", help="endpoint id")
     demo = sub.add_parser("demo", help="embedded broker, sample receiver, sample events: deliveries shown")
     demo.add_argument("--events", type=int, default=0, help="stop after this many events (0: run until Ctrl-C)")
     demo.add_argument("--rate", type=float, default=2.0, help="sample events per second")
@@ -67,21 +75,45 @@ def _check_config(path: str) -> int:
     return EXIT_OK
 
 
-def _run(path: str) -> int:
+def _load(path: str) -> Config | None:
     try:
-        config = load_config(path)
+        return load_config(path)
     except ConfigError as exc:
         for line in exc.errors:
             log.error("config: %s", line)
+        return None
+
+
+def _ping(path: str, endpoint_id: str) -> int:
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    from daemon.actions import UnknownEndpoint, ping
+
+    try:
+        outcome = run_coroutine(ping(config, endpoint_id, os.environ))
+    except UnknownEndpoint as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    status = outcome.http_status if outcome.http_status is not None else "-"
+    print(f"{outcome.status} {status} in {outcome.duration_ms} ms" + (f": {outcome.error}" if outcome.error else ""))
+    print(outcome.response_body or "")
+    return EXIT_OK if outcome.status == "delivered" else EXIT_FAILURE
+
+
+def _run(path: str) -> int:
+    config = _load(path)
+    if config is None:
         return EXIT_CONFIG
     from daemon.app import App
 
     app = App(config, config_path=path)
-    return run_coroutine(app.serve())
+    run_coroutine(app.serve())
+    return EXIT_OK
 
 
-def run_coroutine(coro: Coroutine[Any, Any, Any]) -> int:
-    """Run on uvloop where it is installed; exit 0 on a clean stop."""
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop where it is installed."""
     factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
     try:
         import uvloop
@@ -91,4 +123,4 @@ def run_coroutine(coro: Coroutine[Any, Any, Any]) -> int:
         pass
     with asyncio.Runner(loop_factory=factory) as runner:
         result = runner.run(coro)
-    return result if isinstance(result, int) else EXIT_OK
+    return result
