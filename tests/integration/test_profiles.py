@@ -96,8 +96,16 @@ def _without(d: dict[str, Any], *path: str) -> dict[str, Any]:
     return out
 
 
-async def _deliver(setup: Setup, endpoints: list[dict[str, Any]], subs: list[dict[str, Any]], events: list[Any],
-                   receivers: list[Receiver], expect: int, records: int, **extra: Any) -> list[dict[str, Any]]:  # fmt: skip
+async def _deliver(
+    setup: Setup,
+    endpoints: list[dict[str, Any]],
+    subs: list[dict[str, Any]],
+    events: list[Any],
+    receivers: list[Receiver],
+    expect: int,
+    records: int,
+    **extra: Any,
+) -> list[dict[str, Any]]:
     doc = setup.config(endpoints, subs)
     doc.update(extra)
     path = setup.write(doc)
@@ -112,8 +120,9 @@ async def test_agora_lead_created_exactly(setup: Setup, receivers: list[Receiver
     r = await receiver(receivers)
     ep = {"id": "42", "url": r.url, "profile": "agora", "secret": "agora-endpoint-secret"}
     before = int(time.time())
-    records = await _deliver(setup, [ep], [{"endpoint": "42", "events": ["lead.*"]}], [AGORA_LEAD_CREATED],
-                             receivers, expect=1, records=1)  # fmt: skip
+    records = await _deliver(
+        setup, [ep], [{"endpoint": "42", "events": ["lead.*"]}], [AGORA_LEAD_CREATED], receivers, expect=1, records=1
+    )
     (req,) = r.requests
     assert json.loads(req.body) == AGORA_LEAD_CREATED
     assert list(json.loads(req.body)) == list(AGORA_LEAD_CREATED)  # the documented field order too
@@ -142,8 +151,15 @@ async def test_agora_bulk_is_delivered_once_never_beside_its_items(setup: Setup,
         "contact_id": 98,
         "timestamp": "2026-06-12T20:00:01Z",
     }
-    records = await _deliver(setup, [ep], [{"endpoint": "7", "events": ["lead.created", "leads.bulk_created"]}],
-                             [*items, AGORA_BULK, single], receivers, expect=2, records=4)  # fmt: skip
+    records = await _deliver(
+        setup,
+        [ep],
+        [{"endpoint": "7", "events": ["lead.created", "leads.bulk_created"]}],
+        [*items, AGORA_BULK, single],
+        receivers,
+        expect=2,
+        records=4,
+    )
     bodies = [json.loads(req.body) for req in r.requests]
     assert sorted(bodies, key=lambda b: b["event"]) == [single, AGORA_BULK]
     assert sorted(rec["status"] for rec in records) == [
@@ -165,8 +181,15 @@ async def test_leadterra_envelope_and_catalogue(setup: Setup, receivers: list[Re
     flat = {"type": "message.sent", "messageId": "msg_7", "campaignId": "cmp_9"}
     unknown = {"event": "message.archived", "messageId": "msg_8"}  # matches message.* but is not in the catalogue
     before = time.time()
-    records = await _deliver(setup, [ep], [{"endpoint": "lt", "events": ["reply.received", "message.*"]}],
-                             [reply, flat, unknown], receivers, expect=2, records=2)  # fmt: skip
+    records = await _deliver(
+        setup,
+        [ep],
+        [{"endpoint": "lt", "events": ["reply.received", "message.*"]}],
+        [reply, flat, unknown],
+        receivers,
+        expect=2,
+        records=2,
+    )
     got = [json.loads(req.body) for req in r.requests]
     assert got[0] == reply
     assert set(got[1]) == {"event", "timestamp", "data"}
@@ -234,8 +257,15 @@ async def test_campaign_inheritance_override_and_disabled(setup: Setup, receiver
 async def test_crm_secret_injected(setup: Setup, receivers: list[Receiver]) -> None:
     r = await receiver(receivers)
     ep = {"id": "crm", "url": r.url, "profile": "crm", "secret": "wh_a46f35f22d9723a"}
-    await _deliver(setup, [ep], [{"endpoint": "crm", "events": ["lead.*"]}], [_without(CRM_LEAD_CREATE, "secret")],
-                   receivers, expect=1, records=1)  # fmt: skip
+    await _deliver(
+        setup,
+        [ep],
+        [{"endpoint": "crm", "events": ["lead.*"]}],
+        [_without(CRM_LEAD_CREATE, "secret")],
+        receivers,
+        expect=1,
+        records=1,
+    )
     assert json.loads(r.requests[0].body) == CRM_LEAD_CREATE
 
 
@@ -243,8 +273,15 @@ async def test_standard_webhooks_rotation_signs_with_every_secret(setup: Setup, 
     r = await receiver(receivers)
     new = "whsec_" + base64.b64encode(b"the-new-secret-0123456789").decode()
     ep = {"id": "sw", "url": r.url, "secrets": [new, SECRET]}
-    await _deliver(setup, [ep], [{"endpoint": "sw", "events": ["*"]}], [{"type": "invoice.paid", "id": 1}],
-                   receivers, expect=1, records=1)  # fmt: skip
+    await _deliver(
+        setup,
+        [ep],
+        [{"endpoint": "sw", "events": ["*"]}],
+        [{"type": "invoice.paid", "id": 1}],
+        receivers,
+        expect=1,
+        records=1,
+    )
     (req,) = r.requests
     assert len(req.headers["webhook-signature"].split(" ")) == 2
     for secret in (new, SECRET):  # a receiver that knows either one verifies
@@ -264,8 +301,13 @@ async def test_raw_sends_the_body_as_it_arrived_with_only_signature_headers(
     (req,) = r.requests
     assert req.body == body
     Webhook(SECRET).verify(req.body, req.headers)
-    assert {h.lower() for h in req.headers} == {"host", "content-length", "webhook-id", "webhook-timestamp",
-                                                "webhook-signature"}  # fmt: skip
+    assert {h.lower() for h in req.headers} == {
+        "host",
+        "content-length",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+    }
 
 
 async def test_ping_command_sends_the_profile_test_event(setup: Setup, receivers: list[Receiver]) -> None:
@@ -275,9 +317,16 @@ async def test_ping_command_sends_the_profile_test_event(setup: Setup, receivers
     ep = {"id": "cc", "url": r.url, "profile": "convocore", "secret": "ws-secret"}
     path = setup.write(setup.config([ep], [{"endpoint": "cc", "events": ["*"]}]))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon", "ping", "--config", str(path), "cc",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "daemon",
+        "ping",
+        "--config",
+        str(path),
+        "cc",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert out.decode().splitlines()[0].startswith("delivered 200")
