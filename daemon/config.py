@@ -20,6 +20,7 @@ from yarl import URL
 
 from daemon.errors import ConfigError
 from daemon.profiles import PROFILES, ProfileName, pattern_matches
+from daemon.retry import Policy
 
 _FROZEN: dict[str, Any] = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
 
@@ -72,6 +73,48 @@ class DeliveryConfig(msgspec.Struct, **_FROZEN):
     drain_timeout_s: Annotated[float, Meta(gt=0, le=25)] = 20.0
 
 
+class RetryConfig(msgspec.Struct, **_FROZEN):
+    """Delay tiers and topics for durable retries, dead letters and endpoint health."""
+
+    # Retries wait in one Kafka topic per tier, `{topic_prefix}.retry.{tier}s`; ascending, in seconds.
+    tiers_s: Annotated[list[Annotated[float, Meta(gt=0, le=604_800)]], Meta(min_length=1, max_length=20)] = (
+        msgspec.field(default_factory=lambda: [1, 5, 30, 60, 300, 1800, 3600, 7200, 28800])
+    )
+    topic_prefix: Name = "webhook-router"
+    partitions: Annotated[int, Meta(ge=1, le=1000)] = 3  # for the topics the router creates
+    create_topics: bool = True
+    retry_after_max_s: Annotated[float, Meta(ge=0, le=86_400)] = 3600.0
+
+    def tier_topic(self, tier_s: float) -> str:
+        return f"{self.topic_prefix}.retry.{tier_s:g}s"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic_prefix}.dead-letter"
+
+    @property
+    def health_topic(self) -> str:
+        return f"{self.topic_prefix}.health"
+
+
+class EndpointRetryConfig(msgspec.Struct, **_FROZEN):
+    """An endpoint's retry policy; without one, its profile's."""
+
+    policy: Literal["none", "once", "schedule", "exponential"]
+    delays_s: Annotated[list[Annotated[float, Meta(gt=0, le=604_800)]], Meta(min_length=1, max_length=20)] | None = None
+    retries: Annotated[int, Meta(ge=1, le=10)] | None = None  # exponential
+    base_s: Annotated[float, Meta(gt=0, le=86_400)] = 30.0
+    max_s: Annotated[float, Meta(gt=0, le=604_800)] = 7200.0
+    jitter: Annotated[float, Meta(ge=0, le=0.5)] = 0.2
+    retry_statuses: list[Annotated[int, Meta(ge=400, le=499)]] = []  # 4xx to retry beside 408/425/429
+
+    def policy_value(self, live_only: bool) -> Policy:
+        if self.policy == "exponential":
+            attempts = 1 + (self.retries or 3)
+            return Policy("exponential", attempts=attempts, base_s=self.base_s, max_s=self.max_s, jitter=self.jitter)
+        return Policy(self.policy, delays_s=tuple(self.delays_s or ()), live_only=live_only)
+
+
 class EndpointConfig(msgspec.Struct, **_FROZEN):
     id: EndpointId
     url: Annotated[str, Meta(min_length=1, max_length=2048)]
@@ -84,6 +127,11 @@ class EndpointConfig(msgspec.Struct, **_FROZEN):
     max_concurrency: Annotated[int, Meta(ge=1, le=1024)] = 8
     headers: dict[str, str] = {}
     allow_http: bool = False  # for profiles whose contract is https only
+    retry: EndpointRetryConfig | None = None
+    queue_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000  # waiting deliveries; past it, defer to retry tiers
+    pause_after_failures: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None  # default: the profile's
+    while_paused: Literal["skip", "hold"] = "skip"
+    paused: bool = False
 
     def __repr__(self) -> str:  # never print the secret
         return f"EndpointConfig(id={self.id!r}, profile={self.profile!r}, url=<redacted>)"
@@ -91,6 +139,17 @@ class EndpointConfig(msgspec.Struct, **_FROZEN):
     @property
     def effective_timeout_s(self) -> float:
         return self.timeout_s if self.timeout_s is not None else PROFILES[self.profile].timeout_s
+
+    @property
+    def policy(self) -> Policy:
+        profile = PROFILES[self.profile]
+        return self.retry.policy_value(profile.retry.live_only) if self.retry is not None else profile.retry
+
+    @property
+    def pause_threshold(self) -> int | None:
+        if self.pause_after_failures is not None:
+            return self.pause_after_failures
+        return PROFILES[self.profile].pause_after_failures
 
 
 class WhereConfig(msgspec.Struct, **_FROZEN):
@@ -132,6 +191,8 @@ class OrganizationConfig(msgspec.Struct, **_FROZEN):
     enabled: bool = True
     headers: dict[str, str] = {}
     retry_attempts: Annotated[int, Meta(ge=1, le=10)] = 3
+    retry_base_s: Annotated[float, Meta(gt=0, le=86_400)] = 30.0  # exponential back-off: base * 2^n
+    retry_max_s: Annotated[float, Meta(gt=0, le=604_800)] = 7200.0
     timeout_s: Annotated[float, Meta(ge=1, le=120)] = 10.0
     max_concurrency: Annotated[int, Meta(ge=1, le=1024)] = 8
     topics: Annotated[list[Name], Meta(min_length=1)] | None = None
@@ -147,6 +208,7 @@ class Config(msgspec.Struct, **_FROZEN):
     kafka: KafkaConfig
     admin: AdminConfig = AdminConfig()
     delivery: DeliveryConfig = DeliveryConfig()
+    retry: RetryConfig = RetryConfig()
     endpoints: list[EndpointConfig] = []
     subscriptions: list[SubscriptionConfig] = []
     organizations: list[OrganizationConfig] = []
@@ -194,6 +256,7 @@ def resolve(config: Config) -> Resolved:
                     max_concurrency=org.max_concurrency,
                     headers=camp.headers if camp.headers is not None else org.headers,
                     allow_http=org.allow_http,
+                    retry=_campaign_retry(camp.retry_attempts or org.retry_attempts, org),
                 )
             )
             subscriptions.append(
@@ -227,7 +290,12 @@ def _org_endpoint(org: OrganizationConfig) -> EndpointConfig:
         max_concurrency=org.max_concurrency,
         headers=org.headers,
         allow_http=org.allow_http,
+        retry=_campaign_retry(org.retry_attempts, org),
     )
+
+
+def _campaign_retry(retries: int, org: OrganizationConfig) -> EndpointRetryConfig:
+    return EndpointRetryConfig(policy="exponential", retries=retries, base_s=org.retry_base_s, max_s=org.retry_max_s)
 
 
 def _overlap(a: str, b: str) -> bool:
@@ -380,6 +448,9 @@ def _check_semantics(config: Config, environ: Any, errors: list[str]) -> None:
             errors.append(f"kafka.event_type_fields.{topic}: not one of kafka.topics")
     if kafka.sasl_mechanism and kafka.sasl_password_env and kafka.sasl_password_env not in environ:
         errors.append(f"kafka.sasl_password_env: environment variable {kafka.sasl_password_env} is not set")
+    tiers = config.retry.tiers_s
+    if sorted(set(tiers)) != tiers:
+        errors.append("retry.tiers_s: must be ascending, without repeats")
     port = int(config.admin.listen.rsplit(":", 1)[1])
     if port > 65535:
         errors.append("admin.listen: port must be <= 65535")
@@ -489,6 +560,17 @@ def _check_endpoint(
         errors.append(f"{path}.timeout_s: the {profile.name} contract allows at most {profile.max_timeout_s:g} s")
     _check_secrets(endpoint, profile.key_source, path, environ, errors)
     _check_headers(endpoint.headers, f"{path}.headers", errors)
+    retry = endpoint.retry
+    if retry is not None:
+        needs_delays = retry.policy in ("once", "schedule")
+        if needs_delays and retry.delays_s is None:
+            errors.append(f"{path}.retry.delays_s: required for the {retry.policy} policy")
+        elif retry.policy == "once" and retry.delays_s is not None and len(retry.delays_s) != 1:
+            errors.append(f"{path}.retry.delays_s: the once policy takes exactly one delay")
+        elif not needs_delays and retry.delays_s is not None:
+            errors.append(f"{path}.retry.delays_s: only for the once and schedule policies")
+        if retry.retries is not None and retry.policy != "exponential":
+            errors.append(f"{path}.retry.retries: only for the exponential policy")
 
 
 def _check_secrets(endpoint: EndpointConfig, kind: str, path: str, environ: Any, errors: list[str]) -> None:

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from daemon.retry import Policy
+
 Json = Any
 _MISSING: Final = object()
 
@@ -147,6 +149,9 @@ class Skip:
     reason: str
 
 
+SVIX_SCHEDULE: Final = Policy("schedule", delays_s=(5, 300, 1800, 7200, 18000, 36000, 36000))
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -162,6 +167,8 @@ class Profile:
     test_event: Mapping[str, Json] = field(default_factory=dict)
     skips: tuple[Skip, ...] = ()
     injects_secret: bool = False  # the body depends on the endpoint's secret
+    retry: Policy = SVIX_SCHEDULE
+    pause_after_failures: int | None = None  # consecutive failed deliveries that pause the endpoint
 
 
 _AGORA_EVENTS = frozenset(
@@ -214,6 +221,7 @@ PROFILES: Final[dict[str, Profile]] = {
             max_timeout_s=10.0,
             catalogue=_AGORA_EVENTS,
             test_event={"event": "ping"},
+            retry=Policy("once", delays_s=(60,), live_only=True),
             skips=(
                 Skip(
                     status="skipped_bulk_item",
@@ -235,6 +243,7 @@ PROFILES: Final[dict[str, Profile]] = {
             catalogue=_LEADTERRA_EVENTS,
             https_only=True,
             needs_events=True,
+            retry=Policy("schedule", delays_s=(30, 300, 1800, 7200, 28800)),
             test_event={"event": "ping", "data": {"message": "test delivery from webhook-router"}},
         ),
         # 002: {type, payload: {..., createdAt (ms), workspaceSecret}}; 60 s; Convocore-only events never from VF.
@@ -256,6 +265,7 @@ PROFILES: Final[dict[str, Profile]] = {
             max_timeout_s=60.0,
             catalogue=_CONVOCORE_EVENTS,
             test_event={"type": "webhook_test", "payload": {"message": "This is a test event"}},
+            retry=Policy("none"),
             skips=(
                 Skip(
                     status="skipped_unsupported",
@@ -286,6 +296,7 @@ PROFILES: Final[dict[str, Profile]] = {
             timeout_s=10.0,
             catalogue=_CAMPAIGN_EVENTS,
             test_event={"event": "ping", "status": "test", "data": {}},
+            retry=Policy("exponential", attempts=4, base_s=30, max_s=7200, jitter=0.2),
         ),
         # 004: {id_space, event, secret, payload}.
         Profile(
@@ -304,6 +315,8 @@ PROFILES: Final[dict[str, Profile]] = {
             catalogue=_CRM_EVENTS,
             test_event={"event": "ping", "payload": {}},
             injects_secret=True,
+            retry=Policy("none"),
+            pause_after_failures=10,
         ),
     )
 }

@@ -1,0 +1,113 @@
+"""Retry policies and status classification. Pure.
+
+A failed attempt is classified (``classify``), then the endpoint's policy says whether and when the
+next attempt is due (``Policy.next_delay``). Delays wait in Kafka, on the delay tier that fits them
+(``tier_for``); ``Retry-After`` is honoured within bounds.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+# What an outcome means for what happens next.
+Verdict = Literal["delivered", "retry", "final", "gone"]
+
+RETRIABLE_4XX: Final = frozenset({408, 425, 429})
+_RNG: Final = random.Random()  # noqa: S311 - jitter spreads load; it guards nothing
+
+
+def classify(http_status: int | None, retry_4xx: frozenset[int] = frozenset()) -> Verdict:
+    """2xx delivered; 410 gone (disable the endpoint); 429, 408, 5xx, timeouts and connection errors retried;
+    other statuses (3xx: redirects are never followed; the rest of 4xx) final unless listed in ``retry_4xx``."""
+    if http_status is None:
+        return "retry"
+    if 200 <= http_status < 300:
+        return "delivered"
+    if http_status == 410:
+        return "gone"
+    if http_status >= 500 or http_status in RETRIABLE_4XX or http_status in retry_4xx:
+        return "retry"
+    return "final"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+PolicyName = Literal["none", "once", "schedule", "exponential"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """When to try again. ``attempt`` counts from 1 (the first try); delays are in seconds."""
+
+    name: PolicyName
+    delays_s: tuple[float, ...] = ()  # schedule: the delay before retry 1, 2, ...
+    attempts: int = 1  # exponential: total attempts, the first included
+    base_s: float = 30.0
+    max_s: float = 7200.0
+    jitter: float = 0.0  # +/- this fraction, exponential only
+    live_only: bool = False  # once: pings and manual redeliveries are never retried
+
+    @property
+    def max_attempts(self) -> int:
+        if self.name == "none":
+            return 1
+        if self.name == "once":
+            return 2
+        if self.name == "schedule":
+            return 1 + len(self.delays_s)
+        return self.attempts
+
+    def next_delay(self, attempt: int, rng: random.Random | None = None) -> float | None:
+        """Delay before attempt ``attempt + 1``, or None when ``attempt`` was the last."""
+        if attempt >= self.max_attempts:
+            return None
+        if self.name == "once":
+            return self.delays_s[0] if self.delays_s else self.base_s
+        if self.name == "schedule":
+            return self.delays_s[attempt - 1]
+        delay: float = min(self.max_s, self.base_s * 2 ** (attempt - 1))
+        if self.jitter:
+            delay *= 1 + (rng or _RNG).uniform(-self.jitter, self.jitter)
+        return min(delay, self.max_s)
+
+
+def with_retry_after(scheduled: float, retry_after: float | None, cap_s: float) -> float:
+    """The delay to use when the endpoint said ``Retry-After``: never sooner than scheduled, at most ``cap_s``."""
+    if retry_after is None:
+        return scheduled
+    return max(scheduled, min(retry_after, cap_s))
+
+
+def tier_for(remaining_s: float, tiers_s: Sequence[float]) -> float | None:
+    """The longest delay tier that does not overshoot ``remaining_s`` (tiers ascending); None if none fits."""
+    chosen: float | None = None
+    for tier in tiers_s:
+        if tier <= remaining_s:
+            chosen = tier
+        else:
+            break
+    return chosen
+
+
+def lateness_allowed(delay_s: float) -> float:
+    """How late a retry may be sent while the daemon is up: max(1 s, 5 % of its delay)."""
+    return max(1.0, 0.05 * delay_s)
