@@ -15,19 +15,34 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiokafka import AIOKafkaProducer
+import msgspec
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 
 from daemon.admin import AdminServer
 from daemon.config import Config, Resolved, load_config, resolve
 from daemon.consume import Source, kafka_client_options
 from daemon.deliver import Endpoint, Job, Lane, Sender, delivery_id, outcome_for
 from daemon.errors import ConfigError
+from daemon.health import REASON_CONFIG, Health, HealthReader
 from daemon.match import RoutingTable
 from daemon.metrics import Metrics
-from daemon.model import INVALID_EVENT, Event, InvalidEvent, Outcome, TypeReader, encode_outcome, utc_now_iso
+from daemon.model import (
+    ENDPOINT_PAUSED,
+    ENDPOINT_RESUMED,
+    INVALID_EVENT,
+    Event,
+    InvalidEvent,
+    Outcome,
+    TypeReader,
+    encode_outcome,
+    utc_now_iso,
+)
 from daemon.offsets import PartitionOffsets
 from daemon.profiles import PROFILES, skip_for
 from daemon.results import ResultsWriter
+from daemon.retries import Retries
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +77,10 @@ class App:
         self.admin: AdminServer | None = None
         # Set by serve() before anything reads them.
         self.source: Source
+        self.tiers: Source  # the retry tiers' consumer
+        self.health: Health
+        self._health_reader: HealthReader
+        self._retries: Retries
         self._results: ResultsWriter
         self._sender: Sender
         self._routing: Routing
@@ -88,6 +107,22 @@ class App:
             self._results.start()
             stack.push_async_callback(self._results.stop)
 
+            retry = config.retry
+            if retry.create_topics:
+                topics = [kafka.results_topic, retry.dead_letter_topic, retry.health_topic]
+                topics += [retry.tier_topic(t) for t in retry.tiers_s]
+                await ensure_topics(kafka_client_options(kafka, self._environ), topics, retry.partitions)
+            self.health = Health(self._results, retry.health_topic, self.metrics, self._announce_health)
+            self._health_reader = HealthReader(
+                retry.health_topic, kafka_client_options(kafka, self._environ), self.health
+            )
+            restored = await self._health_reader.start()
+            stack.push_async_callback(self._health_reader.stop)
+            if restored:
+                log.info("endpoint health restored from %d records", restored)
+            self._retries = Retries(self._results, retry, self.metrics, self.health, lambda: self._routing.lanes)
+            stack.callback(self._retries.cancel_timers)
+
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
             session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("Accept",))
             stack.push_async_callback(session.close)
@@ -96,9 +131,20 @@ class App:
             self._routing = self._build_routing(config, {})
             stack.push_async_callback(self._close_lanes)
 
-            self.source = Source(kafka, self._environ, self.metrics, self._dispatch, config.delivery.drain_timeout_s)
+            drain_s = config.delivery.drain_timeout_s
+            self.source = Source(kafka, self._environ, self.metrics, self._dispatch, drain_s)
             await self.source.start()
             stack.push_async_callback(self.source.stop)
+
+            tier_kafka = msgspec.structs.replace(
+                kafka, group_id=f"{kafka.group_id}.retry", topics=self._retries.tier_topics
+            )
+            self.tiers = Source(tier_kafka, self._environ, self.metrics, self._retries.take, drain_s)
+            await self.tiers.start()
+            stack.push_async_callback(self.tiers.stop)
+            self._retries.hold = lambda topic, partition, offset, until_ms: self.tiers.hold(
+                TopicPartition(topic, partition), offset, until_ms
+            )
 
             self.admin = AdminServer(config.admin.listen, self.metrics, self._ready)
             await self.admin.start()
@@ -109,7 +155,9 @@ class App:
                 stack.callback(self._remove_signals, loop)
 
             fetch = self._spawn(self.source.run(), "fetch")
+            self._spawn(self.tiers.run(), "fetch-retries")
             self._spawn(self.source.commit_every(kafka.commit_interval_ms / 1000), "commit")
+            self._spawn(self.tiers.commit_every(kafka.commit_interval_ms / 1000), "commit-retries")
             _notify_systemd("READY=1")
             log.info(
                 "webhook-router running: topics %s, %d endpoints, %d subscriptions",
@@ -136,13 +184,16 @@ class App:
         _notify_systemd("STOPPING=1")
         started = time.monotonic()
         deadline = self._config.delivery.drain_timeout_s
-        self.source.stopping = True
+        self.source.stopping = self.tiers.stopping = True
+        self._retries.cancel_timers()  # their tier records stay uncommitted: read again after a restart
         drained = await self.source.drain(max(0.0, deadline * 0.8))
+        drained = await self.tiers.drain(max(0.0, deadline * 0.8 - (time.monotonic() - started))) and drained
         abandoned = 0
         if not drained:
             abandoned = await self._cancel_lanes()
         flushed = await self._results.flush(max(1.0, deadline - (time.monotonic() - started)))
         await self.source.commit()
+        await self.tiers.commit()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -153,7 +204,7 @@ class App:
             drained,
             abandoned,
             0 if flushed else self._results.outstanding,
-            self.source.offsets.in_flight,
+            self.source.offsets.in_flight + self.tiers.offsets.in_flight,
         )
 
     def _ready(self) -> bool:
@@ -249,7 +300,12 @@ class App:
             if previous is not None and previous.endpoint.same_as(endpoint):
                 lanes[endpoint.id] = previous
             else:
-                lanes[endpoint.id] = Lane(endpoint, self._sender, self.metrics, self._report)
+                lanes[endpoint.id] = Lane(endpoint, self._sender, self.metrics, self._retries.report)
+            was = old_lanes.get(endpoint.id)
+            if ep_config.paused:
+                self.health.pause(endpoint.id, REASON_CONFIG, "paused = true in the config")
+            elif was is not None and was.endpoint.config.paused:
+                self.health.resume(endpoint.id)
         self.metrics.endpoints.set(len(resolved.endpoints))
         self.metrics.subscriptions.set(len(resolved.subscriptions))
         return Routing(config, resolved, lanes)
@@ -307,7 +363,12 @@ class App:
         lanes = routing.lanes
         for endpoint_id in targets:
             lane = lanes[endpoint_id]
-            job = Job(event=event, delivery_id=delivery_id(topic, partition, offset, endpoint_id), ack=ack)
+            job = Job(
+                event=event,
+                delivery_id=delivery_id(topic, partition, offset, endpoint_id),
+                ack=ack,
+                endpoint_id=endpoint_id,
+            )
             profile = lane.endpoint.profile
             if profile.skips:
                 rule = skip_for(profile, event.decoded(), event_type)
@@ -316,11 +377,26 @@ class App:
                         job, outcome_for(endpoint_id, job, rule.status, error=rule.reason, profile=profile.name)
                     )
                     continue
-            lane.put(job)
+            self._retries.hand_over(lane, job)
 
     def _report(self, job: Job, outcome: Outcome) -> None:
-        key = outcome.endpoint_id.encode() if outcome.endpoint_id else None
-        self._results.submit(key, encode_outcome(outcome), job.ack)
+        self._retries.record(outcome, job.ack)
+
+    def _announce_health(self, endpoint_id: str, paused: bool, reason: str | None) -> None:
+        outcome = Outcome(
+            delivery_id=None,
+            endpoint_id=endpoint_id,
+            event_type=None,
+            attempt=0,
+            status=ENDPOINT_PAUSED if paused else ENDPOINT_RESUMED,
+            error=reason,
+            source_topic=None,
+            source_partition=None,
+            source_offset=None,
+            timestamp=utc_now_iso(),
+            trigger="health",
+        )
+        self._results.submit(endpoint_id.encode(), encode_outcome(outcome), lambda: None)
 
 
 def _notify_systemd(state: str) -> None:
@@ -335,3 +411,18 @@ def _notify_systemd(state: str) -> None:
             sock.sendto(state.encode(), path)
     except OSError as exc:
         log.debug("sd_notify failed: %s", exc)
+
+
+async def ensure_topics(client_options: dict[str, Any], names: list[str], partitions: int) -> None:
+    """Create the topics the router writes to, where they do not exist yet."""
+    admin = AIOKafkaAdminClient(**client_options)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+            log.info("created topics: %s", ", ".join(t.name for t in missing))
+    finally:
+        await admin.close()

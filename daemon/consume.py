@@ -23,7 +23,8 @@ from daemon.offsets import OffsetTracker, PartitionOffsets
 
 log = logging.getLogger(__name__)
 
-Dispatch = Callable[[Any, PartitionOffsets], None]
+# Returns False to stop reading that partition's batch (the partition was held back).
+Dispatch = Callable[[Any, PartitionOffsets], bool | None]
 
 _POLL_MS = 200
 _LAG_INTERVAL_S = 5.0
@@ -67,6 +68,7 @@ class Source:
         self.joined = False
         self.stopping = False
         self._lag_labels: set[tuple[str, str]] = set()
+        self._held: dict[TopicPartition, asyncio.TimerHandle] = {}
         self._consumer = AIOKafkaConsumer(
             group_id=kafka.group_id,
             enable_auto_commit=False,
@@ -90,6 +92,7 @@ class Source:
     async def stop(self) -> None:
         """Leave the group. Commit first: aiokafka does not call on_partitions_revoked on stop()."""
         self.joined = False
+        self._drop_holds()
         await self._consumer.stop()
 
     # --- the fetch loop ---
@@ -109,9 +112,12 @@ class Source:
                 part = offsets.partitions.get(tp)
                 if part is None:  # revoked while the batch was on its way
                     continue
+                taken = 0
                 for record in records:
-                    dispatch(record, part)
-                self._metrics.events_consumed.labels(tp.topic).inc(len(records))
+                    taken += 1
+                    if dispatch(record, part) is False:
+                        break
+                self._metrics.events_consumed.labels(tp.topic).inc(taken)
             self._metrics.events_in_flight.set(offsets.in_flight)
             if time.monotonic() >= next_lag:
                 next_lag = time.monotonic() + _LAG_INTERVAL_S
@@ -128,8 +134,31 @@ class Source:
         if self._paused and self.offsets.in_flight <= self._low_water:
             self._paused = False
             self._metrics.partitions_paused.set(0)
-            self._consumer.resume(*self._consumer.assignment())
+            self._consumer.resume(*(tp for tp in self._consumer.assignment() if tp not in self._held))
             log.info("%d events in flight: fetching resumed", self.offsets.in_flight)
+
+    def hold(self, tp: TopicPartition, offset: int, until_ms: int) -> None:
+        """Read ``tp`` again from ``offset``, not before ``until_ms`` (its head record is not due yet).
+
+        The records of the batch past ``offset`` were already returned: seek back, then pause.
+        """
+        self._consumer.seek(tp, offset)
+        self._consumer.pause(tp)
+        old = self._held.pop(tp, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, until_ms / 1000 - time.time())
+        self._held[tp] = asyncio.get_running_loop().call_later(delay, self._release, tp)
+
+    def _release(self, tp: TopicPartition) -> None:
+        self._held.pop(tp, None)
+        if not self._paused and tp in self._consumer.assignment():
+            self._consumer.resume(tp)
+
+    def _drop_holds(self, tps: set[TopicPartition] | None = None) -> None:
+        for tp in list(self._held):
+            if tps is None or tp in tps:
+                self._held.pop(tp).cancel()
 
     # --- commits and draining ---
 
@@ -184,6 +213,7 @@ class Source:
                 self._drain_timeout_s,
             )
         await self.commit(revoked)
+        self._drop_holds(revoked)  # whoever reads them next holds them again if they are not due
         for tp in revoked:
             self.offsets.revoke(tp)
             self._remove_lag(tp)

@@ -22,8 +22,19 @@ from yarl import URL
 
 from daemon.config import DeliveryConfig, EndpointConfig, decode_whsec, resolve_secrets
 from daemon.metrics import Metrics, status_class
-from daemon.model import DELIVERED, FAILED, LIVE, RESPONSE_BODY_LIMIT, Event, Outcome, truncate_body, utc_now_iso
+from daemon.model import (
+    DELIVERED,
+    FAILED,
+    LIVE,
+    RESPONSE_BODY_LIMIT,
+    Attempt,
+    Event,
+    Outcome,
+    truncate_body,
+    utc_now_iso,
+)
 from daemon.profiles import PROFILES, Profile
+from daemon.retry import parse_retry_after
 from daemon.sign import hmac_sha256_hex, standard_webhooks_signature
 
 log = logging.getLogger(__name__)
@@ -39,8 +50,8 @@ class Endpoint:
     """Everything about an endpoint that does not change per delivery, computed once per config."""
 
     __slots__ = (
-        "agora_key", "base_headers", "body_key", "config", "id", "keys", "max_concurrency", "profile", "secret",
-        "skip_auto", "timeout", "timeout_s", "url",
+        "agora_key", "base_headers", "body_key", "config", "id", "keys", "max_concurrency", "pause_threshold",
+        "policy", "profile", "queue_size", "retry_4xx", "secret", "skip_auto", "timeout", "timeout_s", "url",
     )  # fmt: skip
 
     def __init__(self, config: EndpointConfig, delivery: DeliveryConfig, environ: Any) -> None:
@@ -57,6 +68,10 @@ class Endpoint:
         self.timeout_s = config.effective_timeout_s
         self.timeout = aiohttp.ClientTimeout(total=self.timeout_s)
         self.max_concurrency = config.max_concurrency
+        self.queue_size = config.queue_size
+        self.policy = config.policy
+        self.pause_threshold = config.pause_threshold
+        self.retry_4xx = frozenset(config.retry.retry_statuses if config.retry is not None else ())
         if self.profile.standard_headers:
             self.base_headers: dict[str, str] = {
                 "Content-Type": "application/json",
@@ -98,23 +113,41 @@ class Endpoint:
         elif signing == "agora":
             headers["X-Agora-Signature-256"] = "sha256=" + hmac_sha256_hex(self.agora_key, body)
             headers["X-Agora-Event"] = job.event.event_type
-            headers["X-Agora-Delivery"] = f"{self.id}-{job.attempt}-{ts}"
+            headers["X-Agora-Delivery"] = self.attempt_id(job, ts)
         return headers
+
+    def attempt_id(self, job: Job, ts: int) -> str:
+        """This attempt's own id: Agora's ``{endpoint_id}-{attempt}-{unix_ts}``, else ``{delivery_id}-{attempt}``."""
+        if self.profile.signing == "agora":
+            return f"{self.id}-{job.attempt}-{ts}"
+        return f"{job.delivery_id}-{job.attempt}"
 
 
 class Job:
     """One delivery to make: an event for one endpoint, and what to call once its outcome is recorded."""
 
-    __slots__ = ("ack", "attempt", "delivery_id", "event", "trigger")
+    __slots__ = ("ack", "attempt", "delivery_id", "endpoint_id", "event", "history", "redelivery_of_id", "trigger")
 
     def __init__(
-        self, *, event: Event, delivery_id: str, ack: Callable[[], None], attempt: int = 1, trigger: str = LIVE
+        self,
+        *,
+        event: Event,
+        delivery_id: str,
+        ack: Callable[[], None],
+        attempt: int = 1,
+        trigger: str = LIVE,
+        history: list[Attempt] | None = None,
+        endpoint_id: str | None = None,
+        redelivery_of_id: str | None = None,
     ) -> None:
         self.event = event
         self.delivery_id = delivery_id
-        self.ack = ack  # called once this job's outcome record is acknowledged by Kafka
+        self.ack = ack  # called once every record this job leads to is acknowledged by Kafka
         self.attempt = attempt
         self.trigger = trigger
+        self.history: list[Attempt] = history or []  # earlier attempts of this delivery
+        self.endpoint_id = endpoint_id
+        self.redelivery_of_id = redelivery_of_id
 
 
 def outcome_for(endpoint_id: str | None, job: Job, status: str, **fields: Any) -> Outcome:
@@ -148,6 +181,7 @@ class Sender:
         http_status: int | None = None
         response: str | None = None
         error: str | None = None
+        retry_after: float | None = None
         metrics = self._metrics
         metrics.requests_in_flight.inc()
         start = time.perf_counter()
@@ -161,6 +195,8 @@ class Sender:
                 skip_auto_headers=endpoint.skip_auto,
             ) as resp:
                 http_status = resp.status
+                if http_status == 429 or http_status >= 500:
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 response = truncate_body(await _read_at_most(resp.content, RESPONSE_BODY_LIMIT))
         except TimeoutError:
             error = f"timeout: no complete response within {endpoint.timeout_s:g} s"
@@ -186,6 +222,9 @@ class Sender:
             response_body=response,
             error=error,
             profile=endpoint.profile.name,
+            attempt_id=endpoint.attempt_id(job, ts),
+            redelivery_of_id=job.history[-1].attempt_id if job.history else job.redelivery_of_id,
+            retry_after_s=retry_after,
         )
 
 
@@ -232,7 +271,7 @@ class Lane:
     """One endpoint's queue and its ``max_concurrency`` workers."""
 
     def __init__(
-        self, endpoint: Endpoint, sender: Sender, metrics: Metrics, report: Callable[[Job, Outcome], None]
+        self, endpoint: Endpoint, sender: Sender, metrics: Metrics, report: Callable[[Endpoint, Job, Outcome], None]
     ) -> None:
         self.endpoint = endpoint
         self._report = report
@@ -248,9 +287,13 @@ class Lane:
     def queued(self) -> int:
         return self._queue.qsize()
 
-    def put(self, job: Job) -> None:
+    def put(self, job: Job) -> bool:
+        """Queue a job. False when the endpoint's queue is full (the caller defers the job)."""
+        if self._queue.qsize() >= self.endpoint.queue_size:
+            return False
         self._metrics.deliveries_queued.inc()
         self._queue.put_nowait(job)
+        return True
 
     async def _work(self) -> None:
         queue, endpoint, sender, report = self._queue, self.endpoint, self._sender, self._report
@@ -267,7 +310,7 @@ class Lane:
                 outcome = internal_error(endpoint, job)
             finally:
                 self.busy -= 1
-            report(job, outcome)
+            report(endpoint, job, outcome)
 
     async def close(self) -> None:
         """Finish every queued job under this lane's settings, then stop the workers."""

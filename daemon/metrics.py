@@ -51,6 +51,26 @@ class Metrics:
         )
         self.commits = Counter(p + "offset_commits", "Offset commits by result.", ["result"], registry=r)
         self.endpoints = Gauge(p + "endpoints", "Endpoints in the loaded config.", registry=r)
+        self.endpoints_paused = Gauge(
+            p + "endpoints_paused", "Endpoints paused, by reason (failures, gone, operator, config).", ["reason"],
+            registry=r,
+        )  # fmt: skip
+        self.retries_scheduled = Counter(p + "retries_scheduled", "Failed attempts given a retry.", registry=r)
+        self.deliveries_deferred = Counter(
+            p + "deliveries_deferred", "Deliveries moved to a retry tier because their endpoint's queue was full.",
+            registry=r,
+        )  # fmt: skip
+        self.retry_hops = Counter(p + "retry_hops", "Retries moved to a shorter tier on their way to due.", registry=r)
+        self.dead_lettered = Counter(p + "dead_lettered", "Deliveries that ended on the dead-letter topic.", registry=r)
+        self.deliveries_skipped = Counter(
+            p + "deliveries_skipped", "Matched deliveries not attempted, by status.", ["status"], registry=r
+        )
+        self.retry_lateness = Histogram(
+            p + "retry_lateness_seconds",
+            "How long after its due time a retry was handed to its endpoint.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=r,
+        )
         self.subscriptions = Gauge(p + "subscriptions", "Subscriptions in the loaded config.", registry=r)
         for result in ("ok", "error"):
             self.config_reloads.labels(result)

@@ -15,9 +15,16 @@ DELIVERED: Final = "delivered"
 FAILED: Final = "failed"
 INVALID_EVENT: Final = "invalid_event"
 
-# What started an attempt.
+DEAD_LETTERED: Final = "dead_lettered"
+SKIPPED_PAUSED: Final = "skipped_paused"
+ENDPOINT_PAUSED: Final = "endpoint_paused"
+ENDPOINT_RESUMED: Final = "endpoint_resumed"
+
+# What started an attempt. Only live events are retried automatically.
 LIVE: Final = "live"
 PING: Final = "ping"
+REDELIVERY: Final = "redelivery"
+REPLAY: Final = "replay"
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -38,10 +45,82 @@ class Outcome(msgspec.Struct, kw_only=True):
     timestamp: str
     trigger: str = LIVE
     profile: str | None = None
+    attempt_id: str | None = None  # this attempt's own id (Agora: the X-Agora-Delivery value)
+    redelivery_of_id: str | None = None  # the attempt (or delivery) this one redoes
+    retry_after_s: float | None = None  # what the endpoint asked for
+    next_attempt_at: str | None = None  # when a retry is scheduled
 
 
 encode_outcome = msgspec.json.Encoder().encode
 decode_outcome = msgspec.json.Decoder(Outcome).decode
+
+
+class Attempt(msgspec.Struct, kw_only=True):
+    """One past attempt, carried by retry and dead-letter records."""
+
+    attempt: int
+    attempt_id: str | None
+    status: str
+    http_status: int | None
+    error: str | None
+    at: str
+
+
+class RetryRecord(msgspec.Struct, kw_only=True):
+    """A delivery waiting in a delay tier: everything needed to make its next attempt."""
+
+    delivery_id: str
+    endpoint_id: str
+    attempt: int  # the attempt to make when due
+    due_ms: int  # never sent before this
+    tier_due_ms: int  # when the tier it waits in lets it out
+    delay_ms: int  # the delay it was scheduled with
+    trigger: str
+    event_type: str
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    time_ms: int
+    value: bytes
+    history: list[Attempt] = []
+    deferred: bool = False  # its endpoint's queue was full; no attempt was used up
+
+
+encode_retry = msgspec.msgpack.Encoder().encode
+decode_retry = msgspec.msgpack.Decoder(RetryRecord).decode
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """A delivery that ended without success, with its attempts' history and the event itself."""
+
+    delivery_id: str
+    endpoint_id: str
+    event_type: str
+    reason: str
+    source_topic: str | None
+    source_partition: int | None
+    source_offset: int | None
+    attempts: list[Attempt]
+    dead_lettered_at: str
+    event: msgspec.Raw
+
+
+encode_dead_letter = msgspec.json.Encoder().encode
+decode_dead_letter = msgspec.json.Decoder(DeadLetter).decode
+
+
+class HealthState(msgspec.Struct, kw_only=True):
+    """An endpoint's health, as kept on the compacted health topic (key: endpoint id)."""
+
+    endpoint_id: str
+    paused: bool
+    reason: str | None = None
+    since: str | None = None
+    consecutive_failures: int = 0
+
+
+encode_health = msgspec.json.Encoder().encode
+decode_health = msgspec.json.Decoder(HealthState).decode
 
 
 def utc_now_iso() -> str:
@@ -63,6 +142,10 @@ class Event:
     """
 
     __slots__ = ("_decoded", "bodies", "event_type", "offset", "partition", "time_ms", "topic", "value")
+
+    @classmethod
+    def from_retry(cls, record: RetryRecord) -> Event:
+        return cls(record.value, record.event_type, record.topic, record.partition, record.offset, record.time_ms)
 
     def __init__(
         self, value: bytes, event_type: str, topic: str | None, partition: int | None, offset: int | None,

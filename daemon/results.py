@@ -18,7 +18,7 @@ from daemon.metrics import Metrics
 log = logging.getLogger(__name__)
 
 Ack = Callable[[], None]
-_Item = tuple[bytes | None, bytes, Ack]
+_Item = tuple[str, bytes | None, bytes, Ack]
 
 _BATCH = 2_000
 _RETRY_BACKOFF_S = 1.0
@@ -44,11 +44,12 @@ class ResultsWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="results-writer")
 
-    def submit(self, key: bytes | None, value: bytes, ack: Ack) -> None:
-        """Queue one record; ``ack`` runs once Kafka has acknowledged it."""
+    def submit(self, key: bytes | None, value: bytes, ack: Ack, topic: str | None = None) -> None:
+        """Queue one record (for the results topic unless ``topic`` says otherwise); ``ack`` runs once Kafka
+        has acknowledged it."""
         self._outstanding += 1
         self._idle.clear()
-        self._queue.append((key, value, ack))
+        self._queue.append((topic or self._topic, key, value, ack))
         self._wakeup.set()
 
     async def flush(self, within_s: float) -> bool:
@@ -78,9 +79,9 @@ class ResultsWriter:
             sent = 0
             while queue:
                 item = queue.popleft()
-                key, value, _ = item
+                topic, key, value, _ = item
                 try:
-                    future = await send(self._topic, value, key=key)
+                    future = await send(topic, value, key=key)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -102,7 +103,7 @@ class ResultsWriter:
         self._outstanding -= 1
         if self._outstanding == 0:
             self._idle.set()
-        item[2]()
+        item[3]()
 
     def _failed(self, item: _Item, exc: BaseException) -> None:
         self._metrics.results_errors.inc()

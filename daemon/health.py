@@ -1,0 +1,182 @@
+"""Endpoint health: consecutive failures, automatic pause, operator pause and resume, kept on a topic.
+
+Every change is written to a compacted topic keyed by endpoint id. At start-up the whole topic is read
+back, so a restart keeps its pauses; afterwards the topic is tailed, so every instance of the router
+sees a pause made by any of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from daemon.metrics import Metrics
+from daemon.model import HealthState, decode_health, encode_health, utc_now_iso
+from daemon.results import ResultsWriter
+
+log = logging.getLogger(__name__)
+
+# Bounded reasons for the metrics label; the full text goes to the results topic and /endpoints.
+REASON_FAILURES = "failures"
+REASON_GONE = "gone"
+REASON_OPERATOR = "operator"
+REASON_CONFIG = "config"
+
+
+class Health:
+    """In-memory health of every endpoint, persisted through the writer to ``topic``."""
+
+    def __init__(
+        self,
+        writer: ResultsWriter,
+        topic: str,
+        metrics: Metrics,
+        announce: Callable[[str, bool, str | None], None],
+    ) -> None:
+        self._writer = writer
+        self._topic = topic
+        self._metrics = metrics
+        self._announce = announce  # (endpoint id, paused, reason): writes a results record
+        self.states: dict[str, HealthState] = {}
+        self._failures: dict[str, int] = {}
+
+    def is_paused(self, endpoint_id: str) -> bool:
+        state = self.states.get(endpoint_id)
+        return state is not None and state.paused
+
+    def failures(self, endpoint_id: str) -> int:
+        return self._failures.get(endpoint_id, 0)
+
+    def observe(self, endpoint_id: str, ok: bool, gone: bool, threshold: int | None) -> None:
+        """Count one live attempt's result; pause on 410 or after ``threshold`` consecutive failures."""
+        if ok:
+            if self._failures.get(endpoint_id):
+                self._failures[endpoint_id] = 0
+            return
+        count = self._failures[endpoint_id] = self._failures.get(endpoint_id, 0) + 1
+        if self.is_paused(endpoint_id):
+            return
+        if gone:
+            self.pause(endpoint_id, REASON_GONE, "the endpoint answered 410 Gone")
+        elif threshold is not None and count >= threshold:
+            self.pause(endpoint_id, REASON_FAILURES, f"{count} consecutive failed deliveries")
+
+    def pause(self, endpoint_id: str, kind: str, detail: str) -> bool:
+        """Pause an endpoint. False if it was paused already."""
+        if self.is_paused(endpoint_id):
+            return False
+        reason = f"{kind}: {detail}"
+        failures = self._failures.get(endpoint_id, 0)
+        self._set(
+            HealthState(
+                endpoint_id=endpoint_id, paused=True, reason=reason, since=utc_now_iso(), consecutive_failures=failures
+            )
+        )
+        log.warning("endpoint %s paused (%s)", endpoint_id, reason)
+        return True
+
+    def resume(self, endpoint_id: str) -> bool:
+        """Resume an endpoint. False if it was not paused."""
+        if not self.is_paused(endpoint_id):
+            return False
+        self._failures[endpoint_id] = 0
+        self._set(HealthState(endpoint_id=endpoint_id, paused=False, since=utc_now_iso()))
+        log.info("endpoint %s resumed", endpoint_id)
+        return True
+
+    def _set(self, state: HealthState) -> None:
+        self.states[state.endpoint_id] = state
+        self._update_gauge()
+        self._writer.submit(state.endpoint_id.encode(), encode_health(state), lambda: None, topic=self._topic)
+        self._announce(state.endpoint_id, state.paused, state.reason)
+
+    def apply(self, state: HealthState) -> None:
+        """A state read back from the topic (at start-up, or written by another instance)."""
+        current = self.states.get(state.endpoint_id)
+        if current is not None and current.paused == state.paused and current.reason == state.reason:
+            return
+        self.states[state.endpoint_id] = state
+        if not state.paused:
+            self._failures[state.endpoint_id] = 0
+        self._update_gauge()
+
+    def _update_gauge(self) -> None:
+        counts: dict[str, int] = dict.fromkeys((REASON_FAILURES, REASON_GONE, REASON_OPERATOR, REASON_CONFIG), 0)
+        for state in self.states.values():
+            if state.paused and state.reason:
+                kind = state.reason.split(":", 1)[0]
+                counts[kind] = counts.get(kind, 0) + 1
+        for kind, count in counts.items():
+            self._metrics.endpoints_paused.labels(kind).set(count)
+
+
+class HealthReader:
+    """Reads the health topic from its start, then follows it."""
+
+    def __init__(self, topic: str, client_options: Mapping[str, Any], health: Health) -> None:
+        self._topic = topic
+        self._health = health
+        self._consumer = AIOKafkaConsumer(
+            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=200, **client_options
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, within_s: float = 10.0) -> int:
+        """Load every state on the topic (until its end as seen now); returns how many were read."""
+        consumer = self._consumer
+        await consumer.start()
+        partitions = consumer.partitions_for_topic(self._topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(self._topic) or set()
+        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        read = 0
+        deadline = time.monotonic() + within_s
+        # The end is the high watermark a fetch reports (not end_offsets, which some brokers under-report).
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            read += self._apply(batch)
+            if not batch and await self._at_end(tps):
+                break
+        self._task = asyncio.create_task(self._follow(), name="health-reader")
+        return read
+
+    async def _at_end(self, tps: list[TopicPartition]) -> bool:
+        for tp in tps:
+            high = self._consumer.highwater(tp)
+            if high is None or await self._consumer.position(tp) < high:
+                return False
+        return True
+
+    async def _follow(self) -> None:
+        while True:
+            self._apply(await self._consumer.getmany(timeout_ms=1000))
+
+    def _apply(self, batch: Mapping[Any, list[Any]]) -> int:
+        count = 0
+        for records in batch.values():
+            for record in records:
+                try:
+                    state = decode_health(record.value)
+                except msgspec.DecodeError:
+                    log.warning("unreadable record on %s at offset %d: skipped", self._topic, record.offset)
+                    continue
+                self._health.apply(state)
+                count += 1
+        return count
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._consumer.stop()
