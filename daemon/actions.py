@@ -13,12 +13,12 @@ from aiokafka import AIOKafkaProducer
 from daemon.config import Config, resolve
 from daemon.consume import kafka_client_options
 from daemon.deliver import Endpoint, Job, Sender
-from daemon.errors import RouterError
+from daemon.errors import NotFound
 from daemon.metrics import Metrics
 from daemon.model import PING, Event, Outcome, encode_outcome
 
 
-class UnknownEndpoint(RouterError):
+class UnknownEndpoint(NotFound):
     pass
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from daemon.errors import BadRequest, RouterError
 from daemon.metrics import Metrics
+from daemon.model import Outcome, encode_outcome
 
 log = logging.getLogger(__name__)
 
@@ -18,12 +22,32 @@ _TICK_S = 0.5
 _STALL_S = 5.0
 
 
+class Operator(Protocol):
+    """What the admin API asks of the running daemon."""
+
+    def endpoints_info(self) -> list[dict[str, Any]]: ...
+    def pause_endpoint(self, endpoint_id: str) -> bool: ...
+    def resume_endpoint(self, endpoint_id: str) -> bool: ...
+    async def ping_endpoint(self, endpoint_id: str) -> Outcome: ...
+    async def redeliver(self, delivery_id: str, where: dict[str, Any]) -> Outcome: ...
+    async def replay(self, endpoint_id: str, spec: dict[str, Any]) -> dict[str, int]: ...
+
+
 class AdminServer:
-    def __init__(self, listen: str, metrics: Metrics, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        listen: str,
+        metrics: Metrics,
+        ready: Callable[[], bool],
+        operator: Operator | None = None,
+        token: str | None = None,
+    ) -> None:
         host, _, port = listen.rpartition(":")
         self._host, self._port = host, int(port)
         self._metrics = metrics
         self._ready = ready
+        self._operator = operator
+        self._token = token
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._last_tick = time.monotonic()
@@ -35,6 +59,12 @@ class AdminServer:
         app.router.add_get("/metrics", self._handle_metrics)
         app.router.add_get("/healthz", self._handle_healthz)
         app.router.add_get("/readyz", self._handle_readyz)
+        app.router.add_get("/endpoints", self._guard(self._list_endpoints))
+        app.router.add_post("/endpoints/{id}/ping", self._guard(self._ping))
+        app.router.add_post("/endpoints/{id}/pause", self._guard(self._pause))
+        app.router.add_post("/endpoints/{id}/resume", self._guard(self._resume))
+        app.router.add_post("/endpoints/{id}/replay", self._guard(self._replay))
+        app.router.add_post("/deliveries/{delivery_id}/redeliver", self._guard(self._redeliver))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
@@ -72,6 +102,68 @@ class AdminServer:
         lag_ms = round(self._worst_lag * 1000, 1)
         return web.json_response({"ok": not stalled, "loop_lag_ms": lag_ms}, status=503 if stalled else 200)
 
+    def _guard(self, handler: Handler) -> Handler:
+        """Operator actions need ``Authorization: Bearer <admin token>``."""
+
+        async def guarded(request: web.Request) -> web.Response:
+            if self._operator is None or self._token is None:
+                return _error(403, "operator actions are disabled: set admin.token_env")
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
+                return _error(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
+            try:
+                return await handler(request, self._operator)
+            except RouterError as exc:
+                return _error(exc.http_status, str(exc))
+
+        return guarded
+
+    async def _list_endpoints(self, request: web.Request, op: Operator) -> web.Response:
+        return web.json_response({"endpoints": op.endpoints_info()})
+
+    async def _pause(self, request: web.Request, op: Operator) -> web.Response:
+        changed = op.pause_endpoint(request.match_info["id"])
+        return web.json_response({"endpoint_id": request.match_info["id"], "paused": True, "changed": changed})
+
+    async def _resume(self, request: web.Request, op: Operator) -> web.Response:
+        changed = op.resume_endpoint(request.match_info["id"])
+        return web.json_response({"endpoint_id": request.match_info["id"], "paused": False, "changed": changed})
+
+    async def _ping(self, request: web.Request, op: Operator) -> web.Response:
+        outcome = await op.ping_endpoint(request.match_info["id"])
+        return _json(encode_outcome(outcome))
+
+    async def _redeliver(self, request: web.Request, op: Operator) -> web.Response:
+        outcome = await op.redeliver(request.match_info["delivery_id"], await _body(request))
+        return _json(encode_outcome(outcome))
+
+    async def _replay(self, request: web.Request, op: Operator) -> web.Response:
+        counts = await op.replay(request.match_info["id"], await _body(request))
+        return web.json_response(counts)
+
     async def _handle_readyz(self, request: web.Request) -> web.Response:
         ready = self._ready()
         return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+
+Handler = Callable[..., Awaitable[web.Response]]
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _json(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError:
+        raise BadRequest("the request body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return data

@@ -9,7 +9,9 @@ import os
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,18 +22,23 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from daemon.actions import test_event
 from daemon.admin import AdminServer
 from daemon.config import Config, Resolved, load_config, resolve
 from daemon.consume import Source, kafka_client_options
-from daemon.deliver import Endpoint, Job, Lane, Sender, delivery_id, outcome_for
-from daemon.errors import ConfigError
-from daemon.health import REASON_CONFIG, Health, HealthReader
+from daemon.deliver import Endpoint, Job, Lane, Sender, outcome_for
+from daemon.deliver import delivery_id as delivery_id_of
+from daemon.errors import BadRequest, ConfigError, NotFound
+from daemon.health import REASON_CONFIG, REASON_OPERATOR, Health, HealthReader
 from daemon.match import RoutingTable
 from daemon.metrics import Metrics
 from daemon.model import (
     ENDPOINT_PAUSED,
     ENDPOINT_RESUMED,
     INVALID_EVENT,
+    PING,
+    REDELIVERY,
+    REPLAY,
     Event,
     InvalidEvent,
     Outcome,
@@ -41,6 +48,7 @@ from daemon.model import (
 )
 from daemon.offsets import PartitionOffsets
 from daemon.profiles import PROFILES, skip_for
+from daemon.readback import read_one, read_range
 from daemon.results import ResultsWriter
 from daemon.retries import Retries
 
@@ -112,6 +120,16 @@ class App:
                 topics = [kafka.results_topic, retry.dead_letter_topic, retry.health_topic]
                 topics += [retry.tier_topic(t) for t in retry.tiers_s]
                 await ensure_topics(kafka_client_options(kafka, self._environ), topics, retry.partitions)
+            # Learn every written topic's partitions before the first send: a send that has to wait for a new
+            # topic's metadata was seen to leave a record of another topic, queued just before, unsent until
+            # the next send.
+            for topic in [
+                kafka.results_topic,
+                retry.dead_letter_topic,
+                retry.health_topic,
+                *map(retry.tier_topic, retry.tiers_s),
+            ]:
+                await producer.partitions_for(topic)
             self.health = Health(self._results, retry.health_topic, self.metrics, self._announce_health)
             self._health_reader = HealthReader(
                 retry.health_topic, kafka_client_options(kafka, self._environ), self.health
@@ -146,7 +164,9 @@ class App:
                 TopicPartition(topic, partition), offset, until_ms
             )
 
-            self.admin = AdminServer(config.admin.listen, self.metrics, self._ready)
+            self.admin = AdminServer(
+                config.admin.listen, self.metrics, self._ready, self, config.admin.token(self._environ)
+            )
             await self.admin.start()
             stack.push_async_callback(self.admin.stop)
 
@@ -321,6 +341,129 @@ class App:
         await asyncio.gather(*self._retired, return_exceptions=True)
         return sum(counts)
 
+    # --- operator actions (the admin API) ---
+
+    def _lane(self, endpoint_id: str) -> Lane:
+        lane = self._routing.lanes.get(endpoint_id)
+        if lane is None:
+            raise NotFound(f"no endpoint {endpoint_id!r}")
+        return lane
+
+    def endpoints_info(self) -> list[dict[str, Any]]:
+        out = []
+        for endpoint_id, lane in self._routing.lanes.items():
+            state = self.health.states.get(endpoint_id)
+            paused = state is not None and state.paused
+            out.append(
+                {
+                    "id": endpoint_id,
+                    "profile": lane.endpoint.profile.name,
+                    "paused": paused,
+                    "reason": state.reason if paused and state is not None else None,
+                    "since": state.since if state is not None else None,
+                    "consecutive_failures": self.health.failures(endpoint_id),
+                    "in_flight": lane.busy,
+                    "queued": lane.queued,
+                    "max_concurrency": lane.endpoint.max_concurrency,
+                }
+            )
+        return out
+
+    def pause_endpoint(self, endpoint_id: str) -> bool:
+        self._lane(endpoint_id)
+        return self.health.pause(endpoint_id, REASON_OPERATOR, "paused by an operator")
+
+    def resume_endpoint(self, endpoint_id: str) -> bool:
+        self._lane(endpoint_id)
+        return self.health.resume(endpoint_id)
+
+    async def ping_endpoint(self, endpoint_id: str) -> Outcome:
+        endpoint = self._lane(endpoint_id).endpoint
+        job = Job(event=test_event(endpoint), delivery_id="msg_" + uuid.uuid4().hex, ack=_nothing, trigger=PING)
+        return await self._one_attempt(endpoint, job)
+
+    async def redeliver(self, delivery_id: str, where: dict[str, Any]) -> Outcome:
+        """One attempt of a past delivery, its event read back from Kafka by its recorded position."""
+        try:
+            endpoint_id = str(where["endpoint_id"])
+            topic, partition, offset = (
+                str(where["source_topic"]),
+                int(where["source_partition"]),
+                int(where["source_offset"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise BadRequest(
+                "give endpoint_id, source_topic, source_partition and source_offset, as in the results record"
+            ) from None
+        if delivery_id_of(topic, partition, offset, endpoint_id) != delivery_id:
+            raise NotFound(f"{delivery_id} is not the delivery of {topic}[{partition}]@{offset} to {endpoint_id}")
+        endpoint = self._lane(endpoint_id).endpoint
+        options = kafka_client_options(self._config.kafka, self._environ)
+        record = await read_one(options, topic, partition, offset)
+        event = self._event_of(record)
+        if event is None:
+            raise BadRequest(f"the event at {topic}[{partition}]@{offset} is not a valid event")
+        job = Job(
+            event=event,
+            delivery_id=delivery_id,
+            ack=_nothing,
+            trigger=REDELIVERY,
+            endpoint_id=endpoint_id,
+            redelivery_of_id=delivery_id,
+        )
+        return await self._one_attempt(endpoint, job)
+
+    async def replay(self, endpoint_id: str, spec: dict[str, Any]) -> dict[str, int]:
+        """Deliver again, once each, every event of a time or offset range that the endpoint is subscribed to."""
+        lane = self._lane(endpoint_id)
+        try:
+            since = _ms(spec.get("from_time"))
+            until = _ms(spec.get("to_time"))
+            partition = None if spec.get("partition") is None else int(spec["partition"])
+            first = None if spec.get("from_offset") is None else int(spec["from_offset"])
+            last = None if spec.get("to_offset") is None else int(spec["to_offset"])
+            topics = [str(spec["topic"])] if spec.get("topic") else list(self._config.kafka.topics)
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"bad replay range: {exc}") from None
+        if since is None and first is None:
+            raise BadRequest("give from_time (ISO 8601) or from_offset (with topic and partition)")
+        if first is not None and (partition is None or not spec.get("topic")):
+            raise BadRequest("an offset range needs topic and partition")
+        options = kafka_client_options(self._config.kafka, self._environ)
+        scanned = matched = 0
+        async for record in read_range(options, topics, since_ms=since, until_ms=until, partition=partition,
+                                       from_offset=first, to_offset=last):  # fmt: skip
+            scanned += 1
+            event = self._event_of(record)
+            if event is None:
+                continue
+            if endpoint_id not in self._routing.table.match(record.topic, event.event_type).select(event.decoded):
+                continue
+            matched += 1
+            job = Job(
+                event=event,
+                delivery_id=delivery_id_of(record.topic, record.partition, record.offset, endpoint_id),
+                ack=_nothing,
+                trigger=REPLAY,
+                endpoint_id=endpoint_id,
+            )
+            await lane.put_wait(job)  # a replay waits for room; it never pushes live traffic into the tiers
+        return {"scanned": scanned, "matched": matched}
+
+    def _event_of(self, record: Any) -> Event | None:
+        reader = self._routing.readers.get(record.topic, _DEFAULT_READER)
+        try:
+            event_type = reader.read(record.value)
+        except InvalidEvent:
+            return None
+        stamp = record.timestamp if record.timestamp and record.timestamp > 0 else int(time.time() * 1000)
+        return Event(record.value, event_type, record.topic, record.partition, record.offset, stamp)
+
+    async def _one_attempt(self, endpoint: Endpoint, job: Job) -> Outcome:
+        outcome = await self._sender.attempt(endpoint, job)
+        self._retries.record(outcome, _nothing)
+        return outcome
+
     # --- the hot path ---
 
     def _dispatch(self, record: Any, part: PartitionOffsets) -> None:
@@ -365,7 +508,7 @@ class App:
             lane = lanes[endpoint_id]
             job = Job(
                 event=event,
-                delivery_id=delivery_id(topic, partition, offset, endpoint_id),
+                delivery_id=delivery_id_of(topic, partition, offset, endpoint_id),
                 ack=ack,
                 endpoint_id=endpoint_id,
             )
@@ -397,6 +540,19 @@ class App:
             trigger="health",
         )
         self._results.submit(endpoint_id.encode(), encode_outcome(outcome), lambda: None)
+
+
+def _nothing() -> None:
+    pass
+
+
+def _ms(value: Any) -> int | None:
+    """Unix ms from an ISO 8601 time (``2026-11-23T11:00:00Z``) or a number of ms; None for None."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return int(value)
+    return int(datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1000)
 
 
 def _notify_systemd(state: str) -> None:

@@ -12,7 +12,8 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import msgspec
 from msgspec import Meta
@@ -31,7 +32,7 @@ EventPattern = Annotated[str, Meta(min_length=1, max_length=255)]
 # Headers the router owns: an endpoint may not override them.
 RESERVED_HEADERS = frozenset(
     {"host", "content-length", "content-type", "transfer-encoding", "connection", "webhook-id"}
-    | {"webhook-timestamp", "webhook-signature"}
+    | {"webhook-timestamp", "webhook-signature", "x-agora-signature-256", "x-agora-event", "x-agora-delivery"}
 )
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -65,6 +66,12 @@ class KafkaConfig(msgspec.Struct, **_FROZEN):
 
 class AdminConfig(msgspec.Struct, **_FROZEN):
     listen: Annotated[str, Meta(pattern=r"^[^\s:]+:\d{1,5}\Z")] = "127.0.0.1:9464"
+    # Operator actions (ping, redeliver, replay, pause, resume, GET /endpoints) need this bearer token;
+    # without one configured they are refused.
+    token_env: str | None = None
+
+    def token(self, environ: Any) -> str | None:
+        return str(environ[self.token_env]) if self.token_env and self.token_env in environ else None
 
 
 class DeliveryConfig(msgspec.Struct, **_FROZEN):
@@ -236,14 +243,17 @@ def resolve(config: Config) -> Resolved:
     subscriptions = list(config.subscriptions)
     for org in config.organizations:
         endpoints.append(_org_endpoint(org))
-        # event pattern -> campaigns that take it away from the organisation's endpoint
-        claimed: dict[str, list[str]] = {pattern: [] for pattern in org.events}
+        # Each event type the organisation asks for -> the campaigns that take it away from the organisation's
+        # endpoint (patterns are expanded over the campaign catalogue, so a wildcard is claimed type by type).
+        org_types = _expand(org.events)
+        claimed: dict[str, list[str]] = {t: [] for t in org_types}
         for camp in org.campaigns:
             enabled = org.enabled if camp.enabled is None else camp.enabled
             own_events = camp.events if camp.events is not None else org.events
-            for pattern in org.events:
-                if not enabled or any(_overlap(pattern, mine) for mine in own_events):
-                    claimed[pattern].append(camp.id)
+            own_types = _expand(own_events)
+            for event_type in org_types:
+                if not enabled or event_type in own_types:
+                    claimed[event_type].append(camp.id)
             if not enabled:
                 continue
             camp_id = f"{org.id}:{camp.id}"
@@ -269,11 +279,12 @@ def resolve(config: Config) -> Resolved:
             )
         if not org.enabled:
             continue
-        for pattern, campaigns in claimed.items():
+        for event_type in sorted(claimed):
+            campaigns = claimed[event_type]
             subscriptions.append(
                 SubscriptionConfig(
                     endpoint=org.id,
-                    events=[pattern],
+                    events=[event_type],
                     topics=org.topics,
                     where=WhereConfig(field=org.campaign_field, none_of=campaigns) if campaigns else None,
                 )
@@ -298,16 +309,10 @@ def _campaign_retry(retries: int, org: OrganizationConfig) -> EndpointRetryConfi
     return EndpointRetryConfig(policy="exponential", retries=retries, base_s=org.retry_base_s, max_s=org.retry_max_s)
 
 
-def _overlap(a: str, b: str) -> bool:
-    """True when some event type matches both patterns."""
-    pa, pb = a.removesuffix("*"), b.removesuffix("*")
-    if a.endswith("*") and b.endswith("*"):
-        return pa.startswith(pb) or pb.startswith(pa)
-    if a.endswith("*"):
-        return b.startswith(pa)
-    if b.endswith("*"):
-        return a.startswith(pb)
-    return a == b
+def _expand(patterns: list[str]) -> set[str]:
+    """The campaign catalogue's event types that any of ``patterns`` matches."""
+    catalogue = PROFILES["campaign"].catalogue or frozenset()
+    return {t for t in catalogue if any(pattern_matches(p, t) for p in patterns)}
 
 
 def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Config:
@@ -378,6 +383,9 @@ def _check_struct(cls: type[msgspec.Struct], data: Any, path: str, errors: list[
 
 
 def _check_value(tp: Any, value: Any, path: str, errors: list[str]) -> None:
+    options = [t for t in get_args(tp) if t is not type(None)] if get_origin(tp) in (Union, UnionType) else []
+    if len(options) == 1 and isinstance(options[0], type) and issubclass(options[0], msgspec.Struct):
+        tp = options[0]  # an optional table: check what is there field by field
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         _check_struct(tp, value, path, errors)
         return
@@ -451,6 +459,8 @@ def _check_semantics(config: Config, environ: Any, errors: list[str]) -> None:
     tiers = config.retry.tiers_s
     if sorted(set(tiers)) != tiers:
         errors.append("retry.tiers_s: must be ascending, without repeats")
+    if config.admin.token_env and config.admin.token_env not in environ:
+        errors.append(f"admin.token_env: environment variable {config.admin.token_env} is not set")
     port = int(config.admin.listen.rsplit(":", 1)[1])
     if port > 65535:
         errors.append("admin.listen: port must be <= 65535")
@@ -490,7 +500,7 @@ def _check_events(
         if star != -1 and star != len(pattern) - 1:
             errors.append(f"{path}[{j}]: '*' may only end a pattern ('lead.*' or '*')")
         elif catalogue is not None and not any(pattern_matches(pattern, known) for known in catalogue):
-            errors.append(f"{path}[{j}]: {pattern!r} is not a {profile} event type")
+            errors.append(f"{path}[{j}]: {pattern!r} is not one of the {profile} event types")
 
 
 def _check_organization(
@@ -509,9 +519,13 @@ def _check_organization(
     campaign_ids: set[str] = set()
     for j, camp in enumerate(org.campaigns):
         where = f"{path}.campaigns[{j}]"
+        endpoint_id = f"{org.id}:{camp.id}"
         if camp.id in campaign_ids:
             errors.append(f"{where}.id: duplicate campaign id {camp.id!r}")
+        elif endpoint_id in seen:
+            errors.append(f"{where}.id: its endpoint id {endpoint_id!r} is taken by another endpoint")
         campaign_ids.add(camp.id)
+        seen[endpoint_id] = _org_endpoint(org)
         if camp.url is not None:
             _check_url(camp.url, org.allow_http, False, f"{where}.url", errors)
         if camp.headers is not None:

@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from daemon.config import DeliveryConfig, EndpointConfig, decode_whsec, resolve_secrets
+from daemon.config import RESERVED_HEADERS, DeliveryConfig, EndpointConfig, decode_whsec, resolve_secrets
 from daemon.metrics import Metrics, status_class
 from daemon.model import (
     DELIVERED,
@@ -73,10 +73,13 @@ class Endpoint:
         self.pause_threshold = config.pause_threshold
         self.retry_4xx = frozenset(config.retry.retry_statuses if config.retry is not None else ())
         if self.profile.standard_headers:
+            custom = {
+                k: v for k, v in config.headers.items() if k.lower() not in RESERVED_HEADERS
+            }  # never the router's
             self.base_headers: dict[str, str] = {
                 "Content-Type": "application/json",
                 "User-Agent": delivery.user_agent,
-                **config.headers,
+                **custom,
             }
             self.skip_auto: frozenset[str] = frozenset()
         else:
@@ -99,7 +102,7 @@ class Endpoint:
             return event.value
         body = event.bodies.get(self.body_key)
         if body is None:
-            rendered = template.render(event.decoded(), event.event_type, event.time_ms, self.secret)
+            rendered = template.render(event.decoded(), event.event_type, event.time_ms, self.secret, event.type_field)
             body = event.bodies[self.body_key] = orjson.dumps(rendered)
         return body
 
@@ -278,6 +281,7 @@ class Lane:
         self._sender = sender
         self._metrics = metrics
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        self._room = asyncio.Event()
         self.busy = 0
         self._workers = [
             asyncio.create_task(self._work(), name=f"lane-{endpoint.id}-{i}") for i in range(endpoint.max_concurrency)
@@ -286,6 +290,12 @@ class Lane:
     @property
     def queued(self) -> int:
         return self._queue.qsize()
+
+    async def put_wait(self, job: Job) -> None:
+        """Queue a job, waiting for room in the endpoint's queue."""
+        while not self.put(job):
+            self._room.clear()
+            await self._room.wait()
 
     def put(self, job: Job) -> bool:
         """Queue a job. False when the endpoint's queue is full (the caller defers the job)."""
@@ -301,6 +311,7 @@ class Lane:
             job = await queue.get()
             if job is None:
                 return
+            self._room.set()
             self._metrics.deliveries_queued.dec()
             self.busy += 1
             try:

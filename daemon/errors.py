@@ -7,6 +7,15 @@ class RouterError(Exception):
     """Root of every error the router raises on purpose."""
 
     retriable: bool = False
+    http_status: int = 500  # what the admin API answers for it
+
+
+class BadRequest(RouterError):
+    http_status = 400
+
+
+class NotFound(RouterError):
+    http_status = 404
 
 
 class ConfigError(RouterError):

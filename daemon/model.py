@@ -147,6 +147,15 @@ class Event:
     def from_retry(cls, record: RetryRecord) -> Event:
         return cls(record.value, record.event_type, record.topic, record.partition, record.offset, record.time_ms)
 
+    @property
+    def type_field(self) -> str | None:
+        """The top-level field the type was read from: ``event``, else ``type``; None for another field."""
+        decoded = self.decoded()
+        for name in ("event", "type"):
+            if decoded.get(name) == self.event_type:
+                return name
+        return None
+
     def __init__(
         self, value: bytes, event_type: str, topic: str | None, partition: int | None, offset: int | None,
         time_ms: int,

@@ -6,8 +6,9 @@ contract's limits. The mapping language, used by ``Template``:
 
 - ``"$type"``: the event type; ``"$secret"``: the endpoint's (current) secret;
 - ``"$time.iso"`` / ``"$time.ms"``: the Kafka record's time as ``2026-06-12T20:00:00Z`` / unix ms;
-- ``"$event"``: the whole event; ``"$rest"``: the event without its type field and without the top-level
-  fields this template names elsewhere;
+- ``"$event"``: the whole event; ``"$rest"``: the event without the field its type was read from and
+  without the top-level fields this template names elsewhere; ``"$rest:a,b"``: without that field and
+  ``a`` and ``b`` only;
 - ``"a.b"``: the event's field at that path (``null`` when absent);
 - ``"x|y|z"``: the first of these that is present;
 - a nested table builds a nested object; the key ``"..."`` spreads an object's fields in place.
@@ -25,8 +26,9 @@ from daemon.retry import Policy
 Json = Any
 _MISSING: Final = object()
 
-# What a getter reads: the decoded event, its type, the record time (ms) and the endpoint's secret.
-Context = tuple[dict[str, Json], str, int, str]
+# What a getter reads: the decoded event, its type, the record time (ms), the endpoint's secret, and the
+# top-level field the type was read from (None: a nested or configured field).
+Context = tuple[dict[str, Json], str, int, str, str | None]
 Getter = Callable[[Context], Json]
 
 
@@ -41,13 +43,14 @@ class TemplateError(ValueError):
 class Template:
     """A compiled body mapping. ``render`` builds the body object for one event."""
 
-    def __init__(self, spec: Mapping[str, Json], type_fields: tuple[str, ...] = ("event", "type")) -> None:
-        self._type_fields = type_fields
+    def __init__(self, spec: Mapping[str, Json]) -> None:
         self._named = frozenset(_top_fields(spec))
         self._build = self._compile_object(spec, "")
 
-    def render(self, event: dict[str, Json], event_type: str, time_ms: int, secret: str) -> dict[str, Json]:
-        out: dict[str, Json] = self._build((event, event_type, time_ms, secret))
+    def render(
+        self, event: dict[str, Json], event_type: str, time_ms: int, secret: str, type_field: str | None = "event"
+    ) -> dict[str, Json]:
+        out: dict[str, Json] = self._build((event, event_type, time_ms, secret, type_field))
         return out
 
     def _compile_object(self, spec: Mapping[str, Json], path: str) -> Getter:
@@ -96,9 +99,9 @@ class Template:
             return lambda ctx: ctx[2]
         if source == "$event":
             return lambda ctx: ctx[0]
-        if source == "$rest":
-            drop = self._named | set(self._type_fields)
-            return lambda ctx: {k: v for k, v in ctx[0].items() if k not in drop}
+        if source == "$rest" or source.startswith("$rest:"):
+            drop = self._named if source == "$rest" else frozenset(f.strip() for f in source[6:].split(","))
+            return lambda ctx: {k: v for k, v in ctx[0].items() if k not in drop and k != ctx[4]}
         if source.startswith("$"):
             raise TemplateError(f"{where}: unknown source {source!r}")
         steps = tuple(source.split("."))
@@ -306,7 +309,7 @@ PROFILES: Final[dict[str, Profile]] = {
                     "id_space": "id_space|payload.id_space",
                     "event": "$type",
                     "secret": "$secret",
-                    "payload": "payload|$rest",
+                    "payload": "payload|$rest:secret",
                 }
             ),
             signing="none",
@@ -343,7 +346,7 @@ def skip_for(profile: Profile, event: dict[str, Json] | None, event_type: str) -
         value = first_present(event, rule.path) if event is not None else None
         if value is None:
             continue
-        if rule.values is None or value in rule.values:
+        if rule.values is None or (isinstance(value, (str, int, float)) and value in rule.values):
             return rule
     return None
 

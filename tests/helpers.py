@@ -65,6 +65,8 @@ class Receiver:
     """A real aiohttp server on 127.0.0.1 that records every request and answers as told."""
 
     status: int = 200
+    statuses: list[int] | None = None  # one per request, in order; the last repeats
+    retry_after: str | None = None  # sent with non-2xx answers
     delay_s: float = 0.0
     hold: asyncio.Event | None = None  # when set: requests wait until it is set
     requests: list[Request] = field(default_factory=list)
@@ -108,7 +110,11 @@ class Receiver:
                 await self.hold.wait()
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
-            return web.Response(status=self.status, text="ok" if self.status < 300 else "nope")
+            status = self.status
+            if self.statuses:
+                status = self.statuses[min(len(self.requests), len(self.statuses)) - 1]
+            headers = {"Retry-After": self.retry_after} if self.retry_after and status >= 300 else None
+            return web.Response(status=status, text="ok" if status < 300 else "nope", headers=headers)
         finally:
             self.concurrent -= 1
 

@@ -34,6 +34,10 @@ class Setup:
     group: str
     path: Path
     admin_port: int = 0
+    prefix: str = ""
+
+    def __post_init__(self) -> None:
+        self.prefix = self.prefix or unique("wr")
 
     def config(
         self, endpoints: list[dict[str, Any]], subscriptions: list[dict[str, Any]], **kafka: Any
@@ -52,6 +56,8 @@ class Setup:
             },
             "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
             "delivery": {"drain_timeout_s": 10},
+            # This test's own retry, dead-letter and health topics; short tiers for delays shortened by config.
+            "retry": {"topic_prefix": self.prefix, "tiers_s": [0.5, 1, 2, 4, 8, 30, 300]},
             "endpoints": endpoints,
             "subscriptions": subscriptions,
         }

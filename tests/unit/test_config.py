@@ -481,6 +481,9 @@ def test_reserved_header_set() -> None:
         "webhook-id",
         "webhook-timestamp",
         "webhook-signature",
+        "x-agora-signature-256",
+        "x-agora-event",
+        "x-agora-delivery",
     } == RESERVED_HEADERS
 
 
