@@ -73,9 +73,8 @@ class Endpoint:
         self.pause_threshold = config.pause_threshold
         self.retry_4xx = frozenset(config.retry.retry_statuses if config.retry is not None else ())
         if self.profile.standard_headers:
-            custom = {
-                k: v for k, v in config.headers.items() if k.lower() not in RESERVED_HEADERS
-            }  # never the router's
+            # Validation refuses the router's own headers; never let one through all the same.
+            custom = {k: v for k, v in config.headers.items() if k.lower() not in RESERVED_HEADERS}
             self.base_headers: dict[str, str] = {
                 "Content-Type": "application/json",
                 "User-Agent": delivery.user_agent,
