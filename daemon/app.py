@@ -101,6 +101,9 @@ class App:
         kafka = config.kafka
         loop = asyncio.get_running_loop()
         async with contextlib.AsyncExitStack() as stack:
+            if install_signals:  # first: a signal during start-up stops the daemon once it has started
+                self._install_signals(loop)
+                stack.callback(self._remove_signals, loop)
             producer = AIOKafkaProducer(
                 acks="all" if kafka.results_acks == "all" else 1,
                 enable_idempotence=kafka.enable_idempotence,
@@ -170,9 +173,6 @@ class App:
             await self.admin.start()
             stack.push_async_callback(self.admin.stop)
 
-            if install_signals:
-                self._install_signals(loop)
-                stack.callback(self._remove_signals, loop)
 
             fetch = self._spawn(self.source.run(), "fetch")
             self._spawn(self.tiers.run(), "fetch-retries")
@@ -212,8 +212,11 @@ class App:
         if not drained:
             abandoned = await self._cancel_lanes()
         flushed = await self._results.flush(max(1.0, deadline - (time.monotonic() - started)))
-        await self.source.commit()
-        await self.tiers.commit()
+        for source in (self.source, self.tiers):  # a broker that is gone must not hold the exit up
+            try:
+                await asyncio.wait_for(source.commit(), max(1.0, deadline - (time.monotonic() - started)))
+            except TimeoutError:
+                log.warning("final offset commit timed out: those events will be read again")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -267,6 +270,9 @@ class App:
             self._reloading = self._spawn(self._reload(), "reload")
 
     async def _reload(self) -> None:
+        if not hasattr(self, "_routing"):
+            log.warning("SIGHUP during start-up: ignored, the config was just read")
+            return
         if self._config_path is None:
             log.warning("reload asked for, but the daemon was not started from a config file")
             return
@@ -320,7 +326,9 @@ class App:
             if previous is not None and previous.endpoint.same_as(endpoint):
                 lanes[endpoint.id] = previous
             else:
-                lanes[endpoint.id] = Lane(endpoint, self._sender, self.metrics, self._retries.report)
+                lanes[endpoint.id] = Lane(
+                    endpoint, self._sender, self.metrics, self._retries.report, self._retries.held_back
+                )
             was = old_lanes.get(endpoint.id)
             if ep_config.paused:
                 self.health.pause(endpoint.id, REASON_CONFIG, "paused = true in the config")

@@ -273,10 +273,16 @@ class Lane:
     """One endpoint's queue and its ``max_concurrency`` workers."""
 
     def __init__(
-        self, endpoint: Endpoint, sender: Sender, metrics: Metrics, report: Callable[[Endpoint, Job, Outcome], None]
+        self,
+        endpoint: Endpoint,
+        sender: Sender,
+        metrics: Metrics,
+        report: Callable[[Endpoint, Job, Outcome], None],
+        held_back: Callable[[Endpoint, Job], bool] = lambda endpoint, job: False,
     ) -> None:
         self.endpoint = endpoint
         self._report = report
+        self._held_back = held_back  # settles a job instead of attempting it (its endpoint was paused meanwhile)
         self._sender = sender
         self._metrics = metrics
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
@@ -312,6 +318,8 @@ class Lane:
                 return
             self._room.set()
             self._metrics.deliveries_queued.dec()
+            if job.trigger == LIVE and self._held_back(endpoint, job):
+                continue
             self.busy += 1
             try:
                 outcome = await sender.attempt(endpoint, job)

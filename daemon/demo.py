@@ -15,6 +15,7 @@ import functools
 import hmac
 import itertools
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -37,6 +38,7 @@ from daemon.model import FAILED, INVALID_EVENT, Outcome, decode_outcome
 
 LEADS, CALLS, RESULTS = "demo-leads", "demo-calls", "demo-results"
 DRAIN_S = 5
+Task = asyncio.Task[None]
 _SKEW_S = 300  # Standard Webhooks receivers accept about five minutes of clock skew
 
 _CONFIG = """\
@@ -164,17 +166,20 @@ class Demo:
 
     def __init__(self, events: int, rate: float) -> None:
         self.events, self.rate = events, rate
-        self.sent = self.expected = self.settled = 0
+        self.sent = self.expected = self.settled = self.signals = 0
         self.statuses: Counter[str] = Counter()
         self.stop = asyncio.Event()
         self.finishing = asyncio.Event()
 
     def on_signal(self, name: str) -> None:
-        if not self.stop.is_set():
-            _say(f"== {name}: stopping; the router drains its deliveries first (at most {DRAIN_S} s)")
+        self.signals += 1
+        if self.signals > 1:
+            _say(f"== {name} again: exiting now")
+            os._exit(1)  # the broker goes too: it is sent SIGTERM when its parent dies
+        _say(f"== {name}: stopping; the router drains its deliveries first (at most {DRAIN_S} s; again to force)")
         self.stop.set()
 
-    def exited(self, task: asyncio.Task[None]) -> None:
+    def exited(self, task: Task) -> None:
         """A task ended: stop the demo, unless it is the producer done with its events."""
         if task.cancelled() or task.exception() is not None or task.get_name() != "demo-events":
             self.stop.set()
@@ -283,29 +288,33 @@ async def _run(demo: Demo, tmp: Path) -> int:
         for task in (reader, serve, producing):
             task.add_done_callback(demo.exited)
         await demo.stop.wait()
+        return await _shut_down(demo, app, broker.port, serve, producing, reader)
 
-        producing.cancel()
-        app.request_stop()
-        gone = asyncio.create_task(_until_gone(broker.port))
-        await asyncio.wait([serve, gone], timeout=DRAIN_S + 10, return_when=asyncio.FIRST_COMPLETED)
-        if serve.done() and not gone.done():
-            demo.finishing.set()  # print the results written while the router drained, then stop reading
-            await asyncio.wait([reader, gone], timeout=5, return_when=asyncio.FIRST_COMPLETED)
-        broker_gone = gone.done()
-        gone.cancel()
-        if broker_gone:
-            # Ctrl-C in a terminal reaches Tansu too: with the broker gone, there is nothing left to drain into.
-            _say("== the broker has stopped too: stopping without draining")
-            logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-        stuck = not serve.done() and not broker_gone
-        for task in (producing, serve, reader):
-            task.cancel()
-        await asyncio.wait([producing, serve, reader], timeout=10)
-        failed = [t for t in (serve, producing, reader) if t.done() and not t.cancelled() and t.exception()]
-        for task in [] if broker_gone else failed:
-            print(f"demo: {task.get_name()} failed: {task.exception()!r}", file=sys.stderr)
-        if stuck:
-            print(f"demo: the router did not stop within {DRAIN_S + 10} s", file=sys.stderr)
-        counts = ", ".join(f"{n} {status}" for status, n in sorted(demo.statuses.items())) or "none"
-        _say(f"== done      {demo.sent} events sent, {demo.statuses.total()} results ({counts})")
+
+async def _shut_down(demo: Demo, app: App, port: int, serve: Task, producing: Task, reader: Task) -> int:
+    """Stop producing, let the router drain, print what it recorded meanwhile; bounded even if the broker died."""
+    producing.cancel()
+    app.request_stop()
+    gone = asyncio.create_task(_until_gone(port))
+    await asyncio.wait([serve, gone], timeout=DRAIN_S + 10, return_when=asyncio.FIRST_COMPLETED)
+    if serve.done() and not gone.done():
+        demo.finishing.set()
+        await asyncio.wait([reader, gone], timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    broker_gone = gone.done()
+    gone.cancel()
+    if broker_gone:
+        # A terminal's Ctrl-C reaches Tansu too: with the broker gone, there is nothing left to drain into.
+        _say("== the broker has stopped too: stopping without draining")
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    stuck = not serve.done() and not broker_gone
+    for task in (producing, serve, reader):
+        task.cancel()
+    await asyncio.wait([producing, serve, reader], timeout=10)
+    failed = [t for t in (serve, producing, reader) if t.done() and not t.cancelled() and t.exception()]
+    for task in [] if broker_gone else failed:
+        print(f"demo: {task.get_name()} failed: {task.exception()!r}", file=sys.stderr)
+    if stuck:
+        print(f"demo: the router did not stop within {DRAIN_S + 10} s", file=sys.stderr)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(demo.statuses.items())) or "none"
+    _say(f"== done      {demo.sent} events sent, {demo.statuses.total()} results ({counts})")
     return 1 if stuck or (failed and not broker_gone) else 0

@@ -78,6 +78,7 @@ class EmbeddedBroker:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_die_with_parent,
+                start_new_session=True,  # a Ctrl-C meant for the demo must not reach the broker first
             )
         finally:
             if log is not None:

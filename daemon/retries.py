@@ -182,23 +182,31 @@ class Retries:
 
     def hand_over(self, lane: Lane, job: Job) -> None:
         """Give a job to its lane, unless its endpoint is paused or its queue is full."""
-        endpoint = lane.endpoint
-        if self._health.is_paused(endpoint.id):
-            if endpoint.config.while_paused == "hold":
-                self.defer(job, endpoint.id, tier_for(_HOLD_RECHECK_S, self._tiers) or self._tiers[0])
-                return
-            state = self._health.states[endpoint.id]
-            self._metrics.deliveries_skipped.labels(SKIPPED_PAUSED).inc()
-            outcome = _skipped(endpoint, job, SKIPPED_PAUSED, f"endpoint paused ({state.reason})")
-            if job.trigger == LIVE:
-                ack = _AfterAll(job.ack, 2)
-                self.record(outcome, ack)
-                self.dead_letter(job, endpoint.id, "endpoint paused", job.history, ack)
-            else:
-                self.record(outcome, job.ack)
+        if self.held_back(lane.endpoint, job):
             return
         if not lane.put(job):
-            self.defer(job, endpoint.id)
+            self.defer(job, lane.endpoint.id)
+
+    def held_back(self, endpoint: Endpoint, job: Job) -> bool:
+        """Settle a job whose endpoint is paused (skipped, or deferred when it holds); False if it is not paused.
+
+        Called when a job is handed over and again when a worker takes it, so a pause stops what was queued.
+        """
+        if not self._health.is_paused(endpoint.id):
+            return False
+        if endpoint.config.while_paused == "hold":
+            self.defer(job, endpoint.id, tier_for(_HOLD_RECHECK_S, self._tiers) or self._tiers[0])
+            return True
+        state = self._health.states[endpoint.id]
+        self._metrics.deliveries_skipped.labels(SKIPPED_PAUSED).inc()
+        outcome = _skipped(endpoint, job, SKIPPED_PAUSED, f"endpoint paused ({state.reason})")
+        if job.trigger == LIVE:
+            ack = _AfterAll(job.ack, 2)
+            self.record(outcome, ack)
+            self.dead_letter(job, endpoint.id, "endpoint paused", job.history, ack)
+        else:
+            self.record(outcome, job.ack)
+        return True
 
     # --- back from a tier ---
 
