@@ -173,7 +173,6 @@ class App:
             await self.admin.start()
             stack.push_async_callback(self.admin.stop)
 
-
             fetch = self._spawn(self.source.run(), "fetch")
             self._spawn(self.tiers.run(), "fetch-retries")
             self._spawn(self.source.commit_every(kafka.commit_interval_ms / 1000), "commit")
