@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from daemon import __version__
-from daemon.config import Config, load_config
+from daemon.config import Config, load_config, resolve
 from daemon.errors import ConfigError
 
 T = TypeVar("T")
@@ -90,7 +90,8 @@ def _check_config(path: str) -> int:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return EXIT_CONFIG
-    print(f"{path}: ok ({len(config.endpoints)} endpoints, {len(config.subscriptions)} subscriptions)")
+    resolved = resolve(config)  # organisations and campaigns count as the endpoints they become
+    print(f"{path}: ok ({len(resolved.endpoints)} endpoints, {len(resolved.subscriptions)} subscriptions)")
     return EXIT_OK
 
 

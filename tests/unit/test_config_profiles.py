@@ -896,4 +896,5 @@ def test_check_config_accepts_the_fixed_file(tmp_path: Path, capsys: pytest.Capt
     path.write_text(fixed, encoding="utf-8")
     assert main(["check-config", str(path)]) == 0
     out, err = capsys.readouterr()
-    assert (out, err) == (f"{path}: ok (4 endpoints, 3 subscriptions)\n", "")
+    # 4 endpoints and 3 subscriptions written, plus an organisation with 2 campaigns: 3 endpoints, 8 subscriptions
+    assert (out, err) == (f"{path}: ok (7 endpoints, 11 subscriptions)\n", "")
