@@ -271,3 +271,40 @@ async def test_redeliver_by_cli_and_replay_ranges_by_admin_api(
         )
     assert sorted(rec["source_offset"] for rec in replays if rec["trigger"] == "replay") == [0, 1, 1, 2, 2, 3, 3, 4]
     assert len(r.requests) == 14
+
+
+async def test_health_survives_a_restart_and_hold_keeps_events_until_resume(
+    setup: Setup, receivers: list[Receiver], monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "t0ken")
+    skip, held = await receiver(receivers), await receiver(receivers)
+    endpoints = [
+        {"id": "skip", "url": skip.url, "secret": SECRET},
+        {"id": "held", "url": held.url, "secret": SECRET, "while_paused": "hold"},
+    ]
+    doc = setup.config(endpoints, [{"endpoint": e["id"], "events": ["*"]} for e in endpoints])
+    doc["admin"]["token_env"] = "ROUTER_ADMIN_TOKEN"
+    doc["retry"]["tiers_s"] = [0.5, 1]  # a held delivery looks again every second
+    path = setup.write(doc)
+    base = f"http://127.0.0.1:{setup.admin_port}"
+    async with aiohttp.ClientSession(headers={"Authorization": "Bearer t0ken"}) as http:
+        async with running(path):
+            for name in ("skip", "held"):
+                async with http.post(f"{base}/endpoints/{name}/pause") as resp:
+                    assert resp.status == 200
+        async with running(path):  # a new daemon: the pauses are read back from the health topic
+            async with http.get(f"{base}/endpoints") as resp:
+                info = {e["id"]: e for e in (await resp.json())["endpoints"]}
+            assert info["skip"]["paused"] and info["held"]["paused"]
+            assert info["held"]["reason"] == "operator: paused by an operator"
+            await produce(setup.broker.bootstrap, setup.topic, [_ev(1)])
+            await read_topic(
+                setup.broker.bootstrap, setup.results, lambda recs: any(x["status"] == "skipped_paused" for x in recs)
+            )
+            await asyncio.sleep(2.5)  # the held delivery goes round the tiers, never to the paused endpoint
+            assert skip.requests == [] and held.requests == []
+            async with http.post(f"{base}/endpoints/held/resume") as resp:
+                assert resp.status == 200
+            await held.wait_for(1, within_s=10)
+    assert skip.requests == []
+    assert json.loads(held.requests[0].body) == {"event": "lead.created", "n": 1}
