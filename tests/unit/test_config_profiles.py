@@ -13,6 +13,7 @@ from daemon.app import Routing
 from daemon.cli import main
 from daemon.config import Config, EndpointConfig, parse_config, resolve
 from daemon.errors import ConfigError
+from tests.unit.test_config import kafka
 
 SECRET = "whsec_" + base64.b64encode(b"unit-test-secret-0123456789").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"another-secret-for-rotation").decode()
@@ -37,16 +38,6 @@ KNOWN: dict[str, str] = {
     "campaign": "lead.delivered",
     "crm": "lead.create",
 }
-
-
-def kafka(**over: Any) -> dict[str, Any]:
-    return {
-        "bootstrap_servers": "localhost:9092",
-        "group_id": "router",
-        "topics": ["leads", "orders"],
-        "results_topic": "webhook-results",
-        **over,
-    }
 
 
 def ep(profile: str, id: str = "ep", **over: Any) -> dict[str, Any]:

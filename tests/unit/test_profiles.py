@@ -22,6 +22,15 @@ from daemon.deliver import Endpoint, Job
 from daemon.match import RoutingTable
 from daemon.model import Event
 from daemon.profiles import PROFILES, Skip, Template, TemplateError, iso_seconds, pattern_matches, skip_for
+from tests.seeds import (
+    AGORA_BULK,
+    AGORA_LEAD_CREATED,
+    CAMPAIGN_LEAD_DELIVERED,
+    CONVOCORE_AGENT_CREATED,
+    CONVOCORE_MESSAGE_RECEIVED,
+    CRM_LEAD_CREATE,
+    LEADTERRA_REPLY,
+)
 
 T_MS = 1781294400000  # the Kafka record's time: 2026-06-12T20:00:00Z
 T_ISO = "2026-06-12T20:00:00Z"
@@ -32,78 +41,6 @@ WHSEC_2 = "whsec_" + base64.b64encode(b"second-secret-9876543210fedcba").decode(
 WHSEC_STRANGER = "whsec_" + base64.b64encode(b"not-one-of-ours-000000000000").decode()
 
 # --- the seeds' own examples ---
-
-AGORA_LEAD_CREATED: dict[str, Any] = {
-    "event": "lead.created",
-    "campaign_id": 7,
-    "lead_id": 1234,
-    "contact_id": 5678,
-    "timestamp": "2026-06-12T20:00:00Z",
-}
-AGORA_BULK: dict[str, Any] = {
-    "event": "leads.bulk_created",
-    "campaign_id": 7,
-    "count": 10,
-    "leads": [{"lead_id": 1234, "contact_id": 5678}, {"lead_id": 1235, "contact_id": 5679}],
-    "timestamp": "2026-06-12T20:00:00Z",
-}
-LEADTERRA_REPLY: dict[str, Any] = {
-    "event": "reply.received",
-    "timestamp": "2026-06-12T20:00:00Z",
-    "data": {"replyId": "rep_001", "campaignId": "camp_42", "from": "jane@example.com", "classification": "positive"},
-}
-CONVOCORE_AGENT_CREATED: dict[str, Any] = {
-    "type": "agent_created",
-    "payload": {
-        "agentId": "agent_123456",
-        "agentName": "Customer Support Bot",
-        "agentPlatform": "vf",
-        "operation": "created",
-        "createdAt": 1718035200000,
-        "workspaceSecret": "your_workspace_secret",
-    },
-}
-CONVOCORE_MESSAGE_RECEIVED: dict[str, Any] = {
-    "type": "message_received",
-    "payload": {
-        "agentId": "agent_123456",
-        "agentName": "Customer Support Bot",
-        "convoId": "convo_789012",
-        "messageContent": "Hello, I need help with my order",
-        "channel": "whatsapp",
-        "messageType": "text",
-        "from": "+1234567890",
-        "createdAt": 1718035200000,
-        "workspaceSecret": "your_workspace_secret",
-    },
-}
-CAMPAIGN_LEAD_DELIVERED: dict[str, Any] = {
-    "event": "lead.delivered",
-    "leadId": "lead_abc123",
-    "submissionId": "sub_xyz789",
-    "campaignId": "ABC",
-    "status": "delivered",
-    "timestamp": "2024-06-15T10:30:00Z",
-    "data": {"firstName": "John", "lastName": "Doe", "email": "john@example.com", "phone": "+15551234567"},
-}
-CRM_LEAD_CREATE: dict[str, Any] = {
-    "id_space": "eb8edc65-129a-4cb6-abbe-6bf8979c0658",
-    "event": "lead.create",
-    "secret": "wh_a46f35f22d9723a",
-    "payload": {
-        "id": "e106db1f-aba3-40ba-97a7-507b54757ef8",
-        "email": None,
-        "company": None,
-        "created_at": "2023-04-29T11:13:55.021Z",
-        "first_name": "Jean",
-        "icebreaker": "",
-        "last_name": "remove",
-        "is_deleted": False,
-        "order": 0,
-        "contract_value": 0,
-        "id_space": "eb8edc65-129a-4cb6-abbe-6bf8979c0658",
-    },
-}
 
 
 # --- helpers ---
