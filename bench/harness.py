@@ -1,0 +1,251 @@
+"""What every scenario shares: options, the work directory, the rows of the table, broker/router/limit runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from bench.procs import Child, cpu_seconds
+from bench.router import (
+    Metrics,
+    Router,
+    Sample,
+    delivered,
+    results_written,
+    track,
+    wait_ready,
+    window_cpu,
+    window_rate,
+)
+from bench.servers import Receiver, start_fast
+from bench.workload import endpoint, produce_backlog, router_config
+from daemon.config import KafkaConfig
+from daemon.embedded import EmbeddedBroker, free_port
+
+# The router's default kafka.max_in_flight_events: the most events it holds unfinished at once.
+IN_FLIGHT_CAP = int(next(f.default for f in msgspec.structs.fields(KafkaConfig) if f.name == "max_in_flight_events"))
+
+
+@dataclass(frozen=True)
+class Options:
+    quick: bool = False
+    receiver: str = "auto"  # auto | nginx | python
+    workers: int = 2
+    profile: bool = False
+    size: int = 512  # event body bytes
+    concurrency: int = 8  # max_concurrency of each endpoint
+    fetch_wait_ms: int = 5  # kafka.fetch_max_wait_ms of the latency scenario
+
+
+@dataclass
+class Row:
+    scenario: str
+    metric: str
+    router: str
+    limit: str = "-"
+    ratio: str = "-"
+    target: str = "-"
+    met: str = "-"
+
+
+@dataclass
+class Run:
+    """One router run: its steady rate, and what was seen along the way."""
+
+    rate: float
+    seconds: float
+    samples: list[Sample]
+    peak_rss_kb: int = 0
+    paused: bool = False
+    cpu_us: float = 0.0  # the routers' CPU time per delivery, over the same window as the rate
+    broker_cpu_us: float = 0.0  # the broker's, likewise
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def fmt_rate(rate: float) -> str:
+    return f"{rate:,.0f}/s"
+
+
+def fmt_ratio(value: float) -> str:
+    return f"{value:.2f} x"
+
+
+def verdict(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+class Bench:
+    def __init__(self, options: Options, workdir: Path, session: aiohttp.ClientSession) -> None:
+        self.options = options
+        self.workdir = workdir
+        self.session = session
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+        self.measured: dict[str, Any] = {}  # figures one scenario leaves for another (baselines)
+        self.receiver_kind = "?"
+        self.profile_text = ""
+        self.profile_raw = ""
+        self._runs = 0
+
+    def row(self, *args: Any, **kwargs: Any) -> None:
+        row = Row(*args, **kwargs)
+        self.rows.append(row)
+        print(f"  {row.metric}: {row.router}  limit {row.limit}  ratio {row.ratio}  target {row.target}  {row.met}")
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"  note: {text}")
+
+    def label(self, name: str) -> str:
+        self._runs += 1
+        return f"{self._runs:02d}-{name}"
+
+    @contextlib.asynccontextmanager
+    async def receiver(self) -> AsyncIterator[Receiver]:
+        receiver = await start_fast(self.workdir, self.options.receiver)
+        self.receiver_kind = receiver.kind
+        try:
+            yield receiver
+        finally:
+            await receiver.stop()
+
+    @contextlib.asynccontextmanager
+    async def broker(self, label: str) -> AsyncIterator[EmbeddedBroker]:
+        async with EmbeddedBroker(log_path=self.workdir / f"tansu-{label}.log") as broker:
+            yield broker
+
+    async def limit(self, urls: Sequence[str], concurrency: int, *args: str) -> dict[str, Any]:
+        """Run the bare aiohttp loop (``bench.limit``) in its own process; its JSON answer."""
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.limit",
+            "--concurrency",
+            str(concurrency),
+            "--size",
+            str(self.options.size),
+        ]
+        for url in urls:
+            argv += ["--url", url]
+        child = Child("limit", [*argv, *args], self.workdir / f"{self.label('limit')}.log", pipe_stdout=True)
+        await child.start()
+        try:
+            result: dict[str, Any] = json.loads(await child.output(300))
+        finally:
+            await child.stop()
+        if result.get("errors"):
+            raise RuntimeError(f"the bare loop had {result['errors']} failed requests")
+        return result
+
+    async def limit_rate(self, urls: Sequence[str], concurrency: int, requests: int) -> tuple[float, float]:
+        """The bare loop's requests per second, and its CPU µs per request (middle 80 % of the requests)."""
+        result = await self.limit(urls, concurrency, "--requests", str(requests))
+        return float(result["rate"]), float(result["cpu_us"])
+
+    async def throughput(
+        self,
+        name: str,
+        urls: Sequence[str],
+        events: int,
+        *,
+        dead_url: str | None = None,
+        workers: int = 1,
+        partitions: int = 1,
+        join_first: bool = False,
+        on_started: Callable[[list[Router]], Any] | None = None,
+        on_done: Callable[[list[Router]], Any] | None = None,
+    ) -> Run:
+        """Deliver ``events`` events, each to every URL (and to ``dead_url``), through ``workers`` routers.
+
+        The events are produced first, as a backlog; with ``join_first`` (for several routers) the routers
+        join their group first, so that the rate is not measured across a rebalance. The rate is that of healthy
+        deliveries (2xx answers) per second.
+        """
+        label = self.label(name)
+        expected = events * len(urls)
+        opts = self.options
+        async with self.broker(label) as broker:
+            topic, results = f"events-{label}", f"results-{label}"
+            await broker.create_topics([topic], partitions)
+            await broker.create_topics([results], 1)
+            if not join_first:
+                await produce_backlog(broker.bootstrap, topic, events, opts.size)
+            # Healthy endpoints may queue every event in flight: a backlog is delivered, not deferred to retry tiers.
+            eps = [endpoint(f"ep-{i}", url, opts.concurrency, queue_size=IN_FLIGHT_CAP) for i, url in enumerate(urls)]
+            if dead_url is not None:
+                eps.append(endpoint("dead", dead_url, opts.concurrency, timeout_s=1))
+            routers = []
+            for w in range(workers):
+                config = router_config(
+                    bootstrap=broker.bootstrap,
+                    group=f"group-{label}",
+                    topic=topic,
+                    results=results,
+                    admin_port=free_port(),
+                    endpoints=eps,
+                )
+                routers.append(Router(f"{label}-router-{w}", self.workdir, config))
+            try:
+                for router in routers:
+                    await router.start()
+                if on_started is not None:
+                    await on_started(routers)
+                if join_first:
+                    await wait_ready(self.session, routers)
+                    await produce_backlog(broker.bootstrap, topic, events, opts.size)
+                paused = False
+                last: list[Metrics] = []
+                cpu: list[float] = []
+                broker_cpu: list[float] = []
+                broker_pid = broker_process_id(broker)
+
+                def seen(_: float, metrics: list[Metrics]) -> None:
+                    nonlocal paused, last
+                    paused = paused or any(m.get("webhook_router_partitions_paused", 0) > 0 for m in metrics)
+                    last = metrics
+                    cpu.append(sum(cpu_seconds(r.pid) for r in routers))
+                    broker_cpu.append(cpu_seconds(broker_pid) if broker_pid else 0.0)
+
+                samples = await track(self.session, routers, delivered, expected, within_s=300, on_sample=seen)
+                if samples[-1][1] < expected:
+                    raise TimeoutError(f"{name}: {samples[-1][1]:.0f} of {expected} deliveries after 300 s")
+                if on_done is not None:
+                    await on_done(routers)
+                peak = max(r.child.status_kb("VmHWM") for r in routers)
+            finally:
+                await asyncio.gather(*(r.stop(kill=dead_url is not None) for r in routers))
+        return Run(
+            rate=window_rate(samples, expected),
+            seconds=samples[-1][0] - samples[0][0],
+            samples=samples,
+            peak_rss_kb=peak,
+            paused=paused,
+            cpu_us=window_cpu(samples, cpu, expected) * 1e6,
+            broker_cpu_us=window_cpu(samples, broker_cpu, expected) * 1e6,
+            extra={
+                "per_router": [delivered(m) for m in last],
+                "deferred": sum(m.get("webhook_router_deliveries_deferred_total", 0.0) for m in last),
+                "results": sum(results_written(m) for m in last),
+            },
+        )
+
+
+def broker_process_id(broker: EmbeddedBroker) -> int | None:
+    """The Tansu process's id, to read its CPU time (EmbeddedBroker keeps its process private)."""
+    proc = getattr(broker, "_proc", None)
+    pid = getattr(proc, "pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

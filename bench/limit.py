@@ -1,0 +1,140 @@
+"""The limit: a bare aiohttp POST loop, in its own process, against the same receiver as the router.
+
+One shared ClientSession (the router's connector settings), uvloop, ``concurrency`` long-lived workers,
+the router's headers and the same Standard Webhooks signature per request, the same body size. Two modes:
+
+- ``--requests N``: as fast as it goes; prints the rate over the middle 80 % of the requests.
+- ``--rate R --duration S``: paced; each body carries its send time (the recording receiver measures).
+
+Prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import time
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from bench.workload import EVENT_TYPES, SECRET_KEY, USER_AGENT, event_body
+from daemon.sign import standard_webhooks_signature
+
+_KEYS = (SECRET_KEY,)
+
+
+def _session() -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("Accept",))
+
+
+async def _post(session: aiohttp.ClientSession, url: URL, n: int, body: bytes, deadline: aiohttp.ClientTimeout) -> bool:
+    ts = int(time.time())
+    msg_id = f"msg_{n:032x}"
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": standard_webhooks_signature(_KEYS, msg_id, ts, body),
+    }
+    async with session.post(url, data=body, headers=headers, timeout=deadline, allow_redirects=False) as resp:
+        await resp.read()
+        return 200 <= resp.status < 300
+
+
+async def run_fixed(urls: list[URL], concurrency: int, requests: int, size: int) -> dict[str, Any]:
+    body = event_body(EVENT_TYPES[0], 0, size)
+    timeout = aiohttp.ClientTimeout(total=10)
+    counter = itertools.count()
+    lo, hi = requests // 10, requests - requests // 10
+    marks: dict[int, tuple[float, float]] = {}
+    done = errors = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal done, errors
+        for n in counter:
+            if n >= requests:
+                return
+            try:
+                ok = await _post(session, urls[n % len(urls)], n, body, timeout)
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                ok = False
+            errors += not ok
+            done += 1
+            if done in (lo, hi):
+                marks[done] = (time.perf_counter(), time.process_time())
+
+    async with _session() as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    (t_lo, cpu_lo), (t_hi, cpu_hi) = marks.get(lo, (0.0, 0.0)), marks.get(hi, (0.0, 0.0))
+    rate = (hi - lo) / (t_hi - t_lo) if t_hi > t_lo else requests / elapsed
+    cpu_us = (cpu_hi - cpu_lo) * 1e6 / (hi - lo) if hi > lo else 0.0
+    return {
+        "requests": requests,
+        "errors": errors,
+        "seconds": round(elapsed, 3),
+        "rate": round(rate, 1),
+        "cpu_us": round(cpu_us, 1),
+    }
+
+
+async def run_paced(urls: list[URL], concurrency: int, rate: float, duration_s: float, size: int) -> dict[str, Any]:
+    timeout = aiohttp.ClientTimeout(total=10)
+    total = int(rate * duration_s)
+    queue: asyncio.Queue[int | None] = asyncio.Queue()
+    errors = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        while (n := await queue.get()) is not None:
+            body = event_body(EVENT_TYPES[n % len(EVENT_TYPES)], n, size, time.time())
+            try:
+                ok = await _post(session, urls[n % len(urls)], n, body, timeout)
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                ok = False
+            errors += not ok
+
+    async with _session() as session:
+        workers = [asyncio.create_task(worker(session)) for _ in range(concurrency)]
+        started = time.perf_counter()
+        queued = 0
+        while queued < total:
+            due = min(total, int((time.perf_counter() - started) * rate) + 1)
+            while queued < due:
+                queue.put_nowait(queued)
+                queued += 1
+            await asyncio.sleep(0.0005)
+        for _ in workers:
+            queue.put_nowait(None)
+        await asyncio.gather(*workers)
+    return {"requests": total, "errors": errors, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.limit", description=__doc__)
+    parser.add_argument("--url", action="append", required=True, help="target URL (repeat: requests go round-robin)")
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--size", type=int, required=True, help="body size in bytes")
+    parser.add_argument("--requests", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=0.0)
+    parser.add_argument("--duration", type=float, default=0.0)
+    args = parser.parse_args()
+    urls = [URL(u) for u in args.url]
+    import uvloop
+
+    if args.rate > 0:
+        result = uvloop.run(run_paced(urls, args.concurrency, args.rate, args.duration, args.size))
+    else:
+        result = uvloop.run(run_fixed(urls, args.concurrency, args.requests, args.size))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
