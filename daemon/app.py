@@ -26,7 +26,7 @@ from daemon.actions import test_event
 from daemon.admin import AdminServer
 from daemon.config import Config, Resolved, load_config, resolve
 from daemon.consume import Source, kafka_client_options
-from daemon.deliver import Endpoint, Job, Lane, Sender, outcome_for
+from daemon.deliver import Endpoint, Job, Lane, LaneStats, Sender, outcome_for
 from daemon.deliver import delivery_id as delivery_id_of
 from daemon.errors import BadRequest, ConfigError, NotFound
 from daemon.health import REASON_CONFIG, REASON_OPERATOR, Health, HealthReader
@@ -93,6 +93,9 @@ class App:
         self._sender: Sender
         self._routing: Routing
         self._sigint_count = 0
+        self._lane_stats = LaneStats()  # totals over all lanes, read by two gauges at scrape time
+        self.metrics.requests_in_flight.set_function(lambda: self._lane_stats.busy)
+        self.metrics.deliveries_queued.set_function(lambda: self._lane_stats.queued)
 
     # --- lifecycle ---
 
@@ -157,8 +160,11 @@ class App:
             await self.source.start()
             stack.push_async_callback(self.source.stop)
 
+            # The tiers' consumer polls no faster than a tenth of the shortest tier (at most 500 ms): a tight
+            # fetch wait on every tier partition costs the broker and this process CPU for nothing.
+            tier_wait = int(min(500, max(kafka.fetch_max_wait_ms, config.retry.tiers_s[0] * 100)))
             tier_kafka = msgspec.structs.replace(
-                kafka, group_id=f"{kafka.group_id}.retry", topics=self._retries.tier_topics
+                kafka, group_id=f"{kafka.group_id}.retry", topics=self._retries.tier_topics, fetch_max_wait_ms=tier_wait
             )
             self.tiers = Source(tier_kafka, self._environ, self.metrics, self._retries.take, drain_s)
             await self.tiers.start()
@@ -326,7 +332,12 @@ class App:
                 lanes[endpoint.id] = previous
             else:
                 lanes[endpoint.id] = Lane(
-                    endpoint, self._sender, self.metrics, self._retries.report, self._retries.held_back
+                    endpoint,
+                    self._sender,
+                    self.metrics,
+                    self._retries.report,
+                    self._retries.held_back,
+                    self._lane_stats,
                 )
             was = old_lanes.get(endpoint.id)
             if ep_config.paused:

@@ -128,7 +128,9 @@ class Endpoint:
 class Job:
     """One delivery to make: an event for one endpoint, and what to call once its outcome is recorded."""
 
-    __slots__ = ("ack", "attempt", "delivery_id", "endpoint_id", "event", "history", "redelivery_of_id", "trigger")
+    __slots__ = (
+        "ack", "attempt", "deferrals", "delivery_id", "endpoint_id", "event", "history", "redelivery_of_id", "trigger",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -150,6 +152,7 @@ class Job:
         self.history: list[Attempt] = history or []  # earlier attempts of this delivery
         self.endpoint_id = endpoint_id
         self.redelivery_of_id = redelivery_of_id
+        self.deferrals = 0  # times parked on the tiers because the endpoint's queue was full
 
 
 def outcome_for(endpoint_id: str | None, job: Job, status: str, **fields: Any) -> Outcome:
@@ -185,7 +188,6 @@ class Sender:
         error: str | None = None
         retry_after: float | None = None
         metrics = self._metrics
-        metrics.requests_in_flight.inc()
         start = time.perf_counter()
         try:
             async with self._session.post(
@@ -206,8 +208,6 @@ class Sender:
             error = _describe(exc)
         except OSError as exc:
             error = _os_error(exc)
-        finally:
-            metrics.requests_in_flight.dec()
         elapsed = time.perf_counter() - start
         ok = http_status is not None and 200 <= http_status < 300
         status = DELIVERED if ok else FAILED
@@ -269,6 +269,16 @@ def _describe(exc: aiohttp.ClientError) -> str:
     return f"connection error: {type(exc).__name__}"
 
 
+class LaneStats:
+    """Totals over every lane of a daemon: deliveries waiting and under way (also the metrics' gauges)."""
+
+    __slots__ = ("busy", "queued")
+
+    def __init__(self) -> None:
+        self.queued = 0
+        self.busy = 0
+
+
 class Lane:
     """One endpoint's queue and its ``max_concurrency`` workers."""
 
@@ -279,8 +289,10 @@ class Lane:
         metrics: Metrics,
         report: Callable[[Endpoint, Job, Outcome], None],
         held_back: Callable[[Endpoint, Job], bool] = lambda endpoint, job: False,
+        stats: LaneStats | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.stats = stats or LaneStats()
         self._report = report
         self._held_back = held_back  # settles a job instead of attempting it (its endpoint was paused meanwhile)
         self._sender = sender
@@ -302,11 +314,11 @@ class Lane:
             self._room.clear()
             await self._room.wait()
 
-    def put(self, job: Job) -> bool:
-        """Queue a job. False when the endpoint's queue is full (the caller defers the job)."""
-        if self._queue.qsize() >= self.endpoint.queue_size:
+    def put(self, job: Job, force: bool = False) -> bool:
+        """Queue a job. False when the endpoint's queue is full (the caller defers the job), unless ``force``."""
+        if not force and self._queue.qsize() >= self.endpoint.queue_size:
             return False
-        self._metrics.deliveries_queued.inc()
+        self.stats.queued += 1
         self._queue.put_nowait(job)
         return True
 
@@ -317,10 +329,12 @@ class Lane:
             if job is None:
                 return
             self._room.set()
-            self._metrics.deliveries_queued.dec()
+            stats = self.stats
+            stats.queued -= 1
             if job.trigger == LIVE and self._held_back(endpoint, job):
                 continue
             self.busy += 1
+            stats.busy += 1
             try:
                 outcome = await sender.attempt(endpoint, job)
             except Exception:  # a bug, not an endpoint's doing: record it rather than lose the job
@@ -328,6 +342,7 @@ class Lane:
                 outcome = internal_error(endpoint, job)
             finally:
                 self.busy -= 1
+                stats.busy -= 1
             report(endpoint, job, outcome)
 
     async def close(self) -> None:
@@ -348,5 +363,5 @@ class Lane:
         items: list[Job | None] = []
         while not self._queue.empty():
             items.append(self._queue.get_nowait())
-        self._metrics.deliveries_queued.dec(sum(1 for j in items if j is not None))
+        self.stats.queued -= sum(1 for j in items if j is not None)
         return items

@@ -84,6 +84,7 @@ class RetryRecord(msgspec.Struct, kw_only=True):
     value: bytes
     history: list[Attempt] = []
     deferred: bool = False  # its endpoint's queue was full; no attempt was used up
+    deferrals: int = 0  # how often it was deferred so far
 
 
 encode_retry = msgspec.msgpack.Encoder().encode

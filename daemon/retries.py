@@ -169,23 +169,38 @@ class Retries:
             value=event.value,
             history=history,
             deferred=deferred,
+            deferrals=job.deferrals,
         )
         topic = self._config.tier_topic(tier)
         self._writer.submit(endpoint_id.encode(), encode_retry(record), ack, topic=topic)
 
     def defer(self, job: Job, endpoint_id: str, wait_s: float | None = None) -> None:
-        """Park a delivery whose endpoint cannot take it now; no attempt is used up."""
-        wait = wait_s if wait_s is not None else self._tiers[0]
-        due_ms = int(time.time() * 1000 + wait * 1000)
+        """Park a delivery whose endpoint cannot take it now; no attempt is used up.
+
+        Each further deferral of the same delivery waits one tier longer (up to about a minute), so a
+        delivery to an endpoint that stays full does not churn through the shortest tier.
+        """
+        if wait_s is None:
+            longest = tier_for(_HOLD_RECHECK_S, self._tiers) or self._tiers[0]
+            wait_s = min(self._tiers[min(job.deferrals, len(self._tiers) - 1)], longest)
+        due_ms = int(time.time() * 1000 + wait_s * 1000)
         self._metrics.deliveries_deferred.inc()
-        self.schedule(job, _endpoint_of(job), job.attempt, due_ms, int(wait * 1000), job.history, job.ack, True)
+        job.deferrals += 1
+        self.schedule(job, endpoint_id, job.attempt, due_ms, int(wait_s * 1000), job.history, job.ack, True)
 
     def hand_over(self, lane: Lane, job: Job) -> None:
         """Give a job to its lane, unless its endpoint is paused or its queue is full."""
         if self.held_back(lane.endpoint, job):
             return
-        if not lane.put(job):
-            self.defer(job, lane.endpoint.id)
+        if lane.put(job):
+            return
+        stats = lane.stats
+        if stats.queued + stats.busy == lane.queued + lane.busy and not self._health.failures(lane.endpoint.id):
+            # The only endpoint with work: nobody to starve. Queue past the bound; the cap on events in flight
+            # applies backpressure instead of sending its backlog round the tiers.
+            lane.put(job, force=True)
+            return
+        self.defer(job, lane.endpoint.id)
 
     def held_back(self, endpoint: Endpoint, job: Job) -> bool:
         """Settle a job whose endpoint is paused (skipped, or deferred when it holds); False if it is not paused.
@@ -233,6 +248,7 @@ class Retries:
             history=retry.history,
             endpoint_id=retry.endpoint_id,
         )
+        job.deferrals = retry.deferrals
         left_ms = retry.due_ms - now_ms
         if left_ms > 0:
             if tier_for(left_ms / 1000, self._tiers) is not None:
@@ -281,12 +297,6 @@ class _Ack:
 
     def __call__(self) -> None:
         self._part.done(self._offset)
-
-
-def _endpoint_of(job: Job) -> str:
-    if job.endpoint_id is None:
-        raise ValueError("a job without its endpoint id cannot be deferred")
-    return job.endpoint_id
 
 
 def _attempt(outcome: Outcome) -> Attempt:
