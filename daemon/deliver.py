@@ -35,7 +35,7 @@ from daemon.model import (
 )
 from daemon.profiles import PROFILES, Profile
 from daemon.retry import parse_retry_after
-from daemon.sign import hmac_sha256_hex, standard_webhooks_signature
+from daemon.sign import StandardSigner, hmac_sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Endpoint:
 
     __slots__ = (
         "agora_key", "base_headers", "body_key", "config", "id", "keys", "max_concurrency", "pause_threshold",
-        "policy", "profile", "queue_size", "retry_4xx", "secret", "skip_auto", "timeout", "timeout_s", "url",
+        "policy", "profile", "queue_size", "retry_4xx", "secret", "signer", "skip_auto", "timeout", "timeout_s", "url",
     )  # fmt: skip
 
     def __init__(self, config: EndpointConfig, delivery: DeliveryConfig, environ: Any) -> None:
@@ -62,6 +62,7 @@ class Endpoint:
         secrets = resolve_secrets(config, environ)
         self.secret = secrets[0] if secrets else ""
         self.keys = tuple(decode_whsec(s) for s in secrets) if self.profile.signing == "standard-webhooks" else ()
+        self.signer = StandardSigner(self.keys)
         self.agora_key = self.secret.encode()
         # Bodies that do not carry the secret are shared by every endpoint of the profile.
         self.body_key = (self.profile.name, self.secret if self.profile.injects_secret else None)
@@ -111,7 +112,7 @@ class Endpoint:
         if signing == "standard-webhooks":
             headers["webhook-id"] = job.delivery_id
             headers["webhook-timestamp"] = str(ts)
-            headers["webhook-signature"] = standard_webhooks_signature(self.keys, job.delivery_id, ts, body)
+            headers["webhook-signature"] = self.signer.sign(job.delivery_id, ts, body)
         elif signing == "agora":
             headers["X-Agora-Signature-256"] = "sha256=" + hmac_sha256_hex(self.agora_key, body)
             headers["X-Agora-Event"] = job.event.event_type
@@ -178,6 +179,19 @@ class Sender:
     def __init__(self, session: aiohttp.ClientSession, metrics: Metrics) -> None:
         self._session = session
         self._metrics = metrics
+        self._counted: dict[tuple[str, str], Any] = {}  # labelled children, looked up once each
+        self._timed: dict[str, Any] = {}
+
+    def _count(self, status: str, http_status: int | None, error: str | None, elapsed: float) -> None:
+        key = (status, status_class(http_status, error))
+        child = self._counted.get(key)
+        if child is None:
+            child = self._counted[key] = self._metrics.deliveries.labels(*key)
+        child.inc()
+        timer = self._timed.get(status)
+        if timer is None:
+            timer = self._timed[status] = self._metrics.delivery_duration.labels(status)
+        timer.observe(elapsed)
 
     async def attempt(self, endpoint: Endpoint, job: Job) -> Outcome:
         ts = int(time.time())
@@ -187,7 +201,6 @@ class Sender:
         response: str | None = None
         error: str | None = None
         retry_after: float | None = None
-        metrics = self._metrics
         start = time.perf_counter()
         try:
             async with self._session.post(
@@ -213,8 +226,7 @@ class Sender:
         status = DELIVERED if ok else FAILED
         if http_status is not None and not ok:
             error = f"HTTP {http_status}"
-        metrics.deliveries.labels(status, status_class(http_status, error)).inc()
-        metrics.delivery_duration.labels(status).observe(elapsed)
+        self._count(status, http_status, error, elapsed)
         return outcome_for(
             endpoint.id,
             job,

@@ -124,10 +124,16 @@ encode_health = msgspec.json.Encoder().encode
 decode_health = msgspec.json.Decoder(HealthState).decode
 
 
+_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+
+
 def utc_now_iso() -> str:
     """Current UTC time as RFC 3339 with milliseconds, e.g. ``2026-11-23T11:30:00.123Z``."""
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+    second = int(now)
+    if second != _second[0]:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{int(now * 1000) % 1000:03d}Z"
 
 
 def truncate_body(raw: bytes) -> str:

@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from aiokafka.partitioner import DefaultPartitioner
+
 from daemon.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,9 @@ class ResultsWriter:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
+        self._partitions: dict[str, dict[bytes | None, Any]] = {}  # topic -> key -> partition (None: all of them)
+        self._partitioner = DefaultPartitioner()
+        self._round_robin = 0
 
     @property
     def outstanding(self) -> int:
@@ -71,39 +76,89 @@ class ResultsWriter:
             self._task = None
 
     async def _run(self) -> None:
-        send = self._producer.send
         queue = self._queue
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            sent = 0
             while queue:
-                item = queue.popleft()
-                topic, key, value, _ = item
-                try:
-                    future = await send(topic, value, key=key)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self._failed(item, exc)
-                    continue
-                future.add_done_callback(lambda f, item=item: self._sent(f, item))
-                sent += 1
-                if sent % _BATCH == 0:
-                    await asyncio.sleep(0)  # let deliveries and heartbeats run between large batches
+                # One batch per partition for everything queued (up to _BATCH records): one send per batch,
+                # not one coroutine and one partitioner call per record.
+                groups: dict[tuple[str, int], list[_Item]] = {}
+                for _ in range(min(len(queue), _BATCH)):
+                    item = queue.popleft()
+                    partition = await self._partition(item[0], item[1])
+                    groups.setdefault((item[0], partition), []).append(item)
+                for (topic, partition), items in groups.items():
+                    await self._send(topic, partition, items)
+                await asyncio.sleep(0)  # let deliveries and heartbeats run between large batches
 
-    def _sent(self, future: asyncio.Future[Any], item: _Item) -> None:
+    async def _partition(self, topic: str, key: bytes | None) -> int:
+        """The partition a record goes to: Kafka's default partitioner for a key, round-robin without one."""
+        cache = self._partitions.get(topic)
+        if cache is None:
+            parts = sorted(await self._producer.partitions_for(topic))
+            cache = self._partitions[topic] = {None: parts}
+        if key is None:
+            parts = cache[None]
+            self._round_robin += 1
+            return int(parts[self._round_robin % len(parts)])
+        found = cache.get(key)
+        if found is None:
+            parts = cache[None]
+            found = cache[key] = int(self._partitioner(key, parts, parts))
+        return int(found)
+
+    async def _send(self, topic: str, partition: int, items: list[_Item]) -> None:
+        producer = self._producer
+        batch = producer.create_batch()
+        included: list[_Item] = []
+        for item in items:
+            if batch.append(key=item[1], value=item[2], timestamp=None) is None:
+                if included:
+                    await self._send_batch(batch, topic, partition, included)
+                batch, included = producer.create_batch(), []
+                if batch.append(key=item[1], value=item[2], timestamp=None) is None:
+                    await self._send_alone(topic, partition, item)  # larger than a batch: the producer's own path
+                    continue
+            included.append(item)
+        if included:
+            await self._send_batch(batch, topic, partition, included)
+
+    async def _send_alone(self, topic: str, partition: int, item: _Item) -> None:
+        try:
+            future = await self._producer.send(topic, item[2], key=item[1], partition=partition)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed(item, exc)
+            return
+        future.add_done_callback(lambda f: self._sent(f, [item]))
+
+    async def _send_batch(self, batch: Any, topic: str, partition: int, items: list[_Item]) -> None:
+        try:
+            future = await self._producer.send_batch(batch, topic, partition=partition)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            for item in items:
+                self._failed(item, exc)
+            return
+        future.add_done_callback(lambda f: self._sent(f, items))
+
+    def _sent(self, future: asyncio.Future[Any], items: list[_Item]) -> None:
         if future.cancelled():
             return
         exc = future.exception()
         if exc is not None:
-            self._failed(item, exc)
+            for item in items:
+                self._failed(item, exc)
             return
-        self._metrics.results_written.inc()
-        self._outstanding -= 1
+        self._metrics.results_written.inc(len(items))
+        self._outstanding -= len(items)
         if self._outstanding == 0:
             self._idle.set()
-        item[3]()
+        for item in items:
+            item[3]()
 
     def _failed(self, item: _Item, exc: BaseException) -> None:
         self._metrics.results_errors.inc()
