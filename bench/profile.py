@@ -11,6 +11,7 @@ import shutil
 import signal
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.procs import Child
@@ -57,14 +58,7 @@ def summarize(
     inclusive: Counter[str] = Counter()
     packages: Counter[str] = Counter()
     total = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        frames = stack.split(";")
-        if not _is_serving(frames):
-            continue
-        count = int(count_text)
+    for frames, count in _serving(raw):
         total += count
         own[frames[-1]] += count
         packages[_package(frames[-1])] += count
@@ -94,14 +88,7 @@ def components(raw: str) -> tuple[int, list[tuple[str, int]]]:
     """Samples of the serving loop, and how many fall in each component of the hot path."""
     counts: Counter[str] = Counter()
     total = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        frames = stack.split(";")
-        if not _is_serving(frames):
-            continue
-        count = int(count_text)
+    for frames, count in _serving(raw):
         total += count
         counts[_component(frames)] += count
     return total, counts.most_common()
@@ -138,3 +125,14 @@ def render(raw: str, top: int = 15, cpu_us: float = 0.0) -> str:
     lines += ["", "| self | package |", "|---:|---|"]
     lines += [f"| {100 * n / total:.1f} % | {name} |" for name, n in packages]
     return "\n".join(lines) + "\n"
+
+
+def _serving(raw: str) -> Iterator[tuple[list[str], int]]:
+    """(frames, samples) of each collapsed py-spy stack of the serving event loop."""
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = stack.split(";")
+        if _is_serving(frames):
+            yield frames, int(count_text)
