@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from bench.procs import Child, http_get
-from bench.workload import to_toml
+from daemon.config import dump_toml
 
 Metrics = dict[str, float]
 Sample = tuple[float, float]  # (perf_counter seconds, count)
@@ -53,7 +53,7 @@ class Router:
         self.name = name
         self.admin_port = int(config["admin"]["listen"].rsplit(":", 1)[1])
         self.config_path = workdir / f"{name}.toml"
-        self.config_path.write_text(to_toml(config))
+        self.config_path.write_text(dump_toml(config))
         argv = [sys.executable, "-m", "daemon", "run", "--config", str(self.config_path)]
         self.child = Child(name, argv, workdir / f"{name}.log")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import time
 from typing import Any
 
@@ -27,32 +26,6 @@ def event_body(event_type: str, n: int, size: int, sent: float = 0.0) -> bytes:
 
 
 # --- config ---
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"no TOML for {type(v).__name__}")
-
-
-def to_toml(doc: dict[str, Any]) -> str:
-    """Enough TOML for router configs: tables, arrays of tables, inline tables for dict values."""
-    lines: list[str] = []
-    for name, section in doc.items():
-        items = section if isinstance(section, list) else [section]
-        for item in items:
-            lines.append(f"[[{name}]]" if isinstance(section, list) else f"[{name}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
-            lines.append("")
-    return "\n".join(lines)
 
 
 def supports(field: str) -> bool:

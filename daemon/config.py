@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import re
 import tomllib
@@ -313,6 +314,32 @@ def _expand(patterns: list[str]) -> set[str]:
     """The campaign catalogue's event types that any of ``patterns`` matches."""
     catalogue = PROFILES["campaign"].catalogue or frozenset()
     return {t for t in catalogue if any(pattern_matches(p, t) for p in patterns)}
+
+
+def dump_toml(doc: dict[str, Any]) -> str:
+    """A config document as TOML: top-level tables and arrays of tables, inline tables and arrays below them."""
+    lines: list[str] = []
+    for name, section in doc.items():
+        items = section if isinstance(section, list) else [section]
+        for item in items:
+            lines.append(f"[[{name}]]" if isinstance(section, list) else f"[{name}]")
+            lines += [f"{json.dumps(k)} = {_toml_value(v)}" for k, v in item.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"no TOML for {type(v).__name__}")
 
 
 def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Config:

@@ -22,36 +22,6 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(type(v))
-
-
-def to_toml(doc: dict[str, Any]) -> str:
-    """Enough TOML for configs: top-level tables, arrays of tables, inline tables for dict values."""
-    lines: list[str] = []
-    for name, section in doc.items():
-        if isinstance(section, list):
-            for item in section:
-                lines.append(f"[[{name}]]")
-                lines += [f"{k} = {_value(v)}" for k, v in item.items()]
-                lines.append("")
-        else:
-            lines.append(f"[{name}]")
-            lines += [f"{k} = {_value(v)}" for k, v in section.items()]
-            lines.append("")
-    return "\n".join(lines)
-
-
 @dataclass
 class Request:
     path: str

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from daemon.app import App
-from daemon.config import load_config
+from daemon.config import dump_toml, load_config
 from daemon.embedded import EmbeddedBroker, free_port
-from tests.helpers import DaemonProcess, Receiver, eventually, to_toml, unique
+from tests.helpers import DaemonProcess, Receiver, eventually, unique
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +64,7 @@ class Setup:
 
     def write(self, doc: dict[str, Any], path: Path | None = None) -> Path:
         path = path or self.path
-        path.write_text(to_toml(doc))
+        path.write_text(dump_toml(doc))
         return path
 
 
