@@ -166,7 +166,7 @@ class App:
             tier_kafka = msgspec.structs.replace(
                 kafka, group_id=f"{kafka.group_id}.retry", topics=self._retries.tier_topics, fetch_max_wait_ms=tier_wait
             )
-            self.tiers = Source(tier_kafka, self._environ, self.metrics, self._retries.take, drain_s)
+            self.tiers = Source(tier_kafka, self._environ, self.metrics, self._retries.take, drain_s, "retries")
             await self.tiers.start()
             stack.push_async_callback(self.tiers.stop)
             self._retries.hold = lambda topic, partition, offset, until_ms: self.tiers.hold(

@@ -53,10 +53,18 @@ class Source:
     """Owns the AIOKafkaConsumer: fetches, hands records to ``dispatch``, commits watermarks."""
 
     def __init__(
-        self, kafka: KafkaConfig, environ: Any, metrics: Metrics, dispatch: Dispatch, drain_timeout_s: float
+        self,
+        kafka: KafkaConfig,
+        environ: Any,
+        metrics: Metrics,
+        dispatch: Dispatch,
+        drain_timeout_s: float,
+        name: str = "events",
     ) -> None:
         self._kafka = kafka
         self._metrics = metrics
+        self._paused_gauge = metrics.partitions_paused.labels(name)
+        self._paused_gauge.set(0)
         self._dispatch = dispatch
         self._drain_timeout_s = drain_timeout_s
         self._progress = asyncio.Event()
@@ -125,7 +133,7 @@ class Source:
 
     def _pause(self) -> None:
         self._paused = True
-        self._metrics.partitions_paused.set(1)
+        self._paused_gauge.set(1)
         self._consumer.pause(*self._consumer.assignment())
         log.info("%d events in flight: fetching paused", self.offsets.in_flight)
 
@@ -133,7 +141,7 @@ class Source:
         self._progress.set()
         if self._paused and self.offsets.in_flight <= self._low_water:
             self._paused = False
-            self._metrics.partitions_paused.set(0)
+            self._paused_gauge.set(0)
             self._consumer.resume(*(tp for tp in self._consumer.assignment() if tp not in self._held))
             log.info("%d events in flight: fetching resumed", self.offsets.in_flight)
 

@@ -47,7 +47,10 @@ class Metrics:
             p + "consumer_lag", "Records behind the partition's high watermark.", ["topic", "partition"], registry=r
         )
         self.partitions_paused = Gauge(
-            p + "partitions_paused", "1 while fetching is paused for backpressure.", registry=r
+            p + "partitions_paused",
+            "1 while fetching is paused for backpressure, per consumer (events, retries).",
+            ["consumer"],
+            registry=r,
         )
         self.commits = Counter(p + "offset_commits", "Offset commits by result.", ["result"], registry=r)
         self.endpoints = Gauge(p + "endpoints", "Endpoints in the loaded config.", registry=r)

@@ -29,7 +29,7 @@ async def test_pause_survives_a_rebalance_and_nothing_is_lost(setup: Setup, rece
 
     async with running(first_path) as first:
         await r.wait_for(5)
-        await eventually(lambda: first.metrics.partitions_paused._value.get() == 1, 10)
+        await eventually(lambda: first.metrics.partitions_paused.labels("events")._value.get() == 1, 10)
         async with running(second_path) as second:
             await eventually(lambda: first.source.joined and second.source.joined, 30)
             consumer = first.source._consumer
