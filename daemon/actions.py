@@ -23,10 +23,11 @@ class UnknownEndpoint(NotFound):
 
 
 def endpoint_of(config: Config, endpoint_id: str, environ: Mapping[str, str]) -> Endpoint:
-    for ep in resolve(config).endpoints:
+    endpoints = resolve(config).endpoints
+    for ep in endpoints:
         if ep.id == endpoint_id:
             return Endpoint(ep, config.delivery, environ)
-    known = ", ".join(e.id for e in resolve(config).endpoints) or "none"
+    known = ", ".join(e.id for e in endpoints) or "none"
     raise UnknownEndpoint(f"no endpoint {endpoint_id!r} (known: {known})")
 
 
@@ -37,10 +38,15 @@ def test_event(endpoint: Endpoint) -> Event:
     return Event(orjson.dumps(sample), event_type, None, None, None, int(time.time() * 1000))
 
 
+def ping_job(endpoint: Endpoint) -> Job:
+    """One test delivery: the profile's test event under a fresh delivery id, never retried."""
+    return Job(event=test_event(endpoint), delivery_id="msg_" + uuid.uuid4().hex, ack=lambda: None, trigger=PING)
+
+
 async def ping(config: Config, endpoint_id: str, environ: Mapping[str, str]) -> Outcome:
     """Send the profile's test event once (no retry) and record the outcome on the results topic."""
     endpoint = endpoint_of(config, endpoint_id, environ)
-    job = Job(event=test_event(endpoint), delivery_id="msg_" + uuid.uuid4().hex, ack=lambda: None, trigger=PING)
+    job = ping_job(endpoint)
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         outcome = await Sender(session, Metrics()).attempt(endpoint, job)
     producer = AIOKafkaProducer(

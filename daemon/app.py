@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import time
-import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from functools import partial
@@ -22,7 +21,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from daemon.actions import test_event
+from daemon.actions import ping_job
 from daemon.admin import AdminServer
 from daemon.config import Config, Resolved, load_config, resolve
 from daemon.consume import Source, kafka_client_options
@@ -36,7 +35,6 @@ from daemon.model import (
     ENDPOINT_PAUSED,
     ENDPOINT_RESUMED,
     INVALID_EVENT,
-    PING,
     REDELIVERY,
     REPLAY,
     Event,
@@ -397,8 +395,7 @@ class App:
 
     async def ping_endpoint(self, endpoint_id: str) -> Outcome:
         endpoint = self._lane(endpoint_id).endpoint
-        job = Job(event=test_event(endpoint), delivery_id="msg_" + uuid.uuid4().hex, ack=_nothing, trigger=PING)
-        return await self._one_attempt(endpoint, job)
+        return await self._one_attempt(endpoint, ping_job(endpoint))
 
     async def redeliver(self, delivery_id: str, where: dict[str, Any]) -> Outcome:
         """One attempt of a past delivery, its event read back from Kafka by its recorded position."""
@@ -474,8 +471,7 @@ class App:
             event_type = reader.read(record.value)
         except InvalidEvent:
             return None
-        stamp = record.timestamp if record.timestamp and record.timestamp > 0 else int(time.time() * 1000)
-        return Event(record.value, event_type, record.topic, record.partition, record.offset, stamp)
+        return Event.from_record(record, event_type)
 
     async def _one_attempt(self, endpoint: Endpoint, job: Job) -> Outcome:
         outcome = await self._sender.attempt(endpoint, job)
@@ -513,8 +509,7 @@ class App:
             self.metrics.events_unmatched.labels(topic).inc()
             return
         partition = record.partition
-        stamp = record.timestamp if record.timestamp and record.timestamp > 0 else int(time.time() * 1000)
-        event = Event(value, event_type, topic, partition, offset, stamp)
+        event = Event.from_record(record, event_type)
         targets = match.select(event.decoded)
         part.add(offset, len(targets))
         if not targets:
@@ -534,14 +529,10 @@ class App:
             if profile.skips:
                 rule = skip_for(profile, event.decoded(), event_type)
                 if rule is not None:
-                    self._report(
-                        job, outcome_for(endpoint_id, job, rule.status, error=rule.reason, profile=profile.name)
-                    )
+                    outcome = outcome_for(endpoint_id, job, rule.status, error=rule.reason, profile=profile.name)
+                    self._retries.record(outcome, job.ack)
                     continue
             self._retries.hand_over(lane, job)
-
-    def _report(self, job: Job, outcome: Outcome) -> None:
-        self._retries.record(outcome, job.ack)
 
     def _announce_health(self, endpoint_id: str, paused: bool, reason: str | None) -> None:
         outcome = Outcome(

@@ -151,6 +151,12 @@ class Event:
     __slots__ = ("_decoded", "bodies", "event_type", "offset", "partition", "time_ms", "topic", "value")
 
     @classmethod
+    def from_record(cls, record: Any, event_type: str) -> Event:
+        """An event read from Kafka; its time is the record's, or now when the record has none."""
+        stamp = record.timestamp if record.timestamp and record.timestamp > 0 else int(time.time() * 1000)
+        return cls(record.value, event_type, record.topic, record.partition, record.offset, stamp)
+
+    @classmethod
     def from_retry(cls, record: RetryRecord) -> Event:
         return cls(record.value, record.event_type, record.topic, record.partition, record.offset, record.time_ms)
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -238,7 +239,7 @@ class Retries:
             self.hold(record.topic, record.partition, record.offset, retry.tier_due_ms)
             return False
         part.add(record.offset, 1)
-        ack = _Ack(part, record.offset)
+        ack = partial(part.done, record.offset)
         job = Job(
             event=Event.from_retry(retry),
             delivery_id=retry.delivery_id,
@@ -286,17 +287,6 @@ class Retries:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
-
-
-class _Ack:
-    __slots__ = ("_offset", "_part")
-
-    def __init__(self, part: PartitionOffsets, offset: int) -> None:
-        self._part = part
-        self._offset = offset
-
-    def __call__(self) -> None:
-        self._part.done(self._offset)
 
 
 def _attempt(outcome: Outcome) -> Attempt:
