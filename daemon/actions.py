@@ -6,7 +6,6 @@ import time
 import uuid
 from collections.abc import Mapping
 
-import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
@@ -47,8 +46,11 @@ async def ping(config: Config, endpoint_id: str, environ: Mapping[str, str]) -> 
     """Send the profile's test event once (no retry) and record the outcome on the results topic."""
     endpoint = endpoint_of(config, endpoint_id, environ)
     job = ping_job(endpoint)
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        outcome = await Sender(session, Metrics()).attempt(endpoint, job)
+    sender = Sender(Metrics())
+    try:
+        outcome = await sender.attempt(endpoint, job)
+    finally:
+        await sender.close()
     producer = AIOKafkaProducer(
         acks="all" if config.kafka.results_acks == "all" else 1,
         enable_idempotence=config.kafka.enable_idempotence,

@@ -15,7 +15,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import msgspec
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -145,10 +144,8 @@ class App:
             self._retries = Retries(self._results, retry, self.metrics, self.health, lambda: self._routing.lanes)
             stack.callback(self._retries.cancel_timers)
 
-            connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
-            session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("Accept",))
-            stack.push_async_callback(session.close)
-            self._sender = Sender(session, self.metrics)
+            self._sender = Sender(self.metrics)
+            stack.push_async_callback(self._sender.close)
 
             self._routing = self._build_routing(config, {})
             stack.push_async_callback(self._close_lanes)

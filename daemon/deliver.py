@@ -18,9 +18,11 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from daemon.config import RESERVED_HEADERS, DeliveryConfig, EndpointConfig, decode_whsec, resolve_secrets
+from daemon.http import Client, Route
 from daemon.metrics import Metrics, status_class
 from daemon.model import (
     DELIVERED,
@@ -51,7 +53,7 @@ class Endpoint:
 
     __slots__ = (
         "agora_key", "base_headers", "body_key", "config", "id", "keys", "max_concurrency", "pause_threshold",
-        "policy", "profile", "queue_size", "retry_4xx", "secret", "signer", "skip_auto", "timeout", "timeout_s", "url",
+        "policy", "profile", "queue_size", "retry_4xx", "route", "secret", "signer", "timeout_s", "url",
     )  # fmt: skip
 
     def __init__(self, config: EndpointConfig, delivery: DeliveryConfig, environ: Any) -> None:
@@ -67,7 +69,7 @@ class Endpoint:
         # Bodies that do not carry the secret are shared by every endpoint of the profile.
         self.body_key = (self.profile.name, self.secret if self.profile.injects_secret else None)
         self.timeout_s = config.effective_timeout_s
-        self.timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        self.route: Route | None = None  # the serialised request head, built by the Sender on first use
         self.max_concurrency = config.max_concurrency
         self.queue_size = config.queue_size
         self.policy = config.policy
@@ -81,10 +83,8 @@ class Endpoint:
                 "User-Agent": delivery.user_agent,
                 **custom,
             }
-            self.skip_auto: frozenset[str] = frozenset()
         else:
-            self.base_headers = {}
-            self.skip_auto = frozenset({"Content-Type", "User-Agent", "Accept", "Accept-Encoding"})
+            self.base_headers = {}  # raw: Host, Content-Length and the signature headers only
 
     def same_as(self, other: Endpoint) -> bool:
         """True when ``other`` delivers exactly like this one (its lane can be kept across a reload)."""
@@ -107,17 +107,25 @@ class Endpoint:
         return body
 
     def headers(self, job: Job, body: bytes, ts: int) -> dict[str, str]:
-        headers = self.base_headers.copy()
+        """Every header of a request beyond Host and Content-Length."""
+        return {**self.base_headers, **self.signed(job, body, ts)}
+
+    def signed(self, job: Job, body: bytes, ts: int) -> dict[str, str]:
+        """The headers that change per request: the profile's signature, ids and timestamp."""
         signing = self.profile.signing
         if signing == "standard-webhooks":
-            headers["webhook-id"] = job.delivery_id
-            headers["webhook-timestamp"] = str(ts)
-            headers["webhook-signature"] = self.signer.sign(job.delivery_id, ts, body)
-        elif signing == "agora":
-            headers["X-Agora-Signature-256"] = "sha256=" + hmac_sha256_hex(self.agora_key, body)
-            headers["X-Agora-Event"] = job.event.event_type
-            headers["X-Agora-Delivery"] = self.attempt_id(job, ts)
-        return headers
+            return {
+                "webhook-id": job.delivery_id,
+                "webhook-timestamp": str(ts),
+                "webhook-signature": self.signer.sign(job.delivery_id, ts, body),
+            }
+        if signing == "agora":
+            return {
+                "X-Agora-Signature-256": "sha256=" + hmac_sha256_hex(self.agora_key, body),
+                "X-Agora-Event": job.event.event_type,
+                "X-Agora-Delivery": self.attempt_id(job, ts),
+            }
+        return {}
 
     def attempt_id(self, job: Job, ts: int) -> str:
         """This attempt's own id: Agora's ``{endpoint_id}-{attempt}-{unix_ts}``, else ``{delivery_id}-{attempt}``."""
@@ -174,13 +182,16 @@ def outcome_for(endpoint_id: str | None, job: Job, status: str, **fields: Any) -
 
 
 class Sender:
-    """Makes attempts over one long-lived ClientSession. Never raises for what an endpoint does."""
+    """Makes attempts over one pooled HTTP client (``daemon.http``). Never raises for what an endpoint does."""
 
-    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics) -> None:
-        self._session = session
+    def __init__(self, metrics: Metrics) -> None:
+        self._client = Client()
         self._metrics = metrics
         self._counted: dict[tuple[str, str], Any] = {}  # labelled children, looked up once each
         self._timed: dict[str, Any] = {}
+
+    async def close(self) -> None:
+        await self._client.close()
 
     def _count(self, status: str, http_status: int | None, error: str | None, elapsed: float) -> None:
         key = (status, status_class(http_status, error))
@@ -196,29 +207,27 @@ class Sender:
     async def attempt(self, endpoint: Endpoint, job: Job) -> Outcome:
         ts = int(time.time())
         body = endpoint.render(job.event)
-        headers = endpoint.headers(job, body, ts)
+        route = endpoint.route
+        if route is None:
+            route = endpoint.route = self._client.route(endpoint.url, endpoint.base_headers)
         http_status: int | None = None
         response: str | None = None
         error: str | None = None
         retry_after: float | None = None
         start = time.perf_counter()
         try:
-            async with self._session.post(
-                endpoint.url,
-                data=body,
-                headers=headers,
-                timeout=endpoint.timeout,
-                allow_redirects=False,
-                skip_auto_headers=endpoint.skip_auto,
-            ) as resp:
-                http_status = resp.status
-                if http_status == 429 or http_status >= 500:
-                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                response = truncate_body(await _read_at_most(resp.content, RESPONSE_BODY_LIMIT))
+            async with asyncio.timeout(endpoint.timeout_s):
+                reply = await self._client.post(route, endpoint.signed(job, body, ts), body, RESPONSE_BODY_LIMIT)
+            http_status = reply.status
+            if http_status == 429 or http_status >= 500:
+                retry_after = parse_retry_after(reply.headers.get("Retry-After"))
+            response = truncate_body(reply.body)
         except TimeoutError:
             error = f"timeout: no complete response within {endpoint.timeout_s:g} s"
         except aiohttp.ClientError as exc:
             error = _describe(exc)
+        except HttpProcessingError as exc:
+            error = f"protocol error: {exc.message}"
         except OSError as exc:
             error = _os_error(exc)
         elapsed = time.perf_counter() - start
@@ -244,18 +253,6 @@ class Sender:
 
 def internal_error(endpoint: Endpoint, job: Job) -> Outcome:
     return outcome_for(endpoint.id, job, FAILED, error="internal error (see the router's log)")
-
-
-async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await stream.read(limit - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def _os_error(exc: OSError) -> str:

@@ -1,0 +1,114 @@
+"""Webhook POSTs over aiohttp's connection pool and response parser, without a ClientSession per request.
+
+Two requests to one endpoint differ only in their signature headers and body. ``ClientSession.post``
+rebuilds everything else every time (a ``ClientRequest``, a merged ``CIMultiDict`` of headers, a
+payload object, a timeout handle, a writer task), which costs about as much CPU as the rest of a
+delivery together. Here the request line, ``Host`` and the endpoint's own headers are serialised once
+(``Route``), and a request is one write of that head, the per-request headers and the body.
+
+aiohttp keeps the parts that are hard to get right: the ``TCPConnector`` (keep-alive pool, DNS cache,
+TLS with verification, connect errors), and ``ResponseHandler`` with its C parser for the response
+(status line, headers, chunked or sized bodies, ``Connection: close``). A connection goes back to the
+pool only when its response was read to the end and the server keeps it open; otherwise it is closed.
+Redirects are never followed. The caller bounds the whole exchange with its own timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import aiohttp
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ClientRequest
+from aiohttp.helpers import TimerNoop, strip_auth_from_url
+from aiohttp.streams import EofStream, StreamReader
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+_NO_TIMEOUT = aiohttp.ClientTimeout()  # the caller's own timeout covers connect, send and response
+_TIMER = TimerNoop()
+
+
+class Route:
+    """One endpoint's target: its pool key (host, port, TLS) and its serialised request head."""
+
+    __slots__ = ("head", "key")
+
+    def __init__(self, url: URL, headers: Mapping[str, str], loop: asyncio.AbstractEventLoop) -> None:
+        bare, auth = strip_auth_from_url(url)
+        # A ClientRequest is built once per endpoint, only as the connector's key: it carries host,
+        # port, TLS settings and the Host header exactly as aiohttp would compute them.
+        self.key = ClientRequest("POST", bare, loop=loop, auth=auth)
+        lines = [f"POST {bare.raw_path_qs} HTTP/1.1", f"Host: {self.key.headers['Host']}"]
+        if auth is not None:
+            lines.append(f"Authorization: {auth.encode()}")
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        self.head = ("\r\n".join(lines) + "\r\n").encode()
+
+
+class Response:
+    """What the router keeps of a response: the status, the headers, and at most ``limit`` bytes of body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: CIMultiDictProxy[str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class Client:
+    """Sends POSTs over one pooled connector; owned by one event loop."""
+
+    def __init__(self) -> None:
+        self._connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+
+    def route(self, url: URL, headers: Mapping[str, str]) -> Route:
+        return Route(url, headers, asyncio.get_running_loop())
+
+    async def post(self, route: Route, headers: Mapping[str, str], body: bytes, limit: int) -> Response:
+        """One exchange. Raises aiohttp's ClientError, HttpProcessingError or OSError as aiohttp does."""
+        conn = await self._connector.connect(route.key, [], _NO_TIMEOUT)
+        try:
+            protocol, transport = conn.protocol, conn.transport
+            if protocol is None or transport is None or transport.is_closing():
+                raise aiohttp.ServerDisconnectedError()
+            protocol.set_response_params(timer=_TIMER, read_until_eof=True, auto_decompress=False)
+            extra = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+            transport.writelines((route.head, b"%sContent-Length: %d\r\n\r\n" % (extra.encode(), len(body)), body))
+            status, message_headers, payload = await _response(protocol)
+            content = await _read_at_most(payload, limit)
+        except BaseException:
+            conn.close()
+            raise
+        if status == 101 or not payload.is_eof():
+            conn.close()  # an upgrade, or a body longer than we read: the connection cannot be reused
+        else:
+            conn.release()
+        return Response(status, message_headers, content)
+
+    async def close(self) -> None:
+        await self._connector.close()
+
+
+async def _response(protocol: ResponseHandler) -> tuple[int, CIMultiDictProxy[str], StreamReader]:
+    while True:
+        try:
+            message, payload = await protocol.read()
+        except EofStream:
+            raise aiohttp.ServerDisconnectedError() from None
+        if not 100 <= message.code <= 199 or message.code == 101:  # skip interim responses (100 Continue)
+            return message.code, message.headers, payload
+
+
+async def _read_at_most(stream: StreamReader, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,236 @@
+"""daemon.http against real sockets: scripted HTTP/1.1 servers on 127.0.0.1 that answer as told."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import aiohttp
+import pytest
+from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
+
+from daemon.config import DeliveryConfig, EndpointConfig
+from daemon.deliver import Endpoint, Job, Sender
+from daemon.http import Client, Route
+from daemon.metrics import Metrics
+from daemon.model import DELIVERED, FAILED, Event
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class Script:
+    """A server that reads each request whole and answers with ``answer(n)`` (n counts requests)."""
+
+    def __init__(self, answer: Callable[[int], bytes], close_after: bool = False) -> None:
+        self.answer = answer
+        self.close_after = close_after  # close the connection after each answer (without saying so)
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.port = 0
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                self.requests.append(head + await reader.readexactly(length))
+                writer.write(self.answer(len(self.requests)))
+                await writer.drain()
+                if self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[URL]:
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        try:
+            yield URL(f"http://127.0.0.1:{self.port}/hook?tenant=a%20b")
+        finally:
+            server.close()
+
+
+@asynccontextmanager
+async def client() -> AsyncIterator[Client]:
+    c = Client()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+# --- the request head, serialised once per endpoint ---
+
+
+async def test_route_serialises_request_line_host_and_headers_once() -> None:
+    loop = asyncio.get_running_loop()
+    route = Route(URL("https://hooks.example.com:8443/a/b?x=1&y=%20"), {"Content-Type": "application/json"}, loop)
+    assert route.head == (
+        b"POST /a/b?x=1&y=%20 HTTP/1.1\r\nHost: hooks.example.com:8443\r\nContent-Type: application/json\r\n"
+    )
+    assert route.key.connection_key.is_ssl
+
+
+@pytest.mark.parametrize(
+    ("url", "line", "host"),
+    [
+        ("https://example.com", b"POST / HTTP/1.1", b"Host: example.com"),
+        ("http://example.com:80/x", b"POST /x HTTP/1.1", b"Host: example.com"),
+        ("http://[::1]:8080/x", b"POST /x HTTP/1.1", b"Host: [::1]:8080"),
+        ("https://bücher.example/p", b"POST /p HTTP/1.1", b"Host: xn--bcher-kva.example"),
+        ("http://h.example/a b", b"POST /a%20b HTTP/1.1", b"Host: h.example"),
+    ],
+)
+async def test_route_host_and_path_as_aiohttp_computes_them(url: str, line: bytes, host: bytes) -> None:
+    route = Route(URL(url), {}, asyncio.get_running_loop())
+    assert route.head.split(b"\r\n")[:2] == [line, host]
+
+
+async def test_credentials_in_the_url_become_basic_auth_and_leave_the_request_line() -> None:
+    route = Route(URL("https://user:pw@example.com/hook"), {}, asyncio.get_running_loop())
+    assert route.head == b"POST /hook HTTP/1.1\r\nHost: example.com\r\nAuthorization: Basic dXNlcjpwdw==\r\n"
+
+
+# --- exchanges with real servers ---
+
+
+async def test_request_bytes_on_the_wire() -> None:
+    script = Script(lambda n: OK)
+    async with script.running() as url, client() as c:
+        route = c.route(url, {"User-Agent": "wr/1"})
+        reply = await c.post(route, {"webhook-id": "msg_1"}, b'{"a":1}', 4096)
+    assert (reply.status, reply.body) == (200, b"ok")
+    assert script.requests == [
+        b"POST /hook?tenant=a%20b HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nUser-Agent: wr/1\r\nwebhook-id: msg_1\r\n"
+        b'Content-Length: 7\r\n\r\n{"a":1}'.replace(b"PORT", str(script.port).encode())
+    ]
+
+
+async def test_keep_alive_connection_is_reused() -> None:
+    script = Script(lambda n: OK)
+    async with script.running() as url, client() as c:
+        route = c.route(url, {})
+        for i in range(5):
+            assert (await c.post(route, {}, b"x" * i, 4096)).status == 200
+    assert (len(script.requests), script.connections) == (5, 1)
+
+
+async def test_connection_close_answer_is_not_reused() -> None:
+    script = Script(lambda n: b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", close_after=True)
+    async with script.running() as url, client() as c:
+        route = c.route(url, {})
+        for _ in range(3):
+            assert (await c.post(route, {}, b"{}", 4096)).status == 200
+    assert script.connections == 3
+
+
+async def test_a_connection_the_server_dropped_while_idle_is_not_used_again() -> None:
+    script = Script(lambda n: OK, close_after=True)
+    async with script.running() as url, client() as c:
+        route = c.route(url, {})
+        assert (await c.post(route, {}, b"{}", 4096)).status == 200
+        await asyncio.sleep(0.05)  # the server's FIN arrives while the connection sits in the pool
+        assert (await c.post(route, {}, b"{}", 4096)).status == 200
+    assert script.connections == 2
+
+
+async def test_chunked_answer_is_read_whole_and_the_connection_kept() -> None:
+    chunked = (
+        b"HTTP/1.1 503 Busy\r\nTransfer-Encoding: chunked\r\nRetry-After: 7\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    )
+    script = Script(lambda n: chunked)
+    async with script.running() as url, client() as c:
+        route = c.route(url, {})
+        first = await c.post(route, {}, b"{}", 4096)
+        await c.post(route, {}, b"{}", 4096)
+    assert (first.status, first.body, first.headers["Retry-After"]) == (503, b"abcde", "7")
+    assert script.connections == 1
+
+
+async def test_a_long_answer_is_cut_at_the_limit_and_its_connection_closed() -> None:
+    endless = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"z" * 5000  # the rest never comes
+    script = Script(lambda n: endless if n == 1 else OK)
+    async with script.running() as url, client() as c:
+        route = c.route(url, {})
+        reply = await c.post(route, {}, b"{}", 4096)
+        assert (await c.post(route, {}, b"{}", 4096)).status == 200
+    assert reply.body == b"z" * 4096
+    assert script.connections == 2
+
+
+async def test_interim_100_continue_is_skipped() -> None:
+    script = Script(lambda n: b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
+    async with script.running() as url, client() as c:
+        reply = await c.post(c.route(url, {}), {}, b"{}", 4096)
+    assert (reply.status, reply.body) == (200, b"ok")
+
+
+async def test_garbage_answer_is_a_protocol_error() -> None:
+    script = Script(lambda n: b"SMTP ready\r\n\r\n")
+    async with script.running() as url, client() as c:
+        with pytest.raises(HttpProcessingError):
+            await c.post(c.route(url, {}), {}, b"{}", 4096)
+
+
+async def test_server_closing_without_an_answer_is_a_disconnect() -> None:
+    script = Script(lambda n: b"", close_after=True)
+    async with script.running() as url, client() as c:
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await c.post(c.route(url, {}), {}, b"{}", 4096)
+
+
+async def test_refused_connection_is_a_connector_error() -> None:
+    async with Script(lambda n: OK).running() as url:
+        pass  # closed: nothing listens on the port any more
+    async with client() as c:
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await c.post(c.route(url, {}), {}, b"{}", 4096)
+
+
+# --- what the Sender records of them ---
+
+
+def _endpoint(url: URL, timeout_s: float = 5.0) -> Endpoint:
+    config = EndpointConfig(id="ep", url=str(url), profile="raw", secret="whsec_" + "QUJD" * 8, timeout_s=timeout_s)
+    return Endpoint(config, DeliveryConfig(), {})
+
+
+def _job() -> Job:
+    return Job(event=Event(b'{"type":"a"}', "a", "t", 0, 1, 0), delivery_id="msg_1", ack=lambda: None)
+
+
+async def test_sender_records_a_protocol_error_without_the_address() -> None:
+    script = Script(lambda n: b"SMTP ready\r\n\r\n")
+    async with script.running() as url:
+        sender = Sender(Metrics())
+        try:
+            outcome = await sender.attempt(_endpoint(url), _job())
+        finally:
+            await sender.close()
+    assert outcome.status == FAILED
+    assert outcome.error is not None and outcome.error.startswith("protocol error: ")
+    assert "127.0.0.1" not in outcome.error
+
+
+async def test_sender_times_out_a_server_that_never_answers() -> None:
+    short = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok"  # 3 bytes short: never complete
+    script = Script(lambda n: short if n == 1 else OK)
+    async with script.running() as url:
+        sender = Sender(Metrics())
+        try:
+            outcome = await sender.attempt(_endpoint(url, timeout_s=0.3), _job())
+            again = await sender.attempt(_endpoint(url), _job())  # the stuck connection is not reused
+        finally:
+            await sender.close()
+    assert (outcome.status, outcome.error) == (FAILED, "timeout: no complete response within 0.3 s")
+    assert (again.status, again.response_body) == (DELIVERED, "ok")
+    assert script.connections == 2
