@@ -147,9 +147,11 @@ class Bench:
             raise RuntimeError(f"the bare loop had {result['errors']} failed requests")
         return result
 
-    async def limit_rate(self, urls: Sequence[str], concurrency: int, requests: int) -> tuple[float, float]:
+    async def limit_rate(
+        self, urls: Sequence[str], concurrency: int, requests: int, client: str = "aiohttp"
+    ) -> tuple[float, float]:
         """The bare loop's requests per second, and its CPU µs per request (middle 80 % of the requests)."""
-        result = await self.limit(urls, concurrency, "--requests", str(requests))
+        result = await self.limit(urls, concurrency, "--requests", str(requests), "--client", client)
         return float(result["rate"]), float(result["cpu_us"])
 
     async def throughput(

@@ -1,7 +1,10 @@
 """The limit: a bare aiohttp POST loop, in its own process, against the same receiver as the router.
 
 One shared ClientSession (the router's connector settings), uvloop, ``concurrency`` long-lived workers,
-the router's headers and the same Standard Webhooks signature per request, the same body size. Two modes:
+the router's headers and the same Standard Webhooks signature per request, the same body size.
+``--client router`` runs the same loop over the router's own HTTP client (``daemon.http.Client``:
+aiohttp's connector and response parser, the request head serialised once) instead of
+``ClientSession.post``: the floor of the router's own HTTP path, for comparison. Two modes:
 
 - ``--requests N``: as fast as it goes; prints the rate over the middle 80 % of the requests.
 - ``--rate R --duration S``: paced; each body carries its send time (the recording receiver measures).
@@ -22,6 +25,7 @@ import aiohttp
 from yarl import URL
 
 from bench.workload import EVENT_TYPES, SECRET_KEY, USER_AGENT, event_body
+from daemon.http import Client, Route
 from daemon.sign import standard_webhooks_signature
 
 _KEYS = (SECRET_KEY,)
@@ -32,36 +36,64 @@ def _session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("Accept",))
 
 
-async def _post(session: aiohttp.ClientSession, url: URL, n: int, body: bytes, deadline: aiohttp.ClientTimeout) -> bool:
+_BASE = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+
+
+def _signed(n: int, body: bytes) -> dict[str, str]:
     ts = int(time.time())
     msg_id = f"msg_{n:032x}"
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(ts),
-        "webhook-signature": standard_webhooks_signature(_KEYS, msg_id, ts, body),
-    }
-    async with session.post(url, data=body, headers=headers, timeout=deadline, allow_redirects=False) as resp:
-        await resp.read()
-        return 200 <= resp.status < 300
+    sig = standard_webhooks_signature(_KEYS, msg_id, ts, body)
+    return {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": sig}
 
 
-async def run_fixed(urls: list[URL], concurrency: int, requests: int, size: int) -> dict[str, Any]:
+class _Poster:
+    """One POST as a plain aiohttp loop makes it (``ClientSession.post``), or over the router's client."""
+
+    def __init__(self, kind: str, urls: list[URL]) -> None:
+        self._urls = urls
+        self._session: aiohttp.ClientSession | None = None
+        self._client: Client | None = None
+        self._routes: list[Route] = []
+        if kind == "router":
+            self._client = Client()
+            self._routes = [self._client.route(url, _BASE) for url in urls]
+        else:
+            self._session = _session()
+        self._deadline = aiohttp.ClientTimeout(total=10)
+
+    async def post(self, n: int, body: bytes) -> bool:
+        if self._client is not None:
+            async with asyncio.timeout(10):
+                reply = await self._client.post(self._routes[n % len(self._routes)], _signed(n, body), body, 4096)
+            return 200 <= reply.status < 300
+        assert self._session is not None
+        url, headers = self._urls[n % len(self._urls)], {**_BASE, **_signed(n, body)}
+        post = self._session.post(url, data=body, headers=headers, timeout=self._deadline, allow_redirects=False)
+        async with post as resp:
+            await resp.read()
+            return 200 <= resp.status < 300
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+        if self._session is not None:
+            await self._session.close()
+
+
+async def run_fixed(poster: _Poster, concurrency: int, requests: int, size: int) -> dict[str, Any]:
     body = event_body(EVENT_TYPES[0], 0, size)
-    timeout = aiohttp.ClientTimeout(total=10)
     counter = itertools.count()
     lo, hi = requests // 10, requests - requests // 10
     marks: dict[int, tuple[float, float]] = {}
     done = errors = 0
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker() -> None:
         nonlocal done, errors
         for n in counter:
             if n >= requests:
                 return
             try:
-                ok = await _post(session, urls[n % len(urls)], n, body, timeout)
+                ok = await poster.post(n, body)
             except (aiohttp.ClientError, TimeoutError, OSError):
                 ok = False
             errors += not ok
@@ -69,10 +101,9 @@ async def run_fixed(urls: list[URL], concurrency: int, requests: int, size: int)
             if done in (lo, hi):
                 marks[done] = (time.perf_counter(), time.process_time())
 
-    async with _session() as session:
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
     (t_lo, cpu_lo), (t_hi, cpu_hi) = marks.get(lo, (0.0, 0.0)), marks.get(hi, (0.0, 0.0))
     rate = (hi - lo) / (t_hi - t_lo) if t_hi > t_lo else requests / elapsed
     cpu_us = (cpu_hi - cpu_lo) * 1e6 / (hi - lo) if hi > lo else 0.0
@@ -85,36 +116,44 @@ async def run_fixed(urls: list[URL], concurrency: int, requests: int, size: int)
     }
 
 
-async def run_paced(urls: list[URL], concurrency: int, rate: float, duration_s: float, size: int) -> dict[str, Any]:
-    timeout = aiohttp.ClientTimeout(total=10)
+async def run_paced(poster: _Poster, concurrency: int, rate: float, duration_s: float, size: int) -> dict[str, Any]:
     total = int(rate * duration_s)
     queue: asyncio.Queue[int | None] = asyncio.Queue()
     errors = 0
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker() -> None:
         nonlocal errors
         while (n := await queue.get()) is not None:
             body = event_body(EVENT_TYPES[n % len(EVENT_TYPES)], n, size, time.time())
             try:
-                ok = await _post(session, urls[n % len(urls)], n, body, timeout)
+                ok = await poster.post(n, body)
             except (aiohttp.ClientError, TimeoutError, OSError):
                 ok = False
             errors += not ok
 
-    async with _session() as session:
-        workers = [asyncio.create_task(worker(session)) for _ in range(concurrency)]
-        started = time.perf_counter()
-        queued = 0
-        while queued < total:
-            due = min(total, int((time.perf_counter() - started) * rate) + 1)
-            while queued < due:
-                queue.put_nowait(queued)
-                queued += 1
-            await asyncio.sleep(0.0005)
-        for _ in workers:
-            queue.put_nowait(None)
-        await asyncio.gather(*workers)
+    workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    started = time.perf_counter()
+    queued = 0
+    while queued < total:
+        due = min(total, int((time.perf_counter() - started) * rate) + 1)
+        while queued < due:
+            queue.put_nowait(queued)
+            queued += 1
+        await asyncio.sleep(0.0005)
+    for _ in workers:
+        queue.put_nowait(None)
+    await asyncio.gather(*workers)
     return {"requests": total, "errors": errors, "seconds": round(time.perf_counter() - started, 3)}
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    poster = _Poster(args.client, [URL(u) for u in args.url])
+    try:
+        if args.rate > 0:
+            return await run_paced(poster, args.concurrency, args.rate, args.duration, args.size)
+        return await run_fixed(poster, args.concurrency, args.requests, args.size)
+    finally:
+        await poster.close()
 
 
 def main() -> None:
@@ -125,15 +164,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=0)
     parser.add_argument("--rate", type=float, default=0.0)
     parser.add_argument("--duration", type=float, default=0.0)
+    parser.add_argument("--client", choices=("aiohttp", "router"), default="aiohttp")
     args = parser.parse_args()
-    urls = [URL(u) for u in args.url]
     import uvloop
 
-    if args.rate > 0:
-        result = uvloop.run(run_paced(urls, args.concurrency, args.rate, args.duration, args.size))
-    else:
-        result = uvloop.run(run_fixed(urls, args.concurrency, args.requests, args.size))
-    print(json.dumps(result), flush=True)
+    print(json.dumps(uvloop.run(_run(args))), flush=True)
 
 
 if __name__ == "__main__":

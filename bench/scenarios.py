@@ -33,6 +33,8 @@ class Side:
     run: Run
     limit: float  # requests/s
     limit_cpu_us: float  # CPU per request
+    own: float  # requests/s of the same bare loop over the router's HTTP client (daemon.http)
+    own_cpu_us: float
     tries: str  # every rate measured, for the notes
 
     @property
@@ -43,14 +45,19 @@ class Side:
 async def side_by_side(bench: Bench, name: str, urls: list[str], events: int) -> Side:
     concurrency = bench.options.concurrency * len(urls)
     limits: list[tuple[float, float]] = []
+    owns: list[tuple[float, float]] = []
     runs: list[Run] = []
     for _ in range(_size(bench, 1, 2)):
         limits.append(await bench.limit_rate(urls, concurrency, events * len(urls)))
         runs.append(await bench.throughput(name, urls, events))
-    limit, limit_cpu = max(limits)
+        owns.append(await bench.limit_rate(urls, concurrency, events * len(urls), client="router"))
+    (limit, limit_cpu), (own, own_cpu) = max(limits), max(owns)
     run = max(runs, key=lambda r: r.rate)
-    tries = f"router {', '.join(fmt_rate(r.rate) for r in runs)}; limit {', '.join(fmt_rate(x) for x, _ in limits)}"
-    return Side(run, limit, limit_cpu, tries)
+    tries = (
+        f"router {', '.join(fmt_rate(r.rate) for r in runs)}; limit {', '.join(fmt_rate(x) for x, _ in limits)}; "
+        f"bare loop over the router's client {', '.join(fmt_rate(x) for x, _ in owns)}"
+    )
+    return Side(run, limit, limit_cpu, own, own_cpu, tries)
 
 
 def _side_rows(bench: Bench, scenario: str, figure: str, side: Side, target: float) -> None:
@@ -69,6 +76,20 @@ def _side_rows(bench: Bench, scenario: str, figure: str, side: Side, target: flo
         f"{side.run.cpu_us:.0f} µs",
         f"{side.limit_cpu_us:.0f} µs",
         fmt_ratio(side.run.cpu_us / side.limit_cpu_us) if side.limit_cpu_us > 0 else "-",
+    )
+    bench.row(
+        scenario,
+        "router / the same bare loop over the router's own HTTP client (daemon.http), deliveries/s",
+        fmt_rate(side.run.rate),
+        fmt_rate(side.own),
+        fmt_ratio(side.run.rate / side.own) if side.own > 0 else "-",
+    )
+    bench.row(
+        scenario,
+        "CPU per delivery (router process) / per request (bare loop over the router's client), µs",
+        f"{side.run.cpu_us:.0f} µs",
+        f"{side.own_cpu_us:.0f} µs",
+        fmt_ratio(side.run.cpu_us / side.own_cpu_us) if side.own_cpu_us > 0 else "-",
     )
     if not bench.options.quick:
         bench.note(f"{scenario}: best of 2 alternating runs each ({side.tries}).")
