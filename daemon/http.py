@@ -16,6 +16,7 @@ Redirects are never followed. The caller bounds the whole exchange with its own 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Mapping
 
 import aiohttp
@@ -35,11 +36,17 @@ class Route:
 
     __slots__ = ("head", "key")
 
-    def __init__(self, url: URL, headers: Mapping[str, str], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        url: URL,
+        headers: Mapping[str, str],
+        loop: asyncio.AbstractEventLoop,
+        tls: ssl.SSLContext | bool = True,  # True: the system's CAs, certificates verified
+    ) -> None:
         bare, auth = strip_auth_from_url(url)
         # A ClientRequest is built once per endpoint, only as the connector's key: it carries host,
         # port, TLS settings and the Host header exactly as aiohttp would compute them.
-        self.key = ClientRequest("POST", bare, loop=loop, auth=auth)
+        self.key = ClientRequest("POST", bare, loop=loop, auth=auth, ssl=tls)
         lines = [f"POST {bare.raw_path_qs} HTTP/1.1", f"Host: {self.key.headers['Host']}"]
         if auth is not None:
             lines.append(f"Authorization: {auth.encode()}")
@@ -64,8 +71,8 @@ class Client:
     def __init__(self) -> None:
         self._connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
 
-    def route(self, url: URL, headers: Mapping[str, str]) -> Route:
-        return Route(url, headers, asyncio.get_running_loop())
+    def route(self, url: URL, headers: Mapping[str, str], tls: ssl.SSLContext | bool = True) -> Route:
+        return Route(url, headers, asyncio.get_running_loop(), tls)
 
     async def post(self, route: Route, headers: Mapping[str, str], body: bytes, limit: int) -> Response:
         """One exchange. Raises aiohttp's ClientError, HttpProcessingError or OSError as aiohttp does."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
@@ -234,3 +237,48 @@ async def test_sender_times_out_a_server_that_never_answers() -> None:
     assert (outcome.status, outcome.error) == (FAILED, "timeout: no complete response within 0.3 s")
     assert (again.status, again.response_body) == (DELIVERED, "ok")
     assert script.connections == 2
+
+
+# --- TLS ---
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+@asynccontextmanager
+async def tls_receiver() -> AsyncIterator[URL]:
+    """A real aiohttp server over TLS with a self-signed certificate for 127.0.0.1 (tests/data)."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=f"read {len(await request.read())}")
+
+    app = web.Application(client_max_size=2**22)
+    app.router.add_post("/hook", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(DATA / "tls-cert.pem", DATA / "tls-key.pem")
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield URL(f"https://127.0.0.1:{port}/hook")
+    finally:
+        await runner.cleanup()
+
+
+async def test_tls_certificates_are_verified_by_default() -> None:
+    async with tls_receiver() as url:
+        sender = Sender(Metrics())
+        try:
+            outcome = await sender.attempt(_endpoint(url), _job())
+        finally:
+            await sender.close()
+    assert (outcome.status, outcome.error) == (FAILED, "TLS error: handshake or certificate verification failed")
+
+
+async def test_tls_exchange_with_a_trusted_certificate_carries_large_bodies() -> None:
+    trusted = ssl.create_default_context(cafile=DATA / "tls-cert.pem")
+    async with tls_receiver() as url, client() as c:
+        route = c.route(url, {}, tls=trusted)
+        replies = [await c.post(route, {}, b"x" * size, 4096) for size in (0, 300_000, 1_000_000)]
+    assert [(r.status, r.body) for r in replies] == [(200, b"read 0"), (200, b"read 300000"), (200, b"read 1000000")]
