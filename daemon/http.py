@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest
+from aiohttp.connector import Connection
 from aiohttp.helpers import TimerNoop, strip_auth_from_url
 from aiohttp.streams import EofStream, StreamReader
 from multidict import CIMultiDictProxy
@@ -87,16 +88,26 @@ class Client:
             status, message_headers, payload = await _response(protocol)
             content = await _read_at_most(payload, limit)
         except BaseException:
-            conn.close()
+            _discard(conn)
             raise
-        if status == 101 or not payload.is_eof():
-            conn.close()  # an upgrade, or a body longer than we read: the connection cannot be reused
+        if status == 101 or not payload.is_eof() or transport.get_write_buffer_size():
+            # An upgrade, an answer longer than we read, or one that came before the whole request was
+            # sent (the rest would reach the server as the start of the next request): never reused.
+            _discard(conn)
         else:
             conn.release()
         return Response(status, message_headers, content)
 
     async def close(self) -> None:
         await self._connector.close()
+
+
+def _discard(conn: Connection) -> None:
+    """Close a connection abandoned mid-exchange at once: ``close()`` alone would keep a socket open for as
+    long as a receiver that stopped reading leaves the rest of the request unsent."""
+    if conn.transport is not None:
+        conn.transport.abort()
+    conn.close()
 
 
 async def _response(protocol: ResponseHandler) -> tuple[int, CIMultiDictProxy[str], StreamReader]:

@@ -282,3 +282,37 @@ async def test_tls_exchange_with_a_trusted_certificate_carries_large_bodies() ->
         route = c.route(url, {}, tls=trusted)
         replies = [await c.post(route, {}, b"x" * size, 4096) for size in (0, 300_000, 1_000_000)]
     assert [(r.status, r.body) for r in replies] == [(200, b"read 0"), (200, b"read 300000"), (200, b"read 1000000")]
+
+
+async def test_an_answer_before_the_whole_request_was_sent_closes_the_connection() -> None:
+    """The server answers 413 after the head and never reads the 8 MB body: the connection is not reused."""
+    answered = asyncio.Event()
+    connections = 0
+
+    async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        if connections == 1:
+            writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\n\r\nbig")
+            await writer.drain()
+            answered.set()
+            await asyncio.sleep(1)  # the body stays unread: the client's write buffer does not empty
+        else:
+            length = next(int(v[15:]) for v in head.lower().split(b"\r\n") if v.startswith(b"content-length:"))
+            await reader.readexactly(length)
+            writer.write(OK)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(early, "127.0.0.1", 0)
+    url = URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook")
+    try:
+        async with client() as c:
+            route = c.route(url, {})
+            first = await c.post(route, {}, b"x" * 8_000_000, 4096)
+            second = await c.post(route, {}, b"{}", 4096)
+    finally:
+        server.close()
+    assert (first.status, first.body, second.status) == (413, b"big", 200)
+    assert answered.is_set() and connections == 2
