@@ -72,14 +72,14 @@ def summarize(
 _COMPONENTS = (
     ("admin /metrics scrape (the harness polls it)", ("AdminServer",)),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
-    ("signature (standard_webhooks_signature)", ("standard_webhooks_signature",)),
+    ("signature and per-request headers (Endpoint.signed)", ("Endpoint.signed", "standard_webhooks_signature")),
     ("outcome record: build + encode", ("outcome_for ", "utc_now_iso", "encode_outcome", "internal_error ")),
     ("results writer (aiokafka producer, ResultsWriter, _report)", ("aiokafka/producer", "ResultsWriter", "_report ")),
     ("dispatch (App._dispatch: type, match, jobs)", ("App._dispatch",)),
     ("retries and health bookkeeping (Retries, Health)", ("(daemon/retries.py)", "(daemon/health.py)")),
     ("consumer (aiokafka fetcher, Source.run)", ("aiokafka/", "Source.", "(daemon/offsets.py)")),
-    ("per-delivery headers (Endpoint.headers)", ("Endpoint.headers",)),
-    ("HTTP request (aiohttp, in Sender.attempt)", ("aiohttp/", "_read_at_most")),
+    ("request timeout (asyncio.timeout per attempt)", ("asyncio/timeouts.py",)),
+    ("HTTP request (daemon/http.py: write, aiohttp's pool and parser)", ("(daemon/http.py)", "aiohttp/")),
     ("rest of Sender.attempt / Lane._work", ("Sender.attempt", "Lane.", "asyncio/queues.py")),
 )
 
