@@ -309,6 +309,7 @@ class Lane:
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self._room = asyncio.Event()
         self.busy = 0
+        self.mean_s = 0.0  # moving average of an attempt's duration (the last ~20; 0: none finished yet)
         self._workers = [
             asyncio.create_task(self._work(), name=f"lane-{endpoint.id}-{i}") for i in range(endpoint.max_concurrency)
         ]
@@ -316,6 +317,10 @@ class Lane:
     @property
     def queued(self) -> int:
         return self._queue.qsize()
+
+    def drain_s(self) -> float:
+        """About how long the endpoint needs for what it has queued and under way, at its recent pace."""
+        return (self._queue.qsize() + self.busy) * self.mean_s / self.endpoint.max_concurrency
 
     async def put_wait(self, job: Job) -> None:
         """Queue a job, waiting for room in the endpoint's queue."""
@@ -352,6 +357,9 @@ class Lane:
             finally:
                 self.busy -= 1
                 stats.busy -= 1
+            if outcome.duration_ms is not None:
+                took = outcome.duration_ms / 1000
+                self.mean_s = self.mean_s + (took - self.mean_s) * 0.05 if self.mean_s else took
             report(endpoint, job, outcome)
 
     async def close(self) -> None:

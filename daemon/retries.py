@@ -40,7 +40,7 @@ from daemon.model import (
 )
 from daemon.offsets import PartitionOffsets
 from daemon.results import Ack, ResultsWriter
-from daemon.retry import classify, tier_for, with_retry_after
+from daemon.retry import classify, defer_wait, tier_for, with_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class Retries:
         self._writer = writer
         self._config = config
         self._tiers = list(config.tiers_s)
+        self._recheck_s = tier_for(_HOLD_RECHECK_S, self._tiers) or self._tiers[0]  # the longest a deferral waits
         self._metrics = metrics
         self._health = health
         self._lanes = lanes
@@ -175,15 +176,8 @@ class Retries:
         topic = self._config.tier_topic(tier)
         self._writer.submit(endpoint_id.encode(), encode_retry(record), ack, topic=topic)
 
-    def defer(self, job: Job, endpoint_id: str, wait_s: float | None = None) -> None:
-        """Park a delivery whose endpoint cannot take it now; no attempt is used up.
-
-        Each further deferral of the same delivery waits one tier longer (up to about a minute), so a
-        delivery to an endpoint that stays full does not churn through the shortest tier.
-        """
-        if wait_s is None:
-            longest = tier_for(_HOLD_RECHECK_S, self._tiers) or self._tiers[0]
-            wait_s = min(self._tiers[min(job.deferrals, len(self._tiers) - 1)], longest)
+    def defer(self, job: Job, endpoint_id: str, wait_s: float) -> None:
+        """Park a delivery whose endpoint cannot take it now for ``wait_s``; no attempt is used up."""
         due_ms = int(time.time() * 1000 + wait_s * 1000)
         self._metrics.deliveries_deferred.inc()
         job.deferrals += 1
@@ -201,7 +195,9 @@ class Retries:
             # applies backpressure instead of sending its backlog round the tiers.
             lane.put(job, force=True)
             return
-        self.defer(job, lane.endpoint.id)
+        # Back no sooner than the endpoint can have worked off its queue, and each further deferral of the
+        # same delivery a tier later (up to about a minute): a full endpoint does not churn the tiers.
+        self.defer(job, lane.endpoint.id, defer_wait(job.deferrals, lane.drain_s(), self._tiers, self._recheck_s))
 
     def held_back(self, endpoint: Endpoint, job: Job) -> bool:
         """Settle a job whose endpoint is paused (skipped, or deferred when it holds); False if it is not paused.
@@ -211,7 +207,7 @@ class Retries:
         if not self._health.is_paused(endpoint.id):
             return False
         if endpoint.config.while_paused == "hold":
-            self.defer(job, endpoint.id, tier_for(_HOLD_RECHECK_S, self._tiers) or self._tiers[0])
+            self.defer(job, endpoint.id, self._recheck_s)
             return True
         state = self._health.states[endpoint.id]
         self._metrics.deliveries_skipped.labels(SKIPPED_PAUSED).inc()

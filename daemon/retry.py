@@ -108,6 +108,18 @@ def tier_for(remaining_s: float, tiers_s: Sequence[float]) -> float | None:
     return chosen
 
 
+def defer_wait(deferrals: int, drain_s: float, tiers_s: Sequence[float], longest_s: float) -> float:
+    """How long to park a delivery whose endpoint's queue is full.
+
+    At least the tier its number of earlier deferrals reaches (1st: the shortest, 2nd: the next ...), and at
+    least the time the endpoint needs to work off what it already has (``drain_s``): coming back sooner
+    would only find the queue still full. Never more than ``longest_s``, so a recovered endpoint gets its
+    deliveries back within that.
+    """
+    by_count = tiers_s[min(deferrals, len(tiers_s) - 1)]
+    return max(min(max(by_count, drain_s), longest_s), tiers_s[0])
+
+
 def lateness_allowed(delay_s: float) -> float:
     """How late a retry may be sent while the daemon is up: max(1 s, 5 % of its delay)."""
     return max(1.0, 0.05 * delay_s)
