@@ -26,6 +26,11 @@ def _size(bench: Bench, quick: int, full: int) -> int:
     return quick if bench.options.quick else full
 
 
+def _tries(bench: Bench) -> int:
+    """Throughput runs of each kind (best kept): this machine's rates vary by a quarter from run to run."""
+    return _size(bench, 1, 3)
+
+
 @dataclass(frozen=True)
 class Side:
     """A router run and the bare loop, side by side: the best of ``runs`` alternating runs of each."""
@@ -47,7 +52,7 @@ async def side_by_side(bench: Bench, name: str, urls: list[str], events: int) ->
     limits: list[tuple[float, float]] = []
     owns: list[tuple[float, float]] = []
     runs: list[Run] = []
-    for _ in range(_size(bench, 1, 2)):
+    for _ in range(_tries(bench)):
         limits.append(await bench.limit_rate(urls, concurrency, events * len(urls)))
         runs.append(await bench.throughput(name, urls, events))
         owns.append(await bench.limit_rate(urls, concurrency, events * len(urls), client="router"))
@@ -92,7 +97,7 @@ def _side_rows(bench: Bench, scenario: str, figure: str, side: Side, target: flo
         fmt_ratio(side.run.cpu_us / side.own_cpu_us) if side.own_cpu_us > 0 else "-",
     )
     if not bench.options.quick:
-        bench.note(f"{scenario}: best of 2 alternating runs each ({side.tries}).")
+        bench.note(f"{scenario}: best of {_tries(bench)} alternating runs each ({side.tries}).")
 
 
 # --- 1 -> 1 ---
@@ -192,12 +197,15 @@ async def dead_endpoint(bench: Bench) -> None:
     base = await _one_to_eight(bench, events)
     baseline, limit = base.run.rate, base.limit
     blackhole = await start_python(bench.workdir, mode="blackhole")
+    runs: list[Run] = []
     try:
         async with bench.receiver() as receiver:
             urls = [receiver.url(f"/hook/{i}") for i in range(8)]
-            run = await bench.throughput("dead-endpoint", urls, events, dead_url=blackhole.url())
+            for _ in range(_tries(bench)):  # as many as the baseline's, the best kept like its
+                runs.append(await bench.throughput("dead-endpoint", urls, events, dead_url=blackhole.url()))
     finally:
         await blackhole.stop()
+    run = max(runs, key=lambda r: r.rate)
     kept = run.rate / baseline
     bench.row(
         "dead-endpoint",
@@ -217,7 +225,8 @@ async def dead_endpoint(bench: Bench) -> None:
     )
     deferred = float(run.extra.get("deferred", 0.0))
     bench.note(
-        f"dead-endpoint: {events:,} events to 8 healthy endpoints and a dead one (max_concurrency {c}, timeout 1 s, "
+        f"dead-endpoint: best of {len(runs)} runs ({', '.join(fmt_rate(r.rate) for r in runs)}); "
+        f"{events:,} events to 8 healthy endpoints and a dead one (max_concurrency {c}, timeout 1 s, "
         f"default queue_size); fetching {'paused' if run.paused else 'never paused'} at the in-flight cap "
         f"({IN_FLIGHT_CAP:,}); deliveries deferred to retry tiers while the healthy ones were delivered: "
         f"{deferred:,.0f} ({deferred / events:.1f} per event, for {events:,} deliveries owed to the dead endpoint)."
@@ -393,8 +402,14 @@ async def workers(bench: Bench) -> None:
             if isinstance(side, Side)
             else (await bench.limit_rate(urls, bench.options.concurrency, events))[0]
         )
-        one = await bench.throughput("workers-1", urls, events, partitions=partitions, join_first=True)
-        many = await bench.throughput(f"workers-{n}", urls, events, workers=n, partitions=partitions, join_first=True)
+        ones: list[Run] = []
+        manys: list[Run] = []
+        for _ in range(_tries(bench)):  # alternating, the best of each kept
+            ones.append(await bench.throughput("workers-1", urls, events, partitions=partitions, join_first=True))
+            manys.append(
+                await bench.throughput(f"workers-{n}", urls, events, workers=n, partitions=partitions, join_first=True)
+            )
+    one, many = max(ones, key=lambda r: r.rate), max(manys, key=lambda r: r.rate)
     scale = many.rate / one.rate
     bench.row(
         "workers",
@@ -406,7 +421,12 @@ async def workers(bench: Bench) -> None:
     cores = cpu_count()
     spare = cores >= n + 2  # the workers, plus the receiver and the broker
     if n == 2:
-        met = f"{verdict(scale >= 1.7)} ({scale:.2f} x one)" if spare else f"n/a: {cores} cores ({scale:.2f} x one)"
+        if spare:
+            met = f"{verdict(scale >= 1.7)} ({scale:.2f} x one)"
+        elif scale >= 1.7:
+            met = f"yes, even without spare cores ({scale:.2f} x one)"
+        else:
+            met = f"n/a: {cores} cores ({scale:.2f} x one)"
         target = ">= 1.7 x one, given spare cores"
     else:
         met, target = f"{scale:.2f} x one", "-"
@@ -421,8 +441,10 @@ async def workers(bench: Bench) -> None:
     )
     shares = ", ".join(f"{count:,.0f}" for count in many.extra.get("per_router", []))
     bench.note(
-        f"workers: deliveries per process with {n}: {shares}. This machine has {cores} cores for {n} routers, "
-        "the receiver, the broker and the harness: scaling here says nothing about a machine with spare cores."
+        f"workers: best of {len(ones)} alternating runs each (1 process {', '.join(fmt_rate(r.rate) for r in ones)}; "
+        f"{n} processes {', '.join(fmt_rate(r.rate) for r in manys)}); deliveries per process with {n}: {shares}. "
+        f"This machine has {cores} cores for {n} routers, the receiver, the broker and the harness: scaling here "
+        "says little about a machine with spare cores."
     )
 
 
