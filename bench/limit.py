@@ -63,8 +63,7 @@ class _Poster:
 
     async def post(self, n: int, body: bytes) -> bool:
         if self._client is not None:
-            async with asyncio.timeout(10):
-                reply = await self._client.post(self._routes[n % len(self._routes)], _signed(n, body), body, 4096)
+            reply = await self._client.post(self._routes[n % len(self._routes)], _signed(n, body), body, 4096, 10)
             return 200 <= reply.status < 300
         assert self._session is not None
         url, headers = self._urls[n % len(self._urls)], {**_BASE, **_signed(n, body)}

@@ -216,8 +216,8 @@ class Sender:
         retry_after: float | None = None
         start = time.perf_counter()
         try:
-            async with asyncio.timeout(endpoint.timeout_s):
-                reply = await self._client.post(route, endpoint.signed(job, body, ts), body, RESPONSE_BODY_LIMIT)
+            signed = endpoint.signed(job, body, ts)
+            reply = await self._client.post(route, signed, body, RESPONSE_BODY_LIMIT, endpoint.timeout_s)
             http_status = reply.status
             if http_status == 429 or http_status >= 500:
                 retry_after = parse_retry_after(reply.headers.get("Retry-After"))

@@ -10,7 +10,8 @@ aiohttp keeps the parts that are hard to get right: the ``TCPConnector`` (keep-a
 TLS with verification, connect errors), and ``ResponseHandler`` with its C parser for the response
 (status line, headers, chunked or sized bodies, ``Connection: close``). A connection goes back to the
 pool only when its response was read to the end and the server keeps it open; otherwise it is closed.
-Redirects are never followed. The caller bounds the whole exchange with its own timeout.
+Redirects are never followed. One timeout bounds the whole exchange (connect, send, answer, body),
+kept by ``daemon.deadline`` rather than by a timer per request.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from aiohttp.streams import EofStream, StreamReader
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-_NO_TIMEOUT = aiohttp.ClientTimeout()  # the caller's own timeout covers connect, send and response
+from daemon.deadline import Deadlines
+
+_NO_TIMEOUT = aiohttp.ClientTimeout()  # the exchange's deadline covers connect, send and response
 _TIMER = TimerNoop()
 
 
@@ -71,12 +74,19 @@ class Client:
 
     def __init__(self) -> None:
         self._connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+        self._deadlines = Deadlines()
 
     def route(self, url: URL, headers: Mapping[str, str], tls: ssl.SSLContext | bool = True) -> Route:
         return Route(url, headers, asyncio.get_running_loop(), tls)
 
-    async def post(self, route: Route, headers: Mapping[str, str], body: bytes, limit: int) -> Response:
-        """One exchange. Raises aiohttp's ClientError, HttpProcessingError or OSError as aiohttp does."""
+    async def post(
+        self, route: Route, headers: Mapping[str, str], body: bytes, limit: int, timeout_s: float
+    ) -> Response:
+        """One exchange, at most ``limit`` bytes of the answer kept. Raises TimeoutError after ``timeout_s``, and
+        aiohttp's ClientError, HttpProcessingError or OSError as aiohttp does."""
+        return await self._deadlines.within(timeout_s, self._exchange(route, headers, body, limit))
+
+    async def _exchange(self, route: Route, headers: Mapping[str, str], body: bytes, limit: int) -> Response:
         conn = await self._connector.connect(route.key, [], _NO_TIMEOUT)
         try:
             protocol, transport = conn.protocol, conn.transport
@@ -99,6 +109,7 @@ class Client:
         return Response(status, message_headers, content)
 
     async def close(self) -> None:
+        self._deadlines.close()
         await self._connector.close()
 
 

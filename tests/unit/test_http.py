@@ -110,7 +110,7 @@ async def test_request_bytes_on_the_wire() -> None:
     script = Script(lambda n: OK)
     async with script.running() as url, client() as c:
         route = c.route(url, {"User-Agent": "wr/1"})
-        reply = await c.post(route, {"webhook-id": "msg_1"}, b'{"a":1}', 4096)
+        reply = await c.post(route, {"webhook-id": "msg_1"}, b'{"a":1}', 4096, 10)
     assert (reply.status, reply.body) == (200, b"ok")
     assert script.requests == [
         b"POST /hook?tenant=a%20b HTTP/1.1\r\nHost: 127.0.0.1:PORT\r\nUser-Agent: wr/1\r\nwebhook-id: msg_1\r\n"
@@ -123,7 +123,7 @@ async def test_keep_alive_connection_is_reused() -> None:
     async with script.running() as url, client() as c:
         route = c.route(url, {})
         for i in range(5):
-            assert (await c.post(route, {}, b"x" * i, 4096)).status == 200
+            assert (await c.post(route, {}, b"x" * i, 4096, 10)).status == 200
     assert (len(script.requests), script.connections) == (5, 1)
 
 
@@ -132,7 +132,7 @@ async def test_connection_close_answer_is_not_reused() -> None:
     async with script.running() as url, client() as c:
         route = c.route(url, {})
         for _ in range(3):
-            assert (await c.post(route, {}, b"{}", 4096)).status == 200
+            assert (await c.post(route, {}, b"{}", 4096, 10)).status == 200
     assert script.connections == 3
 
 
@@ -140,9 +140,9 @@ async def test_a_connection_the_server_dropped_while_idle_is_not_used_again() ->
     script = Script(lambda n: OK, close_after=True)
     async with script.running() as url, client() as c:
         route = c.route(url, {})
-        assert (await c.post(route, {}, b"{}", 4096)).status == 200
+        assert (await c.post(route, {}, b"{}", 4096, 10)).status == 200
         await asyncio.sleep(0.05)  # the server's FIN arrives while the connection sits in the pool
-        assert (await c.post(route, {}, b"{}", 4096)).status == 200
+        assert (await c.post(route, {}, b"{}", 4096, 10)).status == 200
     assert script.connections == 2
 
 
@@ -153,8 +153,8 @@ async def test_chunked_answer_is_read_whole_and_the_connection_kept() -> None:
     script = Script(lambda n: chunked)
     async with script.running() as url, client() as c:
         route = c.route(url, {})
-        first = await c.post(route, {}, b"{}", 4096)
-        await c.post(route, {}, b"{}", 4096)
+        first = await c.post(route, {}, b"{}", 4096, 10)
+        await c.post(route, {}, b"{}", 4096, 10)
     assert (first.status, first.body, first.headers["Retry-After"]) == (503, b"abcde", "7")
     assert script.connections == 1
 
@@ -164,8 +164,8 @@ async def test_a_long_answer_is_cut_at_the_limit_and_its_connection_closed() -> 
     script = Script(lambda n: endless if n == 1 else OK)
     async with script.running() as url, client() as c:
         route = c.route(url, {})
-        reply = await c.post(route, {}, b"{}", 4096)
-        assert (await c.post(route, {}, b"{}", 4096)).status == 200
+        reply = await c.post(route, {}, b"{}", 4096, 10)
+        assert (await c.post(route, {}, b"{}", 4096, 10)).status == 200
     assert reply.body == b"z" * 4096
     assert script.connections == 2
 
@@ -173,7 +173,7 @@ async def test_a_long_answer_is_cut_at_the_limit_and_its_connection_closed() -> 
 async def test_interim_100_continue_is_skipped() -> None:
     script = Script(lambda n: b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
     async with script.running() as url, client() as c:
-        reply = await c.post(c.route(url, {}), {}, b"{}", 4096)
+        reply = await c.post(c.route(url, {}), {}, b"{}", 4096, 10)
     assert (reply.status, reply.body) == (200, b"ok")
 
 
@@ -181,14 +181,14 @@ async def test_garbage_answer_is_a_protocol_error() -> None:
     script = Script(lambda n: b"SMTP ready\r\n\r\n")
     async with script.running() as url, client() as c:
         with pytest.raises(HttpProcessingError):
-            await c.post(c.route(url, {}), {}, b"{}", 4096)
+            await c.post(c.route(url, {}), {}, b"{}", 4096, 10)
 
 
 async def test_server_closing_without_an_answer_is_a_disconnect() -> None:
     script = Script(lambda n: b"", close_after=True)
     async with script.running() as url, client() as c:
         with pytest.raises(aiohttp.ServerDisconnectedError):
-            await c.post(c.route(url, {}), {}, b"{}", 4096)
+            await c.post(c.route(url, {}), {}, b"{}", 4096, 10)
 
 
 async def test_refused_connection_is_a_connector_error() -> None:
@@ -196,7 +196,7 @@ async def test_refused_connection_is_a_connector_error() -> None:
         pass  # closed: nothing listens on the port any more
     async with client() as c:
         with pytest.raises(aiohttp.ClientConnectorError):
-            await c.post(c.route(url, {}), {}, b"{}", 4096)
+            await c.post(c.route(url, {}), {}, b"{}", 4096, 10)
 
 
 # --- what the Sender records of them ---
@@ -280,7 +280,7 @@ async def test_tls_exchange_with_a_trusted_certificate_carries_large_bodies() ->
     trusted = ssl.create_default_context(cafile=DATA / "tls-cert.pem")
     async with tls_receiver() as url, client() as c:
         route = c.route(url, {}, tls=trusted)
-        replies = [await c.post(route, {}, b"x" * size, 4096) for size in (0, 300_000, 1_000_000)]
+        replies = [await c.post(route, {}, b"x" * size, 4096, 10) for size in (0, 300_000, 1_000_000)]
     assert [(r.status, r.body) for r in replies] == [(200, b"read 0"), (200, b"read 300000"), (200, b"read 1000000")]
 
 
@@ -310,8 +310,8 @@ async def test_an_answer_before_the_whole_request_was_sent_closes_the_connection
     try:
         async with client() as c:
             route = c.route(url, {})
-            first = await c.post(route, {}, b"x" * 8_000_000, 4096)
-            second = await c.post(route, {}, b"{}", 4096)
+            first = await c.post(route, {}, b"x" * 8_000_000, 4096, 10)
+            second = await c.post(route, {}, b"{}", 4096, 10)
     finally:
         server.close()
     assert (first.status, first.body, second.status) == (413, b"big", 200)
