@@ -78,7 +78,6 @@ _COMPONENTS = (
     ("dispatch (App._dispatch: type, match, jobs)", ("App._dispatch",)),
     ("retries and health bookkeeping (Retries, Health)", ("(daemon/retries.py)", "(daemon/health.py)")),
     ("consumer (aiokafka fetcher, Source.run)", ("aiokafka/", "Source.", "(daemon/offsets.py)")),
-    ("request timeout (asyncio.timeout per attempt)", ("asyncio/timeouts.py",)),
     ("HTTP request (daemon/http.py: write, aiohttp's pool and parser)", ("(daemon/http.py)", "aiohttp/")),
     ("rest of Sender.attempt / Lane._work", ("Sender.attempt", "Lane.", "asyncio/queues.py")),
 )
@@ -95,6 +94,9 @@ def components(raw: str) -> tuple[int, list[tuple[str, int]]]:
 
 
 def _component(frames: list[str]) -> str:
+    if any(n in frames[-1] for n in ("(daemon/deadline.py)", "(asyncio/timeouts.py)")):
+        # By the innermost frame only: Deadlines.within is on the stack for the whole exchange it bounds.
+        return "request timeout (daemon/deadline.py)"
     for name, needles in _COMPONENTS:
         if any(n in frame for frame in frames for n in needles):
             return name
