@@ -28,9 +28,9 @@ from bench.router import (
     window_rate,
 )
 from bench.servers import Receiver, start_fast
-from bench.workload import endpoint, produce_backlog, router_config
+from bench.workload import endpoint, labelled_config, labelled_topics, produce_backlog
 from daemon.config import KafkaConfig
-from daemon.embedded import EmbeddedBroker, free_port
+from daemon.embedded import EmbeddedBroker
 
 # The router's default kafka.max_in_flight_events: the most events it holds unfinished at once.
 IN_FLIGHT_CAP = int(next(f.default for f in msgspec.structs.fields(KafkaConfig) if f.name == "max_in_flight_events"))
@@ -177,9 +177,7 @@ class Bench:
         expected = events * len(urls)
         opts = self.options
         async with self.broker(label) as broker:
-            topic, results = f"events-{label}", f"results-{label}"
-            await broker.create_topics([topic], partitions)
-            await broker.create_topics([results], 1)
+            topic, _ = await labelled_topics(broker, label, partitions)
             if not join_first:
                 await produce_backlog(broker.bootstrap, topic, events, opts.size)
             # Healthy endpoints may queue every event in flight: a backlog is delivered, not deferred to retry tiers.
@@ -188,14 +186,7 @@ class Bench:
                 eps.append(endpoint("dead", dead_url, opts.concurrency, timeout_s=1))
             routers = []
             for w in range(workers):
-                config = router_config(
-                    bootstrap=broker.bootstrap,
-                    group=f"group-{label}",
-                    topic=topic,
-                    results=results,
-                    admin_port=free_port(),
-                    endpoints=eps,
-                )
+                config = labelled_config(broker.bootstrap, label, eps)
                 routers.append(Router(f"{label}-router-{w}", self.workdir, config))
             try:
                 for router in routers:

@@ -15,8 +15,7 @@ from bench.procs import http_get
 from bench.profile import PySpy, find_py_spy, render
 from bench.router import Metrics, Router, crossing, delivered, results_written, track, wait_ready
 from bench.servers import Receiver, start_python
-from bench.workload import endpoint, kafka_latency, produce_backlog, produce_paced, router_config
-from daemon.embedded import free_port
+from bench.workload import endpoint, kafka_latency, labelled_config, labelled_topics, produce_backlog, produce_paced
 
 Scenario = Callable[[Bench], Awaitable[None]]
 _T = TypeVar("_T")
@@ -272,18 +271,9 @@ async def _latency_round(
         await broker.create_topics([alone], 1)
         kafka = await kafka_latency(broker.bootstrap, alone, rate, duration, bench.options.size, fetch_wait)
     async with bench.broker(label) as broker:
-        topic, results = f"events-{label}", f"results-{label}"
-        await broker.create_topics([topic], 1)
-        await broker.create_topics([results], 1)
-        config = router_config(
-            bootstrap=broker.bootstrap,
-            group=f"group-{label}",
-            topic=topic,
-            results=results,
-            admin_port=free_port(),
-            endpoints=[endpoint("ep-0", receiver.url(), bench.options.concurrency, queue_size=IN_FLIGHT_CAP)],
-            fetch_max_wait_ms=fetch_wait,
-        )
+        topic, _ = await labelled_topics(broker, label)
+        eps = [endpoint("ep-0", receiver.url(), bench.options.concurrency, queue_size=IN_FLIGHT_CAP)]
+        config = labelled_config(broker.bootstrap, label, eps, fetch_max_wait_ms=fetch_wait)
         router = await Router(f"{label}-router", bench.workdir, config).start()
         try:
             await wait_ready(bench.session, [router])
@@ -363,18 +353,9 @@ async def backlog(bench: Bench) -> None:
     rss: list[tuple[float, int]] = []  # (deliveries, VmRSS kB)
     last: list[Metrics] = []
     async with bench.receiver() as receiver, bench.broker(label) as broker:
-        topic, results = f"events-{label}", f"results-{label}"
-        await broker.create_topics([topic], 1)
-        await broker.create_topics([results], 1)
+        topic, _ = await labelled_topics(broker, label)
         produce_s = await produce_backlog(broker.bootstrap, topic, events, bench.options.size)
-        config = router_config(
-            bootstrap=broker.bootstrap,
-            group=f"group-{label}",
-            topic=topic,
-            results=results,
-            admin_port=free_port(),
-            endpoints=[endpoint("ep-0", receiver.url(), bench.options.concurrency)],
-        )
+        config = labelled_config(broker.bootstrap, label, [endpoint("ep-0", receiver.url(), bench.options.concurrency)])
         router = await Router(f"{label}-router", bench.workdir, config).start()
         try:
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from daemon.embedded import EmbeddedBroker, free_port
+
 SECRET_KEY = bytes(range(1, 33))
 SECRET = "whsec_" + base64.b64encode(SECRET_KEY).decode()
 USER_AGENT = "webhook-router/0.1"  # the router's default, so that the limit sends the same headers
@@ -81,6 +83,27 @@ def router_config(
         "endpoints": endpoints,
         "subscriptions": [{"endpoint": ep["id"], "events": events or ["lead.*"]} for ep in endpoints],
     }
+
+
+async def labelled_topics(broker: EmbeddedBroker, label: str, partitions: int = 1) -> tuple[str, str]:
+    """Create a run's events topic and results topic, named after its label; returns both names."""
+    topic, results = f"events-{label}", f"results-{label}"
+    await broker.create_topics([topic], partitions)
+    await broker.create_topics([results], 1)
+    return topic, results
+
+
+def labelled_config(bootstrap: str, label: str, endpoints: list[dict[str, Any]], **kafka: Any) -> dict[str, Any]:
+    """``router_config`` for a run's topics (``labelled_topics``), its own group and a free admin port."""
+    return router_config(
+        bootstrap=bootstrap,
+        group=f"group-{label}",
+        topic=f"events-{label}",
+        results=f"results-{label}",
+        admin_port=free_port(),
+        endpoints=endpoints,
+        **kafka,
+    )
 
 
 # --- producers ---
