@@ -72,7 +72,9 @@ def run_probed_daemon(config: str) -> None:
     main()
 
 
-async def measure(rate: float, duration: float, fetch_wait_ms: int, size: int) -> dict[str, str]:
+async def measure(
+    rate: float, duration: float, fetch_wait_ms: int, size: int, extra: dict[str, Any] | None = None
+) -> dict[str, str]:
     workdir = Path(tempfile.mkdtemp(prefix="probe-"))
     receiver = await start_python(workdir, record=True)
     rows: dict[str, str] = {}
@@ -90,6 +92,8 @@ async def measure(rate: float, duration: float, fetch_wait_ms: int, size: int) -
                 endpoints=[endpoint("ep-0", receiver.url(), 8, queue_size=10_000)],
                 fetch_max_wait_ms=fetch_wait_ms,
             )
+            for section, values in (extra or {}).items():
+                config.setdefault(section, {}).update(values)
             path = workdir / "router.toml"
             path.write_text(dump_toml(config))
             argv = [sys.executable, "-m", "bench.probe", "--daemon", str(path)]
@@ -127,12 +131,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=4)
     parser.add_argument("--fetch-max-wait-ms", type=int, default=5)
     parser.add_argument("--size", type=int, default=512)
+    example = '{"retry": {"tiers_s": [5]}}'
+    parser.add_argument("--config-json", default="{}", help=f"merged into the config by section, e.g. '{example}'")
     parser.add_argument("--daemon", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.daemon:
         run_probed_daemon(args.daemon)
         return
-    rows = asyncio.run(measure(args.rate, args.duration, args.fetch_max_wait_ms, args.size))
+    extra = json.loads(args.config_json)
+    rows = asyncio.run(measure(args.rate, args.duration, args.fetch_max_wait_ms, args.size, extra))
     print(f"| {args.rate:,.0f} events/s, fetch_max_wait_ms={args.fetch_max_wait_ms} | p50 / p99, ms |")
     print("|---|---|")
     for name, value in rows.items():
