@@ -310,6 +310,7 @@ class Lane:
         self._room = asyncio.Event()
         self.busy = 0
         self.mean_s = 0.0  # moving average of an attempt's duration (the last ~20; 0: none finished yet)
+        self._first_start = 0.0  # when the first attempt started (monotonic; 0: none yet)
         self._workers = [
             asyncio.create_task(self._work(), name=f"lane-{endpoint.id}-{i}") for i in range(endpoint.max_concurrency)
         ]
@@ -319,8 +320,12 @@ class Lane:
         return self._queue.qsize()
 
     def drain_s(self) -> float:
-        """About how long the endpoint needs for what it has queued and under way, at its recent pace."""
-        return (self._queue.qsize() + self.busy) * self.mean_s / self.endpoint.max_concurrency
+        """About how long the endpoint needs for what it has queued and under way, at its recent pace.
+
+        Before any attempt has finished, the pace is at least as slow as the first attempt has been running.
+        """
+        pace = self.mean_s or (time.monotonic() - self._first_start if self._first_start else 0.0)
+        return (self._queue.qsize() + self.busy) * pace / self.endpoint.max_concurrency
 
     async def put_wait(self, job: Job) -> None:
         """Queue a job, waiting for room in the endpoint's queue."""
@@ -349,6 +354,8 @@ class Lane:
                 continue
             self.busy += 1
             stats.busy += 1
+            if not self._first_start:
+                self._first_start = time.monotonic()
             try:
                 outcome = await sender.attempt(endpoint, job)
             except Exception:  # a bug, not an endpoint's doing: record it rather than lose the job

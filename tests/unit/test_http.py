@@ -9,16 +9,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from daemon.config import DeliveryConfig, EndpointConfig
-from daemon.deliver import Endpoint, Job, Sender
+from daemon.deliver import Endpoint, Job, Lane, Sender
 from daemon.http import Client, Route
 from daemon.metrics import Metrics
-from daemon.model import DELIVERED, FAILED, Event
+from daemon.model import DELIVERED, FAILED, Event, Outcome
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -316,3 +317,46 @@ async def test_an_answer_before_the_whole_request_was_sent_closes_the_connection
         server.close()
     assert (first.status, first.body, second.status) == (413, b"big", 200)
     assert answered.is_set() and connections == 2
+
+
+# --- a lane's pace, for deferrals ---
+
+
+async def test_a_lane_estimates_how_long_its_backlog_takes_from_its_attempts() -> None:
+    """Against a receiver that never answers: before any attempt ends the pace is the first attempt's age;
+    after, the moving average of the attempts' durations (here: the timeout)."""
+
+    writers: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read()  # reads until the client gives up; never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    url = URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook")
+    config = EndpointConfig(id="ep", url=str(url), profile="raw", secret="whsec_" + "QUJD" * 8, timeout_s=0.3)
+    config = msgspec.structs.replace(config, max_concurrency=2)
+    endpoint = Endpoint(config, DeliveryConfig(), {})
+    sender = Sender(Metrics())
+    done: list[Outcome] = []
+    lane = Lane(endpoint, sender, Metrics(), lambda ep, job, outcome: done.append(outcome))
+    try:
+        assert lane.drain_s() == 0.0  # nothing known, nothing to do
+        for _ in range(6):
+            assert lane.put(_job())
+        await asyncio.sleep(0.1)
+        early = lane.drain_s()
+        await asyncio.sleep(0.1)
+        later = lane.drain_s()
+        assert 0 < early < later  # the first attempt's age: (4 queued + 2 busy) x age / 2
+        while not done:
+            await asyncio.sleep(0.01)
+        assert lane.mean_s == pytest.approx(0.3, abs=0.1)
+        assert lane.drain_s() == (lane.queued + lane.busy) * lane.mean_s / 2
+    finally:
+        await lane.cancel()
+        await sender.close()
+        server.close()
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
