@@ -130,6 +130,9 @@ class Source:
             if time.monotonic() >= next_lag:
                 next_lag = time.monotonic() + _LAG_INTERVAL_S
                 self._update_lag()
+            # getmany() does not yield while fetched records wait: let the lanes start on this batch before
+            # the next is dispatched (deliveries begin sooner; a lane's pace is known before its queue fills).
+            await asyncio.sleep(0)
 
     def _pause(self) -> None:
         self._paused = True
