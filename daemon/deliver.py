@@ -106,10 +106,6 @@ class Endpoint:
             body = event.bodies[self.body_key] = orjson.dumps(rendered)
         return body
 
-    def headers(self, job: Job, body: bytes, ts: int) -> dict[str, str]:
-        """Every header of a request beyond Host and Content-Length."""
-        return {**self.base_headers, **self.signed(job, body, ts)}
-
     def signed(self, job: Job, body: bytes, ts: int) -> dict[str, str]:
         """The headers that change per request: the profile's signature, ids and timestamp."""
         signing = self.profile.signing

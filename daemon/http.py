@@ -9,7 +9,8 @@ delivery together. Here the request line, ``Host`` and the endpoint's own header
 aiohttp keeps the parts that are hard to get right: the ``TCPConnector`` (keep-alive pool, DNS cache,
 TLS with verification, connect errors), and ``ResponseHandler`` with its C parser for the response
 (status line, headers, chunked or sized bodies, ``Connection: close``). A connection goes back to the
-pool only when its response was read to the end and the server keeps it open; otherwise it is closed.
+pool only when its response was read to the end, the whole request was sent and the server keeps it
+open; otherwise it is aborted.
 Redirects are never followed. One timeout bounds the whole exchange (connect, send, answer, body),
 kept by ``daemon.deadline`` rather than by a timer per request.
 """

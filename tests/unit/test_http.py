@@ -7,9 +7,9 @@ import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
-import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -203,8 +203,9 @@ async def test_refused_connection_is_a_connector_error() -> None:
 # --- what the Sender records of them ---
 
 
-def _endpoint(url: URL, timeout_s: float = 5.0) -> Endpoint:
-    config = EndpointConfig(id="ep", url=str(url), profile="raw", secret="whsec_" + "QUJD" * 8, timeout_s=timeout_s)
+def _endpoint(url: URL, timeout_s: float = 5.0, **over: Any) -> Endpoint:
+    secret = "whsec_" + "QUJD" * 8
+    config = EndpointConfig(id="ep", url=str(url), profile="raw", secret=secret, timeout_s=timeout_s, **over)
     return Endpoint(config, DeliveryConfig(), {})
 
 
@@ -334,9 +335,7 @@ async def test_a_lane_estimates_how_long_its_backlog_takes_from_its_attempts() -
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     url = URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook")
-    config = EndpointConfig(id="ep", url=str(url), profile="raw", secret="whsec_" + "QUJD" * 8, timeout_s=0.3)
-    config = msgspec.structs.replace(config, max_concurrency=2)
-    endpoint = Endpoint(config, DeliveryConfig(), {})
+    endpoint = _endpoint(url, timeout_s=0.3, max_concurrency=2)
     sender = Sender(Metrics())
     done: list[Outcome] = []
     lane = Lane(endpoint, sender, Metrics(), lambda ep, job, outcome: done.append(outcome))

@@ -72,6 +72,11 @@ def endpoint_of(
     return Endpoint(config, delivery or DeliveryConfig(), {})
 
 
+def all_headers(endpoint: Endpoint, job: Job, body: bytes, ts: int) -> dict[str, str]:
+    """Every header of the request beyond Host and Content-Length, as the receiver sees them."""
+    return {**endpoint.base_headers, **endpoint.signed(job, body, ts)}
+
+
 def job_of(event: Event, attempt: int = 1, delivery_id: str = "msg_0123456789abcdef") -> Job:
     return Job(event=event, delivery_id=delivery_id, ack=lambda: None, attempt=attempt)
 
@@ -308,7 +313,6 @@ def test_default_timeout_is_the_profiles(profile: str, timeout: float) -> None:
     assert endpoint.config.timeout_s is None
     assert endpoint.config.effective_timeout_s == timeout
     assert endpoint.timeout_s == timeout
-    assert endpoint.timeout_s == timeout
 
 
 def test_an_explicit_timeout_wins() -> None:
@@ -365,7 +369,7 @@ def test_agora_headers(monkeypatch: pytest.MonkeyPatch) -> None:
     endpoint = endpoint_of("agora", id="42", secret="agora-endpoint-secret", headers={"X-Tenant": "acme"})
     event = event_of(AGORA_LEAD_CREATED)
     body = endpoint.render(event)
-    headers = endpoint.headers(job_of(event), body, TS)
+    headers = all_headers(endpoint, job_of(event), body, TS)
     signature = "sha256=" + hmac.new(b"agora-endpoint-secret", body, hashlib.sha256).hexdigest()
     assert headers == {
         "Content-Type": "application/json",
@@ -383,7 +387,7 @@ def test_agora_delivery_header_counts_attempts_and_signature_uses_utf8_secret() 
     endpoint = endpoint_of("agora", id="ag-7", secret="sécret-ü")
     event = event_of(AGORA_BULK)
     body = endpoint.render(event)
-    headers = endpoint.headers(job_of(event, attempt=2), body, 1718900123)
+    headers = all_headers(endpoint, job_of(event, attempt=2), body, 1718900123)
     assert headers["X-Agora-Delivery"] == "ag-7-2-1718900123"
     assert headers["X-Agora-Event"] == "leads.bulk_created"
     expected = hmac.new("sécret-ü".encode(), body, hashlib.sha256).hexdigest()
@@ -396,7 +400,7 @@ def test_agora_signature_is_of_the_rendered_body() -> None:
     event = event_of({"type": "lead.converted", "campaign_id": 7})  # rendered differs from the arrived bytes
     body = endpoint.render(event)
     assert body != event.value
-    assert endpoint.headers(job_of(event), body, TS)["X-Agora-Signature-256"] == (
+    assert all_headers(endpoint, job_of(event), body, TS)["X-Agora-Signature-256"] == (
         "sha256=" + hmac.new(b"s", body, hashlib.sha256).hexdigest()
     )
 
@@ -568,7 +572,7 @@ def test_standard_webhooks_headers_with_two_secrets_verify_with_each() -> None:
     event = event_of({"event": "lead.created", "data": {"id": 1}})
     body = endpoint.render(event)
     ts = int(time.time())
-    headers = endpoint.headers(job_of(event, delivery_id="msg_abc"), body, ts)
+    headers = all_headers(endpoint, job_of(event, delivery_id="msg_abc"), body, ts)
     assert list(headers) == [
         "Content-Type",
         "User-Agent",
@@ -600,7 +604,7 @@ def test_standard_webhooks_one_secret_one_entry() -> None:
     endpoint = endpoint_of("standard-webhooks", secret=WHSEC_2)
     event = event_of({"event": "a"})
     ts = int(time.time())
-    headers = endpoint.headers(job_of(event), event.value, ts)
+    headers = all_headers(endpoint, job_of(event), event.value, ts)
     assert " " not in headers["webhook-signature"]
     Webhook(WHSEC_2).verify(event.value, headers)
 
@@ -610,7 +614,7 @@ def test_raw_headers_are_only_the_signature_headers() -> None:
     event = event_of(b'{"type":"x"}', "x")
     body = endpoint.render(event)
     ts = int(time.time())
-    headers = endpoint.headers(job_of(event, delivery_id="msg_raw"), body, ts)
+    headers = all_headers(endpoint, job_of(event, delivery_id="msg_raw"), body, ts)
     assert list(headers) == ["webhook-id", "webhook-timestamp", "webhook-signature"]
     assert headers["webhook-id"] == "msg_raw"
     assert headers["webhook-timestamp"] == str(ts)
@@ -625,7 +629,7 @@ def test_unsigned_profiles_send_content_type_and_custom_headers_only(profile: st
     endpoint = endpoint_of(profile, headers={"Authorization": "Bearer t", "X-Custom": "v"})
     event = event_of({"event": "x"})
     body = endpoint.render(event)
-    assert endpoint.headers(job_of(event), body, TS) == {
+    assert all_headers(endpoint, job_of(event), body, TS) == {
         "Content-Type": "application/json",
         "User-Agent": "webhook-router/0.1",
         "Authorization": "Bearer t",
@@ -636,7 +640,7 @@ def test_unsigned_profiles_send_content_type_and_custom_headers_only(profile: st
 def test_user_agent_comes_from_the_delivery_config() -> None:
     endpoint = endpoint_of("campaign", delivery=DeliveryConfig(user_agent="acme-hooks/2"))
     event = event_of({"event": "lead.failed"})
-    assert endpoint.headers(job_of(event), b"{}", TS) == {
+    assert all_headers(endpoint, job_of(event), b"{}", TS) == {
         "Content-Type": "application/json",
         "User-Agent": "acme-hooks/2",
     }
@@ -646,8 +650,8 @@ def test_headers_are_a_fresh_dict_per_delivery() -> None:
     endpoint = endpoint_of("agora", secret="s")
     event = event_of(AGORA_LEAD_CREATED)
     body = endpoint.render(event)
-    first = endpoint.headers(job_of(event), body, TS)
-    endpoint.headers(job_of(event, attempt=2), body, TS + 1)
+    first = all_headers(endpoint, job_of(event), body, TS)
+    all_headers(endpoint, job_of(event, attempt=2), body, TS + 1)
     assert first["X-Agora-Delivery"] == "ep-1-1718900000"
     assert "X-Agora-Event" not in endpoint.base_headers
 
@@ -655,7 +659,7 @@ def test_headers_are_a_fresh_dict_per_delivery() -> None:
 def test_agora_custom_headers_cannot_add_a_second_signature() -> None:
     endpoint = endpoint_of("agora", secret="s", headers={"x-agora-signature-256": "sha256=forged"})
     event = event_of(AGORA_LEAD_CREATED)
-    headers = endpoint.headers(job_of(event), endpoint.render(event), TS)
+    headers = all_headers(endpoint, job_of(event), endpoint.render(event), TS)
     assert [name for name in headers if name.lower() == "x-agora-signature-256"] == ["X-Agora-Signature-256"]
 
 
@@ -713,7 +717,7 @@ def test_agora_test_event_is_ping() -> None:
     assert event.event_type == "ping"
     body = endpoint.render(event)
     assert json.loads(body) == {"event": "ping", "timestamp": iso_seconds(event.time_ms)}
-    assert endpoint.headers(job_of(event), body, TS)["X-Agora-Event"] == "ping"
+    assert all_headers(endpoint, job_of(event), body, TS)["X-Agora-Event"] == "ping"
 
 
 def test_convocore_test_event_is_the_seeds_webhook_test() -> None:
