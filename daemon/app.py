@@ -478,43 +478,41 @@ class App:
     # --- the hot path ---
 
     def _dispatch(self, record: Any, part: PartitionOffsets) -> None:
-        """Route one consumed record: to each matched endpoint's lane, or to an invalid_event record."""
+        """Route one consumed record: to each matched endpoint's lane, or to an invalid_event record.
+
+        Nothing a record contains may stop the stream: whatever reading, matching or checking it raises
+        makes it an ``invalid_event``, before any of its deliveries is handed out.
+        """
         routing = self._routing
-        topic, offset, value = record.topic, record.offset, record.value
+        topic, offset = record.topic, record.offset
         try:
-            event_type = routing.readers.get(topic, _DEFAULT_READER).read(value)
+            event_type = routing.readers.get(topic, _DEFAULT_READER).read(record.value)
+            match = routing.table.match(topic, event_type)
+            if not match.endpoints and not match.conditional:
+                part.add(offset, 0)
+                self.metrics.events_unmatched.labels(topic).inc()
+                return
+            event = Event.from_record(record, event_type)
+            targets = match.select(event.decoded)
+            lanes = routing.lanes
+            skips = []
+            for endpoint_id in targets:
+                profile = lanes[endpoint_id].endpoint.profile
+                skips.append(skip_for(profile, event.decoded(), event_type) if profile.skips else None)
         except InvalidEvent as exc:
-            self.metrics.events_invalid.labels(topic).inc()
-            part.add(offset, 1)
-            outcome = Outcome(
-                delivery_id=None,
-                endpoint_id=None,
-                event_type=None,
-                attempt=0,
-                status=INVALID_EVENT,
-                error=str(exc),
-                source_topic=topic,
-                source_partition=record.partition,
-                source_offset=offset,
-                timestamp=utc_now_iso(),
-            )
-            self._results.submit(None, encode_outcome(outcome), partial(part.done, offset))
+            self._invalid(record, part, str(exc))
             return
-        match = routing.table.match(topic, event_type)
-        if not match.endpoints and not match.conditional:
-            part.add(offset, 0)
-            self.metrics.events_unmatched.labels(topic).inc()
+        except Exception as exc:  # a record nobody foresaw: recorded, never a stop of the stream
+            log.exception("event %s[%d]@%d could not be routed", topic, record.partition, offset)
+            self._invalid(record, part, f"could not be routed ({type(exc).__name__})")
             return
-        partition = record.partition
-        event = Event.from_record(record, event_type)
-        targets = match.select(event.decoded)
         part.add(offset, len(targets))
         if not targets:
             self.metrics.events_unmatched.labels(topic).inc()
             return
+        partition = record.partition
         ack = partial(part.done, offset)
-        lanes = routing.lanes
-        for endpoint_id in targets:
+        for endpoint_id, rule in zip(targets, skips, strict=True):
             lane = lanes[endpoint_id]
             job = Job(
                 event=event,
@@ -522,14 +520,30 @@ class App:
                 ack=ack,
                 endpoint_id=endpoint_id,
             )
-            profile = lane.endpoint.profile
-            if profile.skips:
-                rule = skip_for(profile, event.decoded(), event_type)
-                if rule is not None:
-                    outcome = outcome_for(endpoint_id, job, rule.status, error=rule.reason, profile=profile.name)
-                    self._retries.record(outcome, job.ack)
-                    continue
+            if rule is not None:
+                profile = lane.endpoint.profile
+                outcome = outcome_for(endpoint_id, job, rule.status, error=rule.reason, profile=profile.name)
+                self._retries.record(outcome, job.ack)
+                continue
             self._retries.hand_over(lane, job)
+
+    def _invalid(self, record: Any, part: PartitionOffsets, reason: str) -> None:
+        topic, offset = record.topic, record.offset
+        self.metrics.events_invalid.labels(topic).inc()
+        part.add(offset, 1)
+        outcome = Outcome(
+            delivery_id=None,
+            endpoint_id=None,
+            event_type=None,
+            attempt=0,
+            status=INVALID_EVENT,
+            error=reason,
+            source_topic=topic,
+            source_partition=record.partition,
+            source_offset=offset,
+            timestamp=utc_now_iso(),
+        )
+        self._results.submit(None, encode_outcome(outcome), partial(part.done, offset))
 
     def _announce_health(self, endpoint_id: str, paused: bool, reason: str | None) -> None:
         outcome = Outcome(

@@ -28,6 +28,8 @@ Dispatch = Callable[[Any, PartitionOffsets], bool | None]
 
 _POLL_MS = 200
 _LAG_INTERVAL_S = 5.0
+_FAILED_FETCH_WAIT_S = 1.0
+_ERROR_LOG_INTERVAL_S = 60.0
 
 
 def kafka_client_options(kafka: KafkaConfig, environ: Any) -> dict[str, Any]:
@@ -63,6 +65,8 @@ class Source:
     ) -> None:
         self._kafka = kafka
         self._metrics = metrics
+        self._name = name
+        self._last_fetch_error_log = -_ERROR_LOG_INTERVAL_S
         self._paused_gauge = metrics.partitions_paused.labels(name)
         self._paused_gauge.set(0)
         self._dispatch = dispatch
@@ -115,17 +119,32 @@ class Source:
             room = self._cap - offsets.in_flight
             if room <= 0 and not self._paused:
                 self._pause()
-            batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=max(1, min(max_records, room)))
+            try:
+                batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=max(1, min(max_records, room)))
+            except Exception as exc:  # never the end of the process: reported, waited out, fetched again
+                self._fetch_failed("fetch", exc)
+                await asyncio.sleep(_FAILED_FETCH_WAIT_S)
+                continue
+            failed = False
             for tp, records in batches.items():
                 part = offsets.partitions.get(tp)
                 if part is None:  # revoked while the batch was on its way
                     continue
                 taken = 0
                 for record in records:
+                    try:
+                        held = dispatch(record, part)
+                    except Exception as exc:  # a bug: read this record again later rather than skip it
+                        self._fetch_failed(f"dispatch of {tp.topic}[{tp.partition}]@{record.offset}", exc)
+                        consumer.seek(tp, record.offset)
+                        failed = True
+                        break
                     taken += 1
-                    if dispatch(record, part) is False:
+                    if held is False:
                         break
                 self._metrics.events_consumed.labels(tp.topic).inc(taken)
+            if failed:
+                await asyncio.sleep(_FAILED_FETCH_WAIT_S)
             self._metrics.events_in_flight.set(offsets.in_flight)
             if time.monotonic() >= next_lag:
                 next_lag = time.monotonic() + _LAG_INTERVAL_S
@@ -133,6 +152,13 @@ class Source:
             # getmany() does not yield while fetched records wait: let the lanes start on this batch before
             # the next is dispatched (deliveries begin sooner; a lane's pace is known before its queue fills).
             await asyncio.sleep(0)
+
+    def _fetch_failed(self, what: str, exc: BaseException) -> None:
+        self._metrics.fetch_errors.labels(self._name).inc()
+        now = time.monotonic()
+        if now - self._last_fetch_error_log >= _ERROR_LOG_INTERVAL_S:
+            self._last_fetch_error_log = now
+            log.error("%s failed (%s: %s); trying again", what, type(exc).__name__, exc, exc_info=exc)
 
     def _pause(self) -> None:
         self._paused = True

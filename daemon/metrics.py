@@ -52,6 +52,10 @@ class Metrics:
             ["consumer"],
             registry=r,
         )
+        self.fetch_errors = Counter(
+            p + "fetch_errors", "Fetches or dispatches that failed and were tried again, per consumer.", ["consumer"],
+            registry=r,
+        )  # fmt: skip
         self.commits = Counter(p + "offset_commits", "Offset commits by result.", ["result"], registry=r)
         self.endpoints = Gauge(p + "endpoints", "Endpoints in the loaded config.", registry=r)
         self.endpoints_paused = Gauge(

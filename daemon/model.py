@@ -223,11 +223,16 @@ class TypeReader:
         if not value:
             raise InvalidEvent("empty record")
         try:
+            value.decode()  # JSON is UTF-8: the decoder checks only the strings it keeps (a few ns per KB)
             decoded = self._decoder.decode(value)
         except msgspec.ValidationError:
             raise InvalidEvent("not a JSON object") from None
         except msgspec.DecodeError:
             raise InvalidEvent("not valid JSON") from None
+        except UnicodeDecodeError:
+            raise InvalidEvent("not valid UTF-8") from None
+        except RecursionError:
+            raise InvalidEvent("nested too deeply") from None
         if not self._path:
             found = decoded.event if decoded.event is not None else decoded.type
         else:

@@ -244,3 +244,32 @@ class DaemonProcess:
             assert self.proc is not None
             self.proc.kill()
             await self.proc.wait()
+
+
+def produce_outside(
+    bootstrap: str,
+    topic: str,
+    values: list[bytes | None],
+    compression: str = "none",
+    headers: list[tuple[str, str | bytes | None]] | None = None,
+    key: bytes | None = None,
+) -> None:
+    """Write records as an outside producer does: librdkafka (``confluent-kafka``), with its codec and headers.
+
+    Blocking (librdkafka's own thread does the work): call it through ``asyncio.to_thread``.
+    """
+    from confluent_kafka import Producer
+
+    settings = {"bootstrap.servers": bootstrap, "compression.type": compression, "enable.idempotence": False}
+    producer = Producer({**settings, "linger.ms": 20, "log_level": 3})
+    failures: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    for value in values:
+        producer.produce(topic, value=value, key=key, headers=headers, on_delivery=delivered)
+    left = producer.flush(30)
+    if left or failures:
+        raise RuntimeError(f"{left} records unsent, failures: {failures}")

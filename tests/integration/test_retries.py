@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import json
 import signal
+import time
 from typing import Any
 
 import aiohttp
@@ -18,7 +19,9 @@ from tests.helpers import SECRET, DaemonProcess, Receiver, eventually, produce, 
 from tests.integration.conftest import Setup, receiver, running, spawn
 
 LATE = 1.0  # max(1 s, 5 % of the delay): every delay here is under 20 s
-SLACK = 0.3  # the request's own time and the clocks of two processes
+# The request's own time, the clocks of two processes and a busy 2-core machine (the broker, the daemon and the
+# test share it): "never early" is exact, "not late" keeps this margin.
+SLACK = 1.5
 
 
 def _ev(n: int, event: str = "lead.created") -> bytes:
@@ -184,6 +187,7 @@ async def test_restart_with_retries_pending_loses_none_and_sends_none_early(
     first.signal(signal.SIGTERM)
     assert await first.wait(30) == 0
     second = await spawn(daemons, setup)
+    ready_at = time.time()
     await r.wait_for(6, within_s=30)
     await asyncio.sleep(1.0)
     assert len(r.requests) == 6  # each retried exactly once: none lost, none twice
@@ -191,7 +195,9 @@ async def test_restart_with_retries_pending_loses_none_and_sends_none_early(
     for req in r.requests:
         by_n.setdefault(json.loads(req.body)["n"], []).append(req.at)
     for first_at, retry_at in by_n.values():
-        assert 6 <= retry_at - first_at <= 6 + LATE + SLACK + 1.0  # + the second daemon joining its group
+        assert retry_at - first_at >= 6  # never early
+        # Not late: due 6 s after the first attempt, or as soon as the second daemon is ready when it starts later.
+        assert retry_at <= max(first_at + 6, ready_at) + LATE + SLACK
     second.signal(signal.SIGTERM)
     assert await second.wait(30) == 0
 

@@ -84,7 +84,7 @@ DEFAULT_NOT_STRING = "event type field ('event' or 'type') must be a non-empty s
         (b"not json", "not valid JSON"),
         (b"{", "not valid JSON"),
         (b'{"event": "a"} trailing', "not valid JSON"),
-        (b"\xff\xfe", "not valid JSON"),
+        (b"\xff\xfe", "not valid UTF-8"),
         (b"\x00\x01\x02", "not valid JSON"),
         (b'["lead.created"]', "not a JSON object"),
         (b'"lead.created"', "not a JSON object"),
@@ -112,7 +112,7 @@ def test_invalid_events_default_reader(raw: bytes | None, reason: str) -> None:
         (b"", "empty record"),
         (None, "empty record"),
         (b"not json", "not valid JSON"),
-        (b"\xff\xfe", "not valid JSON"),
+        (b"\xff\xfe", "not valid UTF-8"),
         (b'[{"meta": {"kind": "x"}}]', "not a JSON object"),
         (b'"x"', "not a JSON object"),
         (b"null", "not a JSON object"),
@@ -131,6 +131,21 @@ def test_invalid_events_default_reader(raw: bytes | None, reason: str) -> None:
 )
 def test_invalid_events_custom_reader(raw: bytes | None, reason: str) -> None:
     assert _reason(TypeReader("meta.kind"), raw) == reason
+
+
+_DEEP = b'{"event": "x", "a": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+
+
+@pytest.mark.parametrize("field", [None, "meta.kind"])
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b'{"event": "lead.\xff", "meta": {"kind": "lead.\xff"}}', "not valid UTF-8"),
+        (_DEEP, "nested too deeply"),
+    ],
+)
+def test_hostile_records_are_invalid_events_not_crashes(field: str | None, raw: bytes, reason: str) -> None:
+    assert _reason(TypeReader(field), raw) == reason
 
 
 def test_invalid_event_is_an_exception_with_its_reason() -> None:
