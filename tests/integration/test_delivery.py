@@ -102,7 +102,7 @@ async def test_malformed_events_are_recorded_and_the_stream_moves_on(setup: Setu
     invalid = {rec["source_offset"]: rec["error"] for rec in records if rec["status"] == "invalid_event"}
     assert invalid == {
         0: "not valid JSON",
-        2: "not valid JSON",
+        2: "not valid UTF-8",
         3: "no event type field ('event' or 'type')",
         4: "not a JSON object",
     }
