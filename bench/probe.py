@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import tomli_w
 
 from bench.procs import http_get
 from bench.servers import start_python
 from bench.workload import endpoint, kafka_latency, produce_paced, router_config, sent_at
-from daemon.config import dump_toml
 from daemon.embedded import EmbeddedBroker, free_port
 
 
@@ -41,8 +41,8 @@ def _pct(values: list[float]) -> str:
 
 def run_probed_daemon(config: str) -> None:
     """The daemon with probes; writes the probes' samples as JSON beside its config when it exits."""
-    import daemon.app
     import daemon.deliver
+    import daemon.settle
     from daemon.cli import main
 
     samples: dict[str, list[float]] = {"dispatch": [], "attempt": [], "answered": []}
@@ -52,7 +52,7 @@ def run_probed_daemon(config: str) -> None:
         if sent is not None:
             samples[name].append((time.time() - sent) * 1000)
 
-    dispatch = daemon.app.App._dispatch
+    dispatch = daemon.settle.Settlement.dispatch
     attempt = daemon.deliver.Sender.attempt
 
     def probed_dispatch(self: Any, record: Any, part: Any) -> None:
@@ -65,7 +65,7 @@ def run_probed_daemon(config: str) -> None:
         note("answered", job.event.value)
         return outcome
 
-    daemon.app.App._dispatch = probed_dispatch  # type: ignore[method-assign]
+    daemon.settle.Settlement.dispatch = probed_dispatch  # type: ignore[method-assign]
     daemon.deliver.Sender.attempt = probed_attempt  # type: ignore[method-assign]
     atexit.register(lambda: Path(config).with_suffix(".probes.json").write_text(json.dumps(samples)))
     sys.argv = ["webhook-router", "run", "--config", config]
@@ -95,7 +95,7 @@ async def measure(
             for section, values in (extra or {}).items():
                 config.setdefault(section, {}).update(values)
             path = workdir / "router.toml"
-            path.write_text(dump_toml(config))
+            path.write_text(tomli_w.dumps(config))
             argv = [sys.executable, "-m", "bench.probe", "--daemon", str(path)]
             child = await asyncio.create_subprocess_exec(*argv)
             for _ in range(300):

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import tomli_w
 
 from bench.procs import Child, http_get
-from daemon.config import dump_toml
 
 Metrics = dict[str, float]
 Sample = tuple[float, float]  # (perf_counter seconds, count)
@@ -53,7 +53,7 @@ class Router:
         self.name = name
         self.admin_port = int(config["admin"]["listen"].rsplit(":", 1)[1])
         self.config_path = workdir / f"{name}.toml"
-        self.config_path.write_text(dump_toml(config))
+        self.config_path.write_text(tomli_w.dumps(config))
         argv = [sys.executable, "-m", "daemon", "run", "--config", str(self.config_path)]
         self.child = Child(name, argv, workdir / f"{name}.log")
 

@@ -1,4 +1,6 @@
-"""The admin HTTP server: /metrics, /healthz (event loop liveness only), /readyz (consumer joined)."""
+"""The admin HTTP server: /metrics, /healthz (event loop liveness only), /readyz (consumer joined), and the
+operator actions of ``daemon.operate`` behind a bearer token. Request bodies are decoded here into the
+actions' typed structs; a body that does not fit is a 400 naming the field."""
 
 from __future__ import annotations
 
@@ -7,30 +9,23 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
+import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.errors import BadRequest, RouterError
 from daemon.metrics import Metrics
-from daemon.model import Outcome, encode_outcome
+from daemon.operate import Operator, Redelivery, Replay
+
+T = TypeVar("T")
+_encode = msgspec.json.Encoder().encode
 
 log = logging.getLogger(__name__)
 
 _TICK_S = 0.5
 _STALL_S = 5.0
-
-
-class Operator(Protocol):
-    """What the admin API asks of the running daemon."""
-
-    def endpoints_info(self) -> list[dict[str, Any]]: ...
-    def pause_endpoint(self, endpoint_id: str) -> bool: ...
-    def resume_endpoint(self, endpoint_id: str) -> bool: ...
-    async def ping_endpoint(self, endpoint_id: str) -> Outcome: ...
-    async def redeliver(self, delivery_id: str, where: dict[str, Any]) -> Outcome: ...
-    async def replay(self, endpoint_id: str, spec: dict[str, Any]) -> dict[str, int]: ...
 
 
 class AdminServer:
@@ -119,27 +114,25 @@ class AdminServer:
         return guarded
 
     async def _list_endpoints(self, request: web.Request, op: Operator) -> web.Response:
-        return web.json_response({"endpoints": op.endpoints_info()})
+        return _json({"endpoints": op.endpoints()})
 
     async def _pause(self, request: web.Request, op: Operator) -> web.Response:
-        changed = op.pause_endpoint(request.match_info["id"])
-        return web.json_response({"endpoint_id": request.match_info["id"], "paused": True, "changed": changed})
+        changed = op.pause(request.match_info["id"])
+        return _json({"endpoint_id": request.match_info["id"], "paused": True, "changed": changed})
 
     async def _resume(self, request: web.Request, op: Operator) -> web.Response:
-        changed = op.resume_endpoint(request.match_info["id"])
-        return web.json_response({"endpoint_id": request.match_info["id"], "paused": False, "changed": changed})
+        changed = op.resume(request.match_info["id"])
+        return _json({"endpoint_id": request.match_info["id"], "paused": False, "changed": changed})
 
     async def _ping(self, request: web.Request, op: Operator) -> web.Response:
-        outcome = await op.ping_endpoint(request.match_info["id"])
-        return _json(encode_outcome(outcome))
+        return _json(await op.ping(request.match_info["id"]))
 
     async def _redeliver(self, request: web.Request, op: Operator) -> web.Response:
-        outcome = await op.redeliver(request.match_info["delivery_id"], await _body(request))
-        return _json(encode_outcome(outcome))
+        where = await _body(request, Redelivery)
+        return _json(await op.redeliver(request.match_info["delivery_id"], where))
 
     async def _replay(self, request: web.Request, op: Operator) -> web.Response:
-        counts = await op.replay(request.match_info["id"], await _body(request))
-        return web.json_response(counts)
+        return _json(await op.replay(request.match_info["id"], await _body(request, Replay)))
 
     async def _handle_readyz(self, request: web.Request) -> web.Response:
         ready = self._ready()
@@ -153,17 +146,16 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
-def _json(body: bytes) -> web.Response:
-    return web.Response(body=body, content_type="application/json")
+def _json(value: Any) -> web.Response:
+    return web.Response(body=_encode(value), content_type="application/json")
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
+async def _body(request: web.Request, kind: type[T]) -> T:
+    """The request body as ``kind``; BadRequest naming the field that does not fit."""
+    raw = await request.read() if request.can_read_body else b""
     try:
-        data = await request.json()
-    except ValueError:
+        return msgspec.json.decode(raw or b"{}", type=kind)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid request: {exc}") from None
+    except msgspec.DecodeError:
         raise BadRequest("the request body must be a JSON object") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return data

@@ -11,8 +11,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from daemon import __version__
-from daemon.config import Config, load_config, resolve
-from daemon.errors import ConfigError
+from daemon.config import Config
+from daemon.errors import ConfigError, NotFound
+from daemon.resolve import resolve
+from daemon.validate import load_config
 
 T = TypeVar("T")
 
@@ -108,11 +110,11 @@ def _ping(path: str, endpoint_id: str) -> int:
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
-    from daemon.actions import UnknownEndpoint, ping
+    from daemon.operate import ping
 
     try:
         outcome = run_coroutine(ping(config, endpoint_id, os.environ))
-    except UnknownEndpoint as exc:
+    except NotFound as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
     status = outcome.http_status if outcome.http_status is not None else "-"

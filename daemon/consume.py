@@ -23,8 +23,9 @@ from daemon.offsets import OffsetTracker, PartitionOffsets
 
 log = logging.getLogger(__name__)
 
-# Returns False to stop reading that partition's batch (the partition was held back).
-Dispatch = Callable[[Any, PartitionOffsets], bool | None]
+# Takes one record; returns None, or a time (unix ms) before which the record's partition must not be read
+# again from that record on (a retry tier whose head is not due yet): the rest of its batch waits too.
+Dispatch = Callable[[Any, PartitionOffsets], int | None]
 
 _POLL_MS = 200
 _LAG_INTERVAL_S = 5.0
@@ -133,15 +134,16 @@ class Source:
                 taken = 0
                 for record in records:
                     try:
-                        held = dispatch(record, part)
+                        hold_until = dispatch(record, part)
                     except Exception as exc:  # a bug: read this record again later rather than skip it
                         self._fetch_failed(f"dispatch of {tp.topic}[{tp.partition}]@{record.offset}", exc)
                         consumer.seek(tp, record.offset)
                         failed = True
                         break
-                    taken += 1
-                    if held is False:
+                    if hold_until is not None:
+                        self._hold(tp, record.offset, hold_until)
                         break
+                    taken += 1
                 self._metrics.events_consumed.labels(tp.topic).inc(taken)
             if failed:
                 await asyncio.sleep(_FAILED_FETCH_WAIT_S)
@@ -174,7 +176,7 @@ class Source:
             self._consumer.resume(*(tp for tp in self._consumer.assignment() if tp not in self._held))
             log.info("%d events in flight: fetching resumed", self.offsets.in_flight)
 
-    def hold(self, tp: TopicPartition, offset: int, until_ms: int) -> None:
+    def _hold(self, tp: TopicPartition, offset: int, until_ms: int) -> None:
         """Read ``tp`` again from ``offset``, not before ``until_ms`` (its head record is not due yet).
 
         The records of the batch past ``offset`` were already returned: seek back, then pause.

@@ -1,8 +1,11 @@
-"""Delivery: one attempt of one (event, endpoint) pair over the shared ClientSession, as an outcome value.
+"""Delivery: one attempt of one (event, endpoint) pair as an outcome value, and each endpoint's lane.
 
-Each endpoint has a lane: a queue and exactly ``max_concurrency`` long-lived workers. A worker takes
-a job only when it is free, so waiting for a slot never eats into the request timeout, and there is
-no task per request.
+``Endpoint`` holds everything about an endpoint that does not change per delivery (its profile, signer,
+serialised request head, limits), computed once per config. ``Sender`` makes one attempt over the
+shared HTTP client (``daemon.http``) and returns an ``Outcome``; it never raises for what an endpoint
+does. A ``Lane`` is one endpoint's queue and exactly ``max_concurrency`` long-lived workers: a worker
+takes a job only when it is free, so waiting for a slot never eats into the request timeout, and there
+is no task per request. What happens after an attempt is the settlement's (``daemon.settle``).
 """
 
 from __future__ import annotations
@@ -13,15 +16,14 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
-from daemon.config import RESERVED_HEADERS, DeliveryConfig, EndpointConfig, decode_whsec, resolve_secrets
+from daemon.config import DeliveryConfig, EndpointConfig, EndpointRetryConfig, resolve_secrets
 from daemon.http import Client, Route
 from daemon.metrics import Metrics, status_class
 from daemon.model import (
@@ -29,15 +31,15 @@ from daemon.model import (
     FAILED,
     LIVE,
     RESPONSE_BODY_LIMIT,
+    Ack,
     Attempt,
     Event,
     Outcome,
     truncate_body,
     utc_now_iso,
 )
-from daemon.profiles import PROFILES, Profile
-from daemon.retry import parse_retry_after
-from daemon.sign import StandardSigner, hmac_sha256_hex
+from daemon.policy import Policy, parse_retry_after
+from daemon.profiles import PROFILES, Profile, Signer
 
 log = logging.getLogger(__name__)
 
@@ -48,36 +50,51 @@ def delivery_id(topic: str, partition: int, offset: int, endpoint_id: str) -> st
     return "msg_" + digest.hexdigest()
 
 
+def policy_of(retry: EndpointRetryConfig | None, profile: Profile) -> Policy:
+    """An endpoint's retry policy: its own, else its profile's."""
+    if retry is None:
+        return profile.retry
+    if retry.policy == "exponential":
+        attempts = 1 + (retry.retries or 3)
+        return Policy("exponential", attempts=attempts, base_s=retry.base_s, max_s=retry.max_s, jitter=retry.jitter)
+    return Policy(retry.policy, delays_s=tuple(retry.delays_s or ()), live_only=profile.retry.live_only)
+
+
 class Endpoint:
-    """Everything about an endpoint that does not change per delivery, computed once per config."""
+    """Everything about an endpoint that does not change per delivery, computed once per config.
+
+    ``__slots__``: read on every attempt (the hot path).
+    """
 
     __slots__ = (
-        "agora_key", "base_headers", "body_key", "config", "id", "keys", "max_concurrency", "pause_threshold",
-        "policy", "profile", "queue_size", "retry_4xx", "route", "secret", "signer", "timeout_s", "url",
+        "_secrets", "base_headers", "body_key", "config", "id", "max_concurrency", "pause_threshold", "policy",
+        "profile", "queue_size", "retry_4xx", "route", "secret", "signer", "timeout_s", "url",
     )  # fmt: skip
 
     def __init__(self, config: EndpointConfig, delivery: DeliveryConfig, environ: Any) -> None:
         self.config = config
         self.id = config.id
-        self.profile: Profile = PROFILES[config.profile]
+        profile = self.profile = PROFILES[config.profile]
         self.url = URL(config.url, encoded=False)
         secrets = resolve_secrets(config, environ)
+        self._secrets = tuple(secrets)
         self.secret = secrets[0] if secrets else ""
-        self.keys = tuple(decode_whsec(s) for s in secrets) if self.profile.signing == "standard-webhooks" else ()
-        self.signer = StandardSigner(self.keys)
-        self.agora_key = self.secret.encode()
+        self.signer: Signer = profile.signing.signer(secrets)
         # Bodies that do not carry the secret are shared by every endpoint of the profile.
-        self.body_key = (self.profile.name, self.secret if self.profile.injects_secret else None)
-        self.timeout_s = config.effective_timeout_s
+        self.body_key = (profile.name, self.secret if profile.injects_secret else None)
+        self.timeout_s = config.timeout_s if config.timeout_s is not None else profile.timeout_s
         self.route: Route | None = None  # the serialised request head, built by the Sender on first use
         self.max_concurrency = config.max_concurrency
         self.queue_size = config.queue_size
-        self.policy = config.policy
-        self.pause_threshold = config.pause_threshold
+        self.policy = policy_of(config.retry, profile)
+        self.pause_threshold = (
+            config.pause_after_failures if config.pause_after_failures is not None else profile.pause_after_failures
+        )
         self.retry_4xx = frozenset(config.retry.retry_statuses if config.retry is not None else ())
-        if self.profile.standard_headers:
+        if profile.standard_headers:
             # Validation refuses the router's own headers; never let one through all the same.
-            custom = {k: v for k, v in config.headers.items() if k.lower() not in RESERVED_HEADERS}
+            reserved = profile.reserved_headers
+            custom = {k: v for k, v in config.headers.items() if k.lower() not in reserved}
             self.base_headers: dict[str, str] = {
                 "Content-Type": "application/json",
                 "User-Agent": delivery.user_agent,
@@ -89,10 +106,7 @@ class Endpoint:
     def same_as(self, other: Endpoint) -> bool:
         """True when ``other`` delivers exactly like this one (its lane can be kept across a reload)."""
         return (
-            self.config == other.config
-            and self.keys == other.keys
-            and self.secret == other.secret
-            and self.base_headers == other.base_headers
+            self.config == other.config and self._secrets == other._secrets and self.base_headers == other.base_headers
         )
 
     def render(self, event: Event) -> bytes:
@@ -106,32 +120,17 @@ class Endpoint:
             body = event.bodies[self.body_key] = orjson.dumps(rendered)
         return body
 
-    def signed(self, job: Job, body: bytes, ts: int) -> dict[str, str]:
-        """The headers that change per request: the profile's signature, ids and timestamp."""
-        signing = self.profile.signing
-        if signing == "standard-webhooks":
-            return {
-                "webhook-id": job.delivery_id,
-                "webhook-timestamp": str(ts),
-                "webhook-signature": self.signer.sign(job.delivery_id, ts, body),
-            }
-        if signing == "agora":
-            return {
-                "X-Agora-Signature-256": "sha256=" + hmac_sha256_hex(self.agora_key, body),
-                "X-Agora-Event": job.event.event_type,
-                "X-Agora-Delivery": self.attempt_id(job, ts),
-            }
-        return {}
-
-    def attempt_id(self, job: Job, ts: int) -> str:
-        """This attempt's own id: Agora's ``{endpoint_id}-{attempt}-{unix_ts}``, else ``{delivery_id}-{attempt}``."""
-        if self.profile.signing == "agora":
-            return f"{self.id}-{job.attempt}-{ts}"
-        return f"{job.delivery_id}-{job.attempt}"
+    def request_headers(self, job: Job, body: bytes, ts: int) -> tuple[str, dict[str, str]]:
+        """This attempt's id, and the headers that change per request: the profile's signature, ids, timestamp."""
+        attempt_id = self.profile.signing.attempt_id(self.id, job.delivery_id, job.attempt, ts)
+        return attempt_id, self.signer.headers(job.delivery_id, attempt_id, job.event.event_type, body, ts)
 
 
 class Job:
-    """One delivery to make: an event for one endpoint, and what to call once its outcome is recorded."""
+    """One delivery to make: an event for one endpoint, and what to call once its outcome is settled.
+
+    ``__slots__``: one per delivery (the hot path).
+    """
 
     __slots__ = (
         "ack", "attempt", "deferrals", "delivery_id", "endpoint_id", "event", "history", "redelivery_of_id", "trigger",
@@ -142,7 +141,7 @@ class Job:
         *,
         event: Event,
         delivery_id: str,
-        ack: Callable[[], None],
+        ack: Ack | None,
         attempt: int = 1,
         trigger: str = LIVE,
         history: list[Attempt] | None = None,
@@ -151,7 +150,7 @@ class Job:
     ) -> None:
         self.event = event
         self.delivery_id = delivery_id
-        self.ack = ack  # called once every record this job leads to is acknowledged by Kafka
+        self.ack = ack  # called once every record this job leads to is acknowledged (None: owed to no event)
         self.attempt = attempt
         self.trigger = trigger
         self.history: list[Attempt] = history or []  # earlier attempts of this delivery
@@ -180,8 +179,8 @@ def outcome_for(endpoint_id: str | None, job: Job, status: str, **fields: Any) -
 class Sender:
     """Makes attempts over one pooled HTTP client (``daemon.http``). Never raises for what an endpoint does."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self._client = Client()
+    def __init__(self, metrics: Metrics, client: Client | None = None) -> None:
+        self._client = client or Client()
         self._metrics = metrics
         self._counted: dict[tuple[str, str], Any] = {}  # labelled children, looked up once each
         self._timed: dict[str, Any] = {}
@@ -210,9 +209,9 @@ class Sender:
         response: str | None = None
         error: str | None = None
         retry_after: float | None = None
+        attempt_id, signed = endpoint.request_headers(job, body, ts)
         start = time.perf_counter()
         try:
-            signed = endpoint.signed(job, body, ts)
             reply = await self._client.post(route, signed, body, RESPONSE_BODY_LIMIT, endpoint.timeout_s)
             http_status = reply.status
             if http_status == 429 or http_status >= 500:
@@ -241,7 +240,7 @@ class Sender:
             response_body=response,
             error=error,
             profile=endpoint.profile.name,
-            attempt_id=endpoint.attempt_id(job, ts),
+            attempt_id=attempt_id,
             redelivery_of_id=job.history[-1].attempt_id if job.history else job.redelivery_of_id,
             retry_after_s=retry_after,
         )
@@ -284,24 +283,26 @@ class LaneStats:
         self.busy = 0
 
 
+class Settles(Protocol):
+    """What a lane hands its jobs' fates to (``daemon.settle.Settlement``)."""
+
+    def settle(self, endpoint: Endpoint, job: Job, outcome: Outcome) -> None:
+        """After an attempt: record it, and retry, dead-letter or finish the delivery."""
+        ...
+
+    def held_back(self, endpoint: Endpoint, job: Job) -> bool:
+        """Settle a job instead of attempting it when its endpoint was paused meanwhile; False if it is not."""
+        ...
+
+
 class Lane:
     """One endpoint's queue and its ``max_concurrency`` workers."""
 
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        sender: Sender,
-        metrics: Metrics,
-        report: Callable[[Endpoint, Job, Outcome], None],
-        held_back: Callable[[Endpoint, Job], bool] = lambda endpoint, job: False,
-        stats: LaneStats | None = None,
-    ) -> None:
+    def __init__(self, endpoint: Endpoint, sender: Sender, settles: Settles, stats: LaneStats) -> None:
         self.endpoint = endpoint
-        self.stats = stats or LaneStats()
-        self._report = report
-        self._held_back = held_back  # settles a job instead of attempting it (its endpoint was paused meanwhile)
+        self.stats = stats
+        self._settles = settles
         self._sender = sender
-        self._metrics = metrics
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self._room = asyncio.Event()
         self.busy = 0
@@ -338,7 +339,7 @@ class Lane:
         return True
 
     async def _work(self) -> None:
-        queue, endpoint, sender, report = self._queue, self.endpoint, self._sender, self._report
+        queue, endpoint, sender, settles = self._queue, self.endpoint, self._sender, self._settles
         while True:
             job = await queue.get()
             if job is None:
@@ -346,7 +347,7 @@ class Lane:
             self._room.set()
             stats = self.stats
             stats.queued -= 1
-            if job.trigger == LIVE and self._held_back(endpoint, job):
+            if job.trigger == LIVE and settles.held_back(endpoint, job):
                 continue
             self.busy += 1
             stats.busy += 1
@@ -363,7 +364,7 @@ class Lane:
             if outcome.duration_ms is not None:
                 took = outcome.duration_ms / 1000
                 self.mean_s = self.mean_s + (took - self.mean_s) * 0.05 if self.mean_s else took
-            report(endpoint, job, outcome)
+            settles.settle(endpoint, job, outcome)
 
     async def close(self) -> None:
         """Finish every queued job under this lane's settings, then stop the workers."""

@@ -32,9 +32,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from daemon.app import App
-from daemon.config import load_config
 from daemon.embedded import EmbeddedBroker, free_port
 from daemon.model import FAILED, INVALID_EVENT, Outcome, decode_outcome
+from daemon.validate import load_config
 
 LEADS, CALLS, RESULTS = "demo-leads", "demo-calls", "demo-results"
 DRAIN_S = 5

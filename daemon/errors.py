@@ -1,4 +1,4 @@
-"""One root error; subclasses are classified by attributes, not by catching strings."""
+"""One root error for everything the router raises on purpose; subclasses say what the admin API answers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from __future__ import annotations
 class RouterError(Exception):
     """Root of every error the router raises on purpose."""
 
-    retriable: bool = False
     http_status: int = 500  # what the admin API answers for it
 
 
@@ -24,3 +23,13 @@ class ConfigError(RouterError):
     def __init__(self, errors: list[str]) -> None:
         self.errors = errors
         super().__init__("; ".join(errors))
+
+
+class InvalidEvent(RouterError):
+    """Why a record cannot be routed; it becomes an ``invalid_event`` results record, never escapes the consumer."""
+
+    http_status = 400  # a redelivery or replay of such a record is refused as a bad request
+
+
+class TemplateError(RouterError):
+    """A profile's body mapping that does not compile: a programming error in a profile declaration."""

@@ -11,14 +11,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from daemon.metrics import Metrics
-from daemon.model import HealthState, decode_health, encode_health, utc_now_iso
+from daemon.model import (
+    ENDPOINT_PAUSED,
+    ENDPOINT_RESUMED,
+    HealthState,
+    Outcome,
+    decode_health,
+    encode_health,
+    encode_outcome,
+    utc_now_iso,
+)
 from daemon.results import ResultsWriter
 
 log = logging.getLogger(__name__)
@@ -33,17 +42,10 @@ REASON_CONFIG = "config"
 class Health:
     """In-memory health of every endpoint, persisted through the writer to ``topic``."""
 
-    def __init__(
-        self,
-        writer: ResultsWriter,
-        topic: str,
-        metrics: Metrics,
-        announce: Callable[[str, bool, str | None], None],
-    ) -> None:
+    def __init__(self, writer: ResultsWriter, topic: str, metrics: Metrics) -> None:
         self._writer = writer
         self._topic = topic
         self._metrics = metrics
-        self._announce = announce  # (endpoint id, paused, reason): writes a results record
         self.states: dict[str, HealthState] = {}
         self._failures: dict[str, int] = {}
 
@@ -92,10 +94,32 @@ class Health:
         return True
 
     def _set(self, state: HealthState) -> None:
+        """Keep a change, persist it on the health topic, and announce it on the results topic (owed to no event)."""
         self.states[state.endpoint_id] = state
         self._update_gauge()
-        self._writer.submit(state.endpoint_id.encode(), encode_health(state), lambda: None, topic=self._topic)
-        self._announce(state.endpoint_id, state.paused, state.reason)
+        key = state.endpoint_id.encode()
+        self._writer.submit(key, encode_health(state), None, topic=self._topic)
+        outcome = Outcome(
+            delivery_id=None,
+            endpoint_id=state.endpoint_id,
+            event_type=None,
+            attempt=0,
+            status=ENDPOINT_PAUSED if state.paused else ENDPOINT_RESUMED,
+            error=state.reason,
+            source_topic=None,
+            source_partition=None,
+            source_offset=None,
+            timestamp=utc_now_iso(),
+            trigger="health",
+        )
+        self._writer.submit(key, encode_outcome(outcome), None)
+
+    def follow_config(self, endpoint_id: str, paused: bool, was_paused: bool) -> None:
+        """``paused = true`` in the config pauses the endpoint; taking it out again resumes it."""
+        if paused:
+            self.pause(endpoint_id, REASON_CONFIG, "paused = true in the config")
+        elif was_paused:
+            self.resume(endpoint_id)
 
     def apply(self, state: HealthState) -> None:
         """A state read back from the topic (at start-up, or written by another instance)."""

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgspec
 import orjson
 
+from daemon.errors import InvalidEvent
+
 RESPONSE_BODY_LIMIT: Final = 4096
+
+# Called once Kafka has acknowledged a record (and so whatever waits on it may move on).
+Ack = Callable[[], None]
 
 # Outcome statuses written to the results topic.
 DELIVERED: Final = "delivered"
@@ -192,16 +199,13 @@ class Event:
         return self._decoded
 
 
-class InvalidEvent(Exception):
-    """Why an event cannot be routed; becomes an ``invalid_event`` record, never escapes the consumer."""
-
-
 class _Probe(msgspec.Struct):
     event: Any = None
     type: Any = None
 
 
 _probe_decoder = msgspec.json.Decoder(_Probe)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class TypeReader:
@@ -245,4 +249,6 @@ class TypeReader:
             raise InvalidEvent(f"no event type field ({self.describe})")
         if not isinstance(found, str) or not found:
             raise InvalidEvent(f"event type field ({self.describe}) must be a non-empty string")
+        if _CONTROL.search(found):  # it reaches header values (X-Agora-Event) and logs
+            raise InvalidEvent(f"event type field ({self.describe}) must not contain control characters")
         return found

@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
 
 from daemon.metrics import Metrics
+from daemon.model import Ack
 
 log = logging.getLogger(__name__)
 
-Ack = Callable[[], None]
-_Item = tuple[str, bytes | None, bytes, Ack]
+_Item = tuple[str, bytes | None, bytes, Ack | None]
 
 _BATCH = 2_000
 _RETRY_BACKOFF_S = 1.0
@@ -49,9 +48,9 @@ class ResultsWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="results-writer")
 
-    def submit(self, key: bytes | None, value: bytes, ack: Ack, topic: str | None = None) -> None:
+    def submit(self, key: bytes | None, value: bytes, ack: Ack | None, topic: str | None = None) -> None:
         """Queue one record (for the results topic unless ``topic`` says otherwise); ``ack`` runs once Kafka
-        has acknowledged it."""
+        has acknowledged it (None: nothing waits on it)."""
         self._outstanding += 1
         self._idle.clear()
         self._queue.append((topic or self._topic, key, value, ack))
@@ -158,7 +157,9 @@ class ResultsWriter:
         if self._outstanding == 0:
             self._idle.set()
         for item in items:
-            item[3]()
+            ack = item[3]
+            if ack is not None:
+                ack()
 
     def _failed(self, item: _Item, exc: BaseException) -> None:
         self._metrics.results_errors.inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 from collections.abc import Sequence
@@ -41,3 +42,15 @@ class StandardSigner:
             mac.update(body)
             entries.append("v1," + base64.b64encode(mac.digest()).decode())
         return " ".join(entries)
+
+
+def decode_whsec(secret: str) -> bytes:
+    """Key bytes of a Standard Webhooks secret (``whsec_`` + base64). Raises ValueError."""
+    body = secret.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("must be base64, optionally after 'whsec_'") from None
+    if not key:
+        raise ValueError("must not be empty")
+    return key

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
-from daemon.app import App
-from daemon.config import dump_toml, load_config
+from daemon.app import App, Components
 from daemon.embedded import EmbeddedBroker, free_port
+from daemon.validate import load_config
 from tests.helpers import DaemonProcess, Receiver, eventually, unique
 
 
@@ -64,7 +65,7 @@ class Setup:
 
     def write(self, doc: dict[str, Any], path: Path | None = None) -> Path:
         path = path or self.path
-        path.write_text(dump_toml(doc))
+        path.write_text(tomli_w.dumps(doc))
         return path
 
 
@@ -107,13 +108,19 @@ async def receiver(pool: list[Receiver], **kwargs: Any) -> Receiver:
     return r
 
 
+def parts(app: App) -> Components:
+    """The running daemon's components (started: ``running`` waits for them)."""
+    assert app.components is not None
+    return app.components
+
+
 @contextlib.asynccontextmanager
 async def running(path: Path) -> AsyncIterator[App]:
     """The daemon in this process (signals left alone), joined to its group before the body runs."""
     app = App(load_config(path), config_path=path)
     task = asyncio.create_task(app.serve(install_signals=False))
     try:
-        await eventually(lambda: task.done() or (hasattr(app, "source") and app.source.joined), 30)
+        await eventually(lambda: task.done() or app.ready(), 30)
         if task.done():
             task.result()
         yield app

@@ -9,7 +9,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import SECRET, Receiver, eventually, produce, read_topic
-from tests.integration.conftest import Setup, receiver, running
+from tests.integration.conftest import Setup, parts, receiver, running
 
 
 async def _get(port: int, path: str) -> tuple[int, str]:
@@ -22,8 +22,8 @@ async def test_metrics_healthz_readyz(setup: Setup, receivers: list[Receiver]) -
     ep = {"id": "m", "url": r.url, "secret": SECRET}
     path = setup.write(setup.config([ep], [{"endpoint": "m", "events": ["*"]}]))
     async with running(path) as app:
-        assert app.admin is not None
-        port = app.admin.port
+        assert app.components is not None
+        port = app.components.admin.port
         await produce(setup.broker.bootstrap, setup.topic, [b'{"event": "a.b"}', b"junk"])
         await read_topic(setup.broker.bootstrap, setup.results, lambda recs: len(recs) >= 2)
         status, body = await _get(port, "/healthz")
@@ -65,10 +65,10 @@ async def test_in_flight_cap_pauses_fetching(setup: Setup, receivers: list[Recei
         await r.wait_for(4)
         await eventually(lambda: app.metrics.partitions_paused.labels("events")._value.get() == 1, 10)
         await asyncio.sleep(1.0)
-        assert app.source.offsets.in_flight == 10  # exactly the cap: no more read while paused
+        assert parts(app).source.offsets.in_flight == 10  # exactly the cap: no more read while paused
         assert len(r.requests) == 4
         hold.set()
         records = await read_topic(setup.broker.bootstrap, setup.results, lambda recs: len(recs) >= 100)
-        await eventually(lambda: app.source.offsets.in_flight == 0, 10)
+        await eventually(lambda: parts(app).source.offsets.in_flight == 0, 10)
         assert app.metrics.partitions_paused.labels("events")._value.get() == 0
     assert sorted(rec["source_offset"] for rec in records) == list(range(100))

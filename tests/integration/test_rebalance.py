@@ -10,7 +10,7 @@ import pytest
 
 from daemon.embedded import free_port
 from tests.helpers import SECRET, Receiver, eventually, read_topic
-from tests.integration.conftest import Setup, receiver, running
+from tests.integration.conftest import Setup, parts, receiver, running
 from tests.integration.test_signals import produce_keyed
 
 
@@ -31,12 +31,12 @@ async def test_pause_survives_a_rebalance_and_nothing_is_lost(setup: Setup, rece
         await r.wait_for(5)
         await eventually(lambda: first.metrics.partitions_paused.labels("events")._value.get() == 1, 10)
         async with running(second_path) as second:
-            await eventually(lambda: first.source.joined and second.source.joined, 30)
-            consumer = first.source._consumer
+            await eventually(lambda: parts(first).source.joined and parts(second).source.joined, 30)
+            consumer = parts(first).source._consumer
             assert consumer.assignment(), "the first member kept no partition"
             assert consumer.paused() == consumer.assignment()  # the pause was re-applied after the rebalance
             await asyncio.sleep(1.0)
-            assert first.source.offsets.in_flight == 5
+            assert parts(first).source.offsets.in_flight == 5
             hold.set()
 
             def all_delivered(records: list[dict[str, Any]]) -> bool:

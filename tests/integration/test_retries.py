@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from tests.helpers import SECRET, DaemonProcess, Receiver, eventually, produce, read_topic
-from tests.integration.conftest import Setup, receiver, running, spawn
+from tests.integration.conftest import Setup, parts, receiver, running, spawn
 
 LATE = 1.0  # max(1 s, 5 % of the delay): every delay here is under 20 s
 # The request's own time, the clocks of two processes and a busy 2-core machine (the broker, the daemon and the
@@ -220,7 +220,7 @@ async def test_a_dead_endpoint_does_not_hold_up_a_healthy_one(setup: Setup, rece
         assert app.metrics.deliveries_deferred._value.get() >= total - 12
         # At most 2 under way + 10 queued hold source offsets; the rest of the dead endpoint's deliveries wait
         # on the retry tiers.
-        await eventually(lambda: app.source.offsets.in_flight <= 12, 10)
+        await eventually(lambda: parts(app).source.offsets.in_flight <= 12, 10)
     assert sorted(json.loads(req.body)["n"] for req in healthy.requests) == list(range(total))
 
 

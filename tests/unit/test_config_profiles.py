@@ -1,5 +1,5 @@
 """Profile config: every registration constraint a seed states is a config error with its path; organisations and
-campaigns resolve into the routing table exactly as the daemon builds it (``daemon.app.Routing``)."""
+campaigns resolve into the routing table exactly as the daemon builds it (``daemon.routing.Routing``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 
-from daemon.app import Routing
 from daemon.cli import main
-from daemon.config import Config, EndpointConfig, parse_config, resolve
+from daemon.config import Config, EndpointConfig
+from daemon.deliver import Endpoint
 from daemon.errors import ConfigError
+from daemon.resolve import resolve
+from daemon.routing import Routing
+from daemon.validate import parse_config
 from tests.unit.test_config import kafka
 
 SECRET = "whsec_" + base64.b64encode(b"unit-test-secret-0123456789").decode()
@@ -87,7 +90,10 @@ def test_profile_defaults_to_standard_webhooks() -> None:
 
 def test_unknown_profile() -> None:
     raw = doc([ep("agora") | {"profile": "zapier"}], [{"endpoint": "ep", "events": ["x"]}])
-    assert errors_of(raw) == ["endpoints[0].profile: invalid enum value 'zapier'"]
+    assert errors_of(raw) == [
+        "endpoints[0].profile: unknown profile 'zapier' "
+        "(one of: standard-webhooks, raw, agora, leadterra, convocore, campaign, crm)"
+    ]
 
 
 # --- https only (leadterra) ---
@@ -253,9 +259,9 @@ def test_timeout_above_the_contract(profile: str, timeout: float, line: str) -> 
     ],
 )
 def test_timeout_up_to_the_contract(profile: str, timeout: float) -> None:
-    endpoint = ok(one(profile, timeout_s=timeout)).endpoints[0]
-    assert endpoint.timeout_s == timeout
-    assert endpoint.effective_timeout_s == timeout
+    config = ok(one(profile, timeout_s=timeout))
+    assert config.endpoints[0].timeout_s == timeout
+    assert Endpoint(config.endpoints[0], config.delivery, {}).timeout_s == timeout
 
 
 @pytest.mark.parametrize(
@@ -271,9 +277,9 @@ def test_timeout_up_to_the_contract(profile: str, timeout: float) -> None:
     ],
 )
 def test_default_timeout_is_the_profiles(profile: str, timeout: float) -> None:
-    endpoint = ok(one(profile)).endpoints[0]
-    assert endpoint.timeout_s is None
-    assert endpoint.effective_timeout_s == timeout
+    config = ok(one(profile))
+    assert config.endpoints[0].timeout_s is None
+    assert Endpoint(config.endpoints[0], config.delivery, {}).timeout_s == timeout
 
 
 # --- secrets ---
@@ -482,7 +488,6 @@ def test_organisation_and_campaign_headers_are_checked() -> None:
         "organizations[0].headers.Content-Type: set by the router, cannot be overridden",
         "organizations[0].headers.Bad Name: not a valid header name",
         "organizations[0].headers.X-Nl: value must not contain control characters",
-        "organizations[0].campaigns[0].headers.webhook-signature: set by the router, cannot be overridden",
         "organizations[0].campaigns[0].headers.Host: set by the router, cannot be overridden",
     ]
 
@@ -566,7 +571,7 @@ def test_organisation_unknown_fields() -> None:
 def routing(raw: dict[str, Any]) -> Routing:
     """The routing table exactly as the daemon builds it from this config."""
     config = ok(raw)
-    return Routing(config, resolve(config), {})
+    return Routing(config, {})
 
 
 def selected(table: Routing, event_type: str, campaign: Any = None, topic: str = "leads", **fields: Any):
@@ -604,7 +609,7 @@ def test_resolve_expands_organisation_and_campaign_endpoints() -> None:
     endpoints = endpoints_by_id(raw)
     assert list(endpoints) == ["42", "acme", "acme:ABC", "acme:DEF", "acme:GHI"]
     summary = {
-        id: (e.url, e.profile, e.headers, e.effective_timeout_s, e.max_concurrency, e.allow_http, e.secret, e.secrets)
+        id: (e.url, e.profile, e.headers, e.timeout_s, e.max_concurrency, e.allow_http, e.secret, e.secrets)
         for id, e in endpoints.items()
         if id != "42"
     }

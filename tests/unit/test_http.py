@@ -16,7 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from daemon.config import DeliveryConfig, EndpointConfig
-from daemon.deliver import Endpoint, Job, Lane, Sender
+from daemon.deliver import Endpoint, Job, Lane, LaneStats, Sender
 from daemon.http import Client, Route
 from daemon.metrics import Metrics
 from daemon.model import DELIVERED, FAILED, Event, Outcome
@@ -323,6 +323,19 @@ async def test_an_answer_before_the_whole_request_was_sent_closes_the_connection
 # --- a lane's pace, for deferrals ---
 
 
+class _Outcomes:
+    """An in-memory stand-in for the settlement: keeps every outcome, holds nothing back."""
+
+    def __init__(self, outcomes: list[Outcome]) -> None:
+        self.outcomes = outcomes
+
+    def settle(self, endpoint: Endpoint, job: Job, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+    def held_back(self, endpoint: Endpoint, job: Job) -> bool:
+        return False
+
+
 async def test_a_lane_estimates_how_long_its_backlog_takes_from_its_attempts() -> None:
     """Against a receiver that never answers: before any attempt ends the pace is the first attempt's age;
     after, the moving average of the attempts' durations (here: the timeout)."""
@@ -338,7 +351,7 @@ async def test_a_lane_estimates_how_long_its_backlog_takes_from_its_attempts() -
     endpoint = _endpoint(url, timeout_s=0.3, max_concurrency=2)
     sender = Sender(Metrics())
     done: list[Outcome] = []
-    lane = Lane(endpoint, sender, Metrics(), lambda ep, job, outcome: done.append(outcome))
+    lane = Lane(endpoint, sender, _Outcomes(done), LaneStats())
     try:
         assert lane.drain_s() == 0.0  # nothing known, nothing to do
         for _ in range(6):

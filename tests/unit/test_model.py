@@ -15,10 +15,10 @@ import pytest
 from daemon import model
 from daemon.config import DeliveryConfig, EndpointConfig
 from daemon.deliver import Endpoint, delivery_id
+from daemon.errors import InvalidEvent
 from daemon.metrics import status_class
 from daemon.model import (
     RESPONSE_BODY_LIMIT,
-    InvalidEvent,
     Outcome,
     TypeReader,
     decode_outcome,
@@ -351,7 +351,7 @@ def test_endpoint_is_built_from_its_config() -> None:
     ep = make(DeliveryConfig(user_agent="acme/1"), headers={"X-Tenant": "acme"}, timeout_s=3.5, max_concurrency=4)
     assert ep.id == "crm"
     assert str(ep.url) == "https://crm.example.com/hook"
-    assert ep.keys == (base64.b64decode(SECRET.removeprefix("whsec_")),)
+    assert ep.secret == SECRET
     assert ep.timeout_s == 3.5
     assert ep.max_concurrency == 4
     assert ep.base_headers == {"Content-Type": "application/json", "User-Agent": "acme/1", "X-Tenant": "acme"}
@@ -364,7 +364,7 @@ def test_endpoint_header_may_override_user_agent() -> None:
 
 def test_endpoint_secret_from_environ() -> None:
     ep = make(environ={"CRM_SECRET": ROTATED}, secret=None, secret_env="CRM_SECRET")
-    assert ep.keys == (base64.b64decode(ROTATED.removeprefix("whsec_")),)
+    assert ep.secret == ROTATED
 
 
 def test_same_as_identical() -> None:
@@ -410,5 +410,5 @@ def test_same_secret_inline_or_from_env_is_not_the_same_endpoint() -> None:
     # The config differs (secret vs secret_env), so the lane is rebuilt even though the key is the same.
     inline = make()
     from_env = make(environ={"CRM_SECRET": SECRET}, secret=None, secret_env="CRM_SECRET")
-    assert inline.keys == from_env.keys
+    assert inline.secret == from_env.secret
     assert inline.same_as(from_env) is False

@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from daemon.actions import test_event as profile_test_event
 from daemon.config import DeliveryConfig, EndpointConfig, SubscriptionConfig, WhereConfig
 from daemon.deliver import Endpoint, Job
+from daemon.errors import RouterError, TemplateError
 from daemon.match import RoutingTable
 from daemon.model import Event
-from daemon.profiles import PROFILES, Skip, Template, TemplateError, iso_seconds, pattern_matches, skip_for
+from daemon.operate import sample_event as profile_test_event
+from daemon.profiles import PROFILES, Skip, Template, iso_seconds, pattern_matches, skip_for
 from tests.seeds import (
     AGORA_BULK,
     AGORA_LEAD_CREATED,
@@ -74,7 +75,7 @@ def endpoint_of(
 
 def all_headers(endpoint: Endpoint, job: Job, body: bytes, ts: int) -> dict[str, str]:
     """Every header of the request beyond Host and Content-Length, as the receiver sees them."""
-    return {**endpoint.base_headers, **endpoint.signed(job, body, ts)}
+    return {**endpoint.base_headers, **endpoint.request_headers(job, body, ts)[1]}
 
 
 def job_of(event: Event, attempt: int = 1, delivery_id: str = "msg_0123456789abcdef") -> Job:
@@ -241,7 +242,7 @@ def test_bad_specs_are_template_errors(spec: dict[str, Any], message: str) -> No
     with pytest.raises(TemplateError) as info:
         Template(spec)
     assert str(info.value) == message
-    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, RouterError)
 
 
 # --- the profiles ---
@@ -250,17 +251,24 @@ def test_bad_specs_are_template_errors(spec: dict[str, Any], message: str) -> No
 def test_the_profiles_and_their_contract_values() -> None:
     assert sorted(PROFILES) == ["agora", "campaign", "convocore", "crm", "leadterra", "raw", "standard-webhooks"]
     table = {
-        name: (p.signing, p.key_source, p.standard_headers, p.https_only, p.needs_events, p.injects_secret)
+        name: (
+            type(p.signing).__name__,
+            p.key_source,
+            p.standard_headers,
+            p.https_only,
+            p.needs_events,
+            p.injects_secret,
+        )
         for name, p in PROFILES.items()
     }
     assert table == {
-        "standard-webhooks": ("standard-webhooks", "whsec", True, False, False, False),
-        "raw": ("standard-webhooks", "whsec", False, False, False, False),
-        "agora": ("agora", "text", True, False, False, False),
-        "leadterra": ("none", "optional", True, True, True, False),
-        "convocore": ("none", "text", True, False, False, True),
-        "campaign": ("none", "optional", True, False, False, False),
-        "crm": ("none", "text", True, False, False, True),
+        "standard-webhooks": ("StandardWebhooksSigning", "whsec", True, False, False, False),
+        "raw": ("StandardWebhooksSigning", "whsec", False, False, False, False),
+        "agora": ("AgoraSigning", "text", True, False, False, False),
+        "leadterra": ("Unsigned", "optional", True, True, True, False),
+        "convocore": ("Unsigned", "text", True, False, False, True),
+        "campaign": ("Unsigned", "optional", True, False, False, False),
+        "crm": ("Unsigned", "text", True, False, False, True),
     }
     assert PROFILES["standard-webhooks"].template is None
     assert PROFILES["raw"].template is None
@@ -311,12 +319,11 @@ def test_catalogues_are_the_seeds_event_lists() -> None:
 def test_default_timeout_is_the_profiles(profile: str, timeout: float) -> None:
     endpoint = endpoint_of(profile)
     assert endpoint.config.timeout_s is None
-    assert endpoint.config.effective_timeout_s == timeout
     assert endpoint.timeout_s == timeout
 
 
 def test_an_explicit_timeout_wins() -> None:
-    assert endpoint_of("convocore", timeout_s=5).config.effective_timeout_s == 5.0
+    assert endpoint_of("convocore", timeout_s=5).timeout_s == 5.0
     assert endpoint_of("standard-webhooks", timeout_s=120).timeout_s == 120.0
 
 

@@ -11,8 +11,7 @@ import time
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from daemon.config import decode_whsec
-from daemon.sign import hmac_sha256_hex, standard_webhooks_signature
+from daemon.sign import decode_whsec, hmac_sha256_hex, standard_webhooks_signature
 
 SECRET = "whsec_" + base64.b64encode(b"first-secret-0123456789abcdef").decode()
 ROTATED = "whsec_" + base64.b64encode(b"second-secret-9876543210fedcba").decode()

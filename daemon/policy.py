@@ -11,8 +11,9 @@ import email.utils
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final, Literal
+
+import msgspec
 
 # What an outcome means for what happens next.
 Verdict = Literal["delivered", "retry", "final", "gone"]
@@ -54,8 +55,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 PolicyName = Literal["none", "once", "schedule", "exponential"]
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(msgspec.Struct, frozen=True):
     """When to try again. ``attempt`` counts from 1 (the first try); delays are in seconds."""
 
     name: PolicyName
@@ -123,3 +123,21 @@ def defer_wait(deferrals: int, drain_s: float, tiers_s: Sequence[float], longest
 def lateness_allowed(delay_s: float) -> float:
     """How late a retry may be sent while the daemon is up: max(1 s, 5 % of its delay)."""
     return max(1.0, 0.05 * delay_s)
+
+
+# What to do with a record read back from a delay tier.
+Step = Literal["hold", "hop", "wait", "due"]
+
+
+def back_from_tier(tier_due_ms: int, due_ms: int, now_ms: int, tiers_s: Sequence[float]) -> tuple[Step, float]:
+    """A tier record's next step: ``hold`` its partition until its tier lets it out (the value: that time,
+    unix ms); ``hop`` to the shorter tier that fits the time it still has to wait; ``wait`` here the
+    seconds left when no tier is short enough; ``due``: it is time to send it."""
+    if tier_due_ms > now_ms:
+        return "hold", tier_due_ms
+    left_ms = due_ms - now_ms
+    if left_ms <= 0:
+        return "due", 0.0
+    if tier_for(left_ms / 1000, tiers_s) is not None:
+        return "hop", 0.0
+    return "wait", left_ms / 1000

@@ -1,4 +1,4 @@
-"""daemon.retry: status classes, Retry-After, policies, tiers and deferral waits (pure)."""
+"""daemon.policy: status classes, Retry-After, policies, tiers and deferral waits (pure)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from daemon.retry import (
+from daemon.policy import (
     Policy,
     classify,
     defer_wait,

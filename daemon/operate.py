@@ -1,0 +1,234 @@
+"""Operator actions: list, pause, resume, ping, redeliver, replay. Requests are typed structs, decoded at the
+admin boundary (``daemon.admin``) with their bounds, so that a wrong type or an out-of-range number is a
+400 naming the field.
+
+Every attempt an operator asks for is made once, never retried, and recorded on the results topic with
+its ``trigger`` (``ping``, ``redelivery``, ``replay``). ``ping`` (the CLI command) also works without a
+running daemon.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+import orjson
+from aiokafka import AIOKafkaProducer
+from msgspec import Meta
+
+from daemon.config import Config, EndpointId, Name
+from daemon.consume import kafka_client_options
+from daemon.deliver import Endpoint, Job, Sender, delivery_id
+from daemon.errors import BadRequest, InvalidEvent, NotFound
+from daemon.health import REASON_OPERATOR, Health
+from daemon.metrics import Metrics
+from daemon.model import PING, REDELIVERY, REPLAY, Event, Outcome, encode_outcome
+from daemon.readback import read_one, read_range
+from daemon.resolve import resolve
+from daemon.settle import Settlement
+
+Partition = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+Offset = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+UnixMs = Annotated[int, Meta(ge=0, le=253_402_300_799_999)]  # up to the year 9999
+
+
+class Redelivery(msgspec.Struct, kw_only=True):
+    """Where a past delivery's event is, as its results record says (the record itself may be posted whole)."""
+
+    endpoint_id: EndpointId
+    source_topic: Name
+    source_partition: Partition
+    source_offset: Offset
+
+
+class Replay(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A time range (record timestamps; RFC 3339, or unix ms) or an offset range (inclusive) of one partition."""
+
+    from_time: datetime | UnixMs | None = None
+    to_time: datetime | UnixMs | None = None
+    topic: Name | None = None
+    partition: Partition | None = None
+    from_offset: Offset | None = None
+    to_offset: Offset | None = None
+
+
+class EndpointInfo(msgspec.Struct, kw_only=True):
+    id: str
+    profile: str
+    paused: bool
+    reason: str | None
+    since: str | None
+    consecutive_failures: int
+    in_flight: int
+    queued: int
+    max_concurrency: int
+
+
+class ReplayCounts(msgspec.Struct, kw_only=True):
+    scanned: int
+    matched: int
+
+
+class Operator:
+    """What the admin API does, on the running daemon's settlement and health."""
+
+    def __init__(self, settlement: Settlement, health: Health, client_options: Mapping[str, Any]) -> None:
+        self._settlement = settlement
+        self._health = health
+        self._client_options = client_options  # for reading events back (no consumer group)
+
+    def _endpoint(self, endpoint_id: str) -> Endpoint:
+        endpoint = self._settlement.routing.endpoints.get(endpoint_id)
+        if endpoint is None:
+            raise NotFound(f"no endpoint {endpoint_id!r}")
+        return endpoint
+
+    def endpoints(self) -> list[EndpointInfo]:
+        out = []
+        health = self._health
+        for endpoint_id, endpoint in self._settlement.routing.endpoints.items():
+            state = health.states.get(endpoint_id)
+            paused = state is not None and state.paused
+            busy, queued = self._settlement.load(endpoint_id)
+            out.append(
+                EndpointInfo(
+                    id=endpoint_id,
+                    profile=endpoint.profile.name,
+                    paused=paused,
+                    reason=state.reason if paused and state is not None else None,
+                    since=state.since if state is not None else None,
+                    consecutive_failures=health.failures(endpoint_id),
+                    in_flight=busy,
+                    queued=queued,
+                    max_concurrency=endpoint.max_concurrency,
+                )
+            )
+        return out
+
+    def pause(self, endpoint_id: str) -> bool:
+        """Pause an endpoint; False if it was paused already."""
+        self._endpoint(endpoint_id)
+        return self._health.pause(endpoint_id, REASON_OPERATOR, "paused by an operator")
+
+    def resume(self, endpoint_id: str) -> bool:
+        """Resume an endpoint; False if it was not paused."""
+        self._endpoint(endpoint_id)
+        return self._health.resume(endpoint_id)
+
+    async def ping(self, endpoint_id: str) -> Outcome:
+        endpoint = self._endpoint(endpoint_id)
+        return await self._settlement.attempt_once(endpoint, ping_job(endpoint))
+
+    async def redeliver(self, delivery: str, where: Redelivery) -> Outcome:
+        """One attempt of a past delivery, its event read back from Kafka by its recorded position."""
+        topic, partition, offset = where.source_topic, where.source_partition, where.source_offset
+        if delivery_id(topic, partition, offset, where.endpoint_id) != delivery:
+            raise NotFound(f"{delivery} is not the delivery of {topic}[{partition}]@{offset} to {where.endpoint_id}")
+        endpoint = self._endpoint(where.endpoint_id)
+        record = await read_one(self._client_options, topic, partition, offset)
+        job = Job(
+            event=self._event_of(record),
+            delivery_id=delivery,
+            ack=None,
+            trigger=REDELIVERY,
+            endpoint_id=endpoint.id,
+            redelivery_of_id=delivery,
+        )
+        return await self._settlement.attempt_once(endpoint, job)
+
+    async def replay(self, endpoint_id: str, spec: Replay) -> ReplayCounts:
+        """Deliver again, once each, every event of a time or offset range that the endpoint is subscribed to."""
+        endpoint = self._endpoint(endpoint_id)
+        if spec.from_time is None and spec.from_offset is None:
+            raise BadRequest("give from_time (RFC 3339) or from_offset (with topic and partition)")
+        if spec.from_offset is not None and (spec.partition is None or spec.topic is None):
+            raise BadRequest("an offset range needs topic and partition")
+        routing = self._settlement.routing
+        topics = [spec.topic] if spec.topic else list(routing.config.kafka.topics)
+        scanned = matched = 0
+        since_ms, until_ms = _ms(spec.from_time), _ms(spec.to_time)
+        records = read_range(
+            self._client_options,
+            topics,
+            since_ms=since_ms,
+            until_ms=until_ms,
+            partition=spec.partition,
+            from_offset=spec.from_offset,
+            to_offset=spec.to_offset,
+        )
+        async for record in records:
+            scanned += 1
+            try:
+                event = self._event_of(record)
+            except InvalidEvent:
+                continue
+            routing = self._settlement.routing
+            if endpoint_id not in routing.table.match(record.topic, event.event_type).select(event.decoded):
+                continue
+            matched += 1
+            job = Job(
+                event=event,
+                delivery_id=delivery_id(record.topic, record.partition, record.offset, endpoint_id),
+                ack=None,
+                trigger=REPLAY,
+                endpoint_id=endpoint_id,
+            )
+            await self._settlement.queue_wait(endpoint, job)  # never pushes live traffic into the tiers
+        return ReplayCounts(scanned=scanned, matched=matched)
+
+    def _event_of(self, record: Any) -> Event:
+        """The event of a record read back; raises InvalidEvent (a 400) when it is not one."""
+        event_type = self._settlement.routing.reader(record.topic).read(record.value)
+        return Event.from_record(record, event_type)
+
+
+def _ms(value: datetime | int | None) -> int | None:
+    if value is None or isinstance(value, int):
+        return value
+    return int(value.timestamp() * 1000)
+
+
+def endpoint_of(config: Config, endpoint_id: str, environ: Mapping[str, str]) -> Endpoint:
+    endpoints = resolve(config).endpoints
+    for ep in endpoints:
+        if ep.id == endpoint_id:
+            return Endpoint(ep, config.delivery, environ)
+    known = ", ".join(e.id for e in endpoints) or "none"
+    raise NotFound(f"no endpoint {endpoint_id!r} (known: {known})")
+
+
+def sample_event(endpoint: Endpoint) -> Event:
+    """The profile's test event (``ping``, ``webhook_test``, ...), as if it had arrived on Kafka now."""
+    sample = dict(endpoint.profile.test_event)
+    event_type = str(sample.get("event") or sample.get("type"))
+    return Event(orjson.dumps(sample), event_type, None, None, None, int(time.time() * 1000))
+
+
+def ping_job(endpoint: Endpoint) -> Job:
+    """One test delivery: the profile's test event under a fresh delivery id, never retried."""
+    return Job(event=sample_event(endpoint), delivery_id="msg_" + uuid.uuid4().hex, ack=None, trigger=PING)
+
+
+async def ping(config: Config, endpoint_id: str, environ: Mapping[str, str]) -> Outcome:
+    """Without a running daemon: send the profile's test event once and record the outcome on the results topic."""
+    endpoint = endpoint_of(config, endpoint_id, environ)
+    sender = Sender(Metrics())
+    try:
+        outcome = await sender.attempt(endpoint, ping_job(endpoint))
+    finally:
+        await sender.close()
+    producer = AIOKafkaProducer(
+        acks="all" if config.kafka.results_acks == "all" else 1,
+        enable_idempotence=config.kafka.enable_idempotence,
+        **kafka_client_options(config.kafka, environ),
+    )
+    await producer.start()
+    try:
+        await producer.send_and_wait(config.kafka.results_topic, encode_outcome(outcome), key=endpoint.id.encode())
+    finally:
+        await producer.stop()
+    return outcome

@@ -1,0 +1,439 @@
+"""Settlement: the one owner of "an outcome is settled", and the dispatch that feeds it.
+
+An event read from Kafka may be committed once everything it is owed is settled, and this module is
+the only code that knows what that is:
+
+- a record that cannot be routed is owed one thing: its ``invalid_event`` record;
+- an event is owed one settlement per endpoint it matched (none: it is done at once);
+- a delivery settles once every record its outcome leads to is acknowledged by Kafka: the results
+  record alone (delivered, a skip, a final outcome of an attempt that is never retried); the results
+  record and the retry record (a retry scheduled); the results record and the dead letter (the last
+  attempt failed, or the endpoint is paused); the retry record alone (deferred while its endpoint's
+  queue is full, or held while it is paused);
+- a record read back from a retry tier is owed the settlement of the delivery it carries.
+
+Operator actions (pings, redeliveries, replays) settle in the same way but are owed to no event.
+Health changes are written by ``Health`` itself and owed to nothing.
+
+Deliveries wait in Kafka, never in memory: a retry is written to the delay tier that fits its delay;
+``take`` reads it back (holding the tier partition until its head is due, moving it to a shorter tier,
+or waiting the last seconds here) and hands it to its endpoint's lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from functools import partial
+from typing import Any
+
+import msgspec
+
+from daemon.config import RetryConfig
+from daemon.deliver import Endpoint, Job, Lane, LaneStats, Sender, delivery_id, outcome_for
+from daemon.errors import InvalidEvent
+from daemon.health import Health
+from daemon.metrics import Metrics
+from daemon.model import (
+    DEAD_LETTERED,
+    INVALID_EVENT,
+    LIVE,
+    SKIPPED_PAUSED,
+    Ack,
+    Attempt,
+    DeadLetter,
+    Event,
+    Outcome,
+    RetryRecord,
+    decode_retry,
+    encode_dead_letter,
+    encode_outcome,
+    encode_retry,
+    utc_now_iso,
+)
+from daemon.offsets import PartitionOffsets
+from daemon.policy import back_from_tier, classify, defer_wait, tier_for, with_retry_after
+from daemon.profiles import skip_for
+from daemon.results import ResultsWriter
+from daemon.routing import Routing
+
+log = logging.getLogger(__name__)
+
+# How long a delivery to a paused endpoint that holds its events waits before it looks again.
+_HOLD_RECHECK_S = 60.0
+_FINAL_REASONS = {"retry": "no attempts left", "gone": "410 Gone"}
+
+
+def iso_ms(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+class _AfterAll:
+    """Calls ``ack`` once it has itself been called ``count`` times (one per record written).
+
+    ``__slots__``: one per retried or dead-lettered delivery.
+    """
+
+    __slots__ = ("_ack", "_left")
+
+    def __init__(self, ack: Ack, count: int) -> None:
+        self._ack = ack
+        self._left = count
+
+    def __call__(self) -> None:
+        self._left -= 1
+        if self._left == 0:
+            self._ack()
+
+
+def _after_both(ack: Ack | None) -> Ack | None:
+    """The ack of a settlement that writes two records."""
+    return None if ack is None else _AfterAll(ack, 2)
+
+
+class Settlement:
+    """Dispatches events to endpoint lanes and settles every outcome; owns the lanes and the retry timers."""
+
+    def __init__(
+        self,
+        writer: ResultsWriter,
+        retry: RetryConfig,
+        metrics: Metrics,
+        health: Health,
+        sender: Sender,
+        routing: Routing,
+    ) -> None:
+        self._writer = writer
+        self._retry = retry
+        self._tiers = list(retry.tiers_s)
+        self._recheck_s = tier_for(_HOLD_RECHECK_S, self._tiers) or self._tiers[0]  # the longest a deferral waits
+        self._metrics = metrics
+        self._health = health
+        self._sender = sender
+        self._routing = routing
+        self._lanes: dict[str, Lane] = {}  # only endpoints that have had work
+        self._retired: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self.stats = LaneStats()  # totals over all lanes (the queued and in-flight gauges)
+
+    @property
+    def routing(self) -> Routing:
+        return self._routing
+
+    @property
+    def tier_topics(self) -> list[str]:
+        return [self._retry.tier_topic(t) for t in self._tiers]
+
+    def use(self, routing: Routing) -> None:
+        """Route by ``routing`` from now on. A lane whose endpoint changed or left finishes what it has queued
+        under its old settings; the next delivery to a changed endpoint starts a new lane."""
+        self._routing = routing
+        for endpoint_id, lane in list(self._lanes.items()):
+            if routing.endpoints.get(endpoint_id) is not lane.endpoint:
+                del self._lanes[endpoint_id]
+                task = asyncio.create_task(lane.close(), name=f"retire-{endpoint_id}")
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+
+    # --- live events ---
+
+    def dispatch(self, record: Any, part: PartitionOffsets) -> None:
+        """Route one consumed record: to each matched endpoint's lane, or to an invalid_event record.
+
+        Nothing a record contains may stop the stream: whatever reading, matching or checking it raises
+        makes it an ``invalid_event``, before any of its deliveries is handed out.
+        """
+        routing = self._routing
+        topic, offset = record.topic, record.offset
+        try:
+            event_type = routing.reader(topic).read(record.value)
+            match = routing.table.match(topic, event_type)
+            if not match.endpoints and not match.conditional:
+                part.add(offset, 0)
+                self._metrics.events_unmatched.labels(topic).inc()
+                return
+            event = Event.from_record(record, event_type)
+            targets = match.select(event.decoded)
+            endpoints = [routing.endpoints[endpoint_id] for endpoint_id in targets]
+            skips = [skip_for(e.profile, event.decoded(), event_type) if e.profile.skips else None for e in endpoints]
+        except InvalidEvent as exc:
+            self._invalid(record, part, str(exc))
+            return
+        except Exception as exc:  # a record nobody foresaw: recorded, never a stop of the stream
+            log.exception("event %s[%d]@%d could not be routed", topic, record.partition, offset)
+            self._invalid(record, part, f"could not be routed ({type(exc).__name__})")
+            return
+        part.add(offset, len(endpoints))  # one settlement owed per endpoint
+        if not endpoints:
+            self._metrics.events_unmatched.labels(topic).inc()
+            return
+        partition = record.partition
+        ack = partial(part.done, offset)
+        for endpoint, rule in zip(endpoints, skips, strict=True):
+            job = Job(
+                event=event,
+                delivery_id=delivery_id(topic, partition, offset, endpoint.id),
+                ack=ack,
+                endpoint_id=endpoint.id,
+            )
+            if rule is not None:
+                outcome = outcome_for(endpoint.id, job, rule.status, error=rule.reason, profile=endpoint.profile.name)
+                self._record(outcome, ack)
+            else:
+                self._hand_over(endpoint, job)
+
+    def _invalid(self, record: Any, part: PartitionOffsets, reason: str) -> None:
+        topic, offset = record.topic, record.offset
+        self._metrics.events_invalid.labels(topic).inc()
+        part.add(offset, 1)  # owed its invalid_event record
+        outcome = Outcome(
+            delivery_id=None,
+            endpoint_id=None,
+            event_type=None,
+            attempt=0,
+            status=INVALID_EVENT,
+            error=reason,
+            source_topic=topic,
+            source_partition=record.partition,
+            source_offset=offset,
+            timestamp=utc_now_iso(),
+        )
+        self._writer.submit(None, encode_outcome(outcome), partial(part.done, offset))
+
+    # --- after an attempt (the lanes call these) ---
+
+    def settle(self, endpoint: Endpoint, job: Job, outcome: Outcome) -> None:
+        """Record one attempt, and retry, dead-letter or finish the delivery."""
+        verdict = classify(outcome.http_status, endpoint.retry_4xx)
+        live = job.trigger == LIVE
+        if live:
+            self._health.observe(endpoint.id, verdict == "delivered", verdict == "gone", endpoint.pause_threshold)
+        if verdict == "delivered" or not live:
+            self._record(outcome, job.ack)
+            return
+        history = [*job.history, _attempt(outcome)]
+        delay = endpoint.policy.next_delay(job.attempt) if verdict == "retry" else None
+        ack = _after_both(job.ack)
+        if delay is not None:
+            delay = with_retry_after(delay, outcome.retry_after_s, self._retry.retry_after_max_s)
+            due_ms = int(time.time() * 1000 + delay * 1000)
+            outcome.next_attempt_at = iso_ms(due_ms)
+            self._record(outcome, ack)
+            self._metrics.retries_scheduled.inc()
+            self._schedule(job, endpoint.id, job.attempt + 1, due_ms, int(delay * 1000), history, ack)
+            return
+        outcome.status = DEAD_LETTERED
+        self._record(outcome, ack)
+        reason = _FINAL_REASONS.get(verdict) or f"HTTP {outcome.http_status}: final"
+        self._dead_letter(job, endpoint.id, reason, history, ack)
+
+    def held_back(self, endpoint: Endpoint, job: Job) -> bool:
+        """Settle a job whose endpoint is paused (skipped, or deferred when it holds); False if it is not paused.
+
+        Called when a job is handed over and again when a worker takes it, so a pause stops what was queued.
+        """
+        if not self._health.is_paused(endpoint.id):
+            return False
+        if endpoint.config.while_paused == "hold":
+            self._defer(job, endpoint.id, self._recheck_s)
+            return True
+        state = self._health.states[endpoint.id]
+        self._metrics.deliveries_skipped.labels(SKIPPED_PAUSED).inc()
+        error = f"endpoint paused ({state.reason})"
+        outcome = outcome_for(endpoint.id, job, SKIPPED_PAUSED, error=error, profile=endpoint.profile.name)
+        if job.trigger == LIVE:
+            ack = _after_both(job.ack)
+            self._record(outcome, ack)
+            self._dead_letter(job, endpoint.id, "endpoint paused", job.history, ack)
+        else:
+            self._record(outcome, job.ack)
+        return True
+
+    # --- operator actions (owed to no event) ---
+
+    async def attempt_once(self, endpoint: Endpoint, job: Job) -> Outcome:
+        """One attempt outside the lanes (a ping or a redelivery), recorded; never retried."""
+        outcome = await self._sender.attempt(endpoint, job)
+        self._record(outcome, None)
+        return outcome
+
+    async def queue_wait(self, endpoint: Endpoint, job: Job) -> None:
+        """Queue a job behind the endpoint's live traffic, waiting for room (a replay never defers)."""
+        await self._lane(endpoint).put_wait(job)
+
+    def load(self, endpoint_id: str) -> tuple[int, int]:
+        """(under way, queued) deliveries of an endpoint."""
+        lane = self._lanes.get(endpoint_id)
+        return (lane.busy, lane.queued) if lane is not None else (0, 0)
+
+    # --- records ---
+
+    def _record(self, outcome: Outcome, ack: Ack | None) -> None:
+        key = outcome.endpoint_id.encode() if outcome.endpoint_id else None
+        self._writer.submit(key, encode_outcome(outcome), ack)
+
+    def _dead_letter(self, job: Job, endpoint_id: str, reason: str, history: list[Attempt], ack: Ack | None) -> None:
+        event = job.event
+        letter = DeadLetter(
+            delivery_id=job.delivery_id,
+            endpoint_id=endpoint_id,
+            event_type=event.event_type,
+            reason=reason,
+            source_topic=event.topic,
+            source_partition=event.partition,
+            source_offset=event.offset,
+            attempts=history,
+            dead_lettered_at=utc_now_iso(),
+            event=msgspec.Raw(event.value),
+        )
+        self._metrics.dead_lettered.inc()
+        self._writer.submit(endpoint_id.encode(), encode_dead_letter(letter), ack, topic=self._retry.dead_letter_topic)
+
+    def _schedule(
+        self,
+        job: Job,
+        endpoint_id: str,
+        attempt: int,
+        due_ms: int,
+        delay_ms: int,
+        history: list[Attempt],
+        ack: Ack | None,
+        deferred: bool = False,
+    ) -> None:
+        """Write the delivery to the tier that fits the time left until ``due_ms``."""
+        now_ms = int(time.time() * 1000)
+        tier = tier_for((due_ms - now_ms) / 1000, self._tiers) or self._tiers[0]
+        event = job.event
+        record = RetryRecord(
+            delivery_id=job.delivery_id,
+            endpoint_id=endpoint_id,
+            attempt=attempt,
+            due_ms=due_ms,
+            tier_due_ms=now_ms + int(tier * 1000),
+            delay_ms=delay_ms,
+            trigger=job.trigger,
+            event_type=event.event_type,
+            topic=event.topic,
+            partition=event.partition,
+            offset=event.offset,
+            time_ms=event.time_ms,
+            value=event.value,
+            history=history,
+            deferred=deferred,
+            deferrals=job.deferrals,
+        )
+        topic = self._retry.tier_topic(tier)
+        self._writer.submit(endpoint_id.encode(), encode_retry(record), ack, topic=topic)
+
+    def _defer(self, job: Job, endpoint_id: str, wait_s: float) -> None:
+        """Park a delivery whose endpoint cannot take it now for ``wait_s``; no attempt is used up."""
+        due_ms = int(time.time() * 1000 + wait_s * 1000)
+        self._metrics.deliveries_deferred.inc()
+        job.deferrals += 1
+        self._schedule(job, endpoint_id, job.attempt, due_ms, int(wait_s * 1000), job.history, job.ack, True)
+
+    # --- lanes ---
+
+    def _lane(self, endpoint: Endpoint) -> Lane:
+        lane = self._lanes.get(endpoint.id)
+        if lane is None:
+            lane = self._lanes[endpoint.id] = Lane(endpoint, self._sender, self, self.stats)
+        return lane
+
+    def _hand_over(self, endpoint: Endpoint, job: Job) -> None:
+        """Give a job to its lane, unless its endpoint is paused or its queue is full."""
+        if self.held_back(endpoint, job):
+            return
+        lane = self._lane(endpoint)
+        if lane.put(job):
+            return
+        stats = self.stats
+        if stats.queued + stats.busy == lane.queued + lane.busy and not self._health.failures(endpoint.id):
+            # The only endpoint with work: nobody to starve. Queue past the bound; the cap on events in flight
+            # applies backpressure instead of sending its backlog round the tiers.
+            lane.put(job, force=True)
+            return
+        # Back no sooner than the endpoint can have worked off its queue, and each further deferral of the
+        # same delivery a tier later (up to about a minute): a full endpoint does not churn the tiers.
+        self._defer(job, endpoint.id, defer_wait(job.deferrals, lane.drain_s(), self._tiers, self._recheck_s))
+
+    async def cancel(self) -> int:
+        """Stop every lane now (and the retired ones still finishing). Returns how many deliveries were abandoned."""
+        counts = await asyncio.gather(*(lane.cancel() for lane in self._lanes.values()))
+        for task in self._retired:
+            task.cancel()
+        await asyncio.gather(*self._retired, return_exceptions=True)
+        return sum(counts)
+
+    # --- back from a tier ---
+
+    def take(self, record: Any, part: PartitionOffsets) -> int | None:
+        """One record read from a tier topic. Returns the time (unix ms) to hold its partition until, when its
+        tier does not let it out yet; None once it is taken care of."""
+        try:
+            retry = decode_retry(record.value)
+        except (msgspec.DecodeError, TypeError):
+            log.error("unreadable retry record %s[%d]@%d: skipped", record.topic, record.partition, record.offset)
+            part.add(record.offset, 0)
+            return None
+        step, value = back_from_tier(retry.tier_due_ms, retry.due_ms, int(time.time() * 1000), self._tiers)
+        if step == "hold":
+            return int(value)
+        part.add(record.offset, 1)  # owed the settlement of the delivery it carries
+        job = Job(
+            event=Event.from_retry(retry),
+            delivery_id=retry.delivery_id,
+            ack=partial(part.done, record.offset),
+            attempt=retry.attempt,
+            trigger=retry.trigger,
+            history=retry.history,
+            endpoint_id=retry.endpoint_id,
+        )
+        job.deferrals = retry.deferrals
+        if step == "hop":
+            self._metrics.retry_hops.inc()
+            self._schedule(job, retry.endpoint_id, retry.attempt, retry.due_ms, retry.delay_ms, retry.history,
+                           job.ack, retry.deferred)  # fmt: skip
+        elif step == "wait":  # less than the shortest tier to go (the offset stays uncommitted until settled)
+            self._wait(value, job, retry)
+        else:
+            self._due(job, retry)
+        return None
+
+    def _wait(self, delay_s: float, job: Job, retry: RetryRecord) -> None:
+        timer: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._timers.discard(timer)
+            self._due(job, retry)
+
+        timer = asyncio.get_running_loop().call_later(delay_s, fire)
+        self._timers.add(timer)
+
+    def _due(self, job: Job, retry: RetryRecord) -> None:
+        if not retry.deferred:
+            self._metrics.retry_lateness.observe(max(0.0, time.time() - retry.due_ms / 1000))
+        endpoint = self._routing.endpoints.get(retry.endpoint_id)
+        if endpoint is None:
+            # The endpoint left the config while the retry waited: keep the delivery where an operator finds it.
+            self._dead_letter(job, retry.endpoint_id, "endpoint no longer configured", retry.history, job.ack)
+            return
+        self._hand_over(endpoint, job)
+
+    def cancel_timers(self) -> None:
+        """Stop the retries waiting here: their tier records stay uncommitted and are read again after a restart."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
+
+def _attempt(outcome: Outcome) -> Attempt:
+    return Attempt(
+        attempt=outcome.attempt,
+        attempt_id=outcome.attempt_id,
+        status=outcome.status,
+        http_status=outcome.http_status,
+        error=outcome.error,
+        at=outcome.timestamp,
+    )
