@@ -24,7 +24,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from daemon.config import DeliveryConfig, EndpointConfig, EndpointRetryConfig, resolve_secrets
-from daemon.http import Client, Route
+from daemon.http import Client, HeaderError, Route
 from daemon.metrics import Metrics, status_class
 from daemon.model import (
     DELIVERED,
@@ -202,9 +202,6 @@ class Sender:
     async def attempt(self, endpoint: Endpoint, job: Job) -> Outcome:
         ts = int(time.time())
         body = endpoint.render(job.event)
-        route = endpoint.route
-        if route is None:
-            route = endpoint.route = self._client.route(endpoint.url, endpoint.base_headers)
         http_status: int | None = None
         response: str | None = None
         error: str | None = None
@@ -212,6 +209,9 @@ class Sender:
         attempt_id, signed = endpoint.request_headers(job, body, ts)
         start = time.perf_counter()
         try:
+            route = endpoint.route
+            if route is None:
+                route = endpoint.route = self._client.route(endpoint.url, endpoint.base_headers)
             reply = await self._client.post(route, signed, body, RESPONSE_BODY_LIMIT, endpoint.timeout_s)
             http_status = reply.status
             if http_status == 429 or http_status >= 500:
@@ -223,6 +223,8 @@ class Sender:
             error = _describe(exc)
         except HttpProcessingError as exc:
             error = f"protocol error: {exc.message}"
+        except HeaderError as exc:
+            error = f"request not sent: {exc}"
         except OSError as exc:
             error = _os_error(exc)
         elapsed = time.perf_counter() - start

@@ -12,12 +12,32 @@ TLS with verification, connect errors), and ``ResponseHandler`` with its C parse
 pool only when its response was read to the end, the whole request was sent and the server keeps it
 open; otherwise it is aborted.
 Redirects are never followed. One timeout bounds the whole exchange (connect, send, answer, body),
-kept by ``daemon.deadline`` rather than by a timer per request.
+kept by ``daemon.deadline`` rather than by a timer per request. A header name or value holding CR, LF
+or NUL is refused (``HeaderError``) before anything is written, as aiohttp's own writer does: nothing
+that came from outside (an event type in ``X-Agora-Event``) can add a header or a request.
+
+aiohttp internals this module relies on (``pyproject.toml`` pins aiohttp to the minor release they were
+checked on; on an upgrade, check each and run ``tests/unit/test_http.py``, which exercises every one
+against real sockets):
+
+1. ``ClientRequest(method, url, loop=, auth=, ssl=)`` builds without a session, and its ``headers["Host"]``
+   and ``connection_key`` are what the connector pools by (the Host/IDNA/IPv6/default-port tests).
+2. ``TCPConnector.connect(req, traces, timeout)`` returns a ``Connection`` with ``.protocol``
+   (a ``ResponseHandler``), ``.transport``, ``.release()`` and ``.close()`` (the keep-alive tests).
+3. ``ResponseHandler.set_response_params(timer=, read_until_eof=, auto_decompress=)`` and
+   ``await ResponseHandler.read()`` returning ``(RawResponseMessage, StreamReader)``; ``message.code`` and
+   ``message.headers``; ``EofStream`` when the server closes without an answer (the 100-continue,
+   garbage-answer and disconnect tests).
+4. ``StreamReader.read(n)`` and ``.is_eof()`` (the chunked and cut-at-the-limit tests).
+5. ``aiohttp.helpers.TimerNoop`` and ``strip_auth_from_url`` (the Basic-auth test).
+6. The exception types raised along the way: ``ClientConnectorError`` (``.os_error``),
+   ``ServerDisconnectedError``, ``ClientSSLError``, ``HttpProcessingError`` (``.message``) (the error tests).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import Mapping
 
@@ -36,8 +56,27 @@ _NO_TIMEOUT = aiohttp.ClientTimeout()  # the exchange's deadline covers connect,
 _TIMER = TimerNoop()
 
 
+# CR, LF and NUL end a header (or the head) early: never written from a name or a value.
+_BREAKS = re.compile(r"[\r\n\x00]")
+
+
+class HeaderError(ValueError):
+    """A header name or value that would break the request head."""
+
+
+def _checked(headers: Mapping[str, str]) -> str:
+    """``name: value\r\n`` lines of ``headers``; HeaderError when a name or a value holds CR, LF or NUL."""
+    for name, value in headers.items():
+        if _BREAKS.search(name) or _BREAKS.search(value):
+            raise HeaderError(f"header {name[:64]!r}: name or value holds CR, LF or NUL")
+    return "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+
+
 class Route:
-    """One endpoint's target: its pool key (host, port, TLS) and its serialised request head."""
+    """One endpoint's target: its pool key (host, port, TLS) and its serialised request head.
+
+    ``__slots__``: read on every request (the hot path).
+    """
 
     __slots__ = ("head", "key")
 
@@ -52,15 +91,17 @@ class Route:
         # A ClientRequest is built once per endpoint, only as the connector's key: it carries host,
         # port, TLS settings and the Host header exactly as aiohttp would compute them.
         self.key = ClientRequest("POST", bare, loop=loop, auth=auth, ssl=tls)
-        lines = [f"POST {bare.raw_path_qs} HTTP/1.1", f"Host: {self.key.headers['Host']}"]
+        fixed = {"Host": self.key.headers["Host"]}
         if auth is not None:
-            lines.append(f"Authorization: {auth.encode()}")
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        self.head = ("\r\n".join(lines) + "\r\n").encode()
+            fixed["Authorization"] = auth.encode()
+        self.head = f"POST {bare.raw_path_qs} HTTP/1.1\r\n{_checked({**fixed, **headers})}".encode()
 
 
 class Response:
-    """What the router keeps of a response: the status, the headers, and at most ``limit`` bytes of body."""
+    """What the router keeps of a response: the status, the headers, and at most ``limit`` bytes of body.
+
+    ``__slots__``: one per request (the hot path).
+    """
 
     __slots__ = ("body", "headers", "status")
 
@@ -83,18 +124,18 @@ class Client:
     async def post(
         self, route: Route, headers: Mapping[str, str], body: bytes, limit: int, timeout_s: float
     ) -> Response:
-        """One exchange, at most ``limit`` bytes of the answer kept. Raises TimeoutError after ``timeout_s``, and
-        aiohttp's ClientError, HttpProcessingError or OSError as aiohttp does."""
+        """One exchange, at most ``limit`` bytes of the answer kept. Raises TimeoutError after ``timeout_s``,
+        HeaderError before connecting, and aiohttp's ClientError, HttpProcessingError or OSError as aiohttp does."""
         return await self._deadlines.within(timeout_s, self._exchange(route, headers, body, limit))
 
     async def _exchange(self, route: Route, headers: Mapping[str, str], body: bytes, limit: int) -> Response:
+        extra = _checked(headers)
         conn = await self._connector.connect(route.key, [], _NO_TIMEOUT)
         try:
             protocol, transport = conn.protocol, conn.transport
             if protocol is None or transport is None or transport.is_closing():
                 raise aiohttp.ServerDisconnectedError()
             protocol.set_response_params(timer=_TIMER, read_until_eof=True, auto_decompress=False)
-            extra = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
             transport.writelines((route.head, b"%sContent-Length: %d\r\n\r\n" % (extra.encode(), len(body)), body))
             status, message_headers, payload = await _response(protocol)
             content = await _read_at_most(payload, limit)

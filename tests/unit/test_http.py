@@ -17,7 +17,7 @@ from yarl import URL
 
 from daemon.config import DeliveryConfig, EndpointConfig
 from daemon.deliver import Endpoint, Job, Lane, LaneStats, Sender
-from daemon.http import Client, Route
+from daemon.http import Client, HeaderError, Route
 from daemon.metrics import Metrics
 from daemon.model import DELIVERED, FAILED, Event, Outcome
 
@@ -372,3 +372,45 @@ async def test_a_lane_estimates_how_long_its_backlog_takes_from_its_attempts() -
         for writer in writers:
             writer.close()
             await writer.wait_closed()
+
+
+# --- nothing from outside breaks the request head ---
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Agora-Event": "lead.created\r\nX-Injected: 1"},
+        {"X-Agora-Event": "lead.created\nX-Injected: 1"},
+        {"X-Agora-Event": "lead\rcreated"},
+        {"X-Agora-Event": "lead\x00created"},
+        {"X-Bad\r\nName": "v"},
+        {"X-Nul\x00": "v"},
+    ],
+)
+async def test_a_header_holding_cr_lf_or_nul_is_refused_before_anything_is_sent(headers: dict[str, str]) -> None:
+    script = Script(lambda n: OK)
+    async with script.running() as url, client() as c:
+        route = c.route(url, {})
+        with pytest.raises(HeaderError):
+            await c.post(route, headers, b"{}", 4096, 10)
+        with pytest.raises(HeaderError):
+            c.route(url, headers)
+        reply = await c.post(route, {"X-Agora-Event": "lead.created"}, b"{}", 4096, 10)  # the client is still fine
+    assert reply.status == 200
+    assert len(script.requests) == 1 and b"X-Injected" not in script.requests[0]
+    assert script.connections == 1
+
+
+async def test_a_sender_records_a_refused_header_as_a_failed_attempt() -> None:
+    config = EndpointConfig(id="ep", url="http://127.0.0.1:9/hook", profile="agora", secret="s")
+    endpoint = Endpoint(config, DeliveryConfig(), {})
+    job = _job()
+    job.event.event_type = "lead.created\r\nX-Injected: 1"  # the type reader refuses this; the writer too
+    sender = Sender(Metrics())
+    try:
+        outcome = await sender.attempt(endpoint, job)
+    finally:
+        await sender.close()
+    assert outcome.status == FAILED
+    assert outcome.error is not None and outcome.error.startswith("request not sent: header")
