@@ -1,0 +1,123 @@
+"""Small in-memory stand-ins for the unit tests at a module's seam (never used by integration tests).
+
+- ``Writer`` for ``daemon.results.ResultsWriter``: keeps every submitted record; the test acknowledges them.
+- ``ScriptedSender`` for ``daemon.deliver.Sender``: answers each attempt with the status the test scripts,
+  optionally waiting on a gate, without any socket.
+- ``Record`` for an aiokafka ``ConsumerRecord``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.deliver import Endpoint, Job, outcome_for
+from daemon.model import DELIVERED, FAILED, Ack, Outcome, decode_outcome
+
+
+@dataclass
+class Submitted:
+    topic: str | None
+    key: bytes | None
+    value: bytes
+    ack: Ack | None
+    acked: bool = False
+
+    def outcome(self) -> Outcome:
+        return decode_outcome(self.value)
+
+    def json(self) -> Any:
+        return json.loads(self.value)
+
+
+class Writer:
+    """Stand-in for ResultsWriter: ``submit`` keeps the record; ``ack_all`` plays Kafka acknowledging them."""
+
+    def __init__(self) -> None:
+        self.records: list[Submitted] = []
+
+    def submit(self, key: bytes | None, value: bytes, ack: Ack | None, topic: str | None = None) -> None:
+        self.records.append(Submitted(topic, key, value, ack))
+
+    def on(self, topic: str | None) -> list[Submitted]:
+        """The records for ``topic`` (None: the results topic)."""
+        return [r for r in self.records if r.topic == topic]
+
+    def ack(self, record: Submitted) -> None:
+        assert not record.acked, "acknowledged twice"
+        record.acked = True
+        if record.ack is not None:
+            record.ack()
+
+    def ack_all(self, rng: random.Random | None = None) -> int:
+        """Acknowledge every record not acknowledged yet (in a random order when ``rng`` is given)."""
+        pending = [r for r in self.records if not r.acked]
+        if rng is not None:
+            rng.shuffle(pending)
+        for record in pending:
+            self.ack(record)
+        return len(pending)
+
+
+@dataclass
+class ScriptedSender:
+    """Stand-in for Sender: ``status(job)`` gives each attempt's HTTP status (None: a timeout)."""
+
+    status: Callable[[Job], int | None] = lambda job: 200
+    gate: asyncio.Event | None = None  # when given, every attempt waits for it
+    attempts: list[Job] = field(default_factory=list)
+    under_way: int = 0
+    most_under_way: int = 0
+
+    async def attempt(self, endpoint: Endpoint, job: Job) -> Outcome:
+        self.attempts.append(job)
+        self.under_way += 1
+        self.most_under_way = max(self.most_under_way, self.under_way)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            await asyncio.sleep(0)
+        finally:
+            self.under_way -= 1
+        code = self.status(job)
+        ok = code is not None and 200 <= code < 300
+        return outcome_for(
+            endpoint.id,
+            job,
+            DELIVERED if ok else FAILED,
+            http_status=code,
+            duration_ms=1.0,
+            error=None if ok else (f"HTTP {code}" if code is not None else "timeout"),
+            profile=endpoint.profile.name,
+            attempt_id=f"{job.delivery_id}-{job.attempt}",
+        )
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class Record:
+    """Stand-in for aiokafka's ConsumerRecord."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    timestamp: int = 1_781_294_400_000
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def event(n: int, event_type: str = "lead.created", **extra: Any) -> bytes:
+    return json.dumps({"event": event_type, "n": n, **extra}).encode()
+
+
+async def settle_down(rounds: int = 20) -> None:
+    """Let lane workers and callbacks run."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
