@@ -16,7 +16,6 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +43,7 @@ log = logging.getLogger(__name__)
 _RESTART_ONLY = ("bootstrap_servers", "group_id", "results_topic", "client_id", "security_protocol")
 
 
-@dataclass(frozen=True)
-class Components:
+class Components(msgspec.Struct, frozen=True):
     """What ``_startup`` built, for the main loop, reloads and shutdown."""
 
     results: ResultsWriter

@@ -276,7 +276,10 @@ def _describe(exc: aiohttp.ClientError) -> str:
 
 
 class LaneStats:
-    """Totals over every lane of a daemon: deliveries waiting and under way (also the metrics' gauges)."""
+    """Totals over every lane of a daemon: deliveries waiting and under way (also the metrics' gauges).
+
+    ``__slots__``: updated twice per delivery (the hot path).
+    """
 
     __slots__ = ("busy", "queued")
 

@@ -11,7 +11,10 @@ _CACHE_LIMIT = 65_536
 
 
 class Where:
-    """A condition on one field of the event: its value is (or, negated, is not) one of ``values``."""
+    """A condition on one field of the event: its value is (or, negated, is not) one of ``values``.
+
+    ``__slots__`` here and below: read for every matched record (the hot path).
+    """
 
     __slots__ = ("negate", "path", "values")
 

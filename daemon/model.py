@@ -155,6 +155,7 @@ class Event:
     condition); each distinct rendered body is built once and shared by the endpoints that send it.
     """
 
+    # __slots__: one per record read (the hot path); not a msgspec Struct because it is never encoded.
     __slots__ = ("_decoded", "bodies", "event_type", "offset", "partition", "time_ms", "topic", "value")
 
     @classmethod
@@ -215,7 +216,7 @@ class TypeReader:
     dotted for a nested one (``meta.kind``).
     """
 
-    __slots__ = ("_decoder", "_path", "describe")
+    __slots__ = ("_decoder", "_path", "describe")  # read for every record (the hot path)
 
     def __init__(self, field: str | None = None) -> None:
         self._path: tuple[str, ...] = tuple(field.split(".")) if field else ()

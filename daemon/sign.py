@@ -28,7 +28,7 @@ class StandardSigner:
     """``standard_webhooks_signature`` with the keys set up once: each signature copies a keyed HMAC state
     instead of hashing the key again, and feeds the body without copying it."""
 
-    __slots__ = ("_states",)
+    __slots__ = ("_states",)  # used per request (the hot path)
 
     def __init__(self, keys: Sequence[bytes]) -> None:
         self._states = [hmac.new(key, digestmod=hashlib.sha256) for key in keys]

@@ -1,4 +1,5 @@
-"""Test helpers: a TOML writer, real HTTP receivers, Kafka produce/read helpers. No mocks."""
+"""Test helpers: real HTTP receivers, Kafka produce/read helpers (aiokafka, and librdkafka as an outside producer), the
+daemon as a subprocess. No mocks."""
 
 from __future__ import annotations
 

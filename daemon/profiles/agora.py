@@ -22,6 +22,8 @@ EVENTS: Final = frozenset(
 
 
 class _Signer:
+    """One endpoint's signing, keys prepared once. ``__slots__``: used per request (the hot path)."""
+
     __slots__ = ("_key",)
 
     def __init__(self, key: bytes) -> None:

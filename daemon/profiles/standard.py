@@ -19,6 +19,8 @@ _TEST_EVENT: Final = {"type": "webhook.test", "data": {"message": "test delivery
 
 
 class _Signer:
+    """One endpoint's signing, keys prepared once. ``__slots__``: used per request (the hot path)."""
+
     __slots__ = ("_signer",)
 
     def __init__(self, keys: Sequence[bytes]) -> None:
