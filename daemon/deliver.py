@@ -67,8 +67,8 @@ class Endpoint:
     """
 
     __slots__ = (
-        "_secrets", "base_headers", "body_key", "config", "id", "max_concurrency", "pause_threshold", "policy",
-        "profile", "queue_size", "retry_4xx", "route", "secret", "signer", "timeout_s", "url",
+        "_attempt_id", "_secrets", "base_headers", "body_key", "config", "id", "max_concurrency", "pause_threshold",
+        "policy", "profile", "queue_size", "retry_4xx", "route", "secret", "signer", "timeout_s", "url",
     )  # fmt: skip
 
     def __init__(self, config: EndpointConfig, delivery: DeliveryConfig, environ: Any) -> None:
@@ -80,6 +80,7 @@ class Endpoint:
         self._secrets = tuple(secrets)
         self.secret = secrets[0] if secrets else ""
         self.signer: Signer = profile.signing.signer(secrets)
+        self._attempt_id = profile.signing.attempt_id
         # Bodies that do not carry the secret are shared by every endpoint of the profile.
         self.body_key = (profile.name, self.secret if profile.injects_secret else None)
         self.timeout_s = config.timeout_s if config.timeout_s is not None else profile.timeout_s
@@ -122,8 +123,9 @@ class Endpoint:
 
     def request_headers(self, job: Job, body: bytes, ts: int) -> tuple[str, dict[str, str]]:
         """This attempt's id, and the headers that change per request: the profile's signature, ids, timestamp."""
-        attempt_id = self.profile.signing.attempt_id(self.id, job.delivery_id, job.attempt, ts)
-        return attempt_id, self.signer.headers(job.delivery_id, attempt_id, job.event.event_type, body, ts)
+        delivery = job.delivery_id
+        attempt_id = self._attempt_id(self.id, delivery, job.attempt, ts)
+        return attempt_id, self.signer.headers(delivery, attempt_id, job.event.event_type, body, ts)
 
 
 class Job:

@@ -56,7 +56,7 @@ from daemon.offsets import PartitionOffsets
 from daemon.policy import back_from_tier, classify, defer_wait, tier_for, with_retry_after
 from daemon.profiles import skip_for
 from daemon.results import ResultsWriter
-from daemon.routing import Routing
+from daemon.routing import DEFAULT_READER, Routing
 
 log = logging.getLogger(__name__)
 
@@ -147,16 +147,20 @@ class Settlement:
         routing = self._routing
         topic, offset = record.topic, record.offset
         try:
-            event_type = routing.reader(topic).read(record.value)
+            event_type = routing.readers.get(topic, DEFAULT_READER).read(record.value)
             match = routing.table.match(topic, event_type)
             if not match.endpoints and not match.conditional:
                 part.add(offset, 0)
                 self._metrics.events_unmatched.labels(topic).inc()
                 return
             event = Event.from_record(record, event_type)
-            targets = match.select(event.decoded)
-            endpoints = [routing.endpoints[endpoint_id] for endpoint_id in targets]
-            skips = [skip_for(e.profile, event.decoded(), event_type) if e.profile.skips else None for e in endpoints]
+            known = routing.endpoints
+            endpoints = [known[endpoint_id] for endpoint_id in match.select(event.decoded)]
+            skips = {
+                e.id: rule
+                for e in endpoints
+                if e.profile.skips and (rule := skip_for(e.profile, event.decoded(), event_type))
+            }
         except InvalidEvent as exc:
             self._invalid(record, part, str(exc))
             return
@@ -170,15 +174,13 @@ class Settlement:
             return
         partition = record.partition
         ack = partial(part.done, offset)
-        for endpoint, rule in zip(endpoints, skips, strict=True):
-            job = Job(
-                event=event,
-                delivery_id=delivery_id(topic, partition, offset, endpoint.id),
-                ack=ack,
-                endpoint_id=endpoint.id,
-            )
+        for endpoint in endpoints:
+            endpoint_id = endpoint.id
+            job = Job(event=event, delivery_id=delivery_id(topic, partition, offset, endpoint_id), ack=ack,
+                      endpoint_id=endpoint_id)  # fmt: skip
+            rule = skips.get(endpoint_id) if skips else None
             if rule is not None:
-                outcome = outcome_for(endpoint.id, job, rule.status, error=rule.reason, profile=endpoint.profile.name)
+                outcome = outcome_for(endpoint_id, job, rule.status, error=rule.reason, profile=endpoint.profile.name)
                 self._record(outcome, ack)
             else:
                 self._hand_over(endpoint, job)
@@ -345,7 +347,7 @@ class Settlement:
         """Give a job to its lane, unless its endpoint is paused or its queue is full."""
         if self.held_back(endpoint, job):
             return
-        lane = self._lane(endpoint)
+        lane = self._lanes.get(endpoint.id) or self._lane(endpoint)
         if lane.put(job):
             return
         stats = self.stats
