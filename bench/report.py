@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -156,13 +157,17 @@ def section(bench: Bench, command: str, date: str, seconds: float, load: str = "
     return "\n".join(lines).rstrip() + "\n"
 
 
+KEEP_RUNS = 2  # the file is where things stand plus the latest runs; older runs are in git's history
+
+
 def write(path: Path, text: str) -> None:
-    """Insert ``text`` as the newest run, below the marker (the file's head is kept as it is)."""
+    """Insert ``text`` as the newest run below the marker, keeping the ``KEEP_RUNS`` newest (the head is kept)."""
     old = path.read_text() if path.exists() else "# Benchmark results\n"
     if MARK not in old:
         old = old.rstrip() + "\n\n" + MARK + "\n"
     head, _, tail = old.partition(MARK)
-    path.write_text(head + MARK + "\n\n" + text + ("\n" + tail.lstrip("\n") if tail.strip() else ""))
+    runs = [text.strip()] + [run.strip() for run in re.split(r"(?m)^(?=## )", tail) if run.strip()]
+    path.write_text(head + MARK + "\n\n" + "\n\n".join(runs[:KEEP_RUNS]) + "\n")
 
 
 def command_line() -> str:
