@@ -51,9 +51,9 @@ def test_imports_point_down_the_list_and_pure_modules_stay_pure() -> None:
             continue
         for imported in _imports(path):
             parts = imported.split(".")
-            if parts[0] == "daemon" and len(parts) > 1 and parts[1] != module and parts[1] in position:
-                if position[parts[1]] <= position[module]:
-                    upward.append(f"{path.relative_to(ROOT)} imports {imported}")
+            inside = parts[0] == "daemon" and len(parts) > 1 and parts[1] != module and parts[1] in position
+            if inside and position[parts[1]] <= position[module]:
+                upward.append(f"{path.relative_to(ROOT)} imports {imported}")
             if module in pure and parts[0] in PURE_FORBIDDEN:
                 impure.append(f"{path.relative_to(ROOT)} imports {imported}")
     assert upward == []
