@@ -95,7 +95,11 @@ class EndpointRetryConfig(msgspec.Struct, **_FROZEN):
     base_s: Annotated[float, Meta(gt=0, le=86_400)] = 30.0
     max_s: Annotated[float, Meta(gt=0, le=604_800)] = 7200.0
     jitter: Annotated[float, Meta(ge=0, le=0.5)] = 0.2
-    retry_statuses: list[Annotated[int, Meta(ge=400, le=499)]] = []  # 4xx to retry beside 408/425/429
+    # Overrides of the profile's status rules: answers also retried, answers never retried, answers that
+    # pause the endpoint (replacing the profile's set; [] pauses on none).
+    retry_statuses: list[Annotated[int, Meta(ge=300, le=599)]] = []
+    final_statuses: list[Annotated[int, Meta(ge=300, le=599)]] = []
+    pause_statuses: list[Annotated[int, Meta(ge=300, le=599)]] | None = None
 
 
 class EndpointConfig(msgspec.Struct, **_FROZEN):

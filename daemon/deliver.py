@@ -38,7 +38,7 @@ from daemon.model import (
     truncate_body,
     utc_now_iso,
 )
-from daemon.policy import Policy, parse_retry_after
+from daemon.policy import Policy, StatusRules, parse_retry_after
 from daemon.profiles import PROFILES, Profile, Signer
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,14 @@ def policy_of(retry: EndpointRetryConfig | None, profile: Profile) -> Policy:
     return Policy(retry.policy, delays_s=tuple(retry.delays_s or ()), live_only=profile.retry.live_only)
 
 
+def statuses_of(retry: EndpointRetryConfig | None, profile: Profile) -> StatusRules:
+    """An endpoint's status rules: its profile's, with the endpoint's overrides."""
+    if retry is None:
+        return profile.statuses
+    pause = frozenset(retry.pause_statuses) if retry.pause_statuses is not None else None
+    return profile.statuses.overridden(frozenset(retry.retry_statuses), frozenset(retry.final_statuses), pause)
+
+
 class Endpoint:
     """Everything about an endpoint that does not change per delivery, computed once per config.
 
@@ -68,7 +76,7 @@ class Endpoint:
 
     __slots__ = (
         "_attempt_id", "_secrets", "base_headers", "body_key", "config", "id", "max_concurrency", "pause_threshold",
-        "policy", "profile", "queue_size", "retry_4xx", "route", "secret", "signer", "timeout_s", "url",
+        "policy", "profile", "queue_size", "route", "secret", "signer", "statuses", "timeout_s", "url",
     )  # fmt: skip
 
     def __init__(self, config: EndpointConfig, delivery: DeliveryConfig, environ: Any) -> None:
@@ -91,7 +99,7 @@ class Endpoint:
         self.pause_threshold = (
             config.pause_after_failures if config.pause_after_failures is not None else profile.pause_after_failures
         )
-        self.retry_4xx = frozenset(config.retry.retry_statuses if config.retry is not None else ())
+        self.statuses = statuses_of(config.retry, profile)
         if profile.standard_headers:
             # Validation refuses the router's own headers; never let one through all the same.
             reserved = profile.reserved_headers

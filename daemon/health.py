@@ -56,8 +56,9 @@ class Health:
     def failures(self, endpoint_id: str) -> int:
         return self._failures.get(endpoint_id, 0)
 
-    def observe(self, endpoint_id: str, ok: bool, gone: bool, threshold: int | None) -> None:
-        """Count one live attempt's result; pause on 410 or after ``threshold`` consecutive failures."""
+    def observe(self, endpoint_id: str, ok: bool, gone: int | None, threshold: int | None) -> None:
+        """Count one live attempt's result; pause on an answer its contract pauses on (``gone``: that HTTP
+        status, usually 410) or after ``threshold`` consecutive failures."""
         if ok:
             if self._failures.get(endpoint_id):
                 self._failures[endpoint_id] = 0
@@ -65,8 +66,8 @@ class Health:
         count = self._failures[endpoint_id] = self._failures.get(endpoint_id, 0) + 1
         if self.is_paused(endpoint_id):
             return
-        if gone:
-            self.pause(endpoint_id, REASON_GONE, "the endpoint answered 410 Gone")
+        if gone is not None:
+            self.pause(endpoint_id, REASON_GONE, "the endpoint answered 410 Gone" if gone == 410 else f"HTTP {gone}")
         elif threshold is not None and count >= threshold:
             self.pause(endpoint_id, REASON_FAILURES, f"{count} consecutive failed deliveries")
 

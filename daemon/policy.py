@@ -1,8 +1,9 @@
 """Retry policies and status classification. Pure.
 
-A failed attempt is classified (``classify``), then the endpoint's policy says whether and when the
-next attempt is due (``Policy.next_delay``). Delays wait in Kafka, on the delay tier that fits them
-(``tier_for``); ``Retry-After`` is honoured within bounds.
+An attempt's answer is read by its contract's ``StatusRules`` (delivered, retried, final, or pausing the
+endpoint), then the endpoint's policy says whether and when the next attempt is due
+(``Policy.next_delay``). Delays wait in Kafka, on the delay tier that fits them (``tier_for``);
+``Retry-After`` is honoured within bounds.
 """
 
 from __future__ import annotations
@@ -22,18 +23,58 @@ RETRIABLE_4XX: Final = frozenset({408, 425, 429})
 _RNG: Final = random.Random()  # noqa: S311 - jitter spreads load; it guards nothing
 
 
-def classify(http_status: int | None, retry_4xx: frozenset[int] = frozenset()) -> Verdict:
-    """2xx delivered; 410 gone (disable the endpoint); 429, 408, 5xx, timeouts and connection errors retried;
-    other statuses (3xx: redirects are never followed; the rest of 4xx) final unless listed in ``retry_4xx``."""
-    if http_status is None:
-        return "retry"
-    if 200 <= http_status < 300:
-        return "delivered"
-    if http_status == 410:
-        return "gone"
-    if http_status >= 500 or http_status in RETRIABLE_4XX or http_status in retry_4xx:
-        return "retry"
-    return "final"
+class StatusRules(msgspec.Struct, frozen=True, kw_only=True):
+    """How a contract reads an answer. 2xx is delivered; a timeout or a connection error is retried.
+
+    A status in ``pause`` pauses the endpoint (and ends the delivery); one in ``final`` ends the delivery;
+    otherwise, with ``every_failure`` every non-2xx is retried, else 5xx and ``retry`` are and the rest
+    (3xx: redirects are never followed; other 4xx) is final. Whether a retry is left is the policy's.
+    """
+
+    every_failure: bool = False
+    retry: frozenset[int] = RETRIABLE_4XX
+    final: frozenset[int] = frozenset()
+    pause: frozenset[int] = frozenset({410})
+
+    def verdict(self, http_status: int | None) -> Verdict:
+        if http_status is None:
+            return "retry"
+        if 200 <= http_status < 300:
+            return "delivered"
+        if http_status in self.pause:
+            return "gone"
+        if http_status in self.final:
+            return "final"
+        if self.every_failure or http_status >= 500 or http_status in self.retry:
+            return "retry"
+        return "final"
+
+    def overridden(
+        self,
+        retry: frozenset[int] = frozenset(),
+        final: frozenset[int] = frozenset(),
+        pause: frozenset[int] | None = None,
+    ) -> StatusRules:
+        """These rules with an endpoint's own: more statuses retried, some made final, another pause set."""
+        if not retry and not final and pause is None:
+            return self
+        return StatusRules(
+            every_failure=self.every_failure,
+            retry=(self.retry | retry) - final,
+            final=(self.final | final) - retry,
+            pause=self.pause if pause is None else pause,
+        )
+
+
+# Standard Webhooks: 4xx final except 408/425/429, 410 disables the endpoint.
+STANDARD_STATUSES: Final = StatusRules()
+# Every non-2xx answer, timeout or connection error is a failure the schedule retries; nothing pauses.
+EVERY_FAILURE: Final = StatusRules(every_failure=True, retry=frozenset(), pause=frozenset())
+
+
+def classify(http_status: int | None, rules: StatusRules = STANDARD_STATUSES) -> Verdict:
+    """``rules.verdict``; the Standard Webhooks rules when none are given."""
+    return rules.verdict(http_status)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

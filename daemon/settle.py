@@ -53,7 +53,7 @@ from daemon.model import (
     utc_now_iso,
 )
 from daemon.offsets import PartitionOffsets
-from daemon.policy import back_from_tier, classify, defer_wait, tier_for, with_retry_after
+from daemon.policy import back_from_tier, defer_wait, tier_for, with_retry_after
 from daemon.profiles import skip_for
 from daemon.results import ResultsWriter
 from daemon.routing import DEFAULT_READER, Routing
@@ -62,7 +62,6 @@ log = logging.getLogger(__name__)
 
 # How long a delivery to a paused endpoint that holds its events waits before it looks again.
 _HOLD_RECHECK_S = 60.0
-_FINAL_REASONS = {"retry": "no attempts left", "gone": "410 Gone"}
 
 
 def iso_ms(ms: int) -> str:
@@ -207,10 +206,11 @@ class Settlement:
 
     def settle(self, endpoint: Endpoint, job: Job, outcome: Outcome) -> None:
         """Record one attempt, and retry, dead-letter or finish the delivery."""
-        verdict = classify(outcome.http_status, endpoint.retry_4xx)
+        verdict = endpoint.statuses.verdict(outcome.http_status)
         live = job.trigger == LIVE
         if live:
-            self._health.observe(endpoint.id, verdict == "delivered", verdict == "gone", endpoint.pause_threshold)
+            gone = outcome.http_status if verdict == "gone" else None
+            self._health.observe(endpoint.id, verdict == "delivered", gone, endpoint.pause_threshold)
         if verdict == "delivered" or not live:
             self._record(outcome, job.ack)
             return
@@ -227,7 +227,12 @@ class Settlement:
             return
         outcome.status = DEAD_LETTERED
         self._record(outcome, ack)
-        reason = _FINAL_REASONS.get(verdict) or f"HTTP {outcome.http_status}: final"
+        if verdict == "retry":
+            reason = "no attempts left"
+        elif verdict == "gone":
+            reason = "410 Gone" if outcome.http_status == 410 else f"HTTP {outcome.http_status}: pauses the endpoint"
+        else:
+            reason = f"HTTP {outcome.http_status}: final"
         self._dead_letter(job, endpoint.id, reason, history, ack)
 
     def held_back(self, endpoint: Endpoint, job: Job) -> bool:

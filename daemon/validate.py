@@ -299,6 +299,9 @@ class _Checks:
                 self.fault(f"{path}.retry.delays_s", "only for the once and schedule policies")
             if retry.retries is not None and retry.policy != "exponential":
                 self.fault(f"{path}.retry.retries", "only for the exponential policy")
+            both = sorted(set(retry.retry_statuses) & set(retry.final_statuses))
+            if both:
+                self.fault(f"{path}.retry.final_statuses", f"{both} also in retry_statuses: retried or final?")
 
     def _secrets(self, endpoint: EndpointConfig, profile: Profile, path: str) -> None:
         given = [name for name in ("secret", "secret_env", "secrets") if getattr(endpoint, name) is not None]

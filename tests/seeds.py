@@ -18,6 +18,13 @@ AGORA_BULK: dict[str, Any] = {
     "leads": [{"lead_id": 1234, "contact_id": 5678}, {"lead_id": 1235, "contact_id": 5679}],
     "timestamp": "2026-06-12T20:00:00Z",
 }
+# "All other events", exactly as the seed prints it (its placeholder field included).
+AGORA_STATUS_CHANGED: dict[str, Any] = {
+    "event": "lead.status_changed",
+    "campaign_id": 7,
+    "timestamp": "2026-06-12T20:00:00Z",
+    "...event-specific fields...": "...",
+}
 LEADTERRA_REPLY: dict[str, Any] = {
     "event": "reply.received",
     "timestamp": "2026-06-12T20:00:00Z",

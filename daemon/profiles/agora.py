@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from daemon.policy import Policy
+from daemon.policy import EVERY_FAILURE, Policy
 from daemon.profiles.base import Profile, Skip
 from daemon.profiles.template import Template
 from daemon.sign import hmac_sha256_hex
@@ -56,7 +56,9 @@ AGORA: Final = Profile(
     max_timeout_s=10.0,
     catalogue=EVENTS,
     test_event={"event": "ping"},
+    # "Automatic retry: once, on non-2xx or timeout — live events only"; the contract pauses on nothing.
     retry=Policy("once", delays_s=(60,), live_only=True),
+    statuses=EVERY_FAILURE,
     skips=(
         Skip(
             status="skipped_bulk_item",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import msgspec
 
-from daemon.policy import Policy
+from daemon.policy import STANDARD_STATUSES, Policy, StatusRules
 from daemon.profiles.template import Template
 
 if TYPE_CHECKING:
@@ -124,6 +124,7 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     skips: tuple[Skip, ...] = ()
     injects_secret: bool = False  # the body depends on the endpoint's secret
     retry: Policy
+    statuses: StatusRules = STANDARD_STATUSES  # which answers are retried, final, or pause the endpoint
     pause_after_failures: int | None = None  # consecutive failed deliveries that pause the endpoint
     expansion: Expansion | None = None
 

@@ -21,7 +21,7 @@ from daemon.config import (
     SubscriptionConfig,
     WhereConfig,
 )
-from daemon.policy import Policy
+from daemon.policy import EVERY_FAILURE, Policy
 from daemon.profiles.base import Checks, Profile, Unsigned, pattern_matches
 from daemon.profiles.template import Template
 
@@ -156,6 +156,8 @@ CAMPAIGN: Final = Profile(
     timeout_s=10.0,
     catalogue=EVENTS,
     test_event={"event": "ping", "status": "test", "data": {}},
+    # "Failed webhook deliveries are retried with exponential backoff up to the configured retry limit."
     retry=Policy("exponential", attempts=4, base_s=30, max_s=7200, jitter=0.2),
+    statuses=EVERY_FAILURE,
     expansion=Organizations(),
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from daemon.policy import Policy
+from daemon.policy import EVERY_FAILURE, Policy
 from daemon.profiles.base import Profile, Skip, Unsigned
 from daemon.profiles.template import Template
 
@@ -36,7 +36,8 @@ CONVOCORE: Final = Profile(
     max_timeout_s=60.0,
     catalogue=EVENTS,
     test_event={"type": "webhook_test", "payload": {"message": "This is a test event"}},
-    retry=Policy("none"),
+    retry=Policy("none"),  # "No automatic retry mechanism"
+    statuses=EVERY_FAILURE,  # every failure is one (the policy leaves no retry); nothing pauses
     skips=(
         Skip(
             status="skipped_unsupported",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from daemon.policy import Policy
+from daemon.policy import EVERY_FAILURE, Policy
 from daemon.profiles.base import Profile, Unsigned
 from daemon.profiles.template import Template
 
@@ -32,6 +32,7 @@ CRM: Final = Profile(
     catalogue=EVENTS,
     test_event={"event": "ping", "payload": {}},
     injects_secret=True,
-    retry=Policy("none"),
-    pause_after_failures=10,
+    retry=Policy("none"),  # "There is no retry policy"
+    statuses=EVERY_FAILURE,  # every failure counts towards the pause; no single answer pauses
+    pause_after_failures=10,  # "If the delivery of a webhook fails 10 times, the webhook endpoint will be paused"
 )

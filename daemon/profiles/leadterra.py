@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from daemon.policy import Policy
+from daemon.policy import EVERY_FAILURE, Policy
 from daemon.profiles.base import Profile, Unsigned
 from daemon.profiles.template import Template
 
@@ -20,6 +20,8 @@ LEADTERRA: Final = Profile(
     catalogue=EVENTS,
     https_only=True,
     needs_events=True,
+    # "Any non-2xx response or a timeout is treated as a delivery failure and triggers the retry schedule."
     retry=Policy("schedule", delays_s=(30, 300, 1800, 7200, 28800)),
+    statuses=EVERY_FAILURE,
     test_event={"event": "ping", "data": {"message": "test delivery from webhook-router"}},
 )

@@ -10,6 +10,12 @@ A small field mapping, compiled once per profile, not code per customer. The lan
 - ``"a.b"``: the event's field at that path (``null`` when absent);
 - ``"x|y|z"``: the first of these that is present;
 - a nested table builds a nested object; the key ``"..."`` spreads an object's fields in place.
+
+Field order follows the event: a spread keeps the order the fields arrived in, and a key the template
+sets after the spread stays where the event had it (its value as the template says); a key the event
+does not have goes where the template puts it. So ``{"event": "$type", "...": "$rest", "timestamp":
+"timestamp|$time.iso"}`` sends ``event`` first, then the event's fields in their order with its own
+``timestamp`` where it was, and adds a ``timestamp`` at the end only when the event has none.
 """
 
 from __future__ import annotations
@@ -48,9 +54,15 @@ class Template:
 
     def _compile_object(self, spec: Mapping[str, Json], path: str) -> Getter:
         parts: list[tuple[str | None, Getter]] = []
-        for key, value in spec.items():
+        keys = list(spec)
+        for i, (key, value) in enumerate(spec.items()):
             where = f"{path}.{key}" if path else key
-            getter = self._compile_object(value, where) if isinstance(value, Mapping) else self._compile(value, where)
+            # A spread keeps the event's own fields that this object sets after it: they stay in place.
+            later = frozenset(keys[i + 1 :]) if key == "..." else frozenset()
+            if isinstance(value, Mapping):
+                getter = self._compile_object(value, where)
+            else:
+                getter = self._compile(value, where, later)
             parts.append((None if key == "..." else key, getter))
 
         def build(ctx: Context) -> dict[str, Json]:
@@ -65,10 +77,10 @@ class Template:
 
         return build
 
-    def _compile(self, source: Json, where: str) -> Getter:
+    def _compile(self, source: Json, where: str, keep: frozenset[str] = frozenset()) -> Getter:
         if not isinstance(source, str) or not source:
             raise TemplateError(f"{where}: a source must be a non-empty string or a table")
-        getters = [self._compile_one(alt.strip(), where) for alt in source.split("|")]
+        getters = [self._compile_one(alt.strip(), where, keep) for alt in source.split("|")]
         if len(getters) == 1:
             return getters[0]
 
@@ -81,7 +93,7 @@ class Template:
 
         return first
 
-    def _compile_one(self, source: str, where: str) -> Getter:
+    def _compile_one(self, source: str, where: str, keep: frozenset[str] = frozenset()) -> Getter:
         if source == "$type":
             return lambda ctx: ctx[1]
         if source == "$secret":
@@ -93,7 +105,7 @@ class Template:
         if source == "$event":
             return lambda ctx: ctx[0]
         if source == "$rest" or source.startswith("$rest:"):
-            drop = self._named if source == "$rest" else frozenset(f.strip() for f in source[6:].split(","))
+            drop = (self._named - keep) if source == "$rest" else frozenset(f.strip() for f in source[6:].split(","))
             return lambda ctx: {k: v for k, v in ctx[0].items() if k not in drop and k != ctx[4]}
         if source.startswith("$"):
             raise TemplateError(f"{where}: unknown source {source!r}")

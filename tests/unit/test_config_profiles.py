@@ -894,3 +894,30 @@ def test_check_config_accepts_the_fixed_file(tmp_path: Path, capsys: pytest.Capt
     out, err = capsys.readouterr()
     # 4 endpoints and 3 subscriptions written, plus an organisation with 2 campaigns: 3 endpoints, 8 subscriptions
     assert (out, err) == (f"{path}: ok (7 endpoints, 11 subscriptions)\n", "")
+
+
+# --- status rules: the profile's, overridden per endpoint ---
+
+
+def test_status_overrides_are_merged_into_the_profiles_rules() -> None:
+    retry = {"policy": "once", "delays_s": [60], "final_statuses": [404], "pause_statuses": [410]}
+    config = ok(one("agora", retry=retry))
+    rules = Endpoint(config.endpoints[0], config.delivery, {}).statuses
+    assert (rules.verdict(404), rules.verdict(410), rules.verdict(400), rules.verdict(None)) == (
+        "final",
+        "gone",
+        "retry",
+        "retry",
+    )
+
+
+def test_a_status_both_retried_and_final_is_refused() -> None:
+    retry = {"policy": "schedule", "delays_s": [5], "retry_statuses": [404, 409], "final_statuses": [409]}
+    assert errors_of(one("standard-webhooks", retry=retry)) == [
+        "endpoints[0].retry.final_statuses: [409] also in retry_statuses: retried or final?"
+    ]
+
+
+def test_status_overrides_are_within_300_to_599() -> None:
+    retry = {"policy": "schedule", "delays_s": [5], "pause_statuses": [200]}
+    assert errors_of(one("standard-webhooks", retry=retry)) == ["endpoints[0].retry.pause_statuses[0]: must be >= 300"]

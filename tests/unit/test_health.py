@@ -28,11 +28,11 @@ def paused_gauge(metrics: Metrics, reason: str) -> float:
 def test_consecutive_failures_pause_at_the_threshold_and_a_success_resets_them() -> None:
     h, _, metrics = health()
     for _ in range(2):
-        h.observe("a", ok=False, gone=False, threshold=3)
-    h.observe("a", ok=True, gone=False, threshold=3)
+        h.observe("a", ok=False, gone=None, threshold=3)
+    h.observe("a", ok=True, gone=None, threshold=3)
     assert h.failures("a") == 0
     for _ in range(3):
-        h.observe("a", ok=False, gone=False, threshold=3)
+        h.observe("a", ok=False, gone=None, threshold=3)
     assert h.is_paused("a") and h.failures("a") == 3
     assert h.states["a"].reason == "failures: 3 consecutive failed deliveries"
     assert paused_gauge(metrics, "failures") == 1
@@ -41,9 +41,9 @@ def test_consecutive_failures_pause_at_the_threshold_and_a_success_resets_them()
 def test_no_threshold_never_pauses_on_failures_but_410_does() -> None:
     h, _, metrics = health()
     for _ in range(50):
-        h.observe("a", ok=False, gone=False, threshold=None)
+        h.observe("a", ok=False, gone=None, threshold=None)
     assert not h.is_paused("a")
-    h.observe("a", ok=False, gone=True, threshold=None)
+    h.observe("a", ok=False, gone=410, threshold=None)
     assert h.is_paused("a") and h.states["a"].reason == "gone: the endpoint answered 410 Gone"
     assert paused_gauge(metrics, "gone") == 1
 
@@ -59,6 +59,12 @@ def test_each_change_is_persisted_on_the_topic_and_announced_owed_to_nothing() -
     assert [(s.endpoint_id, s.paused) for s in persisted] == [("a", True), ("a", False)]
     assert announced == ["endpoint_paused", "endpoint_resumed"]
     assert all(r.ack is None and r.key == b"a" for r in writer.records)
+
+
+def test_another_status_a_contract_pauses_on_names_itself() -> None:
+    h, _, _ = health()
+    h.observe("a", ok=False, gone=404, threshold=None)
+    assert h.states["a"].reason == "gone: HTTP 404"
 
 
 def test_states_read_back_from_the_topic_apply_without_writing() -> None:

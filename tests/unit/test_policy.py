@@ -9,6 +9,8 @@ from email.utils import format_datetime
 import pytest
 
 from daemon.policy import (
+    EVERY_FAILURE,
+    STANDARD_STATUSES,
     Policy,
     classify,
     defer_wait,
@@ -44,9 +46,25 @@ def test_classify(status: int | None, verdict: str) -> None:
     assert classify(status) == verdict
 
 
-def test_listed_4xx_statuses_are_retried() -> None:
-    assert classify(409, frozenset({409})) == "retry"
-    assert classify(404, frozenset({409})) == "final"
+def test_an_endpoint_may_retry_more_make_some_final_and_change_what_pauses() -> None:
+    rules = STANDARD_STATUSES.overridden(retry=frozenset({409}))
+    assert (rules.verdict(409), rules.verdict(404), rules.verdict(410)) == ("retry", "final", "gone")
+    rules = STANDARD_STATUSES.overridden(final=frozenset({429, 503}), pause=frozenset())
+    assert (rules.verdict(429), rules.verdict(503), rules.verdict(500), rules.verdict(410)) == (
+        "final",
+        "final",
+        "retry",
+        "final",
+    )
+    assert STANDARD_STATUSES.overridden() is STANDARD_STATUSES
+
+
+@pytest.mark.parametrize("status", [300, 301, 400, 401, 404, 409, 410, 422, 429, 500, 503, 599, None])
+def test_every_failure_retries_every_non_2xx_and_pauses_on_nothing(status: int | None) -> None:
+    assert EVERY_FAILURE.verdict(status) == "retry"
+    assert EVERY_FAILURE.verdict(200) == "delivered"
+    assert EVERY_FAILURE.overridden(final=frozenset({404})).verdict(404) == "final"
+    assert EVERY_FAILURE.overridden(pause=frozenset({410})).verdict(410) == "gone"
 
 
 def test_retry_after_seconds_and_dates() -> None:

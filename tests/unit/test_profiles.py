@@ -26,6 +26,7 @@ from daemon.profiles import PROFILES, Skip, Template, iso_seconds, pattern_match
 from tests.seeds import (
     AGORA_BULK,
     AGORA_LEAD_CREATED,
+    AGORA_STATUS_CHANGED,
     CAMPAIGN_LEAD_DELIVERED,
     CONVOCORE_AGENT_CREATED,
     CONVOCORE_MESSAGE_RECEIVED,
@@ -360,11 +361,53 @@ def test_agora_without_a_timestamp_gets_the_record_time_last() -> None:
     )
 
 
-def test_agora_moves_the_timestamp_last_and_takes_the_type_from_the_type_field() -> None:
+def test_agora_puts_event_first_keeps_the_events_order_and_takes_the_type_from_the_type_field() -> None:
     event = {"timestamp": "2026-01-01T00:00:00Z", "type": "lead.converted", "campaign_id": 7}
-    assert render("agora", event) == {"event": "lead.converted", "campaign_id": 7, "timestamp": "2026-01-01T00:00:00Z"}
     body = endpoint_of("agora").render(event_of(event))
-    assert body == b'{"event":"lead.converted","campaign_id":7,"timestamp":"2026-01-01T00:00:00Z"}'
+    assert body == b'{"event":"lead.converted","timestamp":"2026-01-01T00:00:00Z","campaign_id":7}'
+
+
+def test_agora_all_other_events_example_arrives_in_the_seeds_order() -> None:
+    assert endpoint_of("agora").render(event_of(AGORA_STATUS_CHANGED)) == compact(AGORA_STATUS_CHANGED)
+    fields_after = {**AGORA_STATUS_CHANGED, "from": "new", "to": "contacted"}
+    assert endpoint_of("agora").render(event_of(fields_after)) == compact(fields_after)
+
+
+def test_agora_adds_a_missing_timestamp_last() -> None:
+    event = {"event": "call.completed", "campaign_id": 7, "duration": 30}
+    body = endpoint_of("agora").render(event_of(event, time_ms=T_MS))
+    assert body == compact({**event, "timestamp": T_ISO})
+
+
+@pytest.mark.parametrize(
+    ("profile", "seed"),
+    [
+        ("agora", "AGORA_LEAD_CREATED"),
+        ("agora", "AGORA_BULK"),
+        ("agora", "AGORA_STATUS_CHANGED"),
+        ("leadterra", "LEADTERRA_REPLY"),
+        ("campaign", "CAMPAIGN_LEAD_DELIVERED"),
+    ],
+)
+def test_every_seed_example_produced_in_its_printed_order_arrives_in_that_order(profile: str, seed: str) -> None:
+    import tests.seeds
+
+    example = getattr(tests.seeds, seed)
+    assert endpoint_of(profile).render(event_of(example)) == compact(example)
+
+
+@pytest.mark.parametrize("seed", ["CONVOCORE_AGENT_CREATED", "CONVOCORE_MESSAGE_RECEIVED", "CONVOCORE_LEAD_CAPTURED"])
+def test_convocore_seed_examples_keep_their_order_with_the_endpoints_secret(seed: str) -> None:
+    import tests.seeds
+
+    example = getattr(tests.seeds, seed)
+    expected = {**example, "payload": {**example["payload"], "workspaceSecret": "endpoint-secret"}}
+    assert endpoint_of("convocore").render(event_of(example)) == compact(expected)
+
+
+def test_crm_seed_example_keeps_its_order_with_the_endpoints_secret() -> None:
+    expected = {**CRM_LEAD_CREATE, "secret": "endpoint-secret"}
+    assert endpoint_of("crm").render(event_of(CRM_LEAD_CREATE)) == compact(expected)
 
 
 def test_agora_keeps_a_type_field_that_is_not_the_event_type() -> None:
