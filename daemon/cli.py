@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
             op.add_argument("--topic", required=True, help="source_topic of the results record")
             op.add_argument("--partition", type=int, required=True, help="source_partition of the results record")
             op.add_argument("--offset", type=int, required=True, help="source_offset of the results record")
+            op.add_argument("--attempt", help="attempt_id of the results record (the new one's redelivery_of_id)")
         if name == "replay":
             op.add_argument("--from-time", help="ISO 8601, e.g. 2026-11-23T10:00:00Z")
             op.add_argument("--to-time", help="ISO 8601")
@@ -150,7 +151,7 @@ def _operate(args: argparse.Namespace) -> int:
     elif args.command == "redeliver":
         path = f"/deliveries/{args.target}/redeliver"
         body = {"endpoint_id": args.endpoint, "source_topic": args.topic, "source_partition": args.partition,
-                "source_offset": args.offset}  # fmt: skip
+                "source_offset": args.offset, "attempt_id": args.attempt}  # fmt: skip
     else:
         path = f"/endpoints/{args.target}/replay"
         spec = {"from_time": args.from_time, "to_time": args.to_time, "topic": args.topic,

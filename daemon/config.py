@@ -29,6 +29,11 @@ class KafkaConfig(msgspec.Struct, **_FROZEN):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     # topic -> field holding the event type (dotted for nested: "meta.kind"); default `event`, then `type`.
     event_type_fields: dict[str, Annotated[str, Meta(min_length=1)]] = {}
+    # topic -> field holding the event's own id (dotted for nested): webhook ids derive from it. CloudEvents' id
+    # and source are used without it; without either, the record's coordinates and timestamp.
+    event_id_fields: dict[str, Annotated[str, Meta(min_length=1)]] = {}
+    # A larger event is recorded invalid_event ("too large") and not delivered.
+    max_event_bytes: Annotated[int, Meta(ge=1024, le=100 * 1024 * 1024)] = 1024 * 1024
     max_in_flight_events: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
     max_poll_records: Annotated[int, Meta(ge=1, le=100_000)] = 1_000
     fetch_max_wait_ms: Annotated[int, Meta(ge=0, le=10_000)] = 20

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import os
+import secrets
 import socket
 import time
 from typing import Any, Protocol
@@ -44,10 +46,21 @@ from daemon.profiles import PROFILES, Profile, Signer
 log = logging.getLogger(__name__)
 
 
-def delivery_id(topic: str, partition: int, offset: int, endpoint_id: str) -> str:
-    """Stable id of one (event, endpoint) pair: the same across attempts, restarts and redeliveries."""
-    digest = hashlib.blake2b(f"{topic}\0{partition}\0{offset}\0{endpoint_id}".encode(), digest_size=16)
+def delivery_id(event_key: str, endpoint_id: str) -> str:
+    """The id of one (event, endpoint) pair, sent as ``webhook-id``: the same across attempts, retries, restarts,
+    redeliveries and replays of that event to that endpoint, and different for every other event (``event_key``
+    is the event's identity, ``daemon.model.Event.key``)."""
+    digest = hashlib.blake2b(f"{event_key}\0{endpoint_id}".encode(), digest_size=16)
     return "msg_" + digest.hexdigest()
+
+
+_NONCE = secrets.token_hex(4)  # this process's; with the counter, no two results records share an attempt id
+_ATTEMPTS = itertools.count(1)
+
+
+def new_attempt_id(delivery: str, attempt: int) -> str:
+    """A results record's own id: unique across attempts, retries, redeliveries, restarts and processes."""
+    return f"{delivery}-{attempt}-{_NONCE}{next(_ATTEMPTS):x}"
 
 
 def policy_of(retry: EndpointRetryConfig | None, profile: Profile) -> Policy:
@@ -75,8 +88,23 @@ class Endpoint:
     """
 
     __slots__ = (
-        "_attempt_id", "_secrets", "base_headers", "body_key", "config", "id", "max_concurrency", "pause_threshold",
-        "policy", "profile", "queue_size", "route", "secret", "signer", "statuses", "timeout_s", "url",
+        "_secrets",
+        "_wire_id",
+        "base_headers",
+        "body_key",
+        "config",
+        "id",
+        "max_concurrency",
+        "pause_threshold",
+        "policy",
+        "profile",
+        "queue_size",
+        "route",
+        "secret",
+        "signer",
+        "statuses",
+        "timeout_s",
+        "url",
     )  # fmt: skip
 
     def __init__(self, config: EndpointConfig, delivery: DeliveryConfig, environ: Any) -> None:
@@ -88,7 +116,7 @@ class Endpoint:
         self._secrets = tuple(secrets)
         self.secret = secrets[0] if secrets else ""
         self.signer: Signer = profile.signing.signer(secrets)
-        self._attempt_id = profile.signing.attempt_id
+        self._wire_id = profile.signing.wire_id
         # Bodies that do not carry the secret are shared by every endpoint of the profile.
         self.body_key = (profile.name, self.secret if profile.injects_secret else None)
         self.timeout_s = config.timeout_s if config.timeout_s is not None else profile.timeout_s
@@ -129,11 +157,16 @@ class Endpoint:
             body = event.bodies[self.body_key] = orjson.dumps(rendered)
         return body
 
-    def request_headers(self, job: Job, body: bytes, ts: int) -> tuple[str, dict[str, str]]:
-        """This attempt's id, and the headers that change per request: the profile's signature, ids, timestamp."""
+    def request_headers(self, job: Job, body: bytes, ts: int) -> tuple[str | None, dict[str, str]]:
+        """The id the contract gives this attempt on the wire (if any), and the headers that change per request:
+        the profile's signature, ids and timestamp, and the event's ``traceparent``."""
         delivery = job.delivery_id
-        attempt_id = self._attempt_id(self.id, delivery, job.attempt, ts)
-        return attempt_id, self.signer.headers(delivery, attempt_id, job.event.event_type, body, ts)
+        wire_id = self._wire_id(self.id, delivery, job.attempt, ts)
+        headers = self.signer.headers(delivery, wire_id, job.event.event_type, body, ts)
+        traceparent = job.event.traceparent
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
+        return wire_id, headers
 
 
 class Job:
@@ -216,7 +249,7 @@ class Sender:
         response: str | None = None
         error: str | None = None
         retry_after: float | None = None
-        attempt_id, signed = endpoint.request_headers(job, body, ts)
+        wire_id, signed = endpoint.request_headers(job, body, ts)
         start = time.perf_counter()
         try:
             route = endpoint.route
@@ -252,7 +285,8 @@ class Sender:
             response_body=response,
             error=error,
             profile=endpoint.profile.name,
-            attempt_id=attempt_id,
+            attempt_id=new_attempt_id(job.delivery_id, job.attempt),
+            sent_id=wire_id,
             redelivery_of_id=job.history[-1].attempt_id if job.history else job.redelivery_of_id,
             retry_after_s=retry_after,
         )

@@ -37,12 +37,15 @@ UnixMs = Annotated[int, Meta(ge=0, le=253_402_300_799_999)]  # up to the year 99
 
 
 class Redelivery(msgspec.Struct, kw_only=True):
-    """Where a past delivery's event is, as its results record says (the record itself may be posted whole)."""
+    """Where a past delivery's event is, as its results record says (the record itself may be posted whole).
+
+    ``attempt_id``, when given, is the attempt this one repeats (its record's ``redelivery_of_id``)."""
 
     endpoint_id: EndpointId
     source_topic: Name
     source_partition: Partition
     source_offset: Offset
+    attempt_id: Annotated[str, Meta(max_length=200)] | None = None
 
 
 class Replay(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -126,17 +129,18 @@ class Operator:
     async def redeliver(self, delivery: str, where: Redelivery) -> Outcome:
         """One attempt of a past delivery, its event read back from Kafka by its recorded position."""
         topic, partition, offset = where.source_topic, where.source_partition, where.source_offset
-        if delivery_id(topic, partition, offset, where.endpoint_id) != delivery:
-            raise NotFound(f"{delivery} is not the delivery of {topic}[{partition}]@{offset} to {where.endpoint_id}")
         endpoint = self._endpoint(where.endpoint_id)
         record = await read_one(self._client_options, topic, partition, offset)
+        event = self._event_of(record)
+        if delivery_id(event.key, endpoint.id) != delivery:
+            raise NotFound(f"{delivery} is not the delivery of {topic}[{partition}]@{offset} to {where.endpoint_id}")
         job = Job(
-            event=self._event_of(record),
+            event=event,
             delivery_id=delivery,
             ack=None,
             trigger=REDELIVERY,
             endpoint_id=endpoint.id,
-            redelivery_of_id=delivery,
+            redelivery_of_id=where.attempt_id,
         )
         return await self._settlement.attempt_once(endpoint, job)
 
@@ -172,7 +176,7 @@ class Operator:
             matched += 1
             job = Job(
                 event=event,
-                delivery_id=delivery_id(record.topic, record.partition, record.offset, endpoint_id),
+                delivery_id=delivery_id(event.key, endpoint_id),
                 ack=None,
                 trigger=REPLAY,
                 endpoint_id=endpoint_id,
@@ -182,8 +186,7 @@ class Operator:
 
     def _event_of(self, record: Any) -> Event:
         """The event of a record read back; raises InvalidEvent (a 400) when it is not one."""
-        event_type = self._settlement.routing.reader(record.topic).read(record.value)
-        return Event.from_record(record, event_type)
+        return self._settlement.routing.reader(record.topic).event(record)
 
 
 def _ms(value: datetime | int | None) -> int | None:

@@ -15,7 +15,7 @@ from daemon.match import RoutingTable
 from daemon.model import TypeReader
 from daemon.resolve import resolve
 
-DEFAULT_READER: Final = TypeReader()
+DEFAULT_READER: Final = TypeReader()  # a topic outside the config's (a subscription changed under a fetch)
 
 
 class Routing:
@@ -36,7 +36,13 @@ class Routing:
         self.endpoints = endpoints
         self.subscriptions = len(resolved.subscriptions)
         self.table = RoutingTable(resolved.subscriptions, {e.id: e.profile.catalogue for e in endpoints.values()})
-        self.readers = {topic: TypeReader(field) for topic, field in config.kafka.event_type_fields.items()}
+        kafka = config.kafka
+        self.readers = {
+            topic: TypeReader(
+                kafka.event_type_fields.get(topic), kafka.event_id_fields.get(topic), kafka.max_event_bytes
+            )
+            for topic in kafka.topics
+        }
 
     def reader(self, topic: str) -> TypeReader:
         return self.readers.get(topic, DEFAULT_READER)

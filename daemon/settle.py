@@ -146,13 +146,13 @@ class Settlement:
         routing = self._routing
         topic, offset = record.topic, record.offset
         try:
-            event_type = routing.readers.get(topic, DEFAULT_READER).read(record.value)
+            event = routing.readers.get(topic, DEFAULT_READER).event(record)
+            event_type = event.event_type
             match = routing.table.match(topic, event_type)
             if not match.endpoints and not match.conditional:
                 part.add(offset, 0)
                 self._metrics.events_unmatched.labels(topic).inc()
                 return
-            event = Event.from_record(record, event_type)
             known = routing.endpoints
             endpoints = [known[endpoint_id] for endpoint_id in match.select(event.decoded)]
             skips = {
@@ -171,12 +171,11 @@ class Settlement:
         if not endpoints:
             self._metrics.events_unmatched.labels(topic).inc()
             return
-        partition = record.partition
+        key = event.key
         ack = partial(part.done, offset)
         for endpoint in endpoints:
             endpoint_id = endpoint.id
-            job = Job(event=event, delivery_id=delivery_id(topic, partition, offset, endpoint_id), ack=ack,
-                      endpoint_id=endpoint_id)  # fmt: skip
+            job = Job(event=event, delivery_id=delivery_id(key, endpoint_id), ack=ack, endpoint_id=endpoint_id)
             rule = skips.get(endpoint_id) if skips else None
             if rule is not None:
                 outcome = outcome_for(endpoint_id, job, rule.status, error=rule.reason, profile=endpoint.profile.name)
@@ -329,6 +328,8 @@ class Settlement:
             history=history,
             deferred=deferred,
             deferrals=job.deferrals,
+            key=event.key,
+            traceparent=event.traceparent,
         )
         topic = self._retry.tier_topic(tier)
         self._writer.submit(endpoint_id.encode(), encode_retry(record), ack, topic=topic)

@@ -195,9 +195,10 @@ class _Checks:
         kafka = config.kafka
         if kafka.results_topic in self._topics:
             self.fault("kafka.results_topic", "must not be one of kafka.topics")
-        for topic in kafka.event_type_fields:
-            if topic not in self._topics:
-                self.fault(f"kafka.event_type_fields.{topic}", "not one of kafka.topics")
+        for fields in ("event_type_fields", "event_id_fields"):
+            for topic in getattr(kafka, fields):
+                if topic not in self._topics:
+                    self.fault(f"kafka.{fields}.{topic}", "not one of kafka.topics")
         if kafka.sasl_mechanism and kafka.sasl_password_env and kafka.sasl_password_env not in environ:
             self.fault("kafka.sasl_password_env", f"environment variable {kafka.sasl_password_env} is not set")
         tiers = config.retry.tiers_s

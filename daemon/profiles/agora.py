@@ -29,11 +29,11 @@ class _Signer:
     def __init__(self, key: bytes) -> None:
         self._key = key
 
-    def headers(self, delivery_id: str, attempt_id: str, event_type: str, body: bytes, ts: int) -> dict[str, str]:
+    def headers(self, delivery_id: str, wire_id: str | None, event_type: str, body: bytes, ts: int) -> dict[str, str]:
         return {
             "X-Agora-Signature-256": "sha256=" + hmac_sha256_hex(self._key, body),
             "X-Agora-Event": event_type,
-            "X-Agora-Delivery": attempt_id,
+            "X-Agora-Delivery": wire_id or "",
         }
 
 
@@ -43,8 +43,8 @@ class AgoraSigning:
     def signer(self, secrets: Sequence[str]) -> _Signer:
         return _Signer(secrets[0].encode() if secrets else b"")
 
-    def attempt_id(self, endpoint_id: str, delivery_id: str, attempt: int, ts: int) -> str:
-        return f"{endpoint_id}-{attempt}-{ts}"
+    def wire_id(self, endpoint_id: str, delivery_id: str, attempt: int, ts: int) -> str | None:
+        return f"{endpoint_id}-{attempt}-{ts}"  # X-Agora-Delivery: {endpoint_id}-{attempt}-{unix_ts}
 
 
 AGORA: Final = Profile(

@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 Json = Any
 
 # Headers only the router writes, whatever the profile: an endpoint's own headers may not set them.
-TRANSPORT_HEADERS: Final = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection"})
+TRANSPORT_HEADERS: Final = frozenset(
+    {"host", "content-length", "content-type", "transfer-encoding", "connection", "traceparent"}
+)
 
 KeySource = Literal["whsec", "text", "optional"]  # Standard Webhooks secrets, any text, or none needed
 
@@ -32,13 +34,13 @@ KeySource = Literal["whsec", "text", "optional"]  # Standard Webhooks secrets, a
 class Signer(Protocol):
     """One endpoint's signing, keys prepared once."""
 
-    def headers(self, delivery_id: str, attempt_id: str, event_type: str, body: bytes, ts: int) -> dict[str, str]:
+    def headers(self, delivery_id: str, wire_id: str | None, event_type: str, body: bytes, ts: int) -> dict[str, str]:
         """The headers of one request that depend on it: signature, ids, timestamp."""
         ...
 
 
 class Signing(Protocol):
-    """A signing scheme: the headers it owns, how an attempt is named, and a signer per endpoint."""
+    """A signing scheme: the headers it owns, the id it gives an attempt on the wire, and a signer per endpoint."""
 
     @property
     def headers_owned(self) -> frozenset[str]:
@@ -47,13 +49,13 @@ class Signing(Protocol):
 
     def signer(self, secrets: Sequence[str]) -> Signer: ...
 
-    def attempt_id(self, endpoint_id: str, delivery_id: str, attempt: int, ts: int) -> str:
-        """The id of one attempt, as the contract names it."""
+    def wire_id(self, endpoint_id: str, delivery_id: str, attempt: int, ts: int) -> str | None:
+        """The id the contract puts on the wire for one attempt (agora: X-Agora-Delivery), if it has one."""
         ...
 
 
 class _Unsigned:
-    def headers(self, delivery_id: str, attempt_id: str, event_type: str, body: bytes, ts: int) -> dict[str, str]:
+    def headers(self, delivery_id: str, wire_id: str | None, event_type: str, body: bytes, ts: int) -> dict[str, str]:
         return {}
 
 
@@ -65,8 +67,8 @@ class Unsigned:
     def signer(self, secrets: Sequence[str]) -> Signer:
         return _Unsigned()
 
-    def attempt_id(self, endpoint_id: str, delivery_id: str, attempt: int, ts: int) -> str:
-        return f"{delivery_id}-{attempt}"
+    def wire_id(self, endpoint_id: str, delivery_id: str, attempt: int, ts: int) -> str | None:
+        return None
 
 
 class Checks(Protocol):

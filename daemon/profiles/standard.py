@@ -26,7 +26,7 @@ class _Signer:
     def __init__(self, keys: Sequence[bytes]) -> None:
         self._signer = StandardSigner(keys)
 
-    def headers(self, delivery_id: str, attempt_id: str, event_type: str, body: bytes, ts: int) -> dict[str, str]:
+    def headers(self, delivery_id: str, wire_id: str | None, event_type: str, body: bytes, ts: int) -> dict[str, str]:
         return {
             "webhook-id": delivery_id,
             "webhook-timestamp": str(ts),
@@ -40,8 +40,8 @@ class StandardWebhooksSigning:
     def signer(self, secrets: Sequence[str]) -> _Signer:
         return _Signer([decode_whsec(secret) for secret in secrets])
 
-    def attempt_id(self, endpoint_id: str, delivery_id: str, attempt: int, ts: int) -> str:
-        return f"{delivery_id}-{attempt}"
+    def wire_id(self, endpoint_id: str, delivery_id: str, attempt: int, ts: int) -> str | None:
+        return None  # webhook-id is the delivery id, the same for every attempt
 
 
 STANDARD_WEBHOOKS: Final = Profile(

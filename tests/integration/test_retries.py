@@ -78,8 +78,9 @@ async def test_agora_once_for_live_events_with_redelivery_of_id(setup: Setup, re
     assert [rec["status"] for rec in records] == ["failed", "dead_lettered"]
     first, second = (req.headers["X-Agora-Delivery"] for req in r.requests)
     assert first.startswith("9-1-") and second.startswith("9-2-")
-    assert records[0]["attempt_id"] == first and records[0]["redelivery_of_id"] is None
-    assert records[1]["redelivery_of_id"] == first
+    assert records[0]["sent_id"] == first and records[0]["redelivery_of_id"] is None
+    assert records[1]["sent_id"] == second
+    assert records[1]["redelivery_of_id"] == records[0]["attempt_id"] != records[1]["attempt_id"]
     _assert_spacing(r, [1])
 
 
@@ -247,13 +248,15 @@ async def test_redeliver_by_cli_and_replay_ranges_by_admin_api(
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "daemon", "redeliver", "--config", str(path), third["delivery_id"],
             "--endpoint", "x", "--topic", setup.topic, "--partition", "0", "--offset", "2",
+            "--attempt", third["attempt_id"],
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, err.decode()
         redelivered = json.loads(out)
         assert (redelivered["status"], redelivered["trigger"]) == ("delivered", "redelivery")
-        assert redelivered["redelivery_of_id"] == third["delivery_id"]
+        assert redelivered["redelivery_of_id"] == third["attempt_id"] != redelivered["attempt_id"]
+        assert redelivered["delivery_id"] == third["delivery_id"]
         assert r.requests[-1].headers["webhook-id"] == third["delivery_id"]
         assert json.loads(r.requests[-1].body)["n"] == 2
 

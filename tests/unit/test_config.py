@@ -475,7 +475,7 @@ def test_reserved_headers_cannot_be_overridden(name: str) -> None:
 
 
 def test_reserved_header_set() -> None:
-    transport = {"host", "content-length", "content-type", "transfer-encoding", "connection"}
+    transport = {"host", "content-length", "content-type", "transfer-encoding", "connection", "traceparent"}
     assert {*transport, "webhook-id", "webhook-timestamp", "webhook-signature"} == RESERVED_HEADERS
     agora = {"x-agora-signature-256", "x-agora-event", "x-agora-delivery"}
     assert PROFILES["agora"].reserved_headers == {*transport, *agora}

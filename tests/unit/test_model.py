@@ -14,7 +14,7 @@ import pytest
 
 from daemon import model
 from daemon.config import DeliveryConfig, EndpointConfig
-from daemon.deliver import Endpoint, delivery_id
+from daemon.deliver import Endpoint, delivery_id, new_attempt_id
 from daemon.errors import InvalidEvent
 from daemon.metrics import status_class
 from daemon.model import (
@@ -297,41 +297,86 @@ def test_status_class(http_status: int | None, error: str | None, expected: str)
     assert status_class(http_status, error) == expected
 
 
-# --- delivery_id ---
+# --- event identity and delivery ids ---
 
 
-def test_delivery_id_is_stable() -> None:
-    expected = "msg_" + hashlib.blake2b(b"leads\x000\x0042\x00crm", digest_size=16).hexdigest()
-    assert delivery_id("leads", 0, 42, "crm") == expected
-    assert delivery_id("leads", 0, 42, "crm") == "msg_bb5ad8c84b4a7e6d02126eeff67e2e1e"
-    assert re.fullmatch(r"msg_[0-9a-f]{32}", delivery_id("t", 1, 2, "e"))
+def rec(value: bytes | None, offset: int = 42, timestamp: int = 1_781_294_400_000, topic: str = "leads",
+        headers: tuple[tuple[str, bytes], ...] = ()) -> Any:  # fmt: skip
+    from tests.unit.standins import Record
+
+    return Record(topic, 0, offset, value, timestamp=timestamp, headers=headers)
 
 
-def test_delivery_id_is_distinct_per_event_and_endpoint() -> None:
-    ids = {
-        delivery_id(topic, partition, offset, endpoint)
-        for topic in ("leads", "orders")
-        for partition in range(3)
-        for offset in range(50)
-        for endpoint in ("crm", "billing", "crm2")
-    }
-    assert len(ids) == 2 * 3 * 50 * 3
+def test_delivery_id_is_a_hash_of_the_event_key_and_the_endpoint() -> None:
+    expected = "msg_" + hashlib.blake2b(b"kafka:leads\x000\x0042\x00123\x00crm", digest_size=16).hexdigest()
+    assert delivery_id("kafka:leads\x000\x0042\x00123", "crm") == expected
+    assert re.fullmatch(r"msg_[0-9a-f]{32}", delivery_id("k", "e"))
+    assert delivery_id("k", "crm") != delivery_id("k", "CRM") != delivery_id("k2", "crm")
+
+
+def test_an_event_without_an_id_is_known_by_its_coordinates_and_timestamp() -> None:
+    value = b'{"event": "lead.created"}'
+    event = TypeReader().event(rec(value))
+    assert event.key == "kafka:leads\x000\x0042\x001781294400000"
+    again = TypeReader().event(rec(value))
+    recreated = TypeReader().event(rec(value, timestamp=1_790_000_000_000))  # the same offset on a re-created topic
+    assert again.key == event.key and recreated.key != event.key
+    assert len({TypeReader().event(rec(value, offset=n)).key for n in range(100)}) == 100
+
+
+def test_an_events_own_id_field_makes_its_identity_on_any_offset() -> None:
+    reader = TypeReader(id_field="meta.id")
+    first = reader.event(rec(b'{"event": "x", "meta": {"id": "evt_1"}}', offset=1))
+    copy = reader.event(rec(b'{"event": "x", "meta": {"id": "evt_1"}}', offset=99, timestamp=5))
+    other = reader.event(rec(b'{"event": "x", "meta": {"id": "evt_2"}}', offset=1))
+    elsewhere = reader.event(rec(b'{"event": "x", "meta": {"id": "evt_1"}}', topic="orders"))
+    assert first.key == copy.key == "id:leads\x00evt_1"
+    assert other.key != first.key and elsewhere.key != first.key
+    missing = reader.event(rec(b'{"event": "x"}', offset=7))
+    assert missing.key.startswith("kafka:leads\x000\x007\x00")  # no id: the coordinates
+
+
+def test_a_structured_cloudevent_is_routed_by_its_type_and_known_by_source_and_id() -> None:
+    value = b'{"specversion": "1.0", "type": "com.acme.lead.created", "source": "/crm", "id": "A-1", "data": {}}'
+    event = TypeReader().event(rec(value))
+    assert (event.event_type, event.key) == ("com.acme.lead.created", "ce:/crm\x00A-1")
+    assert TypeReader(id_field="nope").event(rec(value)).key == "ce:/crm\x00A-1"
+
+
+def test_a_binary_cloudevent_is_routed_by_its_headers_whatever_its_data() -> None:
+    headers = (("ce_specversion", b"1.0"), ("ce_type", b"com.acme.call.ended"), ("ce_source", b"/pbx"),
+               ("ce_id", b"c-9"), ("content-type", b"application/octet-stream"))  # fmt: skip
+    event = TypeReader().event(rec(b"\x00\x01 not json", headers=headers))
+    assert (event.event_type, event.key, event.value) == ("com.acme.call.ended", "ce:/pbx\x00c-9", b"\x00\x01 not json")
+    with pytest.raises(InvalidEvent, match="the ce_type header must not contain control characters"):
+        TypeReader().event(rec(b"{}", headers=(("ce_type", b"a\nb"),)))
 
 
 @pytest.mark.parametrize(
-    ("one", "other"),
+    ("header", "kept"),
     [
-        (("a", 1, 23, "x"), ("a", 12, 3, "x")),
-        (("a", 12, 3, "x"), ("a1", 2, 3, "x")),
-        (("a", 1, 2, "3x"), ("a", 1, 23, "x")),
-        (("leads", 0, 42, "crm"), ("leads", 0, 43, "crm")),
-        (("leads", 0, 42, "crm"), ("leads", 0, 42, "CRM")),
+        (b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", True),
+        (b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nX-Injected: 1", False),
+        (b"garbage", False),
+        (b"\xff", False),
     ],
 )
-def test_delivery_id_fields_do_not_run_together(
-    one: tuple[str, int, int, str], other: tuple[str, int, int, str]
-) -> None:
-    assert delivery_id(*one) != delivery_id(*other)
+def test_a_traceparent_header_is_kept_only_when_well_formed(header: bytes, kept: bool) -> None:
+    event = TypeReader().event(rec(b'{"event": "x"}', headers=(("traceparent", header),)))
+    assert event.traceparent == (header.decode() if kept else None)
+
+
+def test_an_event_larger_than_the_limit_is_invalid() -> None:
+    value = b'{"event": "x", "p": "' + b"a" * 2030 + b'"}'
+    assert len(value) == 2053
+    with pytest.raises(InvalidEvent, match=r"too large: 2053 bytes \(kafka.max_event_bytes is 2048\)"):
+        TypeReader(max_bytes=2048).event(rec(value))
+    assert TypeReader(max_bytes=2053).event(rec(value)).event_type == "x"
+
+
+def test_attempt_ids_never_repeat() -> None:
+    ids = {new_attempt_id("msg_1", 1) for _ in range(1000)}
+    assert len(ids) == 1000 and all(i.startswith("msg_1-1-") for i in ids)
 
 
 # --- Endpoint.same_as ---
