@@ -21,7 +21,7 @@ async def test_cloudevents_binary_and_structured_are_routed_by_type_and_carry_th
     setup: Setup, receivers: list[Receiver]
 ) -> None:
     leads, calls = await receiver(receivers), await receiver(receivers)
-    endpoints = [{"id": "leads", "url": leads.url, "secret": SECRET}, {"id": "calls", "url": calls.url, "secret": SECRET}]
+    endpoints = [{"id": name, "url": r.url, "secret": SECRET} for name, r in (("leads", leads), ("calls", calls))]
     subs = [{"endpoint": "leads", "events": ["com.acme.lead.*"]}, {"endpoint": "calls", "events": ["com.acme.call.*"]}]
     structured = {"specversion": "1.0", "type": "com.acme.lead.created", "source": "/crm", "id": "L-1",
                   "datacontenttype": "application/json", "data": {"lead": 7}}  # fmt: skip
