@@ -130,7 +130,7 @@ class App:
         stack.push_async_callback(sender.close)
 
         routing = Routing(config, environ)
-        settlement = Settlement(results, retry, metrics, health, sender, routing)
+        settlement = Settlement(results, retry, metrics, health, sender, routing, client_options)
         stack.push_async_callback(settlement.cancel)
         stack.callback(settlement.cancel_timers)
         self._follow_config_pauses(health, None, routing)

@@ -35,6 +35,9 @@ class KafkaConfig(msgspec.Struct, **_FROZEN):
     # A larger event is recorded invalid_event ("too large") and not delivered.
     max_event_bytes: Annotated[int, Meta(ge=1024, le=100 * 1024 * 1024)] = 1024 * 1024
     max_in_flight_events: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    # The bytes of the events read and not finished (their values); at the cap fetching pauses. The default
+    # keeps a pod's memory under 512 MiB with the rest of the process.
+    max_in_flight_bytes: Annotated[int, Meta(ge=1024 * 1024, le=64 * 1024**3)] = 128 * 1024 * 1024
     max_poll_records: Annotated[int, Meta(ge=1, le=100_000)] = 1_000
     fetch_max_wait_ms: Annotated[int, Meta(ge=0, le=10_000)] = 20
     commit_interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 500
@@ -78,6 +81,10 @@ class RetryConfig(msgspec.Struct, **_FROZEN):
     partitions: Annotated[int, Meta(ge=1, le=1000)] = 3  # for the topics the router creates
     create_topics: bool = True
     retry_after_max_s: Annotated[float, Meta(ge=0, le=86_400)] = 3600.0
+    # A retry or dead-letter record larger than this keeps the event's coordinates instead of its body (the
+    # event is read back from its topic when due). Keep it under the topics' max.message.bytes (Kafka's
+    # default: 1048588).
+    max_record_bytes: Annotated[int, Meta(ge=10_000, le=100 * 1024 * 1024)] = 1_000_000
 
     def tier_topic(self, tier_s: float) -> str:
         return f"{self.topic_prefix}.retry.{tier_s:g}s"

@@ -69,6 +69,7 @@ class Source:
         self._name = name
         self._last_fetch_error_log = -_ERROR_LOG_INTERVAL_S
         self._paused_gauge = metrics.partitions_paused.labels(name)
+        self._in_flight_bytes = metrics.events_in_flight_bytes.labels(name)
         self._paused_gauge.set(0)
         self._dispatch = dispatch
         self._drain_timeout_s = drain_timeout_s
@@ -76,6 +77,8 @@ class Source:
         self.offsets = OffsetTracker(on_done=self._on_done)
         self._cap = kafka.max_in_flight_events
         self._low_water = kafka.max_in_flight_events // 2
+        self._bytes_cap = kafka.max_in_flight_bytes
+        self._bytes_low_water = kafka.max_in_flight_bytes // 2
         self._paused = False
         self._commit_lock = asyncio.Lock()
         self.joined = False
@@ -118,7 +121,7 @@ class Source:
         while not self.stopping:
             # Never fetch more than the cap has room for: the cap on events in flight is exact.
             room = self._cap - offsets.in_flight
-            if room <= 0 and not self._paused:
+            if (room <= 0 or offsets.in_flight_bytes >= self._bytes_cap) and not self._paused:
                 self._pause()
             try:
                 batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=max(1, min(max_records, room)))
@@ -148,6 +151,7 @@ class Source:
             if failed:
                 await asyncio.sleep(_FAILED_FETCH_WAIT_S)
             self._metrics.events_in_flight.set(offsets.in_flight)
+            self._in_flight_bytes.set(offsets.in_flight_bytes)
             if time.monotonic() >= next_lag:
                 next_lag = time.monotonic() + _LAG_INTERVAL_S
                 self._update_lag()
@@ -166,11 +170,14 @@ class Source:
         self._paused = True
         self._paused_gauge.set(1)
         self._consumer.pause(*self._consumer.assignment())
-        log.info("%d events in flight: fetching paused", self.offsets.in_flight)
+        log.info(
+            "%d events (%d bytes) in flight: fetching paused", self.offsets.in_flight, self.offsets.in_flight_bytes
+        )
 
     def _on_done(self) -> None:
         self._progress.set()
-        if self._paused and self.offsets.in_flight <= self._low_water:
+        offsets = self.offsets
+        if self._paused and offsets.in_flight <= self._low_water and offsets.in_flight_bytes <= self._bytes_low_water:
             self._paused = False
             self._paused_gauge.set(0)
             self._consumer.resume(*(tp for tp in self._consumer.assignment() if tp not in self._held))

@@ -7,7 +7,11 @@ from typing import Any
 
 from daemon.config import SubscriptionConfig
 
+# The answers cached per (topic, type): event types come from outside, so both the number of entries and the
+# bytes of their keys are bounded, and a type too long to be a real one is answered without being kept.
 _CACHE_LIMIT = 65_536
+_CACHE_BYTES = 8 * 1024 * 1024
+_CACHED_TYPE_MAX = 256
 
 
 class Where:
@@ -65,7 +69,7 @@ class RoutingTable:
     matching is one dict lookup however many subscriptions there are.
     """
 
-    __slots__ = ("_cache", "_exact", "_prefix_lengths", "_prefixes", "_star")
+    __slots__ = ("_cache", "_cache_bytes", "_exact", "_prefix_lengths", "_prefixes", "_star")
 
     def __init__(
         self, subscriptions: Iterable[SubscriptionConfig], catalogues: Mapping[str, frozenset[str] | None] | None = None
@@ -90,6 +94,7 @@ class RoutingTable:
                     self._exact.setdefault(pattern, []).append(route)
         self._prefix_lengths = sorted({len(p) for p in self._prefixes})
         self._cache: dict[tuple[str, str], Match] = {}
+        self._cache_bytes = 0
 
     def match(self, topic: str, event_type: str) -> Match:
         """What is subscribed to ``event_type`` on ``topic``: each endpoint once, in config order."""
@@ -98,9 +103,13 @@ class RoutingTable:
         if hit is not None:
             return hit
         found = self._resolve(topic, event_type)
-        if len(self._cache) >= _CACHE_LIMIT:  # event types come from outside: bound the cache
+        if len(event_type) > _CACHED_TYPE_MAX:
+            return found
+        if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes >= _CACHE_BYTES:
             self._cache.clear()
+            self._cache_bytes = 0
         self._cache[key] = found
+        self._cache_bytes += len(topic) + len(event_type) + 100  # the key's text and about the entry's own size
         return found
 
     def _resolve(self, topic: str, event_type: str) -> Match:

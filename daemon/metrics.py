@@ -24,6 +24,10 @@ class Metrics:
         self.events_in_flight = Gauge(
             p + "events_in_flight", "Events read whose outcomes are not all recorded yet.", registry=r
         )
+        self.events_in_flight_bytes = Gauge(
+            p + "events_in_flight_bytes", "Bytes of the events read and not finished, per consumer (events, retries).",
+            ["consumer"], registry=r,
+        )  # fmt: skip
         self.deliveries = Counter(
             p + "deliveries", "Delivery attempts by outcome and status class.", ["outcome", "status_class"], registry=r
         )

@@ -95,6 +95,7 @@ class RetryRecord(msgspec.Struct, kw_only=True):
     deferrals: int = 0  # how often it was deferred so far
     key: str = ""  # the event's identity (Event.key)
     traceparent: str | None = None
+    value_omitted: bool = False  # too large for a retry record: read back from topic/partition/offset when due
 
 
 encode_retry = msgspec.msgpack.Encoder().encode
@@ -113,7 +114,8 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     source_offset: int | None
     attempts: list[Attempt]
     dead_lettered_at: str
-    event: msgspec.Raw
+    event: msgspec.Raw  # null when it would not fit the topic's records (``event_omitted`` says so)
+    event_omitted: str | None = None
 
 
 encode_dead_letter = msgspec.json.Encoder().encode
@@ -163,13 +165,16 @@ class Event:
 
     # __slots__: one per record read (the hot path); not a msgspec Struct because it is never encoded.
     __slots__ = (
-        "_decoded", "bodies", "event_type", "key", "offset", "partition", "time_ms", "topic", "traceparent", "value",
+        "_decoded", "bodies", "event_type", "key", "missing", "offset", "partition", "time_ms", "topic", "traceparent",
+        "value",
     )  # fmt: skip
 
     @classmethod
     def from_retry(cls, record: RetryRecord) -> Event:
-        return cls(record.value, record.event_type, record.topic, record.partition, record.offset, record.time_ms,
-                   record.key, record.traceparent)  # fmt: skip
+        event = cls(record.value, record.event_type, record.topic, record.partition, record.offset, record.time_ms,
+                    record.key, record.traceparent)  # fmt: skip
+        event.missing = record.value_omitted
+        return event
 
     @property
     def type_field(self) -> str | None:
@@ -192,6 +197,7 @@ class Event:
         self.time_ms = time_ms
         self.key = key
         self.traceparent = traceparent
+        self.missing = False  # the value was too large to keep in a retry record: read it back from Kafka
         self._decoded: dict[str, Any] | None = None
         self.bodies: dict[Any, bytes] = {}
 

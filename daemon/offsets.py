@@ -14,11 +14,12 @@ from collections.abc import Callable, Collection, Hashable
 class PartitionOffsets:
     """Unfinished offsets of one partition, for one assignment of it."""
 
-    __slots__ = ("_order", "_pending", "committed", "next_offset", "owner")  # touched per record (the hot path)
+    __slots__ = ("_order", "_pending", "_sizes", "committed", "next_offset", "owner")  # per record (the hot path)
 
     def __init__(self, owner: OffsetTracker) -> None:
         self.owner = owner
         self._pending: dict[int, int] = {}  # offset -> outcomes still owed
+        self._sizes: dict[int, int] = {}  # offset -> bytes it holds while unfinished
         self._order: deque[int] = deque()  # unfinished offsets, ascending (records arrive in order)
         self.next_offset: int | None = None  # last offset seen + 1
         self.committed: int | None = None  # last watermark committed
@@ -27,13 +28,18 @@ class PartitionOffsets:
     def unfinished(self) -> int:
         return len(self._pending)
 
-    def add(self, offset: int, owed: int) -> None:
-        """Record that ``offset`` was read and is owed ``owed`` outcomes (0: done already)."""
+    def add(self, offset: int, owed: int, size: int = 0) -> None:
+        """Record that ``offset`` was read and is owed ``owed`` outcomes (0: done already), holding ``size``
+        bytes (its value) until then."""
         self.next_offset = offset + 1
         if owed > 0:
             self._pending[offset] = owed
             self._order.append(offset)
-            self.owner.in_flight += 1
+            owner = self.owner
+            owner.in_flight += 1
+            if size:
+                self._sizes[offset] = size
+                owner.in_flight_bytes += size
 
     def done(self, offset: int) -> None:
         """One outcome of ``offset`` is recorded. Safe to call after the partition was revoked.
@@ -48,8 +54,12 @@ class PartitionOffsets:
             self._pending[offset] = left - 1
             return
         del self._pending[offset]
-        self.owner.in_flight -= 1
-        self.owner.on_done()
+        owner = self.owner
+        owner.in_flight -= 1
+        size = self._sizes.pop(offset, 0)
+        if size:
+            owner.in_flight_bytes -= size
+        owner.on_done()
 
     def watermark(self) -> int | None:
         """The offset to commit: the lowest unfinished one, else the next to read; None before any read."""
@@ -65,6 +75,7 @@ class OffsetTracker:
     def __init__(self, on_done: Callable[[], None] = lambda: None) -> None:
         self.partitions: dict[Hashable, PartitionOffsets] = {}
         self.in_flight = 0
+        self.in_flight_bytes = 0
         self.on_done = on_done
 
     def assign(self, tp: Hashable) -> PartitionOffsets:

@@ -25,14 +25,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
 import msgspec
+from aiokafka.errors import KafkaError
 
 from daemon.config import RetryConfig
 from daemon.deliver import Endpoint, Job, Lane, LaneStats, Sender, delivery_id, outcome_for
-from daemon.errors import InvalidEvent
+from daemon.errors import InvalidEvent, RouterError
 from daemon.health import Health
 from daemon.metrics import Metrics
 from daemon.model import (
@@ -55,6 +57,7 @@ from daemon.model import (
 from daemon.offsets import PartitionOffsets
 from daemon.policy import back_from_tier, defer_wait, tier_for, with_retry_after
 from daemon.profiles import skip_for
+from daemon.readback import read_one
 from daemon.results import ResultsWriter
 from daemon.routing import DEFAULT_READER, Routing
 
@@ -102,6 +105,7 @@ class Settlement:
         health: Health,
         sender: Sender,
         routing: Routing,
+        client_options: Mapping[str, Any],
     ) -> None:
         self._writer = writer
         self._retry = retry
@@ -111,6 +115,7 @@ class Settlement:
         self._health = health
         self._sender = sender
         self._routing = routing
+        self._client_options = client_options  # for reading back events too large for their retry records
         self._lanes: dict[str, Lane] = {}  # only endpoints that have had work
         self._retired: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
@@ -167,7 +172,7 @@ class Settlement:
             log.exception("event %s[%d]@%d could not be routed", topic, record.partition, offset)
             self._invalid(record, part, f"could not be routed ({type(exc).__name__})")
             return
-        part.add(offset, len(endpoints))  # one settlement owed per endpoint
+        part.add(offset, len(endpoints), len(event.value))  # one settlement owed per endpoint
         if not endpoints:
             self._metrics.events_unmatched.labels(topic).inc()
             return
@@ -294,7 +299,15 @@ class Settlement:
             event=msgspec.Raw(event.value),
         )
         self._metrics.dead_lettered.inc()
-        self._writer.submit(endpoint_id.encode(), encode_dead_letter(letter), ack, topic=self._retry.dead_letter_topic)
+        value = encode_dead_letter(letter)
+        if event.missing or len(value) > self._retry.max_record_bytes:
+            letter.event = msgspec.Raw(b"null")
+            letter.event_omitted = (
+                f"{'too large for a dead-letter record' if not event.missing else 'not kept'}: "
+                f"read it at {event.topic}[{event.partition}]@{event.offset}"
+            )
+            value = encode_dead_letter(letter)
+        self._writer.submit(endpoint_id.encode(), value, ack, topic=self._retry.dead_letter_topic)
 
     def _schedule(
         self,
@@ -330,9 +343,15 @@ class Settlement:
             deferrals=job.deferrals,
             key=event.key,
             traceparent=event.traceparent,
+            value_omitted=event.missing,
         )
+        value = encode_retry(record)
+        if len(value) > self._retry.max_record_bytes and not event.missing and event.topic is not None:
+            # Too large for the topic: keep the coordinates; the event is read back from its topic when due.
+            record.value, record.value_omitted = b"", True
+            value = encode_retry(record)
         topic = self._retry.tier_topic(tier)
-        self._writer.submit(endpoint_id.encode(), encode_retry(record), ack, topic=topic)
+        self._writer.submit(endpoint_id.encode(), value, ack, topic=topic)
 
     def _defer(self, job: Job, endpoint_id: str, wait_s: float) -> None:
         """Park a delivery whose endpoint cannot take it now for ``wait_s``; no attempt is used up."""
@@ -388,7 +407,7 @@ class Settlement:
         step, value = back_from_tier(retry.tier_due_ms, retry.due_ms, int(time.time() * 1000), self._tiers)
         if step == "hold":
             return int(value)
-        part.add(record.offset, 1)  # owed the settlement of the delivery it carries
+        part.add(record.offset, 1, len(retry.value))  # owed the settlement of the delivery it carries
         job = Job(
             event=Event.from_retry(retry),
             delivery_id=retry.delivery_id,
@@ -427,6 +446,27 @@ class Settlement:
             # The endpoint left the config while the retry waited: keep the delivery where an operator finds it.
             self._dead_letter(job, retry.endpoint_id, "endpoint no longer configured", retry.history, job.ack)
             return
+        if job.event.missing:
+            task = asyncio.create_task(self._read_back(endpoint, job), name=f"read-back-{job.delivery_id}")
+            self._retired.add(task)  # cancelled with the lanes at shutdown; the offset stays uncommitted
+            task.add_done_callback(self._retired.discard)
+            return
+        self._hand_over(endpoint, job)
+
+    async def _read_back(self, endpoint: Endpoint, job: Job) -> None:
+        """The event of a retry record that was too large to carry it, read back from its topic, then its attempt."""
+        event = job.event
+        try:
+            if event.topic is None or event.partition is None or event.offset is None:
+                raise InvalidEvent("no coordinates to read it back from")
+            record = await read_one(self._client_options, event.topic, event.partition, event.offset)
+            full = self._routing.readers.get(event.topic, DEFAULT_READER).event(record)
+        except (RouterError, KafkaError, OSError) as exc:
+            log.warning("event %s[%d]@%d could not be read back: %s", event.topic, event.partition, event.offset, exc)
+            reason = f"the event could not be read back from Kafka ({type(exc).__name__})"
+            self._dead_letter(job, endpoint.id, reason, job.history, job.ack)
+            return
+        job.event = full
         self._hand_over(endpoint, job)
 
     def cancel_timers(self) -> None:

@@ -52,7 +52,7 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}/hook"
 
     async def start(self) -> Receiver:
-        app = web.Application()
+        app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_post("/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
@@ -97,7 +97,9 @@ class Receiver:
 
 
 async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5, max_request_size=8 * 1024 * 1024
+    )
     await producer.start()
     try:
         futures = [await producer.send(topic, v, key=key) for v in values]
@@ -136,6 +138,27 @@ async def read_topic(
     finally:
         await consumer.stop()
     return records
+
+
+async def read_raw(bootstrap: str, topic: str, within_s: float = 10.0) -> list[bytes]:
+    """Every value on a topic now (no group), as bytes."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic) or set()
+        consumer.assign([TopicPartition(topic, p) for p in partitions])
+        deadline = time.monotonic() + within_s
+        idle = 0
+        while time.monotonic() < deadline and idle < 3:
+            batch = await consumer.getmany(timeout_ms=300)
+            got = [r.value for recs in batch.values() for r in recs]
+            values += got
+            idle = 0 if got else idle + 1
+    finally:
+        await consumer.stop()
+    return values
 
 
 async def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> dict[int, int | None]:

@@ -138,6 +138,19 @@ def test_cache_is_bounded_and_answers_stay_right(monkeypatch: pytest.MonkeyPatch
             assert len(table._cache) <= 8
 
 
+def test_cache_is_bounded_in_bytes_and_never_keeps_long_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(daemon.match, "_CACHE_BYTES", 10_000)
+    table = RoutingTable([sub("crm", "lead.*")])
+    huge = "lead." + "x" * 100_000
+    for i in range(3_000):
+        assert table.match("leads", f"{huge}{i}").endpoints == ("crm",)  # answered, never kept
+    assert len(table._cache) == 0
+    for i in range(1_000):
+        assert table.match("leads", f"lead.{'y' * 200}{i}").endpoints == ("crm",)
+        assert table._cache_bytes <= 10_000 + 400
+    assert 0 < len(table._cache) < 1_000
+
+
 def test_subscriptions_may_be_any_iterable() -> None:
     table = RoutingTable(sub(f"ep{i}", f"t{i}") for i in range(3))
     assert table.match("x", "t1").endpoints == ("ep1",)

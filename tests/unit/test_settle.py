@@ -63,20 +63,23 @@ async def rig(
     endpoints: list[dict[str, Any]] | None = None,
     subscriptions: list[dict[str, Any]] | None = None,
     status: Any = lambda job: 200,
+    **retry: Any,
 ) -> AsyncIterator[Rig]:
     endpoints = endpoints if endpoints is not None else [endpoint("a")]
     if subscriptions is None:
         subscriptions = [{"endpoint": e["id"], "events": ["*"]} for e in endpoints]
     raw = {
         "kafka": {"bootstrap_servers": "k:9092", "group_id": "g", "topics": ["events"], "results_topic": "results"},
-        "retry": {"tiers_s": TIERS, "topic_prefix": "wr"},
+        "retry": {"tiers_s": TIERS, "topic_prefix": "wr", **retry},
         "endpoints": endpoints,
         "subscriptions": subscriptions,
     }
     config = parse_config(raw, {})
     writer, sender, metrics = Writer(), ScriptedSender(status=status), Metrics()
     health = Health(cast(Any, writer), HEALTH, metrics)
-    settlement = Settlement(cast(Any, writer), config.retry, metrics, health, cast(Any, sender), Routing(config, {}))
+    settlement = Settlement(
+        cast(Any, writer), config.retry, metrics, health, cast(Any, sender), Routing(config, {}), {}
+    )
     tracker = OffsetTracker()
     try:
         yield Rig(settlement, writer, sender, health, tracker, tracker.assign(("events", 0)), metrics)
@@ -325,3 +328,42 @@ async def test_an_unreadable_tier_record_is_skipped() -> None:
     async with rig() as r:
         assert take(r, b"\x00garbage") is None
         assert r.part.watermark() == 1 and r.writer.records == []
+
+
+# --- records too large for their topics ---
+
+
+async def test_a_retry_record_too_large_keeps_the_coordinates_instead_of_the_event() -> None:
+    ep = endpoint("a", retry={"policy": "schedule", "delays_s": [5]})
+    async with rig([ep], status=lambda job: 503, max_record_bytes=10_000) as r:
+        r.dispatch(3, event(1, pad="x" * 20_000))
+        await settle_down()
+        (retry,) = r.writer.on(tier(5))
+        scheduled = decode_retry(retry.value)
+        assert (scheduled.value, scheduled.value_omitted) == (b"", True)
+        assert (scheduled.topic, scheduled.partition, scheduled.offset) == ("events", 0, 3)
+        assert len(retry.value) < 10_000
+        r.dispatch(4, event(2))  # a small one keeps its body
+        await settle_down()
+        assert decode_retry(r.writer.on(tier(5))[1].value).value == event(2)
+
+
+async def test_a_dead_letter_too_large_names_where_the_event_is() -> None:
+    ep = endpoint("a", retry={"policy": "none"})
+    async with rig([ep], status=lambda job: 500, max_record_bytes=10_000) as r:
+        r.dispatch(3, event(1, pad="x" * 20_000))
+        await settle_down()
+        (letter,) = r.writer.on(DL)
+        assert letter.json()["event"] is None
+        assert letter.json()["event_omitted"] == "too large for a dead-letter record: read it at events[0]@3"
+
+
+async def test_in_flight_bytes_are_the_unfinished_events_values() -> None:
+    async with rig() as r:
+        r.dispatch(0, event(1, pad="x" * 1000))
+        r.dispatch(1, b"{broken")
+        held = len(event(1, pad="x" * 1000))
+        await settle_down()
+        assert r.tracker.in_flight_bytes == held  # an invalid record holds nothing once its record is queued
+        r.writer.ack_all()
+        assert r.tracker.in_flight_bytes == 0
