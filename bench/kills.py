@@ -1,0 +1,126 @@
+"""``python -m bench.kills``: SIGKILL the daemon again and again under load; count what is lost and what twice.
+
+A real broker (Tansu), a receiver in this process that counts every ``webhook-id`` it is sent, and the daemon
+as a real process. Events are produced at a steady rate for as long as the kills last (``--kills`` at
+``--every`` second intervals), so that every kill comes under load; the daemon is restarted each time, then
+left to finish. Lost: events never
+delivered. Duplicates: deliveries beyond the first of an event (at least once: a kill re-delivers what was
+not committed yet); per kill, about what was delivered and not yet committed when the kill came.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import uvloop
+from aiohttp import web
+
+from bench.router import Router, wait_ready
+from bench.workload import endpoint, labelled_config, labelled_topics, produce_paced
+from daemon.embedded import EmbeddedBroker
+
+
+class Counter:
+    """A receiver that answers 200 and counts each webhook-id (the daemon is not running while it restarts)."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.seen: collections.Counter[str] = collections.Counter()
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> Counter:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        self.seen[request.headers["webhook-id"]] += 1
+        return web.Response(text="ok")
+
+    @property
+    def deliveries(self) -> int:
+        return sum(self.seen.values())
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def run(
+    events: int, kills: int, every: float, commit_ms: int | None, delay_s: float, workdir: Path
+) -> dict[str, float]:
+    async with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
+        topic, _ = await labelled_topics(broker, "kills", partitions=3)
+        receiver = await Counter(delay_s).start()
+        ep = endpoint("x", f"http://127.0.0.1:{receiver.port}/hook", max_concurrency=8, queue_size=100_000)
+        kafka = {"commit_interval_ms": commit_ms} if commit_ms is not None else {}
+        config = labelled_config(broker.bootstrap, "kills", [ep], **kafka)
+        per_kill: list[int] = []
+        async with aiohttp.ClientSession() as session:
+            router = await Router("router-0", workdir, config).start()
+            await wait_ready(session, [router])
+            duration = max(1.0, kills * every)
+            producing = asyncio.create_task(produce_paced(broker.bootstrap, topic, events / duration, duration, 512))
+            for n in range(kills):
+                await asyncio.sleep(every)
+                before = receiver.deliveries
+                await router.stop(kill=True)
+                router = await Router(f"router-{n + 1}", workdir, config).start()
+                await wait_ready(session, [router])
+                per_kill.append(before)
+            await producing
+            deadline = time.monotonic() + 120
+            while len(receiver.seen) < events and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)  # anything still arriving twice
+            await router.stop()
+        await receiver.stop()
+    duplicates = receiver.deliveries - len(receiver.seen)
+    return {
+        "events": events,
+        "kills": kills,
+        "delivered": len(receiver.seen),
+        "lost": events - len(receiver.seen),
+        "deliveries": receiver.deliveries,
+        "duplicates": duplicates,
+        "duplicates_per_kill": duplicates / kills if kills else 0.0,
+        "delivered_before_last_kill": per_kill[-1] if per_kill else 0,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.kills", description=__doc__)
+    parser.add_argument("--events", type=int, default=15_000)
+    parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--every", type=float, default=1.0, help="seconds of delivery between kills")
+    parser.add_argument("--commit-interval-ms", type=int, default=None, help="default: the daemon's")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="the receiver's time per request")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="webhook-router-kills-"))
+    result = uvloop.run(
+        run(args.events, args.kills, args.every, args.commit_interval_ms, args.delay_ms / 1000, workdir)
+    )
+    for name, value in result.items():
+        print(f"{name}: {value:g}")
+    print(f"logs: {workdir}")
+    return 0 if result["lost"] == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
