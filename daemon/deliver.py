@@ -26,12 +26,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from daemon.config import DeliveryConfig, EndpointConfig, EndpointRetryConfig, resolve_secrets
+from daemon.errors import RenderError
 from daemon.http import Client, HeaderError, Route
 from daemon.metrics import Metrics, status_class
 from daemon.model import (
     DELIVERED,
     FAILED,
     LIVE,
+    RENDER_FAILED,
     RESPONSE_BODY_LIMIT,
     Ack,
     Attempt,
@@ -153,8 +155,14 @@ class Endpoint:
             return event.value
         body = event.bodies.get(self.body_key)
         if body is None:
-            rendered = template.render(event.decoded(), event.event_type, event.time_ms, self.secret, event.type_field)
-            body = event.bodies[self.body_key] = orjson.dumps(rendered)
+            try:
+                rendered = template.render(
+                    event.decoded(), event.event_type, event.time_ms, self.secret, event.type_field
+                )
+                body = orjson.dumps(rendered)
+            except (TypeError, ValueError, RecursionError) as exc:  # e.g. nested deeper than JSON encoding goes
+                raise RenderError(f"the {self.profile.name} body could not be built: {exc}") from None
+            event.bodies[self.body_key] = body
         return body
 
     def request_headers(self, job: Job, body: bytes, ts: int) -> tuple[str | None, dict[str, str]]:
@@ -244,7 +252,11 @@ class Sender:
 
     async def attempt(self, endpoint: Endpoint, job: Job) -> Outcome:
         ts = int(time.time())
-        body = endpoint.render(job.event)
+        try:
+            body = endpoint.render(job.event)
+        except RenderError as exc:  # the event's doing, not the endpoint's: nothing is sent, nothing retried
+            return outcome_for(endpoint.id, job, RENDER_FAILED, error=str(exc), profile=endpoint.profile.name,
+                               attempt_id=new_attempt_id(job.delivery_id, job.attempt))  # fmt: skip
         http_status: int | None = None
         response: str | None = None
         error: str | None = None

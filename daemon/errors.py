@@ -31,5 +31,9 @@ class InvalidEvent(RouterError):
     http_status = 400  # a redelivery or replay of such a record is refused as a bad request
 
 
+class RenderError(RouterError):
+    """An event a profile's body cannot be built from (for one endpoint): that delivery is final, never retried."""
+
+
 class TemplateError(RouterError):
     """A profile's body mapping that does not compile: a programming error in a profile declaration."""

@@ -21,6 +21,7 @@ Ack = Callable[[], None]
 DELIVERED: Final = "delivered"
 FAILED: Final = "failed"
 INVALID_EVENT: Final = "invalid_event"
+RENDER_FAILED: Final = "render_failed"  # this endpoint's body could not be built from the event
 
 DEAD_LETTERED: Final = "dead_lettered"
 SKIPPED_PAUSED: Final = "skipped_paused"

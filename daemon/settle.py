@@ -41,6 +41,7 @@ from daemon.model import (
     DEAD_LETTERED,
     INVALID_EVENT,
     LIVE,
+    RENDER_FAILED,
     SKIPPED_PAUSED,
     Ack,
     Attempt,
@@ -210,9 +211,10 @@ class Settlement:
 
     def settle(self, endpoint: Endpoint, job: Job, outcome: Outcome) -> None:
         """Record one attempt, and retry, dead-letter or finish the delivery."""
-        verdict = endpoint.statuses.verdict(outcome.http_status)
+        rendered = outcome.status != RENDER_FAILED
+        verdict = endpoint.statuses.verdict(outcome.http_status) if rendered else "final"
         live = job.trigger == LIVE
-        if live:
+        if live and rendered:  # a body that cannot be built says nothing about the endpoint
             gone = outcome.http_status if verdict == "gone" else None
             self._health.observe(endpoint.id, verdict == "delivered", gone, endpoint.pause_threshold)
         if verdict == "delivered" or not live:
@@ -235,6 +237,8 @@ class Settlement:
             reason = "no attempts left"
         elif verdict == "gone":
             reason = "410 Gone" if outcome.http_status == 410 else f"HTTP {outcome.http_status}: pauses the endpoint"
+        elif not rendered:
+            reason = outcome.error or RENDER_FAILED
         else:
             reason = f"HTTP {outcome.http_status}: final"
         self._dead_letter(job, endpoint.id, reason, history, ack)

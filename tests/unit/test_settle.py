@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import pytest
 
-from daemon.deliver import Job
+from daemon.deliver import Job, Sender
 from daemon.health import Health
 from daemon.metrics import Metrics
 from daemon.model import LIVE, REPLAY, Event, RetryRecord, decode_retry, encode_retry
@@ -63,6 +63,7 @@ async def rig(
     endpoints: list[dict[str, Any]] | None = None,
     subscriptions: list[dict[str, Any]] | None = None,
     status: Any = lambda job: 200,
+    sender: Any = None,
     **retry: Any,
 ) -> AsyncIterator[Rig]:
     endpoints = endpoints if endpoints is not None else [endpoint("a")]
@@ -75,14 +76,14 @@ async def rig(
         "subscriptions": subscriptions,
     }
     config = parse_config(raw, {})
-    writer, sender, metrics = Writer(), ScriptedSender(status=status), Metrics()
+    writer, scripted, metrics = Writer(), ScriptedSender(status=status), Metrics()
     health = Health(cast(Any, writer), HEALTH, metrics)
     settlement = Settlement(
-        cast(Any, writer), config.retry, metrics, health, cast(Any, sender), Routing(config, {}), {}
+        cast(Any, writer), config.retry, metrics, health, cast(Any, sender or scripted), Routing(config, {}), {}
     )
     tracker = OffsetTracker()
     try:
-        yield Rig(settlement, writer, sender, health, tracker, tracker.assign(("events", 0)), metrics)
+        yield Rig(settlement, writer, scripted, health, tracker, tracker.assign(("events", 0)), metrics)
     finally:
         settlement.cancel_timers()
         await settlement.cancel()
@@ -367,3 +368,19 @@ async def test_in_flight_bytes_are_the_unfinished_events_values() -> None:
         assert r.tracker.in_flight_bytes == held  # an invalid record holds nothing once its record is queued
         r.writer.ack_all()
         assert r.tracker.in_flight_bytes == 0
+
+
+async def test_a_body_that_cannot_be_built_is_final_for_that_endpoint_and_says_nothing_of_its_health() -> None:
+    lt = {"id": "lt", "url": "https://lt.example.com/h", "profile": "leadterra"}
+    sender = Sender(Metrics())  # the real one: it renders before it would connect, and never connects here
+    try:
+        async with rig([lt], sender=sender) as r:
+            deep = b'{"event":"reply.received","a":' + b"[" * 300 + b"]" * 300 + b"}"
+            r.dispatch(0, deep)
+            await settle_down(50)
+            result, letter = r.writer.on(None)[0], r.writer.on(DL)[0]
+            assert result.json()["status"] == "dead_lettered" and "could not be built" in result.json()["error"]
+            assert letter.json()["reason"].startswith("the leadterra body could not be built")
+            assert r.health.failures("lt") == 0
+    finally:
+        await sender.close()
