@@ -66,10 +66,14 @@ class RoutingTable:
     """An index by event type: exact types in a dict, prefix wildcards by prefix, ``*`` on its own.
 
     ``match`` resolves (topic, event type) once and caches the answer, so the steady-state cost of
-    matching is one dict lookup however many subscriptions there are.
+    matching is one dict lookup however many subscriptions there are. Subscriptions can be added and an
+    endpoint's removed in place (endpoints managed at run time): a change costs the endpoint's own
+    routes and empties the cache, which refills one resolve per (topic, type) as events come.
     """
 
-    __slots__ = ("_cache", "_cache_bytes", "_exact", "_prefix_lengths", "_prefixes", "_star")
+    __slots__ = (
+        "_by_endpoint", "_cache", "_cache_bytes", "_exact", "_next_index", "_prefix_lengths", "_prefixes", "_star",
+    )  # fmt: skip
 
     def __init__(
         self, subscriptions: Iterable[SubscriptionConfig], catalogues: Mapping[str, frozenset[str] | None] | None = None
@@ -77,23 +81,61 @@ class RoutingTable:
         self._exact: dict[str, list[_Route]] = {}
         self._prefixes: dict[str, list[_Route]] = {}
         self._star: list[_Route] = []
-        catalogues = catalogues or {}
-        for index, sub in enumerate(subscriptions):
-            where = None
-            if sub.where is not None:
-                negate = sub.where.none_of is not None
-                where = Where(sub.where.field, (sub.where.none_of if negate else sub.where.one_of) or (), negate)
-            topics = frozenset(sub.topics) if sub.topics is not None else None
-            route: _Route = (index, sub.endpoint, topics, catalogues.get(sub.endpoint), where)
-            for pattern in sub.events:
-                if pattern == "*":
-                    self._star.append(route)
-                elif pattern.endswith("*"):
-                    self._prefixes.setdefault(pattern[:-1], []).append(route)
-                else:
-                    self._exact.setdefault(pattern, []).append(route)
-        self._prefix_lengths = sorted({len(p) for p in self._prefixes})
+        self._by_endpoint: dict[str, list[tuple[str, _Route]]] = {}  # endpoint id -> (pattern, route) it added
+        self._next_index = 0
         self._cache: dict[tuple[str, str], Match] = {}
+        self._cache_bytes = 0
+        catalogues = catalogues or {}
+        for sub in subscriptions:
+            self._add(sub, catalogues.get(sub.endpoint))
+        self._prefix_lengths = sorted({len(p) for p in self._prefixes})
+
+    def add(self, subscriptions: Iterable[SubscriptionConfig], catalogue: frozenset[str] | None = None) -> None:
+        """Add subscriptions (of one endpoint, whose contract knows ``catalogue``), after every earlier one."""
+        for sub in subscriptions:
+            self._add(sub, catalogue)
+        self._prefix_lengths = sorted({len(p) for p in self._prefixes})
+        self._forget()
+
+    def remove(self, endpoint_id: str) -> bool:
+        """Remove every subscription of an endpoint; False if it had none."""
+        routes = self._by_endpoint.pop(endpoint_id, None)
+        if routes is None:
+            return False
+        for pattern, route in routes:
+            if pattern == "*":
+                self._star.remove(route)
+                continue
+            index = self._prefixes if pattern.endswith("*") else self._exact
+            key = pattern[:-1] if pattern.endswith("*") else pattern
+            listed = index[key]
+            listed.remove(route)
+            if not listed:
+                del index[key]
+        self._prefix_lengths = sorted({len(p) for p in self._prefixes})
+        self._forget()
+        return True
+
+    def _add(self, sub: SubscriptionConfig, catalogue: frozenset[str] | None) -> None:
+        where = None
+        if sub.where is not None:
+            negate = sub.where.none_of is not None
+            where = Where(sub.where.field, (sub.where.none_of if negate else sub.where.one_of) or (), negate)
+        topics = frozenset(sub.topics) if sub.topics is not None else None
+        route: _Route = (self._next_index, sub.endpoint, topics, catalogue, where)
+        self._next_index += 1
+        added = self._by_endpoint.setdefault(sub.endpoint, [])
+        for pattern in sub.events:
+            if pattern == "*":
+                self._star.append(route)
+            elif pattern.endswith("*"):
+                self._prefixes.setdefault(pattern[:-1], []).append(route)
+            else:
+                self._exact.setdefault(pattern, []).append(route)
+            added.append((pattern, route))
+
+    def _forget(self) -> None:
+        self._cache = {}
         self._cache_bytes = 0
 
     def match(self, topic: str, event_type: str) -> Match:

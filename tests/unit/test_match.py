@@ -187,3 +187,38 @@ def test_many_subscriptions() -> None:
     for i in range(0, 10_000, 97):
         expected = (f"exact-{i}", f"multi-{i % 100}") if i < 4_990 else (f"exact-{i}",)
         assert table.match("orders", f"type.{i}").endpoints == expected
+
+
+# --- changes in place (endpoints managed at run time) ---
+
+
+def test_an_endpoint_added_later_is_matched_after_the_earlier_ones() -> None:
+    table = RoutingTable([sub("crm", "lead.*"), sub("audit", "*")])
+    assert table.match("leads", "lead.created").endpoints == ("crm", "audit")  # cached
+    table.add([sub("api-1", "lead.created"), sub("api-1", "call.*")])
+    assert table.match("leads", "lead.created").endpoints == ("crm", "audit", "api-1")
+    assert table.match("leads", "call.ended").endpoints == ("audit", "api-1")
+
+
+def test_removing_an_endpoint_takes_every_route_of_it_and_nothing_else() -> None:
+    table = RoutingTable([sub("crm", "lead.*"), sub("audit", "*"), sub("crm", "call.ended")])
+    table.add([sub("api-1", "lead.*"), sub("api-1", "*"), sub("api-1", "x.y")])
+    assert table.match("leads", "x.y").endpoints == ("audit", "api-1")
+    assert table.remove("api-1")
+    assert not table.remove("api-1")
+    assert table.match("leads", "x.y").endpoints == ("audit",)
+    assert table.match("leads", "lead.created").endpoints == ("crm", "audit")
+    assert table.remove("crm")
+    assert table.match("leads", "call.ended").endpoints == ("audit",)
+    assert table._prefixes == {} and "call.ended" not in table._exact
+
+
+def test_changes_among_100000_endpoints_keep_every_other_answer() -> None:
+    table = RoutingTable(sub(f"ep-{i}", f"lead.{i % 50}", "call.*") for i in range(100_000))
+    assert len(table.match("t", "lead.7").endpoints) == 2_000
+    for n in range(100):
+        table.remove(f"ep-{n * 7}")
+        table.add([sub(f"ep-{n * 7}", "lead.7")])
+    assert len(table.match("t", "lead.7").endpoints) == 2_000 + 100 - 2  # 2 of them were lead.7 already
+    assert len(table.match("t", "lead.8").endpoints) == 2_000 - 2
+    assert len(table.match("t", "call.x").endpoints) == 100_000 - 100
