@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 from aiokafka.errors import KafkaError
 
-from daemon.config import RetryConfig
+from daemon.config import EndpointConfig, RetryConfig, SubscriptionConfig
 from daemon.deliver import Endpoint, Job, Lane, LaneStats, Sender, delivery_id, outcome_for
 from daemon.errors import InvalidEvent, RouterError
 from daemon.health import Health
@@ -134,12 +134,26 @@ class Settlement:
         """Route by ``routing`` from now on. A lane whose endpoint changed or left finishes what it has queued
         under its old settings; the next delivery to a changed endpoint starts a new lane."""
         self._routing = routing
-        for endpoint_id, lane in list(self._lanes.items()):
-            if routing.endpoints.get(endpoint_id) is not lane.endpoint:
-                del self._lanes[endpoint_id]
-                task = asyncio.create_task(lane.close(), name=f"retire-{endpoint_id}")
-                self._retired.add(task)
-                task.add_done_callback(self._retired.discard)
+        for endpoint_id in list(self._lanes):
+            self._retire_unless(endpoint_id, routing.endpoints.get(endpoint_id))
+
+    def put(self, config: EndpointConfig, subscription: SubscriptionConfig) -> None:
+        """Add or change an endpoint managed at run time; its lane, if it changed, finishes under its old settings."""
+        endpoint = self._routing.put(config, subscription)
+        self._retire_unless(config.id, endpoint)
+
+    def drop(self, endpoint_id: str) -> None:
+        """Remove an endpoint managed at run time; what it has queued is still attempted."""
+        self._routing.drop(endpoint_id)
+        self._retire_unless(endpoint_id, None)
+
+    def _retire_unless(self, endpoint_id: str, endpoint: Endpoint | None) -> None:
+        lane = self._lanes.get(endpoint_id)
+        if lane is not None and lane.endpoint is not endpoint:
+            del self._lanes[endpoint_id]
+            task = asyncio.create_task(lane.close(), name=f"retire-{endpoint_id}")
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
 
     # --- live events ---
 

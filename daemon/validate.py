@@ -21,7 +21,7 @@ import msgspec
 import msgspec.inspect as mi
 from yarl import URL
 
-from daemon.config import Config, EndpointConfig, resolve_secrets
+from daemon.config import Config, EndpointConfig, SubscriptionConfig, resolve_secrets
 from daemon.errors import ConfigError
 from daemon.profiles import EXPANSIONS, PROFILES, Profile, pattern_matches
 from daemon.sign import decode_whsec
@@ -29,6 +29,8 @@ from daemon.sign import decode_whsec
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SCHEMA = mi.type_info(Config)
+_ENDPOINT = mi.type_info(EndpointConfig)
+_SUBSCRIPTION = mi.type_info(SubscriptionConfig)
 
 
 def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Config:
@@ -58,6 +60,30 @@ def parse_config(raw: dict[str, Any], environ: Any) -> Config:
     if errors:
         raise ConfigError(errors)
     return config
+
+
+def check_endpoint(
+    config: Config, environ: Any, endpoint: dict[str, Any], subscription: dict[str, Any]
+) -> tuple[EndpointConfig | None, SubscriptionConfig | None, list[str], list[str]]:
+    """An endpoint and its subscription given at run time (the endpoints API), checked by the same code as
+    a config file's, against the running config: (endpoint, subscription, faults, unknown event types).
+    Paths name the request's fields (``url: ...``, ``events[1]: ...``); on any fault the first two are None."""
+    errors: list[str] = []
+    _check(_ENDPOINT, endpoint, "", errors)
+    _check(_SUBSCRIPTION, subscription, "", errors)
+    if errors:
+        return None, None, errors, []
+    parsed = msgspec.convert(endpoint, EndpointConfig)
+    sub = msgspec.convert(subscription, SubscriptionConfig)
+    unknown: list[str] = []
+    checks = _Checks(config, environ, errors)
+    checks._endpoint(parsed, "")
+    checks.topics(sub.topics, "")
+    if sub.where is not None and (sub.where.one_of is None) == (sub.where.none_of is None):
+        checks.fault(".where", "exactly one of one_of, none_of is required")
+    _Checks(config, environ, unknown).events(sub.events, PROFILES.get(parsed.profile), ".events")
+    strip = [line.removeprefix(".") for line in errors if not line.startswith(".id:")]
+    return parsed, sub, strip, [line.removeprefix(".") for line in unknown]
 
 
 # --- the structure, from the schema's type information ---

@@ -384,3 +384,27 @@ async def test_a_body_that_cannot_be_built_is_final_for_that_endpoint_and_says_n
             assert r.health.failures("lt") == 0
     finally:
         await sender.close()
+
+
+# --- endpoints managed at run time ---
+
+
+async def test_an_endpoint_put_at_run_time_is_routed_to_at_once_and_a_dropped_one_no_more() -> None:
+    from daemon.config import EndpointConfig, SubscriptionConfig
+
+    async with rig() as r:
+        config = EndpointConfig(id="ep_api", url="https://api.example.com/h", secret=SECRET)
+        r.settlement.put(config, SubscriptionConfig(endpoint="ep_api", events=["call.*"]))
+        r.dispatch(0, event(1, "call.ended"))
+        await settle_down()
+        assert [rec.json()["endpoint_id"] for rec in r.writer.on(None)] == ["a", "ep_api"]
+        changed = EndpointConfig(id="ep_api", url="https://api.example.com/other", secret=SECRET)
+        r.settlement.put(changed, SubscriptionConfig(endpoint="ep_api", events=["lead.*"]))
+        assert r.settlement.routing.endpoints["ep_api"].config.url.endswith("/other")
+        r.settlement.drop("ep_api")
+        r.dispatch(1, event(2, "call.ended"))
+        await settle_down()
+        assert [rec.json()["endpoint_id"] for rec in r.writer.on(None)] == ["a", "ep_api", "a"]
+        with pytest.raises(ValueError, match="defined in the config file"):
+            r.settlement.put(EndpointConfig(id="a", url="https://x.example.com/h", secret=SECRET),
+                             SubscriptionConfig(endpoint="a", events=["*"]))  # fmt: skip
