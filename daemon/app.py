@@ -40,6 +40,7 @@ from daemon.validate import load_config
 log = logging.getLogger(__name__)
 
 # A config change to these needs a restart: the clients were built with them.
+_LANE_IDLE_S = 60.0  # an endpoint's lane closes after this long without work (its tasks go with it)
 _RESTART_ONLY = ("bootstrap_servers", "group_id", "results_topic", "client_id", "security_protocol")
 
 
@@ -175,6 +176,7 @@ class App:
         self._spawn(c.tiers.run(), "fetch-retries")
         self._spawn(c.source.commit_every(interval_s), "commit")
         self._spawn(c.tiers.commit_every(interval_s), "commit-retries")
+        self._spawn(c.settlement.retire_idle_every(_LANE_IDLE_S), "idle-lanes")
         return fetch
 
     def request_stop(self) -> None:

@@ -369,6 +369,7 @@ class Lane:
         self.busy = 0
         self.mean_s = 0.0  # moving average of an attempt's duration (the last ~20; 0: none finished yet)
         self._first_start = 0.0  # when the first attempt started (monotonic; 0: none yet)
+        self.last_active = time.monotonic()  # when it last took or finished a job
         self._workers = [
             asyncio.create_task(self._work(), name=f"lane-{endpoint.id}-{i}") for i in range(endpoint.max_concurrency)
         ]
@@ -376,6 +377,10 @@ class Lane:
     @property
     def queued(self) -> int:
         return self._queue.qsize()
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since it last had work; 0 while it has some."""
+        return 0.0 if self.busy or self._queue.qsize() else now - self.last_active
 
     def drain_s(self) -> float:
         """About how long the endpoint needs for what it has queued and under way, at its recent pace.
@@ -426,6 +431,7 @@ class Lane:
                 took = outcome.duration_ms / 1000
                 self.mean_s = self.mean_s + (took - self.mean_s) * 0.05 if self.mean_s else took
             settles.settle(endpoint, job, outcome)
+            self.last_active = time.monotonic()
 
     async def close(self) -> None:
         """Finish every queued job under this lane's settings, then stop the workers."""

@@ -147,6 +147,16 @@ class Settlement:
         self._routing.drop(endpoint_id)
         self._retire_unless(endpoint_id, None)
 
+    async def retire_idle_every(self, idle_s: float) -> None:
+        """Close the lanes that had no work for ``idle_s``: an idle endpoint costs no task (100,000 endpoints are
+        100,000 lanes only while each has work)."""
+        while True:
+            await asyncio.sleep(idle_s / 2)
+            now = time.monotonic()
+            for endpoint_id, lane in list(self._lanes.items()):
+                if lane.idle_for(now) >= idle_s:
+                    self._retire_unless(endpoint_id, None)
+
     def _retire_unless(self, endpoint_id: str, endpoint: Endpoint | None) -> None:
         lane = self._lanes.get(endpoint_id)
         if lane is not None and lane.endpoint is not endpoint:

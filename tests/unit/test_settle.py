@@ -408,3 +408,22 @@ async def test_an_endpoint_put_at_run_time_is_routed_to_at_once_and_a_dropped_on
         with pytest.raises(ValueError, match="defined in the config file"):
             r.settlement.put(EndpointConfig(id="a", url="https://x.example.com/h", secret=SECRET),
                              SubscriptionConfig(endpoint="a", events=["*"]))  # fmt: skip
+
+
+async def test_a_lane_without_work_for_a_while_is_closed_and_comes_back_with_work() -> None:
+    async with rig() as r:
+        r.dispatch(0, event(1))
+        await settle_down()
+        assert r.settlement.load("a") == (0, 0) and "a" in r.settlement._lanes
+        sweeper = asyncio.create_task(r.settlement.retire_idle_every(0.05))
+        try:
+            for _ in range(100):
+                if "a" not in r.settlement._lanes:
+                    break
+                await asyncio.sleep(0.02)
+            assert "a" not in r.settlement._lanes  # no task left for an idle endpoint
+            r.dispatch(1, event(2))
+            await settle_down()
+            assert len(r.writer.on(None)) == 2  # a new lane for the next delivery
+        finally:
+            sweeper.cancel()
