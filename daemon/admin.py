@@ -1,6 +1,9 @@
-"""The admin HTTP server: /metrics, /healthz (event loop liveness only), /readyz (consumer joined), and the
+"""The admin HTTP server: /metrics, /healthz (event loop liveness only), /readyz (ready, or why not), and the
 operator actions of ``daemon.operate`` behind a bearer token. Request bodies are decoded here into the
-actions' typed structs; a body that does not fit is a 400 naming the field."""
+actions' typed structs; a body that does not fit is a 400 naming the field.
+
+It starts before Kafka is reached, so that liveness and the reason for not being ready are visible while the
+daemon waits for the cluster; the operator actions answer 503 until start-up is complete."""
 
 from __future__ import annotations
 
@@ -33,14 +36,16 @@ class AdminServer:
         self,
         listen: str,
         metrics: Metrics,
-        ready: Callable[[], bool],
-        operator: Operator | None = None,
+        not_ready: Callable[[], str | None],
+        operator: Callable[[], Operator | None] = lambda: None,
         token: str | None = None,
     ) -> None:
+        """``not_ready()`` says why the daemon is not ready (None: it is); ``operator()`` is None until start-up is
+        complete."""
         host, _, port = listen.rpartition(":")
         self._host, self._port = host, int(port)
         self._metrics = metrics
-        self._ready = ready
+        self._not_ready = not_ready
         self._operator = operator
         self._token = token
         self._runner: web.AppRunner | None = None
@@ -101,13 +106,16 @@ class AdminServer:
         """Operator actions need ``Authorization: Bearer <admin token>``."""
 
         async def guarded(request: web.Request) -> web.Response:
-            if self._operator is None or self._token is None:
+            if self._token is None:
                 return _error(403, "operator actions are disabled: set admin.token_env")
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self._token}".encode()):
                 return _error(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
+            operator = self._operator()
+            if operator is None:
+                return _error(503, f"not available yet: {self._not_ready() or 'starting'}")
             try:
-                return await handler(request, self._operator)
+                return await handler(request, operator)
             except RouterError as exc:
                 return _error(exc.http_status, str(exc))
 
@@ -135,8 +143,10 @@ class AdminServer:
         return _json(await op.replay(request.match_info["id"], await _body(request, Replay)))
 
     async def _handle_readyz(self, request: web.Request) -> web.Response:
-        ready = self._ready()
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        reason = self._not_ready()
+        if reason is None:
+            return web.json_response({"ready": True})
+        return web.json_response({"ready": False, "reason": reason}, status=503)
 
 
 Handler = Callable[..., Awaitable[web.Response]]

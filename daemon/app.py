@@ -15,18 +15,19 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
+from daemon import clients
 from daemon.admin import AdminServer
+from daemon.clients import kafka_client_options
 from daemon.config import Config
-from daemon.consume import Source, kafka_client_options
+from daemon.consume import Source
+from daemon.contact import Contact, KafkaLogFilter, Throttle, held_note
 from daemon.deliver import Sender
 from daemon.errors import ConfigError
 from daemon.health import Health, HealthReader
@@ -35,13 +36,25 @@ from daemon.operate import Operator
 from daemon.results import ResultsWriter
 from daemon.routing import Routing
 from daemon.settle import Settlement
+from daemon.topics import ensure_topics, topic_specs
 from daemon.validate import load_config
 
 log = logging.getLogger(__name__)
 
 # A config change to these needs a restart: the clients were built with them.
 _LANE_IDLE_S = 60.0  # an endpoint's lane closes after this long without work (its tasks go with it)
-_RESTART_ONLY = ("bootstrap_servers", "group_id", "results_topic", "client_id", "security_protocol")
+_RESTART_ONLY = (
+    "bootstrap_servers", "group_id", "results_topic", "client_id", "contact_timeout_s", "security_protocol",
+    "sasl_mechanism", "sasl_username", "sasl_password_env", "sasl_oauth_token_file", "ssl_cafile", "ssl_certfile",
+    "ssl_keyfile", "ssl_key_password_env",
+)  # fmt: skip
+# While the cluster cannot be reached at start-up, attempts are this far apart: doubling from the first, capped.
+_CONNECT_BACKOFF_S = 0.5
+_CONNECT_BACKOFF_MAX_S = 10.0
+# What a start-up attempt may fail with and be tried again: the cluster unreachable, slow, or refusing for now.
+_RETRIABLE = (KafkaError, OSError, TimeoutError)
+# Closing a Kafka client outside a shutdown (after a failed start-up attempt) waits at most this long.
+_CLOSE_S = 5.0
 
 
 class Components(msgspec.Struct, frozen=True):
@@ -53,6 +66,7 @@ class Components(msgspec.Struct, frozen=True):
     source: Source  # the events
     tiers: Source  # the retry tiers
     admin: AdminServer
+    contact: Contact
 
 
 class App:
@@ -67,17 +81,37 @@ class App:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reloading: asyncio.Task[None] | None = None
         self._sigint_count = 0
+        self._status = "starting"  # what start-up is doing: the reason /readyz gives, and sd_notify's STATUS
+        self._noise = KafkaLogFilter(self.metrics)
+        self._operator: Operator | None = None
+        self._deadline: float | None = None  # monotonic; when the shutdown must be over
         self.components: Components | None = None  # set once start-up is complete
 
     # --- lifecycle ---
 
     async def serve(self, install_signals: bool = True) -> None:
+        """Start (waiting for the cluster as long as it takes), run, shut down. Returns at once, after closing what
+        was started, when a stop is asked for during start-up."""
         loop = asyncio.get_running_loop()
+        config = self._config
         async with contextlib.AsyncExitStack() as stack:
-            if install_signals:  # first: a signal during start-up stops the daemon once it has started
+            if install_signals:  # first: a signal during start-up stops the daemon
                 self._install_signals(loop)
                 stack.callback(self._remove_signals, loop)
-            components = await self._startup(stack)
+            self._noise.install()
+            stack.callback(self._noise.remove)
+            previous = loop.get_exception_handler()
+            loop.set_exception_handler(self._on_loop_error)
+            stack.callback(loop.set_exception_handler, previous)
+            # Before Kafka: liveness, and why the daemon is not ready, answer while it waits for the cluster.
+            token = config.admin.token(self._environ)
+            admin = AdminServer(config.admin.listen, self.metrics, self.not_ready, lambda: self._operator, token)
+            await admin.start()
+            stack.push_async_callback(admin.stop)
+            components = await self._connect(stack, admin)
+            if components is None:
+                log.info("stopped before start-up was complete")
+                return
             fetch = self._main_loop(components)
             stop = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -89,41 +123,94 @@ class App:
             if crashed is not None:
                 raise crashed
 
-    async def _startup(self, stack: contextlib.AsyncExitStack) -> Components:
+    async def _connect(self, stack: contextlib.AsyncExitStack, admin: AdminServer) -> Components | None:
+        """Start-up, tried again while the cluster cannot be reached or refuses for now (capped back-off, waiting on
+        the stop event). Each attempt closes what it started before the next; the one that succeeds hands its
+        components to ``stack``. None when a stop is asked for first; errors that waiting cannot fix (a topic whose
+        settings would lose data) propagate."""
+        where = self._config.kafka.bootstrap_servers
+        backoff = _CONNECT_BACKOFF_S
+        logged = Throttle()
+        attempts = 0
+        while not self._stop.is_set():
+            attempts += 1
+            attempt = contextlib.AsyncExitStack()
+            try:
+                components = await self._unless_stopped(self._startup(attempt, admin))
+            except _RETRIABLE as exc:
+                await attempt.aclose()
+                reason = _reason(exc)
+                self._set_status(f"waiting for Kafka at {where} ({reason})")
+                held = logged.ready()
+                if held is not None:
+                    log.warning("Kafka at %s: %s; trying again in %.1f s (attempt %d)%s", where, reason, backoff,
+                                attempts, held_note(held))  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), backoff)
+                backoff = min(_CONNECT_BACKOFF_MAX_S, backoff * 2)
+                continue
+            except BaseException:
+                await attempt.aclose()
+                raise
+            if components is None:
+                await attempt.aclose()
+                return None
+            stack.push_async_exit(attempt)
+            if attempts > 1:
+                log.info("Kafka at %s reached after %d attempts", where, attempts)
+            return components
+        return None
+
+    async def _unless_stopped(self, startup: Coroutine[Any, Any, Components]) -> Components | None:
+        """Run ``startup`` unless a stop is asked for first (then it is cancelled, and the answer is None)."""
+        task = asyncio.create_task(startup, name="startup")
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, *_RETRIABLE):
+            await task
+        return None
+
+    async def _startup(self, stack: contextlib.AsyncExitStack, admin: AdminServer) -> Components:
+        """One attempt at everything that needs the cluster. Every client's close is pushed on ``stack`` before it
+        starts, so an attempt that fails or is cancelled half way leaves nothing open."""
         config, environ, metrics = self._config, self._environ, self.metrics
         kafka, retry = config.kafka, config.retry
         client_options = kafka_client_options(kafka, environ)
-        producer = AIOKafkaProducer(
-            acks="all" if kafka.results_acks == "all" else 1,
-            enable_idempotence=kafka.enable_idempotence,
-            linger_ms=kafka.linger_ms,
-            max_batch_size=256 * 1024,
-            **client_options,
-        )
+        self._set_status(f"connecting to Kafka at {kafka.bootstrap_servers}")
+        producer = clients.producer(kafka, environ, linger_ms=kafka.linger_ms, max_batch_size=256 * 1024)
+        stack.push_async_callback(self._close, "the producer", producer.stop)
         await producer.start()
-        stack.push_async_callback(producer.stop)
 
         results = ResultsWriter(producer, kafka.results_topic, metrics)
         results.start()
         stack.push_async_callback(results.stop)
 
-        written = [
-            kafka.results_topic,
-            retry.dead_letter_topic,
-            retry.health_topic,
-            *map(retry.tier_topic, retry.tiers_s),
-        ]
-        if retry.create_topics:
-            await ensure_topics(client_options, written, retry.partitions)
+        # A metadata request every second says whether the cluster answers (the producer's: its few topics only).
+        probe = producer.client.force_metadata_update
+        contact = Contact(
+            probe, kafka.bootstrap_servers, kafka.contact_timeout_s, self._noise, metrics, _notify_systemd
+        )
+        contact.start()
+        stack.push_async_callback(contact.stop)
+
+        self._set_status("checking the router's topics")
+        await ensure_topics(client_options, kafka, retry)
         # Learn every written topic's partitions before the first send: a send that has to wait for a new topic's
         # metadata was seen to leave a record of another topic, queued just before, unsent until the next send.
-        for topic in written:
-            await producer.partitions_for(topic)
+        for spec in topic_specs(kafka, retry):
+            await producer.partitions_for(spec.name)
 
         health = Health(results, retry.health_topic, metrics)
         health_reader = HealthReader(retry.health_topic, client_options, health)
+        stack.push_async_callback(self._close, "the health reader", health_reader.stop)
+        self._set_status(f"reading {retry.health_topic} to its end")
         restored = await health_reader.start()
-        stack.push_async_callback(health_reader.stop)
         if restored:
             log.info("endpoint health restored from %d records", restored)
 
@@ -139,10 +226,11 @@ class App:
         metrics.requests_in_flight.set_function(lambda: settlement.stats.busy)
         metrics.deliveries_queued.set_function(lambda: settlement.stats.queued)
 
+        self._set_status(f"joining consumer group {kafka.group_id}")
         drain_s = config.delivery.drain_timeout_s
         source = Source(kafka, environ, metrics, settlement.dispatch, drain_s)
+        stack.push_async_callback(self._close, "the events consumer", source.stop)
         await source.start()
-        stack.push_async_callback(source.stop)
 
         # The tiers' consumer polls no faster than a tenth of the shortest tier (at most 500 ms): a tight fetch
         # wait on every tier partition costs the broker and this process CPU for nothing.
@@ -151,15 +239,12 @@ class App:
             kafka, group_id=f"{kafka.group_id}.retry", topics=settlement.tier_topics, fetch_max_wait_ms=tier_wait
         )
         tiers = Source(tier_kafka, environ, metrics, settlement.take, drain_s, "retries")
+        stack.push_async_callback(self._close, "the retry tiers' consumer", tiers.stop)
         await tiers.start()
-        stack.push_async_callback(tiers.stop)
 
-        operator = Operator(settlement, health, client_options)
-        admin = AdminServer(config.admin.listen, metrics, self.ready, operator, config.admin.token(environ))
-        await admin.start()
-        stack.push_async_callback(admin.stop)
-
-        self.components = Components(results, health, settlement, source, tiers, admin)
+        self._operator = Operator(settlement, health, client_options)
+        self.components = Components(results, health, settlement, source, tiers, admin, contact)
+        self._set_status("running")
         _notify_systemd("READY=1")
         log.info(
             "webhook-router running: topics %s, %d endpoints, %d subscriptions",
@@ -168,6 +253,32 @@ class App:
             routing.subscriptions,
         )
         return self.components
+
+    async def _close(self, what: str, stop: Callable[[], Awaitable[None]]) -> None:
+        """Close a Kafka client, within the shutdown's deadline (``_CLOSE_S`` after a failed start-up attempt): a
+        cluster that does not answer must not hold the exit up. What is left open goes with the process."""
+        within = _CLOSE_S if self._deadline is None else max(0.2, self._deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(stop(), within)
+        except TimeoutError:
+            log.warning("closing %s: no answer from Kafka within %.1f s, left to the exit", what, within)
+        except Exception as exc:  # one client that fails to close must not keep the others open
+            log.warning("closing %s failed (%s: %s)", what, type(exc).__name__, exc)
+
+    @staticmethod
+    def _on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """aiokafka shields some requests (an offset commit) in tasks of its own: when the cluster is gone and the
+        caller stopped waiting (a shutdown's deadline), the request's failure is nobody's to retrieve. That is a
+        Kafka error already accounted for, not a traceback to show; anything else goes to asyncio's handler."""
+        exc = context.get("exception")
+        if isinstance(exc, KafkaError) and context.get("message") == "Task exception was never retrieved":
+            log.debug("a Kafka request nobody waited for any more failed: %s", _reason(exc))
+            return
+        loop.default_exception_handler(context)
+
+    def _set_status(self, status: str) -> None:
+        self._status = status
+        _notify_systemd(f"STATUS={status}")
 
     def _main_loop(self, c: Components) -> asyncio.Task[None]:
         """Start fetching and committing; returns the events' fetch loop."""
@@ -182,30 +293,61 @@ class App:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def not_ready(self) -> str | None:
+        """Why the daemon is not ready (``/readyz``), or None when it is: started, in contact with the cluster, a
+        member of its consumer group."""
+        if self._stop.is_set():
+            return "shutting down"
+        c = self.components
+        if c is None:
+            return self._status
+        if not c.contact.answering:
+            return f"no contact with Kafka at {self._config.kafka.bootstrap_servers} for {c.contact.silent_s:.0f} s"
+        if not c.source.joined:
+            return f"not a member of consumer group {self._config.kafka.group_id} (joining, or a rebalance)"
+        return None
+
     def ready(self) -> bool:
-        return self.components is not None and self.components.source.joined and not self._stop.is_set()
+        return self.not_ready() is None
 
     async def _shutdown(self, c: Components) -> None:
-        """Stop fetching, drain under the deadline, cancel the rest, flush results, commit."""
+        """Stop fetching, drain under the deadline, cancel the rest, flush results, commit; everything after (closing
+        the clients) keeps to the same deadline, so that a cluster that is gone cannot hold the exit up."""
         _notify_systemd("STOPPING=1")
         started = time.monotonic()
-        deadline = self._config.delivery.drain_timeout_s
+        budget = self._config.delivery.drain_timeout_s
+        deadline = self._deadline = started + budget
         c.source.stopping = c.tiers.stopping = True
         c.settlement.cancel_timers()  # their tier records stay uncommitted: read again after a restart
-        drained = await c.source.drain(max(0.0, deadline * 0.8))
-        drained = await c.tiers.drain(max(0.0, deadline * 0.8 - (time.monotonic() - started))) and drained
+        stats = c.settlement.stats
+
+        def stuck() -> bool:
+            # Without the cluster, no event can be settled: the drain is over once no delivery is under way or queued.
+            return not c.contact.answering and stats.busy + stats.queued == 0
+
+        drained = await c.source.drain(max(0.0, budget * 0.8), stuck=stuck)
+        drained = await c.tiers.drain(max(0.0, budget * 0.8 - (time.monotonic() - started)), stuck=stuck) and drained
         abandoned = 0
         if not drained:
             abandoned = await c.settlement.cancel()
-        flushed = await c.results.flush(max(1.0, deadline - (time.monotonic() - started)))
-        for source in (c.source, c.tiers):  # a broker that is gone must not hold the exit up
+        flushed = await c.results.flush(max(0.2, deadline - time.monotonic()))  # the cluster may be back in time
+        for source in (c.source, c.tiers):
+            if not c.contact.answering:
+                log.warning("final offset commit skipped: no contact with Kafka")
+                break
             try:
-                await asyncio.wait_for(source.commit(), max(1.0, deadline - (time.monotonic() - started)))
+                await asyncio.wait_for(source.commit(), max(0.2, deadline - time.monotonic()))
             except TimeoutError:
                 log.warning("final offset commit timed out: those events will be read again")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        uncommitted = [*c.source.uncommitted(), *c.tiers.uncommitted()]
+        if uncommitted:
+            log.warning(
+                "not committed, so read and delivered again after a restart (at least once): %s",
+                ", ".join(uncommitted[:20]) + (f" and {len(uncommitted) - 20} more" if len(uncommitted) > 20 else ""),
+            )
         log.info(
             "shutdown in %.1f s: drained=%s, deliveries abandoned=%d, results unacknowledged=%d, "
             "events unfinished (will be read again)=%d",
@@ -305,6 +447,12 @@ class App:
         self.metrics.subscriptions.set(routing.subscriptions)
 
 
+def _reason(exc: BaseException) -> str:
+    """``Name: text`` of an error (aiokafka's own texts start with their name already)."""
+    name, text = type(exc).__name__, str(exc)
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
 def _notify_systemd(state: str) -> None:
     """sd_notify without libsystemd: a datagram to $NOTIFY_SOCKET, when systemd set one."""
     path = os.environ.get("NOTIFY_SOCKET")
@@ -317,18 +465,3 @@ def _notify_systemd(state: str) -> None:
             sock.sendto(state.encode(), path)
     except OSError as exc:
         log.debug("sd_notify failed: %s", exc)
-
-
-async def ensure_topics(client_options: dict[str, Any], names: list[str], partitions: int) -> None:
-    """Create the topics the router writes to, where they do not exist yet."""
-    admin = AIOKafkaAdminClient(**client_options)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names if n not in existing]
-        if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
-            log.info("created topics: %s", ", ".join(t.name for t in missing))
-    finally:
-        await admin.close()

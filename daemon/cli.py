@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from daemon import __version__
 from daemon.client import TOP_LEVEL, add_commands, run_command
 from daemon.config import Config
-from daemon.errors import ConfigError, NotFound
+from daemon.errors import ConfigError, KafkaUnavailable, NotFound, TopicError
 from daemon.resolve import resolve
 from daemon.validate import load_config
 
@@ -95,7 +95,7 @@ def _ping(path: str, endpoint_id: str) -> int:
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
-    from daemon.operate import ping
+    from daemon.operate import ping, record
 
     try:
         outcome = run_coroutine(ping(config, endpoint_id, os.environ))
@@ -105,6 +105,11 @@ def _ping(path: str, endpoint_id: str) -> int:
     status = outcome.http_status if outcome.http_status is not None else "-"
     print(f"{outcome.status} {status} in {outcome.duration_ms} ms" + (f": {outcome.error}" if outcome.error else ""))
     print(outcome.response_body or "")
+    try:
+        run_coroutine(record(config, outcome, os.environ))
+    except KafkaUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK if outcome.status == "delivered" else EXIT_FAILURE
 
 
@@ -115,7 +120,13 @@ def _run(path: str) -> int:
     from daemon.app import App
 
     app = App(config, config_path=path)
-    run_coroutine(app.serve())
+    try:
+        run_coroutine(app.serve())
+    except TopicError as exc:
+        log.error("cannot start: the router's topics would lose data or are missing (%d):", len(exc.errors))
+        for line in exc.errors:
+            log.error("  %s", line)
+        return EXIT_CONFIG
     return EXIT_OK
 
 

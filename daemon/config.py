@@ -47,11 +47,18 @@ class KafkaConfig(msgspec.Struct, **_FROZEN):
     results_acks: Literal["all", "leader"] = "all"
     enable_idempotence: bool = False
     linger_ms: Annotated[int, Meta(ge=0, le=1_000)] = 5
+    # After this long without an answer from any broker, contact is lost: logged once, /readyz answers 503.
+    contact_timeout_s: Annotated[float, Meta(ge=1, le=600)] = 15.0
+    # Connection security; which combinations are complete is checked in daemon.validate.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username: str | None = None
-    sasl_password_env: str | None = None
-    ssl_cafile: str | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: Annotated[str, Meta(min_length=1)] | None = None  # PLAIN, SCRAM-*
+    sasl_password_env: Annotated[str, Meta(min_length=1)] | None = None  # PLAIN, SCRAM-*: the variable holding it
+    sasl_oauth_token_file: Annotated[str, Meta(min_length=1)] | None = None  # OAUTHBEARER: re-read for each login
+    ssl_cafile: Annotated[str, Meta(min_length=1)] | None = None  # default: the system's trust store
+    ssl_certfile: Annotated[str, Meta(min_length=1)] | None = None  # client certificate (mTLS), PEM
+    ssl_keyfile: Annotated[str, Meta(min_length=1)] | None = None  # its private key, PEM (default: in ssl_certfile)
+    ssl_key_password_env: Annotated[str, Meta(min_length=1)] | None = None  # the variable holding the key's password
 
 
 class AdminConfig(msgspec.Struct, **_FROZEN):
@@ -78,7 +85,13 @@ class RetryConfig(msgspec.Struct, **_FROZEN):
         msgspec.field(default_factory=lambda: [1, 5, 30, 60, 300, 1800, 3600, 7200, 28800])
     )
     topic_prefix: Name = "webhook-router"
-    partitions: Annotated[int, Meta(ge=1, le=1000)] = 3  # for the topics the router creates
+    # The topics the router creates (results, tiers, dead letters, health): partitions, replication (default: the
+    # broker's default.replication.factor), min.insync.replicas (default: the broker's).
+    partitions: Annotated[int, Meta(ge=1, le=1000)] = 3
+    replication_factor: Annotated[int, Meta(ge=1, le=32_767)] | None = None
+    min_insync_replicas: Annotated[int, Meta(ge=1, le=32_767)] | None = None
+    # How long dead letters are kept (retention.ms of the dead-letter topic it creates); -1: forever.
+    dead_letter_retention_s: Annotated[int, Meta(ge=-1, le=315_360_000)] = 30 * 86_400
     create_topics: bool = True
     retry_after_max_s: Annotated[float, Meta(ge=0, le=86_400)] = 3600.0
     # A retry or dead-letter record larger than this keeps the event's coordinates instead of its body (the

@@ -17,7 +17,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from daemon.clients import close_consumer, kafka_client_options
 from daemon.config import KafkaConfig
+from daemon.contact import Throttle, held_note
 from daemon.metrics import Metrics
 from daemon.offsets import OffsetTracker, PartitionOffsets
 
@@ -30,26 +32,6 @@ Dispatch = Callable[[Any, PartitionOffsets], int | None]
 _POLL_MS = 200
 _LAG_INTERVAL_S = 5.0
 _FAILED_FETCH_WAIT_S = 1.0
-_ERROR_LOG_INTERVAL_S = 60.0
-
-
-def kafka_client_options(kafka: KafkaConfig, environ: Any) -> dict[str, Any]:
-    """Connection settings shared by the consumer and the producer."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap_servers,
-        "client_id": kafka.client_id,
-        "security_protocol": kafka.security_protocol,
-    }
-    if kafka.sasl_mechanism:
-        options["sasl_mechanism"] = kafka.sasl_mechanism
-        options["sasl_plain_username"] = kafka.sasl_username
-        if kafka.sasl_password_env:
-            options["sasl_plain_password"] = environ[kafka.sasl_password_env]
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        from aiokafka.helpers import create_ssl_context
-
-        options["ssl_context"] = create_ssl_context(cafile=kafka.ssl_cafile)
-    return options
 
 
 class Source:
@@ -67,7 +49,8 @@ class Source:
         self._kafka = kafka
         self._metrics = metrics
         self._name = name
-        self._last_fetch_error_log = -_ERROR_LOG_INTERVAL_S
+        self._fetch_errors_logged = Throttle()
+        self._commit_errors_logged = Throttle()
         self._paused_gauge = metrics.partitions_paused.labels(name)
         self._in_flight_bytes = metrics.events_in_flight_bytes.labels(name)
         self._paused_gauge.set(0)
@@ -84,6 +67,7 @@ class Source:
         self.joined = False
         self.stopping = False
         self._lag_labels: set[tuple[str, str]] = set()
+        self._high: dict[TopicPartition, int] = {}  # last known high watermarks (the lag during an outage)
         self._held: dict[TopicPartition, asyncio.TimerHandle] = {}
         self._consumer = AIOKafkaConsumer(
             group_id=kafka.group_id,
@@ -109,7 +93,7 @@ class Source:
         """Leave the group. Commit first: aiokafka does not call on_partitions_revoked on stop()."""
         self.joined = False
         self._drop_holds()
-        await self._consumer.stop()
+        await close_consumer(self._consumer)
 
     # --- the fetch loop ---
 
@@ -161,10 +145,12 @@ class Source:
 
     def _fetch_failed(self, what: str, exc: BaseException) -> None:
         self._metrics.fetch_errors.labels(self._name).inc()
-        now = time.monotonic()
-        if now - self._last_fetch_error_log >= _ERROR_LOG_INTERVAL_S:
-            self._last_fetch_error_log = now
-            log.error("%s failed (%s: %s); trying again", what, type(exc).__name__, exc, exc_info=exc)
+        held = self._fetch_errors_logged.ready()
+        if held is not None:  # a Kafka error is the cluster's; anything else is a bug, shown with its traceback
+            trace = None if isinstance(exc, KafkaError) else exc
+            log.error(
+                "%s failed (%s: %s); trying again%s", what, type(exc).__name__, exc, held_note(held), exc_info=trace
+            )
 
     def _pause(self) -> None:
         self._paused = True
@@ -218,7 +204,11 @@ class Source:
                 await self._consumer.commit(marks)
             except (CommitFailedError, IllegalStateError, KafkaError) as exc:
                 self._metrics.commits.labels("error").inc()
-                log.warning("offset commit failed (%s: %s); will commit again", type(exc).__name__, exc)
+                held = self._commit_errors_logged.ready()
+                if held is not None:
+                    log.warning(
+                        "offset commit failed (%s: %s); will commit again%s", type(exc).__name__, exc, held_note(held)
+                    )
                 return
             self.offsets.mark_committed(marks)
             self._metrics.commits.labels("ok").inc()
@@ -228,17 +218,29 @@ class Source:
             await asyncio.sleep(interval_s)
             await self.commit()
 
-    async def drain(self, within_s: float, tps: set[TopicPartition] | None = None) -> bool:
-        """Wait until no event (of ``tps``, when given) is unfinished. False if ``within_s`` ran out."""
+    async def drain(
+        self, within_s: float, tps: set[TopicPartition] | None = None, stuck: Callable[[], bool] = lambda: False
+    ) -> bool:
+        """Wait until no event (of ``tps``, when given) is unfinished. False if ``within_s`` ran out first, or
+        ``stuck()`` says that waiting longer cannot help."""
         deadline = time.monotonic() + within_s
         while self._unfinished(tps):
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or stuck():
                 return False
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), min(left, 0.5))
         return True
+
+    def uncommitted(self) -> list[str]:
+        """What a restart reads again: per partition, the offsets from the last commit to the last read."""
+        out = []
+        marks: dict[Any, tuple[int | None, int]] = self.offsets.uncommitted()
+        for tp, (committed, end) in sorted(marks.items()):
+            start = f"{committed}" if committed is not None else "the group's last commit"
+            out.append(f"{tp.topic}[{tp.partition}] from {start} up to {end - 1}")
+        return out
 
     def _unfinished(self, tps: set[TopicPartition] | None) -> int:
         if tps is None:
@@ -274,9 +276,15 @@ class Source:
         log.info("partitions assigned: %s", _names(assigned) or "none")
 
     def _update_lag(self) -> None:
+        """Lag per assigned partition from its high watermark: the last one a fetch reported, so that while the
+        cluster is unreachable the gauge keeps the last known lag instead of dropping to nothing."""
         consumer = self._consumer
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
+            if high is not None:
+                self._high[tp] = high
+            else:
+                high = self._high.get(tp)
             part = self.offsets.partitions.get(tp)
             mark = part.watermark() if part is not None else None
             if high is None or mark is None:
@@ -286,6 +294,7 @@ class Source:
             self._metrics.consumer_lag.labels(*labels).set(max(0, high - mark))
 
     def _remove_lag(self, tp: TopicPartition) -> None:
+        self._high.pop(tp, None)
         labels = (tp.topic, str(tp.partition))
         if labels in self._lag_labels:
             self._lag_labels.discard(labels)

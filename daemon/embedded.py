@@ -110,10 +110,21 @@ class EmbeddedBroker:
         finally:
             await admin.close()
 
+    def suspend(self) -> None:
+        """SIGSTOP the broker: its connections stay open and nothing answers (a hung host, a partition)."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a suspended broker."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.send_signal(signal.SIGCONT)
+
     async def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None or proc.returncode is not None:
             return
+        proc.send_signal(signal.SIGCONT)  # a suspended broker must be running to act on SIGTERM
         proc.terminate()
         try:
             await asyncio.wait_for(proc.wait(), 10)

@@ -37,3 +37,18 @@ class RenderError(RouterError):
 
 class TemplateError(RouterError):
     """A profile's body mapping that does not compile: a programming error in a profile declaration."""
+
+
+class TopicError(RouterError):
+    """Topics the router writes whose settings would lose data (a health topic not compacted...): a start-up error.
+    ``errors`` holds one line per problem, each naming the topic and the setting."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(errors))
+
+
+class KafkaUnavailable(RouterError):
+    """The Kafka cluster did not answer in time (a broker unreachable, credentials refused...)."""
+
+    http_status = 503

@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
+from daemon.clients import close_consumer
+from daemon.contact import Throttle, held_note
 from daemon.metrics import Metrics
 from daemon.model import (
     ENDPOINT_PAUSED,
@@ -143,7 +145,7 @@ class Health:
 
 
 class HealthReader:
-    """Reads the health topic from its start, then follows it."""
+    """Reads the health topic from its start to its end, then follows it."""
 
     def __init__(self, topic: str, client_options: Mapping[str, Any], health: Health) -> None:
         self._topic = topic
@@ -152,9 +154,14 @@ class HealthReader:
             enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=200, **client_options
         )
         self._task: asyncio.Task[None] | None = None
+        self._errors_logged = Throttle()
 
-    async def start(self, within_s: float = 10.0) -> int:
-        """Load every state on the topic (until its end as seen now); returns how many were read."""
+    async def start(self) -> int:
+        """Load every state on the topic, up to its end as a fetch reports it; returns how many were read.
+
+        However long that takes (a large topic, a cluster that stops answering half way): an endpoint paused on the
+        topic must not be delivered to because its pause was not read yet. Cancel it to give up.
+        """
         consumer = self._consumer
         await consumer.start()
         partitions = consumer.partitions_for_topic(self._topic)
@@ -164,10 +171,9 @@ class HealthReader:
         tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         read = 0
-        deadline = time.monotonic() + within_s
         # The end is the high watermark a fetch reports (not end_offsets, which some brokers under-report).
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
+        while True:
+            batch = await self._fetch(200)
             read += self._apply(batch)
             if not batch and await self._at_end(tps):
                 break
@@ -183,12 +189,27 @@ class HealthReader:
 
     async def _follow(self) -> None:
         while True:
-            self._apply(await self._consumer.getmany(timeout_ms=1000))
+            self._apply(await self._fetch(1000))
+
+    async def _fetch(self, timeout_ms: int) -> Mapping[Any, list[Any]]:
+        """One fetch; a failed one is logged (throttled) and waited out, never the end of the reader."""
+        try:
+            batch: Mapping[Any, list[Any]] = await self._consumer.getmany(timeout_ms=timeout_ms)
+            return batch
+        except KafkaError as exc:
+            held = self._errors_logged.ready()
+            if held is not None:
+                log.warning("reading %s failed (%s: %s); trying again%s", self._topic, type(exc).__name__, exc,
+                            held_note(held))  # fmt: skip
+            await asyncio.sleep(1.0)
+            return {}
 
     def _apply(self, batch: Mapping[Any, list[Any]]) -> int:
         count = 0
         for records in batch.values():
             for record in records:
+                if record.value is None:  # a tombstone (an operator clearing a key): nothing to restore
+                    continue
                 try:
                     state = decode_health(record.value)
                 except msgspec.DecodeError:
@@ -204,4 +225,4 @@ class HealthReader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self._consumer.stop()
+        await close_consumer(self._consumer)

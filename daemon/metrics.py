@@ -83,6 +83,21 @@ class Metrics:
             registry=r,
         )
         self.subscriptions = Gauge(p + "subscriptions", "Subscriptions in the loaded config.", registry=r)
+        self.results_pending = Gauge(
+            p + "results_pending", "Records submitted to Kafka and not acknowledged yet (they wait out an outage).",
+            registry=r,
+        )  # fmt: skip
+        self.kafka_contact = Gauge(
+            p + "kafka_contact", "1 while the Kafka cluster answers; 0 once it has not for kafka.contact_timeout_s.",
+            registry=r,
+        )  # fmt: skip
+        self.kafka_last_contact = Gauge(
+            p + "kafka_last_contact_timestamp_seconds", "Unix time of the Kafka cluster's last answer.", registry=r
+        )
+        self.kafka_log_suppressed = Counter(
+            p + "kafka_log_suppressed", "Kafka client log lines (WARNING and above) held back by the rate limit.",
+            registry=r,
+        )  # fmt: skip
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
             self.commits.labels(result)

@@ -99,6 +99,15 @@ class OffsetTracker:
                 out[tp] = mark
         return out
 
+    def uncommitted(self) -> dict[Hashable, tuple[int | None, int]]:
+        """(last committed offset or None, last read + 1) of each partition read past its last commit: the offsets
+        a restart reads again."""
+        return {
+            tp: (part.committed, part.next_offset)
+            for tp, part in self.partitions.items()
+            if part.next_offset is not None and part.committed != part.next_offset
+        }
+
     def mark_committed(self, offsets: dict[Hashable, int]) -> None:
         for tp, mark in offsets.items():
             part = self.partitions.get(tp)

@@ -3,12 +3,14 @@ admin boundary (``daemon.admin``) with their bounds, so that a wrong type or an 
 400 naming the field.
 
 Every attempt an operator asks for is made once, never retried, and recorded on the results topic with
-its ``trigger`` (``ping``, ``redelivery``, ``replay``). ``ping`` (the CLI command) also works without a
-running daemon.
+its ``trigger`` (``ping``, ``redelivery``, ``replay``). ``ping`` and ``record`` (the CLI command) also work
+without a running daemon.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Mapping
@@ -18,12 +20,13 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from msgspec import Meta
 
+from daemon import clients
 from daemon.config import Config, EndpointId, Name
-from daemon.consume import kafka_client_options
 from daemon.deliver import Endpoint, Job, Sender, delivery_id
-from daemon.errors import BadRequest, InvalidEvent, NotFound
+from daemon.errors import BadRequest, InvalidEvent, KafkaUnavailable, NotFound
 from daemon.health import REASON_OPERATOR, Health
 from daemon.metrics import Metrics
 from daemon.model import PING, REDELIVERY, REPLAY, Event, Outcome, encode_outcome
@@ -217,21 +220,32 @@ def ping_job(endpoint: Endpoint) -> Job:
 
 
 async def ping(config: Config, endpoint_id: str, environ: Mapping[str, str]) -> Outcome:
-    """Without a running daemon: send the profile's test event once and record the outcome on the results topic."""
+    """Without a running daemon: send the profile's test event once (``record`` then writes the outcome)."""
     endpoint = endpoint_of(config, endpoint_id, environ)
     sender = Sender(Metrics())
     try:
-        outcome = await sender.attempt(endpoint, ping_job(endpoint))
+        return await sender.attempt(endpoint, ping_job(endpoint))
     finally:
         await sender.close()
-    producer = AIOKafkaProducer(
-        acks="all" if config.kafka.results_acks == "all" else 1,
-        enable_idempotence=config.kafka.enable_idempotence,
-        **kafka_client_options(config.kafka, environ),
-    )
-    await producer.start()
+
+
+async def record(config: Config, outcome: Outcome, environ: Mapping[str, str], within_s: float = 15.0) -> None:
+    """Write ``outcome`` to the results topic; KafkaUnavailable when the cluster has not acknowledged it within
+    ``within_s`` (unreachable, or refusing the credentials)."""
+    kafka = config.kafka
+    producer = clients.producer(kafka, environ)
+    key = outcome.endpoint_id.encode() if outcome.endpoint_id else None
     try:
-        await producer.send_and_wait(config.kafka.results_topic, encode_outcome(outcome), key=endpoint.id.encode())
+        await asyncio.wait_for(_send(producer, kafka.results_topic, encode_outcome(outcome), key), within_s)
+    except (KafkaError, OSError, TimeoutError) as exc:
+        reason = f"no answer within {within_s:g} s" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        where = kafka.bootstrap_servers
+        raise KafkaUnavailable(f"not recorded on {kafka.results_topic}: Kafka at {where} ({reason})") from None
     finally:
-        await producer.stop()
-    return outcome
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(producer.stop(), 5)
+
+
+async def _send(producer: AIOKafkaProducer, topic: str, value: bytes, key: bytes | None) -> None:
+    await producer.start()
+    await producer.send_and_wait(topic, value, key=key)

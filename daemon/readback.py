@@ -8,6 +8,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from daemon.clients import close_consumer
 from daemon.errors import NotFound
 
 
@@ -38,7 +39,7 @@ async def read_one(client_options: Mapping[str, Any], topic: str, partition: int
                 raise NotFound(f"no record at {topic}[{partition}]@{offset} (past the end, {high})")
         raise NotFound(f"no record at {topic}[{partition}]@{offset} (not read within 10 s)")
     finally:
-        await consumer.stop()
+        await close_consumer(consumer)
 
 
 async def read_range(
@@ -108,7 +109,7 @@ async def read_range(
                     open_tps.discard(tp)
                     consumer.pause(tp)
     finally:
-        await consumer.stop()
+        await close_consumer(consumer)
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:

@@ -3,6 +3,10 @@
 Callers ``submit`` a record with a callback; one task feeds the producer without awaiting each send
 and runs the callback once Kafka acknowledged the record. A record whose send fails is sent again
 after a back-off, never dropped: its source offset stays uncommitted until it lands.
+
+While the cluster is unreachable, records wait here until it is back. What waits is bounded by the
+consumers' cap on events in flight (``kafka.max_in_flight_events``, each event owing at most two records
+per endpoint it matched) plus health changes and operator actions; ``results_pending`` shows it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
 
+from daemon.contact import Throttle, held_note
 from daemon.metrics import Metrics
 from daemon.model import Ack
 
@@ -40,6 +45,8 @@ class ResultsWriter:
         self._partitions: dict[str, dict[bytes | None, Any]] = {}  # topic -> key -> partition (None: all of them)
         self._partitioner = DefaultPartitioner()
         self._round_robin = 0
+        self._failures_logged = Throttle()
+        metrics.results_pending.set_function(lambda: self._outstanding)
 
     @property
     def outstanding(self) -> int:
@@ -163,9 +170,16 @@ class ResultsWriter:
 
     def _failed(self, item: _Item, exc: BaseException) -> None:
         self._metrics.results_errors.inc()
-        log.warning(
-            "results record not written (%s: %s); sending again in %.0f s", type(exc).__name__, exc, _RETRY_BACKOFF_S
-        )
+        held = self._failures_logged.ready()
+        if held is not None:
+            log.warning(
+                "record for %s not written (%s: %s); sending it again in %.0f s%s",
+                item[0],
+                type(exc).__name__,
+                exc,
+                _RETRY_BACKOFF_S,
+                held_note(held),
+            )
         loop = asyncio.get_running_loop()
         timer: asyncio.TimerHandle
 

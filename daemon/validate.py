@@ -13,6 +13,7 @@ from __future__ import annotations
 import operator
 import os
 import re
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import msgspec
 import msgspec.inspect as mi
 from yarl import URL
 
-from daemon.config import Config, EndpointConfig, SubscriptionConfig, resolve_secrets
+from daemon.config import Config, EndpointConfig, KafkaConfig, SubscriptionConfig, resolve_secrets
 from daemon.errors import ConfigError
 from daemon.profiles import EXPANSIONS, PROFILES, Profile, pattern_matches
 from daemon.sign import decode_whsec
@@ -225,11 +226,15 @@ class _Checks:
             for topic in getattr(kafka, fields):
                 if topic not in self._topics:
                     self.fault(f"kafka.{fields}.{topic}", "not one of kafka.topics")
-        if kafka.sasl_mechanism and kafka.sasl_password_env and kafka.sasl_password_env not in environ:
-            self.fault("kafka.sasl_password_env", f"environment variable {kafka.sasl_password_env} is not set")
-        tiers = config.retry.tiers_s
-        if sorted(set(tiers)) != tiers:
+        self._security(kafka)
+        retry = config.retry
+        if sorted(set(retry.tiers_s)) != retry.tiers_s:
             self.fault("retry.tiers_s", "must be ascending, without repeats")
+        factor, insync = retry.replication_factor, retry.min_insync_replicas
+        if factor and insync and insync > factor:
+            self.fault("retry.min_insync_replicas", "must be <= retry.replication_factor (or no write could succeed)")
+        if 0 <= retry.dead_letter_retention_s < 3600:
+            self.fault("retry.dead_letter_retention_s", "must be -1 (forever) or >= 3600")
         if config.admin.token_env and config.admin.token_env not in environ:
             self.fault("admin.token_env", f"environment variable {config.admin.token_env} is not set")
         if int(config.admin.listen.rsplit(":", 1)[1]) > 65535:
@@ -243,6 +248,73 @@ class _Checks:
             profile = PROFILES.get(endpoint.profile)
             if profile is not None and profile.needs_events and endpoint.id not in subscribed:
                 self.fault(f"endpoints[{i}]", f"the {endpoint.profile} contract needs at least one subscribed event")
+
+    def _security(self, kafka: KafkaConfig) -> None:
+        """Every incomplete or contradictory combination of the Kafka connection's security settings."""
+        protocol, mechanism = kafka.security_protocol, kafka.sasl_mechanism
+        sasl, tls = protocol.startswith("SASL_"), protocol in ("SSL", "SASL_SSL")
+        if sasl and mechanism is None:
+            self.fault("kafka.sasl_mechanism", f"required with security_protocol {protocol}")
+        elif not sasl and mechanism is not None:
+            self.fault("kafka.sasl_mechanism", f"needs security_protocol SASL_SSL or SASL_PLAINTEXT (not {protocol})")
+        password_based = mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+        for name in ("sasl_username", "sasl_password_env"):
+            given = getattr(kafka, name) is not None
+            if password_based and sasl and not given:
+                self.fault(f"kafka.{name}", f"required with sasl_mechanism {mechanism}")
+            elif given and not password_based:
+                self.fault(f"kafka.{name}", "only for sasl_mechanism PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+        if password_based and kafka.sasl_password_env and kafka.sasl_password_env not in self._environ:
+            self.fault("kafka.sasl_password_env", f"environment variable {kafka.sasl_password_env} is not set")
+        token_file = kafka.sasl_oauth_token_file
+        if mechanism == "OAUTHBEARER" and sasl and token_file is None:
+            self.fault("kafka.sasl_oauth_token_file", "required with sasl_mechanism OAUTHBEARER")
+        elif token_file is not None and mechanism != "OAUTHBEARER":
+            self.fault("kafka.sasl_oauth_token_file", "only for sasl_mechanism OAUTHBEARER")
+        elif token_file is not None:
+            self._readable("kafka.sasl_oauth_token_file", token_file)
+        files = {name: getattr(kafka, name) for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")}
+        files["ssl_key_password_env"] = kafka.ssl_key_password_env
+        for name, value in files.items():
+            if value is not None and not tls:
+                self.fault(f"kafka.{name}", f"only with security_protocol SSL or SASL_SSL (not {protocol})")
+        if not tls:
+            return
+        if kafka.ssl_keyfile is not None and kafka.ssl_certfile is None:
+            self.fault("kafka.ssl_keyfile", "needs ssl_certfile (the client certificate it belongs to)")
+        if kafka.ssl_key_password_env is not None and kafka.ssl_certfile is None:
+            self.fault("kafka.ssl_key_password_env", "needs ssl_certfile and its key")
+        password = None
+        if kafka.ssl_key_password_env is not None:
+            variable = kafka.ssl_key_password_env
+            password = self._environ.get(variable)
+            if password is None:
+                self.fault("kafka.ssl_key_password_env", f"environment variable {variable} is not set")
+        readable = {name: self._readable(f"kafka.{name}", path) for name, path in files.items()
+                    if path is not None and name != "ssl_key_password_env"}  # fmt: skip
+        if not all(readable.values()):
+            return
+        context = ssl.create_default_context()
+        if kafka.ssl_cafile is not None:
+            try:
+                context.load_verify_locations(cafile=kafka.ssl_cafile)
+            except (ssl.SSLError, ValueError) as exc:
+                self.fault("kafka.ssl_cafile", f"not a PEM file of CA certificates ({_ssl_reason(exc)})")
+        if kafka.ssl_certfile is not None and (kafka.ssl_key_password_env is None or password is not None):
+            try:  # an empty password rather than none: OpenSSL would prompt on a terminal for an encrypted key
+                context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile, password=password or "")
+            except (ssl.SSLError, ValueError) as exc:
+                where = "kafka.ssl_keyfile" if kafka.ssl_keyfile else "kafka.ssl_certfile"
+                hint = "" if kafka.ssl_key_password_env else "; an encrypted key needs kafka.ssl_key_password_env"
+                self.fault(where, f"the client certificate and its key do not load ({_ssl_reason(exc)}{hint})")
+
+    def _readable(self, field: str, file: str) -> bool:
+        try:
+            with open(file, "rb"):
+                return True
+        except OSError as exc:
+            self.fault(field, f"cannot read {file}: {exc.strerror or exc}")
+            return False
 
     def _subscriptions(self) -> set[str]:
         subscribed: set[str] = set()
@@ -351,6 +423,11 @@ class _Checks:
                     self.fault(where, str(exc))
             elif not secret:
                 self.fault(where, "must not be empty")
+
+
+def _ssl_reason(exc: Exception) -> str:
+    """OpenSSL's words without the source line (``[SSL] PEM lib``, ``[X509: ...] no certificate or crl found``)."""
+    return re.sub(r"\s*\(_ssl\.c:\d+\)", "", str(exc.args[-1] if exc.args else exc))
 
 
 def _parses(url: str) -> bool:

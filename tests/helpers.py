@@ -1,5 +1,9 @@
 """Test helpers: real HTTP receivers, Kafka produce/read helpers (aiokafka, and librdkafka as an outside producer), the
-daemon as a subprocess. No mocks."""
+daemon as a subprocess. No mocks.
+
+``WEBHOOK_ROUTER_TEST_BOOTSTRAP`` names an outside Kafka cluster for the integration tests to use instead of a Tansu
+broker they start; ``WEBHOOK_ROUTER_TEST_KAFKA`` (a JSON object of ``[kafka]`` settings: ``security_protocol``,
+``sasl_*``, ``ssl_*``) says how to connect to it, for the daemon's configs and the tests' own clients alike."""
 
 from __future__ import annotations
 
@@ -13,10 +17,29 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from daemon.clients import kafka_client_options
+from daemon.config import KafkaConfig
+
 SECRET = "whsec_" + base64.b64encode(b"test-secret-0123456789abcdef").decode()
+
+
+OUTSIDE_BOOTSTRAP = os.environ.get("WEBHOOK_ROUTER_TEST_BOOTSTRAP") or None
+OUTSIDE_KAFKA: dict[str, Any] = json.loads(os.environ.get("WEBHOOK_ROUTER_TEST_KAFKA") or "{}")
+
+
+def client_options(bootstrap: str) -> dict[str, Any]:
+    """How the tests' own clients connect: the bootstrap, with the outside cluster's security settings if any."""
+    if not OUTSIDE_KAFKA:
+        return {"bootstrap_servers": bootstrap}
+    names = {"group_id": "tests", "topics": ["tests"], "results_topic": "tests-results"}
+    kafka = msgspec.convert({"bootstrap_servers": bootstrap, **names, **OUTSIDE_KAFKA}, KafkaConfig)
+    options = kafka_client_options(kafka, os.environ)
+    del options["client_id"]
+    return options
 
 
 def unique(prefix: str) -> str:
@@ -98,7 +121,7 @@ class Receiver:
 
 async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5, max_request_size=8 * 1024 * 1024
+        **client_options(bootstrap), enable_idempotence=False, linger_ms=5, max_request_size=8 * 1024 * 1024
     )
     await producer.start()
     try:
@@ -112,7 +135,7 @@ async def read_topic(
     bootstrap: str, topic: str, until: Callable[[list[dict[str, Any]]], bool], within_s: float = 30.0
 ) -> list[dict[str, Any]]:
     """Read a topic from the start (no group) until ``until(records)`` holds; returns the JSON values."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(bootstrap), auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     records: list[dict[str, Any]] = []
     try:
@@ -162,7 +185,7 @@ async def read_raw(bootstrap: str, topic: str, within_s: float = 10.0) -> list[b
 
 
 async def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> dict[int, int | None]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_options(bootstrap), group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
@@ -192,10 +215,11 @@ def env_with(**extra: str) -> dict[str, str]:
 class DaemonProcess:
     """The real ``webhook-router run`` as a subprocess, for tests that send it signals."""
 
-    def __init__(self, config_path: Any, admin_port: int, log_path: Any) -> None:
+    def __init__(self, config_path: Any, admin_port: int, log_path: Any, env: dict[str, str] | None = None) -> None:
         self.config_path = config_path
         self.admin_port = admin_port
         self.log_path = log_path
+        self.env = env
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self, wait_ready: bool = True) -> DaemonProcess:
@@ -212,6 +236,7 @@ class DaemonProcess:
             stdout=log,
             stderr=log,
             stdin=asyncio.subprocess.DEVNULL,
+            env=self.env,
         )
         log.close()
         if wait_ready:
@@ -232,6 +257,16 @@ class DaemonProcess:
                 return r.status
         except aiohttp.ClientError:
             return None
+
+    async def get_json(self, path: str) -> tuple[int | None, Any]:
+        """(status, JSON body), or (None, None) while nothing listens yet."""
+        import aiohttp
+
+        try:
+            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.admin_port}{path}") as r:
+                return r.status, await r.json()
+        except aiohttp.ClientConnectionError:
+            return None, None
 
     async def metrics(self) -> str:
         import aiohttp
@@ -284,7 +319,8 @@ def produce_outside(
     """
     from confluent_kafka import Producer
 
-    settings = {"bootstrap.servers": bootstrap, "compression.type": compression, "enable.idempotence": False}
+    settings = {"bootstrap.servers": bootstrap, "compression.type": compression, "enable.idempotence": False,
+                **librdkafka_security()}  # fmt: skip
     producer = Producer({**settings, "linger.ms": 20, "log_level": 3})
     failures: list[str] = []
 
@@ -297,3 +333,18 @@ def produce_outside(
     left = producer.flush(30)
     if left or failures:
         raise RuntimeError(f"{left} records unsent, failures: {failures}")
+
+
+def librdkafka_security() -> dict[str, Any]:
+    """The outside cluster's security settings (``WEBHOOK_ROUTER_TEST_KAFKA``) in librdkafka's names."""
+    names = {"security_protocol": "security.protocol", "sasl_mechanism": "sasl.mechanisms",
+             "sasl_username": "sasl.username", "ssl_cafile": "ssl.ca.location",
+             "ssl_certfile": "ssl.certificate.location", "ssl_keyfile": "ssl.key.location"}  # fmt: skip
+    out = {names[k]: v for k, v in OUTSIDE_KAFKA.items() if k in names}
+    if "sasl_password_env" in OUTSIDE_KAFKA:
+        out["sasl.password"] = os.environ[OUTSIDE_KAFKA["sasl_password_env"]]
+    if "ssl_key_password_env" in OUTSIDE_KAFKA:
+        out["ssl.key.password"] = os.environ[OUTSIDE_KAFKA["ssl_key_password_env"]]
+    if "sasl_oauth_token_file" in OUTSIDE_KAFKA:
+        raise NotImplementedError("librdkafka's OAUTHBEARER needs a token callback: not wired for these tests")
+    return out

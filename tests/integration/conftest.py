@@ -1,4 +1,5 @@
-"""Integration fixtures: one real Tansu broker per session, real receivers, the real daemon."""
+"""Integration fixtures: one real Tansu broker per session (or the outside cluster named by
+WEBHOOK_ROUTER_TEST_BOOTSTRAP), real receivers, the real daemon."""
 
 from __future__ import annotations
 
@@ -11,15 +12,44 @@ from typing import Any
 
 import pytest
 import tomli_w
+from aiokafka.admin import NewTopic
 
 from daemon.app import App, Components
+from daemon.clients import admin_client
 from daemon.embedded import EmbeddedBroker, free_port
 from daemon.validate import load_config
-from tests.helpers import DaemonProcess, Receiver, eventually, unique
+from tests.helpers import OUTSIDE_BOOTSTRAP, OUTSIDE_KAFKA, DaemonProcess, Receiver, client_options, eventually, unique
+
+# Tests that suspend, stop or start a broker use their own Tansu; against an outside cluster they cannot.
+needs_own_broker = pytest.mark.skipif(
+    OUTSIDE_BOOTSTRAP is not None,
+    reason="suspends, stops or starts a broker of its own, which is not done to an outside cluster",
+)
+
+
+class OutsideCluster:
+    """The Kafka cluster named by WEBHOOK_ROUTER_TEST_BOOTSTRAP, with EmbeddedBroker's face for the tests."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+
+    async def create_topics(self, names: list[str], partitions: int = 1) -> None:
+        admin = admin_client(client_options(self.bootstrap))
+        await admin.start()
+        try:  # replication factor -1: the cluster's default (and an empty assignment, as aiokafka wants for it)
+            await admin.create_topics([NewTopic(n, partitions, -1, replica_assignments={}) for n in names])
+        finally:
+            await admin.close()
+
+
+Broker = EmbeddedBroker | OutsideCluster
 
 
 @pytest.fixture(scope="session")
-async def broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedBroker]:
+async def broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Broker]:
+    if OUTSIDE_BOOTSTRAP is not None:
+        yield OutsideCluster(OUTSIDE_BOOTSTRAP)
+        return
     log = tmp_path_factory.mktemp("tansu") / "tansu.log"
     async with EmbeddedBroker(log_path=log) as b:
         yield b
@@ -29,7 +59,7 @@ async def broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Embe
 class Setup:
     """One test's own topics and group, and a config builder pointing at them."""
 
-    broker: EmbeddedBroker
+    broker: Broker
     topic: str
     results: str
     group: str
@@ -53,6 +83,7 @@ class Setup:
                 "session_timeout_ms": 3000,  # the test broker takes about half of it to form a group
                 "heartbeat_interval_ms": 300,
                 "commit_interval_ms": 100,
+                **OUTSIDE_KAFKA,
                 **kafka,
             },
             "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
@@ -70,7 +101,7 @@ class Setup:
 
 
 @pytest.fixture
-async def setup(broker: EmbeddedBroker, tmp_path: Path, request: pytest.FixtureRequest) -> Setup:
+async def setup(broker: Broker, tmp_path: Path, request: pytest.FixtureRequest) -> Setup:
     """Fresh topics per test; ``@pytest.mark.parametrize("setup", [3], indirect=True)`` sets partitions."""
     partitions = getattr(request, "param", 1)
     s = Setup(broker, unique("events"), unique("results"), unique("group"), tmp_path / "router.toml")
@@ -88,8 +119,10 @@ async def daemons(setup: Setup, tmp_path: Path) -> AsyncIterator[list[DaemonProc
         await d.kill()
 
 
-async def spawn(pool: list[DaemonProcess], setup: Setup, wait_ready: bool = True) -> DaemonProcess:
-    d = DaemonProcess(setup.path, setup.admin_port, setup.path.parent / f"daemon-{len(pool)}.log")
+async def spawn(
+    pool: list[DaemonProcess], setup: Setup, wait_ready: bool = True, env: dict[str, str] | None = None
+) -> DaemonProcess:
+    d = DaemonProcess(setup.path, setup.admin_port, setup.path.parent / f"daemon-{len(pool)}.log", env)
     pool.append(d)
     return await d.start(wait_ready)
 

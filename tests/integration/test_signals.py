@@ -10,7 +10,16 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import SECRET, DaemonProcess, Receiver, committed, eventually, produce, read_topic
+from tests.helpers import (
+    SECRET,
+    DaemonProcess,
+    Receiver,
+    client_options,
+    committed,
+    eventually,
+    produce,
+    read_topic,
+)
 from tests.integration.conftest import Setup, receiver, spawn
 
 
@@ -94,7 +103,7 @@ async def test_sigkill_mid_run_then_restart_loses_nothing(
 async def produce_keyed(bootstrap: str, topic: str, total: int) -> None:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=5)
+    producer = AIOKafkaProducer(**client_options(bootstrap), enable_idempotence=False, linger_ms=5)
     await producer.start()
     try:
         futures = [await producer.send(topic, _event(i), key=str(i).encode()) for i in range(total)]

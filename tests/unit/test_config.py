@@ -583,7 +583,8 @@ def test_event_type_field_must_not_be_empty() -> None:
 
 
 def test_sasl_password_env_must_be_set() -> None:
-    raw = doc(kafka=kafka(sasl_mechanism="PLAIN", sasl_username="u", sasl_password_env="KAFKA_PASSWORD"))
+    sasl = {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_username": "u"}
+    raw = doc(kafka=kafka(**sasl, sasl_password_env="KAFKA_PASSWORD"))
     assert errors_of(raw) == ["kafka.sasl_password_env: environment variable KAFKA_PASSWORD is not set"]
     config = parse_config(raw, {"KAFKA_PASSWORD": "pw"})
     assert config.kafka.sasl_password_env == "KAFKA_PASSWORD"
