@@ -52,17 +52,30 @@ def held_note(held: int) -> str:
     return f" ({held} more like it held back)" if held else ""
 
 
-class KafkaLogFilter(logging.Filter):
-    """On aiokafka's loggers: their WARNING and above pass once a minute while contact is fine, never while it is
-    lost (``quiet``); the rest are counted. Lower levels (``--log-level DEBUG``) pass untouched."""
+class _Forward(logging.Handler):
+    """Hands aiokafka's records on to the root logger's handlers, as propagation would, once they pass its filters.
 
-    def __init__(self, metrics: Metrics) -> None:
+    A filter on a logger does not see its children's records, and aiokafka logs from a dozen loggers, some created
+    only when their module is first imported; a handler on ``aiokafka`` sees them all.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger().handle(record)
+
+
+_FORWARD = _Forward()
+
+
+class KafkaLogFilter(logging.Filter):
+    """On aiokafka's records: WARNING and above pass once a minute while contact is fine, never while it is lost
+    (``quiet``); the rest are counted. Lower levels (``--log-level DEBUG``) pass untouched."""
+
+    def __init__(self, metrics: Metrics, interval_s: float = _LOG_INTERVAL_S) -> None:
         super().__init__()
         self.quiet = False
         self.suppressed = 0
         self._metrics = metrics
-        self._throttle = Throttle()
-        self._loggers: list[logging.Logger] = []
+        self._throttle = Throttle(interval_s)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
@@ -78,17 +91,19 @@ class KafkaLogFilter(logging.Filter):
         return False
 
     def install(self) -> None:
-        """Filter every aiokafka logger (a filter on a logger does not see its children's records)."""
-        names = [_AIOKAFKA] + [n for n in logging.root.manager.loggerDict if n.startswith(_AIOKAFKA + ".")]
-        for name in names:
-            logger = logging.getLogger(name)
-            logger.addFilter(self)
-            self._loggers.append(logger)
+        """From now on, aiokafka's records reach the root logger's handlers only through this filter."""
+        logger = logging.getLogger(_AIOKAFKA)
+        _FORWARD.addFilter(self)
+        if _FORWARD not in logger.handlers:
+            logger.addHandler(_FORWARD)
+            logger.propagate = False
 
     def remove(self) -> None:
-        for logger in self._loggers:
-            logger.removeFilter(self)
-        self._loggers.clear()
+        _FORWARD.removeFilter(self)
+        if not _FORWARD.filters:  # the last daemon of this process: aiokafka logs as it did
+            logger = logging.getLogger(_AIOKAFKA)
+            logger.removeHandler(_FORWARD)
+            logger.propagate = True
 
 
 class Contact:
