@@ -35,7 +35,7 @@ def test_aiokafka_floods_are_held_back_and_counted(caplog: pytest.LogCaptureFixt
     noise = KafkaLogFilter(metrics)
     noise.install()
     try:
-        with caplog.at_level(logging.DEBUG):
+        with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="aiokafka"):
             flood(95)  # 190 lines: a second of a broker down
             flood(3, logging.DEBUG)  # below WARNING: untouched (--log-level DEBUG shows everything)
         shown = [r for r in caplog.records if r.name.startswith("aiokafka") and r.levelno >= logging.WARNING]
