@@ -165,9 +165,10 @@ class HealthReader:
         consumer = self._consumer
         await consumer.start()
         partitions = consumer.partitions_for_topic(self._topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(self._topic) or set()
+        while not partitions:  # the topic exists (checked or created just before): wait for its metadata
+            if not await consumer._client.force_metadata_update():
+                await asyncio.sleep(0.5)
+            partitions = consumer.partitions_for_topic(self._topic)
         tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         read = 0

@@ -354,3 +354,19 @@ def test_random_reads_interleaved_with_completions(seed: int) -> None:
         assert tracker.in_flight == sum(1 for left in owed.values() if left)
     assert part.watermark() == 1_000
     assert tracker.in_flight == 0
+
+
+def test_uncommitted_names_what_a_restart_reads_again() -> None:
+    tracker = OffsetTracker()
+    read_only = tracker.assign("read")
+    for offset in range(5):
+        read_only.add(offset, 1)
+    done = tracker.assign("done")
+    done.add(0, 0)
+    tracker.mark_committed(tracker.committable())
+    untouched = tracker.assign("untouched")
+    assert untouched.next_offset is None
+    read_only.done(0)
+    read_only.done(1)
+    tracker.mark_committed(tracker.committable())  # 2 is the watermark now: 2, 3, 4 are read again
+    assert tracker.uncommitted() == {"read": (2, 5)}
