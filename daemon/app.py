@@ -1,9 +1,11 @@
 """Lifecycle: start-up, the main loop, reloads, signals, staged shutdown. What talks to what is wired in ``serve``.
 
-``serve`` = ``_startup`` (every component started in an ``AsyncExitStack``, its stop pushed right after,
-so teardown undoes start-up in reverse by construction), the main loop (until SIGTERM/SIGINT or the
-fetch loop ends), and ``_shutdown`` (stop fetching, drain under the deadline, cancel the rest, flush
-results, commit). Signal handlers only set state or schedule a reload.
+``serve`` = the admin server (first: liveness and the reason for not being ready answer while the daemon
+waits for Kafka), ``_connect`` (``_startup`` tried again until the cluster answers: every component started in
+an ``AsyncExitStack``, its stop pushed before it starts, so teardown undoes start-up in reverse by construction
+and a failed attempt leaves nothing open), the main loop (until SIGTERM/SIGINT or the fetch loop ends), and
+``_shutdown`` (stop fetching, drain, cancel the rest, flush results, commit, all under one deadline that the
+clients' closes keep to as well). Signal handlers only set state or schedule a reload.
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ from typing import Any
 import msgspec
 from aiokafka.errors import KafkaError
 
-from daemon import clients
 from daemon.admin import AdminServer
-from daemon.clients import kafka_client_options
+from daemon.clients import kafka_client_options, make_producer
 from daemon.config import Config
 from daemon.consume import Source
 from daemon.contact import Contact, KafkaLogFilter, Throttle, held_note
@@ -183,7 +184,7 @@ class App:
         kafka, retry = config.kafka, config.retry
         client_options = kafka_client_options(kafka, environ)
         self._set_status(f"connecting to Kafka at {kafka.bootstrap_servers}")
-        producer = clients.producer(kafka, environ, linger_ms=kafka.linger_ms, max_batch_size=256 * 1024)
+        producer = make_producer(kafka, environ, linger_ms=kafka.linger_ms, max_batch_size=256 * 1024)
         stack.push_async_callback(self._close, "the producer", producer.stop)
         await producer.start()
 

@@ -55,7 +55,7 @@ def _no_password() -> str:
     return ""
 
 
-def producer(kafka: KafkaConfig, environ: Any, **settings: Any) -> AIOKafkaProducer:
+def make_producer(kafka: KafkaConfig, environ: Any, **settings: Any) -> AIOKafkaProducer:
     """The producer of results (and retries, dead letters, health), as ``kafka`` asks for it."""
     return AIOKafkaProducer(
         acks="all" if kafka.results_acks == "all" else 1,

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from msgspec import Meta
 
-from daemon import clients
+from daemon.clients import make_producer
 from daemon.config import Config, EndpointId, Name
 from daemon.deliver import Endpoint, Job, Sender, delivery_id
 from daemon.errors import BadRequest, InvalidEvent, KafkaUnavailable, NotFound
@@ -233,7 +233,7 @@ async def record(config: Config, outcome: Outcome, environ: Mapping[str, str], w
     """Write ``outcome`` to the results topic; KafkaUnavailable when the cluster has not acknowledged it within
     ``within_s`` (unreachable, or refusing the credentials)."""
     kafka = config.kafka
-    producer = clients.producer(kafka, environ)
+    producer = make_producer(kafka, environ)
     key = outcome.endpoint_id.encode() if outcome.endpoint_id else None
     try:
         await asyncio.wait_for(_send(producer, kafka.results_topic, encode_outcome(outcome), key), within_s)

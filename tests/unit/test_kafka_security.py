@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from daemon import clients, readback
-from daemon.clients import FileTokenProvider, kafka_client_options
+from daemon import readback
+from daemon.clients import FileTokenProvider, admin_client, kafka_client_options, make_producer
 from daemon.config import Config
 from daemon.consume import Source
 from daemon.health import Health, HealthReader
@@ -43,8 +43,8 @@ async def every_client(config: Config, environ: dict[str, str]) -> AsyncIterator
         "health reader": HealthReader("health", options, health)._consumer,
         "read-back consumer": readback._consumer(options),
     }
-    producer = clients.producer(config.kafka, environ)
-    admin = clients.admin_client(options)
+    producer = make_producer(config.kafka, environ)
+    admin = admin_client(options)
     try:
         yield {
             **{name: consumer._client for name, consumer in consumers.items()},
