@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from daemon.embedded import EmbeddedBroker, free_port
-from tests.helpers import SECRET, DaemonProcess, Receiver, env_with, eventually, read_topic, unique
+from tests.helpers import SECRET, DaemonProcess, Receiver, env_with, eventually, produce, read_topic, unique
 from tests.integration.conftest import Setup, needs_own_broker, receiver, spawn
 from tests.integration.test_signals import produce_keyed
 
@@ -81,9 +81,12 @@ async def test_a_broker_suspended_for_30_s_under_load_is_waited_out_and_nothing_
         await asyncio.sleep(max(0.0, 30 - (time.monotonic() - suspended)))
         assert len(r.requests) > delivered_in_outage, "deliveries already fetched went on during the outage"
         broker.resume()
-
+        resumed = time.monotonic()
+        await produce(broker.bootstrap, s.topic, [json.dumps({"event": "after", "n": total}).encode()])
+        await eventually(lambda: any(json.loads(req.body)["n"] == total for req in r.requests), 60)
+        print(f"an event produced as the broker resumed was delivered {time.monotonic() - resumed:.2f} s later")
         await eventually(d.ready, 60)
-        seen = {json.loads(req.body)["n"] for req in r.requests}
+        total += 1
         await r.wait_for(total, within_s=120)
 
         def all_delivered(records: list[dict[str, Any]]) -> bool:
