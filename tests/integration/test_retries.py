@@ -248,7 +248,7 @@ async def test_redeliver_by_cli_and_replay_ranges_by_admin_api(
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "daemon", "redeliver", "--config", str(path), third["delivery_id"],
             "--endpoint", "x", "--topic", setup.topic, "--partition", "0", "--offset", "2",
-            "--attempt", third["attempt_id"],
+            "--attempt", third["attempt_id"], "--json",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await asyncio.wait_for(proc.communicate(), 60)
