@@ -2,8 +2,10 @@
 
 The way Kafka Connect keeps its config topic and Schema Registry its ``_schemas``: every instance holds
 the whole state in memory, built by applying the topic's records in order. ``Follower.start`` returns once
-everything on the topic when it started has been applied (however long that takes); ``wait_applied``
-lets a writer wait until its own record has been applied here (read-your-writes).
+everything on the topic when it started has been applied, however long that takes (a large topic, a
+cluster that stops answering half way: cancel it to give up); ``wait_applied`` lets a writer wait until
+its own record has been applied here (read-your-writes). The endpoint health and the endpoints managed at
+run time are both kept this way.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from daemon.clients import close_consumer
+from daemon.contact import Throttle, held_note
 
 log = logging.getLogger(__name__)
 
@@ -32,59 +38,65 @@ class Follower:
         self._applied: dict[int, int] = {}  # partition -> next offset to apply
         self._progress = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._errors_logged = Throttle()
         self.records = 0
 
     async def start(self) -> int:
-        """Apply every record on the topic up to its end as it is now; returns how many were applied."""
+        """Apply every record on the topic up to its end as a fetch reports it; returns how many were applied."""
         consumer = self._consumer
         await consumer.start()
         partitions = consumer.partitions_for_topic(self._topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(self._topic) or set()
+        while not partitions:  # the topic exists (checked or created just before): wait for its metadata
+            if not await consumer._client.force_metadata_update():
+                await asyncio.sleep(0.5)
+            partitions = consumer.partitions_for_topic(self._topic)
         tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        for tp in tps:
-            self._applied[tp.partition] = await consumer.position(tp)
-        # The end as seen now: every record below it is applied before start returns. A fetch's high watermark
-        # covers brokers whose end_offsets under-report.
+        # The end is the high watermark a fetch reports (not end_offsets, which some brokers under-report).
         while True:
-            await self._step(200)
-            for tp in tps:
-                high = consumer.highwater(tp)
-                if high is not None:
-                    ends[tp] = max(ends.get(tp, 0), high)
-            if all(self._applied.get(tp.partition, 0) >= ends.get(tp, 0) for tp in tps):
+            fetched = await self._step(200)
+            if not fetched and await self._at_end(tps):
                 break
         self._task = asyncio.create_task(self._follow(), name=f"follow-{self._name}")
         return self.records
 
+    async def _at_end(self, tps: list[TopicPartition]) -> bool:
+        for tp in tps:
+            high = self._consumer.highwater(tp)
+            if high is None or await self._consumer.position(tp) < high:
+                return False
+        return True
+
     async def _follow(self) -> None:
         while True:
-            try:
-                await self._step(1000)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a broker error: reported, waited out, read again
-                log.warning("reading %s failed (%s: %s); trying again", self._topic, type(exc).__name__, exc)
-                await asyncio.sleep(1.0)
+            await self._step(1000)
 
-    async def _step(self, timeout_ms: int) -> None:
-        batch = await self._consumer.getmany(timeout_ms=timeout_ms)
-        if not batch:
-            return
+    async def _step(self, timeout_ms: int) -> int:
+        """One fetch, applied; a failed one is logged (throttled) and waited out, never the end of the reader."""
+        try:
+            batch = await self._consumer.getmany(timeout_ms=timeout_ms)
+        except KafkaError as exc:
+            held = self._errors_logged.ready()
+            if held is not None:
+                log.warning("reading %s failed (%s: %s); trying again%s", self._topic, type(exc).__name__, exc,
+                            held_note(held))  # fmt: skip
+            await asyncio.sleep(1.0)
+            return 0
+        count = 0
         for tp, records in batch.items():
             for record in records:
                 try:
                     self._apply(record)
                 except Exception:  # one bad record never stops the state: logged, skipped
                     log.exception("record %s[%d]@%d could not be applied", tp.topic, tp.partition, record.offset)
-                self.records += 1
-            self._applied[tp.partition] = records[-1].offset + 1
-        async with self._progress:
-            self._progress.notify_all()
+                count += 1
+            if records:
+                self._applied[tp.partition] = records[-1].offset + 1
+        self.records += count
+        if count:
+            async with self._progress:
+                self._progress.notify_all()
+        return count
 
     async def wait_applied(self, partition: int, offset: int, within_s: float = 10.0) -> None:
         """Wait until the record at ``offset`` of ``partition`` has been applied here. TimeoutError otherwise."""
@@ -97,4 +109,4 @@ class Follower:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self._consumer.stop()
+        await close_consumer(self._consumer)

@@ -7,18 +7,13 @@ sees a pause made by any of them.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
-from daemon.clients import close_consumer
-from daemon.contact import Throttle, held_note
+from daemon.follow import Follower
 from daemon.metrics import Metrics
 from daemon.model import (
     ENDPOINT_PAUSED,
@@ -145,85 +140,31 @@ class Health:
 
 
 class HealthReader:
-    """Reads the health topic from its start to its end, then follows it."""
+    """Reads the health topic from its start, then follows it (``daemon.follow``): however long the first read
+    takes, an endpoint paused on the topic must not be delivered to because its pause was not read yet."""
 
     def __init__(self, topic: str, client_options: Mapping[str, Any], health: Health) -> None:
         self._topic = topic
         self._health = health
-        self._consumer = AIOKafkaConsumer(
-            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=200, **client_options
-        )
-        self._task: asyncio.Task[None] | None = None
-        self._errors_logged = Throttle()
+        self._follower = Follower(topic, client_options, self._apply, "health")
+        self._consumer = self._follower._consumer  # (the security test checks every consumer's settings)
+        self.read = 0
 
     async def start(self) -> int:
-        """Load every state on the topic, up to its end as a fetch reports it; returns how many were read.
+        """Load every state on the topic, up to its end as a fetch reports it; returns how many were read."""
+        await self._follower.start()
+        return self.read
 
-        However long that takes (a large topic, a cluster that stops answering half way): an endpoint paused on the
-        topic must not be delivered to because its pause was not read yet. Cancel it to give up.
-        """
-        consumer = self._consumer
-        await consumer.start()
-        partitions = consumer.partitions_for_topic(self._topic)
-        while not partitions:  # the topic exists (checked or created just before): wait for its metadata
-            if not await consumer._client.force_metadata_update():
-                await asyncio.sleep(0.5)
-            partitions = consumer.partitions_for_topic(self._topic)
-        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        read = 0
-        # The end is the high watermark a fetch reports (not end_offsets, which some brokers under-report).
-        while True:
-            batch = await self._fetch(200)
-            read += self._apply(batch)
-            if not batch and await self._at_end(tps):
-                break
-        self._task = asyncio.create_task(self._follow(), name="health-reader")
-        return read
-
-    async def _at_end(self, tps: list[TopicPartition]) -> bool:
-        for tp in tps:
-            high = self._consumer.highwater(tp)
-            if high is None or await self._consumer.position(tp) < high:
-                return False
-        return True
-
-    async def _follow(self) -> None:
-        while True:
-            self._apply(await self._fetch(1000))
-
-    async def _fetch(self, timeout_ms: int) -> Mapping[Any, list[Any]]:
-        """One fetch; a failed one is logged (throttled) and waited out, never the end of the reader."""
+    def _apply(self, record: Any) -> None:
+        if record.value is None:  # a tombstone (an operator clearing a key): nothing to restore
+            return
         try:
-            batch: Mapping[Any, list[Any]] = await self._consumer.getmany(timeout_ms=timeout_ms)
-            return batch
-        except KafkaError as exc:
-            held = self._errors_logged.ready()
-            if held is not None:
-                log.warning("reading %s failed (%s: %s); trying again%s", self._topic, type(exc).__name__, exc,
-                            held_note(held))  # fmt: skip
-            await asyncio.sleep(1.0)
-            return {}
-
-    def _apply(self, batch: Mapping[Any, list[Any]]) -> int:
-        count = 0
-        for records in batch.values():
-            for record in records:
-                if record.value is None:  # a tombstone (an operator clearing a key): nothing to restore
-                    continue
-                try:
-                    state = decode_health(record.value)
-                except msgspec.DecodeError:
-                    log.warning("unreadable record on %s at offset %d: skipped", self._topic, record.offset)
-                    continue
-                self._health.apply(state)
-                count += 1
-        return count
+            state = decode_health(record.value)
+        except msgspec.DecodeError:
+            log.warning("unreadable record on %s at offset %d: skipped", self._topic, record.offset)
+            return
+        self._health.apply(state)
+        self.read += 1
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await close_consumer(self._consumer)
+        await self._follower.stop()

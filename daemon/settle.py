@@ -249,11 +249,12 @@ class Settlement:
         ack = _after_both(job.ack)
         if delay is not None:
             delay = with_retry_after(delay, outcome.retry_after_s, self._retry.retry_after_max_s)
-            due_ms = int(time.time() * 1000 + delay * 1000)
+            now_ms = int(time.time() * 1000)
+            due_ms = now_ms + int(delay * 1000)
             outcome.next_attempt_at = iso_ms(due_ms)
             self._record(outcome, ack)
             self._metrics.retries_scheduled.inc()
-            self._schedule(job, endpoint.id, job.attempt + 1, due_ms, int(delay * 1000), history, ack)
+            self._schedule(job, endpoint.id, job.attempt + 1, due_ms, int(delay * 1000), history, ack, now_ms=now_ms)
             return
         outcome.status = DEAD_LETTERED
         self._record(outcome, ack)
@@ -347,9 +348,11 @@ class Settlement:
         history: list[Attempt],
         ack: Ack | None,
         deferred: bool = False,
+        now_ms: int | None = None,
     ) -> None:
-        """Write the delivery to the tier that fits the time left until ``due_ms``."""
-        now_ms = int(time.time() * 1000)
+        """Write the delivery to the tier that fits the time left until ``due_ms`` (from ``now_ms``: the time the
+        caller computed ``due_ms`` from, so that a millisecond passing in between never picks a shorter tier)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         tier = tier_for((due_ms - now_ms) / 1000, self._tiers) or self._tiers[0]
         event = job.event
         record = RetryRecord(
@@ -383,10 +386,11 @@ class Settlement:
 
     def _defer(self, job: Job, endpoint_id: str, wait_s: float) -> None:
         """Park a delivery whose endpoint cannot take it now for ``wait_s``; no attempt is used up."""
-        due_ms = int(time.time() * 1000 + wait_s * 1000)
+        now_ms = int(time.time() * 1000)
+        due_ms = now_ms + int(wait_s * 1000)
         self._metrics.deliveries_deferred.inc()
         job.deferrals += 1
-        self._schedule(job, endpoint_id, job.attempt, due_ms, int(wait_s * 1000), job.history, job.ack, True)
+        self._schedule(job, endpoint_id, job.attempt, due_ms, int(wait_s * 1000), job.history, job.ack, True, now_ms)
 
     # --- lanes ---
 

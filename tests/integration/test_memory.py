@@ -43,7 +43,7 @@ async def test_600_events_of_1_mib_to_a_slow_endpoint_stay_under_the_byte_bound(
     await eventually(lambda: d.metric('webhook_router_partitions_paused{consumer="events"}'), 60)
     await asyncio.sleep(2.0)  # whatever it still reads, it reads now
     in_flight = await d.metric('webhook_router_events_in_flight_bytes{consumer="events"}')
-    assert bound <= in_flight <= bound + 2 * MiB  # paused at the bound, within one event of it
+    assert bound <= in_flight <= bound + 8 * MiB  # paused at the bound, within what one fetch returns of it
     assert d.proc is not None
     held_peak = _peak_rss(d.proc.pid)
     hold.set()
