@@ -39,6 +39,7 @@ class AdminServer:
         not_ready: Callable[[], str | None],
         operator: Callable[[], Operator | None] = lambda: None,
         token: str | None = None,
+        routes: Callable[[web.Application], None] | None = None,
     ) -> None:
         """``not_ready()`` says why the daemon is not ready (None: it is); ``operator()`` is None until start-up is
         complete."""
@@ -48,6 +49,7 @@ class AdminServer:
         self._not_ready = not_ready
         self._operator = operator
         self._token = token
+        self._routes = routes  # more routes to serve (the endpoints API), added before the app starts
         self._runner: web.AppRunner | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._last_tick = time.monotonic()
@@ -65,6 +67,8 @@ class AdminServer:
         app.router.add_post("/endpoints/{id}/resume", self._guard(self._resume))
         app.router.add_post("/endpoints/{id}/replay", self._guard(self._replay))
         app.router.add_post("/deliveries/{delivery_id}/redeliver", self._guard(self._redeliver))
+        if self._routes is not None:
+            self._routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)

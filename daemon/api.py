@@ -87,7 +87,7 @@ class RotateBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class Api:
-    """The ``/v1`` routes. Built at start-up with what they act on; ``routes`` adds them to the admin app."""
+    """What the ``/v1`` routes do, built once start-up has reached Kafka (``install`` serves them before)."""
 
     def __init__(
         self,
@@ -114,41 +114,16 @@ class Api:
         self._grace_s = rotation_grace_s
         self._max_scan = max_scan
 
-    def routes(self, app: web.Application) -> None:
-        r = app.router
-        r.add_get("/v1/openapi.json", self._openapi)
-        r.add_post("/v1/tenants", self._guard(self._create_tenant, admin=True))
-        r.add_get("/v1/tenants/{tenant}", self._guard(self._get_tenant))
-        r.add_post("/v1/tenants/{tenant}/tokens", self._guard(self._create_token, admin=True))
-        r.add_delete("/v1/tenants/{tenant}/tokens/{token}", self._guard(self._delete_token, admin=True))
-        r.add_post("/v1/endpoints", self._guard(self._create))
-        r.add_get("/v1/endpoints", self._guard(self._list))
-        r.add_get("/v1/endpoints/{id}", self._guard(self._get))
-        r.add_patch("/v1/endpoints/{id}", self._guard(self._update))
-        r.add_delete("/v1/endpoints/{id}", self._guard(self._delete))
-        r.add_post("/v1/endpoints/{id}/pause", self._guard(self._pause))
-        r.add_post("/v1/endpoints/{id}/resume", self._guard(self._resume))
-        r.add_post("/v1/endpoints/{id}/ping", self._guard(self._ping))
-        r.add_post("/v1/endpoints/{id}/replay", self._guard(self._replay))
-        r.add_post("/v1/endpoints/{id}/rotate-secret", self._guard(self._rotate))
-        r.add_get("/v1/endpoints/{id}/attempts", self._guard(self._attempts))
-        r.add_post("/v1/deliveries/{delivery_id}/redeliver", self._guard(self._redeliver))
-
-    # --- authentication ---
-
-    def _guard(
-        self, handler: Callable[[web.Request, Caller], Awaitable[web.Response]], admin: bool = False
-    ) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def guarded(request: web.Request) -> web.Response:
-            try:
-                caller = self._caller(request)
-                if admin and caller.tenant is not None:
-                    raise NotFound("no such resource")  # a tenant token never learns what it may not see
-                return await handler(request, caller)
-            except RouterError as exc:
-                return _error(exc.http_status, str(exc))
-
-        return guarded
+    async def handle(self, name: str, admin_only: bool, request: web.Request) -> web.Response:
+        """Answer one request for the route ``name`` (a method of this class), after authenticating its caller."""
+        try:
+            caller = self._caller(request)
+            if admin_only and caller.tenant is not None:
+                raise NotFound("no such resource")  # a tenant token never learns what it may not see
+            handler: Callable[[web.Request, Caller], Awaitable[web.Response]] = getattr(self, name)
+            return await handler(request, caller)
+        except RouterError as exc:
+            return _error(exc.http_status, str(exc))
 
     def _caller(self, request: web.Request) -> Caller:
         given = request.headers.get("Authorization", "")
@@ -484,8 +459,45 @@ class Api:
             "settings": {},
         }
 
-    async def _openapi(self, request: web.Request) -> web.Response:
+
+# method, path, the Api method that answers, admin token only
+ROUTES: tuple[tuple[str, str, str, bool], ...] = (
+    ("POST", "/v1/tenants", "_create_tenant", True),
+    ("GET", "/v1/tenants/{tenant}", "_get_tenant", False),
+    ("POST", "/v1/tenants/{tenant}/tokens", "_create_token", True),
+    ("DELETE", "/v1/tenants/{tenant}/tokens/{token}", "_delete_token", True),
+    ("POST", "/v1/endpoints", "_create", False),
+    ("GET", "/v1/endpoints", "_list", False),
+    ("GET", "/v1/endpoints/{id}", "_get", False),
+    ("PATCH", "/v1/endpoints/{id}", "_update", False),
+    ("DELETE", "/v1/endpoints/{id}", "_delete", False),
+    ("POST", "/v1/endpoints/{id}/pause", "_pause", False),
+    ("POST", "/v1/endpoints/{id}/resume", "_resume", False),
+    ("POST", "/v1/endpoints/{id}/ping", "_ping", False),
+    ("POST", "/v1/endpoints/{id}/replay", "_replay", False),
+    ("POST", "/v1/endpoints/{id}/rotate-secret", "_rotate", False),
+    ("GET", "/v1/endpoints/{id}/attempts", "_attempts", False),
+    ("POST", "/v1/deliveries/{delivery_id}/redeliver", "_redeliver", False),
+)
+
+
+def install(app: web.Application, api: Callable[[], Api | None], not_ready: Callable[[], str | None]) -> None:
+    """Add the ``/v1`` routes to the admin server's app, before the daemon has reached Kafka: until it has (and
+    built its ``Api``), they answer 503 with the reason; the OpenAPI document answers at once."""
+
+    async def openapi(request: web.Request) -> web.Response:
         return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
+
+    app.router.add_get("/v1/openapi.json", openapi)
+    for method, path, name, admin_only in ROUTES:
+
+        async def handler(request: web.Request, name: str = name, admin_only: bool = admin_only) -> web.Response:
+            current = api()
+            if current is None:
+                return _error(503, f"not available yet: {not_ready() or 'starting'}")
+            return await current.handle(name, admin_only, request)
+
+        app.router.add_route(method, path, handler)
 
 
 def _split(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

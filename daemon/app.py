@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -25,6 +26,8 @@ import msgspec
 from aiokafka.errors import KafkaError
 
 from daemon.admin import AdminServer
+from daemon.api import Api
+from daemon.api import install as install_api
 from daemon.clients import kafka_client_options, make_producer
 from daemon.config import Config
 from daemon.consume import Source
@@ -34,9 +37,12 @@ from daemon.errors import ConfigError
 from daemon.health import Health, HealthReader
 from daemon.metrics import Metrics
 from daemon.operate import Operator
+from daemon.registry import opened
 from daemon.results import ResultsWriter
 from daemon.routing import Routing
+from daemon.secretbox import SecretBox, SecretError, key_from
 from daemon.settle import Settlement
+from daemon.store import Store
 from daemon.topics import ensure_topics, topic_specs
 from daemon.validate import load_config
 
@@ -85,6 +91,7 @@ class App:
         self._status = "starting"  # what start-up is doing: the reason /readyz gives, and sd_notify's STATUS
         self._noise = KafkaLogFilter(self.metrics)
         self._operator: Operator | None = None
+        self._api: Api | None = None
         self._deadline: float | None = None  # monotonic; when the shutdown must be over
         self.components: Components | None = None  # set once start-up is complete
 
@@ -106,7 +113,10 @@ class App:
             stack.callback(loop.set_exception_handler, previous)
             # Before Kafka: liveness, and why the daemon is not ready, answer while it waits for the cluster.
             token = config.admin.token(self._environ)
-            admin = AdminServer(config.admin.listen, self.metrics, self.not_ready, lambda: self._operator, token)
+            routes = (lambda app: install_api(app, lambda: self._api, self.not_ready)) if config.api.enabled else None
+            admin = AdminServer(
+                config.admin.listen, self.metrics, self.not_ready, lambda: self._operator, token, routes
+            )
             await admin.start()
             stack.push_async_callback(admin.stop)
             components = await self._connect(stack, admin)
@@ -201,10 +211,11 @@ class App:
         stack.push_async_callback(contact.stop)
 
         self._set_status("checking the router's topics")
-        await ensure_topics(client_options, kafka, retry)
+        api = config.api
+        await ensure_topics(client_options, kafka, retry, api.enabled)
         # Learn every written topic's partitions before the first send: a send that has to wait for a new topic's
         # metadata was seen to leave a record of another topic, queued just before, unsent until the next send.
-        for spec in topic_specs(kafka, retry):
+        for spec in topic_specs(kafka, retry, api.enabled):
             await producer.partitions_for(spec.name)
 
         health = Health(results, retry.health_topic, metrics)
@@ -227,6 +238,23 @@ class App:
         metrics.requests_in_flight.set_function(lambda: settlement.stats.busy)
         metrics.deliveries_queued.set_function(lambda: settlement.stats.queued)
 
+        operator = Operator(settlement, health, client_options)
+        if api.enabled:
+            box = SecretBox(key_from(environ, api.secrets_key_env, api.secrets_key_file))
+            changed = functools.partial(self._endpoint_changed, settlement, box)
+            store = Store(retry.endpoints_topic, client_options, producer, changed)
+            stack.push_async_callback(self._close, "the endpoints reader", store.stop)
+            self._set_status(f"reading {retry.endpoints_topic} to its end")
+            started = time.monotonic()
+            read = await store.start()
+            log.info("%d endpoints managed at run time, from %d records in %.1f s", len(store.directory.endpoints),
+                     read, time.monotonic() - started)  # fmt: skip
+            self._api = Api(
+                store=store, settlement=settlement, health=health, operator=operator, box=box,
+                admin_token=config.admin.token(environ), environ=environ, client_options=client_options,
+                rotation_grace_s=api.rotation_grace_s, max_scan=api.max_scan_records,
+            )  # fmt: skip
+
         self._set_status(f"joining consumer group {kafka.group_id}")
         drain_s = config.delivery.drain_timeout_s
         source = Source(kafka, environ, metrics, settlement.dispatch, drain_s)
@@ -243,7 +271,7 @@ class App:
         stack.push_async_callback(self._close, "the retry tiers' consumer", tiers.stop)
         await tiers.start()
 
-        self._operator = Operator(settlement, health, client_options)
+        self._operator = operator
         self.components = Components(results, health, settlement, source, tiers, admin, contact)
         self._set_status("running")
         _notify_systemd("READY=1")
@@ -276,6 +304,20 @@ class App:
             log.debug("a Kafka request nobody waited for any more failed: %s", _reason(exc))
             return
         loop.default_exception_handler(context)
+
+    def _endpoint_changed(self, settlement: Settlement, box: SecretBox, endpoint_id: str, record: Any) -> None:
+        """An endpoint of the endpoints topic was added, changed or deleted (``record`` None): route by it now."""
+        if record is None:
+            settlement.drop(endpoint_id)
+        else:
+            try:
+                config, subscription = opened(record, box)
+                settlement.put(config, subscription)
+            except (SecretError, msgspec.ValidationError, ValueError) as exc:
+                # A record this instance cannot use (another key, a config this version refuses): not routed to.
+                log.error("endpoint %s of the endpoints topic not routed to: %s", endpoint_id, exc)
+                settlement.drop(endpoint_id)
+        self.metrics.endpoints.set(len(settlement.routing.endpoints))
 
     def _set_status(self, status: str) -> None:
         self._status = status
@@ -407,7 +449,11 @@ class App:
         try:
             new = await asyncio.to_thread(load_config, self._config_path, dict(self._environ))
             old_routing = c.settlement.routing
-            routing = Routing(new, self._environ, old_routing)
+            # Built in a thread (100,000 endpoints take seconds; the loop keeps answering), then brought up to date
+            # with the run-time changes applied meanwhile, on the loop, before the swap.
+            dynamic = list(old_routing.dynamic.values())
+            routing = await asyncio.to_thread(Routing, new, self._environ, old_routing, dynamic)
+            routing.catch_up(old_routing)
         except ConfigError as exc:
             self._refused(exc.errors)
             return

@@ -110,6 +110,10 @@ class RetryConfig(msgspec.Struct, **_FROZEN):
     def health_topic(self) -> str:
         return f"{self.topic_prefix}.health"
 
+    @property
+    def endpoints_topic(self) -> str:
+        return f"{self.topic_prefix}.endpoints"
+
 
 class EndpointRetryConfig(msgspec.Struct, **_FROZEN):
     """An endpoint's retry policy; without one, its profile's."""
@@ -201,11 +205,27 @@ class OrganizationConfig(msgspec.Struct, **_FROZEN):
         return f"OrganizationConfig(id={self.id!r}, campaigns={len(self.campaigns)})"
 
 
+class ApiConfig(msgspec.Struct, **_FROZEN):
+    """The endpoints API (``/v1`` on the admin server): endpoints managed at run time, kept in the compacted topic
+    ``{retry.topic_prefix}.endpoints`` that every instance shares. Needs ``admin.token_env``."""
+
+    enabled: bool = False
+    # The 32-byte AES key (base64) that seals the secrets, URLs and headers kept on the topic: from this environment
+    # variable, or this file. Every instance needs the same key.
+    secrets_key_env: str | None = None
+    secrets_key_file: str | None = None
+    # After a rotation, the old secret keeps signing this long (Standard Webhooks receivers verify with either).
+    rotation_grace_s: Annotated[float, Meta(ge=0, le=30 * 86_400)] = 86_400.0
+    # How many results records an attempts query or a redelivery by id reads per partition, at most.
+    max_scan_records: Annotated[int, Meta(ge=1_000, le=100_000_000)] = 1_000_000
+
+
 class Config(msgspec.Struct, **_FROZEN):
     kafka: KafkaConfig
     admin: AdminConfig = AdminConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     retry: RetryConfig = RetryConfig()
+    api: ApiConfig = ApiConfig()
     endpoints: list[EndpointConfig] = []
     subscriptions: list[SubscriptionConfig] = []
     organizations: list[OrganizationConfig] = []

@@ -83,7 +83,7 @@ async def _backwards(
     """Append to ``found`` the values of ``wanted`` records of ``tp``, newest first, until ``limit`` are found."""
     consumer.assign([tp])
     start = (await consumer.beginning_offsets([tp]))[tp]
-    end = (await consumer.end_offsets([tp]))[tp]
+    end = await _end(consumer, tp, start)
     scanned = 0
     while end > start and scanned < max_scan and len(found) < limit:
         first = max(start, end - _WINDOW)
@@ -95,6 +95,17 @@ async def _backwards(
                 if len(found) >= limit:
                     return
         end = first
+
+
+async def _end(consumer: AIOKafkaConsumer, tp: TopicPartition, start: int) -> int:
+    """The partition's end: the high watermark a fetch reports (some brokers' ListOffsets answer under-reports it)."""
+    listed: int = (await consumer.end_offsets([tp]))[tp]
+    consumer.seek(tp, start)
+    deadline = time.monotonic() + _FETCH_WAIT_S
+    while consumer.highwater(tp) is None and time.monotonic() < deadline:
+        await consumer.getmany(tp, timeout_ms=200, max_records=1)
+    high: int | None = consumer.highwater(tp)
+    return max(listed, high if high is not None else 0)
 
 
 async def _read(consumer: AIOKafkaConsumer, tp: TopicPartition, first: int, end: int) -> list[Any]:

@@ -8,7 +8,7 @@ connections).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from daemon.config import Config, EndpointConfig, SubscriptionConfig
@@ -27,7 +27,14 @@ class Routing:
 
     endpoints: dict[str, Endpoint]
 
-    def __init__(self, config: Config, environ: Mapping[str, str], previous: Routing | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        environ: Mapping[str, str],
+        previous: Routing | None = None,
+        dynamic: Iterable[tuple[EndpointConfig, SubscriptionConfig]] = (),
+    ) -> None:
+        """``dynamic``: the endpoints managed at run time to carry over (a snapshot: this may run in a thread)."""
         self.config = config
         self._environ = environ
         resolved = resolve(config)
@@ -41,9 +48,10 @@ class Routing:
         self.subscriptions = len(resolved.subscriptions)
         self.table = RoutingTable(resolved.subscriptions, {e.id: e.profile.catalogue for e in endpoints.values()})
         self.dynamic: dict[str, tuple[EndpointConfig, SubscriptionConfig]] = {}
-        for ep_config, subscription in previous.dynamic.values() if previous is not None else ():
+        for ep_config, subscription in dynamic:
             kept = previous.endpoints.get(ep_config.id) if previous is not None else None
-            self.put(ep_config, subscription, kept)
+            if ep_config.id not in self.static:
+                self.put(ep_config, subscription, kept)
         kafka = config.kafka
         self.readers = {
             topic: TypeReader(
@@ -51,6 +59,14 @@ class Routing:
             )
             for topic in kafka.topics
         }
+
+    def catch_up(self, previous: Routing) -> None:
+        """Take the run-time changes ``previous`` saw while this one was built (in a thread), on the loop."""
+        for endpoint_id, (ep_config, subscription) in previous.dynamic.items():
+            if self.dynamic.get(endpoint_id) != (ep_config, subscription) and endpoint_id not in self.static:
+                self.put(ep_config, subscription, previous.endpoints.get(endpoint_id))
+        for endpoint_id in [i for i in self.dynamic if i not in previous.dynamic]:
+            self.drop(endpoint_id)
 
     def reader(self, topic: str) -> TypeReader:
         return self.readers.get(topic, DEFAULT_READER)

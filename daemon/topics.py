@@ -7,6 +7,7 @@ Every topic the router writes has a role, and the role decides what Kafka must k
 - ``dead-letter``: kept ``retry.dead_letter_retention_s`` (30 days unless configured; -1: forever);
 - ``retry tier``: kept its wait plus ``TIER_RETENTION_MARGIN_S`` (a week), so a retry outlives a router that is
   stopped or behind for that long;
+- ``endpoints`` (with the endpoints API): compacted, one partition, like Kafka Connect's config topic;
 - ``results``: the broker's defaults (it is the platform's record of outcomes, usually its own topic).
 
 Created topics get ``replication_factor=-1`` (the broker's ``default.replication.factor``) unless
@@ -38,6 +39,7 @@ RESULTS = "results"
 TIER = "retry tier"
 DEAD_LETTER = "dead letters"
 HEALTH = "health"
+ENDPOINTS = "endpoints"
 
 # How long past its wait a retry tier keeps a record: a router stopped (or behind) for up to this long loses none.
 TIER_RETENTION_MARGIN_S = 7 * 86_400
@@ -52,10 +54,11 @@ class TopicSpec(msgspec.Struct, frozen=True, kw_only=True):
     role: str
     configs: dict[str, str]
     wait_s: float | None = None  # a retry tier's wait
+    partitions: int | None = None  # None: retry.partitions
 
 
-def topic_specs(kafka: KafkaConfig, retry: RetryConfig) -> list[TopicSpec]:
-    """Every topic the router writes, with the configs its role needs."""
+def topic_specs(kafka: KafkaConfig, retry: RetryConfig, api: bool = False) -> list[TopicSpec]:
+    """Every topic the router writes, with the configs its role needs (the endpoints topic when ``api`` is on)."""
     common = {"min.insync.replicas": str(retry.min_insync_replicas)} if retry.min_insync_replicas else {}
     dead_ms = retry.dead_letter_retention_s * 1000 if retry.dead_letter_retention_s >= 0 else -1
     specs = [
@@ -63,6 +66,9 @@ def topic_specs(kafka: KafkaConfig, retry: RetryConfig) -> list[TopicSpec]:
         TopicSpec(name=retry.dead_letter_topic, role=DEAD_LETTER, configs={**common, "retention.ms": str(dead_ms)}),
         TopicSpec(name=retry.health_topic, role=HEALTH, configs={**common, "cleanup.policy": "compact"}),
     ]
+    if api:  # one partition: one order in which every instance applies the changes (Kafka Connect's config topic)
+        compacted = {**common, "cleanup.policy": "compact"}
+        specs.append(TopicSpec(name=retry.endpoints_topic, role=ENDPOINTS, configs=compacted, partitions=1))
     for tier in retry.tiers_s:
         retention_ms = int((tier + TIER_RETENTION_MARGIN_S) * 1000)
         specs.append(
@@ -83,11 +89,11 @@ def check_topic(spec: TopicSpec, described: Mapping[str, str], retry: RetryConfi
     policy = {p.strip() for p in described.get("cleanup.policy", "delete").split(",")}
     retention = _int(described.get("retention.ms"))
     where = f"topic {spec.name} ({spec.role})"
-    if spec.role == HEALTH:
+    if spec.role in (HEALTH, ENDPOINTS):
         if "compact" not in policy:
             problems.append(
-                f"{where}: cleanup.policy is {','.join(sorted(policy))}, must be compact: pauses written longer ago "
-                "than its retention would be forgotten"
+                f"{where}: cleanup.policy is {','.join(sorted(policy))}, must be compact: state written longer ago "
+                "than its retention (pauses, endpoints) would be forgotten"
             )
         elif "delete" in policy and retention is not None and retention >= 0:
             problems.append(
@@ -121,13 +127,15 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-async def ensure_topics(client_options: Mapping[str, Any], kafka: KafkaConfig, retry: RetryConfig) -> None:
+async def ensure_topics(
+    client_options: Mapping[str, Any], kafka: KafkaConfig, retry: RetryConfig, api: bool = False
+) -> None:
     """Check the topics the router writes that already exist, then create the missing ones (unless
     ``retry.create_topics`` is false). Raises ``TopicError`` listing every problem, before creating anything: a
     topic missing where the router may not create it, settings that would lose data (only logged as warnings where
     the operator owns the topics), a topic Kafka refused to create. Kafka errors worth retrying (a broker
     unreachable, a controller moving) propagate as they are."""
-    specs = topic_specs(kafka, retry)
+    specs = topic_specs(kafka, retry, api)
     admin = admin_client(client_options)
     try:
         await admin.start()
@@ -160,8 +168,8 @@ async def _create(admin: AIOKafkaAdminClient, specs: list[TopicSpec], retry: Ret
     new = [
         # aiokafka's NewTopic refuses -1 (the broker's default, KIP-464) unless replica_assignments is given: an
         # empty one sends exactly what Kafka expects, no assignment.
-        NewTopic(spec.name, retry.partitions, factor, replica_assignments={} if factor == -1 else None,
-                 topic_configs=spec.configs)
+        NewTopic(spec.name, spec.partitions or retry.partitions, factor,
+                 replica_assignments={} if factor == -1 else None, topic_configs=spec.configs)
         for spec in specs
     ]  # fmt: skip
     response = await admin.create_topics(new)

@@ -25,6 +25,7 @@ from yarl import URL
 from daemon.config import Config, EndpointConfig, KafkaConfig, SubscriptionConfig, resolve_secrets
 from daemon.errors import ConfigError
 from daemon.profiles import EXPANSIONS, PROFILES, Profile, pattern_matches
+from daemon.secretbox import SecretError, key_from
 from daemon.sign import decode_whsec
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -237,6 +238,18 @@ class _Checks:
             self.fault("retry.dead_letter_retention_s", "must be -1 (forever) or >= 3600")
         if config.admin.token_env and config.admin.token_env not in environ:
             self.fault("admin.token_env", f"environment variable {config.admin.token_env} is not set")
+        api = config.api
+        if api.enabled:
+            if not config.admin.token_env:
+                self.fault("api.enabled", "the endpoints API needs admin.token_env (the platform's token)")
+            if (api.secrets_key_env is None) == (api.secrets_key_file is None):
+                self.fault("api", "exactly one of secrets_key_env, secrets_key_file is required")
+            else:
+                try:
+                    key_from(environ, api.secrets_key_env, api.secrets_key_file)
+                except SecretError as exc:
+                    field = "secrets_key_env" if api.secrets_key_env else "secrets_key_file"
+                    self.fault(f"api.{field}", str(exc))
         if int(config.admin.listen.rsplit(":", 1)[1]) > 65535:
             self.fault("admin.listen", "port must be <= 65535")
         for i, endpoint in enumerate(config.endpoints):

@@ -1,0 +1,268 @@
+"""The endpoints API (/v1) against the real broker and real receivers: endpoints managed at run time, kept in the
+compacted endpoints topic, shared by every instance, scoped by tenant."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from daemon.embedded import free_port
+from tests.helpers import DaemonProcess, Receiver, eventually, produce, read_raw
+from tests.integration.conftest import Setup, receiver, running, spawn
+
+ADMIN = "admin-t0ken"
+KEY = base64.b64encode(os.urandom(32)).decode()
+
+
+@pytest.fixture(autouse=True)
+def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WR_ADMIN_TOKEN", ADMIN)
+    monkeypatch.setenv("WR_SECRETS_KEY", KEY)
+
+
+def api_config(setup: Setup, **kafka: Any) -> dict[str, Any]:
+    doc = setup.config([], [], **kafka)
+    doc["admin"]["token_env"] = "WR_ADMIN_TOKEN"
+    doc["api"] = {"enabled": True, "secrets_key_env": "WR_SECRETS_KEY", "rotation_grace_s": 3600}
+    return doc
+
+
+class Client:
+    def __init__(self, session: aiohttp.ClientSession, port: int, token: str = ADMIN) -> None:
+        self.session, self.base, self.token = session, f"http://127.0.0.1:{port}", token
+
+    def as_(self, token: str) -> Client:
+        return Client(self.session, int(self.base.rsplit(":", 1)[1]), token)
+
+    async def call(self, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, Any]:
+        auth = {"Authorization": f"Bearer {self.token}", **headers}
+        kwargs: dict[str, Any] = {"headers": auth}
+        if isinstance(body, bytes):
+            kwargs["data"] = body
+        elif body is not None:
+            kwargs["json"] = body
+        async with self.session.request(method, self.base + path, **kwargs) as resp:
+            text = await resp.text()
+            return resp.status, (json.loads(text) if text else None)
+
+
+@asynccontextmanager
+async def api(port: int) -> AsyncIterator[Client]:
+    async with aiohttp.ClientSession() as session:
+        yield Client(session, port)
+
+
+def new(tenant: str | None, url: str, events: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """A create request for an http test receiver (allow_http: a plain-http URL)."""
+    body = {"url": url, "events": events or ["*"], "allow_http": True, **extra}
+    return body if tenant is None else {"tenant": tenant, **body}
+
+
+def ev(event_type: str = "lead.created", **fields: Any) -> bytes:
+    return json.dumps({"event": event_type, **fields}).encode()
+
+
+async def test_create_deliver_update_delete_through_the_api(setup: Setup, receivers: list[Receiver]) -> None:
+    first, second = await receiver(receivers), await receiver(receivers)
+    async with running(setup.write(api_config(setup))), api(setup.admin_port) as c:
+        assert (await c.call("POST", "/v1/tenants", {"id": "acme"}))[0] == 201
+        status, created = await c.call("POST", "/v1/endpoints", new("acme", first.url, ["lead.*"]))
+        assert status == 201, created
+        assert created["status"] == "active" and created["events"] == ["lead.*"] and created["url"] == first.url
+        assert created["id"].startswith("ep_") and created["created_at"] and created["version"] == 1
+        secret = created.pop("secret")
+        assert secret.startswith("whsec_")
+        endpoint_id = created["id"]
+        assert "secret" not in (await c.call("GET", f"/v1/endpoints/{endpoint_id}"))[1]  # never shown again
+
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=1), ev("call.ended", n=2)])
+        (request,) = await first.wait_for(1)
+        Webhook(secret).verify(request.body, request.headers)  # signed with the secret handed out
+        assert json.loads(request.body)["n"] == 1
+
+        status, updated = await c.call("PATCH", f"/v1/endpoints/{endpoint_id}", {"url": second.url})
+        assert (status, updated["version"], updated["url"], updated["events"]) == (200, 2, second.url, ["lead.*"])
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=3)])
+        (moved,) = await second.wait_for(1)
+        assert json.loads(moved.body)["n"] == 3
+        Webhook(secret).verify(moved.body, moved.headers)  # the secret survives an update
+
+        assert (await c.call("DELETE", f"/v1/endpoints/{endpoint_id}"))[0] == 204
+        assert (await c.call("GET", f"/v1/endpoints/{endpoint_id}"))[0] == 404
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=4)])
+        await asyncio.sleep(1.5)
+        assert len(first.requests) == 1 and len(second.requests) == 1  # deleted: nothing more delivered
+
+
+async def test_every_error_code_names_what_is_wrong(setup: Setup, receivers: list[Receiver]) -> None:
+    r = await receiver(receivers)
+    doc = api_config(setup)
+    doc["endpoints"] = [{"id": "static", "url": r.url, "secret": "whsec_" + base64.b64encode(b"s" * 24).decode()}]
+    async with running(setup.write(doc)), api(setup.admin_port) as c:
+        await c.call("POST", "/v1/tenants", {"id": "acme"})
+        lt = {"tenant": "acme", "profile": "leadterra", "events": ["reply.received"]}
+        cases: list[tuple[tuple[str, str, Any], int, str]] = [
+            (("POST", "/v1/endpoints", b"{not json"), 400, "JSON object"),
+            (("POST", "/v1/endpoints", {**lt, "url": "http://lt.example.com/in"}), 400, "url: must use https://"),
+            (("POST", "/v1/endpoints", {**lt, "url": "https://lt.example.com/in", "timeout_s": 500}), 400,
+             "timeout_s: must be <= 120"),
+            (("POST", "/v1/endpoints", {**lt, "url": "https://lt.example.com/in", "colour": 1}), 400,
+             "colour: unknown field"),
+            (("POST", "/v1/endpoints", {**lt, "url": "https://lt.example.com/in", "events": ["lead.x"]}), 422,
+             "events[0]: 'lead.x' is not one of the leadterra event types"),
+            (("POST", "/v1/endpoints", {**lt, "tenant": "nobody", "url": "https://lt.example.com/in"}), 404,
+             "no tenant 'nobody'"),
+            (("GET", "/v1/endpoints/ep_missing", None), 404, "no endpoint 'ep_missing'"),
+            (("PATCH", "/v1/endpoints/static", {"url": "https://x.example.com/"}), 409, "defined in the config file"),
+        ]  # fmt: skip
+        for (method, path, body), code, message in cases:
+            status, answer = await c.call(method, path, body)
+            assert (status, message in answer["error"]) == (code, True), (method, path, answer)
+        status, created = await c.call("POST", "/v1/endpoints", {**lt, "url": "https://lt.example.com/in"})
+        assert status == 201 and "secret" not in created  # leadterra carries no secret
+        status, answer = await c.call(
+            "PATCH", f"/v1/endpoints/{created['id']}", {"description": "x"}, **{"If-Match": "7"}
+        )
+        assert (status, answer["error"]) == (409, "version: the endpoint is at version 1, not 7")
+        assert (await c.as_("wrong").call("GET", "/v1/endpoints"))[0] == 401
+        async with c.session.get(c.base + "/v1/endpoints") as resp:
+            assert (resp.status, resp.headers["WWW-Authenticate"]) == (401, "Bearer")
+
+
+async def test_a_tenant_token_sees_its_own_endpoints_only(setup: Setup, receivers: list[Receiver]) -> None:
+    r = await receiver(receivers)
+    async with running(setup.write(api_config(setup))), api(setup.admin_port) as c:
+        for tenant in ("acme", "globex"):
+            await c.call("POST", "/v1/tenants", {"id": tenant})
+        _, acme_token = await c.call("POST", "/v1/tenants/acme/tokens")
+        acme = c.as_(acme_token["token"])
+        status, mine = await acme.call("POST", "/v1/endpoints", new(None, r.url))
+        assert status == 201 and mine["tenant"] == "acme"
+        _, theirs = await c.call("POST", "/v1/endpoints", new("globex", r.url))
+        status, listed = await acme.call("GET", "/v1/endpoints")
+        assert [e["id"] for e in listed["data"]] == [mine["id"]]
+        for method, path in (("GET", ""), ("PATCH", ""), ("DELETE", ""), ("POST", "/pause"), ("GET", "/attempts")):
+            status, answer = await acme.call(
+                method, f"/v1/endpoints/{theirs['id']}{path}", {} if method != "GET" else None
+            )
+            assert (status, answer["error"]) == (404, f"no endpoint {theirs['id']!r}"), (method, path)
+        assert (await acme.call("GET", "/v1/endpoints?tenant=globex"))[0] == 404
+        assert (await acme.call("POST", "/v1/endpoints", {"tenant": "globex", "url": r.url, "events": ["*"]}))[0] == 404
+        assert (await acme.call("POST", "/v1/tenants", {"id": "evil"}))[0] == 404  # admin only
+        stored = b"".join(await read_raw(setup.broker.bootstrap, f"{setup.prefix}.endpoints"))
+        assert acme_token["token"].encode() not in stored  # only its hash is kept
+
+
+async def test_the_topic_never_holds_a_secret_in_clear(setup: Setup, receivers: list[Receiver]) -> None:
+    r = await receiver(receivers)
+    url = r.url.replace("http://", "http://user:pa55word@")
+    async with running(setup.write(api_config(setup))), api(setup.admin_port) as c:
+        await c.call("POST", "/v1/tenants", {"id": "acme"})
+        headers = {"Authorization": "Bearer hdr-t0ken"}
+        status, created = await c.call("POST", "/v1/endpoints", new("acme", url, headers=headers))
+        assert status == 201 and created["url"] == r.url  # the credentials are not shown either
+        _, rotated = await c.call("POST", f"/v1/endpoints/{created['id']}/rotate-secret")
+    stored = b"".join(await read_raw(setup.broker.bootstrap, f"{setup.prefix}.endpoints"))
+    assert stored and created["id"].encode() in stored
+    for secret in (created["secret"], rotated["secret"], "pa55word", "hdr-t0ken"):
+        assert secret.encode() not in stored, secret
+
+
+async def test_a_rotated_secret_signs_beside_the_old_one_for_the_grace_period(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    r = await receiver(receivers)
+    async with running(setup.write(api_config(setup))), api(setup.admin_port) as c:
+        await c.call("POST", "/v1/tenants", {"id": "acme"})
+        _, created = await c.call("POST", "/v1/endpoints", new("acme", r.url))
+        old = created["secret"]
+        status, rotated = await c.call("POST", f"/v1/endpoints/{created['id']}/rotate-secret", {"grace_s": 2})
+        assert status == 200 and rotated["secret"] != old and rotated["version"] == 2
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=1)])
+        (during,) = await r.wait_for(1)
+        Webhook(old).verify(during.body, during.headers)  # a receiver still on the old secret verifies
+        Webhook(rotated["secret"]).verify(during.body, during.headers)
+        assert len(during.headers["webhook-signature"].split()) == 2
+        await asyncio.sleep(2.5)  # the grace is over: the old secret no longer signs
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=2)])
+        after = (await r.wait_for(2))[1]
+        assert len(after.headers["webhook-signature"].split()) == 1
+        Webhook(rotated["secret"]).verify(after.body, after.headers)
+
+
+async def test_recent_attempts_and_redelivery_by_delivery_id_alone(setup: Setup, receivers: list[Receiver]) -> None:
+    r = await receiver(receivers, statuses=[500, 200, 200])
+    async with running(setup.write(api_config(setup))), api(setup.admin_port) as c:
+        await c.call("POST", "/v1/tenants", {"id": "acme"})
+        _, created = await c.call("POST", "/v1/endpoints", new("acme", r.url, retry={"policy": "none"}))
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=1), ev(n=2)])
+        await r.wait_for(2)
+
+        async def two() -> Any:
+            status, answer = await c.call("GET", f"/v1/endpoints/{created['id']}/attempts?limit=5")
+            return answer["data"] if status == 200 and len(answer["data"]) >= 2 else None
+
+        await eventually(two, 20)
+        attempts = await two()
+        assert [a["status"] for a in attempts] == ["delivered", "dead_lettered"]  # newest first
+        failed = attempts[1]
+        status, again = await c.call("POST", f"/v1/deliveries/{failed['delivery_id']}/redeliver")
+        assert status == 200, again
+        assert (again["status"], again["trigger"], again["delivery_id"]) == ("delivered", "redelivery",
+                                                                              failed["delivery_id"])  # fmt: skip
+        assert again["redelivery_of_id"] == failed["attempt_id"]
+        assert (await c.call("POST", "/v1/deliveries/msg_" + "0" * 32 + "/redeliver"))[0] == 404
+
+
+@pytest.mark.parametrize("setup", [4], indirect=True)
+async def test_two_instances_share_the_endpoints_and_a_restart_keeps_them(
+    setup: Setup, receivers: list[Receiver], daemons: list[DaemonProcess]
+) -> None:
+    r = await receiver(receivers)
+    doc = api_config(setup)
+    port_a = setup.admin_port
+    path_b = setup.path.with_name("b.toml")
+    setup.write(doc)
+    doc_b = json.loads(json.dumps(doc))
+    port_b = free_port()
+    doc_b["admin"]["listen"] = f"127.0.0.1:{port_b}"
+    setup.write(doc_b, path_b)
+    a = await spawn(daemons, setup)
+    b = DaemonProcess(path_b, port_b, setup.path.parent / "daemon-b.log")
+    daemons.append(b)
+    await b.start()
+    async with api(port_a) as on_a, api(port_b) as on_b:
+        await on_a.call("POST", "/v1/tenants", {"id": "acme"})
+        status, created = await on_a.call("POST", "/v1/endpoints", new("acme", r.url))
+        assert status == 201
+        written = time.monotonic()
+        await eventually(lambda: _found(on_b, created["id"]), 10)
+        print(f"instance B applied the endpoint {time.monotonic() - written:.2f} s after A's write returned")
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=n) for n in range(20)], key=None)
+        await r.wait_for(20)
+        delivered_by = [await d.metric('webhook_router_deliveries_total{outcome="delivered",status_class="2xx"}')
+                        for d in (a, b)]  # fmt: skip
+        assert sum(delivered_by) == 20 and min(delivered_by) > 0  # B delivered some: it had A's endpoint
+        for d in (a, b):
+            d.signal(15)
+            assert await d.wait(30) == 0
+        await a.start()
+        await b.start()
+        status, again = await on_b.call("GET", f"/v1/endpoints/{created['id']}")
+        assert (status, again["url"], again["version"]) == (200, r.url, 1)  # the same, read back from the topic
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=99)])
+        await r.wait_for(21)
+
+
+async def _found(client: Client, endpoint_id: str) -> bool:
+    return (await client.call("GET", f"/v1/endpoints/{endpoint_id}"))[0] == 200
