@@ -162,7 +162,7 @@ class Api:
 
     async def _delete_token(self, request: web.Request, caller: Caller) -> web.Response:
         tenant = self._tenant(request.match_info["tenant"], caller)
-        token_id = request.match_info["token"]
+        token_id = request.match_info["token_id"]
         kept = [t for t in tenant.tokens if t.id != token_id]
         if len(kept) == len(tenant.tokens):
             raise NotFound(f"no token {token_id!r}")
@@ -183,13 +183,15 @@ class Api:
         if "version" in body:
             raise BadRequest("version: not for a new endpoint")
         endpoint_id = "ep_" + base64.b32encode(secrets.token_bytes(10)).decode().lower()
-        secret_given = body.get("secret")
         fields, subscription, meta = _split(body)
-        profile = PROFILES.get(str(fields.get("profile", "standard-webhooks")))
-        secret = secret_given if isinstance(secret_given, str) else _new_secret(profile.key_source if profile else "")
-        if secret is not None:
-            fields["secret"] = secret
-        config, sub = self._checked(endpoint_id, fields, subscription)
+        if fields.get("secret") is None:  # not given: one is generated for the profiles that sign
+            fields.pop("secret", None)
+            profile = PROFILES.get(str(fields.get("profile") or "standard-webhooks"))
+            generated = _new_secret(profile.key_source) if profile is not None else None
+            if generated is not None:
+                fields["secret"] = generated
+        config, sub = self._checked(endpoint_id, fields, subscription)  # a secret of the wrong type is a 400
+        secret = config.secret
         record = self._record(config, sub, tenant, 1, None, meta.get("description"), [(secret, None)] if secret else [])
         await self._store.write(record)
         view = self._view(record)
@@ -207,10 +209,7 @@ class Api:
         status, event_type, after = query.get("status"), query.get("event_type"), query.get("after", "")
         if status not in (None, "active", "paused"):
             raise BadRequest("status: must be active or paused")
-        try:
-            limit = min(_LIST_LIMIT, max(1, int(query.get("limit", "100"))))
-        except ValueError:
-            raise BadRequest("limit: must be an integer") from None
+        limit = _bounded(query.get("limit"), 100, _LIST_LIMIT)
         if tenant is not None and tenant not in self._store.directory.tenants:
             raise NotFound(f"no tenant {tenant!r}")
         rows: list[dict[str, Any]] = []
@@ -235,6 +234,8 @@ class Api:
     async def _update(self, request: web.Request, caller: Caller) -> web.Response:
         record = self._own(request.match_info["id"], caller)
         body = await _object(request)
+        if not body:
+            raise BadRequest("the request body must name at least one field to change")
         expected = body.pop("version", None) or request.headers.get("If-Match", "").strip('"') or None
         if expected is not None and str(expected) != str(record.version):
             raise Conflict(f"version: the endpoint is at version {record.version}, not {expected}")
@@ -311,10 +312,7 @@ class Api:
 
     async def _attempts(self, request: web.Request, caller: Caller) -> web.Response:
         endpoint_id = self._visible(request.match_info["id"], caller)
-        try:
-            limit = min(200, max(1, int(request.query.get("limit", "20"))))
-        except ValueError:
-            raise BadRequest("limit: must be an integer") from None
+        limit = _bounded(request.query.get("limit"), 20, 200)
         topic = self._settlement.routing.config.kafka.results_topic
         values = await recent_attempts(self._client_options, topic, endpoint_id, limit, self._max_scan)
         return _json({"data": [decode_outcome(v) for v in values]})
@@ -465,7 +463,7 @@ ROUTES: tuple[tuple[str, str, str, bool], ...] = (
     ("POST", "/v1/tenants", "_create_tenant", True),
     ("GET", "/v1/tenants/{tenant}", "_get_tenant", False),
     ("POST", "/v1/tenants/{tenant}/tokens", "_create_token", True),
-    ("DELETE", "/v1/tenants/{tenant}/tokens/{token}", "_delete_token", True),
+    ("DELETE", "/v1/tenants/{tenant}/tokens/{token_id}", "_delete_token", True),
     ("POST", "/v1/endpoints", "_create", False),
     ("GET", "/v1/endpoints", "_list", False),
     ("GET", "/v1/endpoints/{id}", "_get", False),
@@ -521,6 +519,18 @@ def _split(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[s
     ):
         raise BadRequest("description: must be a string of at most 500 characters")
     return fields, subscription, meta
+
+
+def _bounded(given: str | None, default: int, most: int) -> int:
+    if given is None:
+        return default
+    try:
+        value = int(given)
+    except ValueError:
+        raise BadRequest("limit: must be an integer") from None
+    if not 1 <= value <= most:
+        raise BadRequest(f"limit: must be 1..{most}")
+    return value
 
 
 def _new_secret(key_source: str) -> str | None:
