@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.errors import BadRequest, RouterError
 from daemon.metrics import Metrics
-from daemon.operate import Operator, Redelivery, Replay
+from daemon.operate import Operator, Redelivery, Replay, SkipRequest
 
 T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
@@ -67,6 +67,7 @@ class AdminServer:
         app.router.add_post("/endpoints/{id}/resume", self._guard(self._resume))
         app.router.add_post("/endpoints/{id}/replay", self._guard(self._replay))
         app.router.add_post("/deliveries/{delivery_id}/redeliver", self._guard(self._redeliver))
+        app.router.add_post("/partitions/{topic}/{partition}/skip", self._guard(self._skip))
         if self._routes is not None:
             self._routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -147,10 +148,22 @@ class AdminServer:
         return _json(await op.replay(request.match_info["id"], await _body(request, Replay)))
 
     async def _handle_readyz(self, request: web.Request) -> web.Response:
+        """Ready or why not; and the partitions held at a batch that cannot be decoded (the others flow, so
+        the daemon stays ready: an operator decides whether to skip it)."""
+        operator = self._operator()
+        stuck = [msgspec.to_builtins(s) for s in operator.stuck()] if operator is not None else []
         reason = self._not_ready()
         if reason is None:
-            return web.json_response({"ready": True})
-        return web.json_response({"ready": False, "reason": reason}, status=503)
+            return web.json_response({"ready": True, "stuck": stuck})
+        return web.json_response({"ready": False, "reason": reason, "stuck": stuck}, status=503)
+
+    async def _skip(self, request: web.Request, op: Operator) -> web.Response:
+        try:
+            partition = int(request.match_info["partition"])
+        except ValueError:
+            raise BadRequest("partition: must be an integer") from None
+        skipped = await op.skip(request.match_info["topic"], partition, await _body(request, SkipRequest))
+        return _json(skipped)
 
 
 Handler = Callable[..., Awaitable[web.Response]]

@@ -238,8 +238,18 @@ class App:
         metrics.requests_in_flight.set_function(lambda: settlement.stats.busy)
         metrics.deliveries_queued.set_function(lambda: settlement.stats.queued)
 
-        operator = Operator(settlement, health, client_options)
-        if api.enabled:
+        drain_s = config.delivery.drain_timeout_s
+        source = Source(kafka, environ, metrics, settlement.dispatch, drain_s)
+        # The tiers' consumer polls no faster than a tenth of the shortest tier (at most 500 ms): a tight fetch
+        # wait on every tier partition costs the broker and this process CPU for nothing.
+        tier_wait = int(min(500, max(kafka.fetch_max_wait_ms, retry.tiers_s[0] * 100)))
+        tier_kafka = msgspec.structs.replace(
+            kafka, group_id=f"{kafka.group_id}.retry", topics=settlement.tier_topics, fetch_max_wait_ms=tier_wait
+        )
+        tiers = Source(tier_kafka, environ, metrics, settlement.take, drain_s, "retries")
+        operator = Operator(settlement, health, client_options, (source, tiers), results, retry)
+
+        if api.enabled:  # every endpoint of the topic is applied before the first event is read
             box = SecretBox(key_from(environ, api.secrets_key_env, api.secrets_key_file))
             changed = functools.partial(self._endpoint_changed, settlement, box)
             store = Store(retry.endpoints_topic, client_options, producer, changed)
@@ -256,18 +266,8 @@ class App:
             )  # fmt: skip
 
         self._set_status(f"joining consumer group {kafka.group_id}")
-        drain_s = config.delivery.drain_timeout_s
-        source = Source(kafka, environ, metrics, settlement.dispatch, drain_s)
         stack.push_async_callback(self._close, "the events consumer", source.stop)
         await source.start()
-
-        # The tiers' consumer polls no faster than a tenth of the shortest tier (at most 500 ms): a tight fetch
-        # wait on every tier partition costs the broker and this process CPU for nothing.
-        tier_wait = int(min(500, max(kafka.fetch_max_wait_ms, retry.tiers_s[0] * 100)))
-        tier_kafka = msgspec.structs.replace(
-            kafka, group_id=f"{kafka.group_id}.retry", topics=settlement.tier_topics, fetch_max_wait_ms=tier_wait
-        )
-        tiers = Source(tier_kafka, environ, metrics, settlement.take, drain_s, "retries")
         stack.push_async_callback(self._close, "the retry tiers' consumer", tiers.stop)
         await tiers.start()
 

@@ -3,6 +3,14 @@
 Offsets are committed only up to each partition's lowest unfinished event (see ``offsets``). Above
 ``max_in_flight_events`` every assigned partition is paused; below half of it they resume. Pauses
 are re-applied after each rebalance, because aiokafka forgets them.
+
+A record batch that cannot be decoded (corrupt, or a codec not installed) makes aiokafka's ``getmany`` raise,
+and what the same call had already taken from other partitions is lost with it (their positions moved on).
+So a failed fetch rewinds every partition to the next record not yet dispatched, then reads them one
+partition at a time, a record at a time, to find the partition whose batch fails: that one is held at the
+batch's offset (``stuck``: logged with its coordinates, then once a minute, counted, shown by ``/readyz``)
+and the others flow. Nothing is skipped silently: an operator skips the batch explicitly (``skip``), after
+its raw bytes and coordinates are on the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
@@ -21,6 +30,7 @@ from daemon.clients import close_consumer, kafka_client_options
 from daemon.config import KafkaConfig
 from daemon.contact import Throttle, held_note
 from daemon.metrics import Metrics
+from daemon.model import utc_now_iso
 from daemon.offsets import OffsetTracker, PartitionOffsets
 
 log = logging.getLogger(__name__)
@@ -30,8 +40,20 @@ log = logging.getLogger(__name__)
 Dispatch = Callable[[Any, PartitionOffsets], int | None]
 
 _POLL_MS = 200
-_LAG_INTERVAL_S = 5.0
+_LAG_INTERVAL_S = 1.0  # the lag gauge is brought up to date this often (a scrape is cheaper than an update)
 _FAILED_FETCH_WAIT_S = 1.0
+_PROBE_MS = 300  # how long one partition's probe waits for its records after a failed fetch
+_STUCK_LOG_S = 60.0
+
+
+class Stuck(msgspec.Struct, frozen=True, kw_only=True):
+    """A partition held at a batch that cannot be decoded."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: str
+    since: str
 
 
 class Source:
@@ -69,6 +91,10 @@ class Source:
         self._lag_labels: set[tuple[str, str]] = set()
         self._high: dict[TopicPartition, int] = {}  # last known high watermarks (the lag during an outage)
         self._held: dict[TopicPartition, asyncio.TimerHandle] = {}
+        self.stuck: dict[TopicPartition, Stuck] = {}
+        self._stuck_gauge = metrics.partitions_stuck.labels(name)
+        self._stuck_gauge.set(0)
+        self._stuck_logged = Throttle(_STUCK_LOG_S)
         self._consumer = AIOKafkaConsumer(
             group_id=kafka.group_id,
             enable_auto_commit=False,
@@ -99,8 +125,8 @@ class Source:
 
     async def run(self) -> None:
         """Fetch and dispatch until ``stopping`` is set."""
-        consumer, dispatch, offsets = self._consumer, self._dispatch, self.offsets
-        next_lag = time.monotonic() + _LAG_INTERVAL_S
+        consumer, offsets = self._consumer, self.offsets
+        next_lag = time.monotonic()
         max_records = self._kafka.max_poll_records
         while not self.stopping:
             # Never fetch more than the cap has room for: the cap on events in flight is exact.
@@ -109,31 +135,20 @@ class Source:
                 self._pause()
             try:
                 batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=max(1, min(max_records, room)))
-            except Exception as exc:  # never the end of the process: reported, waited out, fetched again
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never the end of the process: what was lost is read again, a bad batch held
                 self._fetch_failed("fetch", exc)
-                await asyncio.sleep(_FAILED_FETCH_WAIT_S)
+                await self._isolate()
                 continue
             failed = False
             for tp, records in batches.items():
-                part = offsets.partitions.get(tp)
-                if part is None:  # revoked while the batch was on its way
-                    continue
-                taken = 0
-                for record in records:
-                    try:
-                        hold_until = dispatch(record, part)
-                    except Exception as exc:  # a bug: read this record again later rather than skip it
-                        self._fetch_failed(f"dispatch of {tp.topic}[{tp.partition}]@{record.offset}", exc)
-                        consumer.seek(tp, record.offset)
-                        failed = True
-                        break
-                    if hold_until is not None:
-                        self._hold(tp, record.offset, hold_until)
-                        break
-                    taken += 1
-                self._metrics.events_consumed.labels(tp.topic).inc(taken)
+                failed = not self._take(tp, records) or failed
             if failed:
                 await asyncio.sleep(_FAILED_FETCH_WAIT_S)
+            if self.stuck and self._stuck_logged.ready() is not None:
+                log.error("still held at a batch that cannot be decoded: %s (skip it: see README, 'Stuck partitions')",
+                          "; ".join(_describe(s) for s in self.stuck.values()))  # fmt: skip
             self._metrics.events_in_flight.set(offsets.in_flight)
             self._in_flight_bytes.set(offsets.in_flight_bytes)
             if time.monotonic() >= next_lag:
@@ -142,6 +157,97 @@ class Source:
             # getmany() does not yield while fetched records wait: let the lanes start on this batch before
             # the next is dispatched (deliveries begin sooner; a lane's pace is known before its queue fills).
             await asyncio.sleep(0)
+
+    def _take(self, tp: TopicPartition, records: list[Any]) -> bool:
+        """Dispatch one partition's fetched records. False when one failed (a bug): the partition is read again
+        from it later."""
+        part = self.offsets.partitions.get(tp)
+        if part is None:  # revoked while the batch was on its way
+            return True
+        taken = 0
+        ok = True
+        for record in records:
+            try:
+                hold_until = self._dispatch(record, part)
+            except Exception as exc:  # a bug: read this record again later rather than skip it
+                self._fetch_failed(f"dispatch of {tp.topic}[{tp.partition}]@{record.offset}", exc)
+                self._consumer.seek(tp, record.offset)
+                ok = False
+                break
+            if hold_until is not None:
+                self._hold(tp, record.offset, hold_until)
+                break
+            taken += 1
+        self._metrics.events_consumed.labels(tp.topic).inc(taken)
+        return ok
+
+    async def _isolate(self) -> None:
+        """After a fetch failed: put every partition back at the next record not dispatched yet (the failed call
+        may have taken records of other partitions with it), then read them one at a time, a record at a time,
+        up to ``max_poll_records`` each: the partition whose batch fails is held there (``stuck``)."""
+        consumer = self._consumer
+        suspects = sorted(tp for tp in consumer.assignment() if tp not in self.stuck)
+        try:
+            await self._rewind(suspects)
+            for tp in suspects:
+                for _ in range(self._kafka.max_poll_records):
+                    try:
+                        batch = await consumer.getmany(tp, timeout_ms=_PROBE_MS, max_records=1)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        if isinstance(exc, KafkaError) and exc.retriable:  # the cluster's, not the batch's: wait
+                            raise
+                        await self._stick(tp, exc)
+                        break
+                    records = batch.get(tp)
+                    if not records or not self._take(tp, records):
+                        break
+        except KafkaError as exc:  # the cluster itself: waited out, tried again
+            self._fetch_failed("rewinding after a failed fetch", exc)
+            await asyncio.sleep(_FAILED_FETCH_WAIT_S)
+
+    async def _rewind(self, tps: list[TopicPartition]) -> None:
+        consumer = self._consumer
+        for tp in tps:
+            part = self.offsets.partitions.get(tp)
+            if part is not None and part.next_offset is not None:
+                consumer.seek(tp, part.next_offset)
+                continue
+            committed = await consumer.committed(tp)
+            if committed is not None:
+                consumer.seek(tp, committed)
+            else:  # nothing read here yet, nothing committed: from the start (twice rather than never)
+                await consumer.seek_to_beginning(tp)
+
+    async def _stick(self, tp: TopicPartition, exc: BaseException) -> None:
+        consumer = self._consumer
+        offset = await consumer.position(tp)
+        consumer.pause(tp)
+        consumer.seek(tp, offset)  # drops what aiokafka keeps of the failed batch; read from it once resumed
+        stuck = Stuck(topic=tp.topic, partition=tp.partition, offset=offset, error=_error_of(exc), since=utc_now_iso())
+        self.stuck[tp] = stuck
+        self._stuck_gauge.set(len(self.stuck))
+        self._metrics.batches_undecodable.labels(self._name).inc()
+        log.error("%s: held there; the other partitions go on (skip it: see README, 'Stuck partitions')",
+                  _describe(stuck))  # fmt: skip
+
+    def skip(self, tp: TopicPartition, offset: int, next_offset: int) -> None:
+        """Go past the stuck batch of ``tp`` that starts at ``offset`` (its dead letter is written): read from
+        ``next_offset`` on. Raises ValueError when ``tp`` is not stuck there."""
+        stuck = self.stuck.get(tp)
+        if stuck is None or stuck.offset != offset:
+            raise ValueError(f"{tp.topic}[{tp.partition}] is not held at offset {offset}")
+        part = self.offsets.partitions.get(tp)
+        if part is not None:
+            part.add(next_offset - 1, 0)  # the batch's offsets are settled: the watermark may pass them
+        self._consumer.seek(tp, next_offset)
+        del self.stuck[tp]
+        self._stuck_gauge.set(len(self.stuck))
+        if not self._paused and tp not in self._held:
+            self._consumer.resume(tp)
+        log.warning("%s[%d]: the batch at %d skipped by an operator (on the dead-letter topic); reading from %d",
+                    tp.topic, tp.partition, offset, next_offset)  # fmt: skip
 
     def _fetch_failed(self, what: str, exc: BaseException) -> None:
         self._metrics.fetch_errors.labels(self._name).inc()
@@ -166,7 +272,8 @@ class Source:
         if self._paused and offsets.in_flight <= self._low_water and offsets.in_flight_bytes <= self._bytes_low_water:
             self._paused = False
             self._paused_gauge.set(0)
-            self._consumer.resume(*(tp for tp in self._consumer.assignment() if tp not in self._held))
+            held = self._held.keys() | self.stuck.keys()
+            self._consumer.resume(*(tp for tp in self._consumer.assignment() if tp not in held))
             log.info("%d events in flight: fetching resumed", self.offsets.in_flight)
 
     def _hold(self, tp: TopicPartition, offset: int, until_ms: int) -> None:
@@ -184,7 +291,7 @@ class Source:
 
     def _release(self, tp: TopicPartition) -> None:
         self._held.pop(tp, None)
-        if not self._paused and tp in self._consumer.assignment():
+        if not self._paused and tp in self._consumer.assignment() and tp not in self.stuck:
             self._consumer.resume(tp)
 
     def _drop_holds(self, tps: set[TopicPartition] | None = None) -> None:
@@ -263,6 +370,9 @@ class Source:
         await self.commit(revoked)
         self._drop_holds(revoked)  # whoever reads them next holds them again if they are not due
         for tp in revoked:
+            self.stuck.pop(tp, None)  # the next owner finds the batch again
+        self._stuck_gauge.set(len(self.stuck))
+        for tp in revoked:
             self.offsets.revoke(tp)
             self._remove_lag(tp)
         log.info("partitions revoked: %s", _names(revoked))
@@ -299,6 +409,15 @@ class Source:
         if labels in self._lag_labels:
             self._lag_labels.discard(labels)
             self._metrics.consumer_lag.remove(*labels)
+
+
+def _error_of(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _describe(stuck: Stuck) -> str:
+    return (f"{stuck.topic}[{stuck.partition}] at offset {stuck.offset}: a batch that cannot be decoded "
+            f"({stuck.error}) since {stuck.since}")  # fmt: skip
 
 
 def _names(tps: set[TopicPartition]) -> str:

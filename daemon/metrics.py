@@ -60,6 +60,14 @@ class Metrics:
             p + "fetch_errors", "Fetches or dispatches that failed and were tried again, per consumer.", ["consumer"],
             registry=r,
         )  # fmt: skip
+        self.partitions_stuck = Gauge(
+            p + "partitions_stuck", "Partitions held at a batch that cannot be decoded, per consumer (until skipped).",
+            ["consumer"], registry=r,
+        )  # fmt: skip
+        self.batches_undecodable = Counter(
+            p + "batches_undecodable", "Record batches found that cannot be decoded, per consumer.", ["consumer"],
+            registry=r,
+        )  # fmt: skip
         self.commits = Counter(p + "offset_commits", "Offset commits by result.", ["result"], registry=r)
         self.endpoints = Gauge(p + "endpoints", "Endpoints in the loaded config.", registry=r)
         self.endpoints_paused = Gauge(

@@ -123,6 +123,25 @@ encode_dead_letter = msgspec.json.Encoder().encode
 decode_dead_letter = msgspec.json.Decoder(DeadLetter).decode
 
 
+class SkippedBatch(msgspec.Struct, kw_only=True):
+    """A record batch that could not be decoded, skipped by an operator: kept on the dead-letter topic as it was."""
+
+    reason: str
+    source_topic: str
+    source_partition: int
+    source_offset: int  # the batch's first offset
+    next_offset: int  # the first offset after it
+    error: str
+    held_since: str
+    skipped_at: str
+    raw_bytes: int
+    raw: str | None  # base64 of the batch as the broker keeps it
+    raw_omitted: str | None = None
+
+
+encode_skipped = msgspec.json.Encoder().encode
+
+
 class HealthState(msgspec.Struct, kw_only=True):
     """An endpoint's health, as kept on the compacted health topic (key: endpoint id)."""
 

@@ -10,28 +10,42 @@ without a running daemon.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from msgspec import Meta
 
 from daemon.clients import make_producer
-from daemon.config import Config, EndpointId, Name
+from daemon.config import Config, EndpointId, Name, RetryConfig
+from daemon.consume import Source, Stuck
 from daemon.deliver import Endpoint, Job, Sender, delivery_id
-from daemon.errors import BadRequest, InvalidEvent, KafkaUnavailable, NotFound
+from daemon.errors import BadRequest, InvalidEvent, KafkaUnavailable, NotFound, RouterError
 from daemon.health import REASON_OPERATOR, Health
 from daemon.metrics import Metrics
-from daemon.model import PING, REDELIVERY, REPLAY, Event, Outcome, encode_outcome
+from daemon.model import (
+    PING,
+    REDELIVERY,
+    REPLAY,
+    Event,
+    Outcome,
+    SkippedBatch,
+    encode_outcome,
+    encode_skipped,
+    utc_now_iso,
+)
+from daemon.rawbatch import raw_batch
 from daemon.readback import read_one, read_range
 from daemon.resolve import resolve
+from daemon.results import ResultsWriter
 from daemon.settle import Settlement
 
 Partition = Annotated[int, Meta(ge=0, le=2**31 - 1)]
@@ -62,6 +76,16 @@ class Replay(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     to_offset: Offset | None = None
 
 
+class Conflict(RouterError):
+    http_status = 409
+
+
+class SkipRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The offset the partition is held at (as ``/readyz`` shows it): a skip names what it skips."""
+
+    offset: Offset
+
+
 class EndpointInfo(msgspec.Struct, kw_only=True):
     id: str
     profile: str
@@ -82,10 +106,56 @@ class ReplayCounts(msgspec.Struct, kw_only=True):
 class Operator:
     """What the admin API does, on the running daemon's settlement and health."""
 
-    def __init__(self, settlement: Settlement, health: Health, client_options: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        settlement: Settlement,
+        health: Health,
+        client_options: Mapping[str, Any],
+        sources: Sequence[Source] = (),
+        writer: ResultsWriter | None = None,
+        retry: RetryConfig | None = None,
+    ) -> None:
         self._settlement = settlement
         self._health = health
         self._client_options = client_options  # for reading events back (no consumer group)
+        self._sources = sources  # the consumers whose stuck partitions an operator may skip
+        self._writer = writer
+        self._retry = retry
+
+    def stuck(self) -> list[Stuck]:
+        """The partitions held at a batch that cannot be decoded."""
+        return [s for source in self._sources for s in source.stuck.values()]
+
+    async def skip(self, topic: str, partition: int, request: SkipRequest) -> SkippedBatch:
+        """Skip the batch a partition is held at: its raw bytes and coordinates go to the dead-letter topic first
+        (acknowledged by Kafka), then the partition is read on from the batch's end."""
+        tp = TopicPartition(topic, partition)
+        source = next((s for s in self._sources if tp in s.stuck), None)
+        if source is None or self._writer is None or self._retry is None:
+            raise NotFound(f"{topic}[{partition}] is not held at a batch that cannot be decoded (here)")
+        stuck = source.stuck[tp]
+        if request.offset != stuck.offset:
+            raise Conflict(f"offset: {topic}[{partition}] is held at {stuck.offset}, not {request.offset}")
+        batch = await raw_batch(self._client_options, topic, partition, stuck.offset)
+        encoded = base64.b64encode(batch.raw).decode()
+        too_big = len(encoded) > self._retry.max_record_bytes - 2_000
+        letter = SkippedBatch(
+            reason="a record batch that cannot be decoded, skipped by an operator",
+            source_topic=topic, source_partition=partition, source_offset=batch.base, next_offset=batch.next_offset,
+            error=stuck.error, held_since=stuck.since, skipped_at=utc_now_iso(), raw_bytes=len(batch.raw),
+            raw=None if too_big else encoded,
+            raw_omitted="larger than retry.max_record_bytes: read it from the topic" if too_big else None,
+        )  # fmt: skip
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def acknowledged() -> None:
+            if not written.done():
+                written.set_result(None)
+
+        self._writer.submit(None, encode_skipped(letter), acknowledged, topic=self._retry.dead_letter_topic)
+        await asyncio.wait_for(written, 60)
+        source.skip(tp, stuck.offset, batch.next_offset)
+        return msgspec.structs.replace(letter, raw=None)
 
     def _endpoint(self, endpoint_id: str) -> Endpoint:
         endpoint = self._settlement.routing.endpoints.get(endpoint_id)

@@ -119,13 +119,15 @@ class Receiver:
         return self.requests
 
 
-async def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None) -> None:
+async def produce(
+    bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None, partition: int | None = None
+) -> None:
     producer = AIOKafkaProducer(
         **client_options(bootstrap), enable_idempotence=False, linger_ms=5, max_request_size=8 * 1024 * 1024
     )
     await producer.start()
     try:
-        futures = [await producer.send(topic, v, key=key) for v in values]
+        futures = [await producer.send(topic, v, key=key, partition=partition) for v in values]
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -348,3 +350,34 @@ def librdkafka_security() -> dict[str, Any]:
     if "sasl_oauth_token_file" in OUTSIDE_KAFKA:
         raise NotImplementedError("librdkafka's OAUTHBEARER needs a token callback: not wired for these tests")
     return out
+
+
+async def produce_undecodable(bootstrap: str, topic: str, partition: int, values: list[bytes]) -> int:
+    """Write one record batch that says it is gzip-compressed and is not (its CRC is right): what a corrupt
+    batch, or one in a codec the reader lacks, looks like to a consumer. Returns its base offset.
+
+    Built with aiokafka's batch builder, then its attributes changed and its CRC computed again (Kafka's
+    record batch v2 layout): no producer writes such a batch on purpose."""
+    import struct
+
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy as Layout
+    from aiokafka.record.util import calc_crc32c
+
+    producer = AIOKafkaProducer(**client_options(bootstrap), enable_idempotence=False)
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        for value in values:
+            batch.append(key=None, value=value, timestamp=None)
+        raw = bytearray(batch._builder.build())
+        at = Layout.ATTRIBUTES_OFFSET
+        (attributes,) = struct.unpack_from(">h", raw, at)
+        struct.pack_into(">h", raw, at, attributes | 0x01)  # gzip, says the batch
+        struct.pack_into(">I", raw, Layout.CRC_OFFSET, calc_crc32c(bytes(raw[at:])))
+        batch._buffer = raw
+        del batch._builder
+        batch.close()
+        meta = await (await producer.send_batch(batch, topic, partition=partition))
+        return int(meta.offset)
+    finally:
+        await producer.stop()

@@ -1,0 +1,209 @@
+"""``python -m bench.endpoints``: the daemon with 100,000 endpoints, in the config file and in the endpoints topic.
+
+Measured, each on a fresh broker with the daemon as a real process:
+- one change applied to a routing of 100,000 endpoints (in process: ``Settlement.put`` of a changed endpoint);
+- start-up (command to ``/readyz`` 200) and peak RSS with the endpoints in the config file, and in the topic;
+- a SIGHUP that changes every endpoint of the config file: how long until it is applied, and the slowest
+  ``/healthz`` answer meanwhile (polled every 100 ms; the shipped liveness probe allows 3 s);
+- SIGTERM to exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import tomli_w
+import uvloop
+from aiokafka import AIOKafkaProducer
+
+from bench.procs import Child
+from daemon.embedded import EmbeddedBroker, free_port
+from daemon.registry import encode, endpoint_key, sealed_record
+from daemon.secretbox import SecretBox
+
+SECRET = "whsec_" + base64.b64encode(bytes(range(24))).decode()
+MiB = 1024 * 1024
+
+
+def _endpoints(n: int, version: int = 1) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    endpoints = [{"id": f"ep-{i}", "url": f"https://h{i % 997}.example.com/hooks/{i}?v={version}", "secret": SECRET}
+                 for i in range(n)]  # fmt: skip
+    subscriptions = [{"endpoint": f"ep-{i}", "events": [f"lead.{i % 50}", "call.*"]} for i in range(n)]
+    return endpoints, subscriptions
+
+
+def _config(bootstrap: str, port: int, prefix: str, n_static: int, api: bool, version: int = 1) -> dict[str, Any]:
+    endpoints, subscriptions = _endpoints(n_static, version)
+    doc: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": bootstrap, "group_id": f"g-{prefix}", "topics": [f"{prefix}-events"],
+                  "results_topic": f"{prefix}-results", "session_timeout_ms": 3000, "heartbeat_interval_ms": 300},
+        "admin": {"listen": f"127.0.0.1:{port}", "token_env": "BENCH_ADMIN_TOKEN"},
+        "retry": {"topic_prefix": prefix},
+        "endpoints": endpoints,
+        "subscriptions": subscriptions,
+    }  # fmt: skip
+    if api:
+        doc["api"] = {"enabled": True, "secrets_key_env": "BENCH_SECRETS_KEY"}
+    return doc
+
+
+def _peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> int | None:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=30)) as resp:
+            await resp.read()
+            return resp.status
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+
+
+async def _start(
+    workdir: Path, name: str, config: dict[str, Any], session: aiohttp.ClientSession
+) -> tuple[Child, float]:
+    path = workdir / f"{name}.toml"
+    path.write_text(tomli_w.dumps(config))
+    child = Child(name, [sys.executable, "-m", "daemon", "run", "--config", str(path)], workdir / f"{name}.log")
+    started = time.perf_counter()
+    await child.start()
+    port = config["admin"]["listen"].rsplit(":", 1)[1]
+    while await _get(session, f"http://127.0.0.1:{port}/readyz") != 200:
+        child.check_alive()
+        await asyncio.sleep(0.1)
+    return child, time.perf_counter() - started
+
+
+async def _topic_records(bootstrap: str, topic: str, n: int, box: SecretBox) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=20,
+                                max_batch_size=1 << 20)  # fmt: skip
+    await producer.start()
+    try:
+        for i in range(n):
+            record = sealed_record(
+                box, endpoint_id=f"api-{i}", tenant="acme", version=1, created_at=None,
+                url=f"https://h{i % 997}.example.com/in/{i}", headers={}, secrets=[(SECRET, None)],
+                events=[f"lead.{i % 50}", "call.*"], topics=None, where=None, description=None, settings={},
+            )  # fmt: skip
+            await producer.send(topic, encode(record), key=endpoint_key(record.id).encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def one_change(n: int) -> float:
+    """Seconds to apply one changed endpoint to a routing of ``n`` (the median of 200 changes)."""
+    from daemon.config import EndpointConfig, SubscriptionConfig
+    from daemon.routing import Routing
+    from daemon.validate import parse_config
+
+    raw = {"kafka": {"bootstrap_servers": "k:9092", "group_id": "g", "topics": ["t"], "results_topic": "r"}}
+    routing = Routing(parse_config(raw, {}), {})
+    for i in range(n):
+        routing.put(EndpointConfig(id=f"api-{i}", url=f"https://h{i % 997}.example.com/in/{i}", secret=SECRET),
+                    SubscriptionConfig(endpoint=f"api-{i}", events=[f"lead.{i % 50}", "call.*"]))  # fmt: skip
+    timings = []
+    for k in range(200):
+        i = (k * 7919) % n
+        config = EndpointConfig(id=f"api-{i}", url=f"https://changed.example.com/{k}", secret=SECRET)
+        sub = SubscriptionConfig(endpoint=f"api-{i}", events=["lead.7"])
+        started = time.perf_counter()
+        routing.put(config, sub)
+        routing.table.match("t", "lead.7")  # the first match after a change resolves the type again
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+async def run(n: int, workdir: Path) -> dict[str, str]:
+    os.environ["BENCH_ADMIN_TOKEN"] = base64.b64encode(os.urandom(12)).decode()
+    key = os.urandom(32)
+    os.environ["BENCH_SECRETS_KEY"] = base64.b64encode(key).decode()
+    out: dict[str, str] = {"one change among endpoints (routing, median of 200)": f"{one_change(n) * 1000:.2f} ms"}
+    async with aiohttp.ClientSession() as session:
+        # The config file.
+        async with EmbeddedBroker(log_path=workdir / "tansu-config.log") as broker:
+            await broker.create_topics(["cfg-events"])
+            port = free_port()
+            child, took = await _start(workdir, "config", _config(broker.bootstrap, port, "cfg", n, False), session)
+            out["start-up, endpoints in the config file"] = f"{took:.1f} s"
+            out["peak RSS, endpoints in the config file"] = f"{_peak_rss(child.pid) / MiB:.0f} MiB"
+            changed = _config(broker.bootstrap, port, "cfg", n, False, version=2)
+            (workdir / "config.toml").write_text(tomli_w.dumps(changed))
+            slowest = 0.0
+            reloaded_before = await _reloads(session, port)
+            started = time.perf_counter()
+            os.kill(child.pid, signal.SIGHUP)
+            while await _reloads(session, port) == reloaded_before:
+                before = time.perf_counter()
+                await _get(session, f"http://127.0.0.1:{port}/healthz")
+                slowest = max(slowest, time.perf_counter() - before)
+                if time.perf_counter() - started > 300:
+                    break
+                await asyncio.sleep(0.1)
+            out["SIGHUP changing every endpoint: applied after"] = f"{time.perf_counter() - started:.1f} s"
+            out["slowest /healthz answer during it"] = f"{slowest * 1000:.0f} ms"
+            out["peak RSS after the reload"] = f"{_peak_rss(child.pid) / MiB:.0f} MiB"
+            started = time.perf_counter()
+            await child.stop(within_s=60)
+            out["SIGTERM to exit, endpoints in the config file"] = f"{time.perf_counter() - started:.1f} s"
+        # The endpoints topic.
+        async with EmbeddedBroker(log_path=workdir / "tansu-topic.log") as broker:
+            await broker.create_topics(["api-events"])
+            await broker.create_topics(["api.endpoints"], 1)
+            started = time.perf_counter()
+            await _topic_records(broker.bootstrap, "api.endpoints", n, SecretBox(key))
+            out["writing the endpoints topic (sealing included)"] = f"{time.perf_counter() - started:.1f} s"
+            port = free_port()
+            child, took = await _start(workdir, "topic", _config(broker.bootstrap, port, "api", 0, True), session)
+            out["start-up, endpoints in the topic"] = f"{took:.1f} s"
+            out["peak RSS, endpoints in the topic"] = f"{_peak_rss(child.pid) / MiB:.0f} MiB"
+            started = time.perf_counter()
+            await child.stop(within_s=60)
+            out["SIGTERM to exit, endpoints in the topic"] = f"{time.perf_counter() - started:.1f} s"
+    return out
+
+
+async def _reloads(session: aiohttp.ClientSession, port: int) -> float:
+    try:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+    except aiohttp.ClientError:
+        return -1.0
+    for line in text.splitlines():
+        if line.startswith('webhook_router_config_reloads_total{result="ok"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.endpoints", description=__doc__)
+    parser.add_argument("--endpoints", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="webhook-router-endpoints-"))
+    result = uvloop.run(run(args.endpoints, workdir))
+    width = max(len(k) for k in result)
+    for name, value in result.items():
+        print(f"{name:<{width}}  {value}")
+    print(f"logs: {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
