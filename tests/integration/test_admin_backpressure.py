@@ -29,7 +29,7 @@ async def test_metrics_healthz_readyz(setup: Setup, receivers: list[Receiver]) -
         status, body = await _get(port, "/healthz")
         assert (status, json.loads(body)["ok"]) == (200, True)
         status, body = await _get(port, "/readyz")
-        assert (status, json.loads(body)) == (200, {"ready": True})
+        assert (status, json.loads(body)) == (200, {"ready": True, "stuck": []})
         await asyncio.sleep(0.3)
         status, text = await _get(port, "/metrics")
     assert status == 200
