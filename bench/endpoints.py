@@ -91,6 +91,17 @@ async def _start(
     return child, time.perf_counter() - started
 
 
+async def _compacted_topic(bootstrap: str, name: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+    finally:
+        await admin.close()
+
+
 async def _topic_records(bootstrap: str, topic: str, n: int, box: SecretBox) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=20,
                                 max_batch_size=1 << 20)  # fmt: skip
@@ -166,7 +177,7 @@ async def run(n: int, workdir: Path) -> dict[str, str]:
         # The endpoints topic.
         async with EmbeddedBroker(log_path=workdir / "tansu-topic.log") as broker:
             await broker.create_topics(["api-events"])
-            await broker.create_topics(["api.endpoints"], 1)
+            await _compacted_topic(broker.bootstrap, "api.endpoints")
             started = time.perf_counter()
             await _topic_records(broker.bootstrap, "api.endpoints", n, SecretBox(key))
             out["writing the endpoints topic (sealing included)"] = f"{time.perf_counter() - started:.1f} s"
