@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import os
 import signal
 import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,12 +61,8 @@ def _config(bootstrap: str, port: int, prefix: str, n_static: int, api: bool, ve
     return doc
 
 
-def _peak_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+def _rss(child: Child, field: str) -> str:
+    return f"{child.status_kb(field) * 1024 / MiB:.0f} MiB"
 
 
 async def _get(session: aiohttp.ClientSession, url: str) -> int | None:
@@ -142,11 +140,36 @@ def one_change(n: int) -> float:
     return statistics.median(timings)
 
 
+def idle_bytes(n: int) -> tuple[float, float]:
+    """Bytes of live objects per idle endpoint of the config file (traced by ``tracemalloc``): its parsed
+    config, then what the routing adds (its routes; no ``Endpoint`` is prepared before it has work)."""
+    from daemon.routing import Routing
+    from daemon.validate import parse_config
+
+    doc = _config("k:9092", 1, "cfg", n, False)
+    environ = dict(os.environ)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        config = parse_config(doc, environ)
+        gc.collect()
+        parsed = tracemalloc.get_traced_memory()[0]
+        routing = Routing(config, environ)
+        gc.collect()
+        routed = tracemalloc.get_traced_memory()[0] - parsed
+    finally:
+        tracemalloc.stop()
+    assert routing.endpoints.built == 0
+    return parsed / n, routed / n
+
+
 async def run(n: int, workdir: Path) -> dict[str, str]:
     os.environ["BENCH_ADMIN_TOKEN"] = base64.b64encode(os.urandom(12)).decode()
     key = os.urandom(32)
     os.environ["BENCH_SECRETS_KEY"] = base64.b64encode(key).decode()
     out: dict[str, str] = {"one change among endpoints (routing, median of 200)": f"{one_change(n) * 1000:.2f} ms"}
+    parsed, routed = idle_bytes(n)
+    out["live objects per idle endpoint: its config + its routes"] = f"{parsed:.0f} + {routed:.0f} bytes"
     async with aiohttp.ClientSession() as session:
         # The config file.
         async with EmbeddedBroker(log_path=workdir / "tansu-config.log") as broker:
@@ -154,7 +177,8 @@ async def run(n: int, workdir: Path) -> dict[str, str]:
             port = free_port()
             child, took = await _start(workdir, "config", _config(broker.bootstrap, port, "cfg", n, False), session)
             out["start-up, endpoints in the config file"] = f"{took:.1f} s"
-            out["peak RSS, endpoints in the config file"] = f"{_peak_rss(child.pid) / MiB:.0f} MiB"
+            out["RSS once ready, endpoints in the config file"] = _rss(child, "VmRSS")
+            out["peak RSS, endpoints in the config file"] = _rss(child, "VmHWM")
             changed = _config(broker.bootstrap, port, "cfg", n, False, version=2)
             (workdir / "config.toml").write_text(tomli_w.dumps(changed))
             slowest = 0.0
@@ -170,7 +194,8 @@ async def run(n: int, workdir: Path) -> dict[str, str]:
                 await asyncio.sleep(0.1)
             out["SIGHUP changing every endpoint: applied after"] = f"{time.perf_counter() - started:.1f} s"
             out["slowest /healthz answer during it"] = f"{slowest * 1000:.0f} ms"
-            out["peak RSS after the reload"] = f"{_peak_rss(child.pid) / MiB:.0f} MiB"
+            out["RSS after the reload"] = _rss(child, "VmRSS")
+            out["peak RSS after the reload"] = _rss(child, "VmHWM")
             started = time.perf_counter()
             await child.stop(within_s=60)
             out["SIGTERM to exit, endpoints in the config file"] = f"{time.perf_counter() - started:.1f} s"
@@ -184,7 +209,8 @@ async def run(n: int, workdir: Path) -> dict[str, str]:
             port = free_port()
             child, took = await _start(workdir, "topic", _config(broker.bootstrap, port, "api", 0, True), session)
             out["start-up, endpoints in the topic"] = f"{took:.1f} s"
-            out["peak RSS, endpoints in the topic"] = f"{_peak_rss(child.pid) / MiB:.0f} MiB"
+            out["RSS once ready, endpoints in the topic"] = _rss(child, "VmRSS")
+            out["peak RSS, endpoints in the topic"] = _rss(child, "VmHWM")
             started = time.perf_counter()
             await child.stop(within_s=60)
             out["SIGTERM to exit, endpoints in the topic"] = f"{time.perf_counter() - started:.1f} s"

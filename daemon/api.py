@@ -439,15 +439,15 @@ class Api:
         }
 
     def _static_view(self, endpoint_id: str) -> dict[str, Any]:
-        endpoint = self._settlement.routing.endpoints[endpoint_id]
+        config = self._settlement.routing.endpoints.configs[endpoint_id]
         return {
             "id": endpoint_id,
             "tenant": None,
-            "url": _safe_url(endpoint.config.url),
+            "url": _safe_url(config.url),
             "events": [],
             "topics": None,
             "where": None,
-            "profile": endpoint.profile.name,
+            "profile": config.profile,
             "description": None,
             **self._status(endpoint_id),
             "version": 0,

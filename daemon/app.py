@@ -485,9 +485,10 @@ class App:
 
     @staticmethod
     def _follow_config_pauses(health: Health, old: Routing | None, new: Routing) -> None:
-        for endpoint_id, endpoint in new.endpoints.items():
-            was = old.endpoints.get(endpoint_id) if old is not None else None
-            health.follow_config(endpoint_id, endpoint.config.paused, was is not None and was.config.paused)
+        was = old.endpoints.configs if old is not None else {}
+        for endpoint_id, config in new.endpoints.configs.items():
+            before = was.get(endpoint_id)
+            health.follow_config(endpoint_id, config.paused, before is not None and before.paused)
 
     def _count_routing(self, routing: Routing) -> None:
         self.metrics.endpoints.set(len(routing.endpoints))

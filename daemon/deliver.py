@@ -91,6 +91,7 @@ class Endpoint:
 
     __slots__ = (
         "_secrets",
+        "_user_agent",
         "_wire_id",
         "base_headers",
         "body_key",
@@ -112,6 +113,7 @@ class Endpoint:
     def __init__(self, config: EndpointConfig, delivery: DeliveryConfig, environ: Any) -> None:
         self.config = config
         self.id = config.id
+        self._user_agent = delivery.user_agent
         profile = self.profile = PROFILES[config.profile]
         self.url = URL(config.url, encoded=False)
         secrets = resolve_secrets(config, environ)
@@ -142,11 +144,24 @@ class Endpoint:
         else:
             self.base_headers = {}  # raw: Host, Content-Length and the signature headers only
 
-    def same_as(self, other: Endpoint) -> bool:
-        """True when ``other`` delivers exactly like this one (its lane can be kept across a reload)."""
+    def delivers_as(self, config: EndpointConfig, delivery: DeliveryConfig, environ: Any) -> bool:
+        """True when an endpoint built from these would deliver exactly like this one (its lane is kept)."""
         return (
-            self.config == other.config and self._secrets == other._secrets and self.base_headers == other.base_headers
+            self.config == config
+            and self._user_agent == delivery.user_agent
+            and self._secrets == tuple(resolve_secrets(config, environ))
         )
+
+    @staticmethod
+    def check(config: EndpointConfig, environ: Any) -> None:
+        """Raise ValueError for what would stop one being built from ``config`` (checked without building it)."""
+        if config.profile not in PROFILES:
+            raise ValueError(f"unknown profile {config.profile!r}")
+        try:
+            URL(config.url, encoded=False)
+            resolve_secrets(config, environ)
+        except KeyError as exc:
+            raise ValueError(f"environment variable {exc.args[0]!r} is not set") from None
 
     def render(self, event: Event) -> bytes:
         """The body for this endpoint: as it arrived, or the profile's mapping of it (built once per event)."""

@@ -166,21 +166,21 @@ class Operator:
     def endpoints(self) -> list[EndpointInfo]:
         out = []
         health = self._health
-        for endpoint_id, endpoint in self._settlement.routing.endpoints.items():
+        for endpoint_id, config in self._settlement.routing.endpoints.configs.items():
             state = health.states.get(endpoint_id)
             paused = state is not None and state.paused
             busy, queued = self._settlement.load(endpoint_id)
             out.append(
                 EndpointInfo(
                     id=endpoint_id,
-                    profile=endpoint.profile.name,
+                    profile=config.profile,
                     paused=paused,
                     reason=state.reason if paused and state is not None else None,
                     since=state.since if state is not None else None,
                     consecutive_failures=health.failures(endpoint_id),
                     in_flight=busy,
                     queued=queued,
-                    max_concurrency=endpoint.max_concurrency,
+                    max_concurrency=config.max_concurrency,
                 )
             )
         return out

@@ -135,32 +135,38 @@ class Settlement:
         under its old settings; the next delivery to a changed endpoint starts a new lane."""
         self._routing = routing
         for endpoint_id in list(self._lanes):
-            self._retire_unless(endpoint_id, routing.endpoints.get(endpoint_id))
+            self._keep_or_retire(endpoint_id)
 
     def put(self, config: EndpointConfig, subscription: SubscriptionConfig) -> None:
         """Add or change an endpoint managed at run time; its lane, if it changed, finishes under its old settings."""
-        endpoint = self._routing.put(config, subscription)
-        self._retire_unless(config.id, endpoint)
+        self._routing.put(config, subscription)
+        self._keep_or_retire(config.id)
 
     def drop(self, endpoint_id: str) -> None:
         """Remove an endpoint managed at run time; what it has queued is still attempted."""
         self._routing.drop(endpoint_id)
-        self._retire_unless(endpoint_id, None)
+        self._retire(endpoint_id)
 
     async def retire_idle_every(self, idle_s: float) -> None:
-        """Close the lanes that had no work for ``idle_s``: an idle endpoint costs no task (100,000 endpoints are
-        100,000 lanes only while each has work)."""
+        """Close the lanes that had no work for ``idle_s`` and let their ``Endpoint`` go: an idle endpoint costs
+        no task and no prepared request (100,000 endpoints are 100,000 lanes only while each has work)."""
         while True:
             await asyncio.sleep(idle_s / 2)
             now = time.monotonic()
             for endpoint_id, lane in list(self._lanes.items()):
                 if lane.idle_for(now) >= idle_s:
-                    self._retire_unless(endpoint_id, None)
+                    self._retire(endpoint_id)
+                    self._routing.endpoints.forget(endpoint_id)
 
-    def _retire_unless(self, endpoint_id: str, endpoint: Endpoint | None) -> None:
+    def _keep_or_retire(self, endpoint_id: str) -> None:
+        """Keep the lane of an endpoint that delivers as before (the routing takes its ``Endpoint``), or retire it."""
         lane = self._lanes.get(endpoint_id)
-        if lane is not None and lane.endpoint is not endpoint:
-            del self._lanes[endpoint_id]
+        if lane is not None and not self._routing.endpoints.adopt(lane.endpoint):
+            self._retire(endpoint_id)
+
+    def _retire(self, endpoint_id: str) -> None:
+        lane = self._lanes.pop(endpoint_id, None)
+        if lane is not None:
             task = asyncio.create_task(lane.close(), name=f"retire-{endpoint_id}")
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)

@@ -379,17 +379,22 @@ def test_attempt_ids_never_repeat() -> None:
     assert len(ids) == 1000 and all(i.startswith("msg_1-1-") for i in ids)
 
 
-# --- Endpoint.same_as ---
+# --- Endpoint.delivers_as ---
 
 SECRET = "whsec_" + base64.b64encode(b"endpoint-secret-0123456789").decode()
 ROTATED = "whsec_" + base64.b64encode(b"rotated-secret-9876543210").decode()
 
 
-def make(delivery: DeliveryConfig | None = None, environ: dict[str, str] | None = None, **over: Any) -> Endpoint:
+def parts(
+    delivery: DeliveryConfig | None = None, environ: dict[str, str] | None = None, **over: Any
+) -> tuple[EndpointConfig, DeliveryConfig, dict[str, str]]:
     fields: dict[str, Any] = {"id": "crm", "url": "https://crm.example.com/hook", "secret": SECRET}
     fields.update(over)
-    config = EndpointConfig(**fields)
-    return Endpoint(config, delivery or DeliveryConfig(), environ or {})
+    return EndpointConfig(**fields), delivery or DeliveryConfig(), environ or {}
+
+
+def make(delivery: DeliveryConfig | None = None, environ: dict[str, str] | None = None, **over: Any) -> Endpoint:
+    return Endpoint(*parts(delivery, environ, **over))
 
 
 def test_endpoint_is_built_from_its_config() -> None:
@@ -412,12 +417,13 @@ def test_endpoint_secret_from_environ() -> None:
     assert ep.secret == ROTATED
 
 
-def test_same_as_identical() -> None:
-    assert make().same_as(make())
+def test_delivers_as_identical() -> None:
+    assert make().delivers_as(*parts())
     env = {"CRM_SECRET": SECRET}
-    assert make(environ=env, secret=None, secret_env="CRM_SECRET").same_as(
-        make(environ=dict(env), secret=None, secret_env="CRM_SECRET")
+    assert make(environ=env, secret=None, secret_env="CRM_SECRET").delivers_as(
+        *parts(environ=dict(env), secret=None, secret_env="CRM_SECRET")
     )
+    assert make(headers={"User-Agent": "custom/2"}).delivers_as(*parts(headers={"User-Agent": "custom/2"}))
 
 
 @pytest.mark.parametrize(
@@ -431,24 +437,32 @@ def test_same_as_identical() -> None:
         {"id": "crm2"},
     ],
 )
-def test_same_as_differs_when_the_config_differs(changed: dict[str, Any]) -> None:
-    assert not make().same_as(make(**changed))
-    assert not make(**changed).same_as(make())
+def test_delivers_as_differs_when_the_config_differs(changed: dict[str, Any]) -> None:
+    assert not make().delivers_as(*parts(**changed))
+    assert not make(**changed).delivers_as(*parts())
 
 
-def test_same_as_differs_when_the_env_secret_changed() -> None:
+def test_delivers_as_differs_when_the_env_secret_changed() -> None:
     before = make(environ={"CRM_SECRET": SECRET}, secret=None, secret_env="CRM_SECRET")
     after = make(environ={"CRM_SECRET": ROTATED}, secret=None, secret_env="CRM_SECRET")
     assert before.config == after.config
-    assert before.same_as(after) is False
+    assert before.delivers_as(after.config, DeliveryConfig(), {"CRM_SECRET": ROTATED}) is False
 
 
-def test_same_as_differs_when_the_user_agent_changed() -> None:
-    assert make(DeliveryConfig(user_agent="a/1")).same_as(make(DeliveryConfig(user_agent="b/2"))) is False
+def test_delivers_as_differs_when_the_user_agent_changed() -> None:
+    assert make(DeliveryConfig(user_agent="a/1")).delivers_as(*parts(DeliveryConfig(user_agent="b/2"))) is False
 
 
-def test_same_as_ignores_the_drain_timeout() -> None:
-    assert make(DeliveryConfig(drain_timeout_s=5)).same_as(make(DeliveryConfig(drain_timeout_s=25))) is True
+def test_delivers_as_ignores_the_drain_timeout() -> None:
+    assert make(DeliveryConfig(drain_timeout_s=5)).delivers_as(*parts(DeliveryConfig(drain_timeout_s=25))) is True
+
+
+def test_check_refuses_what_would_stop_a_build() -> None:
+    Endpoint.check(parts()[0], {})
+    with pytest.raises(ValueError, match="CRM_SECRET"):
+        Endpoint.check(parts(secret=None, secret_env="CRM_SECRET")[0], {})
+    with pytest.raises(ValueError, match="profile"):
+        Endpoint.check(parts(profile="nope")[0], {})
 
 
 def test_same_secret_inline_or_from_env_is_not_the_same_endpoint() -> None:
@@ -456,4 +470,4 @@ def test_same_secret_inline_or_from_env_is_not_the_same_endpoint() -> None:
     inline = make()
     from_env = make(environ={"CRM_SECRET": SECRET}, secret=None, secret_env="CRM_SECRET")
     assert inline.secret == from_env.secret
-    assert inline.same_as(from_env) is False
+    assert inline.delivers_as(from_env.config, DeliveryConfig(), {"CRM_SECRET": SECRET}) is False

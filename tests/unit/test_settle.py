@@ -422,8 +422,52 @@ async def test_a_lane_without_work_for_a_while_is_closed_and_comes_back_with_wor
                     break
                 await asyncio.sleep(0.02)
             assert "a" not in r.settlement._lanes  # no task left for an idle endpoint
+            assert r.settlement.routing.endpoints.built == 0  # nor a prepared Endpoint
             r.dispatch(1, event(2))
             await settle_down()
             assert len(r.writer.on(None)) == 2  # a new lane for the next delivery
         finally:
             sweeper.cancel()
+
+
+async def test_an_endpoint_is_prepared_only_once_it_has_work() -> None:
+    async with rig(endpoints=[endpoint("a"), endpoint("b")], subscriptions=[
+        {"endpoint": "a", "events": ["lead.*"]}, {"endpoint": "b", "events": ["call.*"]},
+    ]) as r:  # fmt: skip
+        endpoints = r.settlement.routing.endpoints
+        assert len(endpoints) == 2 and endpoints.built == 0 and "b" in endpoints
+        r.dispatch(0, event(1, "lead.created"))
+        await settle_down()
+        assert endpoints.built == 1 and r.settlement.load("b") == (0, 0)
+
+
+async def test_a_put_that_changes_nothing_keeps_the_lane_and_a_change_retires_it() -> None:
+    from daemon.config import EndpointConfig, SubscriptionConfig
+
+    async with rig() as r:
+        config = EndpointConfig(id="ep_api", url="https://api.example.com/h", secret=SECRET)
+        subscription = SubscriptionConfig(endpoint="ep_api", events=["*"])
+        r.settlement.put(config, subscription)
+        r.dispatch(0, event(1))
+        await settle_down()
+        lane = r.settlement._lanes["ep_api"]
+        r.settlement.put(EndpointConfig(id="ep_api", url="https://api.example.com/h", secret=SECRET), subscription)
+        assert r.settlement._lanes["ep_api"] is lane and r.settlement.routing.endpoints["ep_api"] is lane.endpoint
+        r.settlement.put(EndpointConfig(id="ep_api", url="https://api.example.com/h2", secret=SECRET), subscription)
+        assert "ep_api" not in r.settlement._lanes
+        r.dispatch(1, event(2))
+        await settle_down()
+        assert r.settlement._lanes["ep_api"].endpoint.config.url.endswith("/h2")
+
+
+async def test_a_put_that_no_endpoint_could_be_built_from_is_refused_and_changes_nothing() -> None:
+    from daemon.config import EndpointConfig, SubscriptionConfig
+
+    async with rig() as r:
+        bad = EndpointConfig(id="ep_api", url="https://api.example.com/h", secret_env="UNSET_SECRET")
+        with pytest.raises(ValueError, match="UNSET_SECRET"):
+            r.settlement.put(bad, SubscriptionConfig(endpoint="ep_api", events=["*"]))
+        assert "ep_api" not in r.settlement.routing.endpoints
+        r.dispatch(0, event(1))
+        await settle_down()
+        assert [rec.json()["endpoint_id"] for rec in r.writer.on(None)] == ["a"]
