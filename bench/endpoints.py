@@ -17,6 +17,7 @@ import gc
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -177,6 +178,13 @@ async def run(n: int, workdir: Path) -> dict[str, str]:
             port = free_port()
             child, took = await _start(workdir, "config", _config(broker.bootstrap, port, "cfg", n, False), session)
             out["start-up, endpoints in the config file"] = f"{took:.1f} s"
+            started = time.perf_counter()
+            checked = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "daemon", "check-config", str(workdir / "config.toml")],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            assert checked.returncode == 0, checked.stdout + checked.stderr
+            out["check-config, endpoints in the config file"] = f"{time.perf_counter() - started:.1f} s"
             out["RSS once ready, endpoints in the config file"] = _rss(child, "VmRSS")
             out["peak RSS, endpoints in the config file"] = _rss(child, "VmHWM")
             changed = _config(broker.bootstrap, port, "cfg", n, False, version=2)
