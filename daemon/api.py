@@ -324,7 +324,10 @@ class Api:
         topic = self._settlement.routing.config.kafka.results_topic
         found = await find_delivery(self._client_options, topic, delivery_id, self._max_scan)
         if found is None:
-            raise NotFound(f"no delivery {delivery_id!r} within the results topic's reach")
+            raise NotFound(
+                f"no delivery {delivery_id!r} in the results topic's retention or its newest "
+                f"{self._max_scan:,} records per partition (api.max_scan_records)"
+            )
         outcome = decode_outcome(found)
         if outcome.endpoint_id is None or outcome.source_topic is None:
             raise NotFound(f"no delivery {delivery_id!r}")
