@@ -26,6 +26,7 @@ from yarl import URL
 
 from bench.workload import EVENT_TYPES, SECRET_KEY, USER_AGENT, event_body
 from daemon.http import Client, Route
+from daemon.netguard import NetGuard
 from daemon.sign import standard_webhooks_signature
 
 _KEYS = (SECRET_KEY,)
@@ -55,7 +56,8 @@ class _Poster:
         self._client: Client | None = None
         self._routes: list[Route] = []
         if kind == "router":
-            self._client = Client()
+            # The receiver is on 127.0.0.1, as the router's config allows.
+            self._client = Client(NetGuard(["127.0.0.0/8"]))
             self._routes = [self._client.route(url, _BASE) for url in urls]
         else:
             self._session = _session()

@@ -79,7 +79,7 @@ def router_config(
             **kafka,
         },
         "admin": {"listen": f"127.0.0.1:{admin_port}"},
-        "delivery": {"drain_timeout_s": 5},
+        "delivery": {"drain_timeout_s": 5, "allowed_networks": ["127.0.0.0/8"]},  # the receivers are on 127.0.0.1
         "endpoints": endpoints,
         "subscriptions": [{"endpoint": ep["id"], "events": events or ["lead.*"]} for ep in endpoints],
     }

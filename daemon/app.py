@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from aiohttp.abc import AbstractResolver
 from aiokafka.errors import KafkaError
 
 from daemon.admin import AdminServer
@@ -32,7 +33,7 @@ from daemon.clients import kafka_client_options, make_producer
 from daemon.config import Config
 from daemon.consume import Source
 from daemon.contact import Contact, KafkaLogFilter, Throttle, held_note
-from daemon.deliver import Sender
+from daemon.deliver import Sender, client_for
 from daemon.errors import ConfigError
 from daemon.health import Health, HealthReader
 from daemon.metrics import Metrics
@@ -77,12 +78,22 @@ class Components(msgspec.Struct, frozen=True):
 
 
 class App:
-    """The daemon. ``serve()`` runs until SIGTERM/SIGINT (or ``request_stop()``), then shuts down in stages."""
+    """The daemon. ``serve()`` runs until SIGTERM/SIGINT (or ``request_stop()``), then shuts down in stages.
 
-    def __init__(self, config: Config, config_path: str | Path | None = None, environ: Mapping[str, str] | None = None):
+    ``resolver``: the DNS resolver deliveries use (default: aiohttp's, the system's); tests give a stand-in.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        resolver: AbstractResolver | None = None,
+    ):
         self._config = config
         self._config_path = config_path
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self._resolver = resolver
         self.metrics = Metrics()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -226,7 +237,7 @@ class App:
         if restored:
             log.info("endpoint health restored from %d records", restored)
 
-        sender = Sender(metrics)
+        sender = Sender(metrics, client_for(config.delivery, self._resolver))
         stack.push_async_callback(sender.close)
 
         routing = Routing(config, environ)
@@ -448,6 +459,7 @@ class App:
         _notify_systemd(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = await asyncio.to_thread(load_config, self._config_path, dict(self._environ))
+            _reloadable(self._config, new)
             old_routing = c.settlement.routing
             # Built in a thread (100,000 endpoints take seconds; the loop keeps answering), then brought up to date
             # with the run-time changes applied meanwhile, on the loop, before the swap.
@@ -499,6 +511,19 @@ def _reason(exc: BaseException) -> str:
     """``Name: text`` of an error (aiokafka's own texts start with their name already)."""
     name, text = type(exc).__name__, str(exc)
     return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
+def _reloadable(old: Config, new: Config) -> None:
+    """ConfigError when ``new`` changes what only a restart can change and a running daemon must not pretend to
+    have taken: the network guard's allowances and the egress proxy (the HTTP client was built with them; a
+    reload that took them would validate URLs that the running client then blocks)."""
+    errors = [
+        f"delivery.{name}: changed, which needs a restart (the running config is kept)"
+        for name in ("allowed_networks", "proxy_url")
+        if getattr(old.delivery, name) != getattr(new.delivery, name)
+    ]
+    if errors:
+        raise ConfigError(errors)
 
 
 def _notify_systemd(state: str) -> None:

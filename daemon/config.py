@@ -75,6 +75,15 @@ class DeliveryConfig(msgspec.Struct, **_FROZEN):
     user_agent: Annotated[str, Meta(min_length=1, max_length=200)] = "webhook-router/0.1"
     # Kubernetes waits 30 s between SIGTERM and SIGKILL: the drain must end well before.
     drain_timeout_s: Annotated[float, Meta(gt=0, le=25)] = 20.0
+    # Networks (CIDR) deliveries may reach although the SSRF guard refuses them (loopback, private, link-local...).
+    allowed_networks: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=256)] = []
+    # An egress proxy (http://host:port, credentials allowed) that every delivery goes through instead of connecting
+    # itself; the proxy then decides which addresses are reachable (Stripe's smokescreen, Squid).
+    proxy_url: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
+
+    def __repr__(self) -> str:  # the proxy URL may carry credentials
+        proxy = "<redacted>" if self.proxy_url else None
+        return f"DeliveryConfig(allowed_networks={self.allowed_networks!r}, proxy_url={proxy})"
 
 
 class RetryConfig(msgspec.Struct, **_FROZEN):

@@ -22,14 +22,17 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver
+from aiohttp.helpers import BasicAuth
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from daemon.config import DeliveryConfig, EndpointConfig, EndpointRetryConfig, resolve_secrets
 from daemon.errors import RenderError
-from daemon.http import Client, HeaderError, Route
+from daemon.http import Blocked, Client, HeaderError, Route
 from daemon.metrics import Metrics, status_class
 from daemon.model import (
+    BLOCKED,
     DELIVERED,
     FAILED,
     LIVE,
@@ -38,10 +41,12 @@ from daemon.model import (
     Ack,
     Attempt,
     Event,
+    Mask,
     Outcome,
     truncate_body,
     utc_now_iso,
 )
+from daemon.netguard import NetGuard
 from daemon.policy import Policy, StatusRules, parse_retry_after
 from daemon.profiles import PROFILES, Profile, Signer
 
@@ -63,6 +68,28 @@ _ATTEMPTS = itertools.count(1)
 def new_attempt_id(delivery: str, attempt: int) -> str:
     """A results record's own id: unique across attempts, retries, redeliveries, restarts and processes."""
     return f"{delivery}-{attempt}-{_NONCE}{next(_ATTEMPTS):x}"
+
+
+def client_for(delivery: DeliveryConfig, resolver: AbstractResolver | None = None) -> Client:
+    """The HTTP client deliveries go through: the network guard less ``allowed_networks``, or the egress proxy."""
+    proxy = URL(delivery.proxy_url) if delivery.proxy_url else None
+    return Client(NetGuard(delivery.allowed_networks), proxy=proxy, resolver=resolver)
+
+
+def secret_values(config: EndpointConfig, secrets: list[str], url: URL) -> list[str]:
+    """Everything about an endpoint that must never reach the results topic: its secrets, its URL's credentials
+    (and the Basic header made of them), its custom headers' values (and the credentials after a scheme)."""
+    values = list(secrets)
+    if url.user is not None or url.password is not None:
+        basic = BasicAuth(url.user or "", url.password or "").encode()
+        values += [v for v in (url.user, url.password, url.raw_user, url.raw_password) if v]
+        values += [basic, basic.partition(" ")[2]]
+    for value in config.headers.values():
+        values.append(value)
+        scheme, _, credentials = value.partition(" ")
+        if credentials.strip() and scheme.isalpha():
+            values.append(credentials.strip())
+    return values
 
 
 def policy_of(retry: EndpointRetryConfig | None, profile: Profile) -> Policy:
@@ -97,6 +124,7 @@ class Endpoint:
         "body_key",
         "config",
         "id",
+        "mask",
         "max_concurrency",
         "pause_threshold",
         "policy",
@@ -119,6 +147,7 @@ class Endpoint:
         secrets = resolve_secrets(config, environ)
         self._secrets = tuple(secrets)
         self.secret = secrets[0] if secrets else ""
+        self.mask = Mask(secret_values(config, secrets, self.url))  # what never leaves in a results record
         self.signer: Signer = profile.signing.signer(secrets)
         self._wire_id = profile.signing.wire_id
         # Bodies that do not carry the secret are shared by every endpoint of the profile.
@@ -272,6 +301,7 @@ class Sender:
         except RenderError as exc:  # the event's doing, not the endpoint's: nothing is sent, nothing retried
             return outcome_for(endpoint.id, job, RENDER_FAILED, error=str(exc), profile=endpoint.profile.name,
                                attempt_id=new_attempt_id(job.delivery_id, job.attempt))  # fmt: skip
+        blocked: str | None = None
         http_status: int | None = None
         response: str | None = None
         error: str | None = None
@@ -287,6 +317,11 @@ class Sender:
             if http_status == 429 or http_status >= 500:
                 retry_after = parse_retry_after(reply.headers.get("Retry-After"))
             response = truncate_body(reply.body)
+            if endpoint.mask:  # a receiver that echoes its request must not put the endpoint's secrets in results
+                response = endpoint.mask(response, cut=len(reply.body) >= RESPONSE_BODY_LIMIT)
+        except Blocked as exc:
+            blocked = exc.refusal.reason
+            error = f"blocked: {exc.refusal.text} (not in delivery.allowed_networks)"
         except TimeoutError:
             error = f"timeout: no complete response within {endpoint.timeout_s:g} s"
         except aiohttp.ClientError as exc:
@@ -302,6 +337,11 @@ class Sender:
         status = DELIVERED if ok else FAILED
         if http_status is not None and not ok:
             error = f"HTTP {http_status}"
+        elif blocked is not None:
+            status = BLOCKED
+            self._metrics.deliveries_blocked.labels(blocked).inc()
+        elif error is not None and endpoint.mask:  # a protocol error may quote what the receiver sent back
+            error = endpoint.mask(error)
         self._count(status, http_status, error, elapsed)
         return outcome_for(
             endpoint.id,

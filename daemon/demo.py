@@ -67,6 +67,7 @@ listen = "127.0.0.1:{admin_port}"
 
 [delivery]
 drain_timeout_s = {drain}
+allowed_networks = ["127.0.0.0/8"]  # the sample receiver is on 127.0.0.1, which the SSRF guard refuses by default
 
 [retry]
 tiers_s = [1, 5]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from daemon.netguard import REASONS
+
 # Latency buckets reach the longest allowed timeout (120 s).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -81,6 +83,11 @@ class Metrics:
         )  # fmt: skip
         self.retry_hops = Counter(p + "retry_hops", "Retries moved to a shorter tier on their way to due.", registry=r)
         self.dead_lettered = Counter(p + "dead_lettered", "Deliveries that ended on the dead-letter topic.", registry=r)
+        self.deliveries_blocked = Counter(
+            p + "deliveries_blocked", "Attempts refused by the network guard (SSRF), by reason.", ["reason"], registry=r
+        )
+        for reason in REASONS:
+            self.deliveries_blocked.labels(reason)
         self.deliveries_skipped = Counter(
             p + "deliveries_skipped", "Matched deliveries not attempted, by status.", ["status"], registry=r
         )
@@ -112,9 +119,11 @@ class Metrics:
 
 
 def status_class(http_status: int | None, error: str | None) -> str:
-    """A bounded label for a delivery outcome: ``2xx``..``5xx``, ``timeout`` or ``connection``."""
+    """A bounded label for a delivery outcome: ``2xx``..``5xx``, ``timeout``, ``blocked`` or ``connection``."""
     if http_status is not None:
         return f"{http_status // 100}xx" if 100 <= http_status < 600 else "other"
     if error and error.startswith("timeout"):
         return "timeout"
+    if error and error.startswith("blocked"):
+        return "blocked"
     return "connection"

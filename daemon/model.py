@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
+from urllib.parse import quote
 
 import msgspec
 import orjson
@@ -20,6 +22,7 @@ Ack = Callable[[], None]
 # Outcome statuses written to the results topic.
 DELIVERED: Final = "delivered"
 FAILED: Final = "failed"
+BLOCKED: Final = "blocked"  # the network guard refused every address of the endpoint's host: final, never retried
 INVALID_EVENT: Final = "invalid_event"
 RENDER_FAILED: Final = "render_failed"  # this endpoint's body could not be built from the event
 
@@ -171,6 +174,48 @@ def utc_now_iso() -> str:
 def truncate_body(raw: bytes) -> str:
     """A response body as text, at most ``RESPONSE_BODY_LIMIT`` bytes once encoded as UTF-8."""
     return raw[:RESPONSE_BODY_LIMIT].decode("utf-8", errors="ignore")
+
+
+MASKED: Final = "***"
+# Shorter values are not secrets worth the name, and masking them would garble most bodies.
+MIN_MASKED: Final = 6
+_MIN_TAIL = 4  # the shortest start of a secret masked at the end of a cut body
+
+
+class Mask:
+    """Replaces an endpoint's secret values in a text bound for the results topic (a response body, an error).
+
+    Each value (at least ``MIN_MASKED`` characters) is masked as written and as a receiver that echoes it most
+    likely writes it: inside a JSON string (with or without ``\\u`` escapes) and percent-encoded. A body cut at
+    the size limit may end with the first characters of a secret: those are masked too (``cut=True``).
+    """
+
+    __slots__ = ("_forms",)
+
+    def __init__(self, values: Iterable[str]) -> None:
+        forms: set[str] = set()
+        for value in values:
+            if len(value) >= MIN_MASKED:
+                forms.update(
+                    (value, json.dumps(value)[1:-1], orjson.dumps(value).decode()[1:-1], quote(value, safe=""))
+                )
+        # Longest first: a secret that holds another is masked whole.
+        self._forms = sorted(forms, key=len, reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self._forms)
+
+    def __call__(self, text: str, cut: bool = False) -> str:
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, MASKED)
+        if cut:
+            for form in self._forms:
+                for k in range(min(len(form) - 1, len(text)), _MIN_TAIL - 1, -1):
+                    if text.endswith(form[:k]):
+                        text = text[:-k] + MASKED
+                        break
+        return text
 
 
 class Event:

@@ -27,7 +27,7 @@ from msgspec import Meta
 from daemon.clients import make_producer
 from daemon.config import Config, EndpointId, Name, RetryConfig
 from daemon.consume import Source, Stuck
-from daemon.deliver import Endpoint, Job, Sender, delivery_id
+from daemon.deliver import Endpoint, Job, Sender, client_for, delivery_id
 from daemon.errors import BadRequest, InvalidEvent, KafkaUnavailable, NotFound, RouterError
 from daemon.health import REASON_OPERATOR, Health
 from daemon.metrics import Metrics
@@ -292,7 +292,7 @@ def ping_job(endpoint: Endpoint) -> Job:
 async def ping(config: Config, endpoint_id: str, environ: Mapping[str, str]) -> Outcome:
     """Without a running daemon: send the profile's test event once (``record`` then writes the outcome)."""
     endpoint = endpoint_of(config, endpoint_id, environ)
-    sender = Sender(Metrics())
+    sender = Sender(Metrics(), client_for(config.delivery))
     try:
         return await sender.attempt(endpoint, ping_job(endpoint))
     finally:

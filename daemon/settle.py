@@ -8,8 +8,8 @@ the only code that knows what that is:
 - a delivery settles once every record its outcome leads to is acknowledged by Kafka: the results
   record alone (delivered, a skip, a final outcome of an attempt that is never retried); the results
   record and the retry record (a retry scheduled); the results record and the dead letter (the last
-  attempt failed, or the endpoint is paused); the retry record alone (deferred while its endpoint's
-  queue is full, or held while it is paused);
+  attempt failed, the network guard blocked it, or the endpoint is paused); the retry record alone
+  (deferred while its endpoint's queue is full, or held while it is paused);
 - a record read back from a retry tier is owed the settlement of the delivery it carries.
 
 Operator actions (pings, redeliveries, replays) settle in the same way but are owed to no event.
@@ -38,6 +38,7 @@ from daemon.errors import InvalidEvent, RouterError
 from daemon.health import Health
 from daemon.metrics import Metrics
 from daemon.model import (
+    BLOCKED,
     DEAD_LETTERED,
     INVALID_EVENT,
     LIVE,
@@ -241,9 +242,20 @@ class Settlement:
 
     def settle(self, endpoint: Endpoint, job: Job, outcome: Outcome) -> None:
         """Record one attempt, and retry, dead-letter or finish the delivery."""
+        live = job.trigger == LIVE
+        if outcome.status == BLOCKED:
+            # Refused by the network guard: final at once, whatever the policy (another try meets the same guard),
+            # and no news of the endpoint's health. Its record keeps saying `blocked`; a live event's delivery is
+            # dead-lettered with the reason.
+            if not live:
+                self._record(outcome, job.ack)
+                return
+            ack = _after_both(job.ack)
+            self._record(outcome, ack)
+            self._dead_letter(job, endpoint.id, outcome.error or BLOCKED, [*job.history, _attempt(outcome)], ack)
+            return
         rendered = outcome.status != RENDER_FAILED
         verdict = endpoint.statuses.verdict(outcome.http_status) if rendered else "final"
-        live = job.trigger == LIVE
         if live and rendered:  # a body that cannot be built says nothing about the endpoint
             gone = outcome.http_status if verdict == "gone" else None
             self._health.observe(endpoint.id, verdict == "delivered", gone, endpoint.pause_threshold)

@@ -24,6 +24,7 @@ from yarl import URL
 
 from daemon.config import Config, EndpointConfig, KafkaConfig, SubscriptionConfig, resolve_secrets
 from daemon.errors import ConfigError
+from daemon.netguard import NetGuard, host_form_problem, network
 from daemon.profiles import EXPANSIONS, PROFILES, Profile, pattern_matches
 from daemon.secretbox import SecretError, key_from
 from daemon.sign import decode_whsec
@@ -214,6 +215,7 @@ class _Checks:
         self._errors = errors
         self._known: dict[str, EndpointConfig] = {}
         self._topics = set(config.kafka.topics)
+        self._guard = NetGuard(n for n in config.delivery.allowed_networks if _network_problem(n) is None)
 
     def fault(self, path: str, message: str) -> None:
         self._errors.append(f"{path}: {message}")
@@ -252,6 +254,7 @@ class _Checks:
                     self.fault(f"api.{field}", str(exc))
         if int(config.admin.listen.rsplit(":", 1)[1]) > 65535:
             self.fault("admin.listen", "port must be <= 65535")
+        self._delivery()
         for i, endpoint in enumerate(config.endpoints):
             self._endpoint(endpoint, f"endpoints[{i}]")
         for expansion in EXPANSIONS:
@@ -352,11 +355,22 @@ class _Checks:
         self._known[endpoint.id] = endpoint
 
     def url(self, url: str, allow_http: bool, https_only: bool, path: str) -> None:
+        """An endpoint URL: absolute http(s), its host a plain name or a canonical address that the SSRF guard does
+        not refuse (``delivery.allowed_networks`` can allow it)."""
         scheme, sep, rest = url.partition("://")
         if not sep or scheme.lower() not in ("http", "https") or not rest or rest[0] in "/?#" or not _parses(url):
             self.fault(path, "must be an absolute http:// or https:// URL")
-        elif https_only and scheme.lower() != "https" and not allow_http:
+            return
+        if https_only and scheme.lower() != "https" and not allow_http:
             self.fault(path, "must use https:// (or set allow_http = true on the endpoint)")
+        host = URL(url).raw_host or ""
+        problem = host_form_problem(host)
+        if problem is not None:
+            self.fault(path, f"the host is written in a form that is refused: {problem}")
+            return
+        refusal = self._guard.host_refusal(host)
+        if refusal is not None:
+            self.fault(path, f"the host is refused: {refusal.text} (unless delivery.allowed_networks allows its range)")
 
     def headers(self, headers: dict[str, str], profile: Profile, path: str) -> None:
         reserved = profile.reserved_headers
@@ -386,6 +400,21 @@ class _Checks:
         for j, topic in enumerate(topics or ()):
             if topic not in self._topics:
                 self.fault(f"{path}.topics[{j}]", f"{topic!r} is not one of kafka.topics")
+
+    # --- delivery ---
+
+    def _delivery(self) -> None:
+        delivery = self._config.delivery
+        for i, text in enumerate(delivery.allowed_networks):
+            problem = _network_problem(text)
+            if problem is not None:
+                self.fault(f"delivery.allowed_networks[{i}]", problem)
+        if delivery.proxy_url is not None:
+            proxy = delivery.proxy_url
+            if not proxy.lower().startswith("http://") or not _parses(proxy):
+                self.fault("delivery.proxy_url", "must be an http:// URL of the proxy (http://host:port)")
+            elif URL(proxy).raw_path not in ("", "/") or URL(proxy).raw_query_string or URL(proxy).raw_fragment:
+                self.fault("delivery.proxy_url", "must be the proxy's address only (http://host:port), no path")
 
     # --- endpoints ---
 
@@ -441,6 +470,14 @@ class _Checks:
 def _ssl_reason(exc: Exception) -> str:
     """OpenSSL's words without the source line (``[SSL] PEM lib``, ``[X509: ...] no certificate or crl found``)."""
     return re.sub(r"\s*\(_ssl\.c:\d+\)", "", str(exc.args[-1] if exc.args else exc))
+
+
+def _network_problem(text: str) -> str | None:
+    try:
+        network(text)
+    except ValueError:
+        return "must be a network in CIDR form with no host bits set (e.g. 10.0.0.0/8, fd00::/8 or 127.0.0.1/32)"
+    return None
 
 
 def _parses(url: str) -> bool:

@@ -1,5 +1,5 @@
-"""Test helpers: real HTTP receivers, Kafka produce/read helpers (aiokafka, and librdkafka as an outside producer), the
-daemon as a subprocess. No mocks.
+"""Test helpers: real HTTP receivers, a real forward proxy, Kafka produce/read helpers (aiokafka, and librdkafka as an
+outside producer), the daemon as a subprocess. No mocks; one stand-in, for DNS (``FakeDNS``).
 
 ``WEBHOOK_ROUTER_TEST_BOOTSTRAP`` names an outside Kafka cluster for the integration tests to use instead of a Tansu
 broker they start; ``WEBHOOK_ROUTER_TEST_KAFKA`` (a JSON object of ``[kafka]`` settings: ``security_protocol``,
@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from yarl import URL
 
 from daemon.clients import kafka_client_options
 from daemon.config import KafkaConfig
@@ -381,3 +385,118 @@ async def produce_undecodable(bootstrap: str, topic: str, partition: int, values
         return int(meta.offset)
     finally:
         await producer.stop()
+
+
+class FakeDNS(AbstractResolver):
+    """A stand-in for DNS (aiohttp's resolver interface). ``answers`` maps a name to its answers (each a list of
+    addresses), given in turn, one per lookup, the last one repeating: several answers play DNS rebinding. Unknown
+    names fail as a name that does not resolve."""
+
+    def __init__(self, answers: dict[str, list[list[str]]]) -> None:
+        self._answers = answers
+        self.lookups: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        turns = self._answers.get(host)
+        if turns is None:
+            raise OSError(socket.EAI_NONAME, "Name or service not known")
+        answer = turns[min(sum(1 for h in self.lookups if h == host), len(turns) - 1)]
+        self.lookups.append(host)
+        return [
+            {
+                "hostname": host,
+                "host": address,
+                "port": port,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+                "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
+            }
+            for address in answer
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+class Proxy:
+    """A real forward HTTP proxy on 127.0.0.1, as an egress proxy (smokescreen) is used: plain http requests in
+    absolute form (forwarded one per connection) and CONNECT tunnels for https. Records what it was asked; with
+    ``credentials`` ("user:password") it answers 407 to requests without them."""
+
+    def __init__(self, credentials: str | None = None) -> None:
+        self.credentials = credentials
+        self.asked: list[tuple[str, str, str | None]] = []  # (method, target, Proxy-Authorization)
+        self.port = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def url(self) -> str:
+        auth = f"{self.credentials}@" if self.credentials else ""
+        return f"http://{auth}127.0.0.1:{self.port}"
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Proxy]:
+        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        try:
+            yield self
+        finally:
+            server.close()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            line, *lines = head.split("\r\n")
+            headers = dict(h.split(": ", 1) for h in lines if h)
+            method, target, _ = line.split(" ")
+            given = headers.pop("Proxy-Authorization", None)
+            self.asked.append((method, target, given))
+            expected = "Basic " + base64.b64encode(self.credentials.encode()).decode() if self.credentials else None
+            if given != expected:
+                writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+                return
+            if method == "CONNECT":
+                host, port = target.rsplit(":", 1)
+                up_reader, up_writer = await asyncio.open_connection(host, int(port))
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                return
+            url = URL(target)
+            body = await reader.readexactly(int(headers.get("Content-Length", "0")))
+            headers["Connection"] = "close"
+            forwarded = f"{method} {url.raw_path_qs} HTTP/1.1\r\n" + "".join(
+                f"{k}: {v}\r\n" for k, v in headers.items()
+            )
+            up_reader, up_writer = await asyncio.open_connection(url.host, url.port)
+            up_writer.write(forwarded.encode("latin-1") + b"\r\n" + body)
+            answer = await up_reader.readuntil(b"\r\n\r\n")
+            length = [int(h[15:]) for h in answer.lower().split(b"\r\n") if h.startswith(b"content-length:")]
+            answer += await up_reader.readexactly(length[0]) if length else await up_reader.read()
+            writer.write(answer.replace(b"\r\n", b"\r\nConnection: close\r\n", 1))  # one request per connection
+            up_writer.close()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
+            self._tasks.discard(task)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()

@@ -87,7 +87,8 @@ class Setup:
                 **kafka,
             },
             "admin": {"listen": f"127.0.0.1:{self.admin_port}"},
-            "delivery": {"drain_timeout_s": 10},
+            # The receivers listen on 127.0.0.1, which the network guard refuses unless allowed.
+            "delivery": {"drain_timeout_s": 10, "allowed_networks": ["127.0.0.0/8"]},
             # This test's own retry, dead-letter and health topics; short tiers for delays shortened by config.
             "retry": {"topic_prefix": self.prefix, "tiers_s": [0.5, 1, 2, 4, 8, 30, 300]},
             "endpoints": endpoints,

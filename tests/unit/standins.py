@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.deliver import Endpoint, Job, outcome_for
-from daemon.model import DELIVERED, FAILED, Ack, Outcome, decode_outcome
+from daemon.model import BLOCKED, DELIVERED, FAILED, Ack, Outcome, decode_outcome
 
 
 @dataclass
@@ -65,9 +65,10 @@ class Writer:
 
 @dataclass
 class ScriptedSender:
-    """Stand-in for Sender: ``status(job)`` gives each attempt's HTTP status (None: a timeout)."""
+    """Stand-in for Sender: ``status(job)`` gives each attempt's HTTP status (None: a timeout; ``"blocked"``: the
+    network guard refused the endpoint's address)."""
 
-    status: Callable[[Job], int | None] = lambda job: 200
+    status: Callable[[Job], int | str | None] = lambda job: 200
     gate: asyncio.Event | None = None  # when given, every attempt waits for it
     attempts: list[Job] = field(default_factory=list)
     under_way: int = 0
@@ -84,6 +85,10 @@ class ScriptedSender:
         finally:
             self.under_way -= 1
         code = self.status(job)
+        if code == BLOCKED:
+            error = "blocked: loopback address"
+            return outcome_for(endpoint.id, job, BLOCKED, duration_ms=0.1, error=error, profile=endpoint.profile.name)
+        assert not isinstance(code, str)
         ok = code is not None and 200 <= code < 300
         return outcome_for(
             endpoint.id,

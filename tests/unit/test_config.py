@@ -89,7 +89,7 @@ def test_full_config_loads() -> None:
     raw = doc(
         kafka=kafka(event_type_fields={"orders": "meta.kind"}, auto_offset_reset="latest"),
         admin={"listen": "0.0.0.0:9000"},
-        delivery={"user_agent": "acme-hooks/2", "drain_timeout_s": 25},
+        delivery={"user_agent": "acme-hooks/2", "drain_timeout_s": 25, "allowed_networks": ["10.0.0.0/24"]},
         endpoints=[
             endpoint("crm", timeout_s=120, max_concurrency=1024, headers={"X-Tenant": "acme", "Authorization": "t"}),
             endpoint("billing", url="http://10.0.0.7:8080/in?x=1", timeout_s=1, max_concurrency=1),
@@ -104,6 +104,7 @@ def test_full_config_loads() -> None:
     assert config.kafka.auto_offset_reset == "latest"
     assert config.admin.listen == "0.0.0.0:9000"
     assert config.delivery.drain_timeout_s == 25.0
+    assert config.delivery.allowed_networks == ["10.0.0.0/24"]
     assert [e.id for e in config.endpoints] == ["crm", "billing"]
     assert config.endpoints[0].timeout_s == 120.0
     assert config.endpoints[0].max_concurrency == 1024
@@ -368,7 +369,7 @@ def test_bad_urls(url: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["http://crm", "https://crm.example.com", "HTTPS://CRM.example.com/Hook", "http://127.0.0.1:8080/a/b?c=d#e"],
+    ["http://crm", "https://crm.example.com", "HTTPS://CRM.example.com/Hook", "http://93.184.215.14:8080/a/b?c=d#e"],
 )
 def test_good_urls(url: str) -> None:
     assert parse_config(doc(endpoints=[endpoint(url=url)]), {}).endpoints[0].url == url

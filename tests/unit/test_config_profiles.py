@@ -115,7 +115,7 @@ def test_leadterra_http_url_with_allow_http_and_https_urls_are_accepted() -> Non
 
 @pytest.mark.parametrize("profile", ["standard-webhooks", "raw", "agora", "convocore", "campaign", "crm"])
 def test_other_profiles_take_http_urls(profile: str) -> None:
-    assert ok(one(profile, url="http://10.0.0.7:8080/in")).endpoints[0].url == "http://10.0.0.7:8080/in"
+    assert ok(one(profile, url="http://93.184.215.14:8080/in")).endpoints[0].url == "http://93.184.215.14:8080/in"
 
 
 def test_leadterra_bad_url_is_reported_as_bad_not_as_http() -> None:

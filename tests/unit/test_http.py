@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,9 +18,11 @@ from yarl import URL
 
 from daemon.config import DeliveryConfig, EndpointConfig
 from daemon.deliver import Endpoint, Job, Lane, LaneStats, Sender
-from daemon.http import Client, HeaderError, Route
+from daemon.http import Blocked, Client, HeaderError, Route
 from daemon.metrics import Metrics
-from daemon.model import DELIVERED, FAILED, Event, Outcome
+from daemon.model import BLOCKED, DELIVERED, FAILED, Event, Outcome
+from daemon.netguard import NetGuard
+from tests.helpers import FakeDNS, Proxy
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -63,9 +66,16 @@ class Script:
             server.close()
 
 
+LOOPBACK = NetGuard(["127.0.0.0/8"])  # the scripted servers listen on 127.0.0.1, which the guard refuses by default
+
+
+def loopback_sender() -> Sender:
+    return Sender(Metrics(), Client(LOOPBACK))
+
+
 @asynccontextmanager
 async def client() -> AsyncIterator[Client]:
-    c = Client()
+    c = Client(LOOPBACK)
     try:
         yield c
     finally:
@@ -216,7 +226,7 @@ def _job() -> Job:
 async def test_sender_records_a_protocol_error_without_the_address() -> None:
     script = Script(lambda n: b"SMTP ready\r\n\r\n")
     async with script.running() as url:
-        sender = Sender(Metrics())
+        sender = loopback_sender()
         try:
             outcome = await sender.attempt(_endpoint(url), _job())
         finally:
@@ -230,7 +240,7 @@ async def test_sender_times_out_a_server_that_never_answers() -> None:
     short = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nok"  # 3 bytes short: never complete
     script = Script(lambda n: short if n == 1 else OK)
     async with script.running() as url:
-        sender = Sender(Metrics())
+        sender = loopback_sender()
         try:
             outcome = await sender.attempt(_endpoint(url, timeout_s=0.3), _job())
             again = await sender.attempt(_endpoint(url), _job())  # the stuck connection is not reused
@@ -270,7 +280,7 @@ async def tls_receiver() -> AsyncIterator[URL]:
 
 async def test_tls_certificates_are_verified_by_default() -> None:
     async with tls_receiver() as url:
-        sender = Sender(Metrics())
+        sender = loopback_sender()
         try:
             outcome = await sender.attempt(_endpoint(url), _job())
         finally:
@@ -349,7 +359,7 @@ async def test_a_lane_estimates_how_long_its_backlog_takes_from_its_attempts() -
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     url = URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook")
     endpoint = _endpoint(url, timeout_s=0.3, max_concurrency=2)
-    sender = Sender(Metrics())
+    sender = loopback_sender()
     done: list[Outcome] = []
     lane = Lane(endpoint, sender, _Outcomes(done), LaneStats())
     try:
@@ -407,10 +417,180 @@ async def test_a_sender_records_a_refused_header_as_a_failed_attempt() -> None:
     endpoint = Endpoint(config, DeliveryConfig(), {})
     job = _job()
     job.event.event_type = "lead.created\r\nX-Injected: 1"  # the type reader refuses this; the writer too
-    sender = Sender(Metrics())
+    sender = loopback_sender()
     try:
         outcome = await sender.attempt(endpoint, job)
     finally:
         await sender.close()
     assert outcome.status == FAILED
     assert outcome.error is not None and outcome.error.startswith("request not sent: header")
+
+
+# --- the network guard (SSRF): every address vetted just before its socket connects ---
+
+
+def _at(url: URL, host: str) -> URL:
+    return URL.build(scheme=url.scheme, host=host, port=url.port, path=url.path)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::ffff:127.0.0.1", "0.0.0.0"])
+async def test_a_literal_refused_address_is_blocked_and_no_connection_reaches_the_listener(host: str) -> None:
+    script = Script(lambda n: OK)
+    async with script.running() as url:
+        guarded = Client()  # the default guard
+        try:
+            with pytest.raises(Blocked) as caught:
+                await guarded.post(guarded.route(_at(url, host), {}), {}, b"{}", 4096, 10)
+        finally:
+            await guarded.close()
+        assert caught.value.refusal.reason in ("loopback", "unspecified")
+        assert script.connections == 0
+        # The same URL reaches the listener once its range is allowed: the guard was all that stood in the way.
+        allowing = Client(NetGuard(["127.0.0.0/8", "0.0.0.0/8"]))
+        try:
+            reply = await allowing.post(allowing.route(_at(url, host), {}), {}, b"{}", 4096, 10)
+        finally:
+            await allowing.close()
+        assert (reply.status, script.connections) == (200, 1)
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("127.0.0.2", "loopback"),
+        ("0.0.0.0", "unspecified"),
+        ("10.0.0.1", "private"),
+        ("172.16.5.4", "private"),
+        ("192.168.0.1", "private"),
+        ("100.64.0.1", "cgnat"),
+        ("169.254.169.254", "metadata"),
+        ("169.254.1.1", "link_local"),
+        ("224.0.0.1", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("255.255.255.255", "broadcast"),
+        ("::1", "loopback"),
+        ("::", "unspecified"),
+        ("fc00::1", "unique_local"),
+        ("fe80::1", "link_local"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("64:ff9b::a9fe:a9fe", "metadata"),
+        ("2002:a00:1::1", "private"),
+    ],
+)
+async def test_a_name_resolving_to_a_refused_address_is_blocked_before_connecting(address: str, reason: str) -> None:
+    script = Script(lambda n: OK)
+    async with script.running() as url:
+        dns = FakeDNS({"hooks.example": [[address]]})
+        guarded = Client(resolver=dns)
+        try:
+            with pytest.raises(Blocked) as caught:
+                await guarded.post(guarded.route(_at(url, "hooks.example"), {}), {}, b"{}", 4096, 10)
+        finally:
+            await guarded.close()
+    assert caught.value.refusal.reason == reason
+    assert address not in str(caught.value)
+    assert (dns.lookups, script.connections) == (["hooks.example"], 0)
+
+
+async def test_dns_rebinding_is_caught_at_the_next_connect() -> None:
+    """A name answers an allowed address (127.0.0.1 stands in for a public one), then a refused one, then the allowed
+    one again; every connect is vetted, so the second attempt is blocked and the listener there sees nothing."""
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    script = Script(lambda n: closing, close_after=True)  # every exchange needs a new connection
+    rebound = Script(lambda n: OK)
+    async with script.running() as url:
+        server = await asyncio.start_server(rebound._serve, "127.0.0.2", url.port)
+        dns = FakeDNS({"hooks.example": [["127.0.0.1"], ["127.0.0.2"], ["127.0.0.1"]]})
+        c = Client(NetGuard(["127.0.0.1/32"]), resolver=dns, dns_cache_s=None)
+        route = c.route(_at(url, "hooks.example"), {})
+        try:
+            first = await c.post(route, {}, b"{}", 4096, 10)
+            with pytest.raises(Blocked) as caught:
+                await c.post(route, {}, b"{}", 4096, 10)
+            third = await c.post(route, {}, b"{}", 4096, 10)
+        finally:
+            await c.close()
+            server.close()
+    assert (first.status, caught.value.refusal.reason, third.status) == (200, "loopback", 200)
+    assert (len(dns.lookups), script.connections, rebound.connections) == (3, 2, 0)
+
+
+async def test_refused_addresses_of_a_name_are_skipped_and_an_allowed_one_is_used() -> None:
+    script = Script(lambda n: OK)
+    async with script.running() as url:
+        dns = FakeDNS({"hooks.example": [["10.0.0.1", "169.254.169.254", "127.0.0.1"]]})
+        c = Client(NetGuard(["127.0.0.1/32"]), resolver=dns)
+        try:
+            reply = await c.post(c.route(_at(url, "hooks.example"), {}), {}, b"{}", 4096, 10)
+        finally:
+            await c.close()
+    assert (reply.status, script.connections) == (200, 1)
+
+
+async def test_an_allowed_address_that_refuses_the_connection_is_a_connect_error_not_blocked() -> None:
+    async with Script(lambda n: OK).running() as url:
+        pass  # nothing listens on the port any more
+    dns = FakeDNS({"hooks.example": [["10.0.0.1", "127.0.0.1"]]})
+    c = Client(NetGuard(["127.0.0.1/32"]), resolver=dns)
+    try:
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await c.post(c.route(_at(url, "hooks.example"), {}), {}, b"{}", 4096, 10)
+    finally:
+        await c.close()
+
+
+async def test_a_sender_records_a_blocked_attempt_with_its_reason_and_counts_it() -> None:
+    script = Script(lambda n: OK)
+    async with script.running() as url:
+        metrics = Metrics()
+        sender = Sender(metrics)  # the default client: the guard on, nothing allowed
+        try:
+            outcome = await sender.attempt(_endpoint(url), _job())
+        finally:
+            await sender.close()
+    assert (outcome.status, outcome.http_status, outcome.response_body) == (BLOCKED, None, None)
+    assert outcome.error == "blocked: loopback address (not in delivery.allowed_networks)"
+    assert metrics.deliveries_blocked.labels("loopback")._value.get() == 1
+    assert metrics.deliveries.labels("blocked", "blocked")._value.get() == 1
+    assert script.connections == 0
+
+
+# --- an egress proxy: every request goes through it, and it decides what is reachable ---
+
+
+async def test_through_a_proxy_plain_http_goes_in_absolute_form_with_the_proxy_credentials() -> None:
+    script = Script(lambda n: OK)
+    async with script.running() as url, Proxy(credentials="router:pr0xy-pw").running() as proxy:
+        c = Client(proxy=URL(proxy.url))  # the default guard, which would refuse 127.0.0.1: the proxy decides now
+        try:
+            replies = [await c.post(c.route(url, {"X-A": "1"}), {}, b"{}", 4096, 10) for _ in range(2)]
+        finally:
+            await c.close()
+    assert [r.status for r in replies] == [200, 200]
+    auth = "Basic " + base64.b64encode(b"router:pr0xy-pw").decode()
+    assert proxy.asked == [("POST", str(url), auth)] * 2
+    assert all(b"Proxy-Authorization" not in r and r.startswith(b"POST /hook?tenant=a%20b ") for r in script.requests)
+
+
+async def test_through_a_proxy_https_goes_through_a_connect_tunnel() -> None:
+    trusted = ssl.create_default_context(cafile=DATA / "tls-cert.pem")
+    async with tls_receiver() as url, Proxy().running() as proxy:
+        c = Client(proxy=URL(proxy.url))
+        try:
+            reply = await c.post(c.route(url, {}, tls=trusted), {}, b"x" * 1000, 4096, 10)
+        finally:
+            await c.close()
+    assert (reply.status, reply.body) == (200, b"read 1000")
+    assert proxy.asked == [("CONNECT", f"127.0.0.1:{url.port}", None)]
+
+
+async def test_a_proxy_that_refuses_is_an_answer_from_the_proxy() -> None:
+    script = Script(lambda n: OK)
+    async with script.running() as url, Proxy(credentials="router:right").running() as proxy:
+        c = Client(proxy=URL(proxy.url.replace("right", "wrong")))
+        try:
+            reply = await c.post(c.route(url, {}), {}, b"{}", 4096, 10)
+        finally:
+            await c.close()
+    assert (reply.status, script.requests) == (407, [])

@@ -173,6 +173,37 @@ async def test_a_delivery_that_ends_unsuccessfully_is_owed_its_record_and_its_de
         assert r.health.is_paused("a") == (code == 410)
 
 
+async def test_a_blocked_attempt_is_final_at_once_recorded_blocked_and_dead_lettered() -> None:
+    """The network guard refused the address: no retry whatever the policy, the record says `blocked`, the
+    dead letter says why, and the endpoint's health hears nothing of it."""
+    ep = endpoint("a", retry={"policy": "schedule", "delays_s": [1, 2]}, pause_after_failures=1)
+    async with rig([ep], status=lambda job: "blocked") as r:
+        r.dispatch(0, event(1))
+        await settle_down()
+        (result,) = r.writer.on(None)
+        (letter,) = r.writer.on(DL)
+        assert (result.json()["status"], result.json()["error"]) == ("blocked", "blocked: loopback address")
+        assert letter.json()["reason"] == "blocked: loopback address"
+        assert [a["status"] for a in letter.json()["attempts"]] == ["blocked"]
+        assert not any(rec.topic and ".retry." in rec.topic for rec in r.writer.records)
+        assert len(r.sender.attempts) == 1
+        assert not r.health.is_paused("a") and r.health.failures("a") == 0
+        r.writer.ack(result)
+        assert r.part.watermark() == 0
+        r.writer.ack(letter)
+        assert r.part.watermark() == 1
+
+
+async def test_a_blocked_operator_attempt_is_recorded_and_never_dead_lettered() -> None:
+    async with rig(status=lambda job: "blocked") as r:
+        endpoint_a = r.settlement.routing.endpoints["a"]
+        job = Job(event=Event(event(1), "lead.created", "events", 0, 5, 0), delivery_id="msg_x", ack=None,
+                  trigger=REPLAY, endpoint_id="a")  # fmt: skip
+        outcome = await r.settlement.attempt_once(endpoint_a, job)
+        (record,) = r.writer.records
+        assert outcome.status == record.json()["status"] == "blocked"
+
+
 async def test_operator_attempts_are_recorded_and_owed_to_no_event() -> None:
     async with rig(status=lambda job: 500) as r:
         endpoint_a = r.settlement.routing.endpoints["a"]
