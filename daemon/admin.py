@@ -1,16 +1,24 @@
 """The admin HTTP server: /metrics, /healthz (event loop liveness only), /readyz (ready, or why not), and the
 operator actions of ``daemon.operate`` behind a bearer token. Request bodies are decoded here into the
-actions' typed structs; a body that does not fit is a 400 naming the field.
+actions' typed structs; a body that does not fit is a 400 naming the field, and every request is answered.
 
 It starts before Kafka is reached, so that liveness and the reason for not being ready are visible while the
-daemon waits for the cluster; the operator actions answer 503 until start-up is complete."""
+daemon waits for the cluster; the operator actions answer 503 until start-up is complete.
+
+aiohttp logs a request it cannot parse with a quote of the offending line (an over-long or malformed
+``Authorization`` header included): ``RedactCredentials``, installed on aiohttp's loggers when the server
+starts, replaces every quoted request fragment and every credential in those records before any handler
+sees them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
+import re
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -29,6 +37,42 @@ log = logging.getLogger(__name__)
 
 _TICK_S = 0.5
 _STALL_S = 5.0
+
+# A fragment of a request that aiohttp's parser quotes in its errors: b'...' or bytearray(b'...').
+_QUOTED = re.compile(r"""(?:bytearray\()?b(['"])(?:\\.|(?!\1).)*\1\)?""", re.S)
+_HEADER = re.compile(r"(?i)\b(authorization|proxy-authorization|cookie|x-api-key)(\s*[:=]\s*)[^\r\n]*")
+_SCHEME = re.compile(r"(?i)\b(bearer|basic|digest)(\s+)[^\s'\",;]+")
+_AIOHTTP_LOGGERS = ("aiohttp.access", "aiohttp.client", "aiohttp.internal", "aiohttp.server", "aiohttp.web")
+
+
+def redact(text: str) -> str:
+    """``text`` without quoted request fragments or credentials (header values and ``Bearer``/``Basic`` tokens)."""
+    text = _QUOTED.sub("b'<redacted>'", text)
+    text = _HEADER.sub(r"\1\2<redacted>", text)
+    return _SCHEME.sub(r"\1\2<redacted>", text)
+
+
+class RedactCredentials(logging.Filter):
+    """Rewrites a log record so that neither its message nor its traceback carries a credential or a quoted request
+    fragment; the traceback is kept, formatted and redacted (``exc_text``), and the exception object dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info is not None and record.exc_info[1] is not None:
+            record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip())
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        record.msg, record.args = redact(message), None
+        return True
+
+
+def redact_aiohttp_logs() -> None:
+    """Install ``RedactCredentials`` on aiohttp's loggers (once)."""
+    for name in _AIOHTTP_LOGGERS:
+        target = logging.getLogger(name)
+        if not any(isinstance(f, RedactCredentials) for f in target.filters):
+            target.addFilter(RedactCredentials())
 
 
 class AdminServer:
@@ -57,6 +101,7 @@ class AdminServer:
         self.port = 0  # the port actually bound (admin.listen may say 0)
 
     async def start(self) -> None:
+        redact_aiohttp_logs()
         app = web.Application()
         app.router.add_get("/metrics", self._handle_metrics)
         app.router.add_get("/healthz", self._handle_healthz)
@@ -123,6 +168,9 @@ class AdminServer:
                 return await handler(request, operator)
             except RouterError as exc:
                 return _error(exc.http_status, str(exc))
+            except Exception:  # a bug: answered all the same (a dropped connection tells the operator nothing)
+                log.exception("%s %s failed", request.method, request.path)
+                return _error(500, "internal error (see the router's log)")
 
         return guarded
 

@@ -51,6 +51,7 @@ from daemon.settle import Settlement
 Partition = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 Offset = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 UnixMs = Annotated[int, Meta(ge=0, le=253_402_300_799_999)]  # up to the year 9999
+Time = Annotated[datetime, Meta(tz=True)]  # RFC 3339: with its offset (Z or +hh:mm)
 
 
 class Redelivery(msgspec.Struct, kw_only=True):
@@ -68,8 +69,8 @@ class Redelivery(msgspec.Struct, kw_only=True):
 class Replay(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A time range (record timestamps; RFC 3339, or unix ms) or an offset range (inclusive) of one partition."""
 
-    from_time: datetime | UnixMs | None = None
-    to_time: datetime | UnixMs | None = None
+    from_time: Time | UnixMs | None = None
+    to_time: Time | UnixMs | None = None
     topic: Name | None = None
     partition: Partition | None = None
     from_offset: Offset | None = None
@@ -220,14 +221,11 @@ class Operator:
     async def replay(self, endpoint_id: str, spec: Replay) -> ReplayCounts:
         """Deliver again, once each, every event of a time or offset range that the endpoint is subscribed to."""
         endpoint = self._endpoint(endpoint_id)
-        if spec.from_time is None and spec.from_offset is None:
-            raise BadRequest("give from_time (RFC 3339) or from_offset (with topic and partition)")
-        if spec.from_offset is not None and (spec.partition is None or spec.topic is None):
-            raise BadRequest("an offset range needs topic and partition")
         routing = self._settlement.routing
+        since_ms, until_ms = _ms(spec.from_time, "from_time"), _ms(spec.to_time, "to_time")
+        _check_range(spec, since_ms, until_ms, routing.config.kafka.topics)
         topics = [spec.topic] if spec.topic else list(routing.config.kafka.topics)
         scanned = matched = 0
-        since_ms, until_ms = _ms(spec.from_time), _ms(spec.to_time)
         records = read_range(
             self._client_options,
             topics,
@@ -262,10 +260,34 @@ class Operator:
         return self._settlement.routing.reader(record.topic).event(record)
 
 
-def _ms(value: datetime | int | None) -> int | None:
+def _ms(value: datetime | int | None, field: str) -> int | None:
+    """Unix ms of a replay bound; BadRequest for a time before 1970 (Kafka's timestamps start there)."""
     if value is None or isinstance(value, int):
         return value
-    return int(value.timestamp() * 1000)
+    ms = int(value.timestamp() * 1000)
+    if ms < 0:
+        raise BadRequest(f"{field}: must be 1970-01-01T00:00:00Z or later")
+    return ms
+
+
+def _check_range(spec: Replay, since_ms: int | None, until_ms: int | None, topics: list[str]) -> None:
+    """BadRequest naming the field for a replay range that is not one time range or one partition's offset range."""
+    if spec.from_time is None and spec.from_offset is None:
+        raise BadRequest("from_time or from_offset: give one (RFC 3339 time, or offset with topic and partition)")
+    if spec.from_time is not None and spec.from_offset is not None:
+        raise BadRequest("from_time, from_offset: give one, not both")
+    if spec.from_offset is not None and (spec.partition is None or spec.topic is None):
+        raise BadRequest("topic, partition: an offset range needs both")
+    if spec.to_offset is not None and spec.from_offset is None:
+        raise BadRequest("to_offset: only with from_offset")
+    if spec.to_time is not None and spec.from_time is None:
+        raise BadRequest("to_time: only with from_time")
+    if spec.to_offset is not None and spec.from_offset is not None and spec.to_offset < spec.from_offset:
+        raise BadRequest("to_offset: must be >= from_offset")
+    if until_ms is not None and since_ms is not None and until_ms < since_ms:
+        raise BadRequest("to_time: must not be before from_time")
+    if spec.topic is not None and spec.topic not in topics:
+        raise BadRequest(f"topic: {spec.topic!r} is not one of the router's topics (kafka.topics)")
 
 
 def endpoint_of(config: Config, endpoint_id: str, environ: Mapping[str, str]) -> Endpoint:

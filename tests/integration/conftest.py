@@ -149,9 +149,10 @@ def parts(app: App) -> Components:
 
 
 @contextlib.asynccontextmanager
-async def running(path: Path) -> AsyncIterator[App]:
-    """The daemon in this process (signals left alone), joined to its group before the body runs."""
-    app = App(load_config(path), config_path=path)
+async def running(path: Path, **options: Any) -> AsyncIterator[App]:
+    """The daemon in this process (signals left alone), joined to its group before the body runs; ``options`` go to
+    ``App`` (``environ``, ``resolver``)."""
+    app = App(load_config(path, options.get("environ")), config_path=path, **options)
     task = asyncio.create_task(app.serve(install_signals=False))
     try:
         await eventually(lambda: task.done() or app.ready(), 30)

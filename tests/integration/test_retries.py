@@ -252,7 +252,7 @@ async def test_redeliver_by_cli_and_replay_ranges_by_admin_api(
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == 0, err.decode()
+        assert proc.returncode == 0, (out.decode(), err.decode())
         redelivered = json.loads(out)
         assert (redelivered["status"], redelivered["trigger"]) == ("delivered", "redelivery")
         assert redelivered["redelivery_of_id"] == third["attempt_id"] != redelivered["attempt_id"]

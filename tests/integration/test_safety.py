@@ -1,0 +1,333 @@
+"""Safe by default, against the real broker, receivers and daemon: customers' URLs cannot reach the platform's own
+network, no input reaches a traceback or a dropped connection, and no secret leaks sideways.
+
+DNS is the one stand-in (``FakeDNS``): it lets a name resolve to 127.0.0.1, where a real receiver listens, without
+touching the machine's resolver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import ClientTimeout
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from yarl import URL
+
+from daemon.deliver import delivery_id
+from tests.helpers import SECRET, DaemonProcess, FakeDNS, Proxy, Receiver, eventually, produce, read_topic
+from tests.integration.conftest import Setup, receiver, running, spawn
+
+
+def _event(n: int, event: str = "lead.created") -> bytes:
+    return json.dumps({"event": event, "n": n}).encode()
+
+
+# --- the network guard, end to end ---
+
+
+@pytest.mark.parametrize("allowed", [[], ["127.0.0.0/8"]], ids=["guard-default", "range-allowed"])
+async def test_a_name_resolving_to_loopback_is_blocked_final_and_dead_lettered_unless_its_range_is_allowed(
+    setup: Setup, receivers: list[Receiver], allowed: list[str]
+) -> None:
+    r = await receiver(receivers)
+    dns = FakeDNS({"hooks.example": [["127.0.0.1"]]})
+    retry = {"policy": "schedule", "delays_s": [0.5]}
+    ep = {"id": "x", "url": f"http://hooks.example:{r.port}/hook", "secret": SECRET, "retry": retry}
+    doc = setup.config([ep], [{"endpoint": "x", "events": ["*"]}])
+    doc["delivery"]["allowed_networks"] = allowed
+    path = setup.write(doc)
+    bootstrap = setup.broker.bootstrap
+    async with running(path, resolver=dns) as app:
+        await produce(bootstrap, setup.topic, [_event(1)])
+        (record,) = await read_topic(bootstrap, setup.results, lambda recs: len(recs) >= 1)
+        if allowed:
+            assert record["status"] == "delivered" and len(r.requests) == 1
+            return
+        (letter,) = await read_topic(bootstrap, f"{setup.prefix}.dead-letter", lambda recs: len(recs) >= 1)
+        await asyncio.sleep(1.5)  # the policy's retry would be due after 0.5 s: none comes
+        again = await read_topic(bootstrap, setup.results, lambda recs: len(recs) >= 1)
+        blocked = app.metrics.deliveries_blocked.labels("loopback")._value.get()
+        retries = app.metrics.retries_scheduled._value.get()
+    assert (record["status"], record["http_status"], record["attempt"]) == ("blocked", None, 1)
+    assert record["error"] == "blocked: loopback address (not in delivery.allowed_networks)"
+    assert (letter["reason"], [a["status"] for a in letter["attempts"]]) == (record["error"], ["blocked"])
+    assert (len(again), blocked, retries) == (1, 1, 0)
+    assert r.requests == []  # nothing reached the listener on the refused address
+    assert "hooks.example" not in json.dumps(record) and "127.0.0.1" not in json.dumps(record)
+
+
+async def test_with_an_egress_proxy_every_delivery_goes_through_it(setup: Setup, receivers: list[Receiver]) -> None:
+    r = await receiver(receivers)
+    async with Proxy(credentials="router:s3cret-proxy").running() as proxy:
+        doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["*"]}])
+        doc["delivery"]["proxy_url"] = proxy.url
+        path = setup.write(doc)
+        async with running(path):
+            await produce(setup.broker.bootstrap, setup.topic, [_event(1), _event(2)])
+            records = await read_topic(setup.broker.bootstrap, setup.results, lambda recs: len(recs) >= 2)
+    assert [rec["status"] for rec in records] == ["delivered", "delivered"]
+    assert [(method, target) for method, target, _ in proxy.asked] == [("POST", r.url)] * 2
+    assert len(r.requests) == 2 and not any("Proxy-Authorization" in req.headers for req in r.requests)
+
+
+# --- config loading never shows a traceback ---
+
+
+def _nested_toml(path: Path, kafka: dict[str, Any], depth: int = 500) -> Path:
+    """A config whose kafka table is fine and whose event_type_fields nest ``depth`` inline tables deep."""
+    head = "[kafka]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in kafka.items())
+    path.write_text(head + "event_type_fields = " + "{a = " * depth + '"x"' + "}" * depth + "\n")
+    return path
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["run", "--config"]])
+def test_a_config_nested_500_deep_exits_2_with_the_reason_and_no_traceback(tmp_path: Path, command: list[str]) -> None:
+    kafka = {"bootstrap_servers": "127.0.0.1:1", "group_id": "g", "topics": ["t"], "results_topic": "r"}
+    path = _nested_toml(tmp_path / "deep.toml", kafka)
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", *command, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert "not valid TOML: nested too deeply" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+async def test_sighup_with_a_config_nested_500_deep_is_a_refused_reload(
+    setup: Setup, receivers: list[Receiver], daemons: list[DaemonProcess]
+) -> None:
+    r = await receiver(receivers)
+    doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["*"]}])
+    setup.write(doc)
+    d = await spawn(daemons, setup)
+    _nested_toml(setup.path, doc["kafka"])
+    d.signal(signal.SIGHUP)
+    await eventually(lambda: d.metric('webhook_router_config_reloads_total{result="error"}'), 10)
+    await produce(setup.broker.bootstrap, setup.topic, [_event(1)])
+    await r.wait_for(1)  # still delivering under the config it had
+    d.signal(signal.SIGTERM)
+    assert await d.wait(30) == 0
+    log = d.log()
+    assert "config reload refused" in log and "not valid TOML: nested too deeply" in log
+    assert "Task exception was never retrieved" not in log and "Traceback" not in log
+
+
+# --- the admin API: every request answered, never a 5xx ---
+
+
+async def test_every_admin_request_of_the_issue_is_answered_with_a_4xx_naming_the_field(
+    setup: Setup, receivers: list[Receiver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = await receiver(receivers)
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "t0ken")
+    doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["*"]}])
+    doc["admin"]["token_env"] = "ROUTER_ADMIN_TOKEN"
+    path = setup.write(doc)
+    t = setup.topic
+    cases = [
+        ("/endpoints/x/replay", '{"from_time": 1e400}', 400, "from_time"),
+        ("/endpoints/x/replay", '{"to_time": -1e400, "from_time": 0}', 400, "to_time"),
+        ("/endpoints/x/replay", f'{{"topic": "{t}", "partition": 0, "from_offset": -5}}', 400, "from_offset"),
+        ("/endpoints/x/replay", f'{{"topic": "{t}", "partition": 7, "from_offset": 0}}', 404, "no partition 7"),
+        ("/endpoints/x/replay", '{"topic": "elsewhere", "partition": 0, "from_offset": 0}', 400, "topic"),
+        ("/endpoints/x/replay", '{"from_time": "0001-01-01T00:00:00Z"}', 400, "from_time"),
+        ("/endpoints/x/replay", '{"from_time": "2026-01-01T00:00:00"}', 400, "from_time"),
+        ("/endpoints/x/replay", f'{{"topic": "{t}", "partition": 0, "from_offset": 5, "to_offset": 1}}', 400, "to_off"),
+        (
+            "/deliveries/msg_x/redeliver",
+            f'{{"endpoint_id": "x", "source_topic": "{t}", "source_partition": 1e400, "source_offset": 0}}',
+            400,
+            "source_partition",
+        ),
+        (
+            f"/deliveries/{delivery_id(t, 3, 0, 'x')}/redeliver",
+            f'{{"endpoint_id": "x", "source_topic": "{t}", "source_partition": 3, "source_offset": 0}}',
+            404,
+            "no partition",
+        ),
+        (
+            f"/deliveries/{delivery_id(t, 0, 2**62, 'x')}/redeliver",
+            f'{{"endpoint_id": "x", "source_topic": "{t}", "source_partition": 0, "source_offset": {2**62}}}',
+            404,
+            "past the end",
+        ),
+    ]
+    async with running(path) as app:
+        assert app.components is not None
+        base = f"http://127.0.0.1:{app.components.admin.port}"
+        auth = {"Authorization": "Bearer t0ken", "Content-Type": "application/json"}
+        async with aiohttp.ClientSession(headers=auth) as http:
+            for route, body, status, names in cases:
+                async with http.post(base + route, data=body) as resp:
+                    answer = await resp.json()
+                assert (resp.status, names in answer["error"]) == (status, True), (route, body, answer)
+        assert app.ready()
+
+
+# --- the admin API fuzzed against the live daemon ---
+
+
+class Token:
+    """A JSON number as written, beyond what Python's json module writes (``1e400``)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _dump(value: Any) -> str:
+    if isinstance(value, Token):
+        return value.text
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k)}:{_dump(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_dump(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+_NUMBERS = st.sampled_from(["1e400", "-1e400", "1e-400", "-0", "0.0", "1E2", "1" * 30]).map(Token)
+_TIMES = st.sampled_from(
+    [
+        "2026-11-23T10:00:00Z",
+        "1970-01-01T00:00:00Z",
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59+14:00",
+        "2026-11-23T10:00:00",
+        "2026-13-45T99:00:00Z",
+        "yesterday",
+        "",
+    ]
+)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.integers(-3, 5),
+    st.floats(allow_nan=False),
+    _NUMBERS,
+    _TIMES,
+    st.text(max_size=20),
+)
+_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def _shaped(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    """Objects with any of ``fields`` (well typed or not), maybe a stray one."""
+    return st.fixed_dictionaries({}, optional={**fields, "extra": _JSON})
+
+
+def _bodies(topic: str) -> dict[str, st.SearchStrategy[Any]]:
+    """Bodies for each operator route: well formed, well formed but for one hostile value, shaped like the route's
+    struct with hostile values anywhere, any JSON, or any bytes."""
+    partition = st.integers(-1, 3) | _SCALARS
+    offset = st.integers(-6, 6) | st.integers(0, 2**63 + 5) | _SCALARS
+    topics = st.sampled_from([topic, topic, "elsewhere", ""]) | _SCALARS
+    times = st.sampled_from(["2026-01-01T00:00:00Z", "1970-01-01T00:00:00Z"]) | st.integers(0, 2**45) | _TIMES
+    anything = _JSON | st.binary(max_size=40)
+    replay = st.one_of(
+        st.fixed_dictionaries({"from_time": times}, optional={"to_time": times}),
+        st.fixed_dictionaries(
+            {"topic": topics, "partition": partition, "from_offset": offset}, optional={"to_offset": offset}
+        ),
+        _shaped(
+            {
+                "from_time": times,
+                "to_time": times,
+                "topic": topics,
+                "partition": partition,
+                "from_offset": offset,
+                "to_offset": offset,
+            }
+        ),
+        anything,
+    )
+    where = {
+        "endpoint_id": st.sampled_from(["x", "x", "nope"]) | _SCALARS,
+        "source_topic": topics,
+        "source_partition": partition,
+        "source_offset": offset,
+    }
+    near = {
+        "endpoint_id": st.just("x"),
+        "source_topic": st.just(topic),
+        "source_partition": st.integers(0, 2),
+        "source_offset": st.integers(-1, 6),
+    }
+    redeliver = st.one_of(st.fixed_dictionaries(near), st.fixed_dictionaries(where), _shaped(where), anything)
+    return {"replay": replay, "redeliver": redeliver, "other": anything}
+
+
+def _encoded(body: Any) -> bytes:
+    return body if isinstance(body, bytes) else _dump(body).encode()
+
+
+def _aimed(body: Any) -> str:
+    """The delivery id a redelivery body describes, when it describes one (so that the router reads Kafka)."""
+    if isinstance(body, dict):
+        where = [body.get(k) for k in ("source_topic", "source_partition", "source_offset", "endpoint_id")]
+        topic, partition, offset, endpoint_id = where
+        if isinstance(topic, str) and isinstance(endpoint_id, str) and type(partition) is type(offset) is int:
+            return delivery_id(topic, partition, offset, endpoint_id)
+    return "msg_0123"
+
+
+@pytest.fixture
+async def admin_api(
+    setup: Setup, receivers: list[Receiver], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    """A live daemon with the admin token t0ken, one endpoint x and a few events; yields its base URL and a session."""
+    r = await receiver(receivers)
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "t0ken")
+    doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["*"]}])
+    doc["admin"]["token_env"] = "ROUTER_ADMIN_TOKEN"
+    path = setup.write(doc)
+    async with running(path) as app, aiohttp.ClientSession() as http:
+        await produce(setup.broker.bootstrap, setup.topic, [_event(n) for n in range(3)] + [b"not json"])
+        await read_topic(setup.broker.bootstrap, setup.results, lambda recs: len(recs) >= 4)
+        assert app.components is not None
+        yield f"http://127.0.0.1:{app.components.admin.port}", http
+        assert app.ready()  # the daemon is still up and in its group after all of it
+
+
+# Mostly the right token, so that most requests get past it; sometimes anything printable.
+_AUTH = st.sampled_from(["Bearer t0ken"] * 16 + ["", "Bearer t0ke", "Bearer t0ken ", "Basic t0ken", "t0ken", "*"])
+_ANY_AUTH = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+
+
+@pytest.mark.timeout(600)
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+async def test_the_admin_api_fuzzed_answers_every_request_and_never_with_a_5xx(
+    admin_api: tuple[str, aiohttp.ClientSession], setup: Setup, data: st.DataObject
+) -> None:
+    base, http = admin_api
+    bodies = _bodies(setup.topic)
+    endpoint = data.draw(st.sampled_from(["x"] * 6 + ["nope", "x%2F..", "%00", "a" * 300]), label="endpoint")
+    route = data.draw(st.sampled_from(["replay", "redeliver", "ping", "pause", "resume", "list"]), label="route")
+    body = data.draw(bodies.get(route, bodies["other"]), label="body")
+    method, target = "POST", f"/endpoints/{endpoint}/{route}"
+    if route == "redeliver":
+        target = f"/deliveries/{_aimed(body)}/redeliver"
+    elif route == "list":
+        method, target = "GET", "/endpoints"
+    auth = data.draw(_AUTH, label="authorization")
+    headers = {"Authorization": auth if auth != "*" else data.draw(_ANY_AUTH, label="any authorization")}
+    url = URL(base + target, encoded=True)
+    async with http.request(method, url, data=_encoded(body), headers=headers, timeout=ClientTimeout(total=60)) as r:
+        text = await r.text()
+    event(f"{route} {r.status}")  # what the examples reached (pytest --hypothesis-show-statistics)
+    assert r.status < 500, (method, target, body, r.status, text)
+    if r.status >= 400:
+        assert "error" in json.loads(text)
