@@ -57,7 +57,10 @@ class RedactCredentials(logging.Filter):
     fragment; the traceback is kept, formatted and redacted (``exc_text``), and the exception object dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the message: keep the message alone
+            message = str(record.msg)
         if record.exc_info is not None and record.exc_info[1] is not None:
             record.exc_text = redact("".join(traceback.format_exception(*record.exc_info)).rstrip())
             record.exc_info = None

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver
-from aiohttp.helpers import BasicAuth
+from aiohttp.helpers import strip_auth_from_url
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
@@ -80,8 +80,9 @@ def secret_values(config: EndpointConfig, secrets: list[str], url: URL) -> list[
     """Everything about an endpoint that must never reach the results topic: its secrets, its URL's credentials
     (and the Basic header made of them), its custom headers' values (and the credentials after a scheme)."""
     values = list(secrets)
-    if url.user is not None or url.password is not None:
-        basic = BasicAuth(url.user or "", url.password or "").encode()
+    auth = strip_auth_from_url(url)[1]
+    if auth is not None:
+        basic = auth.encode()  # the header daemon.http sends
         values += [v for v in (url.user, url.password, url.raw_user, url.raw_password) if v]
         values += [basic, basic.partition(" ")[2]]
     for value in config.headers.values():

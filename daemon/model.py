@@ -206,9 +206,12 @@ class Mask:
         return bool(self._forms)
 
     def __call__(self, text: str, cut: bool = False) -> str:
-        for form in self._forms:
-            if form in text:
-                text = text.replace(form, MASKED)
+        changed = True
+        while changed:  # until no form is left, masks included (each round shortens the text: it ends)
+            changed = False
+            for form in self._forms:
+                if form in text:
+                    text, changed = text.replace(form, MASKED), True
         if cut:
             for form in self._forms:
                 for k in range(min(len(form) - 1, len(text)), _MIN_TAIL - 1, -1):

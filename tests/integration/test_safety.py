@@ -8,21 +8,28 @@ touching the machine's resolver.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
+import secrets as secrets_module
 import signal
+import string
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import ClientTimeout
-from hypothesis import HealthCheck, event, given, settings
+from aiohttp import ClientTimeout, web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from daemon.app import App
 from daemon.deliver import delivery_id
 from tests.helpers import SECRET, DaemonProcess, FakeDNS, Proxy, Receiver, eventually, produce, read_topic
 from tests.integration.conftest import Setup, receiver, running, spawn
@@ -331,3 +338,220 @@ async def test_the_admin_api_fuzzed_answers_every_request_and_never_with_a_5xx(
     assert r.status < 500, (method, target, body, r.status, text)
     if r.status >= 400:
         assert "error" in json.loads(text)
+
+
+# --- secrets planted at random and searched for everywhere the router writes ---
+
+_URL_SAFE = string.ascii_letters + string.digits + "-._~"  # written alike in URLs, JSON and msgpack: a leak shows as is
+# Random enough never to stand in the router's own output by chance (a field name, a topic, a base64 signature).
+_SECRET = st.text(_URL_SAFE, min_size=10, max_size=40).filter(
+    lambda s: len(set(s)) >= 6 and set(s) & set("-._~") and any(c.isdigit() for c in s) and any(c.isalpha() for c in s)
+)
+_WHSEC = st.binary(min_size=24, max_size=64).map(lambda key: "whsec_" + base64.b64encode(key).decode())
+
+
+class Echo:
+    """A real receiver that answers with what it got (headers and body as JSON) after ``pad`` bytes, so that the
+    router's 4096-byte cut may fall inside a secret: ``/echo/{pad}`` answers 200, ``/fail/{pad}`` 500, ``/long/0``
+    200 with the request's Authorization in a response header over 8 KiB (the router's parser quotes it)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.seen = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> Echo:
+        app = web.Application()
+        app.router.add_post("/{kind}/{pad}", self._answer)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        self.seen += 1
+        echoed = json.dumps({"headers": dict(request.headers), "body": (await request.read()).decode()})
+        kind, pad = request.match_info["kind"], int(request.match_info["pad"])
+        if kind == "long":
+            return web.Response(text="ok", headers={"X-Echo": request.headers.get("Authorization", "") + "A" * 9000})
+        return web.Response(text="x" * pad + echoed, status=500 if kind == "fail" else 200)
+
+
+class Captured(logging.Handler):
+    """Every log record, formatted with its traceback, as the daemon's log would have it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+async def _read_raw(bootstrap: str, topics: list[str]) -> list[bytes]:
+    """Every record value of ``topics`` up to their ends now (bytes: the tiers are msgpack)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)  # Tansu: the last batch's base offset + 1 at least
+        values: list[bytes] = []
+        for tp in tps:
+            consumer.seek(tp, 0)
+        while True:
+            batch = await consumer.getmany(*tps, timeout_ms=500)
+            values += [r.value for records in batch.values() for r in records if r.value]
+            if not batch and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                return values
+    finally:
+        await consumer.stop()
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[Echo]:
+    e = await Echo().start()
+    yield e
+    await e.stop()
+
+
+@pytest.fixture
+async def captured() -> AsyncIterator[Captured]:
+    handler, root = Captured(), logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    logging.getLogger("aiokafka").setLevel(logging.INFO)
+    yield handler
+    root.removeHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("aiokafka").setLevel(logging.NOTSET)
+
+
+def _planted_config(setup: Setup, echo: Echo, s: dict[str, str], pads: list[int], port: int = 0) -> dict[str, Any]:
+    base = f"127.0.0.1:{echo.port}"
+    endpoints: list[dict[str, Any]] = [
+        {"id": "sw", "url": f"http://{s['user']}:{s['password']}@{base}/echo/{pads[0]}", "secret": s["whsec"],
+         "headers": {"Authorization": f"Bearer {s['bearer']}", "X-Api-Key": s["api_key"]}},
+        {"id": "crm", "url": f"http://{base}/echo/{pads[1]}", "profile": "crm", "secret": s["crm"]},
+        {"id": "cc", "url": f"http://{base}/fail/{pads[2]}", "profile": "convocore", "secret": s["convocore"]},
+        {"id": "hdr", "url": f"http://{base}/long/0", "secret": s["whsec2"], "retry": {"policy": "none"},
+         "headers": {"Authorization": f"Bearer {s['bearer2']}"}},
+    ]  # fmt: skip
+    subscriptions = [
+        {"endpoint": "sw", "events": ["lead.created"]},
+        {"endpoint": "crm", "events": ["lead.create"]},
+        {"endpoint": "cc", "events": ["agent_created"]},
+        {"endpoint": "hdr", "events": ["lead.created"]},
+    ]
+    doc = setup.config(endpoints, subscriptions)
+    doc["admin"]["token_env"] = "ROUTER_ADMIN_TOKEN"
+    if port:  # the running daemon's (a new one needs a restart)
+        doc["admin"]["listen"] = f"127.0.0.1:{port}"
+    return doc
+
+
+@pytest.fixture
+async def planted(
+    setup: Setup, echo: Echo, captured: Captured, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[App, str]]:
+    admin_token = "adm-" + secrets_module.token_urlsafe(24)
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", admin_token)
+    first = {
+        k: f"first-{k}-0123456789" for k in ("user", "password", "bearer", "api_key", "crm", "convocore", "bearer2")
+    }
+    first |= {"whsec": SECRET, "whsec2": SECRET}
+    setup.write(_planted_config(setup, echo, first, [0, 0, 0]))
+    async with running(setup.path) as app:
+        yield app, admin_token
+
+
+@pytest.mark.timeout(600)
+@settings(
+    max_examples=12,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    phases=[Phase.explicit, Phase.generate],  # a failure shows its example; shrinking a live daemon's run takes minutes
+)
+@given(
+    planted_secrets=st.fixed_dictionaries(
+        {
+            "user": _SECRET,
+            "password": _SECRET,
+            "bearer": _SECRET,
+            "api_key": _SECRET,
+            "crm": _SECRET,
+            "convocore": _SECRET,
+            "bearer2": _SECRET,
+            "whsec": _WHSEC,
+            "whsec2": _WHSEC,
+        }
+    ),
+    pads=st.lists(st.integers(0, 4200) | st.integers(3900, 4096), min_size=3, max_size=3),
+)
+async def test_secrets_planted_at_random_are_found_nowhere(
+    planted: tuple[App, str],
+    setup: Setup,
+    echo: Echo,
+    captured: Captured,
+    planted_secrets: dict[str, str],
+    pads: list[int],
+) -> None:
+    """Each example reloads the config with fresh secrets (signing secrets, secrets the profile injects into bodies,
+    URL credentials, custom header values), delivers to receivers that echo every request (cut at 4096 bytes
+    anywhere), fail, or quote the request's Authorization in an over-long response header, sends the admin API an
+    Authorization header over 8 KiB, and searches the results, dead-letter, retry and health topics, the log, the
+    metrics and the endpoints API for any of them."""
+    app, admin_token = planted
+    assert app.components is not None
+    port = app.components.admin.port
+    s = planted_secrets
+    reloads = app.metrics.config_reloads.labels("ok")._value.get()
+    setup.write(_planted_config(setup, echo, s, pads, port))
+    app.reload()
+    await eventually(lambda: app.metrics.config_reloads.labels("ok")._value.get() > reloads, 10)
+    bootstrap = setup.broker.bootstrap
+    seen = echo.seen
+    await produce(
+        bootstrap,
+        setup.topic,
+        [
+            b'{"event": "lead.created", "payload": {"n": 1}}',
+            b'{"event": "lead.create", "id_space": "s1", "payload": {"n": 1}}',
+            b'{"type": "agent_created", "payload": {}}',
+        ],
+    )
+    await eventually(lambda: echo.seen >= seen + 4, 20)
+    async with aiohttp.ClientSession() as http:
+        auth = {"Authorization": f"Bearer {admin_token}"}
+        async with http.get(f"http://127.0.0.1:{port}/endpoints", headers=auth) as resp:
+            listing = await resp.text()
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            metrics = await resp.text()
+        for token in (admin_token, s["bearer"]):
+            huge = {"Authorization": f"Bearer {token}{'A' * 9000}"}
+            async with http.get(f"http://127.0.0.1:{port}/endpoints", headers=huge) as resp:
+                assert resp.status == 400
+    topics = [setup.results, *(f"{setup.prefix}.{t}" for t in ("dead-letter", "health"))]
+    topics += [f"{setup.prefix}.retry.{tier:g}s" for tier in (0.5, 1, 2, 4, 8, 30, 300)]
+
+    def settled(records: list[dict[str, Any]]) -> bool:
+        final = {"delivered", "dead_lettered"}
+        return len({r["endpoint_id"] for r in records if r.get("status") in final and r["timestamp"] >= since}) >= 4
+
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
+    await read_topic(bootstrap, setup.results, settled)
+    written = b"\n".join(await _read_raw(bootstrap, topics))
+    text = written.decode("utf-8", "replace") + listing + metrics + "\n".join(captured.lines)
+    basic = base64.b64encode(f"{s['user']}:{s['password']}".encode()).decode()
+    for name, secret in [*s.items(), ("basic", basic), ("admin token", admin_token)]:
+        assert secret not in text, f"{name} found"
+    assert "***" in written.decode("utf-8", "replace")  # the echoes were recorded, masked

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import math
 import re
 import time
@@ -11,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from daemon import model
 from daemon.config import DeliveryConfig, EndpointConfig
@@ -18,7 +21,9 @@ from daemon.deliver import Endpoint, delivery_id, new_attempt_id
 from daemon.errors import InvalidEvent
 from daemon.metrics import status_class
 from daemon.model import (
+    MASKED,
     RESPONSE_BODY_LIMIT,
+    Mask,
     Outcome,
     TypeReader,
     decode_outcome,
@@ -471,3 +476,71 @@ def test_same_secret_inline_or_from_env_is_not_the_same_endpoint() -> None:
     from_env = make(environ={"CRM_SECRET": SECRET}, secret=None, secret_env="CRM_SECRET")
     assert inline.secret == from_env.secret
     assert inline.delivers_as(from_env.config, DeliveryConfig(), {"CRM_SECRET": SECRET}) is False
+
+
+# --- Mask: an endpoint's secrets never reach a results record ---
+
+SECRETS = st.text(min_size=model.MIN_MASKED, max_size=40)
+
+
+@given(SECRETS, st.text(max_size=60), st.text(max_size=60))
+def test_a_secret_is_masked_wherever_it_stands(secret: str, before: str, after: str) -> None:
+    masked = Mask([secret])(before + secret + after + secret)
+    assert secret not in masked
+    assert MASKED in masked
+
+
+@given(SECRETS, st.text(max_size=30))
+def test_a_secret_echoed_inside_json_is_masked_in_every_escaping(secret: str, other: str) -> None:
+    mask = Mask([secret])
+    for echoed in (json.dumps({"s": secret, "o": other}), json.dumps({"s": secret}, ensure_ascii=False)):
+        masked = mask(echoed)
+        assert secret not in masked
+        assert json.dumps(secret)[1:-1] not in masked and json.dumps(secret, ensure_ascii=False)[1:-1] not in masked
+
+
+@given(SECRETS, st.integers(0, RESPONSE_BODY_LIMIT), st.sampled_from(["x", "é", "€"]))
+def test_a_body_cut_in_the_middle_of_a_secret_keeps_none_of_its_start(secret: str, pad: int, filler: str) -> None:
+    raw = (filler * pad + secret + "tail").encode()
+    cut = raw[:RESPONSE_BODY_LIMIT]
+    masked = Mask([secret])(truncate_body(cut), cut=len(cut) >= RESPONSE_BODY_LIMIT)
+    assert secret not in masked
+    assert not any(masked.endswith(secret[:k]) for k in range(4, len(secret)))
+
+
+@given(st.lists(SECRETS, min_size=2, max_size=4), st.text(max_size=40))
+def test_secrets_that_hold_one_another_are_all_masked(secrets: list[str], text: str) -> None:
+    body = text.join(secrets) + secrets[0] + secrets[0][:-1]
+    masked = Mask(secrets)(body)
+    assert not any(secret in masked for secret in secrets)
+
+
+def test_short_values_and_bodies_without_secrets_are_left_alone() -> None:
+    mask = Mask(["abc", "s", "tok-12345"])
+    assert mask("abc s ok") == "abc s ok"
+    assert mask('{"token": "tok-12345"}') == '{"token": "***"}'
+    assert mask("tok-12345".replace("-", "%2D")) == "tok%2D12345"  # only the encodings a receiver uses
+    assert mask("a%20b") == "a%20b" and not Mask([])
+
+
+def test_an_endpoint_masks_its_secrets_url_credentials_and_header_values() -> None:
+    endpoint = make(
+        url="https://hook-user:pa55w%2Frd@crm.example.com/hook",
+        headers={"Authorization": "Bearer tok-0123456789", "X-Api-Key": "key-abcdef", "X-Short": "v"},
+    )
+    basic = base64.b64encode(b"hook-user:pa55w/rd").decode()
+    echoed = json.dumps(
+        {"signing": SECRET, "auth": f"Basic {basic}", "bearer": "Bearer tok-0123456789", "key": "key-abcdef",
+         "user": "hook-user", "password": "pa55w/rd", "encoded": "pa55w%2Frd", "short": "v"}
+    )  # fmt: skip
+    masked = endpoint.mask(echoed)
+    for leaked in (SECRET, basic, "tok-0123456789", "key-abcdef", "hook-user", "pa55w/rd", "pa55w%2Frd"):
+        assert leaked not in masked
+    assert json.loads(masked)["short"] == "v"
+
+
+def test_an_endpoint_with_an_injected_secret_masks_it() -> None:
+    endpoint = make(profile="convocore", secret="workspace-secret-42")
+    assert endpoint.mask('{"payload": {"workspaceSecret": "workspace-secret-42"}}') == (
+        '{"payload": {"workspaceSecret": "***"}}'
+    )
