@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import tomli_w
 from aiohttp import ClientTimeout, web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from hypothesis import HealthCheck, Phase, event, given, settings
@@ -85,6 +86,35 @@ async def test_with_an_egress_proxy_every_delivery_goes_through_it(setup: Setup,
     assert [rec["status"] for rec in records] == ["delivered", "delivered"]
     assert [(method, target) for method, target, _ in proxy.asked] == [("POST", r.url)] * 2
     assert len(r.requests) == 2 and not any("Proxy-Authorization" in req.headers for req in r.requests)
+
+
+def test_check_config_refuses_a_url_into_the_platform_network_naming_the_field(tmp_path: Path) -> None:
+    kafka = {"bootstrap_servers": "127.0.0.1:1", "group_id": "g", "topics": ["t"], "results_topic": "r"}
+    doc = {"kafka": kafka, "endpoints": [{"id": "x", "url": "http://169.254.169.254/latest", "secret": SECRET}]}
+    path = tmp_path / "router.toml"
+    path.write_text(tomli_w.dumps(doc))
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "check-config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "endpoints[0].url: the host is refused: cloud metadata address (unless delivery.allowed_networks allows "
+        "its range)"
+    ]
+
+
+async def test_a_reload_that_changes_the_network_allowances_is_refused(setup: Setup, receivers: list[Receiver]) -> None:
+    r = await receiver(receivers)
+    doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["*"]}])
+    path = setup.write(doc)
+    async with running(path) as app:
+        doc["delivery"]["allowed_networks"] = ["127.0.0.0/8", "10.0.0.0/8"]
+        setup.write(doc)
+        app.reload()
+        await eventually(lambda: app.metrics.config_reloads.labels("error")._value.get() == 1, 10)
+        await produce(setup.broker.bootstrap, setup.topic, [_event(1)])
+        await r.wait_for(1)  # under the config it had
+        assert app.metrics.config_reloads.labels("ok")._value.get() == 0
 
 
 # --- config loading never shows a traceback ---

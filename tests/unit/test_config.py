@@ -865,3 +865,96 @@ def test_cli_check_config_does_not_print_the_secret(
         "endpoints[1].secret_env: must be base64, optionally after 'whsec_'",
     ]
     assert "s3cret" not in err
+
+
+# --- the SSRF guard in check-config: refused hosts, allowed networks, the egress proxy ---
+
+_REFUSED = "(unless delivery.allowed_networks allows its range)"
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://169.254.169.254/latest/meta-data", "cloud metadata address"),
+        ("http://10.0.0.7:8080/in", "private address"),
+        ("http://172.16.0.1/", "private address"),
+        ("http://192.168.1.1/", "private address"),
+        ("http://100.64.0.1/", "carrier-grade NAT (shared) address"),
+        ("http://127.0.0.1:8080/", "loopback address"),
+        ("http://127.0.0.2/", "loopback address"),
+        ("http://0.0.0.0/", "'this network' address"),
+        ("http://224.0.0.1/", "multicast address"),
+        ("http://240.0.0.1/", "reserved (class E) address"),
+        ("http://255.255.255.255/", "broadcast address"),
+        ("http://[::1]/", "IPv6 loopback address"),
+        ("http://[::]/", "unspecified IPv6 address"),
+        ("http://[fc00::1]/", "unique-local IPv6 address"),
+        ("http://[fe80::1]/", "link-local IPv6 address"),
+        ("http://[::ffff:127.0.0.1]/", "loopback address inside an IPv4-mapped IPv6 address"),
+        ("http://[64:ff9b::a9fe:a9fe]/", "cloud metadata address inside a NAT64 address"),
+        ("http://[2002:c0a8:101::1]/", "private address inside a 6to4 address"),
+        ("http://example.com@127.0.0.1/", "loopback address"),
+        ("http://localhost:8080/", "a name that always means a loopback address"),
+        ("https://app.localhost/", "a name that always means a loopback address"),
+        ("http://metadata.google.internal/", "a name that always means a cloud metadata address"),
+    ],
+)
+def test_a_url_whose_host_the_guard_refuses_is_refused_with_the_reason(url: str, why: str) -> None:
+    assert errors_of(doc(endpoints=[endpoint(url=url)])) == [f"endpoints[0].url: the host is refused: {why} {_REFUSED}"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://2130706433/", "http://0177.0.0.1/", "http://0x7f.0.0.1/", "http://127.1/", "http://127.0.0.1./",
+     "http://%31%32%37.0.0.1/", "http://1.2.3.4.5/"],
+)  # fmt: skip
+def test_a_host_written_as_a_number_in_another_form_than_a_b_c_d_is_refused(url: str) -> None:
+    (line,) = errors_of(doc(endpoints=[endpoint(url=url)]))
+    assert line.startswith("endpoints[0].url: the host is written in a form that is refused: an IPv4 address must be")
+
+
+def test_allowed_networks_let_their_ranges_through_and_only_those() -> None:
+    urls = ["http://127.0.0.1:8080/", "http://localhost/", "http://10.1.2.3/", "http://[::ffff:10.1.0.1]/"]
+    raw = doc(
+        delivery={"allowed_networks": ["127.0.0.0/8", "10.1.0.0/16"]},
+        endpoints=[endpoint(f"e{i}", url=url) for i, url in enumerate([*urls, "http://10.2.0.1/"])],
+        subscriptions=[],
+    )
+    assert errors_of(raw) == [f"endpoints[4].url: the host is refused: private address {_REFUSED}"]
+
+
+def test_allowed_networks_must_be_cidr_networks() -> None:
+    raw = doc(delivery={"allowed_networks": ["10.0.0.0/8", "10.0.0.1/8", "example.com", "fd00::/8", "::1/129"]})
+    expected = "must be a network in CIDR form with no host bits set (e.g. 10.0.0.0/8, fd00::/8 or 127.0.0.1/32)"
+    assert errors_of(raw) == [f"delivery.allowed_networks[{i}]: {expected}" for i in (1, 2, 4)]
+
+
+@pytest.mark.parametrize(
+    ("proxy", "error"),
+    [
+        ("http://smokescreen.internal:4750", None),
+        ("http://user:pw@10.0.0.5:3128/", None),  # the proxy itself may be anywhere: the router connects only to it
+        ("https://proxy.example.com:443", "must be an http:// URL of the proxy (http://host:port)"),
+        ("socks5://proxy:1080", "must be an http:// URL of the proxy (http://host:port)"),
+        ("http://proxy:3128/path", "must be the proxy's address only (http://host:port), no path"),
+    ],
+)
+def test_the_egress_proxy_is_an_http_address(proxy: str, error: str | None) -> None:
+    raw = doc(delivery={"proxy_url": proxy})
+    if error is None:
+        assert parse_config(raw, {}).delivery.proxy_url == proxy
+    else:
+        assert errors_of(raw) == [f"delivery.proxy_url: {error}"]
+
+
+def test_the_proxy_url_is_not_printed_with_the_config() -> None:
+    config = parse_config(doc(delivery={"proxy_url": "http://user:pr0xy-pw@proxy:3128"}), {})
+    assert "pr0xy-pw" not in repr(config.delivery) and "pr0xy-pw" not in repr(config)
+
+
+def test_organisation_and_campaign_urls_go_through_the_same_check() -> None:
+    org = {"id": "acme", "url": "http://169.254.169.254/", "events": ["lead.delivered"],
+           "campaigns": [{"id": "ABC", "url": "http://0x7f.0.0.1/h"}]}  # fmt: skip
+    lines = errors_of(doc(endpoints=[], subscriptions=[], organizations=[org]))
+    assert lines[0] == f"organizations[0].url: the host is refused: cloud metadata address {_REFUSED}"
+    assert lines[1].startswith("organizations[0].campaigns[0].url: the host is written in a form that is refused")
