@@ -21,9 +21,14 @@ from daemon.clients import close_consumer
 from daemon.errors import NotFound
 
 
+def _consumer(client_options: Mapping[str, Any]) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="none", **client_options)
+
+
 @asynccontextmanager
-async def _consumer(client_options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaConsumer]:
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="none", **client_options)
+async def _opened(client_options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaConsumer]:
+    """A started read-back consumer, closed on the way out whatever happened."""
+    consumer = _consumer(client_options)
     await consumer.start()
     try:
         # start() creates the coordinator's task without running it; a task cancelled before its first step makes
@@ -38,7 +43,7 @@ async def _consumer(client_options: Mapping[str, Any]) -> AsyncIterator[AIOKafka
 
 async def read_one(client_options: Mapping[str, Any], topic: str, partition: int, offset: int) -> Any:
     """The record at ``topic[partition]@offset``; raises NotFound."""
-    async with _consumer(client_options) as consumer:
+    async with _opened(client_options) as consumer:
         tp = TopicPartition(topic, partition)
         if partition not in (await _partitions(consumer, topic)):
             raise NotFound(f"no partition {topic}[{partition}]")
@@ -74,7 +79,7 @@ async def read_range(
     """Every record of ``topics`` in a time range (record timestamps, ms, >= 0) or an offset range (inclusive),
     up to the end of each partition as it was when the read began. Topics the cluster does not have are left
     out; NotFound when that leaves none, or when none of them has ``partition``."""
-    async with _consumer(client_options) as consumer:
+    async with _opened(client_options) as consumer:
         tps: list[TopicPartition] = []
         for t in topics:
             tps += [TopicPartition(t, p) for p in sorted(await _partitions(consumer, t)) if partition in (None, p)]

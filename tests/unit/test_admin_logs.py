@@ -46,7 +46,7 @@ async def _send(port: int, raw: bytes) -> bytes:
 async def test_a_request_aiohttp_cannot_parse_is_logged_without_its_credentials(
     raw: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = AdminServer("127.0.0.1:0", Metrics(), lambda: True, token=TOKEN)
+    server = AdminServer("127.0.0.1:0", Metrics(), lambda: None, token=TOKEN)
     await server.start()
     try:
         with caplog.at_level(logging.DEBUG):
