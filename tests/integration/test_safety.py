@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import secrets as secrets_module
 import signal
 import string
@@ -30,6 +31,7 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from daemon.api import ROUTES
 from daemon.app import App
 from tests.helpers import SECRET, DaemonProcess, FakeDNS, Proxy, Receiver, eventually, produce, read_topic
 from tests.integration.conftest import Setup, receiver, running, spawn
@@ -312,42 +314,74 @@ def _encoded(body: Any) -> bytes:
 @pytest.fixture
 async def admin_api(
     setup: Setup, receivers: list[Receiver], monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    """A live daemon with the admin token t0ken, one endpoint x and a few events; yields its base URL and a session."""
+) -> AsyncIterator[tuple[str, aiohttp.ClientSession, str]]:
+    """A live daemon with the admin token t0ken, the endpoints API on, endpoint x from its file, tenant acme with one
+    endpoint made through the API, and a few events; yields its base URL, a session and the receiver's URL."""
     r = await receiver(receivers)
     monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "t0ken")
+    monkeypatch.setenv("ROUTER_SECRETS_KEY", base64.b64encode(bytes(range(32))).decode())
     doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["*"]}])
     doc["admin"]["token_env"] = "ROUTER_ADMIN_TOKEN"
+    doc["api"] = {"enabled": True, "secrets_key_env": "ROUTER_SECRETS_KEY"}
     path = setup.write(doc)
-    async with running(path) as app, aiohttp.ClientSession() as http:
-        await produce(setup.broker.bootstrap, setup.topic, [_event(n) for n in range(3)] + [b"not json"])
-        await read_topic(setup.broker.bootstrap, setup.results, lambda recs: len(recs) >= 4)
+    async with running(path) as app, aiohttp.ClientSession(headers={"Authorization": "Bearer t0ken"}) as http:
         assert app.components is not None
-        yield f"http://127.0.0.1:{app.components.admin.port}", http
+        base = f"http://127.0.0.1:{app.components.admin.port}"
+        async with http.post(f"{base}/v1/tenants", json={"id": "acme"}) as resp:
+            assert resp.status == 201, await resp.text()
+        body = {"tenant": "acme", "url": r.url, "events": ["*"], "allow_http": True}
+        async with http.post(f"{base}/v1/endpoints", json=body) as resp:
+            assert resp.status == 201, await resp.text()
+        await produce(setup.broker.bootstrap, setup.topic, [_event(n) for n in range(3)] + [b"not json"])
+        await read_topic(setup.broker.bootstrap, setup.results, lambda recs: len(recs) >= 7)
+        yield base, http, r.url
         assert app.ready()  # the daemon is still up and in its group after all of it
 
 
 # Mostly the right token, so that most requests get past it; sometimes anything printable.
 _AUTH = st.sampled_from(["Bearer t0ken"] * 16 + ["", "Bearer t0ke", "Bearer t0ken ", "Basic t0ken", "t0ken", "*"])
 _ANY_AUTH = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+_PATH_PARTS = st.sampled_from(["x", "x", "acme", "nope", "x%2F..", "%00", "a" * 300, "msg_0123"])
+
+
+def _v1_bodies(receiver_url: str) -> st.SearchStrategy[Any]:
+    """Bodies for the endpoints API: an endpoint's fields (well formed or hostile, private URLs included), a tenant,
+    a rotation, any JSON or bytes."""
+    urls = st.sampled_from([receiver_url, "https://hooks.example.com/x", "http://169.254.169.254/", "http://127.1/",
+                            "http://[::ffff:10.0.0.1]/", "ftp://x", ""]) | _SCALARS  # fmt: skip
+    events = st.lists(st.sampled_from(["*", "lead.*", "nope.*", "a*b", ""]) | _SCALARS, max_size=3) | _SCALARS
+    endpoint = _shaped({"tenant": st.sampled_from(["acme", "nope"]) | _SCALARS, "url": urls, "events": events,
+                        "allow_http": st.booleans() | _SCALARS, "profile": st.sampled_from(["crm", "x"]) | _SCALARS,
+                        "timeout_s": st.integers(-1, 200) | _SCALARS, "secret": _SCALARS,
+                        "headers": st.dictionaries(st.text(max_size=10), _SCALARS, max_size=2) | _SCALARS,
+                        "version": _SCALARS, "description": _SCALARS})  # fmt: skip
+    others = _shaped({"id": st.sampled_from(["acme", "new-1"]) | _SCALARS, "secret": _SCALARS, "grace_s": _SCALARS})
+    return endpoint | others | _JSON | st.binary(max_size=40)
 
 
 @pytest.mark.timeout(600)
-@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 async def test_the_admin_api_fuzzed_answers_every_request_and_never_with_a_5xx(
-    admin_api: tuple[str, aiohttp.ClientSession], setup: Setup, data: st.DataObject
+    admin_api: tuple[str, aiohttp.ClientSession, str], setup: Setup, data: st.DataObject
 ) -> None:
-    base, http = admin_api
+    """The operator routes and the endpoints API (/v1), with hostile bodies, path parts and tokens."""
+    base, http, receiver_url = admin_api
     bodies = _bodies(setup.topic)
-    endpoint = data.draw(st.sampled_from(["x"] * 6 + ["nope", "x%2F..", "%00", "a" * 300]), label="endpoint")
-    route = data.draw(st.sampled_from(["replay", "redeliver", "ping", "pause", "resume", "list"]), label="route")
-    body = data.draw(bodies.get(route, bodies["other"]), label="body")
-    method, target = "POST", f"/endpoints/{endpoint}/{route}"
-    if route == "redeliver":
-        target = f"/deliveries/{data.draw(st.sampled_from(['msg_0123', 'x', '%20']), label='delivery')}/redeliver"
-    elif route == "list":
-        method, target = "GET", "/endpoints"
+    if data.draw(st.booleans(), label="v1"):
+        method, template, name, _ = data.draw(st.sampled_from(ROUTES), label="route")
+        target = re.sub(r"\{[a-z_]+\}", lambda _: data.draw(_PATH_PARTS, label="part"), template)
+        route = f"v1 {name}"
+        body = data.draw(bodies[name[1:]] if name[1:] in bodies else _v1_bodies(receiver_url), label="body")
+    else:
+        endpoint = data.draw(_PATH_PARTS, label="endpoint")
+        route = data.draw(st.sampled_from(["replay", "redeliver", "ping", "pause", "resume", "list"]), label="route")
+        body = data.draw(bodies.get(route, bodies["other"]), label="body")
+        method, target = "POST", f"/endpoints/{endpoint}/{route}"
+        if route == "redeliver":
+            target = f"/deliveries/{data.draw(_PATH_PARTS, label='delivery')}/redeliver"
+        elif route == "list":
+            method, target = "GET", "/endpoints"
     auth = data.draw(_AUTH, label="authorization")
     headers = {"Authorization": auth if auth != "*" else data.draw(_ANY_AUTH, label="any authorization")}
     url = URL(base + target, encoded=True)
