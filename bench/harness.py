@@ -204,7 +204,7 @@ class Bench:
 
                 def seen(_: float, metrics: list[Metrics]) -> None:
                     nonlocal paused, last
-                    paused = paused or any(m.get("webhook_router_partitions_paused", 0) > 0 for m in metrics)
+                    paused = paused or any(m.get("webhook_router_fetch_paused", 0) > 0 for m in metrics)
                     last = metrics
                     cpu.append(sum(cpu_seconds(r.pid) for r in routers))
                     broker_cpu.append(cpu_seconds(broker_pid) if broker_pid else 0.0)

@@ -16,7 +16,6 @@ import functools
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
@@ -36,6 +35,7 @@ from daemon.contact import Contact, KafkaLogFilter, Throttle, held_note
 from daemon.deliver import Sender, client_for
 from daemon.errors import ConfigError
 from daemon.health import Health, HealthReader
+from daemon.logs import apply as apply_logs
 from daemon.metrics import Metrics
 from daemon.operate import Operator
 from daemon.registry import opened
@@ -44,7 +44,10 @@ from daemon.routing import Routing
 from daemon.secretbox import SecretBox, SecretError, key_from
 from daemon.settle import Settlement
 from daemon.store import Store
+from daemon.systemd import notify as _notify_systemd
+from daemon.systemd import watchdog
 from daemon.topics import ensure_topics, topic_specs
+from daemon.tracing import start as start_tracing
 from daemon.validate import load_config
 
 log = logging.getLogger(__name__)
@@ -117,6 +120,7 @@ class App:
             if install_signals:  # first: a signal during start-up stops the daemon
                 self._install_signals(loop)
                 stack.callback(self._remove_signals, loop)
+            await stack.enter_async_context(watchdog())  # until the very end: a drain is not a hang
             self._noise.install()
             stack.callback(self._noise.remove)
             previous = loop.get_exception_handler()
@@ -237,7 +241,7 @@ class App:
         if restored:
             log.info("endpoint health restored from %d records", restored)
 
-        sender = Sender(metrics, client_for(config.delivery, self._resolver))
+        sender = Sender(metrics, client_for(config.delivery, self._resolver), tracing=start_tracing(config.tracing))
         stack.push_async_callback(sender.close)
 
         routing = Routing(config, environ)
@@ -246,6 +250,7 @@ class App:
         stack.callback(settlement.cancel_timers)
         self._follow_config_pauses(health, None, routing)
         self._count_routing(routing)
+        metrics.mark_endpoints(config.metrics.endpoints)
         metrics.requests_in_flight.set_function(lambda: settlement.stats.busy)
         metrics.deliveries_queued.set_function(lambda: settlement.stats.queued)
 
@@ -476,12 +481,13 @@ class App:
             _notify_systemd("READY=1")
         old = self._config
         restart_needed = [name for name in _RESTART_ONLY if getattr(old.kafka, name) != getattr(new.kafka, name)]
-        if old.admin != new.admin:
-            restart_needed.append("admin")
+        restart_needed += [name for name in ("admin", "tracing") if getattr(old, name) != getattr(new, name)]
         if restart_needed:
             log.warning("config reload: changes to %s take effect only after a restart", ", ".join(restart_needed))
         c.settlement.use(routing)
         self._config = new
+        apply_logs(new.log)
+        self.metrics.mark_endpoints(new.metrics.endpoints)
         self._follow_config_pauses(c.health, old_routing, routing)
         self._count_routing(routing)
         if new.kafka.topics != old.kafka.topics:
@@ -524,17 +530,3 @@ def _reloadable(old: Config, new: Config) -> None:
     ]
     if errors:
         raise ConfigError(errors)
-
-
-def _notify_systemd(state: str) -> None:
-    """sd_notify without libsystemd: a datagram to $NOTIFY_SOCKET, when systemd set one."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(state.encode(), path)
-    except OSError as exc:
-        log.debug("sd_notify failed: %s", exc)

@@ -11,11 +11,17 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from daemon import __version__
-from daemon.client import TOP_LEVEL, add_commands, run_command
+from daemon.client import TOP_LEVEL, add_commands, run_command, table
 from daemon.config import Config
 from daemon.errors import ConfigError, KafkaUnavailable, NotFound, TopicError
+from daemon.logs import apply as apply_logs
+from daemon.logs import setup as setup_logs
+from daemon.match import RoutingTable
+from daemon.profiles import PROFILES
 from daemon.resolve import resolve
 from daemon.validate import load_config
+from daemon.watch import add_commands as add_watch_commands
+from daemon.watch import run as watch
 
 T = TypeVar("T")
 
@@ -29,15 +35,17 @@ log = logging.getLogger("daemon")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logs(args.log_level)
     if args.command == "check-config":
-        return _check_config(args.path)
+        return _check_config(args.path, args.routes)
     if args.command == "run":
         return _run(args.config)
     if args.command == "ping":
         return _ping(args.config, args.endpoint)
     if args.command in TOP_LEVEL:
         return run_command(args, os.environ)
+    if args.command in ("tail", "stats"):
+        return watch(args, os.environ)
     if args.command == "demo":
         from daemon.demo import run_demo
 
@@ -49,28 +57,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="webhook-router", description=__doc__)
     parser.add_argument("--version", action="version", version=f"webhook-router {__version__}")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: the config's log.level, or INFO"
+    )
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", required=True, help="path of the TOML config")
     check = sub.add_parser("check-config", help="validate a config: exit 0, or 2 listing every error")
     check.add_argument("path")
+    check.add_argument("--routes", action="store_true", help="also print which endpoints each event type reaches")
     ping = sub.add_parser("ping", help="send an endpoint its profile's test event once; record the outcome")
     ping.add_argument("--config", required=True, help="path of the TOML config")
     ping.add_argument("endpoint", help="endpoint id")
     add_commands(sub)
+    add_watch_commands(sub)
     demo = sub.add_parser("demo", help="embedded broker, sample receiver, sample events: deliveries shown")
     demo.add_argument("--events", type=int, default=0, help="stop after this many events (0: run until Ctrl-C)")
     demo.add_argument("--rate", type=float, default=2.0, help="sample events per second")
     return parser
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
-
-
-def _check_config(path: str) -> int:
+def _check_config(path: str, routes: bool = False) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -79,7 +86,35 @@ def _check_config(path: str) -> int:
         return EXIT_CONFIG
     resolved = resolve(config)  # organisations and campaigns count as the endpoints they become
     print(f"{path}: ok ({len(resolved.endpoints)} endpoints, {len(resolved.subscriptions)} subscriptions)")
+    if routes:
+        print(routes_table(config))
     return EXIT_OK
+
+
+def routes_table(config: Config) -> str:
+    """Which endpoints each event type reaches on each topic, as the daemon's own routing table answers: organisations
+    and campaigns expanded (a campaign's own settings over its organisation's), contracts' catalogues applied. Rows:
+    every type a subscription names, every type a subscribed contract's catalogue has, and for each wildcard
+    ``prefix.<other>`` (any other type it covers) and ``<other>``. A conditional route shows its condition."""
+    resolved = resolve(config)
+    catalogues = {e.id: PROFILES[e.profile].catalogue for e in resolved.endpoints}
+    routing = RoutingTable(resolved.subscriptions, catalogues)
+    types: set[str] = set()
+    for sub in resolved.subscriptions:
+        for pattern in sub.events:
+            types.add(pattern[:-1] + "<other>" if pattern.endswith("*") else pattern)
+        types.update(catalogues.get(sub.endpoint) or ())
+    rows = []
+    for topic in config.kafka.topics:
+        for event_type in sorted(types):
+            found = routing.match(topic, event_type)
+            reached = list(found.endpoints)
+            for endpoint_id, where in found.conditional:
+                test = "none of" if where.negate else "one of"
+                field = ".".join(where.path)
+                reached.append(f"{endpoint_id} (if {field} {test} {','.join(sorted(where.values))})")
+            rows.append({"topic": topic, "event_type": event_type, "endpoints": ", ".join(reached) or "-"})
+    return table(rows, ("topic", "event_type", "endpoints"))
 
 
 def _load(path: str) -> Config | None:
@@ -117,6 +152,7 @@ def _run(path: str) -> int:
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
+    apply_logs(config.log)
     from daemon.app import App
 
     app = App(config, config_path=path)

@@ -86,6 +86,36 @@ class DeliveryConfig(msgspec.Struct, **_FROZEN):
         return f"DeliveryConfig(allowed_networks={self.allowed_networks!r}, proxy_url={proxy})"
 
 
+class LogConfig(msgspec.Struct, **_FROZEN):
+    """The daemon's log: level (re-read on SIGHUP), text or JSON lines, and how many delivery lines are shown."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+    # One line per attempt is logged at DEBUG; this fraction of them (0..1) also at INFO.
+    delivery_sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.0
+
+
+class MetricsConfig(msgspec.Struct, **_FROZEN):
+    """Per-endpoint series (endpoint_attempts_total, endpoint_duration_seconds) for these endpoint ids only, so
+    that one failing endpoint can be alerted on while cardinality stays bounded by the config."""
+
+    endpoints: Annotated[list[EndpointId], Meta(max_length=200)] = []
+
+
+class TracingConfig(msgspec.Struct, **_FROZEN):
+    """OpenTelemetry tracing (the ``tracing`` extra): a span per delivery attempt, a child of the event's
+    ``traceparent`` when it carried one. Off by default."""
+
+    enabled: bool = False
+    exporter: Literal["otlp", "console"] = "otlp"
+    # OTLP over HTTP, e.g. "http://otel-collector:4318/v1/traces"; default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+    # OTEL_EXPORTER_OTLP_ENDPOINT from the environment, else http://localhost:4318/v1/traces.
+    endpoint: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
+    service_name: Annotated[str, Meta(min_length=1, max_length=200)] = "webhook-router"
+    # The fraction of traces started here that are kept; an event's traceparent decides for its own trace.
+    sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0
+
+
 class RetryConfig(msgspec.Struct, **_FROZEN):
     """Delay tiers and topics for durable retries, dead letters and endpoint health."""
 
@@ -235,6 +265,9 @@ class Config(msgspec.Struct, **_FROZEN):
     delivery: DeliveryConfig = DeliveryConfig()
     retry: RetryConfig = RetryConfig()
     api: ApiConfig = ApiConfig()
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
     endpoints: list[EndpointConfig] = []
     subscriptions: list[SubscriptionConfig] = []
     organizations: list[OrganizationConfig] = []

@@ -73,7 +73,7 @@ class Source:
         self._name = name
         self._fetch_errors_logged = Throttle()
         self._commit_errors_logged = Throttle()
-        self._paused_gauge = metrics.partitions_paused.labels(name)
+        self._paused_gauge = metrics.fetch_paused.labels(name)
         self._in_flight_bytes = metrics.events_in_flight_bytes.labels(name)
         self._paused_gauge.set(0)
         self._dispatch = dispatch
@@ -387,8 +387,12 @@ class Source:
 
     def _update_lag(self) -> None:
         """Lag per assigned partition from its high watermark: the last one a fetch reported, so that while the
-        cluster is unreachable the gauge keeps the last known lag instead of dropping to nothing."""
+        cluster is unreachable the gauge keeps the last known lag instead of dropping to nothing. The events'
+        partitions report ``consumer_lag_records`` and their committable offset; a retry tier's records are behind
+        on purpose (not due yet): they are ``retries_due_later_records``, never lag."""
         consumer = self._consumer
+        metrics = self._metrics
+        events = self._name == "events"
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
             if high is not None:
@@ -401,14 +405,21 @@ class Source:
                 continue
             labels = (tp.topic, str(tp.partition))
             self._lag_labels.add(labels)
-            self._metrics.consumer_lag.labels(*labels).set(max(0, high - mark))
+            if events:
+                metrics.consumer_lag.labels(*labels).set(max(0, high - mark))
+                metrics.consumer_offset.labels(*labels).set(mark)
+            else:
+                metrics.retries_due_later.labels(*labels).set(max(0, high - mark))
 
     def _remove_lag(self, tp: TopicPartition) -> None:
         self._high.pop(tp, None)
         labels = (tp.topic, str(tp.partition))
         if labels in self._lag_labels:
             self._lag_labels.discard(labels)
-            self._metrics.consumer_lag.remove(*labels)
+            gauges = (self._metrics.consumer_lag, self._metrics.consumer_offset) if self._name == "events" else (
+                self._metrics.retries_due_later,)  # fmt: skip
+            for gauge in gauges:
+                gauge.remove(*labels)
 
 
 def _error_of(exc: BaseException) -> str:

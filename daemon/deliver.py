@@ -30,6 +30,7 @@ from yarl import URL
 from daemon.config import DeliveryConfig, EndpointConfig, EndpointRetryConfig, resolve_secrets
 from daemon.errors import RenderError
 from daemon.http import Blocked, Client, HeaderError, Route
+from daemon.logs import sampled as sampled_delivery
 from daemon.metrics import Metrics, status_class
 from daemon.model import (
     BLOCKED,
@@ -49,6 +50,7 @@ from daemon.model import (
 from daemon.netguard import NetGuard
 from daemon.policy import Policy, StatusRules, parse_retry_after
 from daemon.profiles import PROFILES, Profile, Signer
+from daemon.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -275,25 +277,33 @@ def outcome_for(endpoint_id: str | None, job: Job, status: str, **fields: Any) -
 class Sender:
     """Makes attempts over one pooled HTTP client (``daemon.http``). Never raises for what an endpoint does."""
 
-    def __init__(self, metrics: Metrics, client: Client | None = None) -> None:
+    def __init__(self, metrics: Metrics, client: Client | None = None, tracing: Tracing | None = None) -> None:
+        """``tracing``: a span per attempt (None: tracing is off)."""
         self._client = client or Client()
         self._metrics = metrics
+        self._tracing = tracing
         self._counted: dict[tuple[str, str], Any] = {}  # labelled children, looked up once each
         self._timed: dict[str, Any] = {}
 
     async def close(self) -> None:
         await self._client.close()
+        if self._tracing is not None:
+            await asyncio.to_thread(self._tracing.close)
 
-    def _count(self, status: str, http_status: int | None, error: str | None, elapsed: float) -> None:
+    def _count(self, endpoint_id: str, status: str, http_status: int | None, error: str | None, elapsed: float) -> None:
+        metrics = self._metrics
         key = (status, status_class(http_status, error))
         child = self._counted.get(key)
         if child is None:
-            child = self._counted[key] = self._metrics.deliveries.labels(*key)
+            child = self._counted[key] = metrics.deliveries.labels(*key)
         child.inc()
         timer = self._timed.get(status)
         if timer is None:
-            timer = self._timed[status] = self._metrics.delivery_duration.labels(status)
+            timer = self._timed[status] = metrics.delivery_duration.labels(status)
         timer.observe(elapsed)
+        if endpoint_id in metrics.marked_endpoints:
+            metrics.endpoint_attempts.labels(endpoint_id, status).inc()
+            metrics.endpoint_duration.labels(endpoint_id).observe(elapsed)
 
     async def attempt(self, endpoint: Endpoint, job: Job) -> Outcome:
         ts = int(time.time())
@@ -308,6 +318,12 @@ class Sender:
         error: str | None = None
         retry_after: float | None = None
         wire_id, signed = endpoint.request_headers(job, body, ts)
+        tracing = self._tracing
+        traced = None
+        if tracing is not None:
+            traced = tracing.begin(endpoint.id, endpoint.profile.name, endpoint.url.host, job)
+            if traced.traceparent is not None:
+                signed["traceparent"] = traced.traceparent  # the receiver's spans are the attempt's children
         start = time.perf_counter()
         try:
             route = endpoint.route
@@ -333,6 +349,10 @@ class Sender:
             error = f"request not sent: {exc}"
         except OSError as exc:
             error = _os_error(exc)
+        except BaseException:  # cancelled (a shutdown past its drain): the span ends all the same
+            if tracing is not None and traced is not None:
+                tracing.end(traced, "cancelled", None, "cancelled")
+            raise
         elapsed = time.perf_counter() - start
         ok = http_status is not None and 200 <= http_status < 300
         status = DELIVERED if ok else FAILED
@@ -343,7 +363,19 @@ class Sender:
             self._metrics.deliveries_blocked.labels(blocked).inc()
         elif error is not None and endpoint.mask:  # a protocol error may quote what the receiver sent back
             error = endpoint.mask(error)
-        self._count(status, http_status, error, elapsed)
+        self._count(endpoint.id, status, http_status, error, elapsed)
+        if tracing is not None and traced is not None:
+            tracing.end(traced, status, http_status, error)
+        sampled = sampled_delivery()
+        if sampled or log.isEnabledFor(logging.DEBUG):
+            log.log(
+                logging.INFO if sampled else logging.DEBUG,
+                "attempt %d of %s to %s: %s%s in %.1f ms",
+                job.attempt, job.delivery_id, endpoint.id, status, f" ({error})" if error else "", elapsed * 1000,
+                extra={"endpoint_id": endpoint.id, "delivery_id": job.delivery_id, "attempt": job.attempt,
+                       "status": status, "http_status": http_status, "duration_ms": round(elapsed * 1000, 3),
+                       "event_type": job.event.event_type, "trigger": job.trigger},
+            )  # fmt: skip
         return outcome_for(
             endpoint.id,
             job,

@@ -1,9 +1,26 @@
-"""The registry and every metric, nothing else. No label carries an endpoint id: cardinality stays bounded."""
+"""The registry and every metric, nothing else.
+
+Cardinality stays bounded: only the ``endpoint_*`` series carry an endpoint id, and only for the endpoints the
+config marks (``[metrics] endpoints``); per-partition series exist only for the partitions an instance is assigned.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+from collections.abc import Iterable
 
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from daemon import __version__
 from daemon.netguard import REASONS
 
 # Latency buckets reach the longest allowed timeout (120 s).
@@ -15,7 +32,13 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        # process_* (CPU, memory, file descriptors) and python_* (GC, version), as a default registry has them.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         p = "webhook_router_"
+        self.build = Info(p + "build", "The running version.", registry=r)
+        self.build.info({"version": __version__, "python": platform.python_version()})
         self.events_consumed = Counter(p + "events_consumed", "Events read from Kafka.", ["topic"], registry=r)
         self.events_invalid = Counter(
             p + "events_invalid", "Events that could not be routed (not JSON, no type).", ["topic"], registry=r
@@ -49,12 +72,22 @@ class Metrics:
             p + "results_errors", "Failed sends of outcome records (they are retried).", registry=r
         )
         self.config_reloads = Counter(p + "config_reloads", "Config reloads by result.", ["result"], registry=r)
+        # Event partitions only: a retry tier's partition is behind on purpose (its records are not due yet).
         self.consumer_lag = Gauge(
-            p + "consumer_lag", "Records behind the partition's high watermark.", ["topic", "partition"], registry=r
-        )
-        self.partitions_paused = Gauge(
-            p + "partitions_paused",
-            "1 while fetching is paused for backpressure, per consumer (events, retries).",
+            p + "consumer_lag_records", "Records of an assigned event partition not finished yet (high watermark minus "
+            "the committable offset).", ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.consumer_offset = Gauge(
+            p + "consumer_offset", "The committable offset of an assigned event partition (all before it finished): "
+            "a partition whose offset stands still while it has lag is stuck.", ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.retries_due_later = Gauge(
+            p + "retries_due_later_records", "Records on an assigned retry tier partition not taken yet: retries "
+            "waiting for their time (not lag).", ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.fetch_paused = Gauge(
+            p + "fetch_paused",
+            "1 while fetching is paused for backpressure, else 0, per consumer (events, retries).",
             ["consumer"],
             registry=r,
         )
@@ -113,9 +146,28 @@ class Metrics:
             p + "kafka_log_suppressed", "Kafka client log lines (WARNING and above) held back by the rate limit.",
             registry=r,
         )  # fmt: skip
+        # Per endpoint, only for the endpoints the config marks (``[metrics] endpoints``): bounded by the config.
+        self.marked_endpoints: frozenset[str] = frozenset()
+        self.endpoint_attempts = Counter(
+            p + "endpoint_attempts", "Delivery attempts of a marked endpoint, by outcome (delivered, failed).",
+            ["endpoint", "outcome"], registry=r,
+        )  # fmt: skip
+        self.endpoint_duration = Histogram(
+            p + "endpoint_duration_seconds", "Time from request start to response (or failure), for a marked endpoint.",
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         for result in ("ok", "error"):
             self.config_reloads.labels(result)
             self.commits.labels(result)
+
+    def mark_endpoints(self, marked: Iterable[str]) -> None:
+        """The endpoints that get ``endpoint_*`` series (``metrics.endpoints`` of the config, at start and on each
+        reload); the series of an endpoint no longer marked are dropped."""
+        keep = self.marked_endpoints = frozenset(marked)
+        for metric in (self.endpoint_attempts, self.endpoint_duration):
+            for labels in list(metric._metrics):  # prometheus_client keeps a metric's children by label values
+                if labels[0] not in keep:
+                    metric.remove(*labels)
 
 
 def status_class(http_status: int | None, error: str | None) -> str:

@@ -89,6 +89,15 @@ def check_endpoint(
     return parsed, sub, strip, [line.removeprefix(".") for line in unknown]
 
 
+def _tracing_installed() -> bool:
+    import importlib.util
+
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in ("opentelemetry.sdk", "opentelemetry.exporter"))
+    except ModuleNotFoundError:  # no opentelemetry package at all
+        return False
+
+
 # --- the structure, from the schema's type information ---
 
 
@@ -255,6 +264,8 @@ class _Checks:
         if int(config.admin.listen.rsplit(":", 1)[1]) > 65535:
             self.fault("admin.listen", "port must be <= 65535")
         self._delivery()
+        if config.tracing.enabled and not _tracing_installed():
+            self.fault("tracing.enabled", "needs the tracing extra: pip install 'kafka-webhook-router[tracing]'")
         for i, endpoint in enumerate(config.endpoints):
             self._endpoint(endpoint, f"endpoints[{i}]")
         for expansion in EXPANSIONS:

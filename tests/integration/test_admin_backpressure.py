@@ -63,12 +63,12 @@ async def test_in_flight_cap_pauses_fetching(setup: Setup, receivers: list[Recei
     async with running(path) as app:
         await produce(setup.broker.bootstrap, setup.topic, values)
         await r.wait_for(4)
-        await eventually(lambda: app.metrics.partitions_paused.labels("events")._value.get() == 1, 10)
+        await eventually(lambda: app.metrics.fetch_paused.labels("events")._value.get() == 1, 10)
         await asyncio.sleep(1.0)
         assert parts(app).source.offsets.in_flight == 10  # exactly the cap: no more read while paused
         assert len(r.requests) == 4
         hold.set()
         records = await read_topic(setup.broker.bootstrap, setup.results, lambda recs: len(recs) >= 100)
         await eventually(lambda: parts(app).source.offsets.in_flight == 0, 10)
-        assert app.metrics.partitions_paused.labels("events")._value.get() == 0
+        assert app.metrics.fetch_paused.labels("events")._value.get() == 0
     assert sorted(rec["source_offset"] for rec in records) == list(range(100))

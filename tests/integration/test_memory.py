@@ -40,7 +40,7 @@ async def test_600_events_of_1_mib_to_a_slow_endpoint_stay_under_the_byte_bound(
     events = [json.dumps({"event": "lead.created", "n": n, "pad": pad}).encode() for n in range(600)]
     for start in range(0, 600, 50):
         await produce(setup.broker.bootstrap, setup.topic, events[start : start + 50])
-    await eventually(lambda: d.metric('webhook_router_partitions_paused{consumer="events"}'), 60)
+    await eventually(lambda: d.metric('webhook_router_fetch_paused{consumer="events"}'), 60)
     await asyncio.sleep(2.0)  # whatever it still reads, it reads now
     in_flight = await d.metric('webhook_router_events_in_flight_bytes{consumer="events"}')
     assert bound <= in_flight <= bound + 8 * MiB  # paused at the bound, within what one fetch returns of it

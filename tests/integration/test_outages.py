@@ -113,7 +113,7 @@ async def _not_ready(d: DaemonProcess) -> bool:
 async def _lag(d: DaemonProcess, topic: str) -> float:
     lag = 0.0
     for line in (await d.metrics()).splitlines():
-        if line.startswith("webhook_router_consumer_lag{") and f'topic="{topic}"' in line:
+        if line.startswith("webhook_router_consumer_lag_records{") and f'topic="{topic}"' in line:
             lag += float(line.rsplit(" ", 1)[1])
     return lag
 

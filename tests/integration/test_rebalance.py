@@ -29,7 +29,7 @@ async def test_pause_survives_a_rebalance_and_nothing_is_lost(setup: Setup, rece
 
     async with running(first_path) as first:
         await r.wait_for(5)
-        await eventually(lambda: first.metrics.partitions_paused.labels("events")._value.get() == 1, 10)
+        await eventually(lambda: first.metrics.fetch_paused.labels("events")._value.get() == 1, 10)
         async with running(second_path) as second:
             await eventually(lambda: parts(first).source.joined and parts(second).source.joined, 30)
             consumer = parts(first).source._consumer
