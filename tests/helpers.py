@@ -13,10 +13,12 @@ import contextlib
 import json
 import os
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -500,3 +502,27 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         pass
     finally:
         writer.close()
+
+
+class NotifySocket:
+    """A stand-in for systemd's notify socket: a real unix datagram socket that keeps what the daemon sends."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="wr-notify-", dir="/tmp")  # short: unix socket paths are limited
+        self.path = f"{self.dir}/notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+
+    def read(self) -> list[str]:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.messages.append(self.sock.recv(65536).decode())
+        return self.messages
+
+    def close(self) -> None:
+        self.sock.close()
+        with contextlib.suppress(OSError):
+            Path(self.path).unlink()
+            Path(self.dir).rmdir()

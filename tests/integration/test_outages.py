@@ -11,9 +11,7 @@ import contextlib
 import json
 import re
 import signal
-import socket
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +20,17 @@ from typing import Any
 import pytest
 
 from daemon.embedded import EmbeddedBroker, free_port
-from tests.helpers import SECRET, DaemonProcess, Receiver, env_with, eventually, produce, read_topic, unique
+from tests.helpers import (
+    SECRET,
+    DaemonProcess,
+    NotifySocket,
+    Receiver,
+    env_with,
+    eventually,
+    produce,
+    read_topic,
+    unique,
+)
 from tests.integration.conftest import Setup, needs_own_broker, receiver, spawn
 from tests.integration.test_signals import produce_keyed
 
@@ -116,30 +124,6 @@ async def _lag(d: DaemonProcess, topic: str) -> float:
         if line.startswith("webhook_router_consumer_lag_records{") and f'topic="{topic}"' in line:
             lag += float(line.rsplit(" ", 1)[1])
     return lag
-
-
-class NotifySocket:
-    """A stand-in for systemd's notify socket: a real unix datagram socket that keeps what the daemon sends."""
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="wr-notify-", dir="/tmp")  # short: unix socket paths are limited
-        self.path = f"{self.dir}/notify.sock"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.setblocking(False)
-        self.messages: list[str] = []
-
-    def read(self) -> list[str]:
-        with contextlib.suppress(BlockingIOError):
-            while True:
-                self.messages.append(self.sock.recv(65536).decode())
-        return self.messages
-
-    def close(self) -> None:
-        self.sock.close()
-        with contextlib.suppress(OSError):
-            Path(self.path).unlink()
-            Path(self.dir).rmdir()
 
 
 @needs_own_broker
