@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def notify(state: str) -> None:
-    """sd_notify: a datagram to $NOTIFY_SOCKET (an abstract socket when it starts with ``@``)."""
+    """sd_notify: a datagram to $NOTIFY_SOCKET (an abstract socket when it starts with ``@``). Never blocks the event
+    loop: when the socket's queue is full (its reader is not reading), the notification is dropped and logged."""
     path = os.environ.get("NOTIFY_SOCKET")
     if not path:
         return
@@ -27,9 +28,10 @@ def notify(state: str) -> None:
         path = "\0" + path[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
             sock.sendto(state.encode(), path)
     except OSError as exc:
-        log.debug("sd_notify failed: %s", exc)
+        log.debug("sd_notify %s failed: %s", state.split("=", 1)[0], exc)
 
 
 def watchdog_interval_s(environ: Mapping[str, str]) -> float | None:

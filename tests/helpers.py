@@ -521,7 +521,13 @@ class NotifySocket:
                 self.messages.append(self.sock.recv(65536).decode())
         return self.messages
 
+    def follow(self) -> None:
+        """Read each datagram as it arrives (the socket's queue holds only a few: a full one drops notifications)."""
+        asyncio.get_running_loop().add_reader(self.sock, self.read)
+
     def close(self) -> None:
+        with contextlib.suppress(RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_reader(self.sock)
         self.sock.close()
         with contextlib.suppress(OSError):
             Path(self.path).unlink()

@@ -83,7 +83,8 @@ def _seconds(value: str) -> float:
 
 
 def _kustomization() -> dict[str, Any]:
-    return yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    loaded: dict[str, Any] = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    return loaded
 
 
 def _resources() -> list[dict[str, Any]]:
