@@ -125,6 +125,16 @@ class Receiver:
         return self.requests
 
 
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    """``app`` on a free port of 127.0.0.1: its runner (clean it up) and its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server: Any = site._server
+    return runner, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
 async def produce(
     bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None, partition: int | None = None
 ) -> None:

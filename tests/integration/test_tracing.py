@@ -4,7 +4,6 @@ context the webhook carries; spans leave over OTLP/HTTP. Real receivers on 127.0
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -15,7 +14,7 @@ from daemon.deliver import Endpoint, Job, Sender
 from daemon.metrics import Metrics
 from daemon.model import DELIVERED, FAILED, Event
 from daemon.tracing import Tracing
-from tests.helpers import SECRET, Receiver
+from tests.helpers import SECRET, Receiver, serve
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -70,14 +69,9 @@ async def test_spans_leave_over_otlp_http_to_the_configured_collector() -> None:
 
     app = web.Application()
     app.router.add_post("/v1/traces", collect)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server: Any = site._server
-    port = server.sockets[0].getsockname()[1]
+    runner, collector = await serve(app)
     receiver = await Receiver().start()
-    config = TracingConfig(enabled=True, endpoint=f"http://127.0.0.1:{port}/v1/traces")
+    config = TracingConfig(enabled=True, endpoint=f"{collector}/v1/traces")
     sender = Sender(Metrics(), tracing=Tracing(config))
     try:
         await sender.attempt(_endpoint(receiver.url), _job(f"00-{TRACE_ID}-{PARENT_ID}-01"))

@@ -20,7 +20,7 @@ from daemon.config import LogConfig
 from daemon.metrics import Metrics
 from daemon.systemd import notify, watchdog_interval_s
 from daemon.watch import Filters, UsageError, parse_duration
-from tests.helpers import NotifySocket
+from tests.helpers import NotifySocket, serve
 
 # --- logs ---
 
@@ -192,12 +192,7 @@ async def test_a_tenant_filter_passes_the_endpoints_the_api_lists_for_it_page_af
 
     app = web.Application()
     app.router.add_get("/v1/endpoints", endpoints)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server: Any = site._server
-    api = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    runner, api = await serve(app)
     try:
         filters = Filters(set(), {"failed"}, "acme", api, "tok")
         await filters.refresh()
