@@ -76,7 +76,9 @@ class Source:
         self._paused_gauge = metrics.fetch_paused.labels(name)
         self._in_flight_bytes = metrics.events_in_flight_bytes.labels(name)
         self._paused_gauge.set(0)
-        metrics.fetch_errors.labels(name)  # served from the start (0), so that a rate over it has a beginning
+        # Served from the start (0), so that a rate or an increase over them has a beginning.
+        metrics.fetch_errors.labels(name)
+        metrics.batches_undecodable.labels(name)
         self._dispatch = dispatch
         self._drain_timeout_s = drain_timeout_s
         self._progress = asyncio.Event()
