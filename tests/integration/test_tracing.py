@@ -10,7 +10,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from daemon.config import DeliveryConfig, EndpointConfig, TracingConfig
-from daemon.deliver import Endpoint, Job, Sender
+from daemon.deliver import Endpoint, Job, Sender, client_for
+from daemon.http import Client
 from daemon.metrics import Metrics
 from daemon.model import DELIVERED, FAILED, Event
 from daemon.tracing import Tracing
@@ -18,6 +19,11 @@ from tests.helpers import SECRET, Receiver, serve
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
+
+
+def _loopback() -> Client:
+    """The HTTP client, with the receivers' loopback let through the network guard."""
+    return client_for(DeliveryConfig(allowed_networks=["127.0.0.0/8"]))
 
 
 def _endpoint(url: str) -> Endpoint:
@@ -32,7 +38,7 @@ def _job(traceparent: str | None) -> Job:
 async def test_an_attempt_span_is_the_child_of_the_events_traceparent_and_the_webhook_carries_its_context() -> None:
     ok, failing = await Receiver().start(), await Receiver(status=503).start()
     spans = InMemorySpanExporter()
-    sender = Sender(Metrics(), tracing=Tracing(TracingConfig(enabled=True), exporter=spans))
+    sender = Sender(Metrics(), _loopback(), tracing=Tracing(TracingConfig(enabled=True), exporter=spans))
     try:
         delivered = await sender.attempt(_endpoint(ok.url), _job(f"00-{TRACE_ID}-{PARENT_ID}-01"))
         failed = await sender.attempt(_endpoint(failing.url), _job(None))
@@ -72,7 +78,7 @@ async def test_spans_leave_over_otlp_http_to_the_configured_collector() -> None:
     runner, collector = await serve(app)
     receiver = await Receiver().start()
     config = TracingConfig(enabled=True, endpoint=f"{collector}/v1/traces")
-    sender = Sender(Metrics(), tracing=Tracing(config))
+    sender = Sender(Metrics(), _loopback(), tracing=Tracing(config))
     try:
         await sender.attempt(_endpoint(receiver.url), _job(f"00-{TRACE_ID}-{PARENT_ID}-01"))
     finally:
