@@ -33,7 +33,7 @@ from yarl import URL
 
 from daemon.api import ROUTES
 from daemon.app import App
-from tests.helpers import SECRET, DaemonProcess, FakeDNS, Proxy, Receiver, eventually, produce, read_topic
+from tests.helpers import SECRET, DaemonProcess, FakeDNS, Proxy, Receiver, eventually, produce, read_topic, serve
 from tests.integration.conftest import Setup, receiver, running, spawn
 
 
@@ -416,11 +416,8 @@ class Echo:
     async def start(self) -> Echo:
         app = web.Application()
         app.router.add_post("/{kind}/{pad}", self._answer)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner, base = await serve(app)
+        self.port = int(base.rsplit(":", 1)[1])
         return self
 
     async def stop(self) -> None:
