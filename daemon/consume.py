@@ -74,6 +74,7 @@ class Source:
         self._fetch_errors_logged = Throttle()
         self._commit_errors_logged = Throttle()
         self._paused_gauge = metrics.fetch_paused.labels(name)
+        self._in_flight = metrics.events_in_flight.labels(name)
         self._in_flight_bytes = metrics.events_in_flight_bytes.labels(name)
         self._paused_gauge.set(0)
         # Served from the start (0), so that a rate or an increase over them has a beginning.
@@ -152,7 +153,7 @@ class Source:
             if self.stuck and self._stuck_logged.ready() is not None:
                 log.error("still held at a batch that cannot be decoded: %s (skip it: see README, 'Stuck partitions')",
                           "; ".join(_describe(s) for s in self.stuck.values()))  # fmt: skip
-            self._metrics.events_in_flight.set(offsets.in_flight)
+            self._in_flight.set(offsets.in_flight)
             self._in_flight_bytes.set(offsets.in_flight_bytes)
             if time.monotonic() >= next_lag:
                 next_lag = time.monotonic() + _LAG_INTERVAL_S

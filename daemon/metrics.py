@@ -47,8 +47,9 @@ class Metrics:
             p + "events_unmatched", "Events no subscription matched.", ["topic"], registry=r
         )
         self.events_in_flight = Gauge(
-            p + "events_in_flight", "Events read whose outcomes are not all recorded yet.", registry=r
-        )
+            p + "events_in_flight", "Events read and not finished (outcomes owed), per consumer (events, retries).",
+            ["consumer"], registry=r,
+        )  # fmt: skip
         self.events_in_flight_bytes = Gauge(
             p + "events_in_flight_bytes", "Bytes of the events read and not finished, per consumer (events, retries).",
             ["consumer"], registry=r,

@@ -44,6 +44,9 @@ async def test_600_events_of_1_mib_to_a_slow_endpoint_stay_under_the_byte_bound(
     await asyncio.sleep(2.0)  # whatever it still reads, it reads now
     in_flight = await d.metric('webhook_router_events_in_flight_bytes{consumer="events"}')
     assert bound <= in_flight <= bound + 8 * MiB  # paused at the bound, within what one fetch returns of it
+    held = await d.metric('webhook_router_events_in_flight{consumer="events"}')
+    sizes = [len(e) for e in events]
+    assert held * min(sizes) <= in_flight <= held * max(sizes)  # counted apart from the retries consumer's
     assert d.proc is not None
     held_peak = _peak_rss(d.proc.pid)
     hold.set()
