@@ -61,6 +61,9 @@ _META_FIELDS = ("tenant", "description", "version")
 # The id is generated; a pause is an action; secrets change by rotation (and never come from this host's environment).
 _NOT_BY_API = frozenset({"id", "secret_env", "secrets", "paused"})
 _ENDPOINT_FIELDS = frozenset(f.name for f in msgspec.structs.fields(EndpointConfig)) - _NOT_BY_API
+# What only the platform (the admin token) may set: a contract's https rule, and what one endpoint may hold of an
+# instance (its share of the in-flight cap and of the connections).
+_ADMIN_ONLY_FIELDS = ("allow_http", "max_concurrency", "queue_size")
 _LIST_LIMIT = 1000
 _encode = msgspec.json.Encoder().encode
 
@@ -135,6 +138,8 @@ class Api:
         tenant = self._store.directory.tenant_of_token(token)
         if tenant is None:
             raise Unauthorized("a valid bearer token is required")
+        if self._settlement.routing.config.api.tenant_field is None:
+            raise Unauthorized("tenant tokens are refused while api.tenant_field is not set")
         return Caller(tenant)
 
     # --- tenants ---
@@ -153,6 +158,10 @@ class Api:
 
     async def _create_token(self, request: web.Request, caller: Caller) -> web.Response:
         tenant = self._tenant(request.match_info["tenant"], caller)
+        if self._settlement.routing.config.api.tenant_field is None:
+            raise Conflict(
+                "api.tenant_field is not set: an endpoint receives every tenant's events, so no tenant may hold a token"
+            )
         token_id = "tok_" + secrets.token_hex(6)
         token = f"wrt_{tenant.id}_{secrets.token_urlsafe(32)}"
         entry = TokenRecord(id=token_id, sha256=token_hash(token), created_at=utc_now_iso())
@@ -183,7 +192,7 @@ class Api:
         if "version" in body:
             raise BadRequest("version: not for a new endpoint")
         endpoint_id = "ep_" + base64.b32encode(secrets.token_bytes(10)).decode().lower()
-        fields, subscription, meta = _split(body)
+        fields, subscription, meta = _split(body, caller)
         if fields.get("secret") is None:  # not given: one is generated for the profiles that sign
             fields.pop("secret", None)
             profile = PROFILES.get(str(fields.get("profile") or "standard-webhooks"))
@@ -247,7 +256,7 @@ class Api:
         fields = {k: v for k, v in msgspec.to_builtins(current).items() if k in _ENDPOINT_FIELDS and v is not None}
         fields.pop("secrets", None)
         subscription = {k: v for k, v in msgspec.to_builtins(current_sub).items() if k in _SUBSCRIPTION_FIELDS}
-        new_fields, new_sub, meta = _split(body)
+        new_fields, new_sub, meta = _split(body, caller)
         fields.update(new_fields)
         subscription.update({k: v for k, v in new_sub.items()})
         subscription = {k: v for k, v in subscription.items() if v is not None}
@@ -501,8 +510,13 @@ def install(app: web.Application, api: Callable[[], Api | None], not_ready: Call
         app.router.add_route(method, path, handler)
 
 
-def _split(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """A request body as (endpoint fields, subscription fields, meta fields); unknown fields are a 400."""
+def _split(body: dict[str, Any], caller: Caller) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A request body as (endpoint fields, subscription fields, meta fields); unknown fields are a 400, and so are
+    the admin's own fields from a tenant's token."""
+    if caller.tenant is not None:
+        for key in _ADMIN_ONLY_FIELDS:
+            if key in body:
+                raise BadRequest(f"{key}: set by the platform (the admin token) only")
     fields: dict[str, Any] = {}
     subscription: dict[str, Any] = {}
     meta: dict[str, Any] = {}

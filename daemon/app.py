@@ -29,7 +29,7 @@ from daemon.admin import AdminServer
 from daemon.api import Api
 from daemon.api import install as install_api
 from daemon.clients import kafka_client_options, make_producer
-from daemon.config import Config
+from daemon.config import Config, WhereConfig
 from daemon.consume import Source
 from daemon.contact import Contact, KafkaLogFilter, Throttle, held_note
 from daemon.deliver import Sender, client_for
@@ -328,6 +328,10 @@ class App:
         else:
             try:
                 config, subscription = opened(record, box)
+                tenant_field = self._config.api.tenant_field
+                if tenant_field is not None:  # its tenant's events only, whatever its subscription says
+                    scope = WhereConfig(field=tenant_field, one_of=[record.tenant])
+                    subscription = msgspec.structs.replace(subscription, scope=scope)
                 settlement.put(config, subscription)
             except (SecretError, msgspec.ValidationError, ValueError) as exc:
                 # A record this instance cannot use (another key, a config this version refuses): not routed to.
@@ -528,5 +532,7 @@ def _reloadable(old: Config, new: Config) -> None:
         for name in ("allowed_networks", "proxy_url")
         if getattr(old.delivery, name) != getattr(new.delivery, name)
     ]
+    if old.api.tenant_field != new.api.tenant_field:  # the endpoints of the API were scoped by the old one
+        errors.append("api.tenant_field: changed, which needs a restart (the running config is kept)")
     if errors:
         raise ConfigError(errors)

@@ -205,6 +205,9 @@ class SubscriptionConfig(msgspec.Struct, **_FROZEN):
     events: Annotated[list[EventPattern], Meta(min_length=1)]
     topics: Annotated[list[Name], Meta(min_length=1)] | None = None
     where: WhereConfig | None = None
+    # A second condition, which must hold too: the daemon sets it on every endpoint of the API to its tenant's
+    # events (``api.tenant_field``); no caller of the API can set or lift it.
+    scope: WhereConfig | None = None
 
 
 CampaignId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+\Z")]
@@ -255,6 +258,10 @@ class ApiConfig(msgspec.Struct, **_FROZEN):
     secrets_key_file: str | None = None
     # After a rotation, the old secret keeps signing this long (Standard Webhooks receivers verify with either).
     rotation_grace_s: Annotated[float, Meta(ge=0, le=30 * 86_400)] = 86_400.0
+    # The event field (dotted path) that names the tenant an event belongs to. Set, every endpoint of the API receives
+    # only its own tenant's events (an event without the field reaches none of them), and tenant tokens can be
+    # issued; unset, an endpoint receives whatever its subscription matches, and only the admin token may call.
+    tenant_field: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
     # How many results records an attempts query or a redelivery by id reads per partition, at most.
     max_scan_records: Annotated[int, Meta(ge=1_000, le=100_000_000)] = 1_000_000
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from daemon.config import SubscriptionConfig
+from daemon.config import SubscriptionConfig, WhereConfig
 
 # The answers cached per (topic, type): event types come from outside, so both the number of entries and the
 # bytes of their keys are bounded, and a type too long to be a real one is answered without being kept.
@@ -20,12 +20,20 @@ class Where:
     ``__slots__`` here and below: read for every matched record (the hot path).
     """
 
-    __slots__ = ("negate", "path", "values")
+    __slots__ = ("also", "negate", "path", "values")
 
-    def __init__(self, field: str, values: Iterable[str], negate: bool) -> None:
+    def __init__(self, field: str, values: Iterable[str], negate: bool, also: Where | None = None) -> None:
         self.path = tuple(field.split("."))
         self.values = frozenset(values)
         self.negate = negate
+        self.also = also  # a condition that must hold as well (a subscription's scope)
+
+    @classmethod
+    def of(cls, config: WhereConfig | None, also: Where | None = None) -> Where | None:
+        if config is None:
+            return also
+        negate = config.none_of is not None
+        return cls(config.field, (config.none_of if negate else config.one_of) or (), negate, also)
 
     def holds(self, event: Any) -> bool:
         value = event
@@ -33,7 +41,7 @@ class Where:
             value = value.get(step) if isinstance(value, dict) else None
         comparable = isinstance(value, (str, int)) and not isinstance(value, bool)
         inside = comparable and str(value) in self.values
-        return inside != self.negate
+        return inside != self.negate and (self.also is None or self.also.holds(event))
 
 
 class Match:
@@ -117,10 +125,7 @@ class RoutingTable:
         return True
 
     def _add(self, sub: SubscriptionConfig, catalogue: frozenset[str] | None) -> None:
-        where = None
-        if sub.where is not None:
-            negate = sub.where.none_of is not None
-            where = Where(sub.where.field, (sub.where.none_of if negate else sub.where.one_of) or (), negate)
+        where = Where.of(sub.where, Where.of(sub.scope))
         topics = frozenset(sub.topics) if sub.topics is not None else None
         route: _Route = (self._next_index, sub.endpoint, topics, catalogue, where)
         self._next_index += 1

@@ -354,8 +354,9 @@ class _Checks:
                 subscribed.add(sub.endpoint)
             self.events(sub.events, PROFILES.get(target.profile) if target is not None else None, f"{path}.events")
             self.topics(sub.topics, path)
-            if sub.where is not None and (sub.where.one_of is None) == (sub.where.none_of is None):
-                self.fault(f"{path}.where", "exactly one of one_of, none_of is required")
+            for name, where in (("where", sub.where), ("scope", sub.scope)):
+                if where is not None and (where.one_of is None) == (where.none_of is None):
+                    self.fault(f"{path}.{name}", "exactly one of one_of, none_of is required")
         return subscribed
 
     # --- the checks a profile's own config uses too ---

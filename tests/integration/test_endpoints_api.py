@@ -30,10 +30,12 @@ def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WR_SECRETS_KEY", KEY)
 
 
-def api_config(setup: Setup, **kafka: Any) -> dict[str, Any]:
+def api_config(setup: Setup, tenant_field: str | None = "tenant", **kafka: Any) -> dict[str, Any]:
     doc = setup.config([], [], **kafka)
     doc["admin"]["token_env"] = "WR_ADMIN_TOKEN"
     doc["api"] = {"enabled": True, "secrets_key_env": "WR_SECRETS_KEY", "rotation_grace_s": 3600}
+    if tenant_field is not None:
+        doc["api"]["tenant_field"] = tenant_field
     return doc
 
 
@@ -69,7 +71,8 @@ def new(tenant: str | None, url: str, events: list[str] | None = None, **extra: 
 
 
 def ev(event_type: str = "lead.created", **fields: Any) -> bytes:
-    return json.dumps({"event": event_type, **fields}).encode()
+    """An event of tenant acme (``api_config``'s tenant field), unless ``fields`` say otherwise."""
+    return json.dumps({"event": event_type, "tenant": "acme", **fields}).encode()
 
 
 async def test_create_deliver_update_delete_through_the_api(setup: Setup, receivers: list[Receiver]) -> None:
@@ -106,7 +109,7 @@ async def test_create_deliver_update_delete_through_the_api(setup: Setup, receiv
 
 async def test_every_error_code_names_what_is_wrong(setup: Setup, receivers: list[Receiver]) -> None:
     r = await receiver(receivers)
-    doc = api_config(setup)
+    doc = api_config(setup, tenant_field=None)
     doc["endpoints"] = [{"id": "static", "url": r.url, "secret": "whsec_" + base64.b64encode(b"s" * 24).decode()}]
     async with running(setup.write(doc)), api(setup.admin_port) as c:
         await c.call("POST", "/v1/tenants", {"id": "acme"})
@@ -124,6 +127,7 @@ async def test_every_error_code_names_what_is_wrong(setup: Setup, receivers: lis
              "no tenant 'nobody'"),
             (("GET", "/v1/endpoints/ep_missing", None), 404, "no endpoint 'ep_missing'"),
             (("PATCH", "/v1/endpoints/static", {"url": "https://x.example.com/"}), 409, "defined in the config file"),
+            (("POST", "/v1/tenants/acme/tokens", None), 409, "api.tenant_field is not set"),
         ]  # fmt: skip
         for (method, path, body), code, message in cases:
             status, answer = await c.call(method, path, body)
@@ -146,12 +150,22 @@ async def test_a_tenant_token_sees_its_own_endpoints_only(setup: Setup, receiver
             await c.call("POST", "/v1/tenants", {"id": tenant})
         _, acme_token = await c.call("POST", "/v1/tenants/acme/tokens")
         acme = c.as_(acme_token["token"])
-        status, mine = await acme.call("POST", "/v1/endpoints", new(None, r.url))
+        status, mine = await acme.call("POST", "/v1/endpoints", {"url": r.url, "events": ["*"]})
         assert status == 201 and mine["tenant"] == "acme"
         _, theirs = await c.call("POST", "/v1/endpoints", new("globex", r.url))
         status, listed = await acme.call("GET", "/v1/endpoints")
         assert [e["id"] for e in listed["data"]] == [mine["id"]]
-        for method, path in (("GET", ""), ("PATCH", ""), ("DELETE", ""), ("POST", "/pause"), ("GET", "/attempts")):
+        for method, path in (
+            ("GET", ""),
+            ("PATCH", ""),
+            ("DELETE", ""),
+            ("POST", "/pause"),
+            ("POST", "/resume"),
+            ("POST", "/ping"),
+            ("POST", "/replay"),
+            ("POST", "/rotate-secret"),
+            ("GET", "/attempts"),
+        ):
             status, answer = await acme.call(
                 method, f"/v1/endpoints/{theirs['id']}{path}", {} if method != "GET" else None
             )
@@ -159,8 +173,33 @@ async def test_a_tenant_token_sees_its_own_endpoints_only(setup: Setup, receiver
         assert (await acme.call("GET", "/v1/endpoints?tenant=globex"))[0] == 404
         assert (await acme.call("POST", "/v1/endpoints", {"tenant": "globex", "url": r.url, "events": ["*"]}))[0] == 404
         assert (await acme.call("POST", "/v1/tenants", {"id": "evil"}))[0] == 404  # admin only
+        for field, value in (("allow_http", True), ("queue_size", 1_000_000), ("max_concurrency", 1024)):
+            status, answer = await acme.call("POST", "/v1/endpoints", {"url": r.url, "events": ["*"], field: value})
+            assert (status, answer["error"]) == (400, f"{field}: set by the platform (the admin token) only")
+            status, answer = await acme.call("PATCH", f"/v1/endpoints/{mine['id']}", {field: value})
+            assert status == 400, answer
         stored = b"".join(await read_raw(setup.broker.bootstrap, f"{setup.prefix}.endpoints"))
         assert acme_token["token"].encode() not in stored  # only its hash is kept
+
+
+async def test_an_endpoint_of_the_api_receives_its_own_tenants_events_only(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    acme_r, globex_r = await receiver(receivers), await receiver(receivers)
+    async with running(setup.write(api_config(setup, tenant_field="org.id"))), api(setup.admin_port) as c:
+        for tenant in ("acme", "globex"):
+            await c.call("POST", "/v1/tenants", {"id": tenant})
+        await c.call("POST", "/v1/endpoints", new("acme", acme_r.url, ["*"]))
+        not_7 = {"field": "n", "none_of": ["7"]}
+        await c.call("POST", "/v1/endpoints", new("globex", globex_r.url, ["*"], where=not_7))
+        events = [ev(n=1, org={"id": "acme"}), ev(n=2, org={"id": "globex"}), ev(n=3), ev(n=4, org="acme"),
+                  ev(n=5, tenant="acme"), ev(n=6, org={"id": ["acme"]}), ev(n=7, org={"id": "globex"}),
+                  ev(n=8, org={"id": "acme"}), ev(n=9, org={"id": "globex"})]  # fmt: skip
+        await produce(setup.broker.bootstrap, setup.topic, events, key=b"one-partition-in-order")
+        await acme_r.wait_for(2)
+        await globex_r.wait_for(2)
+        assert [json.loads(q.body)["n"] for q in acme_r.requests] == [1, 8]
+        assert [json.loads(q.body)["n"] for q in globex_r.requests] == [2, 9]  # its own condition holds as well
 
 
 async def test_the_topic_never_holds_a_secret_in_clear(setup: Setup, receivers: list[Receiver]) -> None:

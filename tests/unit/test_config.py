@@ -958,3 +958,28 @@ def test_organisation_and_campaign_urls_go_through_the_same_check() -> None:
     lines = errors_of(doc(endpoints=[], subscriptions=[], organizations=[org]))
     assert lines[0] == f"organizations[0].url: the host is refused: cloud metadata address {_REFUSED}"
     assert lines[1].startswith("organizations[0].campaigns[0].url: the host is written in a form that is refused")
+
+
+def test_a_reload_cannot_change_the_tenant_field_nor_the_network_guard() -> None:
+    from daemon.app import _reloadable
+
+    kafka = {"bootstrap_servers": "k:9092", "group_id": "g", "topics": ["t"], "results_topic": "r"}
+    old = parse_config({"kafka": kafka, "api": {"tenant_field": "org.id"}}, {})
+    _reloadable(old, parse_config({"kafka": kafka, "api": {"tenant_field": "org.id"}, "delivery": {}}, {}))
+    with pytest.raises(ConfigError) as refused:
+        _reloadable(old, parse_config({"kafka": kafka, "delivery": {"allowed_networks": ["10.0.0.0/8"]}}, {}))
+    assert refused.value.errors == [
+        "delivery.allowed_networks: changed, which needs a restart (the running config is kept)",
+        "api.tenant_field: changed, which needs a restart (the running config is kept)",
+    ]
+
+
+def test_a_subscriptions_scope_needs_exactly_one_of_one_of_and_none_of() -> None:
+    raw = {
+        "kafka": {"bootstrap_servers": "k:9092", "group_id": "g", "topics": ["t"], "results_topic": "r"},
+        "endpoints": [{"id": "a", "url": "https://a.example.com/h", "secret": "whsec_" + "a2tr" * 8}],
+        "subscriptions": [{"endpoint": "a", "events": ["*"], "scope": {"field": "org.id"}}],
+    }
+    with pytest.raises(ConfigError) as refused:
+        parse_config(raw, {})
+    assert refused.value.errors == ["subscriptions[0].scope: exactly one of one_of, none_of is required"]

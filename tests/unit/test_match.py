@@ -222,3 +222,20 @@ def test_changes_among_100000_endpoints_keep_every_other_answer() -> None:
     assert len(table.match("t", "lead.7").endpoints) == 2_000 + 100 - 2  # 2 of them were lead.7 already
     assert len(table.match("t", "lead.8").endpoints) == 2_000 - 2
     assert len(table.match("t", "call.x").endpoints) == 100_000 - 100
+
+
+def test_a_scope_must_hold_beside_the_subscriptions_own_condition() -> None:
+    from daemon.config import WhereConfig
+
+    scoped = SubscriptionConfig(endpoint="acme", events=["*"], scope=WhereConfig(field="org.id", one_of=["acme"]))
+    both = SubscriptionConfig(
+        endpoint="acme-big", events=["*"], where=WhereConfig(field="size", none_of=["small"]),
+        scope=WhereConfig(field="org.id", one_of=["acme"]),
+    )  # fmt: skip
+    match = RoutingTable([scoped, both]).match("t", "lead.created")
+    assert match.endpoints == ()  # every route is conditional now
+    assert match.select(lambda: {"org": {"id": "acme"}, "size": "big"}) == ("acme", "acme-big")
+    assert match.select(lambda: {"org": {"id": "acme"}, "size": "small"}) == ("acme",)
+    assert match.select(lambda: {"org": {"id": "globex"}, "size": "big"}) == ()
+    assert match.select(lambda: {"size": "big"}) == ()  # no tenant named: no endpoint of a tenant
+    assert match.select(lambda: {"org": {"id": ["acme"]}}) == ()
