@@ -244,7 +244,7 @@ class App:
         sender = Sender(metrics, client_for(config.delivery, self._resolver), tracing=start_tracing(config.tracing))
         stack.push_async_callback(sender.close)
 
-        routing = Routing(config, environ)
+        routing = await asyncio.to_thread(Routing, config, environ)  # 100,000 endpoints: seconds, off the loop
         settlement = Settlement(results, retry, metrics, health, sender, routing, client_options)
         stack.push_async_callback(settlement.cancel)
         stack.callback(settlement.cancel_timers)
