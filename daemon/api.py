@@ -602,6 +602,6 @@ def _json(value: Any, status: int = 200) -> web.Response:
 
 
 def _error(status: int, message: str) -> web.Response:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {"Retry-After": "1"} if status == 503 else None
     return web.Response(body=_encode({"error": message}), status=status, content_type="application/json",
                         headers=headers)  # fmt: skip

@@ -33,7 +33,7 @@ from daemon.config import Config, WhereConfig
 from daemon.consume import Source
 from daemon.contact import Contact, KafkaLogFilter, Throttle, held_note
 from daemon.deliver import Sender, client_for
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, reason_of
 from daemon.health import Health, HealthReader
 from daemon.logs import apply as apply_logs
 from daemon.metrics import Metrics
@@ -165,7 +165,7 @@ class App:
                 components = await self._unless_stopped(self._startup(attempt, admin))
             except _RETRIABLE as exc:
                 await attempt.aclose()
-                reason = _reason(exc)
+                reason = reason_of(exc)
                 self._set_status(f"waiting for Kafka at {where} ({reason})")
                 held = logged.ready()
                 if held is not None:
@@ -317,7 +317,7 @@ class App:
         Kafka error already accounted for, not a traceback to show; anything else goes to asyncio's handler."""
         exc = context.get("exception")
         if isinstance(exc, KafkaError) and context.get("message") == "Task exception was never retrieved":
-            log.debug("a Kafka request nobody waited for any more failed: %s", _reason(exc))
+            log.debug("a Kafka request nobody waited for any more failed: %s", reason_of(exc))
             return
         loop.default_exception_handler(context)
 
@@ -515,12 +515,6 @@ class App:
     def _count_routing(self, routing: Routing) -> None:
         self.metrics.endpoints.set(len(routing.endpoints))
         self.metrics.subscriptions.set(routing.subscriptions)
-
-
-def _reason(exc: BaseException) -> str:
-    """``Name: text`` of an error (aiokafka's own texts start with their name already)."""
-    name, text = type(exc).__name__, str(exc)
-    return text if text.startswith(name) else f"{name}: {text}" if text else name
 
 
 def _reloadable(old: Config, new: Config) -> None:

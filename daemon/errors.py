@@ -52,3 +52,9 @@ class KafkaUnavailable(RouterError):
     """The Kafka cluster did not answer in time (a broker unreachable, credentials refused...)."""
 
     http_status = 503
+
+
+def reason_of(exc: BaseException) -> str:
+    """``Name: text`` of an error (aiokafka's own texts start with their name already), for a log line or an answer."""
+    name, text = type(exc).__name__, str(exc)
+    return text if text.startswith(name) else f"{name}: {text}" if text else name

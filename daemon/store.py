@@ -10,11 +10,15 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
+from daemon.errors import KafkaUnavailable, reason_of
 from daemon.follow import Follower
 from daemon.registry import Changed, Conflict, Directory, EndpointRecord, Record, encode, endpoint_key, next_expiry
 
 log = logging.getLogger(__name__)
 
+_WRITE_TIMEOUT_S = 10.0  # for Kafka to acknowledge a write, then for this instance to read it back
 _OUTCOMES_KEPT = 10_000  # recent offsets whose fate a writer may still be waiting to learn
 
 
@@ -76,15 +80,35 @@ class Store:
             self._expire_later(endpoint_id, current)
 
     async def write(self, record: Record) -> Record:
-        """Write a new version; returns once this instance has applied it. Conflict when another write won."""
+        """Write a new version; returns once this instance has applied it. Conflict when another write won;
+        KafkaUnavailable (a 503) when Kafka did not take it, or took it and this instance has not applied it yet."""
         key = endpoint_key(record.id) if isinstance(record, EndpointRecord) else f"tenant/{record.id}"
-        meta = await self._producer.send_and_wait(self.topic, encode(record), key=key.encode())
-        await self._follower.wait_applied(meta.partition, meta.offset)
-        if not self._outcomes.pop((meta.partition, meta.offset), False):
+        partition, offset = await self._send(key, encode(record))
+        await self._applied(key, record.version, partition, offset)
+        if not self._outcomes.pop((partition, offset), False):
             raise Conflict(f"{key} was changed meanwhile (version {record.version} taken): read it and try again")
         return record
 
     async def tombstone(self, key: str) -> None:
         """Let compaction drop a deleted key (its versioned delete marker was accepted)."""
-        meta = await self._producer.send_and_wait(self.topic, None, key=key.encode())
-        await self._follower.wait_applied(meta.partition, meta.offset)
+        partition, offset = await self._send(key, None)
+        await self._applied(key, None, partition, offset)
+
+    async def _send(self, key: str, value: bytes | None) -> tuple[int, int]:
+        try:
+            async with asyncio.timeout(_WRITE_TIMEOUT_S):
+                meta = await self._producer.send_and_wait(self.topic, value, key=key.encode())
+        except (KafkaError, TimeoutError) as exc:
+            why = reason_of(exc) if isinstance(exc, KafkaError) else f"no answer within {_WRITE_TIMEOUT_S:g} s"
+            raise KafkaUnavailable(f"{key} not written: Kafka did not acknowledge it ({why}); try again") from None
+        return meta.partition, meta.offset
+
+    async def _applied(self, key: str, version: int | None, partition: int, offset: int) -> None:
+        try:
+            await self._follower.wait_applied(partition, offset, _WRITE_TIMEOUT_S)
+        except TimeoutError:
+            self._outcomes.pop((partition, offset), None)
+            taken = f"version {version} of {key}" if version is not None else f"the delete of {key}"
+            raise KafkaUnavailable(
+                f"{taken} was written but this instance has not read it back yet: read it before writing again"
+            ) from None
