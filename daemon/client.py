@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,10 +48,16 @@ def add_commands(sub: Any) -> None:
             op.add_argument("--status", choices=["active", "paused"])
             op.add_argument("--event-type")
             op.add_argument("--limit", type=int)
+            op.add_argument("--after", help="list: the page after this endpoint id (what a page ends with)")
             op.add_argument("--endpoint-url", help="create, update: the endpoint's URL")
             op.add_argument("--events", nargs="+", help="event types or patterns (lead.*, *)")
             op.add_argument("--profile")
-            op.add_argument("--secret", help="the signing secret (default: generated, shown once)")
+            op.add_argument(
+                "--secret",
+                help="the signing secret (default: generated, shown once); it shows in the "
+                "process list and the shell's history: prefer --secret-env",
+            )
+            op.add_argument("--secret-env", help="the variable holding the signing secret")
             op.add_argument("--header", action="append", default=[], help="NAME=VALUE, repeatable")
             op.add_argument("--description")
             op.add_argument("--set", action="append", default=[], help="FIELD=JSON, e.g. timeout_s=5, repeatable")
@@ -156,8 +164,9 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
 def _endpoints_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
     action, endpoint_id = args.action, args.id
     if action == "list":
-        query = {"tenant": args.tenant, "status": args.status, "event_type": args.event_type, "limit": args.limit}
-        given = "&".join(f"{k}={v}" for k, v in query.items() if v is not None)
+        query = {"tenant": args.tenant, "status": args.status, "event_type": args.event_type, "limit": args.limit,
+                 "after": args.after}  # fmt: skip
+        given = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
         return "GET", "/v1/endpoints" + (f"?{given}" if given else ""), None
     if action == "create":
         body = _fields(args)
@@ -177,7 +186,7 @@ def _endpoints_request(args: argparse.Namespace) -> tuple[str, str, dict[str, An
             body["version"] = args.version
         return "PATCH", path, body
     if action == "rotate-secret":
-        body = {k: v for k, v in {"secret": args.secret, "grace_s": args.grace_s}.items() if v is not None}
+        body = {k: v for k, v in {"secret": _secret(args), "grace_s": args.grace_s}.items() if v is not None}
         return "POST", path + "/rotate-secret", body
     if action == "attempts":
         return "GET", path + "/attempts" + (f"?limit={args.limit}" if args.limit else ""), None
@@ -186,10 +195,21 @@ def _endpoints_request(args: argparse.Namespace) -> tuple[str, str, dict[str, An
     return "POST", f"{path}/{action}", None  # pause, resume, ping
 
 
+def _secret(args: argparse.Namespace) -> str | None:
+    if args.secret_env is None:
+        return args.secret  # type: ignore[no-any-return]
+    if args.secret is not None:
+        raise UsageError("give --secret or --secret-env, not both")
+    value = os.environ.get(args.secret_env)
+    if not value:
+        raise UsageError(f"--secret-env: {args.secret_env} is not set")
+    return value
+
+
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {}
     given = {"tenant": args.tenant, "url": args.endpoint_url, "events": args.events, "profile": args.profile,
-             "secret": args.secret, "description": args.description}  # fmt: skip
+             "secret": _secret(args), "description": args.description}  # fmt: skip
     for key, value in given.items():
         if value is not None:
             body[key] = value
@@ -248,7 +268,7 @@ def _show(args: argparse.Namespace, status: int, text: str) -> None:
         kind = "attempts" if getattr(args, "action", None) == "attempts" else "endpoints"
         print(table(answer["data"], _COLUMNS[kind]), file=out)
         if answer.get("next_after"):
-            print(f"(more after {answer['next_after']})", file=out)
+            print(f"(more: --after {answer['next_after']})", file=out)
     elif isinstance(answer, dict):
         width = max((len(k) for k in answer), default=0)
         for key, value in answer.items():

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -254,6 +255,9 @@ async def test_recent_attempts_and_redelivery_by_delivery_id_alone(setup: Setup,
         await eventually(two, 20)
         attempts = await two()
         assert [a["status"] for a in attempts] == ["delivered", "dead_lettered"]  # newest first
+        assert [(a["http_status"], a["response_body"]) for a in attempts] == [(200, "ok"), (500, "nope")]
+        assert all(a["duration_ms"] > 0 and a["endpoint_id"] == created["id"] for a in attempts)
+        assert attempts[1]["error"] and "500" in attempts[1]["error"]
         failed = attempts[1]
         status, again = await c.call("POST", f"/v1/deliveries/{failed['delivery_id']}/redeliver")
         assert status == 200, again
@@ -305,3 +309,55 @@ async def test_two_instances_share_the_endpoints_and_a_restart_keeps_them(
 
 async def _found(client: Client, endpoint_id: str) -> bool:
     return (await client.call("GET", f"/v1/endpoints/{endpoint_id}"))[0] == 200
+
+
+async def test_the_endpoints_command_manages_endpoints_through_any_instance(
+    setup: Setup, receivers: list[Receiver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = await receiver(receivers)
+    monkeypatch.setenv("NEW_SECRET", "whsec_" + base64.b64encode(b"n" * 24).decode())
+
+    async def cli(*argv: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon", *argv, "--url", f"http://127.0.0.1:{setup.admin_port}",
+            "--token-env", "WR_ADMIN_TOKEN", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        return proc.returncode or 0, out.decode(), err.decode()
+
+    async with running(setup.write(api_config(setup))), api(setup.admin_port) as c:
+        assert (await cli("tenants", "create", "acme"))[0] == 0
+        created = []
+        for _ in range(3):
+            code, out, err = await cli("endpoints", "create", "--tenant", "acme", "--endpoint-url", r.url,
+                                       "--events", "lead.*", "--set", "allow_http=true", "--json")  # fmt: skip
+            assert code == 0, err
+            created.append(json.loads(out))
+        ids = sorted(e["id"] for e in created)
+        assert all(e["secret"].startswith("whsec_") for e in created)
+        code, out, _ = await cli("endpoints", "list", "--tenant", "acme", "--limit", "2")
+        assert code == 0 and ids[0] in out and ids[1] in out and ids[2] not in out
+        assert f"(more: --after {ids[1]})" in out
+        code, out, _ = await cli("endpoints", "list", "--tenant", "acme", "--limit", "2", "--after", ids[1], "--json")
+        assert [e["id"] for e in json.loads(out)["data"]] == [ids[2]]
+        code, out, err = await cli("endpoints", "update", ids[0], "--events", "call.*", "--version", "1", "--json")
+        assert code == 0 and json.loads(out)["events"] == ["call.*"], err
+        code, _, err = await cli("endpoints", "update", ids[0], "--description", "x", "--version", "1")
+        assert code != 0 and "version" in err  # a version that moved: 409, said on stderr
+        code, out, err = await cli("endpoints", "rotate-secret", ids[0], "--secret-env", "NEW_SECRET", "--json")
+        assert code == 0 and json.loads(out)["secret"] == os.environ["NEW_SECRET"], err
+        await produce(setup.broker.bootstrap, setup.topic, [ev("call.ended", n=1)])
+        (request,) = await r.wait_for(1)
+        Webhook(os.environ["NEW_SECRET"]).verify(request.body, request.headers)
+
+        async def attempted() -> bool:
+            code, out, _ = await cli("endpoints", "attempts", ids[0], "--json")
+            return code == 0 and [a["status"] for a in json.loads(out)["data"]] == ["delivered"]
+
+        await eventually(attempted, 20)
+        code, out, _ = await cli("endpoints", "get", ids[0])
+        assert code == 0 and "call.*" in out and "whsec_" not in out  # a readable view, never the secret
+        assert (await cli("endpoints", "delete", ids[0]))[0] == 0
+        assert (await c.call("GET", f"/v1/endpoints/{ids[0]}"))[0] == 404
+        code, _, err = await cli("endpoints", "get", ids[0])
+        assert code != 0 and "no endpoint" in err
