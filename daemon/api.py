@@ -47,6 +47,7 @@ from daemon.registry import (
     tenant_key,
     token_hash,
 )
+from daemon.resolve import resolve
 from daemon.secretbox import SecretBox
 from daemon.settle import Settlement
 from daemon.store import Store
@@ -116,6 +117,7 @@ class Api:
         self._client_options = client_options
         self._grace_s = rotation_grace_s
         self._max_scan = max_scan
+        self._static: tuple[object, dict[str, list[str]]] | None = None  # (config, events by endpoint of its file)
 
     async def handle(self, name: str, admin_only: bool, request: web.Request) -> web.Response:
         """Answer one request for the route ``name`` (a method of this class), after authenticating its caller."""
@@ -228,7 +230,8 @@ class Api:
             record = self._store.directory.endpoints.get(endpoint_id)
             if status is not None and self._status(endpoint_id)["status"] != status:
                 continue
-            if event_type is not None and (record is None or not _subscribed(record.events, event_type)):
+            events = record.events if record is not None else self._static_events(endpoint_id)
+            if event_type is not None and not _subscribed(events, event_type):
                 continue
             rows.append(self._view(record) if record is not None else self._static_view(endpoint_id))
             if len(rows) > limit:
@@ -450,13 +453,25 @@ class Api:
             "settings": record.settings,
         }
 
+    def _static_events(self, endpoint_id: str) -> list[str]:
+        """The event patterns an endpoint of the config file is subscribed to (organisations expanded), indexed
+        once per config."""
+        config = self._settlement.routing.config
+        if self._static is None or self._static[0] is not config:
+            events: dict[str, list[str]] = {}
+            for sub in resolve(config).subscriptions:
+                known = events.setdefault(sub.endpoint, [])
+                known.extend(e for e in sub.events if e not in known)
+            self._static = (config, events)
+        return self._static[1].get(endpoint_id, [])
+
     def _static_view(self, endpoint_id: str) -> dict[str, Any]:
         config = self._settlement.routing.endpoints.configs[endpoint_id]
         return {
             "id": endpoint_id,
             "tenant": None,
             "url": _safe_url(config.url),
-            "events": [],
+            "events": self._static_events(endpoint_id),
             "topics": None,
             "where": None,
             "profile": config.profile,

@@ -112,6 +112,7 @@ async def test_every_error_code_names_what_is_wrong(setup: Setup, receivers: lis
     r = await receiver(receivers)
     doc = api_config(setup, tenant_field=None)
     doc["endpoints"] = [{"id": "static", "url": r.url, "secret": "whsec_" + base64.b64encode(b"s" * 24).decode()}]
+    doc["subscriptions"] = [{"endpoint": "static", "events": ["lead.*"]}, {"endpoint": "static", "events": ["call.x"]}]
     async with running(setup.write(doc)), api(setup.admin_port) as c:
         await c.call("POST", "/v1/tenants", {"id": "acme"})
         lt = {"tenant": "acme", "profile": "leadterra", "events": ["reply.received"]}
@@ -140,6 +141,11 @@ async def test_every_error_code_names_what_is_wrong(setup: Setup, receivers: lis
         )
         assert (status, answer["error"]) == (409, "version: the endpoint is at version 1, not 7")
         assert (await c.as_("wrong").call("GET", "/v1/endpoints"))[0] == 401
+        status, static = await c.call("GET", "/v1/endpoints/static")  # read-only, with its file's subscriptions
+        assert (status, static["managed"], static["events"]) == (200, "config", ["lead.*", "call.x"])
+        for event_type, listed in (("lead.created", True), ("call.x", True), ("call.y", False)):
+            _, page = await c.call("GET", f"/v1/endpoints?event_type={event_type}")
+            assert ("static" in [e["id"] for e in page["data"]]) == listed, event_type
         async with c.session.get(c.base + "/v1/endpoints") as resp:
             assert (resp.status, resp.headers["WWW-Authenticate"]) == (401, "Bearer")
 
