@@ -31,7 +31,7 @@ from yarl import URL
 from daemon.config import EndpointConfig
 from daemon.errors import BadRequest, NotFound, RouterError
 from daemon.health import REASON_OPERATOR, Health
-from daemon.history import find_delivery, recent_attempts
+from daemon.history import SEARCH_BUDGET_S, find_delivery, recent_attempts
 from daemon.model import decode_outcome, utc_now_iso
 from daemon.operate import Operator, Redelivery, Replay
 from daemon.profiles import PROFILES, pattern_matches
@@ -338,7 +338,8 @@ class Api:
         if found is None:
             raise NotFound(
                 f"no delivery {delivery_id!r} in the results topic's retention or its newest "
-                f"{self._max_scan:,} records per partition (api.max_scan_records)"
+                f"{self._max_scan:,} records per partition (api.max_scan_records), read for at most "
+                f"{SEARCH_BUDGET_S:g} s"
             )
         outcome = decode_outcome(found)
         if outcome.endpoint_id is None or outcome.source_topic is None:

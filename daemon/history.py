@@ -3,8 +3,8 @@
 The results topic is keyed by endpoint id, so one endpoint's records all sit in one partition (the one
 Kafka's default partitioner gives its key): its recent attempts are read from that partition alone,
 backwards from its end, a window at a time, newest first. A delivery known only by its id is looked for
-in every partition the same way. Both stop after ``max_scan`` records per partition (and at the start of
-the topic's retention).
+in every partition the same way. Both stop after ``max_scan`` records per partition, at the start of the
+topic's retention, or once the query has read for ``SEARCH_BUDGET_S`` (what was found by then is the answer).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from daemon.errors import NotFound
 
 _WINDOW = 2_000  # records read per step backwards
+SEARCH_BUDGET_S = 20.0  # one query's reading, all partitions together: a caller waits no longer
 _FETCH_WAIT_S = 10.0
 
 
@@ -29,23 +30,25 @@ async def recent_attempts(
 ) -> list[bytes]:
     """The newest ``limit`` results records of an endpoint (their values), newest first."""
     key = endpoint_id.encode()
+    until = time.monotonic() + SEARCH_BUDGET_S
     async with _reader(client_options) as consumer:
         partitions = await _partitions(consumer, topic)
         parts = sorted(partitions)
         tp = TopicPartition(topic, int(DefaultPartitioner()(key, parts, parts)))
         found: list[bytes] = []
-        await _backwards(consumer, tp, max_scan, lambda r: r.key == key, found, limit)
+        await _backwards(consumer, tp, max_scan, lambda r: r.key == key, found, limit, until)
         return found
 
 
 async def find_delivery(client_options: Mapping[str, Any], topic: str, delivery_id: str, max_scan: int) -> bytes | None:
     """The newest results record of a delivery (its value), from any partition; None if not within reach."""
     needle = f'"delivery_id":"{delivery_id}"'.encode()
+    until = time.monotonic() + SEARCH_BUDGET_S
     async with _reader(client_options) as consumer:
         for partition in sorted(await _partitions(consumer, topic)):
             found: list[bytes] = []
             await _backwards(
-                consumer, TopicPartition(topic, partition), max_scan, lambda r: needle in r.value, found, 1
+                consumer, TopicPartition(topic, partition), max_scan, lambda r: needle in r.value, found, 1, until
             )
             if found:
                 return found[0]
@@ -79,13 +82,15 @@ async def _backwards(
     wanted: Callable[[Any], bool],
     found: list[bytes],
     limit: int,
+    until: float,
 ) -> None:
-    """Append to ``found`` the values of ``wanted`` records of ``tp``, newest first, until ``limit`` are found."""
+    """Append to ``found`` the values of ``wanted`` records of ``tp``, newest first, until ``limit`` are found
+    (or ``max_scan`` records were read, or the monotonic clock passed ``until``)."""
     consumer.assign([tp])
     start = (await consumer.beginning_offsets([tp]))[tp]
     end = await _end(consumer, tp, start)
     scanned = 0
-    while end > start and scanned < max_scan and len(found) < limit:
+    while end > start and scanned < max_scan and len(found) < limit and time.monotonic() < until:
         first = max(start, end - _WINDOW)
         window = await _read(consumer, tp, first, end)
         scanned += len(window)
