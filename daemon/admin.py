@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.errors import BadRequest, RouterError
 from daemon.metrics import Metrics
-from daemon.operate import Operator, Redelivery, Replay, SkipRequest
+from daemon.operate import Operator, Redelivery, Replay, SkipRequest, decode_request
 
 T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
@@ -229,11 +229,4 @@ def _json(value: Any) -> web.Response:
 
 
 async def _body(request: web.Request, kind: type[T]) -> T:
-    """The request body as ``kind``; BadRequest naming the field that does not fit."""
-    raw = await request.read() if request.can_read_body else b""
-    try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"invalid request: {exc}") from None
-    except msgspec.DecodeError:
-        raise BadRequest("the request body must be a JSON object") from None
+    return decode_request(await request.read() if request.can_read_body else b"", kind)

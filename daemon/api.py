@@ -21,7 +21,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -33,7 +33,7 @@ from daemon.errors import BadRequest, NotFound, RouterError
 from daemon.health import REASON_OPERATOR, Health
 from daemon.history import SEARCH_BUDGET_S, find_delivery, recent_attempts
 from daemon.model import decode_outcome, utc_now_iso
-from daemon.operate import Operator, Redelivery, Replay
+from daemon.operate import Operator, Redelivery, Replay, decode_request
 from daemon.profiles import PROFILES, pattern_matches
 from daemon.registry import (
     Conflict,
@@ -66,6 +66,7 @@ _ENDPOINT_FIELDS = frozenset(f.name for f in msgspec.structs.fields(EndpointConf
 # instance (its share of the in-flight cap and of the connections).
 _ADMIN_ONLY_FIELDS = ("allow_http", "max_concurrency", "queue_size")
 _LIST_LIMIT = 1000
+T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
 
 
@@ -603,14 +604,8 @@ async def _object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def _decode(request: web.Request, kind: type[Any]) -> Any:
-    raw = await request.read()
-    try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"invalid request: {exc}") from None
-    except msgspec.DecodeError:
-        raise BadRequest("the request body must be a JSON object") from None
+async def _decode(request: web.Request, kind: type[T]) -> T:
+    return decode_request(await request.read(), kind)
 
 
 def _json(value: Any, status: int = 200) -> web.Response:

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 import orjson
@@ -52,6 +52,17 @@ Partition = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 Offset = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 UnixMs = Annotated[int, Meta(ge=0, le=253_402_300_799_999)]  # up to the year 9999
 Time = Annotated[datetime, Meta(tz=True)]  # RFC 3339: with its offset (Z or +hh:mm)
+T = TypeVar("T")
+
+
+def decode_request(raw: bytes, kind: type[T]) -> T:
+    """A request body (none: ``{}``) as ``kind``; BadRequest naming the field that does not fit."""
+    try:
+        return msgspec.json.decode(raw or b"{}", type=kind)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid request: {exc}") from None
+    except msgspec.DecodeError:
+        raise BadRequest("the request body must be a JSON object") from None
 
 
 class Redelivery(msgspec.Struct, kw_only=True):
