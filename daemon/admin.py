@@ -192,8 +192,12 @@ class AdminServer:
         return _json(await op.ping(request.match_info["id"]))
 
     async def _redeliver(self, request: web.Request, op: Operator) -> web.Response:
-        where = await _body(request, Redelivery)
-        return _json(await op.redeliver(request.match_info["delivery_id"], where))
+        """The delivery where the body says (its results record's coordinates); without a body, where its newest
+        results record says, found on the results topic by its id."""
+        delivery = request.match_info["delivery_id"]
+        raw = await request.read() if request.can_read_body else b""
+        where = decode_request(raw, Redelivery) if raw.strip() else await op.locate(delivery)
+        return _json(await op.redeliver(delivery, where))
 
     async def _replay(self, request: web.Request, op: Operator) -> web.Response:
         return _json(await op.replay(request.match_info["id"], await _body(request, Replay)))

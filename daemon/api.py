@@ -16,7 +16,6 @@ import base64
 import hmac
 import json
 import logging
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,9 +30,9 @@ from yarl import URL
 from daemon.config import EndpointConfig
 from daemon.errors import BadRequest, NotFound, RouterError
 from daemon.health import REASON_OPERATOR, Health
-from daemon.history import SEARCH_BUDGET_S, find_delivery, recent_attempts
+from daemon.history import recent_attempts
 from daemon.model import decode_outcome, utc_now_iso
-from daemon.operate import Operator, Redelivery, Replay, decode_request
+from daemon.operate import Operator, Replay, decode_request
 from daemon.profiles import PROFILES, pattern_matches
 from daemon.registry import (
     Conflict,
@@ -332,23 +331,8 @@ class Api:
 
     async def _redeliver(self, request: web.Request, caller: Caller) -> web.Response:
         delivery_id = request.match_info["delivery_id"]
-        if not re.fullmatch(r"msg_[0-9a-f]{32}", delivery_id):
-            raise NotFound(f"no delivery {delivery_id!r}")
-        topic = self._settlement.routing.config.kafka.results_topic
-        found = await find_delivery(self._client_options, topic, delivery_id, self._max_scan)
-        if found is None:
-            raise NotFound(
-                f"no delivery {delivery_id!r} in the results topic's retention or its newest "
-                f"{self._max_scan:,} records per partition (api.max_scan_records), read for at most "
-                f"{SEARCH_BUDGET_S:g} s"
-            )
-        outcome = decode_outcome(found)
-        if outcome.endpoint_id is None or outcome.source_topic is None:
-            raise NotFound(f"no delivery {delivery_id!r}")
-        self._visible(outcome.endpoint_id, caller)
-        where = Redelivery(endpoint_id=outcome.endpoint_id, source_topic=outcome.source_topic,
-                           source_partition=outcome.source_partition or 0, source_offset=outcome.source_offset or 0,
-                           attempt_id=outcome.attempt_id)  # fmt: skip
+        where = await self._operator.locate(delivery_id)
+        self._visible(where.endpoint_id, caller)
         return _json(await self._operator.redeliver(delivery_id, where))
 
     # --- helpers ---

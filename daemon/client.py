@@ -22,6 +22,7 @@ import aiohttp
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_TOKEN_ENV = "WEBHOOK_ROUTER_TOKEN"  # noqa: S105 - the name of a variable, not a token
+Request = tuple[str, str, dict[str, Any] | None]  # method, path, JSON body
 
 ENDPOINT_ACTIONS = ("list", "get", "create", "update", "delete", "rotate-secret", "attempts", "pause", "resume",
                     "ping", "replay")  # fmt: skip
@@ -100,16 +101,69 @@ def _range_options(op: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         base, token = _target(args, environ)
-        method, path, body = _request(args)
+        request = _request(args)
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
-    status, text = asyncio.run(_call(method, base + path, token, body))
+    status, text = asyncio.run(_exchange(args, base, token, request))
     if status == 0:
         print(text, file=sys.stderr)
         return EXIT_FAILURE
     _show(args, status, text)
     return EXIT_OK if 200 <= status < 300 else EXIT_FAILURE
+
+
+async def _exchange(args: argparse.Namespace, base: str, token: str, request: Request) -> tuple[int, str]:
+    """The answer to ``request``; when it is one of ``/v1`` and the daemon does not serve that API (``[api]`` is not
+    enabled: aiohttp's own 404, not the API's JSON), the answer of the admin server's own operator route that does
+    the same, which every daemon serves. (0, why) when the command needs the API, or the daemon cannot be reached."""
+    method, path, body = request
+    status, text, served = await _call(method, base + path, token, body)
+    if served or not path.startswith("/v1/"):
+        return status, text
+    try:
+        method, path, body = _admin_request(args)
+    except UsageError as exc:
+        return 0, f"{exc}: the daemon at {base} does not serve the endpoints API (/v1; [api] enabled = false)"
+    status, text, _ = await _call(method, base + path, token, body)
+    if path == "/endpoints" and status == 200:
+        text = _admin_page(args, text)
+    return status, text
+
+
+def _admin_request(args: argparse.Namespace) -> Request:
+    """The admin server's route for an operator command (``/endpoints/...``, ``/deliveries/...``); UsageError for a
+    command, or an option, that only the ``/v1`` API serves."""
+    command = args.command
+    action = args.action if command == "endpoints" else command
+    target = args.id if command == "endpoints" else args.target
+    if command == "endpoints" and action == "list":
+        given = [f"--{name.replace('_', '-')}" for name in ("tenant", "event_type") if getattr(args, name)]
+        if given:
+            raise UsageError(f"endpoints list {' '.join(given)} needs the endpoints API")
+        return "GET", "/endpoints", None
+    if action in ("pause", "resume", "ping"):
+        return "POST", f"/endpoints/{target}/{action}", None
+    if action == "replay":
+        return "POST", f"/endpoints/{target}/replay", _range(args)
+    if command == "redeliver":
+        return "POST", f"/deliveries/{target}/redeliver", None  # no body: the daemon finds the delivery by its id
+    name = f"endpoints {action}" if command == "endpoints" else command
+    raise UsageError(f"{name} needs the endpoints API")
+
+
+def _admin_page(args: argparse.Namespace, text: str) -> str:
+    """``GET /endpoints``'s answer with each row's ``status`` (active or paused), filtered and paged as ``endpoints
+    list`` asks (``--status``, ``--after``, ``--limit``), in id order."""
+    rows = sorted(json.loads(text)["endpoints"], key=lambda row: str(row["id"]))
+    for row in rows:
+        row["status"] = "paused" if row.get("paused") else "active"
+    rows = [r for r in rows if (args.status is None or r["status"] == args.status) and r["id"] > (args.after or "")]
+    limit = args.limit or len(rows)
+    page: dict[str, Any] = {"endpoints": rows[:limit]}
+    if len(rows) > limit:
+        page["next_after"] = rows[limit - 1]["id"]
+    return json.dumps(page)
 
 
 class UsageError(Exception):
@@ -139,7 +193,7 @@ def _target(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, 
     return base, token
 
 
-def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+def _request(args: argparse.Namespace) -> Request:
     command = args.command
     if command in ("pause", "resume"):
         return "POST", f"/v1/endpoints/{args.target}/{command}", None
@@ -161,7 +215,7 @@ def _request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]
     return _endpoints_request(args)
 
 
-def _endpoints_request(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | None]:
+def _endpoints_request(args: argparse.Namespace) -> Request:
     action, endpoint_id = args.action, args.id
     if action == "list":
         query = {"tenant": args.tenant, "status": args.status, "event_type": args.event_type, "limit": args.limit,
@@ -237,20 +291,24 @@ def _range(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if v is not None}
 
 
-async def _call(method: str, url: str, token: str, body: dict[str, Any] | None) -> tuple[int, str]:
+async def _call(method: str, url: str, token: str, body: dict[str, Any] | None) -> tuple[int, str, bool]:
+    """(status, body, whether the daemon serves the route: all but aiohttp's own 404 for a path it has no route for,
+    which is not JSON); (0, why, True) when the daemon cannot be reached."""
     timeout = aiohttp.ClientTimeout(total=600)
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(timeout=timeout) as session:
         try:
             async with session.request(method, url, json=body, headers=headers) as resp:
-                return resp.status, await resp.text()
+                served = resp.status != 404 or resp.content_type == "application/json"
+                return resp.status, await resp.text(), served
         except aiohttp.ClientError as exc:
-            return 0, f"cannot reach the daemon at {url}: {type(exc).__name__}"
+            return 0, f"cannot reach the daemon at {url}: {type(exc).__name__}", True
 
 
 _COLUMNS = {
     "endpoints": ("id", "tenant", "status", "profile", "events", "url", "version"),
     "attempts": ("timestamp", "status", "http_status", "attempt", "duration_ms", "delivery_id", "error"),
+    "admin": ("id", "status", "reason", "profile", "consecutive_failures", "in_flight", "queued", "max_concurrency"),
 }
 
 
@@ -267,6 +325,10 @@ def _show(args: argparse.Namespace, status: int, text: str) -> None:
     if isinstance(answer, dict) and isinstance(answer.get("data"), list):
         kind = "attempts" if getattr(args, "action", None) == "attempts" else "endpoints"
         print(table(answer["data"], _COLUMNS[kind]), file=out)
+        if answer.get("next_after"):
+            print(f"(more: --after {answer['next_after']})", file=out)
+    elif isinstance(answer, dict) and isinstance(answer.get("endpoints"), list):  # the admin server's list
+        print(table(answer["endpoints"], _COLUMNS["admin"]), file=out)
         if answer.get("next_after"):
             print(f"(more: --after {answer['next_after']})", file=out)
     elif isinstance(answer, dict):

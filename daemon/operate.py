@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from daemon.consume import Source, Stuck
 from daemon.deliver import Endpoint, Job, Sender, client_for, delivery_id
 from daemon.errors import BadRequest, InvalidEvent, KafkaUnavailable, NotFound, RouterError
 from daemon.health import REASON_OPERATOR, Health
+from daemon.history import SEARCH_BUDGET_S, find_delivery
 from daemon.metrics import Metrics
 from daemon.model import (
     PING,
@@ -38,6 +40,7 @@ from daemon.model import (
     Event,
     Outcome,
     SkippedBatch,
+    decode_outcome,
     encode_outcome,
     encode_skipped,
     utc_now_iso,
@@ -210,6 +213,26 @@ class Operator:
     async def ping(self, endpoint_id: str) -> Outcome:
         endpoint = self._endpoint(endpoint_id)
         return await self._settlement.attempt_once(endpoint, ping_job(endpoint))
+
+    async def locate(self, delivery: str) -> Redelivery:
+        """Where a past delivery's event is, as its newest results record on the results topic says (read backwards,
+        at most ``api.max_scan_records`` per partition and ``SEARCH_BUDGET_S`` in all); NotFound when none is."""
+        config = self._settlement.routing.config
+        max_scan = config.api.max_scan_records
+        found = None
+        if re.fullmatch(r"msg_[0-9a-f]{32}", delivery):
+            found = await find_delivery(self._client_options, config.kafka.results_topic, delivery, max_scan)
+        if found is None:
+            raise NotFound(
+                f"no delivery {delivery!r} in the results topic's retention or its newest {max_scan:,} records per "
+                f"partition (api.max_scan_records), read for at most {SEARCH_BUDGET_S:g} s"
+            )
+        outcome = decode_outcome(found)
+        if outcome.endpoint_id is None or outcome.source_topic is None:
+            raise NotFound(f"no delivery {delivery!r}")
+        return Redelivery(endpoint_id=outcome.endpoint_id, source_topic=outcome.source_topic,
+                          source_partition=outcome.source_partition or 0, source_offset=outcome.source_offset or 0,
+                          attempt_id=outcome.attempt_id)  # fmt: skip
 
     async def redeliver(self, delivery: str, where: Redelivery) -> Outcome:
         """One attempt of a past delivery, its event read back from Kafka by its recorded position."""
