@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from daemon.errors import BadRequest, RouterError
 from daemon.metrics import Metrics
-from daemon.operate import Operator, Redelivery, Replay, SkipRequest, decode_request
+from daemon.operate import Operator, Redelivery, Replay, SkipRequest, decode_request, read_body
 
 T = TypeVar("T")
 _encode = msgspec.json.Encoder().encode
@@ -171,6 +171,8 @@ class AdminServer:
                 return await handler(request, operator)
             except RouterError as exc:
                 return _error(exc.http_status, str(exc))
+            except web.HTTPException as exc:  # aiohttp's own answer to the request (not a bug): its status, as JSON
+                return _error(exc.status, exc.reason)
             except Exception:  # a bug: answered all the same (a dropped connection tells the operator nothing)
                 log.exception("%s %s failed", request.method, request.path)
                 return _error(500, "internal error (see the router's log)")
@@ -195,7 +197,7 @@ class AdminServer:
         """The delivery where the body says (its results record's coordinates); without a body, where its newest
         results record says, found on the results topic by its id."""
         delivery = request.match_info["delivery_id"]
-        raw = await request.read() if request.can_read_body else b""
+        raw = await read_body(request)
         where = decode_request(raw, Redelivery) if raw.strip() else await op.locate(delivery)
         return _json(await op.redeliver(delivery, where))
 
@@ -233,4 +235,4 @@ def _json(value: Any) -> web.Response:
 
 
 async def _body(request: web.Request, kind: type[T]) -> T:
-    return decode_request(await request.read() if request.can_read_body else b"", kind)
+    return decode_request(await read_body(request), kind)

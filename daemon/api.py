@@ -32,7 +32,7 @@ from daemon.errors import BadRequest, NotFound, RouterError
 from daemon.health import REASON_OPERATOR, Health
 from daemon.history import recent_attempts
 from daemon.model import decode_outcome, utc_now_iso
-from daemon.operate import Operator, Replay, decode_request
+from daemon.operate import Operator, Replay, decode_request, read_body
 from daemon.profiles import PROFILES, pattern_matches
 from daemon.registry import (
     Conflict,
@@ -578,7 +578,7 @@ def _tenant_view(record: TenantRecord) -> dict[str, Any]:
 
 
 async def _object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         body = json.loads(raw or b"{}")
     except (ValueError, RecursionError):
@@ -589,7 +589,7 @@ async def _object(request: web.Request) -> dict[str, Any]:
 
 
 async def _decode(request: web.Request, kind: type[T]) -> T:
-    return decode_request(await request.read(), kind)
+    return decode_request(await read_body(request), kind)
 
 
 def _json(value: Any, status: int = 200) -> web.Response:

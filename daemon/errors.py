@@ -17,6 +17,12 @@ class NotFound(RouterError):
     http_status = 404
 
 
+class TooLarge(RouterError):
+    """A request body over the admin server's limit (aiohttp's ``client_max_size``)."""
+
+    http_status = 413
+
+
 class ConfigError(RouterError):
     """A config that cannot be used. ``errors`` holds one ``path: message`` line per fault."""
 

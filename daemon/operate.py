@@ -21,6 +21,7 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 import orjson
+from aiohttp import web
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from msgspec import Meta
@@ -29,7 +30,7 @@ from daemon.clients import make_producer
 from daemon.config import Config, EndpointId, Name, RetryConfig
 from daemon.consume import Source, Stuck
 from daemon.deliver import Endpoint, Job, Sender, client_for, delivery_id
-from daemon.errors import BadRequest, InvalidEvent, KafkaUnavailable, NotFound, RouterError
+from daemon.errors import BadRequest, InvalidEvent, KafkaUnavailable, NotFound, RouterError, TooLarge
 from daemon.health import REASON_OPERATOR, Health
 from daemon.history import SEARCH_BUDGET_S, find_delivery
 from daemon.metrics import Metrics
@@ -66,6 +67,17 @@ def decode_request(raw: bytes, kind: type[T]) -> T:
         raise BadRequest(f"invalid request: {exc}") from None
     except msgspec.DecodeError:
         raise BadRequest("the request body must be a JSON object") from None
+
+
+async def read_body(request: web.Request) -> bytes:
+    """A request's body (none: empty); TooLarge (a 413) for one over the server's ``client_max_size``, which aiohttp
+    stops reading at."""
+    if not request.can_read_body:
+        return b""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise TooLarge(f"the request body is too large: at most {request.client_max_size:,} bytes") from None
 
 
 class Redelivery(msgspec.Struct, kw_only=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import logging
 import re
@@ -605,3 +606,36 @@ async def test_secrets_planted_at_random_are_found_nowhere(
     for name, secret in [*s.items(), ("basic", basic), ("admin token", admin_token)]:
         assert secret not in text, f"{name} found"
     assert "***" in written.decode("utf-8", "replace")  # the echoes were recorded, masked
+
+
+async def test_a_body_over_the_size_limit_is_a_413_on_both_surfaces_and_logs_no_traceback(
+    setup: Setup, receivers: list[Receiver], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = await receiver(receivers)
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "t0ken")
+    monkeypatch.setenv("ROUTER_SECRETS_KEY", base64.b64encode(b"k" * 32).decode())
+    doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["*"]}])
+    doc["admin"]["token_env"] = "ROUTER_ADMIN_TOKEN"
+    doc["api"] = {"enabled": True, "secrets_key_env": "ROUTER_SECRETS_KEY"}
+    huge = b'{"from_time": "' + b"9" * 50_000_000 + b'"}'  # 50 MB
+    async with running(setup.write(doc)) as app:
+        assert app.components is not None
+        base = f"http://127.0.0.1:{app.components.admin.port}"
+        auth = {"Authorization": "Bearer t0ken", "Content-Type": "application/json"}
+        with caplog.at_level(logging.INFO):
+            async with aiohttp.ClientSession(headers=auth) as http:
+                await http.post(base + "/v1/tenants", json={"id": "acme"})
+                async with http.post(base + "/v1/endpoints", json={"tenant": "acme", "url": r.url, "events": ["*"],
+                                                                   "allow_http": True}) as resp:  # fmt: skip
+                    api_id = (await resp.json())["id"]
+                requests = [("POST", "/endpoints/x/replay"), ("POST", "/deliveries/msg_x/redeliver"),
+                            ("POST", "/partitions/t/0/skip"), ("POST", "/v1/endpoints/x/replay"),
+                            ("POST", "/v1/endpoints"), ("PATCH", f"/v1/endpoints/{api_id}"), ("POST", "/v1/tenants"),
+                            ("POST", f"/v1/endpoints/{api_id}/rotate-secret")]  # fmt: skip
+                for method, route in requests:
+                    async with http.request(method, base + route, data=io.BytesIO(huge)) as resp:
+                        answer = await resp.json()
+                    assert (resp.status, "too large" in answer["error"]) == (413, True), (route, answer)
+        assert app.ready()
+    logged = [rec for rec in caplog.records if rec.levelno >= logging.ERROR or rec.exc_info or rec.exc_text]
+    assert logged == [], [rec.getMessage() for rec in logged]
