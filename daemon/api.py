@@ -248,9 +248,7 @@ class Api:
         body = await _object(request)
         if not body:
             raise BadRequest("the request body must name at least one field to change")
-        expected = body.pop("version", None) or request.headers.get("If-Match", "").strip('"') or None
-        if expected is not None and str(expected) != str(record.version):
-            raise Conflict(f"version: the endpoint is at version {record.version}, not {expected}")
+        _expect_version(record, body, request.headers.get("If-Match", ""))
         if "tenant" in body and body.pop("tenant") != record.tenant:
             raise BadRequest("tenant: an endpoint cannot change tenants")
         if "secret" in body or "secrets" in body:
@@ -537,6 +535,23 @@ def _split(body: dict[str, Any], caller: Caller) -> tuple[dict[str, Any], dict[s
     ):
         raise BadRequest("description: must be a string of at most 500 characters")
     return fields, subscription, meta
+
+
+def _expect_version(record: EndpointRecord, body: dict[str, Any], if_match: str) -> None:
+    """An update may name the version it expects in the body (``version``: an integer or its string, null for none;
+    taken out of ``body``), in ``If-Match``, or both; each that is given must be the endpoint's version (0 never is):
+    Conflict if not."""
+    expected: list[str] = []
+    version = body.pop("version", None)
+    if isinstance(version, bool) or not isinstance(version, int | str | None):
+        raise BadRequest("version: must be an integer")
+    if version is not None:
+        expected.append(str(version))
+    if if_match.strip().strip('"'):
+        expected.append(if_match.strip().strip('"'))
+    for given in expected:
+        if given != str(record.version):
+            raise Conflict(f"version: the endpoint is at version {record.version}, not {given}")
 
 
 def _bounded(given: str | None, default: int, most: int) -> int:

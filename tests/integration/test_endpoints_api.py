@@ -367,3 +367,26 @@ async def test_the_endpoints_command_manages_endpoints_through_any_instance(
         assert (await c.call("GET", f"/v1/endpoints/{ids[0]}"))[0] == 404
         code, _, err = await cli("endpoints", "get", ids[0])
         assert code != 0 and "no endpoint" in err
+
+
+async def test_an_update_naming_a_version_applies_only_at_that_version_0_included(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    r = await receiver(receivers)
+    async with running(setup.write(api_config(setup))), api(setup.admin_port) as c:
+        await c.call("POST", "/v1/tenants", {"id": "acme"})
+        _, created = await c.call("POST", "/v1/endpoints", new("acme", r.url))
+        path = f"/v1/endpoints/{created['id']}"
+        for stale, headers in (({"version": 0}, {}), ({"version": "0"}, {}), ({"version": 2}, {}),
+                               ({}, {"If-Match": '"0"'}), ({"version": 1}, {"If-Match": "0"}),
+                               ({"version": 0}, {"If-Match": "1"})):  # fmt: skip
+            status, answer = await c.call("PATCH", path, {"description": "stale", **stale}, **headers)
+            assert (status, answer["error"].startswith("version: the endpoint is at version 1, not ")) == (409, True)
+        for wrong in (True, 1.5, [1]):
+            status, answer = await c.call("PATCH", path, {"description": "wrong", "version": wrong})
+            assert (status, answer["error"]) == (400, "version: must be an integer"), (wrong, answer)
+        assert (await c.call("GET", path))[1]["description"] is None  # none of them applied
+        status, updated = await c.call("PATCH", path, {"description": "now", "version": 1}, **{"If-Match": '"1"'})
+        assert (status, updated["description"], updated["version"]) == (200, "now", 2)
+        status, updated = await c.call("PATCH", path, {"description": "unconditional", "version": None})
+        assert (status, updated["version"]) == (200, 3)
