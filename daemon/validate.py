@@ -17,6 +17,7 @@ import ssl
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import msgspec
 import msgspec.inspect as mi
@@ -31,6 +32,7 @@ from daemon.sign import decode_whsec
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_URL_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 (tab included), DEL, C1
 _SCHEMA = mi.type_info(Config)
 _ENDPOINT = mi.type_info(EndpointConfig)
 _SUBSCRIPTION = mi.type_info(SubscriptionConfig)
@@ -367,11 +369,20 @@ class _Checks:
         self._known[endpoint.id] = endpoint
 
     def url(self, url: str, allow_http: bool, https_only: bool, path: str) -> None:
-        """An endpoint URL: absolute http(s), its host a plain name or a canonical address that the SSRF guard does
-        not refuse (``delivery.allowed_networks`` can allow it)."""
+        """An endpoint URL: absolute http(s), without control characters, sent as written (``_sent_as_written``), its
+        host a plain name or a canonical address that the SSRF guard does not refuse (``delivery.allowed_networks``
+        can allow it)."""
+        if _URL_CONTROL.search(url):
+            self.fault(path, "must not contain control characters (CR, LF, tab, NUL...): percent-encode one that "
+                       "belongs in it")  # fmt: skip
+            return
         scheme, sep, rest = url.partition("://")
         if not sep or scheme.lower() not in ("http", "https") or not rest or rest[0] in "/?#" or not _parses(url):
             self.fault(path, "must be an absolute http:// or https:// URL")
+            return
+        if not _sent_as_written(url):
+            self.fault(path, "would not be sent as written (the HTTP client removes dot segments such as /../ and an "
+                       "empty ? or #): write it as it is to be sent")  # fmt: skip
             return
         if https_only and scheme.lower() != "https" and not allow_http:
             self.fault(path, "must use https:// (or set allow_http = true on the endpoint)")
@@ -490,6 +501,22 @@ def _network_problem(text: str) -> str | None:
     except ValueError:
         return "must be a network in CIDR form with no host bits set (e.g. 10.0.0.0/8, fd00::/8 or 127.0.0.1/32)"
     return None
+
+
+def _sent_as_written(url: str) -> bool:
+    """True when the path, query and fragment of ``url`` are those the sender's ``URL(url, encoded=False)`` keeps, up
+    to percent-encoding (an escape's case, a character it must encode: the same once decoded). Not so when it drops a
+    character (tab, CR, LF), removes dot segments (``/a/../b`` is sent as ``/b``) or an empty ``?`` or ``#``. The
+    scheme and host may differ in case and a default port be dropped: the host is checked on its own."""
+    sent = str(URL(url, encoded=False))
+    return unquote(_tail(url)) == unquote(_tail(sent))
+
+
+def _tail(url: str) -> str:
+    """What follows the authority of an absolute URL (``/`` for nothing: a request's target is never empty)."""
+    rest = url.partition("://")[2]
+    tail = rest[min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest)) :]
+    return tail if tail.startswith("/") else "/" + tail
 
 
 def _parses(url: str) -> bool:

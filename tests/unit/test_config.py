@@ -382,6 +382,42 @@ def test_urls_the_http_client_refuses_are_refused(url: str) -> None:
     ]
 
 
+_CONTROL_MESSAGE = "must not contain control characters (CR, LF, tab, NUL...): percent-encode one that belongs in it"
+_REWRITE_MESSAGE = (
+    "would not be sent as written (the HTTP client removes dot segments such as /../ and an empty ? or #): "
+    "write it as it is to be sent"
+)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://crm.example.com/\r\nX: 1", "https://crm.example.com/a\tb", "https://crm.example.com/a\x00",
+     "https://crm.example.com/a?b=1\nc", "https://crm.example.com/a#\x7f", "https://crm.exa\nmple.com/hook",
+     "https://user:p\rw@crm.example.com/", "https://crm.example.com/\x85"],
+)  # fmt: skip
+def test_a_url_with_a_control_character_is_refused(url: str) -> None:
+    assert errors_of(doc(endpoints=[endpoint(url=url)])) == [f"endpoints[0].url: {_CONTROL_MESSAGE}"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://crm.example.com/a/../hook", "https://crm.example.com/./hook", "https://crm.example.com/a/..",
+     "https://crm.example.com/hook?", "https://crm.example.com/hook#", "https://crm.example.com/hook/%2e%2e/x"],
+)  # fmt: skip
+def test_a_url_the_http_client_would_send_otherwise_is_refused(url: str) -> None:
+    assert errors_of(doc(endpoints=[endpoint(url=url)])) == [f"endpoints[0].url: {_REWRITE_MESSAGE}"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://crm.example.com/p?q=%c3%a9", "https://crm.example.com/p%7Eq", "https://crm.example.com/p?a[]=1&b=2",
+     "https://crm.example.com/caf\u00e9", "https://crm.example.com/a%2Fb?x=%2B%26&y=a+b&z=%0D%0A",
+     "https://CRM.Example.com:443/Hook", "https://crm.example.com?x=1", "https://crm.example.com/p?r=https://b.example/c?d"],
+)  # fmt: skip
+def test_a_url_sent_as_written_up_to_percent_encoding_is_accepted(url: str) -> None:
+    assert parse_config(doc(endpoints=[endpoint(url=url)]), {}).endpoints[0].url == url
+
+
 # --- secrets ---
 
 
