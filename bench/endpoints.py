@@ -32,9 +32,9 @@ import uvloop
 from aiokafka import AIOKafkaProducer
 
 from bench.procs import Child
-from daemon.embedded import EmbeddedBroker, free_port
-from daemon.registry import encode, endpoint_key, sealed_record
-from daemon.secretbox import SecretBox
+from daemon.core.registry import encode, endpoint_key, sealed_record
+from daemon.core.secretbox import SecretBox
+from daemon.tools.embedded import EmbeddedBroker, free_port
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(24))).decode()
 MiB = 1024 * 1024
@@ -128,9 +128,9 @@ async def _topic_records(bootstrap: str, topic: str, n: int, box: SecretBox) -> 
 
 def one_change(n: int) -> float:
     """Seconds to apply one changed endpoint to a routing of ``n`` (the median of 200 changes)."""
-    from daemon.config import EndpointConfig, SubscriptionConfig
-    from daemon.routing import Routing
-    from daemon.validate import parse_config
+    from daemon.core.config import EndpointConfig, SubscriptionConfig
+    from daemon.core.validate import parse_config
+    from daemon.engine.routing import Routing
 
     raw = {"kafka": {"bootstrap_servers": "k:9092", "group_id": "g", "topics": ["t"], "results_topic": "r"}}
     routing = Routing(parse_config(raw, {}), {})
@@ -152,8 +152,8 @@ def one_change(n: int) -> float:
 def idle_bytes(n: int) -> tuple[float, float]:
     """Bytes of live objects per idle endpoint of the config file (traced by ``tracemalloc``): its parsed
     config, then what the routing adds (its routes; no ``Endpoint`` is prepared before it has work)."""
-    from daemon.routing import Routing
-    from daemon.validate import parse_config
+    from daemon.core.validate import parse_config
+    from daemon.engine.routing import Routing
 
     doc = _config("k:9092", 1, "cfg", n, False)
     environ = dict(os.environ)

@@ -29,8 +29,8 @@ from bench.router import (
 )
 from bench.servers import Receiver, start_fast
 from bench.workload import endpoint, labelled_config, labelled_topics, produce_backlog
-from daemon.config import KafkaConfig
-from daemon.embedded import EmbeddedBroker
+from daemon.core.config import KafkaConfig
+from daemon.tools.embedded import EmbeddedBroker
 
 # The router's default kafka.max_in_flight_events: the most events it holds unfinished at once.
 IN_FLIGHT_CAP = int(next(f.default for f in msgspec.structs.fields(KafkaConfig) if f.name == "max_in_flight_events"))

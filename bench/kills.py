@@ -24,7 +24,7 @@ from aiohttp import web
 
 from bench.router import Router, wait_ready
 from bench.workload import endpoint, labelled_config, labelled_topics, produce_paced
-from daemon.embedded import EmbeddedBroker
+from daemon.tools.embedded import EmbeddedBroker
 
 
 class Counter:

@@ -2,7 +2,7 @@
 
 One shared ClientSession (the router's connector settings), uvloop, ``concurrency`` long-lived workers,
 the router's headers and the same Standard Webhooks signature per request, the same body size.
-``--client router`` runs the same loop over the router's own HTTP client (``daemon.http.Client``:
+``--client router`` runs the same loop over the router's own HTTP client (``daemon.delivery.http.Client``:
 aiohttp's connector and response parser, the request head serialised once) instead of
 ``ClientSession.post``: the floor of the router's own HTTP path, for comparison. Two modes:
 
@@ -25,9 +25,9 @@ import aiohttp
 from yarl import URL
 
 from bench.workload import EVENT_TYPES, SECRET_KEY, USER_AGENT, event_body
-from daemon.http import Client, Route
-from daemon.netguard import NetGuard
-from daemon.sign import standard_webhooks_signature
+from daemon.core.netguard import NetGuard
+from daemon.core.sign import standard_webhooks_signature
+from daemon.delivery.http import Client, Route
 
 _KEYS = (SECRET_KEY,)
 

@@ -1,4 +1,4 @@
-"""Matching cost, in process: ``daemon.match.RoutingTable`` with 10,000 endpoints and 100,000 subscriptions.
+"""Matching cost, in process: ``daemon.core.match.RoutingTable`` with 10,000 endpoints and 100,000 subscriptions.
 
 The subscriptions mix exact types (most), prefix wildcards (``order.*``, ``order.line.*``), a few ``*``
 and some limited to one topic; the events follow a skewed (Zipf-like) mix of types over three topics,
@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.config import SubscriptionConfig
-from daemon.match import RoutingTable
+from daemon.core.config import SubscriptionConfig
+from daemon.core.match import RoutingTable
 
 TOPICS = ("events", "orders", "billing")
 _ACTIONS: tuple[str, ...] = (

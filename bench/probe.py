@@ -29,7 +29,7 @@ import tomli_w
 from bench.procs import http_get
 from bench.servers import start_python
 from bench.workload import endpoint, kafka_latency, produce_paced, router_config, sent_at
-from daemon.embedded import EmbeddedBroker, free_port
+from daemon.tools.embedded import EmbeddedBroker, free_port
 
 
 def _pct(values: list[float]) -> str:
@@ -41,8 +41,8 @@ def _pct(values: list[float]) -> str:
 
 def run_probed_daemon(config: str) -> None:
     """The daemon with probes; writes the probes' samples as JSON beside its config when it exits."""
-    import daemon.deliver
-    import daemon.settle
+    import daemon.delivery.deliver
+    import daemon.engine.settle
     from daemon.cli import main
 
     samples: dict[str, list[float]] = {"dispatch": [], "attempt": [], "answered": []}
@@ -52,8 +52,8 @@ def run_probed_daemon(config: str) -> None:
         if sent is not None:
             samples[name].append((time.time() - sent) * 1000)
 
-    dispatch = daemon.settle.Settlement.dispatch
-    attempt = daemon.deliver.Sender.attempt
+    dispatch = daemon.engine.settle.Settlement.dispatch
+    attempt = daemon.delivery.deliver.Sender.attempt
 
     def probed_dispatch(self: Any, record: Any, part: Any) -> None:
         note("dispatch", record.value)
@@ -65,8 +65,8 @@ def run_probed_daemon(config: str) -> None:
         note("answered", job.event.value)
         return outcome
 
-    daemon.settle.Settlement.dispatch = probed_dispatch  # type: ignore[method-assign]
-    daemon.deliver.Sender.attempt = probed_attempt  # type: ignore[method-assign]
+    daemon.engine.settle.Settlement.dispatch = probed_dispatch  # type: ignore[method-assign]
+    daemon.delivery.deliver.Sender.attempt = probed_attempt  # type: ignore[method-assign]
     atexit.register(lambda: Path(config).with_suffix(".probes.json").write_text(json.dumps(samples)))
     sys.argv = ["webhook-router", "run", "--config", config]
     main()

@@ -44,7 +44,7 @@ _ENTRY = ("(daemon/cli.py)", "(daemon/__main__.py)")
 
 
 def _package(frame: str) -> str:
-    """The package of a frame: ``Sender.attempt (daemon/deliver.py)`` -> ``daemon``."""
+    """The package of a frame: ``Sender.attempt (daemon/delivery/deliver.py)`` -> ``daemon``."""
     where = frame.rpartition(" (")[2].rstrip(")")
     top = where.split("/", 1)[0] if "/" in where else where
     return "uvloop and C below the loop" if frame.startswith("Runner.run ") else top
@@ -72,13 +72,22 @@ def summarize(
 _COMPONENTS = (
     ("admin /metrics scrape (the harness polls it)", ("AdminServer",)),
     ("metrics (prometheus_client)", ("prometheus_client/",)),
-    ("signature and per-request headers (Endpoint.request_headers)", ("Endpoint.request_headers", "(daemon/sign.py)")),
+    (
+        "signature and per-request headers (Endpoint.request_headers)",
+        ("Endpoint.request_headers", "(daemon/core/sign.py)"),
+    ),
     ("outcome record: build + encode", ("outcome_for ", "utc_now_iso", "encode_outcome", "internal_error ")),
     ("results writer (aiokafka producer, ResultsWriter)", ("aiokafka/producer", "ResultsWriter")),
     ("dispatch (Settlement.dispatch: type, match, jobs)", ("Settlement.dispatch",)),
-    ("settlement and health bookkeeping (Settlement, Health)", ("(daemon/settle.py)", "(daemon/health.py)")),
-    ("consumer (aiokafka fetcher, Source.run)", ("aiokafka/", "Source.", "(daemon/offsets.py)")),
-    ("HTTP request (daemon/http.py: write, aiohttp's pool and parser)", ("(daemon/http.py)", "aiohttp/")),
+    (
+        "settlement and health bookkeeping (Settlement, Health)",
+        ("(daemon/engine/settle.py)", "(daemon/engine/health.py)"),
+    ),
+    ("consumer (aiokafka fetcher, Source.run)", ("aiokafka/", "Source.", "(daemon/core/offsets.py)")),
+    (
+        "HTTP request (daemon/delivery/http.py: write, aiohttp's pool and parser)",
+        ("(daemon/delivery/http.py)", "aiohttp/"),
+    ),
     ("rest of Sender.attempt / Lane._work", ("Sender.attempt", "Lane.", "asyncio/queues.py")),
 )
 
@@ -94,9 +103,9 @@ def components(raw: str) -> tuple[int, list[tuple[str, int]]]:
 
 
 def _component(frames: list[str]) -> str:
-    if any(n in frames[-1] for n in ("(daemon/deadline.py)", "(asyncio/timeouts.py)")):
+    if any(n in frames[-1] for n in ("(daemon/delivery/deadline.py)", "(asyncio/timeouts.py)")):
         # By the innermost frame only: Deadlines.within is on the stack for the whole exchange it bounds.
-        return "request timeout (daemon/deadline.py)"
+        return "request timeout (daemon/delivery/deadline.py)"
     for name, needles in _COMPONENTS:
         if any(n in frame for frame in frames for n in needles):
             return name

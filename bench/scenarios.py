@@ -37,7 +37,7 @@ class Side:
     run: Run
     limit: float  # requests/s
     limit_cpu_us: float  # CPU per request
-    own: float  # requests/s of the same bare loop over the router's HTTP client (daemon.http)
+    own: float  # requests/s of the same bare loop over the router's HTTP client (daemon.delivery.http)
     own_cpu_us: float
     tries: str  # every rate measured, for the notes
 
@@ -83,7 +83,7 @@ def _side_rows(bench: Bench, scenario: str, figure: str, side: Side, target: flo
     )
     bench.row(
         scenario,
-        "router / the same bare loop over the router's own HTTP client (daemon.http), deliveries/s",
+        "router / the same bare loop over the router's own HTTP client (daemon.delivery.http), deliveries/s",
         fmt_rate(side.run.rate),
         fmt_rate(side.own),
         fmt_ratio(side.run.rate / side.own) if side.own > 0 else "-",

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from bench.procs import Child, wait_port
-from daemon.embedded import free_port
+from daemon.tools.embedded import free_port
 
 _NGINX_CONF = """\
 daemon off;

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from daemon.embedded import EmbeddedBroker, free_port
+from daemon.tools.embedded import EmbeddedBroker, free_port
 
 SECRET_KEY = bytes(range(1, 33))
 SECRET = "whsec_" + base64.b64encode(SECRET_KEY).decode()
@@ -34,7 +34,7 @@ def supports(field: str) -> bool:
     """True when the router's endpoint config has ``field`` (the config grows; the harness keeps up)."""
     import msgspec
 
-    from daemon.config import EndpointConfig
+    from daemon.core.config import EndpointConfig
 
     return any(f.name == field for f in msgspec.structs.fields(EndpointConfig))
 

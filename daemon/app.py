@@ -25,30 +25,30 @@ import msgspec
 from aiohttp.abc import AbstractResolver
 from aiokafka.errors import KafkaError
 
-from daemon.admin import AdminServer
-from daemon.api import Api
-from daemon.api import install as install_api
-from daemon.clients import kafka_client_options, make_producer
-from daemon.config import Config, WhereConfig
-from daemon.consume import Source
-from daemon.contact import Contact, KafkaLogFilter, Throttle, held_note
-from daemon.deliver import Sender, client_for
-from daemon.errors import ConfigError, reason_of
-from daemon.health import Health, HealthReader
-from daemon.logs import apply as apply_logs
-from daemon.metrics import Metrics
-from daemon.operate import Operator
-from daemon.registry import opened
-from daemon.results import ResultsWriter
-from daemon.routing import Routing
-from daemon.secretbox import SecretBox, SecretError, key_from
-from daemon.settle import Settlement
-from daemon.store import Store
-from daemon.systemd import notify as _notify_systemd
-from daemon.systemd import watchdog
-from daemon.topics import ensure_topics, topic_specs
-from daemon.tracing import start as start_tracing
-from daemon.validate import load_config
+from daemon.admin.api import Api
+from daemon.admin.api import install as install_api
+from daemon.admin.operate import Operator
+from daemon.admin.server import AdminServer
+from daemon.core.config import Config, WhereConfig
+from daemon.core.errors import ConfigError, reason_of
+from daemon.core.registry import opened
+from daemon.core.secretbox import SecretBox, SecretError, key_from
+from daemon.core.validate import load_config
+from daemon.delivery.deliver import Sender, client_for
+from daemon.engine.health import Health, HealthReader
+from daemon.engine.routing import Routing
+from daemon.engine.settle import Settlement
+from daemon.kafka.clients import kafka_client_options, make_producer
+from daemon.kafka.consume import Source
+from daemon.kafka.contact import Contact, KafkaLogFilter, Throttle, held_note
+from daemon.kafka.results import ResultsWriter
+from daemon.kafka.store import Store
+from daemon.kafka.topics import ensure_topics, topic_specs
+from daemon.observe.logs import apply as apply_logs
+from daemon.observe.metrics import Metrics
+from daemon.observe.systemd import notify as _notify_systemd
+from daemon.observe.systemd import watchdog
+from daemon.observe.tracing import start as start_tracing
 
 log = logging.getLogger(__name__)
 

@@ -11,17 +11,17 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from daemon import __version__
-from daemon.client import TOP_LEVEL, add_commands, run_command, table
-from daemon.config import Config
-from daemon.errors import ConfigError, KafkaUnavailable, NotFound, TopicError
-from daemon.logs import apply as apply_logs
-from daemon.logs import setup as setup_logs
-from daemon.match import RoutingTable
-from daemon.profiles import PROFILES
-from daemon.resolve import resolve
-from daemon.validate import load_config
-from daemon.watch import add_commands as add_watch_commands
-from daemon.watch import run as watch
+from daemon.core.config import Config
+from daemon.core.errors import ConfigError, KafkaUnavailable, NotFound, TopicError
+from daemon.core.match import RoutingTable
+from daemon.core.profiles import PROFILES
+from daemon.core.resolve import resolve
+from daemon.core.validate import load_config
+from daemon.observe.logs import apply as apply_logs
+from daemon.observe.logs import setup as setup_logs
+from daemon.tools.remote import TOP_LEVEL, add_commands, run_command, table
+from daemon.tools.watch import add_commands as add_watch_commands
+from daemon.tools.watch import run as watch
 
 T = TypeVar("T")
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("tail", "stats"):
         return watch(args, os.environ)
     if args.command == "demo":
-        from daemon.demo import run_demo
+        from daemon.tools.demo import run_demo
 
         return run_coroutine(run_demo(events=args.events, rate=args.rate))
     parser.print_help()
@@ -130,7 +130,7 @@ def _ping(path: str, endpoint_id: str) -> int:
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
-    from daemon.operate import ping, record
+    from daemon.admin.operate import ping, record
 
     try:
         outcome = run_coroutine(ping(config, endpoint_id, os.environ))

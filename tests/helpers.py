@@ -27,8 +27,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from yarl import URL
 
-from daemon.clients import kafka_client_options
-from daemon.config import KafkaConfig
+from daemon.core.config import KafkaConfig
+from daemon.kafka.clients import kafka_client_options
 
 SECRET = "whsec_" + base64.b64encode(b"test-secret-0123456789abcdef").decode()
 

@@ -15,9 +15,9 @@ import tomli_w
 from aiokafka.admin import NewTopic
 
 from daemon.app import App, Components
-from daemon.clients import admin_client
-from daemon.embedded import EmbeddedBroker, free_port
-from daemon.validate import load_config
+from daemon.core.validate import load_config
+from daemon.kafka.clients import admin_client
+from daemon.tools.embedded import EmbeddedBroker, free_port
 from tests.helpers import OUTSIDE_BOOTSTRAP, OUTSIDE_KAFKA, DaemonProcess, Receiver, client_options, eventually, unique
 
 # Tests that suspend, stop or start a broker use their own Tansu; against an outside cluster they cannot.

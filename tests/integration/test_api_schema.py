@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from daemon.api import OPENAPI
+from daemon.admin.api import OPENAPI
 from tests.integration.conftest import Setup, running
 from tests.integration.test_endpoints_api import ADMIN, _environment, api, api_config  # noqa: F401 - the fixture
 

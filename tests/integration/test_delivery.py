@@ -74,7 +74,7 @@ async def test_non_2xx_is_failed_with_body(setup: Setup, receivers: list[Receive
 
 
 async def test_connection_refused_is_failed(setup: Setup) -> None:
-    from daemon.embedded import free_port
+    from daemon.tools.embedded import free_port
 
     ep = {"id": "gone", "url": f"http://127.0.0.1:{free_port()}/x", "secret": SECRET}
     path = setup.write(setup.config([ep], [{"endpoint": "gone", "events": ["*"]}]))

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from daemon.embedded import free_port
+from daemon.tools.embedded import free_port
 from tests.helpers import DaemonProcess, Receiver, eventually, produce, read_raw
 from tests.integration.conftest import Setup, receiver, running, spawn
 

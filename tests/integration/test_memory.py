@@ -9,8 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from daemon.config import KafkaConfig
-from daemon.model import decode_retry
+from daemon.core.config import KafkaConfig
+from daemon.core.model import decode_retry
 from tests.helpers import SECRET, DaemonProcess, Receiver, eventually, produce, read_raw, read_topic
 from tests.integration.conftest import Setup, receiver, running, spawn
 

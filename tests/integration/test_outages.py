@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from daemon.embedded import EmbeddedBroker, free_port
+from daemon.tools.embedded import EmbeddedBroker, free_port
 from tests.helpers import (
     SECRET,
     DaemonProcess,

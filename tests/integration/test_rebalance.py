@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from daemon.embedded import free_port
+from daemon.tools.embedded import free_port
 from tests.helpers import SECRET, Receiver, eventually, read_topic
 from tests.integration.conftest import Setup, parts, receiver, running
 from tests.integration.test_signals import produce_keyed

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from daemon.api import ROUTES
+from daemon.admin.api import ROUTES
 from daemon.app import App
 from tests.helpers import SECRET, DaemonProcess, FakeDNS, Proxy, Receiver, eventually, produce, read_topic, serve
 from tests.integration.conftest import Setup, receiver, running, spawn

@@ -19,9 +19,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from daemon.clients import admin_client
-from daemon.topics import TIER_RETENTION_MARGIN_S, topic_specs
-from daemon.validate import load_config
+from daemon.core.validate import load_config
+from daemon.kafka.clients import admin_client
+from daemon.kafka.topics import TIER_RETENTION_MARGIN_S, topic_specs
 from tests.helpers import SECRET, DaemonProcess, Receiver, client_options, produce, read_topic, unique
 from tests.integration.conftest import Setup, parts, receiver, running, spawn
 

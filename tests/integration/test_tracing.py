@@ -9,12 +9,12 @@ from aiohttp import web
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from daemon.config import DeliveryConfig, EndpointConfig, TracingConfig
-from daemon.deliver import Endpoint, Job, Sender, client_for
-from daemon.http import Client
-from daemon.metrics import Metrics
-from daemon.model import DELIVERED, FAILED, Event
-from daemon.tracing import Tracing
+from daemon.core.config import DeliveryConfig, EndpointConfig, TracingConfig
+from daemon.core.model import DELIVERED, FAILED, Event
+from daemon.delivery.deliver import Endpoint, Job, Sender, client_for
+from daemon.delivery.http import Client
+from daemon.observe.metrics import Metrics
+from daemon.observe.tracing import Tracing
 from tests.helpers import SECRET, Receiver, serve
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -1,7 +1,7 @@
 """Small in-memory stand-ins for the unit tests at a module's seam (never used by integration tests).
 
-- ``Writer`` for ``daemon.results.ResultsWriter``: keeps every submitted record; the test acknowledges them.
-- ``ScriptedSender`` for ``daemon.deliver.Sender``: answers each attempt with the status the test scripts,
+- ``Writer`` for ``daemon.kafka.results.ResultsWriter``: keeps every submitted record; the test acknowledges them.
+- ``ScriptedSender`` for ``daemon.delivery.deliver.Sender``: answers each attempt with the status the test scripts,
   optionally waiting on a gate, without any socket.
 - ``Record`` for an aiokafka ``ConsumerRecord``.
 """
@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.deliver import Endpoint, Job, outcome_for
-from daemon.model import BLOCKED, DELIVERED, FAILED, Ack, Outcome, decode_outcome
+from daemon.core.model import BLOCKED, DELIVERED, FAILED, Ack, Outcome, decode_outcome
+from daemon.delivery.deliver import Endpoint, Job, outcome_for
 
 
 @dataclass

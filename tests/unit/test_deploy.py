@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from daemon.cli import main
-from daemon.validate import load_config
+from daemon.core.validate import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -1,0 +1,617 @@
+"""The endpoints API (``/v1``): customers' webhook endpoints managed at run time, scoped by tenant.
+
+JSON over the admin server, described by ``daemon/openapi.json`` (served at ``/v1/openapi.json``). The
+platform's backend calls it with the admin token; a tenant's own token (stored only as a hash) limits a
+caller to that tenant, and another tenant's endpoint is a 404 to it, never a 403. Errors follow the
+Leadterra contract: 400 malformed (or not https, per the endpoint's profile), 401 missing or bad token,
+404 unknown endpoint or tenant, 409 a conflicting update (or an endpoint of the config file, which the API
+shows read-only), 422 unknown event types; each names the field. Validation is ``check-config``'s
+(``daemon.core.validate.check_endpoint``). State lives in the endpoints topic (``daemon.kafka.store``); a write
+returns once this instance has applied it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from aiohttp import web
+from msgspec import Meta
+from yarl import URL
+
+from daemon.admin.operate import Operator, Replay, decode_request, read_body
+from daemon.core.config import EndpointConfig
+from daemon.core.errors import BadRequest, NotFound, RouterError
+from daemon.core.model import decode_outcome, utc_now_iso
+from daemon.core.profiles import PROFILES, pattern_matches
+from daemon.core.registry import (
+    Conflict,
+    EndpointRecord,
+    SealedSecret,
+    TenantRecord,
+    TokenRecord,
+    endpoint_key,
+    opened,
+    sealed_record,
+    tenant_key,
+    token_hash,
+)
+from daemon.core.resolve import resolve
+from daemon.core.secretbox import SecretBox
+from daemon.core.validate import check_endpoint
+from daemon.engine.health import REASON_OPERATOR, Health
+from daemon.engine.settle import Settlement
+from daemon.kafka.history import recent_attempts
+from daemon.kafka.store import Store
+
+log = logging.getLogger(__name__)
+
+OPENAPI = Path(__file__).with_name("openapi.json")
+TenantId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")]
+_SUBSCRIPTION_FIELDS = ("events", "topics", "where")
+_META_FIELDS = ("tenant", "description", "version")
+# The id is generated; a pause is an action; secrets change by rotation (and never come from this host's environment).
+_NOT_BY_API = frozenset({"id", "secret_env", "secrets", "paused"})
+_ENDPOINT_FIELDS = frozenset(f.name for f in msgspec.structs.fields(EndpointConfig)) - _NOT_BY_API
+# What only the platform (the admin token) may set: a contract's https rule, and what one endpoint may hold of an
+# instance (its share of the in-flight cap and of the connections).
+_ADMIN_ONLY_FIELDS = ("allow_http", "max_concurrency", "queue_size")
+_LIST_LIMIT = 1000
+T = TypeVar("T")
+_encode = msgspec.json.Encoder().encode
+
+
+class Unprocessable(RouterError):
+    http_status = 422
+
+
+class Unauthorized(RouterError):
+    http_status = 401
+
+
+class Caller(msgspec.Struct, frozen=True):
+    tenant: str | None  # None: the platform itself (the admin token)
+
+
+class TenantBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    id: TenantId
+
+
+class RotateBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    secret: Annotated[str, Meta(min_length=1, max_length=512)] | None = None
+    grace_s: Annotated[float, Meta(ge=0, le=30 * 86400)] | None = None  # default: api.rotation_grace_s
+
+
+class Api:
+    """What the ``/v1`` routes do, built once start-up has reached Kafka (``install`` serves them before)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        settlement: Settlement,
+        health: Health,
+        operator: Operator,
+        box: SecretBox,
+        admin_token: str | None,
+        environ: Mapping[str, str],
+        client_options: Mapping[str, Any],
+        rotation_grace_s: float,
+        max_scan: int,
+    ) -> None:
+        self._store = store
+        self._settlement = settlement
+        self._health = health
+        self._operator = operator
+        self._box = box
+        self._admin_token = admin_token
+        self._environ = environ
+        self._client_options = client_options
+        self._grace_s = rotation_grace_s
+        self._max_scan = max_scan
+        self._static: tuple[object, dict[str, list[str]]] | None = None  # (config, events by endpoint of its file)
+
+    async def handle(self, name: str, admin_only: bool, request: web.Request) -> web.Response:
+        """Answer one request for the route ``name`` (a method of this class), after authenticating its caller."""
+        try:
+            caller = self._caller(request)
+            if admin_only and caller.tenant is not None:
+                raise NotFound("no such resource")  # a tenant token never learns what it may not see
+            handler: Callable[[web.Request, Caller], Awaitable[web.Response]] = getattr(self, name)
+            return await handler(request, caller)
+        except RouterError as exc:
+            return _error(exc.http_status, str(exc))
+
+    def _caller(self, request: web.Request) -> Caller:
+        given = request.headers.get("Authorization", "")
+        if not given.startswith("Bearer ") or len(given) > 1024:
+            raise Unauthorized("a valid bearer token is required")
+        token = given[7:]
+        if self._admin_token is not None and hmac.compare_digest(token.encode(), self._admin_token.encode()):
+            return Caller(None)
+        tenant = self._store.directory.tenant_of_token(token)
+        if tenant is None:
+            raise Unauthorized("a valid bearer token is required")
+        if self._settlement.routing.config.api.tenant_field is None:
+            raise Unauthorized("tenant tokens are refused while api.tenant_field is not set")
+        return Caller(tenant)
+
+    # --- tenants ---
+
+    async def _create_tenant(self, request: web.Request, caller: Caller) -> web.Response:
+        body = await _decode(request, TenantBody)
+        directory = self._store.directory
+        if body.id in directory.tenants:
+            raise Conflict(f"tenant {body.id!r} exists")
+        record = TenantRecord(id=body.id, version=directory.version(tenant_key(body.id)) + 1, created_at=utc_now_iso())
+        await self._store.write(record)
+        return _json(_tenant_view(record), 201)
+
+    async def _get_tenant(self, request: web.Request, caller: Caller) -> web.Response:
+        return _json(_tenant_view(self._tenant(request.match_info["tenant"], caller)))
+
+    async def _create_token(self, request: web.Request, caller: Caller) -> web.Response:
+        tenant = self._tenant(request.match_info["tenant"], caller)
+        if self._settlement.routing.config.api.tenant_field is None:
+            raise Conflict(
+                "api.tenant_field is not set: an endpoint receives every tenant's events, so no tenant may hold a token"
+            )
+        token_id = "tok_" + secrets.token_hex(6)
+        token = f"wrt_{tenant.id}_{secrets.token_urlsafe(32)}"
+        entry = TokenRecord(id=token_id, sha256=token_hash(token), created_at=utc_now_iso())
+        record = msgspec.structs.replace(tenant, version=tenant.version + 1, tokens=[*tenant.tokens, entry])
+        await self._store.write(record)
+        return _json({"id": token_id, "tenant": tenant.id, "token": token, "created_at": entry.created_at}, 201)
+
+    async def _delete_token(self, request: web.Request, caller: Caller) -> web.Response:
+        tenant = self._tenant(request.match_info["tenant"], caller)
+        token_id = request.match_info["token_id"]
+        kept = [t for t in tenant.tokens if t.id != token_id]
+        if len(kept) == len(tenant.tokens):
+            raise NotFound(f"no token {token_id!r}")
+        await self._store.write(msgspec.structs.replace(tenant, version=tenant.version + 1, tokens=kept))
+        return web.Response(status=204)
+
+    def _tenant(self, tenant_id: str, caller: Caller) -> TenantRecord:
+        tenant = self._store.directory.tenants.get(tenant_id)
+        if tenant is None or (caller.tenant is not None and caller.tenant != tenant_id):
+            raise NotFound(f"no tenant {tenant_id!r}")
+        return tenant
+
+    # --- endpoints ---
+
+    async def _create(self, request: web.Request, caller: Caller) -> web.Response:
+        body = await _object(request)
+        tenant = self._scope(body.pop("tenant", None), caller)
+        if "version" in body:
+            raise BadRequest("version: not for a new endpoint")
+        endpoint_id = "ep_" + base64.b32encode(secrets.token_bytes(10)).decode().lower()
+        fields, subscription, meta = _split(body, caller)
+        if fields.get("secret") is None:  # not given: one is generated for the profiles that sign
+            fields.pop("secret", None)
+            profile = PROFILES.get(str(fields.get("profile") or "standard-webhooks"))
+            generated = _new_secret(profile.key_source) if profile is not None else None
+            if generated is not None:
+                fields["secret"] = generated
+        config, sub = self._checked(endpoint_id, fields, subscription)  # a secret of the wrong type is a 400
+        secret = config.secret
+        record = self._record(config, sub, tenant, 1, None, meta.get("description"), [(secret, None)] if secret else [])
+        await self._store.write(record)
+        view = self._view(record)
+        if secret is not None:
+            view["secret"] = secret  # shown once: never again
+        return _json(view, 201)
+
+    async def _list(self, request: web.Request, caller: Caller) -> web.Response:
+        query = request.query
+        tenant = query.get("tenant")
+        if caller.tenant is not None:
+            if tenant is not None and tenant != caller.tenant:
+                raise NotFound(f"no tenant {tenant!r}")
+            tenant = caller.tenant
+        status, event_type, after = query.get("status"), query.get("event_type"), query.get("after", "")
+        if status not in (None, "active", "paused"):
+            raise BadRequest("status: must be active or paused")
+        limit = _bounded(query.get("limit"), 100, _LIST_LIMIT)
+        if tenant is not None and tenant not in self._store.directory.tenants:
+            raise NotFound(f"no tenant {tenant!r}")
+        rows: list[dict[str, Any]] = []
+        for endpoint_id in self._ids(caller, tenant):
+            if endpoint_id <= after:
+                continue
+            record = self._store.directory.endpoints.get(endpoint_id)
+            if status is not None and self._status(endpoint_id)["status"] != status:
+                continue
+            events = record.events if record is not None else self._static_events(endpoint_id)
+            if event_type is not None and not _subscribed(events, event_type):
+                continue
+            rows.append(self._view(record) if record is not None else self._static_view(endpoint_id))
+            if len(rows) > limit:
+                break
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return _json({"data": rows, "next_after": rows[-1]["id"] if more else None})
+
+    async def _get(self, request: web.Request, caller: Caller) -> web.Response:
+        return _json(self._view_of(request.match_info["id"], caller))
+
+    async def _update(self, request: web.Request, caller: Caller) -> web.Response:
+        record = self._own(request.match_info["id"], caller)
+        body = await _object(request)
+        if not body:
+            raise BadRequest("the request body must name at least one field to change")
+        _expect_version(record, body, request.headers.get("If-Match", ""))
+        if "tenant" in body and body.pop("tenant") != record.tenant:
+            raise BadRequest("tenant: an endpoint cannot change tenants")
+        if "secret" in body or "secrets" in body:
+            raise BadRequest("secret: change it with rotate-secret")
+        current, current_sub = self._opened(record)
+        fields = {k: v for k, v in msgspec.to_builtins(current).items() if k in _ENDPOINT_FIELDS and v is not None}
+        fields.pop("secrets", None)
+        subscription = {k: v for k, v in msgspec.to_builtins(current_sub).items() if k in _SUBSCRIPTION_FIELDS}
+        new_fields, new_sub, meta = _split(body, caller)
+        fields.update(new_fields)
+        subscription.update({k: v for k, v in new_sub.items()})
+        subscription = {k: v for k, v in subscription.items() if v is not None}
+        if current.secrets:
+            fields["secrets"] = current.secrets
+        config, sub = self._checked(record.id, fields, subscription)
+        description = meta.get("description", record.description)
+        updated = self._record(config, sub, record.tenant, record.version + 1, record.created_at, description,
+                               None, keep=record.secrets)  # fmt: skip
+        await self._store.write(updated)
+        return _json(self._view(updated))
+
+    async def _delete(self, request: web.Request, caller: Caller) -> web.Response:
+        record = self._own(request.match_info["id"], caller)
+        marker = msgspec.structs.replace(record, version=record.version + 1, deleted=True, updated_at=utc_now_iso())
+        await self._store.write(marker)
+        await self._store.tombstone(endpoint_key(record.id))
+        return web.Response(status=204)
+
+    async def _pause(self, request: web.Request, caller: Caller) -> web.Response:
+        endpoint_id = self._visible(request.match_info["id"], caller)
+        self._health.pause(endpoint_id, REASON_OPERATOR, "paused through the API")
+        return _json(self._view_of(endpoint_id, caller))
+
+    async def _resume(self, request: web.Request, caller: Caller) -> web.Response:
+        endpoint_id = self._visible(request.match_info["id"], caller)
+        self._health.resume(endpoint_id)
+        return _json(self._view_of(endpoint_id, caller))
+
+    async def _ping(self, request: web.Request, caller: Caller) -> web.Response:
+        return _json(await self._operator.ping(self._visible(request.match_info["id"], caller)))
+
+    async def _replay(self, request: web.Request, caller: Caller) -> web.Response:
+        endpoint_id = self._visible(request.match_info["id"], caller)
+        return _json(await self._operator.replay(endpoint_id, await _decode(request, Replay)))
+
+    async def _rotate(self, request: web.Request, caller: Caller) -> web.Response:
+        record = self._own(request.match_info["id"], caller)
+        body = await _decode(request, RotateBody)
+        config, sub = self._opened(record)
+        profile = PROFILES[config.profile]
+        if profile.key_source == "optional":
+            raise BadRequest(f"secret: the {config.profile} contract carries no secret")
+        secret = body.secret or _new_secret(profile.key_source) or ""
+        grace = self._grace_s if body.grace_s is None else body.grace_s
+        expires = int((time.time() + grace) * 1000)
+        now_ms = int(time.time() * 1000)
+        old = [
+            (self._box.open(s.value, endpoint_key(record.id)), expires if s.expires_at is None else s.expires_at)
+            for s in record.secrets
+            if s.expires_at is None or s.expires_at > now_ms
+        ]
+        secrets_now = [(secret, None), *([] if grace == 0 else old)]
+        checked, _ = self._checked(record.id, {**msgspec.to_builtins(config), "secrets": [s for s, _ in secrets_now],
+                                               "secret": None}, msgspec.to_builtins(sub))  # fmt: skip
+        updated = self._record(checked, sub, record.tenant, record.version + 1, record.created_at, record.description,
+                               secrets_now)  # fmt: skip
+        await self._store.write(updated)
+        view = self._view(updated)
+        view["secret"] = secret
+        return _json(view)
+
+    async def _attempts(self, request: web.Request, caller: Caller) -> web.Response:
+        endpoint_id = self._visible(request.match_info["id"], caller)
+        limit = _bounded(request.query.get("limit"), 20, 200)
+        topic = self._settlement.routing.config.kafka.results_topic
+        values = await recent_attempts(self._client_options, topic, endpoint_id, limit, self._max_scan)
+        return _json({"data": [decode_outcome(v) for v in values]})
+
+    async def _redeliver(self, request: web.Request, caller: Caller) -> web.Response:
+        delivery_id = request.match_info["delivery_id"]
+        where = await self._operator.locate(delivery_id)
+        self._visible(where.endpoint_id, caller)
+        return _json(await self._operator.redeliver(delivery_id, where))
+
+    # --- helpers ---
+
+    def _scope(self, tenant: Any, caller: Caller) -> str:
+        if caller.tenant is not None:
+            if tenant is not None and tenant != caller.tenant:
+                raise NotFound(f"no tenant {tenant!r}")
+            return caller.tenant
+        if not isinstance(tenant, str) or not tenant:
+            raise BadRequest("tenant: required")
+        if tenant not in self._store.directory.tenants:
+            raise NotFound(f"no tenant {tenant!r}")
+        return tenant
+
+    def _checked(self, endpoint_id: str, fields: dict[str, Any], subscription: dict[str, Any]) -> tuple[Any, Any]:
+        fields = {**fields, "id": endpoint_id}
+        subscription = {**subscription, "endpoint": endpoint_id}
+        subscription.setdefault("events", [])
+        config = self._settlement.routing.config
+        endpoint, sub, faults, unknown = check_endpoint(config, self._environ, fields, subscription)
+        if faults or endpoint is None or sub is None:
+            raise BadRequest("; ".join(faults))
+        if unknown:
+            raise Unprocessable("; ".join(unknown))
+        if not sub.events:
+            raise BadRequest("events: at least one event type is required")
+        return endpoint, sub
+
+    def _record(
+        self, config: EndpointConfig, sub: Any, tenant: str, version: int, created_at: str | None,
+        description: str | None, secrets_with_expiry: list[tuple[str, int | None]] | None,
+        keep: list[SealedSecret] | None = None,
+    ) -> EndpointRecord:  # fmt: skip
+        settings = {
+            k: v
+            for k, v in msgspec.to_builtins(config).items()
+            if k in _ENDPOINT_FIELDS and k not in ("url", "headers", "secret", "secrets") and v is not None
+        }
+        record = sealed_record(
+            self._box, endpoint_id=config.id, tenant=tenant, version=version, created_at=created_at, url=config.url,
+            headers=config.headers, secrets=secrets_with_expiry or [], events=sub.events, topics=sub.topics,
+            where=sub.where, description=description, settings=settings,
+        )  # fmt: skip
+        if keep is not None:
+            record = msgspec.structs.replace(record, secrets=keep)
+        return record
+
+    def _opened(self, record: EndpointRecord) -> tuple[EndpointConfig, Any]:
+        return opened(record, self._box)
+
+    def _own(self, endpoint_id: str, caller: Caller) -> EndpointRecord:
+        """An API endpoint the caller may change; 409 for one of the config file, 404 for any it may not see."""
+        record = self._store.directory.endpoints.get(endpoint_id)
+        if record is not None and (caller.tenant is None or caller.tenant == record.tenant):
+            return record
+        if caller.tenant is None and endpoint_id in self._settlement.routing.endpoints:
+            raise Conflict(f"endpoint {endpoint_id!r} is defined in the config file: read-only here")
+        raise NotFound(f"no endpoint {endpoint_id!r}")
+
+    def _visible(self, endpoint_id: str, caller: Caller) -> str:
+        record = self._store.directory.endpoints.get(endpoint_id)
+        if record is not None and (caller.tenant is None or caller.tenant == record.tenant):
+            return endpoint_id
+        if caller.tenant is None and endpoint_id in self._settlement.routing.endpoints:
+            return endpoint_id  # the config file's: the platform may act on it
+        raise NotFound(f"no endpoint {endpoint_id!r}")
+
+    def _view_of(self, endpoint_id: str, caller: Caller) -> dict[str, Any]:
+        self._visible(endpoint_id, caller)
+        record = self._store.directory.endpoints.get(endpoint_id)
+        return self._view(record) if record is not None else self._static_view(endpoint_id)
+
+    def _ids(self, caller: Caller, tenant: str | None) -> list[str]:
+        """The endpoint ids a caller may list (of one tenant, when given), in order; views are built per page."""
+        api = self._store.directory.endpoints
+        ids = [i for i, record in api.items() if tenant is None or record.tenant == tenant]
+        if caller.tenant is None and tenant is None:
+            ids += [i for i in self._settlement.routing.endpoints if i not in api]
+        ids.sort()
+        return ids
+
+    def _status(self, endpoint_id: str) -> dict[str, Any]:
+        state = self._health.states.get(endpoint_id)
+        paused = state is not None and state.paused
+        return {"status": "paused" if paused else "active", "paused_reason": state.reason if paused and state else None}
+
+    def _view(self, record: EndpointRecord) -> dict[str, Any]:
+        config, sub = self._opened(record)
+        return {
+            "id": record.id,
+            "tenant": record.tenant,
+            "url": _safe_url(config.url),
+            "events": list(sub.events),
+            "topics": sub.topics,
+            "where": msgspec.to_builtins(sub.where) if sub.where is not None else None,
+            "profile": config.profile,
+            "description": record.description,
+            **self._status(record.id),
+            "version": record.version,
+            "created_at": record.created_at,
+            "updated_at": record.updated_at,
+            "managed": "api",
+            "settings": record.settings,
+        }
+
+    def _static_events(self, endpoint_id: str) -> list[str]:
+        """The event patterns an endpoint of the config file is subscribed to (organisations expanded), indexed
+        once per config."""
+        config = self._settlement.routing.config
+        if self._static is None or self._static[0] is not config:
+            events: dict[str, list[str]] = {}
+            for sub in resolve(config).subscriptions:
+                known = events.setdefault(sub.endpoint, [])
+                known.extend(e for e in sub.events if e not in known)
+            self._static = (config, events)
+        return self._static[1].get(endpoint_id, [])
+
+    def _static_view(self, endpoint_id: str) -> dict[str, Any]:
+        config = self._settlement.routing.endpoints.configs[endpoint_id]
+        return {
+            "id": endpoint_id,
+            "tenant": None,
+            "url": _safe_url(config.url),
+            "events": self._static_events(endpoint_id),
+            "topics": None,
+            "where": None,
+            "profile": config.profile,
+            "description": None,
+            **self._status(endpoint_id),
+            "version": 0,
+            "created_at": None,
+            "updated_at": None,
+            "managed": "config",
+            "settings": {},
+        }
+
+
+# method, path, the Api method that answers, admin token only
+ROUTES: tuple[tuple[str, str, str, bool], ...] = (
+    ("POST", "/v1/tenants", "_create_tenant", True),
+    ("GET", "/v1/tenants/{tenant}", "_get_tenant", False),
+    ("POST", "/v1/tenants/{tenant}/tokens", "_create_token", True),
+    ("DELETE", "/v1/tenants/{tenant}/tokens/{token_id}", "_delete_token", True),
+    ("POST", "/v1/endpoints", "_create", False),
+    ("GET", "/v1/endpoints", "_list", False),
+    ("GET", "/v1/endpoints/{id}", "_get", False),
+    ("PATCH", "/v1/endpoints/{id}", "_update", False),
+    ("DELETE", "/v1/endpoints/{id}", "_delete", False),
+    ("POST", "/v1/endpoints/{id}/pause", "_pause", False),
+    ("POST", "/v1/endpoints/{id}/resume", "_resume", False),
+    ("POST", "/v1/endpoints/{id}/ping", "_ping", False),
+    ("POST", "/v1/endpoints/{id}/replay", "_replay", False),
+    ("POST", "/v1/endpoints/{id}/rotate-secret", "_rotate", False),
+    ("GET", "/v1/endpoints/{id}/attempts", "_attempts", False),
+    ("POST", "/v1/deliveries/{delivery_id}/redeliver", "_redeliver", False),
+)
+
+
+def install(app: web.Application, api: Callable[[], Api | None], not_ready: Callable[[], str | None]) -> None:
+    """Add the ``/v1`` routes to the admin server's app, before the daemon has reached Kafka: until it has (and
+    built its ``Api``), they answer 503 with the reason; the OpenAPI document answers at once."""
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
+
+    app.router.add_get("/v1/openapi.json", openapi)
+    for method, path, name, admin_only in ROUTES:
+
+        async def handler(request: web.Request, name: str = name, admin_only: bool = admin_only) -> web.Response:
+            current = api()
+            if current is None:
+                return _error(503, f"not available yet: {not_ready() or 'starting'}")
+            return await current.handle(name, admin_only, request)
+
+        app.router.add_route(method, path, handler)
+
+
+def _split(body: dict[str, Any], caller: Caller) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A request body as (endpoint fields, subscription fields, meta fields); unknown fields are a 400, and so are
+    the admin's own fields from a tenant's token."""
+    if caller.tenant is not None:
+        for key in _ADMIN_ONLY_FIELDS:
+            if key in body:
+                raise BadRequest(f"{key}: set by the platform (the admin token) only")
+    fields: dict[str, Any] = {}
+    subscription: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    for key, value in body.items():
+        if key in _SUBSCRIPTION_FIELDS:
+            subscription[key] = value
+        elif key in _META_FIELDS:
+            meta[key] = value
+        elif key in _ENDPOINT_FIELDS:
+            fields[key] = value
+        else:
+            raise BadRequest(f"{key}: unknown field")
+    if (
+        "description" in meta
+        and meta["description"] is not None
+        and not (isinstance(meta["description"], str) and len(meta["description"]) <= 500)
+    ):
+        raise BadRequest("description: must be a string of at most 500 characters")
+    return fields, subscription, meta
+
+
+def _expect_version(record: EndpointRecord, body: dict[str, Any], if_match: str) -> None:
+    """An update may name the version it expects in the body (``version``: an integer or its string, null for none;
+    taken out of ``body``), in ``If-Match``, or both; each that is given must be the endpoint's version (0 never is):
+    Conflict if not."""
+    expected: list[str] = []
+    version = body.pop("version", None)
+    if isinstance(version, bool) or not isinstance(version, int | str | None):
+        raise BadRequest("version: must be an integer")
+    if version is not None:
+        expected.append(str(version))
+    if if_match.strip().strip('"'):
+        expected.append(if_match.strip().strip('"'))
+    for given in expected:
+        if given != str(record.version):
+            raise Conflict(f"version: the endpoint is at version {record.version}, not {given}")
+
+
+def _bounded(given: str | None, default: int, most: int) -> int:
+    if given is None:
+        return default
+    try:
+        value = int(given)
+    except ValueError:
+        raise BadRequest("limit: must be an integer") from None
+    if not 1 <= value <= most:
+        raise BadRequest(f"limit: must be 1..{most}")
+    return value
+
+
+def _new_secret(key_source: str) -> str | None:
+    if key_source == "whsec":
+        return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    if key_source == "text":
+        return "whs_" + secrets.token_urlsafe(24)
+    return None
+
+
+def _subscribed(patterns: list[str], event_type: str) -> bool:
+    return any(pattern_matches(p, event_type) for p in patterns)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its credentials (they are secrets)."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return "<unparseable>"
+    return str(parsed.with_user(None)) if parsed.user or parsed.password else url
+
+
+def _tenant_view(record: TenantRecord) -> dict[str, Any]:
+    tokens = [{"id": t.id, "created_at": t.created_at} for t in record.tokens]
+    return {"id": record.id, "created_at": record.created_at, "version": record.version, "tokens": tokens}
+
+
+async def _object(request: web.Request) -> dict[str, Any]:
+    raw = await read_body(request)
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):
+        raise BadRequest("the request body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+async def _decode(request: web.Request, kind: type[T]) -> T:
+    return decode_request(await read_body(request), kind)
+
+
+def _json(value: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_encode(value), status=status, content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {"Retry-After": "1"} if status == 503 else None
+    return web.Response(body=_encode({"error": message}), status=status, content_type="application/json",
+                        headers=headers)  # fmt: skip

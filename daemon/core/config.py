@@ -1,0 +1,294 @@
+"""The config's schema: frozen msgspec Structs, the types and bounds of every field. Pure.
+
+Loading and validating a config file is ``daemon.core.validate``; resolving organisations and campaigns
+into endpoints is the campaign profile's (``daemon.core.resolve`` collects it). A ``Config`` that exists
+has passed both.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+_FROZEN: dict[str, Any] = {"frozen": True, "kw_only": True, "forbid_unknown_fields": True}
+
+Name = Annotated[str, Meta(min_length=1, max_length=249, pattern=r"^[A-Za-z0-9._-]+\Z")]
+EndpointId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*\Z")]
+EventPattern = Annotated[str, Meta(min_length=1, max_length=255)]
+ProfileName = Annotated[str, Meta(min_length=1, max_length=64)]  # one of daemon.core.profiles.PROFILES
+
+
+class KafkaConfig(msgspec.Struct, **_FROZEN):
+    bootstrap_servers: Annotated[str, Meta(min_length=1)]
+    group_id: Name
+    topics: Annotated[list[Name], Meta(min_length=1)]
+    results_topic: Name
+    client_id: Name = "webhook-router"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # topic -> field holding the event type (dotted for nested: "meta.kind"); default `event`, then `type`.
+    event_type_fields: dict[str, Annotated[str, Meta(min_length=1)]] = {}
+    # topic -> field holding the event's own id (dotted for nested): webhook ids derive from it. CloudEvents' id
+    # and source are used without it; without either, the record's coordinates and timestamp.
+    event_id_fields: dict[str, Annotated[str, Meta(min_length=1)]] = {}
+    # A larger event is recorded invalid_event ("too large") and not delivered.
+    max_event_bytes: Annotated[int, Meta(ge=1024, le=100 * 1024 * 1024)] = 1024 * 1024
+    max_in_flight_events: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
+    # The bytes of the events read and not finished (their values); at the cap fetching pauses. The default
+    # keeps a pod's memory under 512 MiB with the rest of the process.
+    max_in_flight_bytes: Annotated[int, Meta(ge=1024 * 1024, le=64 * 1024**3)] = 128 * 1024 * 1024
+    max_poll_records: Annotated[int, Meta(ge=1, le=100_000)] = 1_000
+    fetch_max_wait_ms: Annotated[int, Meta(ge=0, le=10_000)] = 20
+    commit_interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 500
+    session_timeout_ms: Annotated[int, Meta(ge=1_000, le=300_000)] = 10_000
+    heartbeat_interval_ms: Annotated[int, Meta(ge=100, le=60_000)] = 3_000
+    max_poll_interval_ms: Annotated[int, Meta(ge=1_000, le=3_600_000)] = 300_000
+    results_acks: Literal["all", "leader"] = "all"
+    enable_idempotence: bool = False
+    linger_ms: Annotated[int, Meta(ge=0, le=1_000)] = 5
+    # After this long without an answer from any broker, contact is lost: logged once, /readyz answers 503.
+    contact_timeout_s: Annotated[float, Meta(ge=1, le=600)] = 15.0
+    # Connection security; which combinations are complete is checked in daemon.core.validate.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: Annotated[str, Meta(min_length=1)] | None = None  # PLAIN, SCRAM-*
+    sasl_password_env: Annotated[str, Meta(min_length=1)] | None = None  # PLAIN, SCRAM-*: the variable holding it
+    sasl_oauth_token_file: Annotated[str, Meta(min_length=1)] | None = None  # OAUTHBEARER: re-read for each login
+    ssl_cafile: Annotated[str, Meta(min_length=1)] | None = None  # default: the system's trust store
+    ssl_certfile: Annotated[str, Meta(min_length=1)] | None = None  # client certificate (mTLS), PEM
+    ssl_keyfile: Annotated[str, Meta(min_length=1)] | None = None  # its private key, PEM (default: in ssl_certfile)
+    ssl_key_password_env: Annotated[str, Meta(min_length=1)] | None = None  # the variable holding the key's password
+
+
+class AdminConfig(msgspec.Struct, **_FROZEN):
+    listen: Annotated[str, Meta(pattern=r"^[^\s:]+:\d{1,5}\Z")] = "127.0.0.1:9464"
+    # Operator actions (ping, redeliver, replay, pause, resume, GET /endpoints) need this bearer token;
+    # without one configured they are refused.
+    token_env: str | None = None
+
+    def token(self, environ: Any) -> str | None:
+        return str(environ[self.token_env]) if self.token_env and self.token_env in environ else None
+
+
+class DeliveryConfig(msgspec.Struct, **_FROZEN):
+    user_agent: Annotated[str, Meta(min_length=1, max_length=200)] = "webhook-router/0.1"
+    # Kubernetes waits 30 s between SIGTERM and SIGKILL: the drain must end well before.
+    drain_timeout_s: Annotated[float, Meta(gt=0, le=25)] = 20.0
+    # Networks (CIDR) deliveries may reach although the SSRF guard refuses them (loopback, private, link-local...).
+    allowed_networks: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=256)] = []
+    # An egress proxy (http://host:port, credentials allowed) that every delivery goes through instead of connecting
+    # itself; the proxy then decides which addresses are reachable (Stripe's smokescreen, Squid).
+    proxy_url: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
+
+    def __repr__(self) -> str:  # the proxy URL may carry credentials
+        proxy = "<redacted>" if self.proxy_url else None
+        return f"DeliveryConfig(allowed_networks={self.allowed_networks!r}, proxy_url={proxy})"
+
+
+class LogConfig(msgspec.Struct, **_FROZEN):
+    """The daemon's log: level (re-read on SIGHUP), text or JSON lines, and how many delivery lines are shown."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+    # One line per attempt is logged at DEBUG; this fraction of them (0..1) also at INFO.
+    delivery_sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 0.0
+
+
+class MetricsConfig(msgspec.Struct, **_FROZEN):
+    """Per-endpoint series (endpoint_attempts_total, endpoint_duration_seconds) for these endpoint ids only, so
+    that one failing endpoint can be alerted on while cardinality stays bounded by the config."""
+
+    endpoints: Annotated[list[EndpointId], Meta(max_length=200)] = []
+
+
+class TracingConfig(msgspec.Struct, **_FROZEN):
+    """OpenTelemetry tracing (the ``tracing`` extra): a span per delivery attempt, a child of the event's
+    ``traceparent`` when it carried one. Off by default."""
+
+    enabled: bool = False
+    exporter: Literal["otlp", "console"] = "otlp"
+    # OTLP over HTTP, e.g. "http://otel-collector:4318/v1/traces"; default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+    # OTEL_EXPORTER_OTLP_ENDPOINT from the environment, else http://localhost:4318/v1/traces.
+    endpoint: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
+    service_name: Annotated[str, Meta(min_length=1, max_length=200)] = "webhook-router"
+    # The fraction of traces started here that are kept; an event's traceparent decides for its own trace.
+    sample_ratio: Annotated[float, Meta(ge=0, le=1)] = 1.0
+
+
+class RetryConfig(msgspec.Struct, **_FROZEN):
+    """Delay tiers and topics for durable retries, dead letters and endpoint health."""
+
+    # Retries wait in one Kafka topic per tier, `{topic_prefix}.retry.{tier}s`; ascending, in seconds.
+    tiers_s: Annotated[list[Annotated[float, Meta(gt=0, le=604_800)]], Meta(min_length=1, max_length=20)] = (
+        msgspec.field(default_factory=lambda: [1, 5, 30, 60, 300, 1800, 3600, 7200, 28800])
+    )
+    topic_prefix: Name = "webhook-router"
+    # The topics the router creates (results, tiers, dead letters, health): partitions, replication (default: the
+    # broker's default.replication.factor), min.insync.replicas (default: the broker's).
+    partitions: Annotated[int, Meta(ge=1, le=1000)] = 3
+    replication_factor: Annotated[int, Meta(ge=1, le=32_767)] | None = None
+    min_insync_replicas: Annotated[int, Meta(ge=1, le=32_767)] | None = None
+    # How long dead letters are kept (retention.ms of the dead-letter topic it creates); -1: forever.
+    dead_letter_retention_s: Annotated[int, Meta(ge=-1, le=315_360_000)] = 30 * 86_400
+    create_topics: bool = True
+    retry_after_max_s: Annotated[float, Meta(ge=0, le=86_400)] = 3600.0
+    # A retry or dead-letter record larger than this keeps the event's coordinates instead of its body (the
+    # event is read back from its topic when due). Keep it under the topics' max.message.bytes (Kafka's
+    # default: 1048588).
+    max_record_bytes: Annotated[int, Meta(ge=10_000, le=100 * 1024 * 1024)] = 1_000_000
+
+    def tier_topic(self, tier_s: float) -> str:
+        return f"{self.topic_prefix}.retry.{tier_s:g}s"
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic_prefix}.dead-letter"
+
+    @property
+    def health_topic(self) -> str:
+        return f"{self.topic_prefix}.health"
+
+    @property
+    def endpoints_topic(self) -> str:
+        return f"{self.topic_prefix}.endpoints"
+
+
+class EndpointRetryConfig(msgspec.Struct, **_FROZEN):
+    """An endpoint's retry policy; without one, its profile's."""
+
+    policy: Literal["none", "once", "schedule", "exponential"]
+    delays_s: Annotated[list[Annotated[float, Meta(gt=0, le=604_800)]], Meta(min_length=1, max_length=20)] | None = None
+    retries: Annotated[int, Meta(ge=1, le=10)] | None = None  # exponential
+    base_s: Annotated[float, Meta(gt=0, le=86_400)] = 30.0
+    max_s: Annotated[float, Meta(gt=0, le=604_800)] = 7200.0
+    jitter: Annotated[float, Meta(ge=0, le=0.5)] = 0.2
+    # Overrides of the profile's status rules: answers also retried, answers never retried, answers that
+    # pause the endpoint (replacing the profile's set; [] pauses on none).
+    retry_statuses: list[Annotated[int, Meta(ge=300, le=599)]] = []
+    final_statuses: list[Annotated[int, Meta(ge=300, le=599)]] = []
+    pause_statuses: list[Annotated[int, Meta(ge=300, le=599)]] | None = None
+
+
+class EndpointConfig(msgspec.Struct, **_FROZEN):
+    id: EndpointId
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    profile: ProfileName = "standard-webhooks"
+    # One of: secret, secret_env, secrets (a rotation: the first is current, every one signs).
+    secret: str | None = None
+    secret_env: str | None = None
+    secrets: Annotated[list[str], Meta(min_length=1, max_length=8)] | None = None
+    timeout_s: Annotated[float, Meta(ge=1, le=120)] | None = None  # default: the profile's
+    max_concurrency: Annotated[int, Meta(ge=1, le=1024)] = 8
+    headers: dict[str, str] = {}
+    allow_http: bool = False  # for profiles whose contract is https only
+    retry: EndpointRetryConfig | None = None
+    queue_size: Annotated[int, Meta(ge=1, le=1_000_000)] = 1000  # waiting deliveries; past it, defer to retry tiers
+    pause_after_failures: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None  # default: the profile's
+    while_paused: Literal["skip", "hold"] = "skip"
+    paused: bool = False
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"EndpointConfig(id={self.id!r}, profile={self.profile!r}, url=<redacted>)"
+
+
+class WhereConfig(msgspec.Struct, **_FROZEN):
+    """Only events whose field (dotted path) is, or is not, one of these values."""
+
+    field: Annotated[str, Meta(min_length=1)]
+    one_of: list[str] | None = None
+    none_of: list[str] | None = None
+
+
+class SubscriptionConfig(msgspec.Struct, **_FROZEN):
+    endpoint: EndpointId
+    events: Annotated[list[EventPattern], Meta(min_length=1)]
+    topics: Annotated[list[Name], Meta(min_length=1)] | None = None
+    where: WhereConfig | None = None
+    # A second condition, which must hold too: the daemon sets it on every endpoint of the API to its tenant's
+    # events (``api.tenant_field``); no caller of the API can set or lift it.
+    scope: WhereConfig | None = None
+
+
+CampaignId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+\Z")]
+
+
+class CampaignConfig(msgspec.Struct, **_FROZEN):
+    """A campaign's overrides of its organisation's settings; what it leaves out it inherits."""
+
+    id: CampaignId
+    enabled: bool | None = None
+    url: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
+    events: Annotated[list[EventPattern], Meta(min_length=1)] | None = None
+    headers: dict[str, str] | None = None
+    retry_attempts: Annotated[int, Meta(ge=1, le=10)] | None = None
+    timeout_s: Annotated[float, Meta(ge=1, le=120)] | None = None
+
+
+class OrganizationConfig(msgspec.Struct, **_FROZEN):
+    """Organisation-level webhook settings (campaign profile), inherited by each of its campaigns."""
+
+    id: EndpointId
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    events: Annotated[list[EventPattern], Meta(min_length=1)]
+    enabled: bool = True
+    headers: dict[str, str] = {}
+    retry_attempts: Annotated[int, Meta(ge=1, le=10)] = 3
+    retry_base_s: Annotated[float, Meta(gt=0, le=86_400)] = 30.0  # exponential back-off: base * 2^n
+    retry_max_s: Annotated[float, Meta(gt=0, le=604_800)] = 7200.0
+    timeout_s: Annotated[float, Meta(ge=1, le=120)] = 10.0
+    max_concurrency: Annotated[int, Meta(ge=1, le=1024)] = 8
+    topics: Annotated[list[Name], Meta(min_length=1)] | None = None
+    campaign_field: Annotated[str, Meta(min_length=1)] = "campaignId"
+    allow_http: bool = True
+    campaigns: list[CampaignConfig] = []
+
+    def __repr__(self) -> str:
+        return f"OrganizationConfig(id={self.id!r}, campaigns={len(self.campaigns)})"
+
+
+class ApiConfig(msgspec.Struct, **_FROZEN):
+    """The endpoints API (``/v1`` on the admin server): endpoints managed at run time, kept in the compacted topic
+    ``{retry.topic_prefix}.endpoints`` that every instance shares. Needs ``admin.token_env``."""
+
+    enabled: bool = False
+    # The 32-byte AES key (base64) that seals the secrets, URLs and headers kept on the topic: from this environment
+    # variable, or this file. Every instance needs the same key.
+    secrets_key_env: str | None = None
+    secrets_key_file: str | None = None
+    # After a rotation, the old secret keeps signing this long (Standard Webhooks receivers verify with either).
+    rotation_grace_s: Annotated[float, Meta(ge=0, le=30 * 86_400)] = 86_400.0
+    # The event field (dotted path) that names the tenant an event belongs to. Set, every endpoint of the API receives
+    # only its own tenant's events (an event without the field reaches none of them), and tenant tokens can be
+    # issued; unset, an endpoint receives whatever its subscription matches, and only the admin token may call.
+    tenant_field: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    # How many results records an attempts query or a redelivery by id reads per partition, at most.
+    max_scan_records: Annotated[int, Meta(ge=1_000, le=100_000_000)] = 1_000_000
+
+
+class Config(msgspec.Struct, **_FROZEN):
+    kafka: KafkaConfig
+    admin: AdminConfig = AdminConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    retry: RetryConfig = RetryConfig()
+    api: ApiConfig = ApiConfig()
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
+    endpoints: list[EndpointConfig] = []
+    subscriptions: list[SubscriptionConfig] = []
+    organizations: list[OrganizationConfig] = []
+
+    def __repr__(self) -> str:
+        return f"Config(topics={self.kafka.topics!r}, endpoints={len(self.endpoints)})"
+
+
+def resolve_secrets(endpoint: EndpointConfig, environ: Any) -> list[str]:
+    """The endpoint's signing secrets, current first: from the file or the environment variable it names."""
+    if endpoint.secrets is not None:
+        return list(endpoint.secrets)
+    if endpoint.secret is not None:
+        return [endpoint.secret]
+    if endpoint.secret_env is not None:
+        return [str(environ[endpoint.secret_env])]
+    return []

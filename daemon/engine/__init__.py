@@ -1,0 +1,1 @@
+"""The settlement engine: one config's routing, what each event and delivery is owed, endpoint health."""

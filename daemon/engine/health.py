@@ -1,0 +1,170 @@
+"""Endpoint health: consecutive failures, automatic pause, operator pause and resume, kept on a topic.
+
+Every change is written to a compacted topic keyed by endpoint id. At start-up the whole topic is read
+back, so a restart keeps its pauses; afterwards the topic is tailed, so every instance of the router
+sees a pause made by any of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from daemon.core.model import (
+    ENDPOINT_PAUSED,
+    ENDPOINT_RESUMED,
+    HealthState,
+    Outcome,
+    decode_health,
+    encode_health,
+    encode_outcome,
+    utc_now_iso,
+)
+from daemon.kafka.follow import Follower
+from daemon.kafka.results import ResultsWriter
+from daemon.observe.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# Bounded reasons for the metrics label; the full text goes to the results topic and /endpoints.
+REASON_FAILURES = "failures"
+REASON_GONE = "gone"
+REASON_OPERATOR = "operator"
+REASON_CONFIG = "config"
+
+
+class Health:
+    """In-memory health of every endpoint, persisted through the writer to ``topic``."""
+
+    def __init__(self, writer: ResultsWriter, topic: str, metrics: Metrics) -> None:
+        self._writer = writer
+        self._topic = topic
+        self._metrics = metrics
+        self.states: dict[str, HealthState] = {}
+        self._failures: dict[str, int] = {}
+
+    def is_paused(self, endpoint_id: str) -> bool:
+        state = self.states.get(endpoint_id)
+        return state is not None and state.paused
+
+    def failures(self, endpoint_id: str) -> int:
+        return self._failures.get(endpoint_id, 0)
+
+    def observe(self, endpoint_id: str, ok: bool, gone: int | None, threshold: int | None) -> None:
+        """Count one live attempt's result; pause on an answer its contract pauses on (``gone``: that HTTP
+        status, usually 410) or after ``threshold`` consecutive failures."""
+        if ok:
+            if self._failures.get(endpoint_id):
+                self._failures[endpoint_id] = 0
+            return
+        count = self._failures[endpoint_id] = self._failures.get(endpoint_id, 0) + 1
+        if self.is_paused(endpoint_id):
+            return
+        if gone is not None:
+            self.pause(endpoint_id, REASON_GONE, "the endpoint answered 410 Gone" if gone == 410 else f"HTTP {gone}")
+        elif threshold is not None and count >= threshold:
+            self.pause(endpoint_id, REASON_FAILURES, f"{count} consecutive failed deliveries")
+
+    def pause(self, endpoint_id: str, kind: str, detail: str) -> bool:
+        """Pause an endpoint. False if it was paused already."""
+        if self.is_paused(endpoint_id):
+            return False
+        reason = f"{kind}: {detail}"
+        failures = self._failures.get(endpoint_id, 0)
+        self._set(
+            HealthState(
+                endpoint_id=endpoint_id, paused=True, reason=reason, since=utc_now_iso(), consecutive_failures=failures
+            )
+        )
+        log.warning("endpoint %s paused (%s)", endpoint_id, reason)
+        return True
+
+    def resume(self, endpoint_id: str) -> bool:
+        """Resume an endpoint. False if it was not paused."""
+        if not self.is_paused(endpoint_id):
+            return False
+        self._failures[endpoint_id] = 0
+        self._set(HealthState(endpoint_id=endpoint_id, paused=False, since=utc_now_iso()))
+        log.info("endpoint %s resumed", endpoint_id)
+        return True
+
+    def _set(self, state: HealthState) -> None:
+        """Keep a change, persist it on the health topic, and announce it on the results topic (owed to no event)."""
+        self.states[state.endpoint_id] = state
+        self._update_gauge()
+        key = state.endpoint_id.encode()
+        self._writer.submit(key, encode_health(state), None, topic=self._topic)
+        outcome = Outcome(
+            delivery_id=None,
+            endpoint_id=state.endpoint_id,
+            event_type=None,
+            attempt=0,
+            status=ENDPOINT_PAUSED if state.paused else ENDPOINT_RESUMED,
+            error=state.reason,
+            source_topic=None,
+            source_partition=None,
+            source_offset=None,
+            timestamp=utc_now_iso(),
+            trigger="health",
+        )
+        self._writer.submit(key, encode_outcome(outcome), None)
+
+    def follow_config(self, endpoint_id: str, paused: bool, was_paused: bool) -> None:
+        """``paused = true`` in the config pauses the endpoint; taking it out again resumes it."""
+        if paused:
+            self.pause(endpoint_id, REASON_CONFIG, "paused = true in the config")
+        elif was_paused:
+            self.resume(endpoint_id)
+
+    def apply(self, state: HealthState) -> None:
+        """A state read back from the topic (at start-up, or written by another instance)."""
+        current = self.states.get(state.endpoint_id)
+        if current is not None and current.paused == state.paused and current.reason == state.reason:
+            return
+        self.states[state.endpoint_id] = state
+        if not state.paused:
+            self._failures[state.endpoint_id] = 0
+        self._update_gauge()
+
+    def _update_gauge(self) -> None:
+        counts: dict[str, int] = dict.fromkeys((REASON_FAILURES, REASON_GONE, REASON_OPERATOR, REASON_CONFIG), 0)
+        for state in self.states.values():
+            if state.paused and state.reason:
+                kind = state.reason.split(":", 1)[0]
+                counts[kind] = counts.get(kind, 0) + 1
+        for kind, count in counts.items():
+            self._metrics.endpoints_paused.labels(kind).set(count)
+
+
+class HealthReader:
+    """Reads the health topic from its start, then follows it (``daemon.kafka.follow``): however long the first read
+    takes, an endpoint paused on the topic must not be delivered to because its pause was not read yet."""
+
+    def __init__(self, topic: str, client_options: Mapping[str, Any], health: Health) -> None:
+        self._topic = topic
+        self._health = health
+        self._follower = Follower(topic, client_options, self._apply, "health")
+        self._consumer = self._follower._consumer  # (the security test checks every consumer's settings)
+        self.read = 0
+
+    async def start(self) -> int:
+        """Load every state on the topic, up to its end as a fetch reports it; returns how many were read."""
+        await self._follower.start()
+        return self.read
+
+    def _apply(self, record: Any) -> None:
+        if record.value is None:  # a tombstone (an operator clearing a key): nothing to restore
+            return
+        try:
+            state = decode_health(record.value)
+        except msgspec.DecodeError:
+            log.warning("unreadable record on %s at offset %d: skipped", self._topic, record.offset)
+            return
+        self._health.apply(state)
+        self.read += 1
+
+    async def stop(self) -> None:
+        await self._follower.stop()

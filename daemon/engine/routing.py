@@ -1,0 +1,149 @@
+"""The routing: the endpoints, the table of who gets which event, and each topic's type reader.
+
+Built once per config (start-up, SIGHUP) beside the running one and swapped whole, carrying over the
+endpoints managed at run time; those change in place, one at a time (``put``, ``drop``), without a rebuild.
+An ``Endpoint`` is prepared only for an endpoint that has work (``Endpoints``); one that delivers exactly as
+before keeps its ``Endpoint`` object across a reload (and with it its lane and its connections).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Final
+
+from daemon.core.config import Config, DeliveryConfig, EndpointConfig, SubscriptionConfig
+from daemon.core.match import RoutingTable
+from daemon.core.model import TypeReader
+from daemon.core.profiles import PROFILES
+from daemon.core.resolve import resolve
+from daemon.delivery.deliver import Endpoint
+
+DEFAULT_READER: Final = TypeReader()  # a topic outside the config's (a subscription changed under a fetch)
+
+
+class Endpoints(Mapping[str, Endpoint]):
+    """The endpoints by id, each ``Endpoint`` built on first use from its config and kept while it is used: an
+    idle endpoint costs its config and its routes, not a prepared ``Endpoint`` (signer, headers, request head).
+
+    ``__slots__``: read for every delivery (the hot path).
+    """
+
+    __slots__ = ("_built", "_delivery", "_environ", "configs")
+
+    def __init__(self, delivery: DeliveryConfig, environ: Mapping[str, str]) -> None:
+        self.configs: dict[str, EndpointConfig] = {}
+        self._built: dict[str, Endpoint] = {}
+        self._delivery = delivery
+        self._environ = environ
+
+    def __getitem__(self, endpoint_id: str) -> Endpoint:
+        try:
+            return self._built[endpoint_id]
+        except KeyError:
+            pass
+        endpoint = self._built[endpoint_id] = Endpoint(self.configs[endpoint_id], self._delivery, self._environ)
+        return endpoint
+
+    def __contains__(self, endpoint_id: object) -> bool:
+        return endpoint_id in self.configs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.configs)
+
+    def __len__(self) -> int:
+        return len(self.configs)
+
+    def set(self, config: EndpointConfig) -> None:
+        """Add or change one; a built ``Endpoint`` whose config changed is let go (the next use builds anew)."""
+        built = self._built.get(config.id)
+        if built is not None and built.config != config:
+            del self._built[config.id]
+        self.configs[config.id] = config
+
+    def remove(self, endpoint_id: str) -> None:
+        self.configs.pop(endpoint_id, None)
+        self._built.pop(endpoint_id, None)
+
+    def adopt(self, endpoint: Endpoint) -> bool:
+        """Keep ``endpoint`` (built under an earlier routing) as this one's when it delivers exactly as this one's
+        config would; False when it does not (its lane finishes under the old settings)."""
+        config = self.configs.get(endpoint.id)
+        if config is None or not endpoint.delivers_as(config, self._delivery, self._environ):
+            return False
+        self._built[endpoint.id] = endpoint
+        return True
+
+    def check(self, config: EndpointConfig) -> None:
+        """Raise ValueError when no ``Endpoint`` could be built from ``config``."""
+        Endpoint.check(config, self._environ)
+
+    def forget(self, endpoint_id: str) -> None:
+        """Let an idle endpoint's ``Endpoint`` go (built again on its next use)."""
+        self._built.pop(endpoint_id, None)
+
+    @property
+    def built(self) -> int:
+        return len(self._built)
+
+
+class Routing:
+    """``__slots__``: read for every record (the hot path)."""
+
+    __slots__ = ("config", "dynamic", "endpoints", "readers", "static", "subscriptions", "table")
+
+    def __init__(
+        self,
+        config: Config,
+        environ: Mapping[str, str],
+        previous: Routing | None = None,
+        dynamic: Iterable[tuple[EndpointConfig, SubscriptionConfig]] = (),
+    ) -> None:
+        """``dynamic``: the endpoints managed at run time to carry over (a snapshot: this may run in a thread)."""
+        self.config = config
+        resolved = resolve(config)
+        endpoints = self.endpoints = Endpoints(config.delivery, environ)
+        for ep_config in resolved.endpoints:
+            endpoints.set(ep_config)
+        self.static = frozenset(endpoints.configs)  # the config file's; the rest are managed at run time
+        self.subscriptions = len(resolved.subscriptions)
+        catalogues = {e.id: PROFILES[e.profile].catalogue for e in resolved.endpoints}
+        self.table = RoutingTable(resolved.subscriptions, catalogues)
+        self.dynamic: dict[str, tuple[EndpointConfig, SubscriptionConfig]] = {}
+        for ep_config, subscription in dynamic:
+            if ep_config.id not in self.static:
+                self.put(ep_config, subscription)
+        kafka = config.kafka
+        self.readers = {
+            topic: TypeReader(
+                kafka.event_type_fields.get(topic), kafka.event_id_fields.get(topic), kafka.max_event_bytes
+            )
+            for topic in kafka.topics
+        }
+
+    def catch_up(self, previous: Routing) -> None:
+        """Take the run-time changes ``previous`` saw while this one was built (in a thread), on the loop."""
+        for endpoint_id, (ep_config, subscription) in previous.dynamic.items():
+            if self.dynamic.get(endpoint_id) != (ep_config, subscription) and endpoint_id not in self.static:
+                self.put(ep_config, subscription)
+        for endpoint_id in [i for i in self.dynamic if i not in previous.dynamic]:
+            self.drop(endpoint_id)
+
+    def reader(self, topic: str) -> TypeReader:
+        return self.readers.get(topic, DEFAULT_READER)
+
+    def put(self, config: EndpointConfig, subscription: SubscriptionConfig) -> None:
+        """Add or change an endpoint managed at run time (an id of the config file's stays the file's)."""
+        if config.id in self.static:
+            raise ValueError(f"endpoint {config.id!r} is defined in the config file")
+        self.endpoints.check(config)
+        self.endpoints.set(config)
+        self.dynamic[config.id] = (config, subscription)
+        self.table.remove(config.id)
+        self.table.add([subscription], PROFILES[config.profile].catalogue)
+
+    def drop(self, endpoint_id: str) -> None:
+        """Remove an endpoint managed at run time."""
+        if endpoint_id in self.static or self.dynamic.pop(endpoint_id, None) is None:
+            return
+        self.endpoints.remove(endpoint_id)
+        self.table.remove(endpoint_id)

@@ -1,0 +1,537 @@
+"""Settlement: the one owner of "an outcome is settled", and the dispatch that feeds it.
+
+An event read from Kafka may be committed once everything it is owed is settled, and this module is
+the only code that knows what that is:
+
+- a record that cannot be routed is owed one thing: its ``invalid_event`` record;
+- an event is owed one settlement per endpoint it matched (none: it is done at once);
+- a delivery settles once every record its outcome leads to is acknowledged by Kafka: the results
+  record alone (delivered, a skip, a final outcome of an attempt that is never retried); the results
+  record and the retry record (a retry scheduled); the results record and the dead letter (the last
+  attempt failed, the network guard blocked it, or the endpoint is paused); the retry record alone
+  (deferred while its endpoint's queue is full, or held while it is paused);
+- a record read back from a retry tier is owed the settlement of the delivery it carries.
+
+Operator actions (pings, redeliveries, replays) settle in the same way but are owed to no event.
+Health changes are written by ``Health`` itself and owed to nothing.
+
+Deliveries wait in Kafka, never in memory: a retry is written to the delay tier that fits its delay;
+``take`` reads it back (holding the tier partition until its head is due, moving it to a shorter tier,
+or waiting the last seconds here) and hands it to its endpoint's lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import msgspec
+from aiokafka.errors import KafkaError
+
+from daemon.core.config import EndpointConfig, RetryConfig, SubscriptionConfig
+from daemon.core.errors import InvalidEvent, RouterError
+from daemon.core.model import (
+    BLOCKED,
+    DEAD_LETTERED,
+    INVALID_EVENT,
+    LIVE,
+    RENDER_FAILED,
+    SKIPPED_PAUSED,
+    Ack,
+    Attempt,
+    DeadLetter,
+    Event,
+    Outcome,
+    RetryRecord,
+    decode_retry,
+    encode_dead_letter,
+    encode_outcome,
+    encode_retry,
+    utc_now_iso,
+)
+from daemon.core.offsets import PartitionOffsets
+from daemon.core.policy import back_from_tier, defer_wait, tier_for, with_retry_after
+from daemon.core.profiles import skip_for
+from daemon.delivery.deliver import Endpoint, Job, Lane, LaneStats, Sender, delivery_id, outcome_for
+from daemon.engine.health import Health
+from daemon.engine.routing import DEFAULT_READER, Routing
+from daemon.kafka.readback import read_one
+from daemon.kafka.results import ResultsWriter
+from daemon.observe.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# How long a delivery to a paused endpoint that holds its events waits before it looks again.
+_HOLD_RECHECK_S = 60.0
+
+
+def iso_ms(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+class _AfterAll:
+    """Calls ``ack`` once it has itself been called ``count`` times (one per record written).
+
+    ``__slots__``: one per retried or dead-lettered delivery.
+    """
+
+    __slots__ = ("_ack", "_left")
+
+    def __init__(self, ack: Ack, count: int) -> None:
+        self._ack = ack
+        self._left = count
+
+    def __call__(self) -> None:
+        self._left -= 1
+        if self._left == 0:
+            self._ack()
+
+
+def _after_both(ack: Ack | None) -> Ack | None:
+    """The ack of a settlement that writes two records."""
+    return None if ack is None else _AfterAll(ack, 2)
+
+
+class Settlement:
+    """Dispatches events to endpoint lanes and settles every outcome; owns the lanes and the retry timers."""
+
+    def __init__(
+        self,
+        writer: ResultsWriter,
+        retry: RetryConfig,
+        metrics: Metrics,
+        health: Health,
+        sender: Sender,
+        routing: Routing,
+        client_options: Mapping[str, Any],
+    ) -> None:
+        self._writer = writer
+        self._retry = retry
+        self._tiers = list(retry.tiers_s)
+        self._recheck_s = tier_for(_HOLD_RECHECK_S, self._tiers) or self._tiers[0]  # the longest a deferral waits
+        self._metrics = metrics
+        self._health = health
+        self._sender = sender
+        self._routing = routing
+        self._client_options = client_options  # for reading back events too large for their retry records
+        self._lanes: dict[str, Lane] = {}  # only endpoints that have had work
+        self._retired: set[asyncio.Task[None]] = set()
+        self._timers: set[asyncio.TimerHandle] = set()
+        self.stats = LaneStats()  # totals over all lanes (the queued and in-flight gauges)
+
+    @property
+    def routing(self) -> Routing:
+        return self._routing
+
+    @property
+    def tier_topics(self) -> list[str]:
+        return [self._retry.tier_topic(t) for t in self._tiers]
+
+    def use(self, routing: Routing) -> None:
+        """Route by ``routing`` from now on. A lane whose endpoint changed or left finishes what it has queued
+        under its old settings; the next delivery to a changed endpoint starts a new lane."""
+        self._routing = routing
+        for endpoint_id in list(self._lanes):
+            self._keep_or_retire(endpoint_id)
+
+    def put(self, config: EndpointConfig, subscription: SubscriptionConfig) -> None:
+        """Add or change an endpoint managed at run time; its lane, if it changed, finishes under its old settings."""
+        self._routing.put(config, subscription)
+        self._keep_or_retire(config.id)
+
+    def drop(self, endpoint_id: str) -> None:
+        """Remove an endpoint managed at run time; what it has queued is still attempted."""
+        self._routing.drop(endpoint_id)
+        self._retire(endpoint_id)
+
+    async def retire_idle_every(self, idle_s: float) -> None:
+        """Close the lanes that had no work for ``idle_s`` and let their ``Endpoint`` go: an idle endpoint costs
+        no task and no prepared request (100,000 endpoints are 100,000 lanes only while each has work)."""
+        while True:
+            await asyncio.sleep(idle_s / 2)
+            now = time.monotonic()
+            for endpoint_id, lane in list(self._lanes.items()):
+                if lane.idle_for(now) >= idle_s:
+                    self._retire(endpoint_id)
+                    self._routing.endpoints.forget(endpoint_id)
+
+    def _keep_or_retire(self, endpoint_id: str) -> None:
+        """Keep the lane of an endpoint that delivers as before (the routing takes its ``Endpoint``), or retire it."""
+        lane = self._lanes.get(endpoint_id)
+        if lane is not None and not self._routing.endpoints.adopt(lane.endpoint):
+            self._retire(endpoint_id)
+
+    def _retire(self, endpoint_id: str) -> None:
+        lane = self._lanes.pop(endpoint_id, None)
+        if lane is not None:
+            task = asyncio.create_task(lane.close(), name=f"retire-{endpoint_id}")
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    # --- live events ---
+
+    def dispatch(self, record: Any, part: PartitionOffsets) -> None:
+        """Route one consumed record: to each matched endpoint's lane, or to an invalid_event record.
+
+        Nothing a record contains may stop the stream: whatever reading, matching or checking it raises
+        makes it an ``invalid_event``, before any of its deliveries is handed out.
+        """
+        routing = self._routing
+        topic, offset = record.topic, record.offset
+        try:
+            event = routing.readers.get(topic, DEFAULT_READER).event(record)
+            event_type = event.event_type
+            match = routing.table.match(topic, event_type)
+            if not match.endpoints and not match.conditional:
+                part.add(offset, 0)
+                self._metrics.events_unmatched.labels(topic).inc()
+                return
+            known = routing.endpoints
+            endpoints = [known[endpoint_id] for endpoint_id in match.select(event.decoded)]
+            skips = {
+                e.id: rule
+                for e in endpoints
+                if e.profile.skips and (rule := skip_for(e.profile, event.decoded(), event_type))
+            }
+        except InvalidEvent as exc:
+            self._invalid(record, part, str(exc))
+            return
+        except Exception as exc:  # a record nobody foresaw: recorded, never a stop of the stream
+            log.exception("event %s[%d]@%d could not be routed", topic, record.partition, offset)
+            self._invalid(record, part, f"could not be routed ({type(exc).__name__})")
+            return
+        part.add(offset, len(endpoints), len(event.value))  # one settlement owed per endpoint
+        if not endpoints:
+            self._metrics.events_unmatched.labels(topic).inc()
+            return
+        key = event.key
+        ack = partial(part.done, offset)
+        for endpoint in endpoints:
+            endpoint_id = endpoint.id
+            job = Job(event=event, delivery_id=delivery_id(key, endpoint_id), ack=ack, endpoint_id=endpoint_id)
+            rule = skips.get(endpoint_id) if skips else None
+            if rule is not None:
+                outcome = outcome_for(endpoint_id, job, rule.status, error=rule.reason, profile=endpoint.profile.name)
+                self._record(outcome, ack)
+            else:
+                self._hand_over(endpoint, job)
+
+    def _invalid(self, record: Any, part: PartitionOffsets, reason: str) -> None:
+        topic, offset = record.topic, record.offset
+        self._metrics.events_invalid.labels(topic).inc()
+        part.add(offset, 1)  # owed its invalid_event record
+        outcome = Outcome(
+            delivery_id=None,
+            endpoint_id=None,
+            event_type=None,
+            attempt=0,
+            status=INVALID_EVENT,
+            error=reason,
+            source_topic=topic,
+            source_partition=record.partition,
+            source_offset=offset,
+            timestamp=utc_now_iso(),
+        )
+        self._writer.submit(None, encode_outcome(outcome), partial(part.done, offset))
+
+    # --- after an attempt (the lanes call these) ---
+
+    def settle(self, endpoint: Endpoint, job: Job, outcome: Outcome) -> None:
+        """Record one attempt, and retry, dead-letter or finish the delivery."""
+        live = job.trigger == LIVE
+        if outcome.status == BLOCKED:
+            # Refused by the network guard: final at once, whatever the policy (another try meets the same guard),
+            # and no news of the endpoint's health. Its record keeps saying `blocked`; a live event's delivery is
+            # dead-lettered with the reason.
+            if not live:
+                self._record(outcome, job.ack)
+                return
+            ack = _after_both(job.ack)
+            self._record(outcome, ack)
+            self._dead_letter(job, endpoint.id, outcome.error or BLOCKED, [*job.history, _attempt(outcome)], ack)
+            return
+        rendered = outcome.status != RENDER_FAILED
+        verdict = endpoint.statuses.verdict(outcome.http_status) if rendered else "final"
+        if live and rendered:  # a body that cannot be built says nothing about the endpoint
+            gone = outcome.http_status if verdict == "gone" else None
+            self._health.observe(endpoint.id, verdict == "delivered", gone, endpoint.pause_threshold)
+        if verdict == "delivered" or not live:
+            self._record(outcome, job.ack)
+            return
+        history = [*job.history, _attempt(outcome)]
+        delay = endpoint.policy.next_delay(job.attempt) if verdict == "retry" else None
+        ack = _after_both(job.ack)
+        if delay is not None:
+            delay = with_retry_after(delay, outcome.retry_after_s, self._retry.retry_after_max_s)
+            now_ms = int(time.time() * 1000)
+            due_ms = now_ms + int(delay * 1000)
+            outcome.next_attempt_at = iso_ms(due_ms)
+            self._record(outcome, ack)
+            self._metrics.retries_scheduled.inc()
+            self._schedule(job, endpoint.id, job.attempt + 1, due_ms, int(delay * 1000), history, ack, now_ms=now_ms)
+            return
+        outcome.status = DEAD_LETTERED
+        self._record(outcome, ack)
+        if verdict == "retry":
+            reason = "no attempts left"
+        elif verdict == "gone":
+            reason = "410 Gone" if outcome.http_status == 410 else f"HTTP {outcome.http_status}: pauses the endpoint"
+        elif not rendered:
+            reason = outcome.error or RENDER_FAILED
+        else:
+            reason = f"HTTP {outcome.http_status}: final"
+        self._dead_letter(job, endpoint.id, reason, history, ack)
+
+    def held_back(self, endpoint: Endpoint, job: Job) -> bool:
+        """Settle a job whose endpoint is paused (skipped, or deferred when it holds); False if it is not paused.
+
+        Called when a job is handed over and again when a worker takes it, so a pause stops what was queued.
+        """
+        if not self._health.is_paused(endpoint.id):
+            return False
+        if endpoint.config.while_paused == "hold":
+            self._defer(job, endpoint.id, self._recheck_s)
+            return True
+        state = self._health.states[endpoint.id]
+        self._metrics.deliveries_skipped.labels(SKIPPED_PAUSED).inc()
+        error = f"endpoint paused ({state.reason})"
+        outcome = outcome_for(endpoint.id, job, SKIPPED_PAUSED, error=error, profile=endpoint.profile.name)
+        if job.trigger == LIVE:
+            ack = _after_both(job.ack)
+            self._record(outcome, ack)
+            self._dead_letter(job, endpoint.id, "endpoint paused", job.history, ack)
+        else:
+            self._record(outcome, job.ack)
+        return True
+
+    # --- operator actions (owed to no event) ---
+
+    async def attempt_once(self, endpoint: Endpoint, job: Job) -> Outcome:
+        """One attempt outside the lanes (a ping or a redelivery), recorded; never retried."""
+        outcome = await self._sender.attempt(endpoint, job)
+        self._record(outcome, None)
+        return outcome
+
+    async def queue_wait(self, endpoint: Endpoint, job: Job) -> None:
+        """Queue a job behind the endpoint's live traffic, waiting for room (a replay never defers)."""
+        await self._lane(endpoint).put_wait(job)
+
+    def load(self, endpoint_id: str) -> tuple[int, int]:
+        """(under way, queued) deliveries of an endpoint."""
+        lane = self._lanes.get(endpoint_id)
+        return (lane.busy, lane.queued) if lane is not None else (0, 0)
+
+    # --- records ---
+
+    def _record(self, outcome: Outcome, ack: Ack | None) -> None:
+        key = outcome.endpoint_id.encode() if outcome.endpoint_id else None
+        self._writer.submit(key, encode_outcome(outcome), ack)
+
+    def _dead_letter(self, job: Job, endpoint_id: str, reason: str, history: list[Attempt], ack: Ack | None) -> None:
+        event = job.event
+        letter = DeadLetter(
+            delivery_id=job.delivery_id,
+            endpoint_id=endpoint_id,
+            event_type=event.event_type,
+            reason=reason,
+            source_topic=event.topic,
+            source_partition=event.partition,
+            source_offset=event.offset,
+            attempts=history,
+            dead_lettered_at=utc_now_iso(),
+            event=msgspec.Raw(event.value),
+        )
+        self._metrics.dead_lettered.inc()
+        value = encode_dead_letter(letter)
+        if event.missing or len(value) > self._retry.max_record_bytes:
+            letter.event = msgspec.Raw(b"null")
+            letter.event_omitted = (
+                f"{'too large for a dead-letter record' if not event.missing else 'not kept'}: "
+                f"read it at {event.topic}[{event.partition}]@{event.offset}"
+            )
+            value = encode_dead_letter(letter)
+        self._writer.submit(endpoint_id.encode(), value, ack, topic=self._retry.dead_letter_topic)
+
+    def _schedule(
+        self,
+        job: Job,
+        endpoint_id: str,
+        attempt: int,
+        due_ms: int,
+        delay_ms: int,
+        history: list[Attempt],
+        ack: Ack | None,
+        deferred: bool = False,
+        now_ms: int | None = None,
+    ) -> None:
+        """Write the delivery to the tier that fits the time left until ``due_ms`` (from ``now_ms``: the time the
+        caller computed ``due_ms`` from, so that a millisecond passing in between never picks a shorter tier)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        tier = tier_for((due_ms - now_ms) / 1000, self._tiers) or self._tiers[0]
+        event = job.event
+        record = RetryRecord(
+            delivery_id=job.delivery_id,
+            endpoint_id=endpoint_id,
+            attempt=attempt,
+            due_ms=due_ms,
+            tier_due_ms=now_ms + int(tier * 1000),
+            delay_ms=delay_ms,
+            trigger=job.trigger,
+            event_type=event.event_type,
+            topic=event.topic,
+            partition=event.partition,
+            offset=event.offset,
+            time_ms=event.time_ms,
+            value=event.value,
+            history=history,
+            deferred=deferred,
+            deferrals=job.deferrals,
+            key=event.key,
+            traceparent=event.traceparent,
+            value_omitted=event.missing,
+        )
+        value = encode_retry(record)
+        if len(value) > self._retry.max_record_bytes and not event.missing and event.topic is not None:
+            # Too large for the topic: keep the coordinates; the event is read back from its topic when due.
+            record.value, record.value_omitted = b"", True
+            value = encode_retry(record)
+        topic = self._retry.tier_topic(tier)
+        self._writer.submit(endpoint_id.encode(), value, ack, topic=topic)
+
+    def _defer(self, job: Job, endpoint_id: str, wait_s: float) -> None:
+        """Park a delivery whose endpoint cannot take it now for ``wait_s``; no attempt is used up."""
+        now_ms = int(time.time() * 1000)
+        due_ms = now_ms + int(wait_s * 1000)
+        self._metrics.deliveries_deferred.inc()
+        job.deferrals += 1
+        self._schedule(job, endpoint_id, job.attempt, due_ms, int(wait_s * 1000), job.history, job.ack, True, now_ms)
+
+    # --- lanes ---
+
+    def _lane(self, endpoint: Endpoint) -> Lane:
+        lane = self._lanes.get(endpoint.id)
+        if lane is None:
+            lane = self._lanes[endpoint.id] = Lane(endpoint, self._sender, self, self.stats)
+        return lane
+
+    def _hand_over(self, endpoint: Endpoint, job: Job) -> None:
+        """Give a job to its lane, unless its endpoint is paused or its queue is full."""
+        if self.held_back(endpoint, job):
+            return
+        lane = self._lanes.get(endpoint.id) or self._lane(endpoint)
+        if lane.put(job):
+            return
+        stats = self.stats
+        if stats.queued + stats.busy == lane.queued + lane.busy and not self._health.failures(endpoint.id):
+            # The only endpoint with work: nobody to starve. Queue past the bound; the cap on events in flight
+            # applies backpressure instead of sending its backlog round the tiers.
+            lane.put(job, force=True)
+            return
+        # Back no sooner than the endpoint can have worked off its queue, and each further deferral of the
+        # same delivery a tier later (up to about a minute): a full endpoint does not churn the tiers.
+        self._defer(job, endpoint.id, defer_wait(job.deferrals, lane.drain_s(), self._tiers, self._recheck_s))
+
+    async def cancel(self) -> int:
+        """Stop every lane now (and the retired ones still finishing). Returns how many deliveries were abandoned."""
+        counts = await asyncio.gather(*(lane.cancel() for lane in self._lanes.values()))
+        for task in self._retired:
+            task.cancel()
+        await asyncio.gather(*self._retired, return_exceptions=True)
+        return sum(counts)
+
+    # --- back from a tier ---
+
+    def take(self, record: Any, part: PartitionOffsets) -> int | None:
+        """One record read from a tier topic. Returns the time (unix ms) to hold its partition until, when its
+        tier does not let it out yet; None once it is taken care of."""
+        try:
+            retry = decode_retry(record.value)
+        except (msgspec.DecodeError, TypeError):
+            log.error("unreadable retry record %s[%d]@%d: skipped", record.topic, record.partition, record.offset)
+            part.add(record.offset, 0)
+            return None
+        step, value = back_from_tier(retry.tier_due_ms, retry.due_ms, int(time.time() * 1000), self._tiers)
+        if step == "hold":
+            return int(value)
+        part.add(record.offset, 1, len(retry.value))  # owed the settlement of the delivery it carries
+        job = Job(
+            event=Event.from_retry(retry),
+            delivery_id=retry.delivery_id,
+            ack=partial(part.done, record.offset),
+            attempt=retry.attempt,
+            trigger=retry.trigger,
+            history=retry.history,
+            endpoint_id=retry.endpoint_id,
+        )
+        job.deferrals = retry.deferrals
+        if step == "hop":
+            self._metrics.retry_hops.inc()
+            self._schedule(job, retry.endpoint_id, retry.attempt, retry.due_ms, retry.delay_ms, retry.history,
+                           job.ack, retry.deferred)  # fmt: skip
+        elif step == "wait":  # less than the shortest tier to go (the offset stays uncommitted until settled)
+            self._wait(value, job, retry)
+        else:
+            self._due(job, retry)
+        return None
+
+    def _wait(self, delay_s: float, job: Job, retry: RetryRecord) -> None:
+        timer: asyncio.TimerHandle
+
+        def fire() -> None:
+            self._timers.discard(timer)
+            self._due(job, retry)
+
+        timer = asyncio.get_running_loop().call_later(delay_s, fire)
+        self._timers.add(timer)
+
+    def _due(self, job: Job, retry: RetryRecord) -> None:
+        if not retry.deferred:
+            self._metrics.retry_lateness.observe(max(0.0, time.time() - retry.due_ms / 1000))
+        endpoint = self._routing.endpoints.get(retry.endpoint_id)
+        if endpoint is None:
+            # The endpoint left the config while the retry waited: keep the delivery where an operator finds it.
+            self._dead_letter(job, retry.endpoint_id, "endpoint no longer configured", retry.history, job.ack)
+            return
+        if job.event.missing:
+            task = asyncio.create_task(self._read_back(endpoint, job), name=f"read-back-{job.delivery_id}")
+            self._retired.add(task)  # cancelled with the lanes at shutdown; the offset stays uncommitted
+            task.add_done_callback(self._retired.discard)
+            return
+        self._hand_over(endpoint, job)
+
+    async def _read_back(self, endpoint: Endpoint, job: Job) -> None:
+        """The event of a retry record that was too large to carry it, read back from its topic, then its attempt."""
+        event = job.event
+        try:
+            if event.topic is None or event.partition is None or event.offset is None:
+                raise InvalidEvent("no coordinates to read it back from")
+            record = await read_one(self._client_options, event.topic, event.partition, event.offset)
+            full = self._routing.readers.get(event.topic, DEFAULT_READER).event(record)
+        except (RouterError, KafkaError, OSError) as exc:
+            log.warning("event %s[%d]@%d could not be read back: %s", event.topic, event.partition, event.offset, exc)
+            reason = f"the event could not be read back from Kafka ({type(exc).__name__})"
+            self._dead_letter(job, endpoint.id, reason, job.history, job.ack)
+            return
+        job.event = full
+        self._hand_over(endpoint, job)
+
+    def cancel_timers(self) -> None:
+        """Stop the retries waiting here: their tier records stay uncommitted and are read again after a restart."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
+
+def _attempt(outcome: Outcome) -> Attempt:
+    return Attempt(
+        attempt=outcome.attempt,
+        attempt_id=outcome.attempt_id,
+        status=outcome.status,
+        http_status=outcome.http_status,
+        error=outcome.error,
+        at=outcome.timestamp,
+    )

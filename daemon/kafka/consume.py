@@ -1,0 +1,450 @@
+"""The consumer: a group over several topics, explicit per-partition commits, backpressure by pausing.
+
+Offsets are committed only up to each partition's lowest unfinished event (see ``offsets``). Above
+``max_in_flight_events`` every assigned partition is paused; below half of it they resume. Pauses
+are re-applied after each rebalance, because aiokafka forgets them.
+
+A record batch that cannot be decoded (corrupt, or a codec not installed) makes aiokafka's ``getmany`` raise,
+and what the same call had already taken from other partitions is lost with it (their positions moved on).
+So a failed fetch rewinds every partition to the next record not yet dispatched, then reads them one
+partition at a time, a record at a time, to find the partition whose batch fails: that one is held at the
+batch's offset (``stuck``: logged with its coordinates, then once a minute, counted, shown by ``/readyz``)
+and the others flow. Nothing is skipped silently: an operator skips the batch explicitly (``skip``), after
+its raw bytes and coordinates are on the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+
+from daemon.core.config import KafkaConfig
+from daemon.core.model import utc_now_iso
+from daemon.core.offsets import OffsetTracker, PartitionOffsets
+from daemon.kafka.clients import close_consumer, kafka_client_options
+from daemon.kafka.contact import Throttle, held_note
+from daemon.observe.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# Takes one record; returns None, or a time (unix ms) before which the record's partition must not be read
+# again from that record on (a retry tier whose head is not due yet): the rest of its batch waits too.
+Dispatch = Callable[[Any, PartitionOffsets], int | None]
+
+_POLL_MS = 200
+_LAG_INTERVAL_S = 1.0  # the lag gauge is brought up to date this often (a scrape is cheaper than an update)
+_FAILED_FETCH_WAIT_S = 1.0
+_PROBE_MS = 300  # how long one partition's probe waits for its records after a failed fetch
+_STUCK_LOG_S = 60.0
+
+
+class Stuck(msgspec.Struct, frozen=True, kw_only=True):
+    """A partition held at a batch that cannot be decoded."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: str
+    since: str
+
+
+class Source:
+    """Owns the AIOKafkaConsumer: fetches, hands records to ``dispatch``, commits watermarks."""
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        environ: Any,
+        metrics: Metrics,
+        dispatch: Dispatch,
+        drain_timeout_s: float,
+        name: str = "events",
+    ) -> None:
+        self._kafka = kafka
+        self._metrics = metrics
+        self._name = name
+        self._fetch_errors_logged = Throttle()
+        self._commit_errors_logged = Throttle()
+        self._paused_gauge = metrics.fetch_paused.labels(name)
+        self._in_flight = metrics.events_in_flight.labels(name)
+        self._in_flight_bytes = metrics.events_in_flight_bytes.labels(name)
+        self._paused_gauge.set(0)
+        # Served from the start (0), so that a rate or an increase over them has a beginning.
+        metrics.fetch_errors.labels(name)
+        metrics.batches_undecodable.labels(name)
+        self._dispatch = dispatch
+        self._drain_timeout_s = drain_timeout_s
+        self._progress = asyncio.Event()
+        self.offsets = OffsetTracker(on_done=self._on_done)
+        self._cap = kafka.max_in_flight_events
+        self._low_water = kafka.max_in_flight_events // 2
+        self._bytes_cap = kafka.max_in_flight_bytes
+        self._bytes_low_water = kafka.max_in_flight_bytes // 2
+        self._paused = False
+        self._commit_lock = asyncio.Lock()
+        self.joined = False
+        self.stopping = False
+        self._lag_labels: set[tuple[str, str]] = set()
+        self._high: dict[TopicPartition, int] = {}  # last known high watermarks (the lag during an outage)
+        self._held: dict[TopicPartition, asyncio.TimerHandle] = {}
+        self.stuck: dict[TopicPartition, Stuck] = {}
+        self._stuck_gauge = metrics.partitions_stuck.labels(name)
+        self._stuck_gauge.set(0)
+        self._stuck_logged = Throttle(_STUCK_LOG_S)
+        self._consumer = AIOKafkaConsumer(
+            group_id=kafka.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset=kafka.auto_offset_reset,
+            max_poll_records=kafka.max_poll_records,
+            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+            session_timeout_ms=kafka.session_timeout_ms,
+            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+            max_poll_interval_ms=kafka.max_poll_interval_ms,
+            **kafka_client_options(kafka, environ),
+        )
+        self._listener = _Listener(self)
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self.subscribe(self._kafka.topics)
+
+    def subscribe(self, topics: list[str]) -> None:
+        self._consumer.subscribe(topics=list(topics), listener=self._listener)
+
+    async def stop(self) -> None:
+        """Leave the group. Commit first: aiokafka does not call on_partitions_revoked on stop()."""
+        self.joined = False
+        self._drop_holds()
+        await close_consumer(self._consumer)
+
+    # --- the fetch loop ---
+
+    async def run(self) -> None:
+        """Fetch and dispatch until ``stopping`` is set."""
+        consumer, offsets = self._consumer, self.offsets
+        next_lag = time.monotonic()
+        max_records = self._kafka.max_poll_records
+        while not self.stopping:
+            # Never fetch more than the cap has room for: the cap on events in flight is exact.
+            room = self._cap - offsets.in_flight
+            if (room <= 0 or offsets.in_flight_bytes >= self._bytes_cap) and not self._paused:
+                self._pause()
+            try:
+                batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=max(1, min(max_records, room)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never the end of the process: what was lost is read again, a bad batch held
+                self._fetch_failed("fetch", exc)
+                await self._isolate()
+                continue
+            failed = False
+            for tp, records in batches.items():
+                failed = not self._take(tp, records) or failed
+            if failed:
+                await asyncio.sleep(_FAILED_FETCH_WAIT_S)
+            if self.stuck and self._stuck_logged.ready() is not None:
+                log.error("still held at a batch that cannot be decoded: %s (skip it: see README, 'Stuck partitions')",
+                          "; ".join(_describe(s) for s in self.stuck.values()))  # fmt: skip
+            self._in_flight.set(offsets.in_flight)
+            self._in_flight_bytes.set(offsets.in_flight_bytes)
+            if time.monotonic() >= next_lag:
+                next_lag = time.monotonic() + _LAG_INTERVAL_S
+                self._update_lag()
+            # getmany() does not yield while fetched records wait: let the lanes start on this batch before
+            # the next is dispatched (deliveries begin sooner; a lane's pace is known before its queue fills).
+            await asyncio.sleep(0)
+
+    def _take(self, tp: TopicPartition, records: list[Any]) -> bool:
+        """Dispatch one partition's fetched records. False when one failed (a bug): the partition is read again
+        from it later."""
+        part = self.offsets.partitions.get(tp)
+        if part is None:  # revoked while the batch was on its way
+            return True
+        taken = 0
+        ok = True
+        for record in records:
+            try:
+                hold_until = self._dispatch(record, part)
+            except Exception as exc:  # a bug: read this record again later rather than skip it
+                self._fetch_failed(f"dispatch of {tp.topic}[{tp.partition}]@{record.offset}", exc)
+                self._consumer.seek(tp, record.offset)
+                ok = False
+                break
+            if hold_until is not None:
+                self._hold(tp, record.offset, hold_until)
+                break
+            taken += 1
+        self._metrics.events_consumed.labels(tp.topic).inc(taken)
+        return ok
+
+    async def _isolate(self) -> None:
+        """After a fetch failed: put every partition back at the next record not dispatched yet (the failed call
+        may have taken records of other partitions with it), then read them one at a time, a record at a time,
+        up to ``max_poll_records`` each: the partition whose batch fails is held there (``stuck``)."""
+        consumer = self._consumer
+        suspects = sorted(tp for tp in consumer.assignment() if tp not in self.stuck)
+        try:
+            await self._rewind(suspects)
+            for tp in suspects:
+                for _ in range(self._kafka.max_poll_records):
+                    try:
+                        batch = await consumer.getmany(tp, timeout_ms=_PROBE_MS, max_records=1)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        if isinstance(exc, KafkaError) and exc.retriable:  # the cluster's, not the batch's: wait
+                            raise
+                        await self._stick(tp, exc)
+                        break
+                    records = batch.get(tp)
+                    if not records or not self._take(tp, records):
+                        break
+        except KafkaError as exc:  # the cluster itself: waited out, tried again
+            self._fetch_failed("rewinding after a failed fetch", exc)
+            await asyncio.sleep(_FAILED_FETCH_WAIT_S)
+
+    async def _rewind(self, tps: list[TopicPartition]) -> None:
+        consumer = self._consumer
+        for tp in tps:
+            part = self.offsets.partitions.get(tp)
+            if part is not None and part.next_offset is not None:
+                consumer.seek(tp, part.next_offset)
+                continue
+            committed = await consumer.committed(tp)
+            if committed is not None:
+                consumer.seek(tp, committed)
+            else:  # nothing read here yet, nothing committed: from the start (twice rather than never)
+                await consumer.seek_to_beginning(tp)
+
+    async def _stick(self, tp: TopicPartition, exc: BaseException) -> None:
+        consumer = self._consumer
+        offset = await consumer.position(tp)
+        consumer.pause(tp)
+        consumer.seek(tp, offset)  # drops what aiokafka keeps of the failed batch; read from it once resumed
+        stuck = Stuck(topic=tp.topic, partition=tp.partition, offset=offset, error=_error_of(exc), since=utc_now_iso())
+        self.stuck[tp] = stuck
+        self._stuck_gauge.set(len(self.stuck))
+        self._metrics.batches_undecodable.labels(self._name).inc()
+        log.error("%s: held there; the other partitions go on (skip it: see README, 'Stuck partitions')",
+                  _describe(stuck))  # fmt: skip
+
+    def skip(self, tp: TopicPartition, offset: int, next_offset: int) -> None:
+        """Go past the stuck batch of ``tp`` that starts at ``offset`` (its dead letter is written): read from
+        ``next_offset`` on. Raises ValueError when ``tp`` is not stuck there."""
+        stuck = self.stuck.get(tp)
+        if stuck is None or stuck.offset != offset:
+            raise ValueError(f"{tp.topic}[{tp.partition}] is not held at offset {offset}")
+        part = self.offsets.partitions.get(tp)
+        if part is not None:
+            part.add(next_offset - 1, 0)  # the batch's offsets are settled: the watermark may pass them
+        self._consumer.seek(tp, next_offset)
+        del self.stuck[tp]
+        self._stuck_gauge.set(len(self.stuck))
+        if not self._paused and tp not in self._held:
+            self._consumer.resume(tp)
+        log.warning("%s[%d]: the batch at %d skipped by an operator (on the dead-letter topic); reading from %d",
+                    tp.topic, tp.partition, offset, next_offset)  # fmt: skip
+
+    def _fetch_failed(self, what: str, exc: BaseException) -> None:
+        self._metrics.fetch_errors.labels(self._name).inc()
+        held = self._fetch_errors_logged.ready()
+        if held is not None:  # a Kafka error is the cluster's; anything else is a bug, shown with its traceback
+            trace = None if isinstance(exc, KafkaError) else exc
+            log.error(
+                "%s failed (%s: %s); trying again%s", what, type(exc).__name__, exc, held_note(held), exc_info=trace
+            )
+
+    def _pause(self) -> None:
+        self._paused = True
+        self._paused_gauge.set(1)
+        self._consumer.pause(*self._consumer.assignment())
+        log.info(
+            "%d events (%d bytes) in flight: fetching paused", self.offsets.in_flight, self.offsets.in_flight_bytes
+        )
+
+    def _on_done(self) -> None:
+        self._progress.set()
+        offsets = self.offsets
+        if self._paused and offsets.in_flight <= self._low_water and offsets.in_flight_bytes <= self._bytes_low_water:
+            self._paused = False
+            self._paused_gauge.set(0)
+            held = self._held.keys() | self.stuck.keys()
+            self._consumer.resume(*(tp for tp in self._consumer.assignment() if tp not in held))
+            log.info("%d events in flight: fetching resumed", self.offsets.in_flight)
+
+    def _hold(self, tp: TopicPartition, offset: int, until_ms: int) -> None:
+        """Read ``tp`` again from ``offset``, not before ``until_ms`` (its head record is not due yet).
+
+        The records of the batch past ``offset`` were already returned: seek back, then pause.
+        """
+        self._consumer.seek(tp, offset)
+        self._consumer.pause(tp)
+        old = self._held.pop(tp, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, until_ms / 1000 - time.time())
+        self._held[tp] = asyncio.get_running_loop().call_later(delay, self._release, tp)
+
+    def _release(self, tp: TopicPartition) -> None:
+        self._held.pop(tp, None)
+        if not self._paused and tp in self._consumer.assignment() and tp not in self.stuck:
+            self._consumer.resume(tp)
+
+    def _drop_holds(self, tps: set[TopicPartition] | None = None) -> None:
+        for tp in list(self._held):
+            if tps is None or tp in tps:
+                self._held.pop(tp).cancel()
+
+    # --- commits and draining ---
+
+    async def commit(self, tps: set[TopicPartition] | None = None) -> None:
+        """Commit every watermark that moved (of ``tps`` only, when given). Failures are logged and counted."""
+        async with self._commit_lock:
+            marks = self.offsets.committable(tps)
+            if not marks:
+                return
+            try:
+                await self._consumer.commit(marks)
+            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+                self._metrics.commits.labels("error").inc()
+                held = self._commit_errors_logged.ready()
+                if held is not None:
+                    log.warning(
+                        "offset commit failed (%s: %s); will commit again%s", type(exc).__name__, exc, held_note(held)
+                    )
+                return
+            self.offsets.mark_committed(marks)
+            self._metrics.commits.labels("ok").inc()
+
+    async def commit_every(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.commit()
+
+    async def drain(
+        self, within_s: float, tps: set[TopicPartition] | None = None, stuck: Callable[[], bool] = lambda: False
+    ) -> bool:
+        """Wait until no event (of ``tps``, when given) is unfinished. False if ``within_s`` ran out first, or
+        ``stuck()`` says that waiting longer cannot help."""
+        deadline = time.monotonic() + within_s
+        while self._unfinished(tps):
+            left = deadline - time.monotonic()
+            if left <= 0 or stuck():
+                return False
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), min(left, 0.5))
+        return True
+
+    def uncommitted(self) -> list[str]:
+        """What a restart reads again: per partition, the offsets from the last commit to the last read."""
+        out = []
+        marks: dict[Any, tuple[int | None, int]] = self.offsets.uncommitted()
+        for tp, (committed, end) in sorted(marks.items()):
+            start = f"{committed}" if committed is not None else "the group's last commit"
+            out.append(f"{tp.topic}[{tp.partition}] from {start} up to {end - 1}")
+        return out
+
+    def _unfinished(self, tps: set[TopicPartition] | None) -> int:
+        if tps is None:
+            return self.offsets.in_flight
+        parts = self.offsets.partitions
+        return sum(parts[tp].unfinished for tp in tps if tp in parts)
+
+    # --- rebalances ---
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.joined = False
+        if not revoked:
+            return
+        if not await self.drain(self._drain_timeout_s, revoked):
+            log.warning(
+                "revoke: %d events still unfinished after %.0f s; they will be read again by the new owner",
+                self._unfinished(revoked),
+                self._drain_timeout_s,
+            )
+        await self.commit(revoked)
+        self._drop_holds(revoked)  # whoever reads them next holds them again if they are not due
+        for tp in revoked:
+            self.stuck.pop(tp, None)  # the next owner finds the batch again
+        self._stuck_gauge.set(len(self.stuck))
+        for tp in revoked:
+            self.offsets.revoke(tp)
+            self._remove_lag(tp)
+        log.info("partitions revoked: %s", _names(revoked))
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            self.offsets.assign(tp)
+        if self._paused and assigned:
+            self._consumer.pause(*assigned)
+        self.joined = True
+        log.info("partitions assigned: %s", _names(assigned) or "none")
+
+    def _update_lag(self) -> None:
+        """Lag per assigned partition from its high watermark: the last one a fetch reported, so that while the
+        cluster is unreachable the gauge keeps the last known lag instead of dropping to nothing. The events'
+        partitions report ``consumer_lag_records`` and their committable offset; a retry tier's records are behind
+        on purpose (not due yet): they are ``retries_due_later_records``, never lag."""
+        consumer = self._consumer
+        metrics = self._metrics
+        events = self._name == "events"
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                self._high[tp] = high
+            else:
+                high = self._high.get(tp)
+            part = self.offsets.partitions.get(tp)
+            mark = part.watermark() if part is not None else None
+            if high is None or mark is None:
+                continue
+            labels = (tp.topic, str(tp.partition))
+            self._lag_labels.add(labels)
+            if events:
+                metrics.consumer_lag.labels(*labels).set(max(0, high - mark))
+                metrics.consumer_offset.labels(*labels).set(mark)
+            else:
+                metrics.retries_due_later.labels(*labels).set(max(0, high - mark))
+
+    def _remove_lag(self, tp: TopicPartition) -> None:
+        self._high.pop(tp, None)
+        labels = (tp.topic, str(tp.partition))
+        if labels in self._lag_labels:
+            self._lag_labels.discard(labels)
+            gauges = (self._metrics.consumer_lag, self._metrics.consumer_offset) if self._name == "events" else (
+                self._metrics.retries_due_later,)  # fmt: skip
+            for gauge in gauges:
+                gauge.remove(*labels)
+
+
+def _error_of(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _describe(stuck: Stuck) -> str:
+    return (f"{stuck.topic}[{stuck.partition}] at offset {stuck.offset}: a batch that cannot be decoded "
+            f"({stuck.error}) since {stuck.since}")  # fmt: skip
+
+
+def _names(tps: set[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps))
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: Source) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._source.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._source.on_assigned(set(assigned))

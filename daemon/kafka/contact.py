@@ -1,0 +1,205 @@
+"""Contact with the Kafka cluster: whether it answers, said once when lost and once when back, and log lines that
+can repeat many times a second (aiokafka's own above all) let through once in a while and counted.
+
+With a broker down, aiokafka logs every failed connection, fetch, metadata update and heartbeat: about 190 ERROR
+lines a second. ``KafkaLogFilter`` sits on aiokafka's loggers: of their WARNING and above, one line a minute
+passes while contact is fine (with the count of those held back), none while it is lost. ``Contact`` asks the
+cluster for metadata every second; after ``kafka.contact_timeout_s`` without an answer contact is lost: one
+warning, aiokafka quiet, ``/readyz`` 503 and sd_notify ``STATUS=``; one line again when the cluster answers, with
+how long it was away and how many lines were held back meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from daemon.observe.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_AIOKAFKA = "aiokafka"
+_LOG_INTERVAL_S = 60.0
+
+
+class Throttle:
+    """One occurrence per ``interval_s`` goes through, the others are counted.
+
+    ``ready()`` returns None for an occurrence to hold back, else how many were held back since the last one that
+    went through (so the line that goes through can say so).
+    """
+
+    def __init__(self, interval_s: float = _LOG_INTERVAL_S) -> None:
+        self._interval_s = interval_s
+        self._last = -math.inf
+        self._held = 0
+
+    def ready(self) -> int | None:
+        now = time.monotonic()
+        if now - self._last < self._interval_s:
+            self._held += 1
+            return None
+        self._last = now
+        held, self._held = self._held, 0
+        return held
+
+
+def held_note(held: int) -> str:
+    """`` (N more like it held back)`` for a throttled line, or nothing."""
+    return f" ({held} more like it held back)" if held else ""
+
+
+class _Forward(logging.Handler):
+    """Hands aiokafka's records on to the root logger's handlers, as propagation would, once they pass its filters.
+
+    A filter on a logger does not see its children's records, and aiokafka logs from a dozen loggers, some created
+    only when their module is first imported; a handler on ``aiokafka`` sees them all.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger().handle(record)
+
+
+_FORWARD = _Forward()
+
+
+class KafkaLogFilter(logging.Filter):
+    """On aiokafka's records: WARNING and above pass once a minute while contact is fine, never while it is lost
+    (``quiet``); the rest are counted. Lower levels (``--log-level DEBUG``) pass untouched."""
+
+    def __init__(self, metrics: Metrics, interval_s: float = _LOG_INTERVAL_S) -> None:
+        super().__init__()
+        self.quiet = False
+        self.suppressed = 0
+        self._metrics = metrics
+        self._throttle = Throttle(interval_s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        if not self.quiet:
+            held = self._throttle.ready()
+            if held is not None:
+                if held:
+                    record.msg, record.args = record.getMessage() + held_note(held), None
+                return True
+        self.suppressed += 1
+        self._metrics.kafka_log_suppressed.inc()
+        return False
+
+    def install(self) -> None:
+        """From now on, aiokafka's records reach the root logger's handlers only through this filter."""
+        logger = logging.getLogger(_AIOKAFKA)
+        _FORWARD.addFilter(self)
+        if _FORWARD not in logger.handlers:
+            logger.addHandler(_FORWARD)
+            logger.propagate = False
+
+    def remove(self) -> None:
+        _FORWARD.removeFilter(self)
+        if not _FORWARD.filters:  # the last daemon of this process: aiokafka logs as it did
+            logger = logging.getLogger(_AIOKAFKA)
+            logger.removeHandler(_FORWARD)
+            logger.propagate = True
+
+
+class Contact:
+    """Whether the cluster answers. ``probe`` is a cheap request (a metadata update) returning True when answered;
+    it is made every ``interval_s``, given at most ``probe_timeout_s``. ``notify`` gets sd_notify lines."""
+
+    def __init__(
+        self,
+        probe: Callable[[], Awaitable[bool]],
+        where: str,
+        timeout_s: float,
+        noise: KafkaLogFilter,
+        metrics: Metrics,
+        notify: Callable[[str], None],
+        interval_s: float = 1.0,
+    ) -> None:
+        self._probe = probe
+        self._where = where
+        self._timeout_s = timeout_s
+        self._noise = noise
+        self._metrics = metrics
+        self._notify = notify
+        self._interval_s = interval_s
+        self._probe_timeout_s = max(0.5, min(5.0, timeout_s / 2))
+        self._last = time.monotonic()  # made at start-up: the cluster had just answered
+        self._suppressed_when_lost = 0
+        self.lost = False
+        self._task: asyncio.Task[None] | None = None
+        metrics.kafka_contact.set(1)
+        metrics.kafka_last_contact.set(time.time())
+
+    @property
+    def silent_s(self) -> float:
+        """Seconds since the cluster last answered."""
+        return time.monotonic() - self._last
+
+    @property
+    def answering(self) -> bool:
+        """False once the cluster has not answered for ``timeout_s`` (exactly: not only when a probe says so)."""
+        return not self.lost and self.silent_s < self._timeout_s
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="kafka-contact")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            answered = False
+            try:
+                answered = bool(await asyncio.wait_for(self._probe(), self._probe_timeout_s))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # no answer, whatever the reason: the reason is aiokafka's to log
+                log.debug("contact probe failed: %s: %s", type(exc).__name__, exc)
+            self.observe(answered)
+            await asyncio.sleep(self._interval_s)
+
+    def observe(self, answered: bool) -> None:
+        """One probe's result."""
+        if answered:
+            silent = self.silent_s
+            self._last = time.monotonic()
+            self._metrics.kafka_last_contact.set(time.time())
+            if self.lost:
+                self._back(silent)
+        elif not self.lost and self.silent_s >= self._timeout_s:
+            self._lose()
+
+    def _lose(self) -> None:
+        self.lost = True
+        self._noise.quiet = True
+        self._suppressed_when_lost = self._noise.suppressed
+        self._metrics.kafka_contact.set(0)
+        silent = self.silent_s
+        log.warning(
+            "lost contact with Kafka at %s: no answer for %.0f s. Deliveries already fetched go on; their results "
+            "wait until it is back, and nothing is committed meanwhile",
+            self._where,
+            silent,
+        )
+        self._notify(f"STATUS=no contact with Kafka at {self._where} for {silent:.0f} s, waiting for it")
+
+    def _back(self, silent_s: float) -> None:
+        self.lost = False
+        self._noise.quiet = False
+        self._metrics.kafka_contact.set(1)
+        log.info(
+            "contact with Kafka at %s is back after %.0f s without an answer (%d Kafka client log lines held back "
+            "meanwhile)",
+            self._where,
+            silent_s,
+            self._noise.suppressed - self._suppressed_when_lost,
+        )
+        self._notify("STATUS=running")

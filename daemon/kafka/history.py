@@ -1,0 +1,131 @@
+"""What happened to a webhook, read back from the results topic: an endpoint's recent attempts, a delivery's record.
+
+The results topic is keyed by endpoint id, so one endpoint's records all sit in one partition (the one
+Kafka's default partitioner gives its key): its recent attempts are read from that partition alone,
+backwards from its end, a window at a time, newest first. A delivery known only by its id is looked for
+in every partition the same way. Both stop after ``max_scan`` records per partition, at the start of the
+topic's retention, or once the query has read for ``SEARCH_BUDGET_S`` (what was found by then is the answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from daemon.core.errors import NotFound
+
+_WINDOW = 2_000  # records read per step backwards
+SEARCH_BUDGET_S = 20.0  # one query's reading, all partitions together: a caller waits no longer
+_FETCH_WAIT_S = 10.0
+
+
+async def recent_attempts(
+    client_options: Mapping[str, Any], topic: str, endpoint_id: str, limit: int, max_scan: int
+) -> list[bytes]:
+    """The newest ``limit`` results records of an endpoint (their values), newest first."""
+    key = endpoint_id.encode()
+    until = time.monotonic() + SEARCH_BUDGET_S
+    async with _reader(client_options) as consumer:
+        partitions = await _partitions(consumer, topic)
+        parts = sorted(partitions)
+        tp = TopicPartition(topic, int(DefaultPartitioner()(key, parts, parts)))
+        found: list[bytes] = []
+        await _backwards(consumer, tp, max_scan, lambda r: r.key == key, found, limit, until)
+        return found
+
+
+async def find_delivery(client_options: Mapping[str, Any], topic: str, delivery_id: str, max_scan: int) -> bytes | None:
+    """The newest results record of a delivery (its value), from any partition; None if not within reach."""
+    needle = f'"delivery_id":"{delivery_id}"'.encode()
+    until = time.monotonic() + SEARCH_BUDGET_S
+    async with _reader(client_options) as consumer:
+        for partition in sorted(await _partitions(consumer, topic)):
+            found: list[bytes] = []
+            await _backwards(
+                consumer, TopicPartition(topic, partition), max_scan, lambda r: needle in r.value, found, 1, until
+            )
+            if found:
+                return found[0]
+    return None
+
+
+@contextlib.asynccontextmanager
+async def _reader(client_options: Mapping[str, Any]) -> Any:
+    consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **client_options)
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    found = consumer.partitions_for_topic(topic)
+    if found is None:
+        await consumer._client.force_metadata_update()
+        found = consumer.partitions_for_topic(topic)
+    if not found:
+        raise NotFound(f"no topic {topic}")
+    return set(found)
+
+
+async def _backwards(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    max_scan: int,
+    wanted: Callable[[Any], bool],
+    found: list[bytes],
+    limit: int,
+    until: float,
+) -> None:
+    """Append to ``found`` the values of ``wanted`` records of ``tp``, newest first, until ``limit`` are found
+    (or ``max_scan`` records were read, or the monotonic clock passed ``until``)."""
+    consumer.assign([tp])
+    start = (await consumer.beginning_offsets([tp]))[tp]
+    end = await _end(consumer, tp, start)
+    scanned = 0
+    while end > start and scanned < max_scan and len(found) < limit and time.monotonic() < until:
+        first = max(start, end - _WINDOW)
+        window = await _read(consumer, tp, first, end)
+        scanned += len(window)
+        for record in reversed(window):
+            if record.value is not None and wanted(record):
+                found.append(record.value)
+                if len(found) >= limit:
+                    return
+        end = first
+
+
+async def _end(consumer: AIOKafkaConsumer, tp: TopicPartition, start: int) -> int:
+    """The partition's end: the high watermark a fetch reports (some brokers' ListOffsets answer under-reports it)."""
+    listed: int = (await consumer.end_offsets([tp]))[tp]
+    consumer.seek(tp, start)
+    deadline = time.monotonic() + _FETCH_WAIT_S
+    while consumer.highwater(tp) is None and time.monotonic() < deadline:
+        await consumer.getmany(tp, timeout_ms=200, max_records=1)
+    high: int | None = consumer.highwater(tp)
+    return max(listed, high if high is not None else 0)
+
+
+async def _read(consumer: AIOKafkaConsumer, tp: TopicPartition, first: int, end: int) -> list[Any]:
+    """The records of ``tp`` from ``first`` up to (not including) ``end``."""
+    consumer.seek(tp, first)
+    records: list[Any] = []
+    deadline = time.monotonic() + _FETCH_WAIT_S
+    position = first
+    while position < end and time.monotonic() < deadline:
+        batch = await consumer.getmany(tp, timeout_ms=200)
+        for record in batch.get(tp, []):
+            if record.offset >= end:
+                return records
+            records.append(record)
+        position = await consumer.position(tp)
+        if not batch:
+            await asyncio.sleep(0)
+    return records

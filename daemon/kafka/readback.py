@@ -1,0 +1,142 @@
+"""Reading events back from Kafka by position or time, for redelivery and replay (no consumer group).
+
+A position that does not exist (a topic or partition the cluster does not have) is ``NotFound``, asked for
+before anything is read; every consumer opened here is closed whatever happens. The consumers never reset
+an offset outside the log (``auto_offset_reset="none"``): with a reset to the earliest record, a replay
+from past the end would read the whole partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
+
+from daemon.core.errors import NotFound
+from daemon.kafka.clients import close_consumer
+
+
+def _consumer(client_options: Mapping[str, Any]) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="none", **client_options)
+
+
+@asynccontextmanager
+async def _opened(client_options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaConsumer]:
+    """A started read-back consumer, closed on the way out whatever happened."""
+    consumer = _consumer(client_options)
+    await consumer.start()
+    try:
+        # start() creates the coordinator's task without running it; a task cancelled before its first step makes
+        # stop() raise CancelledError and skip closing the fetcher and the connections (the request that asked
+        # lost its answer). One loop turn starts it, so a read that fails at once (a missing partition) closes the
+        # consumer in order; close_consumer finishes a close that a cancelled fetch cut short all the same.
+        await asyncio.sleep(0)
+        yield consumer
+    finally:
+        await close_consumer(consumer)
+
+
+async def read_one(client_options: Mapping[str, Any], topic: str, partition: int, offset: int) -> Any:
+    """The record at ``topic[partition]@offset``; raises NotFound."""
+    async with _opened(client_options) as consumer:
+        tp = TopicPartition(topic, partition)
+        if partition not in (await _partitions(consumer, topic)):
+            raise NotFound(f"no partition {topic}[{partition}]")
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                batch = await consumer.getmany(tp, timeout_ms=500)
+            except OffsetOutOfRangeError:
+                raise NotFound(f"no record at {topic}[{partition}]@{offset} (outside the log)") from None
+            for record in batch.get(tp, []):
+                if record.offset == offset:
+                    return record
+                if record.offset > offset:
+                    raise NotFound(f"no record at {topic}[{partition}]@{offset} (deleted or compacted)")
+            high = consumer.highwater(tp)
+            if high is not None and offset >= high:
+                raise NotFound(f"no record at {topic}[{partition}]@{offset} (past the end, {high})")
+        raise NotFound(f"no record at {topic}[{partition}]@{offset} (not read within 10 s)")
+
+
+async def read_range(
+    client_options: Mapping[str, Any],
+    topics: list[str],
+    *,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    partition: int | None = None,
+    from_offset: int | None = None,
+    to_offset: int | None = None,
+) -> AsyncIterator[Any]:
+    """Every record of ``topics`` in a time range (record timestamps, ms, >= 0) or an offset range (inclusive),
+    up to the end of each partition as it was when the read began. Topics the cluster does not have are left
+    out; NotFound when that leaves none, or when none of them has ``partition``."""
+    async with _opened(client_options) as consumer:
+        tps: list[TopicPartition] = []
+        for t in topics:
+            tps += [TopicPartition(t, p) for p in sorted(await _partitions(consumer, t)) if partition in (None, p)]
+        if not tps:
+            raise NotFound(f"no partition {partition} of {', '.join(topics)}" if partition is not None else
+                           f"no topic {', '.join(topics)}")  # fmt: skip
+        consumer.assign(tps)
+        begins = await consumer.beginning_offsets(tps)  # an offset range starts inside the log
+        starts: dict[TopicPartition, int] = {}
+        if from_offset is not None:
+            starts = {tp: max(from_offset, begins[tp]) for tp in tps}
+        elif since_ms is not None:
+            found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+            starts = {tp: (meta.offset if meta is not None else -1) for tp, meta in found.items()}
+        open_tps: set[TopicPartition] = set()
+        for tp in tps:
+            start = starts.get(tp, begins[tp])
+            if start >= 0 and (to_offset is None or start <= to_offset):  # -1: nothing at or after the time
+                consumer.seek(tp, start)
+                open_tps.add(tp)
+            else:
+                consumer.pause(tp)
+        ends: dict[TopicPartition, int] = {}  # each partition's end when the read began (its first high watermark)
+        idle_deadline = time.monotonic() + 10
+        while open_tps and time.monotonic() < idle_deadline:
+            finished: set[TopicPartition] = set()
+            try:
+                batch = await consumer.getmany(*open_tps, timeout_ms=300)
+            except OffsetOutOfRangeError as exc:  # started past the end: nothing there
+                batch = {}
+                finished.update(exc.args[0] if exc.args and isinstance(exc.args[0], dict) else open_tps)
+            for tp in list(open_tps):
+                high = consumer.highwater(tp)
+                if high is not None:
+                    ends.setdefault(tp, high)
+            for tp, records in batch.items():
+                idle_deadline = time.monotonic() + 10
+                for record in records:
+                    past_range = (to_offset is not None and record.offset > to_offset) or (
+                        until_ms is not None and record.timestamp > until_ms
+                    )
+                    if (tp in ends and record.offset >= ends[tp]) or past_range:
+                        finished.add(tp)
+                        break
+                    if since_ms is not None and record.timestamp < since_ms:
+                        continue
+                    yield record
+            for tp in list(open_tps):
+                end = ends.get(tp)
+                if tp in finished or (end is not None and await consumer.position(tp) >= end):
+                    open_tps.discard(tp)
+                    consumer.pause(tp)
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    found = consumer.partitions_for_topic(topic)
+    if found is None:
+        await consumer._client.force_metadata_update()
+        found = consumer.partitions_for_topic(topic)
+    return set(found or ())

@@ -1,0 +1,192 @@
+"""The results writer: the one path by which outcome records reach Kafka.
+
+Callers ``submit`` a record with a callback; one task feeds the producer without awaiting each send
+and runs the callback once Kafka acknowledged the record. A record whose send fails is sent again
+after a back-off, never dropped: its source offset stays uncommitted until it lands.
+
+While the cluster is unreachable, records wait here until it is back. What waits is bounded by the
+consumers' cap on events in flight (``kafka.max_in_flight_events``, each event owing at most two records
+per endpoint it matched) plus health changes and operator actions; ``results_pending`` shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+from aiokafka.partitioner import DefaultPartitioner
+
+from daemon.core.model import Ack
+from daemon.kafka.contact import Throttle, held_note
+from daemon.observe.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_Item = tuple[str, bytes | None, bytes, Ack | None]
+
+_BATCH = 2_000
+_RETRY_BACKOFF_S = 1.0
+
+
+class ResultsWriter:
+    def __init__(self, producer: Any, topic: str, metrics: Metrics) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._metrics = metrics
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._outstanding = 0  # submitted, not yet acknowledged
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._partitions: dict[str, dict[bytes | None, Any]] = {}  # topic -> key -> partition (None: all of them)
+        self._partitioner = DefaultPartitioner()
+        self._round_robin = 0
+        self._failures_logged = Throttle()
+        metrics.results_pending.set_function(lambda: self._outstanding)
+
+    @property
+    def outstanding(self) -> int:
+        return self._outstanding
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="results-writer")
+
+    def submit(self, key: bytes | None, value: bytes, ack: Ack | None, topic: str | None = None) -> None:
+        """Queue one record (for the results topic unless ``topic`` says otherwise); ``ack`` runs once Kafka
+        has acknowledged it (None: nothing waits on it)."""
+        self._outstanding += 1
+        self._idle.clear()
+        self._queue.append((topic or self._topic, key, value, ack))
+        self._wakeup.set()
+
+    async def flush(self, within_s: float) -> bool:
+        """Wait until every submitted record is acknowledged. False if ``within_s`` ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), within_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        """Stop feeding the producer. Records not yet acknowledged are left unacknowledged."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while queue:
+                # One batch per partition for everything queued (up to _BATCH records): one send per batch,
+                # not one coroutine and one partitioner call per record.
+                groups: dict[tuple[str, int], list[_Item]] = {}
+                for _ in range(min(len(queue), _BATCH)):
+                    item = queue.popleft()
+                    partition = await self._partition(item[0], item[1])
+                    groups.setdefault((item[0], partition), []).append(item)
+                for (topic, partition), items in groups.items():
+                    await self._send(topic, partition, items)
+                await asyncio.sleep(0)  # let deliveries and heartbeats run between large batches
+
+    async def _partition(self, topic: str, key: bytes | None) -> int:
+        """The partition a record goes to: Kafka's default partitioner for a key, round-robin without one."""
+        cache = self._partitions.get(topic)
+        if cache is None:
+            parts = sorted(await self._producer.partitions_for(topic))
+            cache = self._partitions[topic] = {None: parts}
+        if key is None:
+            parts = cache[None]
+            self._round_robin += 1
+            return int(parts[self._round_robin % len(parts)])
+        found = cache.get(key)
+        if found is None:
+            parts = cache[None]
+            found = cache[key] = int(self._partitioner(key, parts, parts))
+        return int(found)
+
+    async def _send(self, topic: str, partition: int, items: list[_Item]) -> None:
+        producer = self._producer
+        batch = producer.create_batch()
+        included: list[_Item] = []
+        for item in items:
+            if batch.append(key=item[1], value=item[2], timestamp=None) is None:
+                if included:
+                    await self._send_batch(batch, topic, partition, included)
+                batch, included = producer.create_batch(), []
+                if batch.append(key=item[1], value=item[2], timestamp=None) is None:
+                    await self._send_alone(topic, partition, item)  # larger than a batch: the producer's own path
+                    continue
+            included.append(item)
+        if included:
+            await self._send_batch(batch, topic, partition, included)
+
+    async def _send_alone(self, topic: str, partition: int, item: _Item) -> None:
+        try:
+            future = await self._producer.send(topic, item[2], key=item[1], partition=partition)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed(item, exc)
+            return
+        future.add_done_callback(lambda f: self._sent(f, [item]))
+
+    async def _send_batch(self, batch: Any, topic: str, partition: int, items: list[_Item]) -> None:
+        try:
+            future = await self._producer.send_batch(batch, topic, partition=partition)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            for item in items:
+                self._failed(item, exc)
+            return
+        future.add_done_callback(lambda f: self._sent(f, items))
+
+    def _sent(self, future: asyncio.Future[Any], items: list[_Item]) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            for item in items:
+                self._failed(item, exc)
+            return
+        self._metrics.results_written.inc(len(items))
+        self._outstanding -= len(items)
+        if self._outstanding == 0:
+            self._idle.set()
+        for item in items:
+            ack = item[3]
+            if ack is not None:
+                ack()
+
+    def _failed(self, item: _Item, exc: BaseException) -> None:
+        self._metrics.results_errors.inc()
+        held = self._failures_logged.ready()
+        if held is not None:
+            log.warning(
+                "record for %s not written (%s: %s); sending it again in %.0f s%s",
+                item[0],
+                type(exc).__name__,
+                exc,
+                _RETRY_BACKOFF_S,
+                held_note(held),
+            )
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle
+
+        def again() -> None:
+            self._timers.discard(timer)
+            self._queue.append(item)
+            self._wakeup.set()
+
+        timer = loop.call_later(_RETRY_BACKOFF_S, again)
+        self._timers.add(timer)

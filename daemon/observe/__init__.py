@@ -1,0 +1,1 @@
+"""What operators watch: the metrics registry, the log's format and level, systemd's notifications, tracing spans."""

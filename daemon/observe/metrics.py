@@ -1,0 +1,182 @@
+"""The registry and every metric, nothing else.
+
+Cardinality stays bounded: only the ``endpoint_*`` series carry an endpoint id, and only for the endpoints the
+config marks (``[metrics] endpoints``); per-partition series exist only for the partitions an instance is assigned.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from daemon import __version__
+from daemon.core.netguard import REASONS
+
+# Latency buckets reach the longest allowed timeout (120 s).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """One instance per daemon, with its own registry (tests run several daemons in one process)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        # process_* (CPU, memory, file descriptors) and python_* (GC, version), as a default registry has them.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        p = "webhook_router_"
+        self.build = Info(p + "build", "The running version.", registry=r)
+        self.build.info({"version": __version__, "python": platform.python_version()})
+        self.events_consumed = Counter(p + "events_consumed", "Events read from Kafka.", ["topic"], registry=r)
+        self.events_invalid = Counter(
+            p + "events_invalid", "Events that could not be routed (not JSON, no type).", ["topic"], registry=r
+        )
+        self.events_unmatched = Counter(
+            p + "events_unmatched", "Events no subscription matched.", ["topic"], registry=r
+        )
+        self.events_in_flight = Gauge(
+            p + "events_in_flight", "Events read and not finished (outcomes owed), per consumer (events, retries).",
+            ["consumer"], registry=r,
+        )  # fmt: skip
+        self.events_in_flight_bytes = Gauge(
+            p + "events_in_flight_bytes", "Bytes of the events read and not finished, per consumer (events, retries).",
+            ["consumer"], registry=r,
+        )  # fmt: skip
+        self.deliveries = Counter(
+            p + "deliveries", "Delivery attempts by outcome and status class.", ["outcome", "status_class"], registry=r
+        )
+        self.delivery_duration = Histogram(
+            p + "delivery_duration_seconds",
+            "Time from request start to response (or failure).",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(p + "requests_in_flight", "HTTP requests under way.", registry=r)
+        self.deliveries_queued = Gauge(
+            p + "deliveries_queued", "Deliveries waiting for a free slot of their endpoint.", registry=r
+        )
+        self.results_written = Counter(p + "results_written", "Outcome records acknowledged by Kafka.", registry=r)
+        self.results_errors = Counter(
+            p + "results_errors", "Failed sends of outcome records (they are retried).", registry=r
+        )
+        self.config_reloads = Counter(p + "config_reloads", "Config reloads by result.", ["result"], registry=r)
+        # Event partitions only: a retry tier's partition is behind on purpose (its records are not due yet).
+        self.consumer_lag = Gauge(
+            p + "consumer_lag_records", "Records of an assigned event partition not finished yet (high watermark minus "
+            "the committable offset).", ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.consumer_offset = Gauge(
+            p + "consumer_offset", "The committable offset of an assigned event partition (all before it finished): "
+            "a partition whose offset stands still while it has lag is stuck.", ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.retries_due_later = Gauge(
+            p + "retries_due_later_records", "Records on an assigned retry tier partition not taken yet: retries "
+            "waiting for their time (not lag).", ["topic", "partition"], registry=r,
+        )  # fmt: skip
+        self.fetch_paused = Gauge(
+            p + "fetch_paused",
+            "1 while fetching is paused for backpressure, else 0, per consumer (events, retries).",
+            ["consumer"],
+            registry=r,
+        )
+        self.fetch_errors = Counter(
+            p + "fetch_errors", "Fetches or dispatches that failed and were tried again, per consumer.", ["consumer"],
+            registry=r,
+        )  # fmt: skip
+        self.partitions_stuck = Gauge(
+            p + "partitions_stuck", "Partitions held at a batch that cannot be decoded, per consumer (until skipped).",
+            ["consumer"], registry=r,
+        )  # fmt: skip
+        self.batches_undecodable = Counter(
+            p + "batches_undecodable", "Record batches found that cannot be decoded, per consumer.", ["consumer"],
+            registry=r,
+        )  # fmt: skip
+        self.commits = Counter(p + "offset_commits", "Offset commits by result.", ["result"], registry=r)
+        self.endpoints = Gauge(p + "endpoints", "Endpoints in the loaded config.", registry=r)
+        self.endpoints_paused = Gauge(
+            p + "endpoints_paused", "Endpoints paused, by reason (failures, gone, operator, config).", ["reason"],
+            registry=r,
+        )  # fmt: skip
+        self.retries_scheduled = Counter(p + "retries_scheduled", "Failed attempts given a retry.", registry=r)
+        self.deliveries_deferred = Counter(
+            p + "deliveries_deferred", "Deliveries moved to a retry tier because their endpoint's queue was full.",
+            registry=r,
+        )  # fmt: skip
+        self.retry_hops = Counter(p + "retry_hops", "Retries moved to a shorter tier on their way to due.", registry=r)
+        self.dead_lettered = Counter(p + "dead_lettered", "Deliveries that ended on the dead-letter topic.", registry=r)
+        self.deliveries_blocked = Counter(
+            p + "deliveries_blocked", "Attempts refused by the network guard (SSRF), by reason.", ["reason"], registry=r
+        )
+        for reason in REASONS:
+            self.deliveries_blocked.labels(reason)
+        self.deliveries_skipped = Counter(
+            p + "deliveries_skipped", "Matched deliveries not attempted, by status.", ["status"], registry=r
+        )
+        self.retry_lateness = Histogram(
+            p + "retry_lateness_seconds",
+            "How long after its due time a retry was handed to its endpoint.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.subscriptions = Gauge(p + "subscriptions", "Subscriptions in the loaded config.", registry=r)
+        self.results_pending = Gauge(
+            p + "results_pending", "Records submitted to Kafka and not acknowledged yet (they wait out an outage).",
+            registry=r,
+        )  # fmt: skip
+        self.kafka_contact = Gauge(
+            p + "kafka_contact", "1 while the Kafka cluster answers; 0 once it has not for kafka.contact_timeout_s.",
+            registry=r,
+        )  # fmt: skip
+        self.kafka_last_contact = Gauge(
+            p + "kafka_last_contact_timestamp_seconds", "Unix time of the Kafka cluster's last answer.", registry=r
+        )
+        self.kafka_log_suppressed = Counter(
+            p + "kafka_log_suppressed", "Kafka client log lines (WARNING and above) held back by the rate limit.",
+            registry=r,
+        )  # fmt: skip
+        # Per endpoint, only for the endpoints the config marks (``[metrics] endpoints``): bounded by the config.
+        self.marked_endpoints: frozenset[str] = frozenset()
+        self.endpoint_attempts = Counter(
+            p + "endpoint_attempts", "Delivery attempts of a marked endpoint, by outcome (delivered, failed).",
+            ["endpoint", "outcome"], registry=r,
+        )  # fmt: skip
+        self.endpoint_duration = Histogram(
+            p + "endpoint_duration_seconds", "Time from request start to response (or failure), for a marked endpoint.",
+            ["endpoint"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        for result in ("ok", "error"):
+            self.config_reloads.labels(result)
+            self.commits.labels(result)
+
+    def mark_endpoints(self, marked: Iterable[str]) -> None:
+        """The endpoints that get ``endpoint_*`` series (``metrics.endpoints`` of the config, at start and on each
+        reload); the series of an endpoint no longer marked are dropped."""
+        keep = self.marked_endpoints = frozenset(marked)
+        for metric in (self.endpoint_attempts, self.endpoint_duration):
+            for labels in list(metric._metrics):  # prometheus_client keeps a metric's children by label values
+                if labels[0] not in keep:
+                    metric.remove(*labels)
+
+
+def status_class(http_status: int | None, error: str | None) -> str:
+    """A bounded label for a delivery outcome: ``2xx``..``5xx``, ``timeout``, ``blocked`` or ``connection``."""
+    if http_status is not None:
+        return f"{http_status // 100}xx" if 100 <= http_status < 600 else "other"
+    if error and error.startswith("timeout"):
+        return "timeout"
+    if error and error.startswith("blocked"):
+        return "blocked"
+    return "connection"

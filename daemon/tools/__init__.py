@@ -1,0 +1,1 @@
+"""Operator tools beside the daemon: the admin client, ``tail`` and ``stats``, the demo and its embedded broker."""

@@ -1,0 +1,241 @@
+"""RoutingTable: exact types, prefix wildcards, ``*``, topic filters, dedupe, cache."""
+
+from __future__ import annotations
+
+import pytest
+
+import daemon.core.match
+from daemon.core.config import SubscriptionConfig
+from daemon.core.match import RoutingTable
+
+
+def sub(endpoint: str, *events: str, topics: list[str] | None = None) -> SubscriptionConfig:
+    return SubscriptionConfig(endpoint=endpoint, events=list(events), topics=topics)
+
+
+def test_exact_match() -> None:
+    table = RoutingTable([sub("crm", "lead.created")])
+    assert table.match("leads", "lead.created").endpoints == ("crm",)
+    assert table.match("leads", "lead.updated").endpoints == ()
+    assert table.match("leads", "lead.created.v2").endpoints == ()
+    assert table.match("leads", "lead.create").endpoints == ()
+    assert table.match("leads", "Lead.Created").endpoints == ()
+
+
+def test_prefix_wildcard() -> None:
+    table = RoutingTable([sub("crm", "lead.*")])
+    assert table.match("leads", "lead.created").endpoints == ("crm",)
+    assert table.match("leads", "lead.a.b.c").endpoints == ("crm",)
+    assert table.match("leads", "lead.").endpoints == ("crm",)
+    assert table.match("leads", "lead").endpoints == ()
+    assert table.match("leads", "leads.created").endpoints == ()
+    assert table.match("leads", "xlead.created").endpoints == ()
+    assert table.match("leads", "order.created").endpoints == ()
+
+
+def test_prefix_wildcard_without_dot() -> None:
+    table = RoutingTable([sub("crm", "lead*")])
+    assert table.match("leads", "lead").endpoints == ("crm",)
+    assert table.match("leads", "leader.elected").endpoints == ("crm",)
+    assert table.match("leads", "lea").endpoints == ()
+
+
+def test_star_matches_every_type() -> None:
+    table = RoutingTable([sub("audit", "*")])
+    for event_type in ("lead.created", "x", "order.paid", "*", "a.b.c.d.e"):
+        assert table.match("leads", event_type).endpoints == ("audit",)
+        assert table.match("orders", event_type).endpoints == ("audit",)
+
+
+def test_nested_prefixes_all_match() -> None:
+    table = RoutingTable([sub("a", "a.*"), sub("ab", "a.b.*"), sub("abc", "a.b.c.*"), sub("other", "a.c.*")])
+    assert table.match("t", "a.b.c.d").endpoints == ("a", "ab", "abc")
+    assert table.match("t", "a.b.x").endpoints == ("a", "ab")
+    assert table.match("t", "a.x").endpoints == ("a",)
+    assert table.match("t", "a.c.x").endpoints == ("a", "other")
+    assert table.match("t", "b.c").endpoints == ()
+
+
+def test_topic_filter() -> None:
+    table = RoutingTable(
+        [
+            sub("anywhere", "lead.created"),
+            sub("orders-only", "lead.created", topics=["orders"]),
+            sub("both", "lead.*", topics=["leads", "orders"]),
+            sub("leads-only", "*", topics=["leads"]),
+        ]
+    )
+    assert table.match("leads", "lead.created").endpoints == ("anywhere", "both", "leads-only")
+    assert table.match("orders", "lead.created").endpoints == ("anywhere", "orders-only", "both")
+    assert table.match("billing", "lead.created").endpoints == ("anywhere",)
+    assert table.match("billing", "lead.updated").endpoints == ()
+    assert table.match("leads", "order.paid").endpoints == ("leads-only",)
+    assert table.match("orders", "order.paid").endpoints == ()
+
+
+def test_endpoint_matched_several_times_appears_once() -> None:
+    table = RoutingTable(
+        [
+            sub("crm", "lead.created", "lead.*", "*"),
+            sub("crm", "lead.created"),
+            sub("billing", "lead.created", "lead.*"),
+            sub("crm", "*", topics=["leads"]),
+        ]
+    )
+    assert table.match("leads", "lead.created").endpoints == ("crm", "billing")
+    assert table.match("leads", "lead.updated").endpoints == ("crm", "billing")
+    assert table.match("leads", "order.paid").endpoints == ("crm",)
+
+
+def test_endpoints_in_config_order_for_one_kind_of_pattern() -> None:
+    table = RoutingTable([sub(name, "lead.created") for name in ("zeta", "alpha", "mid", "alpha", "beta")])
+    assert table.match("leads", "lead.created").endpoints == ("zeta", "alpha", "mid", "beta")
+    table = RoutingTable([sub(name, "*") for name in ("zeta", "alpha", "mid")])
+    assert table.match("leads", "x").endpoints == ("zeta", "alpha", "mid")
+
+
+def test_endpoints_in_config_order_across_pattern_kinds() -> None:
+    table = RoutingTable([sub("audit", "*"), sub("crm", "lead.*"), sub("billing", "lead.created"), sub("sales", "l*")])
+    assert table.match("leads", "lead.created").endpoints == ("audit", "crm", "billing", "sales")
+
+
+def test_no_match_is_an_empty_tuple() -> None:
+    table = RoutingTable([sub("crm", "lead.*", topics=["leads"])])
+    result = table.match("orders", "lead.created")
+    assert result.endpoints == ()
+    assert result.conditional == ()
+    assert RoutingTable([]).match("leads", "lead.created").endpoints == ()
+
+
+def test_result_is_a_tuple_of_endpoint_ids() -> None:
+    result = RoutingTable([sub("crm", "*")]).match("leads", "x")
+    assert type(result.endpoints) is tuple
+    assert result.endpoints == ("crm",)
+    assert result.select(lambda: None) == ("crm",)
+
+
+def test_cache_returns_the_same_answer() -> None:
+    table = RoutingTable([sub("crm", "lead.*"), sub("billing", "*", topics=["orders"])])
+    first = table.match("orders", "lead.created")
+    assert first.endpoints == ("crm", "billing")
+    assert table.match("orders", "lead.created") is first
+    empty = table.match("leads", "order.paid")
+    assert empty.endpoints == ()
+    assert table.match("leads", "order.paid") is empty
+    # the cache is keyed by topic too
+    assert table.match("leads", "lead.created").endpoints == ("crm",)
+    assert table.match("orders", "lead.created").endpoints == ("crm", "billing")
+
+
+def test_cache_is_bounded_and_answers_stay_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(daemon.core.match, "_CACHE_LIMIT", 8)
+    table = RoutingTable([sub("crm", "lead.*"), sub("audit", "*", topics=["audit"])])
+    for round_ in range(3):
+        for i in range(50):
+            assert table.match("leads", f"lead.e{i}").endpoints == ("crm",), round_
+            assert table.match("audit", f"other.e{i}").endpoints == ("audit",), round_
+            assert table.match("leads", f"other.e{i}").endpoints == (), round_
+            assert len(table._cache) <= 8
+
+
+def test_cache_is_bounded_in_bytes_and_never_keeps_long_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(daemon.core.match, "_CACHE_BYTES", 10_000)
+    table = RoutingTable([sub("crm", "lead.*")])
+    huge = "lead." + "x" * 100_000
+    for i in range(3_000):
+        assert table.match("leads", f"{huge}{i}").endpoints == ("crm",)  # answered, never kept
+    assert len(table._cache) == 0
+    for i in range(1_000):
+        assert table.match("leads", f"lead.{'y' * 200}{i}").endpoints == ("crm",)
+        assert table._cache_bytes <= 10_000 + 400
+    assert 0 < len(table._cache) < 1_000
+
+
+def test_subscriptions_may_be_any_iterable() -> None:
+    table = RoutingTable(sub(f"ep{i}", f"t{i}") for i in range(3))
+    assert table.match("x", "t1").endpoints == ("ep1",)
+
+
+def test_many_subscriptions() -> None:
+    subs: list[SubscriptionConfig] = []
+    for i in range(10_000):
+        subs.append(sub(f"exact-{i}", f"type.{i}"))
+    for i in range(5_000):
+        subs.append(sub(f"prefix-{i}", f"ns{i}.*", topics=["leads"] if i % 2 else None))
+    for i in range(4_990):
+        subs.append(sub(f"multi-{i % 100}", f"type.{i}", f"ns{i}.*"))
+    for i in range(10):
+        subs.append(sub(f"star-{i}", "*", topics=[f"topic-{i}"]))
+    assert len(subs) == 20_000
+    table = RoutingTable(subs)
+
+    assert table.match("leads", "type.0").endpoints == ("exact-0", "multi-0")
+    assert table.match("leads", "type.4989").endpoints == ("exact-4989", "multi-89")
+    assert table.match("leads", "type.4990").endpoints == ("exact-4990",)
+    assert table.match("leads", "type.9999").endpoints == ("exact-9999",)
+    assert table.match("leads", "type.10000").endpoints == ()
+    assert table.match("leads", "ns7.created").endpoints == ("prefix-7", "multi-7")
+    assert table.match("orders", "ns7.created").endpoints == ("multi-7",)
+    assert table.match("orders", "ns8.created").endpoints == ("prefix-8", "multi-8")
+    # "ns1.*" must not match "ns12.x", nor "ns12.*" match "ns1.x"
+    assert table.match("orders", "ns12.x").endpoints == ("prefix-12", "multi-12")
+    assert table.match("orders", "ns4999.x").endpoints == ()
+    assert table.match("leads", "ns4999.x").endpoints == ("prefix-4999",)
+    assert table.match("topic-3", "anything").endpoints == ("star-3",)
+    assert table.match("topic-3", "type.5").endpoints == ("exact-5", "multi-5", "star-3")
+    assert table.match("topic-99", "anything").endpoints == ()
+    for i in range(0, 10_000, 97):
+        expected = (f"exact-{i}", f"multi-{i % 100}") if i < 4_990 else (f"exact-{i}",)
+        assert table.match("orders", f"type.{i}").endpoints == expected
+
+
+# --- changes in place (endpoints managed at run time) ---
+
+
+def test_an_endpoint_added_later_is_matched_after_the_earlier_ones() -> None:
+    table = RoutingTable([sub("crm", "lead.*"), sub("audit", "*")])
+    assert table.match("leads", "lead.created").endpoints == ("crm", "audit")  # cached
+    table.add([sub("api-1", "lead.created"), sub("api-1", "call.*")])
+    assert table.match("leads", "lead.created").endpoints == ("crm", "audit", "api-1")
+    assert table.match("leads", "call.ended").endpoints == ("audit", "api-1")
+
+
+def test_removing_an_endpoint_takes_every_route_of_it_and_nothing_else() -> None:
+    table = RoutingTable([sub("crm", "lead.*"), sub("audit", "*"), sub("crm", "call.ended")])
+    table.add([sub("api-1", "lead.*"), sub("api-1", "*"), sub("api-1", "x.y")])
+    assert table.match("leads", "x.y").endpoints == ("audit", "api-1")
+    assert table.remove("api-1")
+    assert not table.remove("api-1")
+    assert table.match("leads", "x.y").endpoints == ("audit",)
+    assert table.match("leads", "lead.created").endpoints == ("crm", "audit")
+    assert table.remove("crm")
+    assert table.match("leads", "call.ended").endpoints == ("audit",)
+    assert table._prefixes == {} and "call.ended" not in table._exact
+
+
+def test_changes_among_100000_endpoints_keep_every_other_answer() -> None:
+    table = RoutingTable(sub(f"ep-{i}", f"lead.{i % 50}", "call.*") for i in range(100_000))
+    assert len(table.match("t", "lead.7").endpoints) == 2_000
+    for n in range(100):
+        table.remove(f"ep-{n * 7}")
+        table.add([sub(f"ep-{n * 7}", "lead.7")])
+    assert len(table.match("t", "lead.7").endpoints) == 2_000 + 100 - 2  # 2 of them were lead.7 already
+    assert len(table.match("t", "lead.8").endpoints) == 2_000 - 2
+    assert len(table.match("t", "call.x").endpoints) == 100_000 - 100
+
+
+def test_a_scope_must_hold_beside_the_subscriptions_own_condition() -> None:
+    from daemon.core.config import WhereConfig
+
+    scoped = SubscriptionConfig(endpoint="acme", events=["*"], scope=WhereConfig(field="org.id", one_of=["acme"]))
+    both = SubscriptionConfig(
+        endpoint="acme-big", events=["*"], where=WhereConfig(field="size", none_of=["small"]),
+        scope=WhereConfig(field="org.id", one_of=["acme"]),
+    )  # fmt: skip
+    match = RoutingTable([scoped, both]).match("t", "lead.created")
+    assert match.endpoints == ()  # every route is conditional now
+    assert match.select(lambda: {"org": {"id": "acme"}, "size": "big"}) == ("acme", "acme-big")
+    assert match.select(lambda: {"org": {"id": "acme"}, "size": "small"}) == ("acme",)
+    assert match.select(lambda: {"org": {"id": "globex"}, "size": "big"}) == ()
+    assert match.select(lambda: {"size": "big"}) == ()  # no tenant named: no endpoint of a tenant
+    assert match.select(lambda: {"org": {"id": ["acme"]}}) == ()

@@ -1,0 +1,138 @@
+"""daemon.delivery.deliver.Lane at its seam: a bounded queue and exactly max_concurrency workers per endpoint.
+
+The sender and what the lane settles into are in-memory stand-ins (tests/unit/standins.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from daemon.core.config import DeliveryConfig, EndpointConfig
+from daemon.core.model import LIVE, REPLAY, Event, Outcome
+from daemon.delivery.deliver import Endpoint, Job, Lane, LaneStats
+from tests.unit.standins import ScriptedSender, event, settle_down
+
+
+class Settles:
+    """Keeps every settled outcome; holds back the delivery ids it is told to."""
+
+    def __init__(self) -> None:
+        self.settled: list[Outcome] = []
+        self.hold: set[str] = set()
+        self.asked: list[str] = []
+
+    def settle(self, endpoint: Endpoint, job: Job, outcome: Outcome) -> None:
+        self.settled.append(outcome)
+
+    def held_back(self, endpoint: Endpoint, job: Job) -> bool:
+        self.asked.append(job.delivery_id)
+        return job.delivery_id in self.hold
+
+
+def lane_of(sender: ScriptedSender, settles: Settles, stats: LaneStats | None = None, **over: Any) -> Lane:
+    config = EndpointConfig(id="ep", url="https://ep.example.com/h", profile="raw", secret="whsec_QUJD", **over)
+    return Lane(Endpoint(config, DeliveryConfig(), {}), cast(Any, sender), settles, stats or LaneStats())
+
+
+def job(n: int, trigger: str = LIVE) -> Job:
+    return Job(event=Event(event(n), "lead.created", "events", 0, n, 0), delivery_id=f"msg_{n}", ack=None,
+               trigger=trigger)  # fmt: skip
+
+
+async def test_at_most_max_concurrency_attempts_at_once_and_the_rest_queued() -> None:
+    gate = asyncio.Event()
+    sender, settles, stats = ScriptedSender(gate=gate), Settles(), LaneStats()
+    lane = lane_of(sender, settles, stats, max_concurrency=3)
+    try:
+        for n in range(10):
+            assert lane.put(job(n))
+        await settle_down()
+        assert (lane.busy, lane.queued) == (3, 7)
+        assert (stats.busy, stats.queued) == (3, 7)
+        gate.set()
+        await settle_down(100)
+        assert sender.most_under_way == 3
+        assert sorted(o.delivery_id or "" for o in settles.settled) == sorted(f"msg_{n}" for n in range(10))
+        assert (stats.busy, stats.queued) == (0, 0)
+    finally:
+        await lane.cancel()
+
+
+async def test_a_full_queue_refuses_unless_forced() -> None:
+    gate = asyncio.Event()
+    lane = lane_of(ScriptedSender(gate=gate), Settles(), max_concurrency=1, queue_size=2)
+    try:
+        assert lane.put(job(0))
+        await settle_down()  # the worker has taken job 0
+        assert lane.put(job(1)) and lane.put(job(2))
+        assert not lane.put(job(3))
+        assert lane.put(job(3), force=True)
+        assert lane.queued == 3
+    finally:
+        await lane.cancel()
+
+
+async def test_put_wait_waits_for_room() -> None:
+    gate = asyncio.Event()
+    lane = lane_of(ScriptedSender(gate=gate), Settles(), max_concurrency=1, queue_size=1)
+    try:
+        lane.put(job(0))
+        await settle_down()
+        lane.put(job(1))
+        waiting = asyncio.create_task(lane.put_wait(job(2)))
+        await settle_down()
+        assert not waiting.done()
+        gate.set()
+        await asyncio.wait_for(waiting, 5)
+    finally:
+        await lane.cancel()
+
+
+async def test_a_live_job_is_offered_to_held_back_before_its_attempt_and_a_replay_is_not() -> None:
+    sender, settles = ScriptedSender(), Settles()
+    settles.hold = {"msg_1"}
+    lane = lane_of(sender, settles)
+    try:
+        lane.put(job(1))
+        lane.put(job(2))
+        lane.put(job(3, trigger=REPLAY))
+        await settle_down(50)
+        assert [j.delivery_id for j in sender.attempts] == ["msg_2", "msg_3"]
+        assert sorted(settles.asked) == ["msg_1", "msg_2"]
+    finally:
+        await lane.cancel()
+
+
+async def test_close_finishes_what_is_queued_and_cancel_counts_what_it_abandons() -> None:
+    sender, settles = ScriptedSender(), Settles()
+    lane = lane_of(sender, settles, max_concurrency=2)
+    for n in range(5):
+        lane.put(job(n))
+    await lane.close()
+    assert len(settles.settled) == 5
+
+    gate = asyncio.Event()
+    stats = LaneStats()
+    stuck = lane_of(ScriptedSender(gate=gate), Settles(), stats, max_concurrency=2)
+    for n in range(5):
+        stuck.put(job(n))
+    await settle_down()
+    assert await stuck.cancel() == 5  # 2 under way, 3 queued
+    assert stats.queued == 0
+
+
+async def test_an_attempt_that_raises_is_settled_as_an_internal_error() -> None:
+    class Broken(ScriptedSender):
+        async def attempt(self, endpoint: Endpoint, job: Job) -> Outcome:
+            raise RuntimeError("a bug")
+
+    settles = Settles()
+    lane = lane_of(Broken(), settles)
+    try:
+        lane.put(job(1))
+        await settle_down()
+        (outcome,) = settles.settled
+        assert (outcome.status, outcome.error) == ("failed", "internal error (see the router's log)")
+    finally:
+        await lane.cancel()

@@ -1,0 +1,504 @@
+"""daemon.engine.settle at its seam: what each event and each delivery is owed, and when its offset may move.
+
+The writer and the sender are in-memory stand-ins (tests/unit/standins.py); Health, the routing, the
+lanes and the offset tracker are the real ones. Kafka's acknowledgements are played by the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+import pytest
+
+from daemon.core.model import LIVE, REPLAY, Event, RetryRecord, decode_retry, encode_retry
+from daemon.core.offsets import OffsetTracker, PartitionOffsets
+from daemon.core.validate import parse_config
+from daemon.delivery.deliver import Job, Sender
+from daemon.engine.health import Health
+from daemon.engine.routing import Routing
+from daemon.engine.settle import Settlement
+from daemon.observe.metrics import Metrics
+from tests.unit.standins import Record, ScriptedSender, Writer, event, settle_down
+
+SECRET = "whsec_" + base64.b64encode(b"settle-test-secret-0123456789").decode()
+TIERS = [1.0, 5.0, 30.0]
+DL = "wr.dead-letter"
+HEALTH = "wr.health"
+
+
+def tier(seconds: float) -> str:
+    return f"wr.retry.{seconds:g}s"
+
+
+@dataclass
+class Rig:
+    settlement: Settlement
+    writer: Writer
+    sender: ScriptedSender
+    health: Health
+    tracker: OffsetTracker
+    part: PartitionOffsets
+    metrics: Metrics
+
+    def dispatch(self, offset: int, value: bytes | None, topic: str = "events") -> None:
+        self.settlement.dispatch(Record(topic, 0, offset, value), self.part)
+
+    def results(self) -> list[dict[str, Any]]:
+        return [r.json() for r in self.writer.on(None)]
+
+
+def endpoint(id: str, **over: Any) -> dict[str, Any]:
+    return {"id": id, "url": f"https://{id}.example.com/h", "secret": SECRET, **over}
+
+
+@asynccontextmanager
+async def rig(
+    endpoints: list[dict[str, Any]] | None = None,
+    subscriptions: list[dict[str, Any]] | None = None,
+    status: Any = lambda job: 200,
+    sender: Any = None,
+    **retry: Any,
+) -> AsyncIterator[Rig]:
+    endpoints = endpoints if endpoints is not None else [endpoint("a")]
+    if subscriptions is None:
+        subscriptions = [{"endpoint": e["id"], "events": ["*"]} for e in endpoints]
+    raw = {
+        "kafka": {"bootstrap_servers": "k:9092", "group_id": "g", "topics": ["events"], "results_topic": "results"},
+        "retry": {"tiers_s": TIERS, "topic_prefix": "wr", **retry},
+        "endpoints": endpoints,
+        "subscriptions": subscriptions,
+    }
+    config = parse_config(raw, {})
+    writer, scripted, metrics = Writer(), ScriptedSender(status=status), Metrics()
+    health = Health(cast(Any, writer), HEALTH, metrics)
+    settlement = Settlement(
+        cast(Any, writer), config.retry, metrics, health, cast(Any, sender or scripted), Routing(config, {}), {}
+    )
+    tracker = OffsetTracker()
+    try:
+        yield Rig(settlement, writer, scripted, health, tracker, tracker.assign(("events", 0)), metrics)
+    finally:
+        settlement.cancel_timers()
+        await settlement.cancel()
+
+
+# --- what an event is owed ---
+
+
+async def test_an_unmatched_event_is_done_at_once() -> None:
+    async with rig(subscriptions=[{"endpoint": "a", "events": ["order.*"]}]) as r:
+        r.dispatch(7, event(1))
+        assert r.part.watermark() == 8
+        assert r.tracker.in_flight == 0
+        assert r.writer.records == []
+
+
+@pytest.mark.parametrize("value", [None, b"", b"{", b"[1]", b'{"no": "type"}', b'{"event": "a\xff"}'])
+async def test_an_invalid_record_is_owed_its_invalid_event_record(value: bytes | None) -> None:
+    async with rig() as r:
+        r.dispatch(3, value)
+        (record,) = r.writer.records
+        assert record.json()["status"] == "invalid_event" and record.json()["source_offset"] == 3
+        assert r.part.watermark() == 3  # not before Kafka has the record
+        r.writer.ack(record)
+        assert r.part.watermark() == 4 and r.tracker.in_flight == 0
+
+
+async def test_an_event_is_owed_one_settlement_per_endpoint() -> None:
+    async with rig([endpoint("a"), endpoint("b"), endpoint("c")]) as r:
+        r.dispatch(0, event(1))
+        await settle_down()
+        assert sorted(rec["endpoint_id"] for rec in r.results()) == ["a", "b", "c"]
+        first, second, third = r.writer.records
+        r.writer.ack(first)
+        r.writer.ack(second)
+        assert r.part.watermark() == 0
+        r.writer.ack(third)
+        assert r.part.watermark() == 1
+
+
+async def test_a_skip_is_settled_by_its_record() -> None:
+    agora = {"id": "ag", "url": "https://ag.example.com/h", "profile": "agora", "secret": "s"}
+    async with rig([agora]) as r:
+        r.dispatch(0, event(1, batch_id="b-1"))  # a bulk batch's per-lead event: never delivered
+        (record,) = r.writer.records
+        assert record.json()["status"] == "skipped_bulk_item"
+        assert r.sender.attempts == []
+        r.writer.ack(record)
+        assert r.part.watermark() == 1
+
+
+# --- what a delivery is owed after its attempt ---
+
+
+async def test_a_failed_attempt_with_a_retry_left_is_owed_its_record_and_its_retry_record() -> None:
+    ep = endpoint("a", retry={"policy": "schedule", "delays_s": [5]})
+    async with rig([ep], status=lambda job: 503) as r:
+        r.dispatch(0, event(1))
+        await settle_down()
+        (result,) = r.writer.on(None)
+        (retry,) = r.writer.on(tier(5))
+        assert result.json()["status"] == "failed" and result.json()["next_attempt_at"]
+        scheduled = decode_retry(retry.value)
+        assert (scheduled.attempt, scheduled.delay_ms, scheduled.deferred) == (2, 5000, False)
+        r.writer.ack(result)
+        assert r.part.watermark() == 0  # the retry record is not in Kafka yet
+        r.writer.ack(retry)
+        assert r.part.watermark() == 1
+
+
+@pytest.mark.parametrize(("code", "reason"), [(404, "HTTP 404: final"), (410, "410 Gone"), (500, "no attempts left")])
+async def test_a_delivery_that_ends_unsuccessfully_is_owed_its_record_and_its_dead_letter(
+    code: int, reason: str
+) -> None:
+    ep = endpoint("a", retry={"policy": "none"})
+    async with rig([ep], status=lambda job: code) as r:
+        r.dispatch(0, event(1))
+        await settle_down()
+        (result,) = [rec for rec in r.writer.on(None) if rec.json()["delivery_id"]]  # beside a 410's endpoint_paused
+        (letter,) = r.writer.on(DL)
+        assert result.json()["status"] == "dead_lettered"
+        assert letter.json()["reason"] == reason and letter.json()["event"] == {"event": "lead.created", "n": 1}
+        r.writer.ack(letter)
+        assert r.part.watermark() == 0
+        r.writer.ack(result)
+        assert r.part.watermark() == 1
+        assert r.health.is_paused("a") == (code == 410)
+
+
+async def test_a_blocked_attempt_is_final_at_once_recorded_blocked_and_dead_lettered() -> None:
+    """The network guard refused the address: no retry whatever the policy, the record says `blocked`, the
+    dead letter says why, and the endpoint's health hears nothing of it."""
+    ep = endpoint("a", retry={"policy": "schedule", "delays_s": [1, 2]}, pause_after_failures=1)
+    async with rig([ep], status=lambda job: "blocked") as r:
+        r.dispatch(0, event(1))
+        await settle_down()
+        (result,) = r.writer.on(None)
+        (letter,) = r.writer.on(DL)
+        assert (result.json()["status"], result.json()["error"]) == ("blocked", "blocked: loopback address")
+        assert letter.json()["reason"] == "blocked: loopback address"
+        assert [a["status"] for a in letter.json()["attempts"]] == ["blocked"]
+        assert not any(rec.topic and ".retry." in rec.topic for rec in r.writer.records)
+        assert len(r.sender.attempts) == 1
+        assert not r.health.is_paused("a") and r.health.failures("a") == 0
+        r.writer.ack(result)
+        assert r.part.watermark() == 0
+        r.writer.ack(letter)
+        assert r.part.watermark() == 1
+
+
+async def test_a_blocked_operator_attempt_is_recorded_and_never_dead_lettered() -> None:
+    async with rig(status=lambda job: "blocked") as r:
+        endpoint_a = r.settlement.routing.endpoints["a"]
+        job = Job(event=Event(event(1), "lead.created", "events", 0, 5, 0), delivery_id="msg_x", ack=None,
+                  trigger=REPLAY, endpoint_id="a")  # fmt: skip
+        outcome = await r.settlement.attempt_once(endpoint_a, job)
+        (record,) = r.writer.records
+        assert outcome.status == record.json()["status"] == "blocked"
+
+
+async def test_operator_attempts_are_recorded_and_owed_to_no_event() -> None:
+    async with rig(status=lambda job: 500) as r:
+        endpoint_a = r.settlement.routing.endpoints["a"]
+        job = Job(event=Event(event(1), "lead.created", "events", 0, 5, 0), delivery_id="msg_x", ack=None,
+                  trigger=REPLAY, endpoint_id="a")  # fmt: skip
+        await r.settlement.queue_wait(endpoint_a, job)
+        await settle_down()
+        (record,) = r.writer.records  # failed, never retried, no dead letter
+        assert (record.json()["status"], record.json()["trigger"], record.ack) == ("failed", "replay", None)
+        outcome = await r.settlement.attempt_once(endpoint_a, job)
+        assert outcome.status == "failed" and len(r.writer.records) == 2
+        assert r.tracker.in_flight == 0
+
+
+# --- paused endpoints and full queues ---
+
+
+async def test_a_paused_endpoint_skips_and_dead_letters_live_events() -> None:
+    async with rig() as r:
+        r.health.pause("a", "operator", "by a test")
+        r.writer.ack_all()
+        before = len(r.writer.records)
+        r.dispatch(0, event(1))
+        skipped, letter = r.writer.records[before:]
+        assert skipped.json()["status"] == "skipped_paused" and letter.topic == DL
+        assert r.sender.attempts == []
+        r.writer.ack(skipped)
+        assert r.part.watermark() == 0
+        r.writer.ack(letter)
+        assert r.part.watermark() == 1
+
+
+async def test_a_paused_endpoint_that_holds_defers_without_using_an_attempt() -> None:
+    async with rig([endpoint("a", while_paused="hold")]) as r:
+        r.health.pause("a", "operator", "by a test")
+        r.writer.ack_all()
+        before = len(r.writer.records)
+        r.dispatch(0, event(1))
+        (held,) = r.writer.records[before:]
+        scheduled = decode_retry(held.value)
+        assert (held.topic, scheduled.attempt, scheduled.deferred) == (tier(30), 1, True)
+        r.writer.ack(held)
+        assert r.part.watermark() == 1
+
+
+async def test_a_full_queue_defers_beside_another_endpoint_with_work() -> None:
+    gate = asyncio.Event()
+    endpoints = [endpoint("slow", max_concurrency=1, queue_size=1), endpoint("busy", max_concurrency=1)]
+    subscriptions = [{"endpoint": "slow", "events": ["*"]}, {"endpoint": "busy", "events": ["other"]}]
+    async with rig(endpoints, subscriptions) as r:
+        r.sender.gate = gate
+        r.dispatch(0, event(0, "other"))  # busy and slow both have work now
+        for offset in range(1, 4):
+            r.dispatch(offset, event(offset))
+        await settle_down()
+        deferred = [decode_retry(rec.value) for rec in r.writer.records if rec.topic and ".retry." in rec.topic]
+        assert [d.offset for d in deferred] and all(d.deferred and d.attempt == 1 for d in deferred)
+        assert r.metrics.deliveries_deferred._value.get() == len(deferred)
+        gate.set()
+        await settle_down(100)
+        r.writer.ack_all()
+        assert r.part.watermark() == 4 and r.tracker.in_flight == 0
+
+
+# --- the whole promise: an offset moves only once everything it is owed is in Kafka ---
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_offsets_move_exactly_when_everything_owed_is_acknowledged(seed: int) -> None:
+    rng = random.Random(seed)
+    statuses = [200, 200, 200, 404, 410, 429, 500, None]
+    endpoints = [
+        endpoint("a", retry={"policy": "schedule", "delays_s": [5, 30]}),
+        endpoint("b", retry={"policy": "none"}),
+        endpoint("c"),
+    ]
+    subscriptions = [
+        {"endpoint": "a", "events": ["lead.*"]},
+        {"endpoint": "b", "events": ["lead.created"]},
+        {"endpoint": "c", "events": ["*"]},
+    ]
+    async with rig(endpoints, subscriptions, status=lambda job: rng.choice(statuses)) as r:
+        values = [
+            rng.choice([event(n), event(n, "lead.updated"), event(n, "call.ended"), b"{broken"]) for n in range(40)
+        ]
+        for offset, value in enumerate(values):
+            r.dispatch(offset, value)
+        await settle_down(200)
+        assert r.tracker.in_flight > 0
+        pending = [rec for rec in r.writer.records if not rec.acked]
+        held_back = pending.pop(rng.randrange(len(pending)))  # one record Kafka never acknowledges
+        rng.shuffle(pending)
+        for rec in pending:
+            r.writer.ack(rec)
+        assert r.tracker.in_flight == 1
+        mark = r.part.watermark()
+        assert mark is not None and mark < len(values)
+        r.writer.ack(held_back)
+        assert r.tracker.in_flight == 0 and r.part.watermark() == len(values)
+
+
+# --- back from a tier ---
+
+
+def retry_record(due_in_ms: int, tier_due_in_ms: int, now_ms: int, endpoint_id: str = "a") -> bytes:
+    return encode_retry(
+        RetryRecord(
+            delivery_id="msg_1", endpoint_id=endpoint_id, attempt=2, due_ms=now_ms + due_in_ms,
+            tier_due_ms=now_ms + tier_due_in_ms, delay_ms=5000, trigger=LIVE, event_type="lead.created",
+            topic="events", partition=0, offset=9, time_ms=now_ms, value=event(1),
+        )
+    )  # fmt: skip
+
+
+def take(r: Rig, value: bytes, offset: int = 0) -> int | None:
+    return r.settlement.take(Record(tier(5), 0, offset, value), r.part)
+
+
+async def test_a_tier_record_not_let_out_yet_holds_its_partition() -> None:
+    async with rig() as r:
+        now = int(time.time() * 1000)
+        assert take(r, retry_record(60_000, 30_000, now)) == now + 30_000
+        assert r.part.watermark() is None and r.writer.records == []
+
+
+async def test_a_tier_record_due_later_hops_to_a_shorter_tier() -> None:
+    async with rig() as r:
+        assert take(r, retry_record(20_000, -1, int(time.time() * 1000))) is None
+        (hop,) = r.writer.records
+        assert hop.topic == tier(5)  # 20 s still to go: the 5 s tier
+        assert r.part.watermark() == 0
+        r.writer.ack(hop)
+        assert r.part.watermark() == 1
+
+
+async def test_a_due_tier_record_goes_to_its_lane_and_is_settled_by_the_attempt() -> None:
+    async with rig() as r:
+        assert take(r, retry_record(-5, -5, int(time.time() * 1000))) is None
+        await settle_down()
+        (result,) = r.writer.records
+        assert (result.json()["status"], result.json()["attempt"]) == ("delivered", 2)
+        r.writer.ack(result)
+        assert r.part.watermark() == 1
+
+
+async def test_a_tier_record_of_an_endpoint_that_left_is_dead_lettered() -> None:
+    async with rig() as r:
+        take(r, retry_record(-5, -5, int(time.time() * 1000), endpoint_id="gone"))
+        (letter,) = r.writer.records
+        assert (letter.topic, letter.json()["reason"]) == (DL, "endpoint no longer configured")
+
+
+async def test_an_unreadable_tier_record_is_skipped() -> None:
+    async with rig() as r:
+        assert take(r, b"\x00garbage") is None
+        assert r.part.watermark() == 1 and r.writer.records == []
+
+
+# --- records too large for their topics ---
+
+
+async def test_a_retry_record_too_large_keeps_the_coordinates_instead_of_the_event() -> None:
+    ep = endpoint("a", retry={"policy": "schedule", "delays_s": [5]})
+    async with rig([ep], status=lambda job: 503, max_record_bytes=10_000) as r:
+        r.dispatch(3, event(1, pad="x" * 20_000))
+        await settle_down()
+        (retry,) = r.writer.on(tier(5))
+        scheduled = decode_retry(retry.value)
+        assert (scheduled.value, scheduled.value_omitted) == (b"", True)
+        assert (scheduled.topic, scheduled.partition, scheduled.offset) == ("events", 0, 3)
+        assert len(retry.value) < 10_000
+        r.dispatch(4, event(2))  # a small one keeps its body
+        await settle_down()
+        assert decode_retry(r.writer.on(tier(5))[1].value).value == event(2)
+
+
+async def test_a_dead_letter_too_large_names_where_the_event_is() -> None:
+    ep = endpoint("a", retry={"policy": "none"})
+    async with rig([ep], status=lambda job: 500, max_record_bytes=10_000) as r:
+        r.dispatch(3, event(1, pad="x" * 20_000))
+        await settle_down()
+        (letter,) = r.writer.on(DL)
+        assert letter.json()["event"] is None
+        assert letter.json()["event_omitted"] == "too large for a dead-letter record: read it at events[0]@3"
+
+
+async def test_in_flight_bytes_are_the_unfinished_events_values() -> None:
+    async with rig() as r:
+        r.dispatch(0, event(1, pad="x" * 1000))
+        r.dispatch(1, b"{broken")
+        held = len(event(1, pad="x" * 1000))
+        await settle_down()
+        assert r.tracker.in_flight_bytes == held  # an invalid record holds nothing once its record is queued
+        r.writer.ack_all()
+        assert r.tracker.in_flight_bytes == 0
+
+
+async def test_a_body_that_cannot_be_built_is_final_for_that_endpoint_and_says_nothing_of_its_health() -> None:
+    lt = {"id": "lt", "url": "https://lt.example.com/h", "profile": "leadterra"}
+    sender = Sender(Metrics())  # the real one: it renders before it would connect, and never connects here
+    try:
+        async with rig([lt], sender=sender) as r:
+            deep = b'{"event":"reply.received","a":' + b"[" * 300 + b"]" * 300 + b"}"
+            r.dispatch(0, deep)
+            await settle_down(50)
+            result, letter = r.writer.on(None)[0], r.writer.on(DL)[0]
+            assert result.json()["status"] == "dead_lettered" and "could not be built" in result.json()["error"]
+            assert letter.json()["reason"].startswith("the leadterra body could not be built")
+            assert r.health.failures("lt") == 0
+    finally:
+        await sender.close()
+
+
+# --- endpoints managed at run time ---
+
+
+async def test_an_endpoint_put_at_run_time_is_routed_to_at_once_and_a_dropped_one_no_more() -> None:
+    from daemon.core.config import EndpointConfig, SubscriptionConfig
+
+    async with rig() as r:
+        config = EndpointConfig(id="ep_api", url="https://api.example.com/h", secret=SECRET)
+        r.settlement.put(config, SubscriptionConfig(endpoint="ep_api", events=["call.*"]))
+        r.dispatch(0, event(1, "call.ended"))
+        await settle_down()
+        assert [rec.json()["endpoint_id"] for rec in r.writer.on(None)] == ["a", "ep_api"]
+        changed = EndpointConfig(id="ep_api", url="https://api.example.com/other", secret=SECRET)
+        r.settlement.put(changed, SubscriptionConfig(endpoint="ep_api", events=["lead.*"]))
+        assert r.settlement.routing.endpoints["ep_api"].config.url.endswith("/other")
+        r.settlement.drop("ep_api")
+        r.dispatch(1, event(2, "call.ended"))
+        await settle_down()
+        assert [rec.json()["endpoint_id"] for rec in r.writer.on(None)] == ["a", "ep_api", "a"]
+        with pytest.raises(ValueError, match="defined in the config file"):
+            r.settlement.put(EndpointConfig(id="a", url="https://x.example.com/h", secret=SECRET),
+                             SubscriptionConfig(endpoint="a", events=["*"]))  # fmt: skip
+
+
+async def test_a_lane_without_work_for_a_while_is_closed_and_comes_back_with_work() -> None:
+    async with rig() as r:
+        r.dispatch(0, event(1))
+        await settle_down()
+        assert r.settlement.load("a") == (0, 0) and "a" in r.settlement._lanes
+        sweeper = asyncio.create_task(r.settlement.retire_idle_every(0.05))
+        try:
+            for _ in range(100):
+                if "a" not in r.settlement._lanes:
+                    break
+                await asyncio.sleep(0.02)
+            assert "a" not in r.settlement._lanes  # no task left for an idle endpoint
+            assert r.settlement.routing.endpoints.built == 0  # nor a prepared Endpoint
+            r.dispatch(1, event(2))
+            await settle_down()
+            assert len(r.writer.on(None)) == 2  # a new lane for the next delivery
+        finally:
+            sweeper.cancel()
+
+
+async def test_an_endpoint_is_prepared_only_once_it_has_work() -> None:
+    async with rig(endpoints=[endpoint("a"), endpoint("b")], subscriptions=[
+        {"endpoint": "a", "events": ["lead.*"]}, {"endpoint": "b", "events": ["call.*"]},
+    ]) as r:  # fmt: skip
+        endpoints = r.settlement.routing.endpoints
+        assert len(endpoints) == 2 and endpoints.built == 0 and "b" in endpoints
+        r.dispatch(0, event(1, "lead.created"))
+        await settle_down()
+        assert endpoints.built == 1 and r.settlement.load("b") == (0, 0)
+
+
+async def test_a_put_that_changes_nothing_keeps_the_lane_and_a_change_retires_it() -> None:
+    from daemon.core.config import EndpointConfig, SubscriptionConfig
+
+    async with rig() as r:
+        config = EndpointConfig(id="ep_api", url="https://api.example.com/h", secret=SECRET)
+        subscription = SubscriptionConfig(endpoint="ep_api", events=["*"])
+        r.settlement.put(config, subscription)
+        r.dispatch(0, event(1))
+        await settle_down()
+        lane = r.settlement._lanes["ep_api"]
+        r.settlement.put(EndpointConfig(id="ep_api", url="https://api.example.com/h", secret=SECRET), subscription)
+        assert r.settlement._lanes["ep_api"] is lane and r.settlement.routing.endpoints["ep_api"] is lane.endpoint
+        r.settlement.put(EndpointConfig(id="ep_api", url="https://api.example.com/h2", secret=SECRET), subscription)
+        assert "ep_api" not in r.settlement._lanes
+        r.dispatch(1, event(2))
+        await settle_down()
+        assert r.settlement._lanes["ep_api"].endpoint.config.url.endswith("/h2")
+
+
+async def test_a_put_that_no_endpoint_could_be_built_from_is_refused_and_changes_nothing() -> None:
+    from daemon.core.config import EndpointConfig, SubscriptionConfig
+
+    async with rig() as r:
+        bad = EndpointConfig(id="ep_api", url="https://api.example.com/h", secret_env="UNSET_SECRET")
+        with pytest.raises(ValueError, match="UNSET_SECRET"):
+            r.settlement.put(bad, SubscriptionConfig(endpoint="ep_api", events=["*"]))
+        assert "ep_api" not in r.settlement.routing.endpoints
+        r.dispatch(0, event(1))
+        await settle_down()
+        assert [rec.json()["endpoint_id"] for rec in r.writer.on(None)] == ["a"]

@@ -1,0 +1,130 @@
+"""Contact with the cluster at its seam: a scripted probe stands in for the cluster's metadata answer (a small
+in-memory stand-in, no broker), real loggers, real time. What a user sees of an outage: one line when contact is
+lost (never before the timeout), one when it is back, aiokafka's flood held back and counted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from daemon.kafka.contact import Contact, KafkaLogFilter, Throttle, held_note
+from daemon.observe.metrics import Metrics
+
+
+async def test_a_throttle_lets_one_through_per_interval_and_counts_the_rest() -> None:
+    throttle = Throttle(0.2)
+    assert throttle.ready() == 0
+    assert [throttle.ready() for _ in range(5)] == [None] * 5
+    await asyncio.sleep(0.25)
+    assert throttle.ready() == 5
+    assert throttle.ready() is None
+    assert held_note(0) == "" and held_note(5) == " (5 more like it held back)"
+
+
+def flood(count: int, level: int = logging.ERROR) -> None:
+    for i in range(count):
+        logging.getLogger("aiokafka.consumer.fetcher").log(level, "Failed fetch messages from %d", i)
+        logging.getLogger("aiokafka").log(level, "Unable connect to node %d", i)
+
+
+def test_aiokafka_floods_are_held_back_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics()
+    noise = KafkaLogFilter(metrics)
+    noise.install()
+    try:
+        with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="aiokafka"):
+            flood(95)  # 190 lines: a second of a broker down
+            flood(3, logging.DEBUG)  # below WARNING: untouched (--log-level DEBUG shows everything)
+        shown = [r for r in caplog.records if r.name.startswith("aiokafka") and r.levelno >= logging.WARNING]
+        assert [r.getMessage() for r in shown] == ["Failed fetch messages from 0"]
+        assert len([r for r in caplog.records if r.levelno == logging.DEBUG]) == 6
+        assert noise.suppressed == 189
+        assert metrics.kafka_log_suppressed._value.get() == 189
+        noise.quiet = True  # contact lost: nothing at all
+        caplog.clear()
+        flood(1)
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    finally:
+        noise.remove()
+    caplog.clear()
+    flood(1)
+    assert len(caplog.records) == 2  # removed: aiokafka logs as it did
+
+
+async def test_the_line_that_goes_through_says_how_many_were_held(caplog: pytest.LogCaptureFixture) -> None:
+    noise = KafkaLogFilter(Metrics(), interval_s=0.1)
+    noise.install()
+    try:
+        flood(3)
+        await asyncio.sleep(0.15)
+        caplog.clear()
+        flood(1)
+        (line,) = [r.getMessage() for r in caplog.records]
+        assert line == "Failed fetch messages from 0 (5 more like it held back)"
+    finally:
+        noise.remove()
+
+
+class Cluster:
+    """Stand-in for the cluster's answer to a metadata request: answers, refuses, or hangs (a suspended broker)."""
+
+    def __init__(self) -> None:
+        self.state = "up"
+
+    async def probe(self) -> bool:
+        if self.state == "hung":
+            await asyncio.sleep(3600)
+        return self.state == "up"
+
+
+async def test_contact_is_lost_once_after_the_timeout_and_back_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    cluster, metrics, notes = Cluster(), Metrics(), list[str]()
+    noise = KafkaLogFilter(metrics)
+    contact = Contact(cluster.probe, "kafka-1:9092", 1.0, noise, metrics, notes.append, interval_s=0.05)
+    contact.start()
+    try:
+        await asyncio.sleep(0.2)
+        assert contact.answering and not contact.lost
+        cluster.state = "hung"
+        gone = time.monotonic()
+        while contact.answering:
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - gone >= 1.0 - 0.06  # never early (the last answer may be one interval old)
+        assert time.monotonic() - gone < 5.0  # nor late, with room for a busy machine
+        while not contact.lost:
+            await asyncio.sleep(0.01)
+        assert noise.quiet and metrics.kafka_contact._value.get() == 0
+        noise.suppressed += 7  # as if aiokafka had logged meanwhile
+        await asyncio.sleep(0.3)
+        cluster.state = "up"
+        while contact.lost:
+            await asyncio.sleep(0.01)
+        assert contact.answering and not noise.quiet and metrics.kafka_contact._value.get() == 1
+    finally:
+        await contact.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "daemon.kafka.contact"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("lost contact with Kafka at kafka-1:9092: no answer for 1 s.")
+    assert lines[1].startswith("contact with Kafka at kafka-1:9092 is back after ")
+    assert lines[1].endswith("(7 Kafka client log lines held back meanwhile)")
+    assert notes == ["STATUS=no contact with Kafka at kafka-1:9092 for 1 s, waiting for it", "STATUS=running"]
+
+
+async def test_a_short_blip_is_not_an_outage(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    cluster, metrics = Cluster(), Metrics()
+    contact = Contact(cluster.probe, "k:9092", 1.0, KafkaLogFilter(metrics), metrics, lambda _: None, interval_s=0.05)
+    contact.start()
+    try:
+        cluster.state = "down"
+        await asyncio.sleep(0.3)
+        cluster.state = "up"
+        await asyncio.sleep(0.3)
+        assert contact.answering and not contact.lost
+    finally:
+        await contact.stop()
+    assert [r for r in caplog.records if r.name == "daemon.kafka.contact"] == []

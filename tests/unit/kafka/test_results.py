@@ -1,0 +1,137 @@
+"""daemon.kafka.results.ResultsWriter at its seam: records reach the producer in batches, acks run only once Kafka
+acknowledged, a failed send is sent again and never dropped.
+
+The producer is an in-memory stand-in with aiokafka's shape (``create_batch``, ``send_batch``, ``send``,
+``partitions_for``): the test decides when each send is acknowledged or fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+import daemon.kafka.results
+from daemon.kafka.results import ResultsWriter
+from daemon.observe.metrics import Metrics
+from tests.unit.standins import settle_down
+
+
+class Batch:
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.records: list[tuple[bytes | None, bytes]] = []
+
+    def append(self, *, key: bytes | None, value: bytes, timestamp: Any) -> object | None:
+        if len(self.records) >= self.room:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
+class Producer:
+    """Stand-in for AIOKafkaProducer: keeps each send's future for the test to resolve."""
+
+    def __init__(self, partitions: int = 3, batch_room: int = 1000) -> None:
+        self.partitions = partitions
+        self.batch_room = batch_room
+        self.sent: list[tuple[str, int, list[tuple[bytes | None, bytes]], asyncio.Future[Any]]] = []
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self.partitions))
+
+    def create_batch(self) -> Batch:
+        return Batch(self.batch_room)
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, partition, batch.records, future))
+        return future
+
+    async def send(self, topic: str, value: bytes, *, key: bytes | None, partition: int) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, partition, [(key, value)], future))
+        return future
+
+    def acknowledge_all(self) -> None:
+        for *_, future in self.sent:
+            if not future.done():
+                future.set_result(None)
+
+
+@asynccontextmanager
+async def writer(producer: Producer) -> AsyncIterator[ResultsWriter]:
+    w = ResultsWriter(producer, "results", Metrics())
+    w.start()
+    try:
+        yield w
+    finally:
+        await w.stop()
+
+
+async def test_acks_run_once_kafka_acknowledged_and_not_before() -> None:
+    producer, acked = Producer(), []
+
+    def ack_of(n: int) -> Any:
+        return lambda: acked.append(n)
+
+    async with writer(producer) as w:
+        for n in range(5):
+            w.submit(b"ep", b"r%d" % n, ack_of(n))
+        w.submit(b"ep", b"health", None)  # owed to nothing: no ack
+        await settle_down()
+        assert len(producer.sent) == 1  # one batch: one key, one partition
+        assert acked == [] and w.outstanding == 6
+        producer.acknowledge_all()
+        await settle_down()
+        assert acked == [0, 1, 2, 3, 4] and w.outstanding == 0
+        assert await w.flush(1)
+
+
+async def test_records_go_to_the_partition_kafkas_default_partitioner_picks_per_key() -> None:
+    producer = Producer(partitions=3)
+    keys = [b"a", b"b", b"c", b"d", b"e"]
+    async with writer(producer) as w:
+        for key in keys:
+            w.submit(key, key, None, topic="other")
+        await settle_down()
+    parts = [0, 1, 2]
+    expected = {key: DefaultPartitioner()(key, parts, parts) for key in keys}
+    got = {key: partition for topic, partition, records, _ in producer.sent for key, _ in records if key is not None}
+    assert got == expected
+    assert {topic for topic, *_ in producer.sent} == {"other"}
+
+
+async def test_a_record_larger_than_a_batch_goes_alone() -> None:
+    producer = Producer(batch_room=0)
+    async with writer(producer) as w:
+        w.submit(b"k", b"big", None)
+        await settle_down()
+    assert [records for _, _, records, _ in producer.sent] == [[(b"k", b"big")]]
+
+
+async def test_a_failed_send_is_sent_again_never_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(daemon.kafka.results, "_RETRY_BACKOFF_S", 0.01)
+    producer, acked = Producer(), []
+    async with writer(producer) as w:
+        w.submit(b"k", b"v", lambda: acked.append(1))
+        await settle_down()
+        producer.sent[0][3].set_exception(ConnectionError("broker gone"))
+        await asyncio.sleep(0.05)
+        assert len(producer.sent) == 2 and acked == []
+        assert not await w.flush(0.01)
+        producer.acknowledge_all()
+        await settle_down()
+        assert acked == [1] and w.outstanding == 0
+
+
+async def test_stop_leaves_unacknowledged_records_unacknowledged() -> None:
+    producer, acked = Producer(), []
+    async with writer(producer) as w:
+        w.submit(b"k", b"v", lambda: acked.append(1))
+        await settle_down()
+    assert acked == [] and w.outstanding == 1

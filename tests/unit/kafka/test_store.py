@@ -1,0 +1,56 @@
+"""daemon.kafka.store at its seam with Kafka: what a writer is told when Kafka does not take a write, or takes it and
+this instance does not read it back. The producer is a small in-memory stand-in; the Follower is real but never
+started (nothing is read back), so no broker is needed."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaTimeoutError
+
+import daemon.kafka.store
+from daemon.core.errors import KafkaUnavailable
+from daemon.core.registry import TenantRecord
+from daemon.kafka.store import Store
+
+
+class Producer:
+    """A stand-in for AIOKafkaProducer.send_and_wait: fails, hangs, or acknowledges at offset 7."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    async def send_and_wait(self, topic: str, value: bytes | None, key: bytes) -> Any:
+        if self.mode == "fail":
+            raise KafkaTimeoutError()
+        if self.mode == "hang":
+            await asyncio.Event().wait()
+        return SimpleNamespace(partition=0, offset=7)
+
+
+def store(mode: str) -> Store:
+    return Store("wr.endpoints", {"bootstrap_servers": "127.0.0.1:1"}, Producer(mode), lambda *a: None)
+
+
+@pytest.fixture(autouse=True)
+def _short_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(daemon.kafka.store, "_WRITE_TIMEOUT_S", 0.2)
+
+
+@pytest.mark.parametrize(("mode", "said"), [
+    ("fail", "tenant/acme not written: Kafka did not acknowledge it (KafkaTimeoutError); try again"),
+    ("hang", "tenant/acme not written: Kafka did not acknowledge it (no answer within 0.2 s); try again"),
+    ("ack", "version 1 of tenant/acme was written but this instance has not read it back yet: read it before "
+            "writing again"),
+])  # fmt: skip
+async def test_a_write_kafka_did_not_take_or_that_was_not_read_back_is_a_503_saying_which(mode: str, said: str) -> None:
+    s = store(mode)
+    try:
+        with pytest.raises(KafkaUnavailable) as refused:
+            await s.write(TenantRecord(id="acme", version=1, created_at="2026-11-28T00:00:00Z"))
+    finally:
+        await s.stop()
+    assert (refused.value.http_status, str(refused.value)) == (503, said)
