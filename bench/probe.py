@@ -41,7 +41,7 @@ def _pct(values: list[float]) -> str:
 
 def run_probed_daemon(config: str) -> None:
     """The daemon with probes; writes the probes' samples as JSON beside its config when it exits."""
-    import daemon.delivery.deliver
+    import daemon.delivery.sender
     import daemon.engine.settle
     from daemon.cli import main
 
@@ -53,7 +53,7 @@ def run_probed_daemon(config: str) -> None:
             samples[name].append((time.time() - sent) * 1000)
 
     dispatch = daemon.engine.settle.Settlement.dispatch
-    attempt = daemon.delivery.deliver.Sender.attempt
+    attempt = daemon.delivery.sender.Sender.attempt
 
     def probed_dispatch(self: Any, record: Any, part: Any) -> None:
         note("dispatch", record.value)
@@ -66,7 +66,7 @@ def run_probed_daemon(config: str) -> None:
         return outcome
 
     daemon.engine.settle.Settlement.dispatch = probed_dispatch  # type: ignore[method-assign]
-    daemon.delivery.deliver.Sender.attempt = probed_attempt  # type: ignore[method-assign]
+    daemon.delivery.sender.Sender.attempt = probed_attempt  # type: ignore[method-assign]
     atexit.register(lambda: Path(config).with_suffix(".probes.json").write_text(json.dumps(samples)))
     sys.argv = ["webhook-router", "run", "--config", config]
     main()

@@ -44,7 +44,7 @@ _ENTRY = ("(daemon/cli.py)", "(daemon/__main__.py)")
 
 
 def _package(frame: str) -> str:
-    """The package of a frame: ``Sender.attempt (daemon/delivery/deliver.py)`` -> ``daemon``."""
+    """The package of a frame: ``Sender.attempt (daemon/delivery/sender.py)`` -> ``daemon``."""
     where = frame.rpartition(" (")[2].rstrip(")")
     top = where.split("/", 1)[0] if "/" in where else where
     return "uvloop and C below the loop" if frame.startswith("Runner.run ") else top

@@ -34,7 +34,7 @@ from daemon.core.errors import ConfigError, reason_of
 from daemon.core.registry import opened
 from daemon.core.secretbox import SecretBox, SecretError, key_from
 from daemon.core.validate import load_config
-from daemon.delivery.deliver import Sender, client_for
+from daemon.delivery.sender import Sender, client_for
 from daemon.engine.health import Health, HealthReader
 from daemon.engine.routing import Routing
 from daemon.engine.settle import Settlement

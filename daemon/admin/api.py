@@ -28,9 +28,10 @@ from msgspec import Meta
 from yarl import URL
 
 from daemon.admin.operate import Operator, Replay, decode_request, read_body
+from daemon.core.clock import utc_now_iso
 from daemon.core.config import EndpointConfig
 from daemon.core.errors import BadRequest, NotFound, RouterError
-from daemon.core.model import decode_outcome, utc_now_iso
+from daemon.core.model import decode_outcome
 from daemon.core.profiles import PROFILES, pattern_matches
 from daemon.core.registry import (
     Conflict,

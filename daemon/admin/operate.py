@@ -26,22 +26,25 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from msgspec import Meta
 
+from daemon.core.clock import utc_now_iso
 from daemon.core.config import Config, EndpointId, Name, RetryConfig
 from daemon.core.errors import BadRequest, InvalidEvent, KafkaUnavailable, NotFound, RouterError, TooLarge
+from daemon.core.event import Event
+from daemon.core.ids import delivery_id
 from daemon.core.model import (
     PING,
     REDELIVERY,
     REPLAY,
-    Event,
     Outcome,
     SkippedBatch,
     decode_outcome,
     encode_outcome,
     encode_skipped,
-    utc_now_iso,
 )
 from daemon.core.resolve import resolve
-from daemon.delivery.deliver import Endpoint, Job, Sender, client_for, delivery_id
+from daemon.delivery.endpoint import Endpoint
+from daemon.delivery.job import Job
+from daemon.delivery.sender import Sender, client_for
 from daemon.engine.health import REASON_OPERATOR, Health
 from daemon.engine.settle import Settlement
 from daemon.kafka.clients import make_producer

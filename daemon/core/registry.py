@@ -26,9 +26,9 @@ from typing import Any
 import msgspec
 import orjson
 
+from daemon.core.clock import utc_now_iso
 from daemon.core.config import EndpointConfig, SubscriptionConfig, WhereConfig
 from daemon.core.errors import RouterError
-from daemon.core.model import utc_now_iso
 from daemon.core.secretbox import SecretBox
 
 log = logging.getLogger(__name__)

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from daemon.core.clock import utc_now_iso
 from daemon.core.model import (
     ENDPOINT_PAUSED,
     ENDPOINT_RESUMED,
@@ -21,7 +22,6 @@ from daemon.core.model import (
     decode_health,
     encode_health,
     encode_outcome,
-    utc_now_iso,
 )
 from daemon.kafka.follow import Follower
 from daemon.kafka.results import ResultsWriter

@@ -12,11 +12,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Final
 
 from daemon.core.config import Config, DeliveryConfig, EndpointConfig, SubscriptionConfig
+from daemon.core.event import TypeReader
 from daemon.core.match import RoutingTable
-from daemon.core.model import TypeReader
 from daemon.core.profiles import PROFILES
 from daemon.core.resolve import resolve
-from daemon.delivery.deliver import Endpoint
+from daemon.delivery.endpoint import Endpoint
 
 DEFAULT_READER: Final = TypeReader()  # a topic outside the config's (a subscription changed under a fetch)
 

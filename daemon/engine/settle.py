@@ -32,8 +32,11 @@ from typing import Any
 import msgspec
 from aiokafka.errors import KafkaError
 
+from daemon.core.clock import iso_ms, utc_now_iso
 from daemon.core.config import EndpointConfig, RetryConfig, SubscriptionConfig
 from daemon.core.errors import InvalidEvent, RouterError
+from daemon.core.event import Event
+from daemon.core.ids import delivery_id
 from daemon.core.model import (
     BLOCKED,
     DEAD_LETTERED,
@@ -44,19 +47,20 @@ from daemon.core.model import (
     Ack,
     Attempt,
     DeadLetter,
-    Event,
     Outcome,
     RetryRecord,
     decode_retry,
     encode_dead_letter,
     encode_outcome,
     encode_retry,
-    utc_now_iso,
 )
 from daemon.core.offsets import PartitionOffsets
 from daemon.core.policy import back_from_tier, defer_wait, tier_for, with_retry_after
 from daemon.core.profiles import skip_for
-from daemon.delivery.deliver import Endpoint, Job, Lane, LaneStats, Sender, delivery_id, outcome_for
+from daemon.delivery.endpoint import Endpoint
+from daemon.delivery.job import Job, outcome_for
+from daemon.delivery.lane import Lane, LaneStats
+from daemon.delivery.sender import Sender
 from daemon.engine.health import Health
 from daemon.engine.routing import DEFAULT_READER, Routing
 from daemon.kafka.readback import read_one
@@ -67,10 +71,6 @@ log = logging.getLogger(__name__)
 
 # How long a delivery to a paused endpoint that holds its events waits before it looks again.
 _HOLD_RECHECK_S = 60.0
-
-
-def iso_ms(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
 
 
 class _AfterAll:

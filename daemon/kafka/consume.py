@@ -26,8 +26,8 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from daemon.core.clock import utc_now_iso
 from daemon.core.config import KafkaConfig
-from daemon.core.model import utc_now_iso
 from daemon.core.offsets import OffsetTracker, PartitionOffsets
 from daemon.kafka.clients import close_consumer, kafka_client_options
 from daemon.kafka.contact import Throttle, held_note

@@ -64,7 +64,7 @@ class Tracing:
         self._set_span = _set_span_in_context()
 
     def begin(self, endpoint_id: str, profile: str, host: str | None, job: Any) -> AttemptSpan:
-        """Start the span of one attempt of ``job`` (a ``daemon.delivery.deliver.Job``) to ``endpoint_id``."""
+        """Start the span of one attempt of ``job`` (a ``daemon.delivery.job.Job``) to ``endpoint_id``."""
         event = job.event
         parent = None
         if event.traceparent is not None:

@@ -208,7 +208,7 @@ async def test_json_log_lines_parse_and_the_level_follows_the_config_on_sighup(
     assert len(attempts) == 1, "at INFO no delivery line; after the reload to DEBUG, each attempt has one"
     (line,) = attempts
     assert (line["level"], line["logger"], line["endpoint_id"], line["status"]) == (
-        "DEBUG", "daemon.delivery.deliver", "a", "delivered"
+        "DEBUG", "daemon.delivery.sender", "a", "delivered"
     )  # fmt: skip
     assert line["http_status"] == 200 and line["event_type"] == "lead.created" and line["attempt"] == 1
     assert any(line["msg"].startswith("config reloaded") for line in lines)

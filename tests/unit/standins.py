@@ -1,7 +1,7 @@
 """Small in-memory stand-ins for the unit tests at a module's seam (never used by integration tests).
 
 - ``Writer`` for ``daemon.kafka.results.ResultsWriter``: keeps every submitted record; the test acknowledges them.
-- ``ScriptedSender`` for ``daemon.delivery.deliver.Sender``: answers each attempt with the status the test scripts,
+- ``ScriptedSender`` for ``daemon.delivery.sender.Sender``: answers each attempt with the status the test scripts,
   optionally waiting on a gate, without any socket.
 - ``Record`` for an aiokafka ``ConsumerRecord``.
 """
@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.core.model import BLOCKED, DELIVERED, FAILED, Ack, Outcome, decode_outcome
-from daemon.delivery.deliver import Endpoint, Job, outcome_for
+from daemon.delivery.endpoint import Endpoint
+from daemon.delivery.job import Job, outcome_for
 
 
 @dataclass

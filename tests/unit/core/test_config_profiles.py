@@ -14,7 +14,7 @@ from daemon.core.config import Config, EndpointConfig
 from daemon.core.errors import ConfigError
 from daemon.core.resolve import resolve
 from daemon.core.validate import parse_config
-from daemon.delivery.deliver import Endpoint
+from daemon.delivery.endpoint import Endpoint
 from daemon.engine.routing import Routing
 from tests.unit.core.test_config import kafka
 

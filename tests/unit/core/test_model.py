@@ -16,20 +16,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.core import model
+from daemon.core.clock import utc_now_iso
 from daemon.core.config import DeliveryConfig, EndpointConfig
 from daemon.core.errors import InvalidEvent
-from daemon.core.model import (
-    MASKED,
-    RESPONSE_BODY_LIMIT,
-    Mask,
-    Outcome,
-    TypeReader,
-    decode_outcome,
-    encode_outcome,
-    truncate_body,
-    utc_now_iso,
-)
-from daemon.delivery.deliver import Endpoint, delivery_id, new_attempt_id
+from daemon.core.event import TypeReader
+from daemon.core.ids import delivery_id, new_attempt_id
+from daemon.core.mask import MASKED, MIN_MASKED, Mask
+from daemon.core.model import RESPONSE_BODY_LIMIT, Outcome, decode_outcome, encode_outcome, truncate_body
+from daemon.delivery.endpoint import Endpoint
 from daemon.observe.metrics import status_class
 
 # --- TypeReader ---
@@ -480,7 +474,7 @@ def test_same_secret_inline_or_from_env_is_not_the_same_endpoint() -> None:
 
 # --- Mask: an endpoint's secrets never reach a results record ---
 
-SECRETS = st.text(min_size=model.MIN_MASKED, max_size=40)
+SECRETS = st.text(min_size=MIN_MASKED, max_size=40)
 
 
 @given(SECRETS, st.text(max_size=60), st.text(max_size=60))

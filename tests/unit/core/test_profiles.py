@@ -19,10 +19,11 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from daemon.admin.operate import sample_event as profile_test_event
 from daemon.core.config import DeliveryConfig, EndpointConfig, SubscriptionConfig, WhereConfig
 from daemon.core.errors import RouterError, TemplateError
+from daemon.core.event import Event
 from daemon.core.match import RoutingTable
-from daemon.core.model import Event
 from daemon.core.profiles import PROFILES, Skip, Template, iso_seconds, pattern_matches, skip_for
-from daemon.delivery.deliver import Endpoint, Job
+from daemon.delivery.endpoint import Endpoint
+from daemon.delivery.job import Job
 from tests.seeds import (
     AGORA_BULK,
     AGORA_LEAD_CREATED,

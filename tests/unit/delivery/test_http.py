@@ -17,10 +17,14 @@ from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from daemon.core.config import DeliveryConfig, EndpointConfig
-from daemon.core.model import BLOCKED, DELIVERED, FAILED, Event, Outcome
+from daemon.core.event import Event
+from daemon.core.model import BLOCKED, DELIVERED, FAILED, Outcome
 from daemon.core.netguard import NetGuard
-from daemon.delivery.deliver import Endpoint, Job, Lane, LaneStats, Sender
+from daemon.delivery.endpoint import Endpoint
 from daemon.delivery.http import Blocked, Client, HeaderError, Route
+from daemon.delivery.job import Job
+from daemon.delivery.lane import Lane, LaneStats
+from daemon.delivery.sender import Sender
 from daemon.observe.metrics import Metrics
 from tests.helpers import FakeDNS, Proxy
 

@@ -1,4 +1,4 @@
-"""daemon.delivery.deliver.Lane at its seam: a bounded queue and exactly max_concurrency workers per endpoint.
+"""daemon.delivery.lane.Lane at its seam: a bounded queue and exactly max_concurrency workers per endpoint.
 
 The sender and what the lane settles into are in-memory stand-ins (tests/unit/standins.py).
 """
@@ -9,8 +9,11 @@ import asyncio
 from typing import Any, cast
 
 from daemon.core.config import DeliveryConfig, EndpointConfig
-from daemon.core.model import LIVE, REPLAY, Event, Outcome
-from daemon.delivery.deliver import Endpoint, Job, Lane, LaneStats
+from daemon.core.event import Event
+from daemon.core.model import LIVE, REPLAY, Outcome
+from daemon.delivery.endpoint import Endpoint
+from daemon.delivery.job import Job
+from daemon.delivery.lane import Lane, LaneStats
 from tests.unit.standins import ScriptedSender, event, settle_down
 
 

@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from daemon.core.config import DeliveryConfig, EndpointConfig, SubscriptionConfig, WhereConfig
 from daemon.core.errors import InvalidEvent, RenderError
+from daemon.core.event import Event, TypeReader
 from daemon.core.match import RoutingTable
-from daemon.core.model import Event, TypeReader
 from daemon.core.offsets import OffsetTracker
 from daemon.core.profiles import PROFILES, skip_for
 from daemon.core.validate import parse_config
-from daemon.delivery.deliver import Endpoint
+from daemon.delivery.endpoint import Endpoint
 from daemon.engine.health import Health
 from daemon.engine.routing import Routing
 from daemon.engine.settle import Settlement

@@ -17,10 +17,12 @@ from typing import Any, cast
 
 import pytest
 
-from daemon.core.model import LIVE, REPLAY, Event, RetryRecord, decode_retry, encode_retry
+from daemon.core.event import Event
+from daemon.core.model import LIVE, REPLAY, RetryRecord, decode_retry, encode_retry
 from daemon.core.offsets import OffsetTracker, PartitionOffsets
 from daemon.core.validate import parse_config
-from daemon.delivery.deliver import Job, Sender
+from daemon.delivery.job import Job
+from daemon.delivery.sender import Sender
 from daemon.engine.health import Health
 from daemon.engine.routing import Routing
 from daemon.engine.settle import Settlement

@@ -20,8 +20,8 @@ from daemon.kafka import readback
 from daemon.kafka.clients import FileTokenProvider, admin_client, kafka_client_options, make_producer
 from daemon.kafka.consume import Source
 from daemon.observe.metrics import Metrics
-from tests.unit.standins import Writer
 from tests.unit.core.test_config import doc, errors_of, kafka
+from tests.unit.standins import Writer
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 CERT, KEY, ENCRYPTED_KEY = DATA / "tls-cert.pem", DATA / "tls-key.pem", DATA / "tls-key-encrypted.pem"

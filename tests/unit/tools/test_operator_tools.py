@@ -26,7 +26,7 @@ from tests.helpers import NotifySocket, serve
 
 
 def test_a_json_line_is_one_object_with_the_message_its_extra_fields_and_the_traceback() -> None:
-    record = logging.LogRecord("daemon.delivery.deliver", logging.WARNING, __file__, 1, "two\nlines %s", ("x",), None)
+    record = logging.LogRecord("daemon.delivery.sender", logging.WARNING, __file__, 1, "two\nlines %s", ("x",), None)
     record.endpoint_id = "crm"
     try:
         raise ValueError("boom")
@@ -38,7 +38,7 @@ def test_a_json_line_is_one_object_with_the_message_its_extra_fields_and_the_tra
     assert (
         parsed["msg"] == "two\nlines x"
         and parsed["level"] == "WARNING"
-        and parsed["logger"] == "daemon.delivery.deliver"
+        and parsed["logger"] == "daemon.delivery.sender"
     )
     assert parsed["endpoint_id"] == "crm" and "ValueError: boom" in parsed["exc"]
     assert parsed["ts"].endswith("Z") and time.strptime(parsed["ts"][:19], "%Y-%m-%dT%H:%M:%S")

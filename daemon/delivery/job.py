@@ -1,0 +1,70 @@
+"""``Job``: one delivery to make, and the outcome values an attempt of it leads to."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daemon.core.clock import utc_now_iso
+from daemon.core.event import Event
+from daemon.core.model import (
+    FAILED,
+    LIVE,
+    Ack,
+    Attempt,
+    Outcome,
+)
+
+
+class Job:
+    """One delivery to make: an event for one endpoint, and what to call once its outcome is settled.
+
+    ``__slots__``: one per delivery (the hot path).
+    """
+
+    __slots__ = (
+        "ack", "attempt", "deferrals", "delivery_id", "endpoint_id", "event", "history", "redelivery_of_id", "trigger",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        event: Event,
+        delivery_id: str,
+        ack: Ack | None,
+        attempt: int = 1,
+        trigger: str = LIVE,
+        history: list[Attempt] | None = None,
+        endpoint_id: str | None = None,
+        redelivery_of_id: str | None = None,
+    ) -> None:
+        self.event = event
+        self.delivery_id = delivery_id
+        self.ack = ack  # called once every record this job leads to is acknowledged (None: owed to no event)
+        self.attempt = attempt
+        self.trigger = trigger
+        self.history: list[Attempt] = history or []  # earlier attempts of this delivery
+        self.endpoint_id = endpoint_id
+        self.redelivery_of_id = redelivery_of_id
+        self.deferrals = 0  # times parked on the tiers because the endpoint's queue was full
+
+
+def outcome_for(endpoint_id: str | None, job: Job, status: str, **fields: Any) -> Outcome:
+    event = job.event
+    return Outcome(
+        delivery_id=job.delivery_id,
+        endpoint_id=endpoint_id,
+        event_type=event.event_type,
+        attempt=job.attempt,
+        status=status,
+        source_topic=event.topic,
+        source_partition=event.partition,
+        source_offset=event.offset,
+        timestamp=utc_now_iso(),
+        trigger=job.trigger,
+        **fields,
+    )
+
+
+def internal_error(endpoint_id: str, job: Job) -> Outcome:
+    """What a bug (not the endpoint's doing) makes of an attempt: a failure the log explains."""
+    return outcome_for(endpoint_id, job, FAILED, error="internal error (see the router's log)")

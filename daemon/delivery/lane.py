@@ -1,0 +1,144 @@
+"""A ``Lane`` is one endpoint's queue and exactly ``max_concurrency`` long-lived workers: a worker takes a job only
+when it is free, so waiting for a slot never eats into the request timeout, and there is no task per request. What
+happens after an attempt is the settlement's (``daemon.engine.settle``), through the ``Settles`` protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+from daemon.core.model import (
+    LIVE,
+    Outcome,
+)
+from daemon.delivery.endpoint import Endpoint
+from daemon.delivery.job import Job, internal_error
+from daemon.delivery.sender import Sender
+
+log = logging.getLogger(__name__)
+
+
+class LaneStats:
+    """Totals over every lane of a daemon: deliveries waiting and under way (also the metrics' gauges).
+
+    ``__slots__``: updated twice per delivery (the hot path).
+    """
+
+    __slots__ = ("busy", "queued")
+
+    def __init__(self) -> None:
+        self.queued = 0
+        self.busy = 0
+
+
+class Settles(Protocol):
+    """What a lane hands its jobs' fates to (``daemon.engine.settle.Settlement``)."""
+
+    def settle(self, endpoint: Endpoint, job: Job, outcome: Outcome) -> None:
+        """After an attempt: record it, and retry, dead-letter or finish the delivery."""
+        ...
+
+    def held_back(self, endpoint: Endpoint, job: Job) -> bool:
+        """Settle a job instead of attempting it when its endpoint was paused meanwhile; False if it is not."""
+        ...
+
+
+class Lane:
+    """One endpoint's queue and its ``max_concurrency`` workers."""
+
+    def __init__(self, endpoint: Endpoint, sender: Sender, settles: Settles, stats: LaneStats) -> None:
+        self.endpoint = endpoint
+        self.stats = stats
+        self._settles = settles
+        self._sender = sender
+        self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self.busy = 0
+        self.mean_s = 0.0  # moving average of an attempt's duration (the last ~20; 0: none finished yet)
+        self._first_start = 0.0  # when the first attempt started (monotonic; 0: none yet)
+        self.last_active = time.monotonic()  # when it last took or finished a job
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"lane-{endpoint.id}-{i}") for i in range(endpoint.max_concurrency)
+        ]
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def idle_for(self, now: float) -> float:
+        """Seconds since it last had work; 0 while it has some."""
+        return 0.0 if self.busy or self._queue.qsize() else now - self.last_active
+
+    def drain_s(self) -> float:
+        """About how long the endpoint needs for what it has queued and under way, at its recent pace.
+
+        Before any attempt has finished, the pace is at least as slow as the first attempt has been running.
+        """
+        pace = self.mean_s or (time.monotonic() - self._first_start if self._first_start else 0.0)
+        return (self._queue.qsize() + self.busy) * pace / self.endpoint.max_concurrency
+
+    async def put_wait(self, job: Job) -> None:
+        """Queue a job, waiting for room in the endpoint's queue."""
+        while not self.put(job):
+            self._room.clear()
+            await self._room.wait()
+
+    def put(self, job: Job, force: bool = False) -> bool:
+        """Queue a job. False when the endpoint's queue is full (the caller defers the job), unless ``force``."""
+        if not force and self._queue.qsize() >= self.endpoint.queue_size:
+            return False
+        self.stats.queued += 1
+        self._queue.put_nowait(job)
+        return True
+
+    async def _work(self) -> None:
+        queue, endpoint, sender, settles = self._queue, self.endpoint, self._sender, self._settles
+        while True:
+            job = await queue.get()
+            if job is None:
+                return
+            self._room.set()
+            stats = self.stats
+            stats.queued -= 1
+            if job.trigger == LIVE and settles.held_back(endpoint, job):
+                continue
+            self.busy += 1
+            stats.busy += 1
+            if not self._first_start:
+                self._first_start = time.monotonic()
+            try:
+                outcome = await sender.attempt(endpoint, job)
+            except Exception:  # a bug, not an endpoint's doing: record it rather than lose the job
+                log.exception("delivery %s to %s failed unexpectedly", job.delivery_id, endpoint.id)
+                outcome = internal_error(endpoint.id, job)
+            finally:
+                self.busy -= 1
+                stats.busy -= 1
+            if outcome.duration_ms is not None:
+                took = outcome.duration_ms / 1000
+                self.mean_s = self.mean_s + (took - self.mean_s) * 0.05 if self.mean_s else took
+            settles.settle(endpoint, job, outcome)
+            self.last_active = time.monotonic()
+
+    async def close(self) -> None:
+        """Finish every queued job under this lane's settings, then stop the workers."""
+        for _ in self._workers:
+            self._queue.put_nowait(None)
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def cancel(self) -> int:
+        """Stop now. Returns how many deliveries were abandoned (queued or under way)."""
+        abandoned = self.busy + sum(1 for job in self._drain() if job is not None)
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        return abandoned
+
+    def _drain(self) -> list[Job | None]:
+        items: list[Job | None] = []
+        while not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        self.stats.queued -= sum(1 for j in items if j is not None)
+        return items
