@@ -14,27 +14,26 @@ from __future__ import annotations
 
 import base64
 import hmac
-import json
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 from aiohttp import web
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 from yarl import URL
 
-from daemon.admin.operate import Operator, Replay, decode_request, read_body
+from daemon.admin import web as http
+from daemon.admin.operate import Operator, Replay
 from daemon.core.clock import utc_now_iso
 from daemon.core.config import EndpointConfig
-from daemon.core.errors import BadRequest, NotFound, RouterError
+from daemon.core.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable, Unprocessable
 from daemon.core.model import decode_outcome
 from daemon.core.profiles import PROFILES, pattern_matches
 from daemon.core.registry import (
-    Conflict,
     EndpointRecord,
     SealedSecret,
     TenantRecord,
@@ -66,16 +65,6 @@ _ENDPOINT_FIELDS = frozenset(f.name for f in msgspec.structs.fields(EndpointConf
 # instance (its share of the in-flight cap and of the connections).
 _ADMIN_ONLY_FIELDS = ("allow_http", "max_concurrency", "queue_size")
 _LIST_LIMIT = 1000
-T = TypeVar("T")
-_encode = msgspec.json.Encoder().encode
-
-
-class Unprocessable(RouterError):
-    http_status = 422
-
-
-class Unauthorized(RouterError):
-    http_status = 401
 
 
 class Caller(msgspec.Struct, frozen=True):
@@ -84,6 +73,33 @@ class Caller(msgspec.Struct, frozen=True):
 
 class TenantBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     id: TenantId
+
+
+class EndpointBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A create or an update of ``/v1/endpoints``: which fields were given (UNSET: not). The endpoint's and the
+    subscription's fields are checked by the config file's own rules (``check_endpoint``), which name the field; an
+    unknown field is a 400 here."""
+
+    url: Any = UNSET
+    profile: Any = UNSET
+    secret: Any = UNSET
+    timeout_s: Any = UNSET
+    max_concurrency: Any = UNSET
+    headers: Any = UNSET
+    allow_http: Any = UNSET
+    retry: Any = UNSET
+    queue_size: Any = UNSET
+    pause_after_failures: Any = UNSET
+    while_paused: Any = UNSET
+    events: Any = UNSET
+    topics: Any = UNSET
+    where: Any = UNSET
+    tenant: TenantId | UnsetType = UNSET
+    description: Annotated[str, Meta(max_length=500)] | UnsetType | None = UNSET
+    version: Annotated[int, Meta(ge=0)] | str | UnsetType | None = UNSET  # an update's expected version
+
+    def given(self) -> dict[str, Any]:
+        return {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not UNSET}
 
 
 class RotateBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -120,22 +136,17 @@ class Api:
         self._max_scan = max_scan
         self._static: tuple[object, dict[str, list[str]]] | None = None  # (config, events by endpoint of its file)
 
-    async def handle(self, name: str, admin_only: bool, request: web.Request) -> web.Response:
-        """Answer one request for the route ``name`` (a method of this class), after authenticating its caller."""
-        try:
-            caller = self._caller(request)
-            if admin_only and caller.tenant is not None:
-                raise NotFound("no such resource")  # a tenant token never learns what it may not see
-            handler: Callable[[web.Request, Caller], Awaitable[web.Response]] = getattr(self, name)
-            return await handler(request, caller)
-        except RouterError as exc:
-            return _error(exc.http_status, str(exc))
+    async def handle(self, route: Route, request: web.Request) -> web.Response:
+        """Answer one request for ``route``, after authenticating its caller."""
+        caller = self._caller(request)
+        if route.admin_only and caller.tenant is not None:
+            raise NotFound("no such resource")  # a tenant token never learns what it may not see
+        return await route.handler(self, request, caller)
 
     def _caller(self, request: web.Request) -> Caller:
-        given = request.headers.get("Authorization", "")
-        if not given.startswith("Bearer ") or len(given) > 1024:
+        token = http.bearer(request)
+        if token is None:
             raise Unauthorized("a valid bearer token is required")
-        token = given[7:]
         if self._admin_token is not None and hmac.compare_digest(token.encode(), self._admin_token.encode()):
             return Caller(None)
         tenant = self._store.directory.tenant_of_token(token)
@@ -147,19 +158,19 @@ class Api:
 
     # --- tenants ---
 
-    async def _create_tenant(self, request: web.Request, caller: Caller) -> web.Response:
-        body = await _decode(request, TenantBody)
+    async def create_tenant(self, request: web.Request, caller: Caller) -> web.Response:
+        body = await http.body(request, TenantBody)
         directory = self._store.directory
         if body.id in directory.tenants:
             raise Conflict(f"tenant {body.id!r} exists")
         record = TenantRecord(id=body.id, version=directory.version(tenant_key(body.id)) + 1, created_at=utc_now_iso())
         await self._store.write(record)
-        return _json(_tenant_view(record), 201)
+        return http.json_response(_tenant_view(record), 201)
 
-    async def _get_tenant(self, request: web.Request, caller: Caller) -> web.Response:
-        return _json(_tenant_view(self._tenant(request.match_info["tenant"], caller)))
+    async def get_tenant(self, request: web.Request, caller: Caller) -> web.Response:
+        return http.json_response(_tenant_view(self._tenant(request.match_info["tenant"], caller)))
 
-    async def _create_token(self, request: web.Request, caller: Caller) -> web.Response:
+    async def create_token(self, request: web.Request, caller: Caller) -> web.Response:
         tenant = self._tenant(request.match_info["tenant"], caller)
         if self._settlement.routing.config.api.tenant_field is None:
             raise Conflict(
@@ -170,9 +181,10 @@ class Api:
         entry = TokenRecord(id=token_id, sha256=token_hash(token), created_at=utc_now_iso())
         record = msgspec.structs.replace(tenant, version=tenant.version + 1, tokens=[*tenant.tokens, entry])
         await self._store.write(record)
-        return _json({"id": token_id, "tenant": tenant.id, "token": token, "created_at": entry.created_at}, 201)
+        view = {"id": token_id, "tenant": tenant.id, "token": token, "created_at": entry.created_at}
+        return http.json_response(view, 201)
 
-    async def _delete_token(self, request: web.Request, caller: Caller) -> web.Response:
+    async def delete_token(self, request: web.Request, caller: Caller) -> web.Response:
         tenant = self._tenant(request.match_info["tenant"], caller)
         token_id = request.match_info["token_id"]
         kept = [t for t in tenant.tokens if t.id != token_id]
@@ -189,8 +201,8 @@ class Api:
 
     # --- endpoints ---
 
-    async def _create(self, request: web.Request, caller: Caller) -> web.Response:
-        body = await _object(request)
+    async def create(self, request: web.Request, caller: Caller) -> web.Response:
+        body = (await http.body(request, EndpointBody)).given()
         tenant = self._scope(body.pop("tenant", None), caller)
         if "version" in body:
             raise BadRequest("version: not for a new endpoint")
@@ -209,9 +221,9 @@ class Api:
         view = self._view(record)
         if secret is not None:
             view["secret"] = secret  # shown once: never again
-        return _json(view, 201)
+        return http.json_response(view, 201)
 
-    async def _list(self, request: web.Request, caller: Caller) -> web.Response:
+    async def list_endpoints(self, request: web.Request, caller: Caller) -> web.Response:
         query = request.query
         tenant = query.get("tenant")
         if caller.tenant is not None:
@@ -239,14 +251,14 @@ class Api:
                 break
         more = len(rows) > limit
         rows = rows[:limit]
-        return _json({"data": rows, "next_after": rows[-1]["id"] if more else None})
+        return http.json_response({"data": rows, "next_after": rows[-1]["id"] if more else None})
 
-    async def _get(self, request: web.Request, caller: Caller) -> web.Response:
-        return _json(self._view_of(request.match_info["id"], caller))
+    async def get(self, request: web.Request, caller: Caller) -> web.Response:
+        return http.json_response(self._view_of(request.match_info["id"], caller))
 
-    async def _update(self, request: web.Request, caller: Caller) -> web.Response:
+    async def update(self, request: web.Request, caller: Caller) -> web.Response:
         record = self._own(request.match_info["id"], caller)
-        body = await _object(request)
+        body = (await http.body(request, EndpointBody)).given()
         if not body:
             raise BadRequest("the request body must name at least one field to change")
         _expect_version(record, body, request.headers.get("If-Match", ""))
@@ -269,35 +281,35 @@ class Api:
         updated = self._record(config, sub, record.tenant, record.version + 1, record.created_at, description,
                                None, keep=record.secrets)  # fmt: skip
         await self._store.write(updated)
-        return _json(self._view(updated))
+        return http.json_response(self._view(updated))
 
-    async def _delete(self, request: web.Request, caller: Caller) -> web.Response:
+    async def delete(self, request: web.Request, caller: Caller) -> web.Response:
         record = self._own(request.match_info["id"], caller)
         marker = msgspec.structs.replace(record, version=record.version + 1, deleted=True, updated_at=utc_now_iso())
         await self._store.write(marker)
         await self._store.tombstone(endpoint_key(record.id))
         return web.Response(status=204)
 
-    async def _pause(self, request: web.Request, caller: Caller) -> web.Response:
+    async def pause(self, request: web.Request, caller: Caller) -> web.Response:
         endpoint_id = self._visible(request.match_info["id"], caller)
         self._health.pause(endpoint_id, REASON_OPERATOR, "paused through the API")
-        return _json(self._view_of(endpoint_id, caller))
+        return http.json_response(self._view_of(endpoint_id, caller))
 
-    async def _resume(self, request: web.Request, caller: Caller) -> web.Response:
+    async def resume(self, request: web.Request, caller: Caller) -> web.Response:
         endpoint_id = self._visible(request.match_info["id"], caller)
         self._health.resume(endpoint_id)
-        return _json(self._view_of(endpoint_id, caller))
+        return http.json_response(self._view_of(endpoint_id, caller))
 
-    async def _ping(self, request: web.Request, caller: Caller) -> web.Response:
-        return _json(await self._operator.ping(self._visible(request.match_info["id"], caller)))
+    async def ping(self, request: web.Request, caller: Caller) -> web.Response:
+        return http.json_response(await self._operator.ping(self._visible(request.match_info["id"], caller)))
 
-    async def _replay(self, request: web.Request, caller: Caller) -> web.Response:
+    async def replay(self, request: web.Request, caller: Caller) -> web.Response:
         endpoint_id = self._visible(request.match_info["id"], caller)
-        return _json(await self._operator.replay(endpoint_id, await _decode(request, Replay)))
+        return http.json_response(await self._operator.replay(endpoint_id, await http.body(request, Replay)))
 
-    async def _rotate(self, request: web.Request, caller: Caller) -> web.Response:
+    async def rotate(self, request: web.Request, caller: Caller) -> web.Response:
         record = self._own(request.match_info["id"], caller)
-        body = await _decode(request, RotateBody)
+        body = await http.body(request, RotateBody)
         config, sub = self._opened(record)
         profile = PROFILES[config.profile]
         if profile.key_source == "optional":
@@ -319,20 +331,20 @@ class Api:
         await self._store.write(updated)
         view = self._view(updated)
         view["secret"] = secret
-        return _json(view)
+        return http.json_response(view)
 
-    async def _attempts(self, request: web.Request, caller: Caller) -> web.Response:
+    async def attempts(self, request: web.Request, caller: Caller) -> web.Response:
         endpoint_id = self._visible(request.match_info["id"], caller)
         limit = _bounded(request.query.get("limit"), 20, 200)
         topic = self._settlement.routing.config.kafka.results_topic
         values = await recent_attempts(self._client_options, topic, endpoint_id, limit, self._max_scan)
-        return _json({"data": [decode_outcome(v) for v in values]})
+        return http.json_response({"data": [decode_outcome(v) for v in values]})
 
-    async def _redeliver(self, request: web.Request, caller: Caller) -> web.Response:
+    async def redeliver(self, request: web.Request, caller: Caller) -> web.Response:
         delivery_id = request.match_info["delivery_id"]
         where = await self._operator.locate(delivery_id)
         self._visible(where.endpoint_id, caller)
-        return _json(await self._operator.redeliver(delivery_id, where))
+        return http.json_response(await self._operator.redeliver(delivery_id, where))
 
     # --- helpers ---
 
@@ -470,24 +482,30 @@ class Api:
         }
 
 
-# method, path, the Api method that answers, admin token only
-ROUTES: tuple[tuple[str, str, str, bool], ...] = (
-    ("POST", "/v1/tenants", "_create_tenant", True),
-    ("GET", "/v1/tenants/{tenant}", "_get_tenant", False),
-    ("POST", "/v1/tenants/{tenant}/tokens", "_create_token", True),
-    ("DELETE", "/v1/tenants/{tenant}/tokens/{token_id}", "_delete_token", True),
-    ("POST", "/v1/endpoints", "_create", False),
-    ("GET", "/v1/endpoints", "_list", False),
-    ("GET", "/v1/endpoints/{id}", "_get", False),
-    ("PATCH", "/v1/endpoints/{id}", "_update", False),
-    ("DELETE", "/v1/endpoints/{id}", "_delete", False),
-    ("POST", "/v1/endpoints/{id}/pause", "_pause", False),
-    ("POST", "/v1/endpoints/{id}/resume", "_resume", False),
-    ("POST", "/v1/endpoints/{id}/ping", "_ping", False),
-    ("POST", "/v1/endpoints/{id}/replay", "_replay", False),
-    ("POST", "/v1/endpoints/{id}/rotate-secret", "_rotate", False),
-    ("GET", "/v1/endpoints/{id}/attempts", "_attempts", False),
-    ("POST", "/v1/deliveries/{delivery_id}/redeliver", "_redeliver", False),
+class Route(NamedTuple):
+    method: str
+    path: str
+    handler: Callable[[Api, web.Request, Caller], Awaitable[web.Response]]
+    admin_only: bool  # the platform's (the admin token) only: a tenant's token is answered 404
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/tenants", Api.create_tenant, True),
+    Route("GET", "/v1/tenants/{tenant}", Api.get_tenant, False),
+    Route("POST", "/v1/tenants/{tenant}/tokens", Api.create_token, True),
+    Route("DELETE", "/v1/tenants/{tenant}/tokens/{token_id}", Api.delete_token, True),
+    Route("POST", "/v1/endpoints", Api.create, False),
+    Route("GET", "/v1/endpoints", Api.list_endpoints, False),
+    Route("GET", "/v1/endpoints/{id}", Api.get, False),
+    Route("PATCH", "/v1/endpoints/{id}", Api.update, False),
+    Route("DELETE", "/v1/endpoints/{id}", Api.delete, False),
+    Route("POST", "/v1/endpoints/{id}/pause", Api.pause, False),
+    Route("POST", "/v1/endpoints/{id}/resume", Api.resume, False),
+    Route("POST", "/v1/endpoints/{id}/ping", Api.ping, False),
+    Route("POST", "/v1/endpoints/{id}/replay", Api.replay, False),
+    Route("POST", "/v1/endpoints/{id}/rotate-secret", Api.rotate, False),
+    Route("GET", "/v1/endpoints/{id}/attempts", Api.attempts, False),
+    Route("POST", "/v1/deliveries/{delivery_id}/redeliver", Api.redeliver, False),
 )
 
 
@@ -499,15 +517,15 @@ def install(app: web.Application, api: Callable[[], Api | None], not_ready: Call
         return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
 
     app.router.add_get("/v1/openapi.json", openapi)
-    for method, path, name, admin_only in ROUTES:
+    for route in ROUTES:
 
-        async def handler(request: web.Request, name: str = name, admin_only: bool = admin_only) -> web.Response:
+        async def handler(request: web.Request, route: Route = route) -> web.Response:
             current = api()
             if current is None:
-                return _error(503, f"not available yet: {not_ready() or 'starting'}")
-            return await current.handle(name, admin_only, request)
+                raise Unavailable(f"not available yet: {not_ready() or 'starting'}")
+            return await current.handle(route, request)
 
-        app.router.add_route(method, path, handler)
+        app.router.add_route(route.method, route.path, handler)
 
 
 def _split(body: dict[str, Any], caller: Caller) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -591,28 +609,3 @@ def _safe_url(url: str) -> str:
 def _tenant_view(record: TenantRecord) -> dict[str, Any]:
     tokens = [{"id": t.id, "created_at": t.created_at} for t in record.tokens]
     return {"id": record.id, "created_at": record.created_at, "version": record.version, "tokens": tokens}
-
-
-async def _object(request: web.Request) -> dict[str, Any]:
-    raw = await read_body(request)
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, RecursionError):
-        raise BadRequest("the request body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
-    return body
-
-
-async def _decode(request: web.Request, kind: type[T]) -> T:
-    return decode_request(await read_body(request), kind)
-
-
-def _json(value: Any, status: int = 200) -> web.Response:
-    return web.Response(body=_encode(value), status=status, content_type="application/json")
-
-
-def _error(status: int, message: str) -> web.Response:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {"Retry-After": "1"} if status == 503 else None
-    return web.Response(body=_encode({"error": message}), status=status, content_type="application/json",
-                        headers=headers)  # fmt: skip

@@ -17,18 +17,17 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import msgspec
 import orjson
-from aiohttp import web
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from msgspec import Meta
 
 from daemon.core.clock import utc_now_iso
 from daemon.core.config import Config, EndpointId, Name, RetryConfig
-from daemon.core.errors import BadRequest, InvalidEvent, KafkaUnavailable, NotFound, RouterError, TooLarge
+from daemon.core.errors import BadRequest, Conflict, InvalidEvent, KafkaUnavailable, NotFound
 from daemon.core.event import Event
 from daemon.core.ids import delivery_id
 from daemon.core.model import (
@@ -59,28 +58,6 @@ Partition = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 Offset = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 UnixMs = Annotated[int, Meta(ge=0, le=253_402_300_799_999)]  # up to the year 9999
 Time = Annotated[datetime, Meta(tz=True)]  # RFC 3339: with its offset (Z or +hh:mm)
-T = TypeVar("T")
-
-
-def decode_request(raw: bytes, kind: type[T]) -> T:
-    """A request body (none: ``{}``) as ``kind``; BadRequest naming the field that does not fit."""
-    try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"invalid request: {exc}") from None
-    except msgspec.DecodeError:
-        raise BadRequest("the request body must be a JSON object") from None
-
-
-async def read_body(request: web.Request) -> bytes:
-    """A request's body (none: empty); TooLarge (a 413) for one over the server's ``client_max_size``, which aiohttp
-    stops reading at."""
-    if not request.can_read_body:
-        return b""
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise TooLarge(f"the request body is too large: at most {request.client_max_size:,} bytes") from None
 
 
 class Redelivery(msgspec.Struct, kw_only=True):
@@ -104,10 +81,6 @@ class Replay(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     partition: Partition | None = None
     from_offset: Offset | None = None
     to_offset: Offset | None = None
-
-
-class Conflict(RouterError):
-    http_status = 409
 
 
 class SkipRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

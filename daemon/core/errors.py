@@ -13,8 +13,34 @@ class BadRequest(RouterError):
     http_status = 400
 
 
+class Unauthorized(RouterError):
+    """No valid bearer token (answered with ``WWW-Authenticate: Bearer``)."""
+
+    http_status = 401
+
+
+class Forbidden(RouterError):
+    http_status = 403
+
+
 class NotFound(RouterError):
     http_status = 404
+
+
+class Conflict(RouterError):
+    """A write that conflicts with the current state (a stale version, an id that exists, who paused)."""
+
+    http_status = 409
+
+
+class Unprocessable(RouterError):
+    http_status = 422
+
+
+class Unavailable(RouterError):
+    """Not now: start-up not complete, a write not acknowledged; answered with ``Retry-After``."""
+
+    http_status = 503
 
 
 class TooLarge(RouterError):

@@ -28,16 +28,9 @@ import orjson
 
 from daemon.core.clock import utc_now_iso
 from daemon.core.config import EndpointConfig, SubscriptionConfig, WhereConfig
-from daemon.core.errors import RouterError
 from daemon.core.secretbox import SecretBox
 
 log = logging.getLogger(__name__)
-
-
-class Conflict(RouterError):
-    """A write that lost to another (its version was taken), or that expected another version."""
-
-    http_status = 409
 
 
 class SealedSecret(msgspec.Struct, kw_only=True, frozen=True):
@@ -179,6 +172,19 @@ def opened(
         endpoint=record.id, events=record.events, topics=record.topics, where=record.where
     )
     return endpoint, subscription
+
+
+def routed(
+    record: EndpointRecord, box: SecretBox, tenant_field: str | None
+) -> tuple[EndpointConfig, SubscriptionConfig]:
+    """What the router delivers an endpoint record as: ``opened``, and with ``api.tenant_field`` set, given a scope
+    that its tenant's events only pass, whatever its own subscription says (no caller of the API can set or lift it).
+    Raises as ``opened`` does."""
+    config, subscription = opened(record, box)
+    if tenant_field is not None:
+        scope = WhereConfig(field=tenant_field, one_of=[record.tenant])
+        subscription = msgspec.structs.replace(subscription, scope=scope)
+    return config, subscription
 
 
 def next_expiry(record: EndpointRecord, now_ms: int) -> int | None:

@@ -82,7 +82,7 @@ def check_endpoint(
     sub = msgspec.convert(subscription, SubscriptionConfig)
     unknown: list[str] = []
     checks = _Checks(config, environ, errors)
-    checks._endpoint(parsed, "")
+    checks.endpoint(parsed, "")
     checks.topics(sub.topics, "")
     if sub.where is not None and (sub.where.one_of is None) == (sub.where.none_of is None):
         checks.fault(".where", "exactly one of one_of, none_of is required")
@@ -269,7 +269,7 @@ class _Checks:
         if config.tracing.enabled and not _tracing_installed():
             self.fault("tracing.enabled", "needs the tracing extra: pip install 'kafka-webhook-router[tracing]'")
         for i, endpoint in enumerate(config.endpoints):
-            self._endpoint(endpoint, f"endpoints[{i}]")
+            self.endpoint(endpoint, f"endpoints[{i}]")
         for expansion in EXPANSIONS:
             expansion.check(config, self)
         subscribed = self._subscriptions()
@@ -441,7 +441,7 @@ class _Checks:
 
     # --- endpoints ---
 
-    def _endpoint(self, endpoint: EndpointConfig, path: str) -> None:
+    def endpoint(self, endpoint: EndpointConfig, path: str) -> None:
         self.endpoint_id(endpoint, f"{path}.id")
         profile = PROFILES.get(endpoint.profile)
         if profile is None:

@@ -147,7 +147,6 @@ class HealthReader:
         self._topic = topic
         self._health = health
         self._follower = Follower(topic, client_options, self._apply, "health")
-        self._consumer = self._follower._consumer  # (the security test checks every consumer's settings)
         self.read = 0
 
     async def start(self) -> int:

@@ -1,8 +1,19 @@
-"""What every Kafka client of the router shares: the connection and its security, the OAUTHBEARER token file, and
-closing a consumer whatever state the cluster is in.
+"""The one door to aiokafka: every Kafka client of the router is built here, and every use of aiokafka's insides
+is here, so that an aiokafka upgrade touches this file (and the tests named below) only.
 
-The consumers (events, retry tiers, health, read-backs), the producer and the admin client are all built from
-``kafka_client_options``, so a security setting reaches each of them or none.
+The consumers (events, retry tiers, health, endpoints, read-backs, ``tail``), the producer and the admin client are
+all built from ``kafka_client_options``, so a security setting reaches each of them or none.
+
+aiokafka's insides this module relies on (checked on every upgrade of the pin in pyproject.toml):
+
+- ``AIOKafkaConsumer._client`` (its ``AIOKafkaClient``): ``force_metadata_update()`` when a topic's partitions are
+  not known yet (``partitions_of``, ``refresh_metadata``), ``cluster.leader_for_partition`` and ``send`` for a raw
+  Fetch request (``fetch_raw``), ``close()`` to finish a close that a cancelled fetch cut short;
+  tests/integration/test_kafka_clients.py and tests/integration/test_stuck_partitions.py (the raw batch of a
+  partition held at an undecodable batch), tests/integration/test_outages.py (closing while the broker is gone).
+- ``AIOKafkaConsumer._fetcher`` and its ``_pending_tasks`` (``close_consumer``): tests/integration/test_outages.py.
+- ``aiokafka.protocol.fetch.FetchRequest`` (version 4, a plain Fetch answered with the batch's bytes untouched):
+  tests/integration/test_stuck_partitions.py.
 """
 
 from __future__ import annotations
@@ -13,9 +24,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.protocol.fetch import FetchRequest
 
 from daemon.core.config import KafkaConfig
 
@@ -65,8 +77,73 @@ def make_producer(kafka: KafkaConfig, environ: Any, **settings: Any) -> AIOKafka
     )
 
 
+def producer(client_options: Mapping[str, Any], **settings: Any) -> AIOKafkaProducer:
+    """A producer of the demo's and the operator tools' own (the daemon's is ``make_producer``)."""
+    return AIOKafkaProducer(**settings, **client_options)
+
+
 def admin_client(client_options: Mapping[str, Any]) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**client_options)
+
+
+def group_consumer(kafka: KafkaConfig, environ: Any) -> AIOKafkaConsumer:
+    """A member of ``kafka.group_id`` that commits only what it is told to (the events' and the retry tiers')."""
+    return AIOKafkaConsumer(
+        group_id=kafka.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=kafka.auto_offset_reset,
+        max_poll_records=kafka.max_poll_records,
+        fetch_max_wait_ms=kafka.fetch_max_wait_ms,
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+        max_poll_interval_ms=kafka.max_poll_interval_ms,
+        **kafka_client_options(kafka, environ),
+    )
+
+
+def reader(client_options: Mapping[str, Any], auto_offset_reset: str = "none", **settings: Any) -> AIOKafkaConsumer:
+    """A consumer outside any group that commits nothing: assigned partitions, read by position or time.
+
+    ``auto_offset_reset="none"`` (the default) never moves a position outside the log: a read from past the end must
+    not silently become a read of the whole partition."""
+    return AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset=auto_offset_reset, **settings, **client_options)
+
+
+async def refresh_metadata(consumer: AIOKafkaConsumer) -> bool:
+    """Ask the cluster for its metadata now (a topic just created, partitions added); False when it did not answer."""
+    return bool(await consumer._client.force_metadata_update())
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partitions of ``topic`` (asked for when not known yet); empty when the cluster has no such topic."""
+    found = consumer.partitions_for_topic(topic)
+    if not found:
+        await refresh_metadata(consumer)
+        found = consumer.partitions_for_topic(topic)
+    return set(found or ())
+
+
+async def fetch_raw(consumer: AIOKafkaConsumer, topic: str, partition: int, offset: int, max_bytes: int) -> bytes:
+    """The record set a plain Fetch from ``offset`` answers, as the partition's leader keeps it (nothing decoded or
+    decompressed). Raises ``LookupError`` naming what is missing, or the broker's error for the partition."""
+    from aiokafka.errors import for_code
+
+    client = consumer._client
+    tp = TopicPartition(topic, partition)
+    await client.force_metadata_update()
+    leader = client.cluster.leader_for_partition(tp)
+    if leader is None or leader == -1:
+        raise LookupError(f"no leader for {topic}[{partition}]")
+    request = FetchRequest(500, 1, max_bytes, 0, [(topic, [(partition, offset, max_bytes)])])
+    response = await client.send(leader, request)
+    for _topic, partitions in response.topics:
+        for answered, error_code, _high, *part_data in partitions:
+            if answered != partition:
+                continue
+            if error_code:
+                raise LookupError(f"{topic}[{partition}]@{offset}: {for_code(error_code).__name__}")
+            return bytes(part_data[-1] or b"")
+    raise LookupError(f"no answer for {topic}[{partition}]")
 
 
 class FileTokenProvider(AbstractTokenProvider):  # type: ignore[misc]

@@ -23,13 +23,13 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from daemon.core.clock import utc_now_iso
 from daemon.core.config import KafkaConfig
 from daemon.core.offsets import OffsetTracker, PartitionOffsets
-from daemon.kafka.clients import close_consumer, kafka_client_options
+from daemon.kafka.clients import close_consumer, group_consumer
 from daemon.kafka.contact import Throttle, held_note
 from daemon.observe.metrics import Metrics
 
@@ -99,17 +99,7 @@ class Source:
         self._stuck_gauge = metrics.partitions_stuck.labels(name)
         self._stuck_gauge.set(0)
         self._stuck_logged = Throttle(_STUCK_LOG_S)
-        self._consumer = AIOKafkaConsumer(
-            group_id=kafka.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset=kafka.auto_offset_reset,
-            max_poll_records=kafka.max_poll_records,
-            fetch_max_wait_ms=kafka.fetch_max_wait_ms,
-            session_timeout_ms=kafka.session_timeout_ms,
-            heartbeat_interval_ms=kafka.heartbeat_interval_ms,
-            max_poll_interval_ms=kafka.max_poll_interval_ms,
-            **kafka_client_options(kafka, environ),
-        )
+        self._consumer = group_consumer(kafka, environ)
         self._listener = _Listener(self)
 
     async def start(self) -> None:

@@ -16,10 +16,10 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from daemon.kafka.clients import close_consumer
+from daemon.kafka.clients import close_consumer, reader, refresh_metadata
 from daemon.kafka.contact import Throttle, held_note
 
 log = logging.getLogger(__name__)
@@ -32,9 +32,7 @@ class Follower:
         self._topic = topic
         self._apply = apply
         self._name = name
-        self._consumer = AIOKafkaConsumer(
-            enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=100, **client_options
-        )
+        self.consumer = reader(client_options, auto_offset_reset="earliest", fetch_max_wait_ms=100)
         self._applied: dict[int, int] = {}  # partition -> next offset to apply
         self._progress = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -43,11 +41,11 @@ class Follower:
 
     async def start(self) -> int:
         """Apply every record on the topic up to its end as a fetch reports it; returns how many were applied."""
-        consumer = self._consumer
+        consumer = self.consumer
         await consumer.start()
         partitions = consumer.partitions_for_topic(self._topic)
         while not partitions:  # the topic exists (checked or created just before): wait for its metadata
-            if not await consumer._client.force_metadata_update():
+            if not await refresh_metadata(consumer):
                 await asyncio.sleep(0.5)
             partitions = consumer.partitions_for_topic(self._topic)
         tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
@@ -62,8 +60,8 @@ class Follower:
 
     async def _at_end(self, tps: list[TopicPartition]) -> bool:
         for tp in tps:
-            high = self._consumer.highwater(tp)
-            if high is None or await self._consumer.position(tp) < high:
+            high = self.consumer.highwater(tp)
+            if high is None or await self.consumer.position(tp) < high:
                 return False
         return True
 
@@ -74,7 +72,7 @@ class Follower:
     async def _step(self, timeout_ms: int) -> int:
         """One fetch, applied; a failed one is logged (throttled) and waited out, never the end of the reader."""
         try:
-            batch = await self._consumer.getmany(timeout_ms=timeout_ms)
+            batch = await self.consumer.getmany(timeout_ms=timeout_ms)
         except KafkaError as exc:
             held = self._errors_logged.ready()
             if held is not None:
@@ -109,4 +107,4 @@ class Follower:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await close_consumer(self._consumer)
+        await close_consumer(self.consumer)

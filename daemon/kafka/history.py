@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from daemon.core.errors import NotFound
+from daemon.kafka.clients import partitions_of, reader
 
 _WINDOW = 2_000  # records read per step backwards
 SEARCH_BUDGET_S = 20.0  # one query's reading, all partitions together: a caller waits no longer
@@ -57,7 +58,7 @@ async def find_delivery(client_options: Mapping[str, Any], topic: str, delivery_
 
 @contextlib.asynccontextmanager
 async def _reader(client_options: Mapping[str, Any]) -> Any:
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="earliest", **client_options)
+    consumer = reader(client_options, auto_offset_reset="earliest")
     await consumer.start()
     try:
         yield consumer
@@ -66,13 +67,10 @@ async def _reader(client_options: Mapping[str, Any]) -> Any:
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    found = consumer.partitions_for_topic(topic)
-    if found is None:
-        await consumer._client.force_metadata_update()
-        found = consumer.partitions_for_topic(topic)
+    found = await partitions_of(consumer, topic)
     if not found:
         raise NotFound(f"no topic {topic}")
-    return set(found)
+    return found
 
 
 async def _backwards(

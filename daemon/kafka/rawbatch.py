@@ -11,12 +11,8 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import for_code
-from aiokafka.protocol.fetch import FetchRequest
-
 from daemon.core.errors import NotFound
-from daemon.kafka.clients import close_consumer
+from daemon.kafka.clients import close_consumer, fetch_raw, reader
 
 _HEADER = struct.Struct(">qi")  # base offset, batch length (of what follows these 12 bytes)
 _LAST_OFFSET_DELTA = struct.Struct(">i")
@@ -57,26 +53,16 @@ def batches(data: bytes) -> list[Batch]:
 
 async def raw_batch(client_options: Mapping[str, Any], topic: str, partition: int, offset: int) -> Batch:
     """The batch of ``topic[partition]`` that holds ``offset``; NotFound when the broker has none there."""
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, **client_options)
+    consumer = reader(client_options, auto_offset_reset="latest")
     await consumer.start()
     try:
-        client = consumer._client
-        tp = TopicPartition(topic, partition)
-        await client.force_metadata_update()
-        leader = client.cluster.leader_for_partition(tp)
-        if leader is None or leader == -1:
-            raise NotFound(f"no leader for {topic}[{partition}]")
-        request = FetchRequest(500, 1, _MAX_BYTES, 0, [(topic, [(partition, offset, _MAX_BYTES)])])
-        response = await client.send(leader, request)
-        for _topic, partitions in response.topics:
-            for answered, error_code, _high, *part_data in partitions:
-                if answered != partition:
-                    continue
-                if error_code:
-                    raise NotFound(f"{topic}[{partition}]@{offset}: {for_code(error_code).__name__}")
-                for batch in batches(part_data[-1] or b""):
-                    if batch.base <= offset < batch.next_offset:
-                        return batch
+        try:
+            data = await fetch_raw(consumer, topic, partition, offset, _MAX_BYTES)
+        except LookupError as exc:
+            raise NotFound(str(exc)) from None
+        for batch in batches(data):
+            if batch.base <= offset < batch.next_offset:
+                return batch
         raise NotFound(f"no batch holds {topic}[{partition}]@{offset}")
     finally:
         await close_consumer(consumer)

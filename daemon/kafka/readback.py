@@ -18,17 +18,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
 from daemon.core.errors import NotFound
-from daemon.kafka.clients import close_consumer
-
-
-def _consumer(client_options: Mapping[str, Any]) -> AIOKafkaConsumer:
-    return AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="none", **client_options)
+from daemon.kafka.clients import close_consumer, partitions_of, reader
 
 
 @asynccontextmanager
 async def _opened(client_options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaConsumer]:
     """A started read-back consumer, closed on the way out whatever happened."""
-    consumer = _consumer(client_options)
+    consumer = reader(client_options)
     await consumer.start()
     try:
         # start() creates the coordinator's task without running it; a task cancelled before its first step makes
@@ -45,7 +41,7 @@ async def read_one(client_options: Mapping[str, Any], topic: str, partition: int
     """The record at ``topic[partition]@offset``; raises NotFound."""
     async with _opened(client_options) as consumer:
         tp = TopicPartition(topic, partition)
-        if partition not in (await _partitions(consumer, topic)):
+        if partition not in (await partitions_of(consumer, topic)):
             raise NotFound(f"no partition {topic}[{partition}]")
         consumer.assign([tp])
         consumer.seek(tp, offset)
@@ -82,7 +78,7 @@ async def read_range(
     async with _opened(client_options) as consumer:
         tps: list[TopicPartition] = []
         for t in topics:
-            tps += [TopicPartition(t, p) for p in sorted(await _partitions(consumer, t)) if partition in (None, p)]
+            tps += [TopicPartition(t, p) for p in sorted(await partitions_of(consumer, t)) if partition in (None, p)]
         if not tps:
             raise NotFound(f"no partition {partition} of {', '.join(topics)}" if partition is not None else
                            f"no topic {', '.join(topics)}")  # fmt: skip
@@ -132,11 +128,3 @@ async def read_range(
                 if tp in finished or (end is not None and await consumer.position(tp) >= end):
                     open_tps.discard(tp)
                     consumer.pause(tp)
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    found = consumer.partitions_for_topic(topic)
-    if found is None:
-        await consumer._client.force_metadata_update()
-        found = consumer.partitions_for_topic(topic)
-    return set(found or ())

@@ -12,8 +12,8 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from daemon.core.errors import KafkaUnavailable, reason_of
-from daemon.core.registry import Changed, Conflict, Directory, EndpointRecord, Record, encode, endpoint_key, next_expiry
+from daemon.core.errors import Conflict, KafkaUnavailable, reason_of
+from daemon.core.registry import Changed, Directory, EndpointRecord, Record, encode, endpoint_key, next_expiry
 from daemon.kafka.follow import Follower
 
 log = logging.getLogger(__name__)

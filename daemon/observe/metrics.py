@@ -2,6 +2,10 @@
 
 Cardinality stays bounded: only the ``endpoint_*`` series carry an endpoint id, and only for the endpoints the
 config marks (``[metrics] endpoints``); per-partition series exist only for the partitions an instance is assigned.
+
+prometheus_client's insides this module relies on: a labelled metric's ``_metrics`` (its children by label values),
+read to drop the series of endpoints no longer marked; tests/unit/tools/test_operator_tools.py
+(``test_per_endpoint_series_exist_only_for_marked_endpoints_and_go_when_unmarked``).
 """
 
 from __future__ import annotations

@@ -28,12 +28,14 @@ from pathlib import Path
 
 import orjson
 from aiohttp import web
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from daemon.app import App
 from daemon.core.model import FAILED, INVALID_EVENT, Outcome, decode_outcome
 from daemon.core.validate import load_config
+from daemon.kafka.clients import producer as kafka_producer
+from daemon.kafka.clients import reader
 from daemon.tools.embedded import EmbeddedBroker, free_port
 
 LEADS, CALLS, RESULTS = "demo-leads", "demo-calls", "demo-results"
@@ -190,7 +192,7 @@ class Demo:
             self.stop.set()
 
     async def produce(self, bootstrap: str) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=0)
+        producer = kafka_producer({"bootstrap_servers": bootstrap}, enable_idempotence=False, linger_ms=0)
         await producer.start()
         loop = asyncio.get_running_loop()
         next_at = loop.time()
@@ -211,7 +213,7 @@ class Demo:
     async def read_results(self, bootstrap: str) -> None:
         """Print each results record, read from the start without a group; once ``finishing``, up to the end."""
         tp = TopicPartition(RESULTS, 0)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+        consumer = reader({"bootstrap_servers": bootstrap}, auto_offset_reset="earliest")
         await consumer.start()
         try:
             consumer.assign([tp])

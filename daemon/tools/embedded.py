@@ -20,8 +20,10 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from daemon.kafka.clients import admin_client
 
 
 def find_tansu() -> Path:
@@ -99,7 +101,7 @@ class EmbeddedBroker:
 
     async def create_topics(self, names: list[str], partitions: int = 1) -> None:
         """Create topics (existing ones are left alone)."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        admin = admin_client({"bootstrap_servers": self.bootstrap})
         await admin.start()
         try:
             for name in names:

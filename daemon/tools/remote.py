@@ -20,8 +20,10 @@ from typing import Any
 
 import aiohttp
 
+from daemon.admin.web import NO_ROUTE
+from daemon.tools.common import DEFAULT_TOKEN_ENV, UsageError, admin_url, config_at
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-DEFAULT_TOKEN_ENV = "WEBHOOK_ROUTER_TOKEN"  # noqa: S105 - the name of a variable, not a token
 Request = tuple[str, str, dict[str, Any] | None]  # method, path, JSON body
 
 ENDPOINT_ACTIONS = ("list", "get", "create", "update", "delete", "rotate-secret", "attempts", "pause", "resume",
@@ -115,7 +117,7 @@ def run_command(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 async def _exchange(args: argparse.Namespace, base: str, token: str, request: Request) -> tuple[int, str]:
     """The answer to ``request``; when it is one of ``/v1`` and the daemon does not serve that API (``[api]`` is not
-    enabled: aiohttp's own 404, not the API's JSON), the answer of the admin server's own operator route that does
+    enabled: a 404 saying there is no route), the answer of the admin server's own operator route that does
     the same, which every daemon serves. (0, why) when the command needs the API, or the daemon cannot be reached."""
     method, path, body = request
     status, text, served = await _call(method, base + path, token, body)
@@ -166,24 +168,13 @@ def _admin_page(args: argparse.Namespace, text: str) -> str:
     return json.dumps(page)
 
 
-class UsageError(Exception):
-    pass
-
-
 def _target(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, str]:
     token_env = args.token_env or DEFAULT_TOKEN_ENV
     if args.url:
         base = args.url.rstrip("/")
     elif args.config:
-        from daemon.core.errors import ConfigError
-        from daemon.core.validate import load_config
-
-        try:
-            config = load_config(args.config, dict(environ))
-        except ConfigError as exc:
-            raise UsageError("\n".join(exc.errors)) from None
-        host, _, port = config.admin.listen.rpartition(":")
-        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104 - a client
+        config = config_at(args.config, environ)
+        base = admin_url(config)
         token_env = args.token_env or config.admin.token_env or DEFAULT_TOKEN_ENV
     else:
         raise UsageError("give --url (the daemon's admin address) or --config")
@@ -292,17 +283,26 @@ def _range(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _call(method: str, url: str, token: str, body: dict[str, Any] | None) -> tuple[int, str, bool]:
-    """(status, body, whether the daemon serves the route: all but aiohttp's own 404 for a path it has no route for,
-    which is not JSON); (0, why, True) when the daemon cannot be reached."""
+    """(status, body, whether the daemon serves the route: all but a 404 saying it has no route for the path);
+    (0, why, True) when the daemon cannot be reached."""
     timeout = aiohttp.ClientTimeout(total=600)
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(timeout=timeout) as session:
         try:
             async with session.request(method, url, json=body, headers=headers) as resp:
-                served = resp.status != 404 or resp.content_type == "application/json"
-                return resp.status, await resp.text(), served
+                text = await resp.text()
+                return resp.status, text, resp.status != 404 or not _no_route(text)
         except aiohttp.ClientError as exc:
             return 0, f"cannot reach the daemon at {url}: {type(exc).__name__}", True
+
+
+def _no_route(text: str) -> bool:
+    """Whether a 404's body says the path is not served at all (not that what it names does not exist)."""
+    try:
+        error = json.loads(text).get("error", "")
+    except (ValueError, AttributeError):
+        return True  # not the router's JSON: not a route of it
+    return isinstance(error, str) and error.startswith(NO_ROUTE)
 
 
 _COLUMNS = {

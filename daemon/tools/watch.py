@@ -29,11 +29,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from daemon.core.config import KafkaConfig
-from daemon.core.errors import ConfigError
-from daemon.core.validate import load_config
-from daemon.kafka.clients import close_consumer, kafka_client_options
+from daemon.kafka.clients import close_consumer, kafka_client_options, partitions_of, reader
 from daemon.kafka.readback import read_range
-from daemon.tools.remote import DEFAULT_TOKEN_ENV, table
+from daemon.tools.common import DEFAULT_TOKEN_ENV, UsageError, admin_url, config_at
+from daemon.tools.remote import table
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 _TENANT_REFRESH_S = 30.0
@@ -44,10 +43,6 @@ _LINE = (("timestamp", "TIME", 24), ("status", "STATUS", 17), ("endpoint_id", "E
          ("event_type", "EVENT", 22), ("http_status", "HTTP", 4), ("duration_ms", "MS", 8), ("attempt", "TRY", 3),
          ("delivery_id", "DELIVERY", 36))  # fmt: skip
 _SKIPPED = ("skipped_paused", "skipped_bulk_item", "skipped_unsupported")
-
-
-class UsageError(Exception):
-    pass
 
 
 def add_commands(sub: Any) -> None:
@@ -113,14 +108,10 @@ def _target(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Kafka
     api = args.url.rstrip("/") if args.url else None
     token_env = args.token_env or DEFAULT_TOKEN_ENV
     if args.config:
-        try:
-            config = load_config(args.config, dict(environ))
-        except ConfigError as exc:
-            raise UsageError("\n".join(exc.errors)) from None
+        config = config_at(args.config, environ)
         kafka = config.kafka
         if api is None:
-            host, _, port = config.admin.listen.rpartition(":")
-            api = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"  # noqa: S104 - a client
+            api = admin_url(config)
         token_env = args.token_env or config.admin.token_env or DEFAULT_TOKEN_ENV
     elif args.bootstrap_servers:
         topic = args.results_topic or "webhook-results"
@@ -212,7 +203,7 @@ async def tail(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    consumer = AIOKafkaConsumer(enable_auto_commit=False, auto_offset_reset="latest", **client_options)
+    consumer = reader(client_options, auto_offset_reset="latest")
     await consumer.start()
     shown = 0
     try:
@@ -252,10 +243,7 @@ async def tail(
 
 
 async def _assign(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        await consumer._client.force_metadata_update()
-        partitions = consumer.partitions_for_topic(topic)
+    partitions = await partitions_of(consumer, topic)
     if not partitions:
         raise UsageError(f"no topic {topic} on the cluster")
     tps = [TopicPartition(topic, p) for p in sorted(partitions)]

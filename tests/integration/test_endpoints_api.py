@@ -126,7 +126,7 @@ async def test_every_error_code_names_what_is_wrong(setup: Setup, receivers: lis
             (("POST", "/v1/endpoints", {**lt, "url": "https://lt.example.com/a/../in"}), 400,
              "url: would not be sent as written"),
             (("POST", "/v1/endpoints", {**lt, "url": "https://lt.example.com/in", "colour": 1}), 400,
-             "colour: unknown field"),
+             "unknown field `colour`"),
             (("POST", "/v1/endpoints", {**lt, "url": "https://lt.example.com/in", "events": ["lead.x"]}), 422,
              "events[0]: 'lead.x' is not one of the leadterra event types"),
             (("POST", "/v1/endpoints", {**lt, "tenant": "nobody", "url": "https://lt.example.com/in"}), 404,
@@ -388,7 +388,7 @@ async def test_an_update_naming_a_version_applies_only_at_that_version_0_include
             assert (status, answer["error"].startswith("version: the endpoint is at version 1, not ")) == (409, True)
         for wrong in (True, 1.5, [1]):
             status, answer = await c.call("PATCH", path, {"description": "wrong", "version": wrong})
-            assert (status, answer["error"]) == (400, "version: must be an integer"), (wrong, answer)
+            assert (status, "`$.version`" in answer["error"]) == (400, True), (wrong, answer)
         assert (await c.call("GET", path))[1]["description"] is None  # none of them applied
         status, updated = await c.call("PATCH", path, {"description": "now", "version": 1}, **{"If-Match": '"1"'})
         assert (status, updated["description"], updated["version"]) == (200, "now", 2)

@@ -10,9 +10,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from daemon.core.config import DeliveryConfig, EndpointConfig, TracingConfig
-from daemon.core.model import DELIVERED, FAILED, Event
-from daemon.delivery.deliver import Endpoint, Job, Sender, client_for
+from daemon.core.event import Event
+from daemon.core.model import DELIVERED, FAILED
+from daemon.delivery.endpoint import Endpoint
 from daemon.delivery.http import Client
+from daemon.delivery.job import Job
+from daemon.delivery.sender import Sender, client_for
 from daemon.observe.metrics import Metrics
 from daemon.observe.tracing import Tracing
 from tests.helpers import SECRET, Receiver, serve

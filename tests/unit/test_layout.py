@@ -17,6 +17,7 @@ layers below its own, never a sibling of its layer nor anything above:
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,6 +138,48 @@ def test_no_import_cycles() -> None:
         if start not in state:
             visit(start, [start])
     assert cycles == []
+
+
+def _private_reads(path: Path) -> list[str]:
+    """``x._name`` where ``x`` is not ``self``/``cls``: another object's insides (our own classes keep none open)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            receiver = ast.unparse(node.value)
+            if receiver not in _OWN_RECEIVERS and f"{receiver}.{node.attr}" not in _PUBLIC_DESPITE_THE_UNDERSCORE:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {receiver}.{node.attr}")
+    return found
+
+
+def test_other_libraries_insides_are_read_in_their_door_only() -> None:
+    doors = {ROOT / p for p in DOORS.values()}
+    outside = [read for path in PACKAGE.rglob("*.py") if path not in doors for read in _private_reads(path)]
+    assert outside == []
+
+
+def test_aiokafka_clients_are_built_in_one_module() -> None:
+    built: list[str] = []
+    for path in PACKAGE.rglob("*.py"):
+        if path == ROOT / DOORS["aiokafka"]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id.startswith("AIOKafka"):
+                built.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.func.id}(")
+    assert built == []
+
+
+def test_each_door_names_the_insides_it_reads_and_their_tests() -> None:
+    """A door's docstring lists every private attribute it reads, so an upgrade knows what to check."""
+    missing: list[str] = []
+    for path in {ROOT / p for p in DOORS.values()}:
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        for read in _private_reads(path):
+            attribute = read.rsplit(".", 1)[1]
+            if not re.search(rf"(?<![A-Za-z0-9_]){re.escape(attribute)}(?![A-Za-z0-9_])", doc):
+                missing.append(f"{read} (not named in the module's docstring)")
+        if "tests/" not in doc:
+            missing.append(f"{path.relative_to(ROOT)}: its docstring names no test")
+    assert missing == []
 
 
 def test_tests_mirror_the_packages() -> None:

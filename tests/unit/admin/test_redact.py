@@ -10,7 +10,8 @@ import logging
 
 import pytest
 
-from daemon.admin.server import AdminServer, RedactCredentials, redact
+from daemon.admin.server import AdminServer
+from daemon.admin.web import RedactCredentials, redact
 from daemon.observe.metrics import Metrics
 
 TOKEN = "adm1n-T0KEN-5ecret-value"

@@ -997,14 +997,14 @@ def test_organisation_and_campaign_urls_go_through_the_same_check() -> None:
 
 
 def test_a_reload_cannot_change_the_tenant_field_nor_the_network_guard() -> None:
-    from daemon.app import _reloadable
+    from daemon.core.reload import at_restart, refused
 
     kafka = {"bootstrap_servers": "k:9092", "group_id": "g", "topics": ["t"], "results_topic": "r"}
     old = parse_config({"kafka": kafka, "api": {"tenant_field": "org.id"}}, {})
-    _reloadable(old, parse_config({"kafka": kafka, "api": {"tenant_field": "org.id"}, "delivery": {}}, {}))
-    with pytest.raises(ConfigError) as refused:
-        _reloadable(old, parse_config({"kafka": kafka, "delivery": {"allowed_networks": ["10.0.0.0/8"]}}, {}))
-    assert refused.value.errors == [
+    assert refused(old, parse_config({"kafka": kafka, "api": {"tenant_field": "org.id"}, "delivery": {}}, {})) == []
+    moved = parse_config({"kafka": {**kafka, "group_id": "g2"}, "api": {"tenant_field": "org.id"}}, {})
+    assert refused(old, moved) == [] and at_restart(old, moved) == ["kafka.group_id"]
+    assert refused(old, parse_config({"kafka": kafka, "delivery": {"allowed_networks": ["10.0.0.0/8"]}}, {})) == [
         "delivery.allowed_networks: changed, which needs a restart (the running config is kept)",
         "api.tenant_field: changed, which needs a restart (the running config is kept)",
     ]

@@ -16,8 +16,7 @@ import pytest
 from daemon.core.config import Config
 from daemon.core.validate import parse_config
 from daemon.engine.health import Health, HealthReader
-from daemon.kafka import readback
-from daemon.kafka.clients import FileTokenProvider, admin_client, kafka_client_options, make_producer
+from daemon.kafka.clients import FileTokenProvider, admin_client, kafka_client_options, make_producer, reader
 from daemon.kafka.consume import Source
 from daemon.observe.metrics import Metrics
 from tests.unit.core.test_config import doc, errors_of, kafka
@@ -40,8 +39,9 @@ async def every_client(config: Config, environ: dict[str, str]) -> AsyncIterator
     health = Health(Writer(), "health", Metrics())  # type: ignore[arg-type]
     consumers = {
         "events consumer": Source(config.kafka, environ, Metrics(), noop, 1.0)._consumer,
-        "health reader": HealthReader("health", options, health)._consumer,
-        "read-back consumer": readback._consumer(options),
+        "health reader": HealthReader("health", options, health)._follower.consumer,
+        "read-back consumer": reader(options),
+        "tail consumer": reader(options, auto_offset_reset="latest"),
     }
     producer = make_producer(config.kafka, environ)
     admin = admin_client(options)
@@ -65,7 +65,7 @@ SCRAM = {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sa
 async def test_sasl_scram_over_tls_reaches_every_client() -> None:
     environ = {"KAFKA_PASSWORD": "pw-123"}
     async with every_client(config_of(environ, **SCRAM), environ) as built:
-        assert len(built) == 5
+        assert len(built) == 6
     for name, client in built.items():
         assert client._security_protocol == "SASL_SSL", name
         assert client._sasl_mechanism == "SCRAM-SHA-512", name

@@ -19,7 +19,8 @@ from daemon.core.config import LogConfig
 from daemon.observe import logs
 from daemon.observe.metrics import Metrics
 from daemon.observe.systemd import notify, watchdog_interval_s
-from daemon.tools.watch import Filters, UsageError, parse_duration
+from daemon.tools.common import UsageError
+from daemon.tools.watch import Filters, parse_duration
 from tests.helpers import NotifySocket, serve
 
 # --- logs ---

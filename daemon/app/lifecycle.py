@@ -1,9 +1,9 @@
 """Lifecycle: start-up, the main loop, reloads, signals, staged shutdown. What talks to what is wired in ``serve``.
 
 ``serve`` = the admin server (first: liveness and the reason for not being ready answer while the daemon
-waits for Kafka), ``_connect`` (``_startup`` tried again until the cluster answers: every component started in
-an ``AsyncExitStack``, its stop pushed before it starts, so teardown undoes start-up in reverse by construction
-and a failed attempt leaves nothing open), the main loop (until SIGTERM/SIGINT or the fetch loop ends), and
+waits for Kafka), ``_startup`` (tried again until the cluster answers, ``daemon.app.connect``: every component
+started in an ``AsyncExitStack``, its stop pushed before it starts, so teardown undoes start-up in reverse by
+construction and a failed attempt leaves nothing open), the main loop (until SIGTERM/SIGINT or the fetch loop ends), and
 ``_shutdown`` (stop fetching, drain, cancel the rest, flush results, commit, all under one deadline that the
 clients' closes keep to as well). Signal handlers only set state or schedule a reload.
 """
@@ -15,9 +15,8 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +28,21 @@ from daemon.admin.api import Api
 from daemon.admin.api import install as install_api
 from daemon.admin.operate import Operator
 from daemon.admin.server import AdminServer
-from daemon.core.config import Config, WhereConfig
+from daemon.app.connect import until_connected
+from daemon.app.reload import count_routing, follow_config_pauses, reloaded
+from daemon.app.signals import Signals
+from daemon.core.config import Config
 from daemon.core.errors import ConfigError, reason_of
-from daemon.core.registry import opened
-from daemon.core.secretbox import SecretBox, SecretError, key_from
-from daemon.core.validate import load_config
+from daemon.core.reload import at_restart
+from daemon.core.secretbox import SecretBox, key_from
 from daemon.delivery.sender import Sender, client_for
+from daemon.engine.feed import EndpointsFeed
 from daemon.engine.health import Health, HealthReader
 from daemon.engine.routing import Routing
 from daemon.engine.settle import Settlement
 from daemon.kafka.clients import kafka_client_options, make_producer
 from daemon.kafka.consume import Source
-from daemon.kafka.contact import Contact, KafkaLogFilter, Throttle, held_note
+from daemon.kafka.contact import Contact, KafkaLogFilter
 from daemon.kafka.results import ResultsWriter
 from daemon.kafka.store import Store
 from daemon.kafka.topics import ensure_topics, topic_specs
@@ -52,18 +54,7 @@ from daemon.observe.tracing import start as start_tracing
 
 log = logging.getLogger(__name__)
 
-# A config change to these needs a restart: the clients were built with them.
 _LANE_IDLE_S = 60.0  # an endpoint's lane closes after this long without work (its tasks go with it)
-_RESTART_ONLY = (
-    "bootstrap_servers", "group_id", "results_topic", "client_id", "contact_timeout_s", "security_protocol",
-    "sasl_mechanism", "sasl_username", "sasl_password_env", "sasl_oauth_token_file", "ssl_cafile", "ssl_certfile",
-    "ssl_keyfile", "ssl_key_password_env",
-)  # fmt: skip
-# While the cluster cannot be reached at start-up, attempts are this far apart: doubling from the first, capped.
-_CONNECT_BACKOFF_S = 0.5
-_CONNECT_BACKOFF_MAX_S = 10.0
-# What a start-up attempt may fail with and be tried again: the cluster unreachable, slow, or refusing for now.
-_RETRIABLE = (KafkaError, OSError, TimeoutError)
 # Closing a Kafka client outside a shutdown (after a failed start-up attempt) waits at most this long.
 _CLOSE_S = 5.0
 
@@ -101,7 +92,6 @@ class App:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reloading: asyncio.Task[None] | None = None
-        self._sigint_count = 0
         self._status = "starting"  # what start-up is doing: the reason /readyz gives, and sd_notify's STATUS
         self._noise = KafkaLogFilter(self.metrics)
         self._operator: Operator | None = None
@@ -118,8 +108,9 @@ class App:
         config = self._config
         async with contextlib.AsyncExitStack() as stack:
             if install_signals:  # first: a signal during start-up stops the daemon
-                self._install_signals(loop)
-                stack.callback(self._remove_signals, loop)
+                signals = Signals(self._stop, self.reload)
+                signals.install(loop)
+                stack.callback(signals.remove, loop)
             await stack.enter_async_context(watchdog())  # until the very end: a drain is not a hang
             self._noise.install()
             stack.callback(self._noise.remove)
@@ -134,7 +125,9 @@ class App:
             )
             await admin.start()
             stack.push_async_callback(admin.stop)
-            components = await self._connect(stack, admin)
+            startup = functools.partial(self._startup, admin=admin)
+            where = config.kafka.bootstrap_servers
+            components = await until_connected(startup, stack, self._stop, where, self._set_status)
             if components is None:
                 log.info("stopped before start-up was complete")
                 return
@@ -148,59 +141,6 @@ class App:
             await self._shutdown(components)
             if crashed is not None:
                 raise crashed
-
-    async def _connect(self, stack: contextlib.AsyncExitStack, admin: AdminServer) -> Components | None:
-        """Start-up, tried again while the cluster cannot be reached or refuses for now (capped back-off, waiting on
-        the stop event). Each attempt closes what it started before the next; the one that succeeds hands its
-        components to ``stack``. None when a stop is asked for first; errors that waiting cannot fix (a topic whose
-        settings would lose data) propagate."""
-        where = self._config.kafka.bootstrap_servers
-        backoff = _CONNECT_BACKOFF_S
-        logged = Throttle()
-        attempts = 0
-        while not self._stop.is_set():
-            attempts += 1
-            attempt = contextlib.AsyncExitStack()
-            try:
-                components = await self._unless_stopped(self._startup(attempt, admin))
-            except _RETRIABLE as exc:
-                await attempt.aclose()
-                reason = reason_of(exc)
-                self._set_status(f"waiting for Kafka at {where} ({reason})")
-                held = logged.ready()
-                if held is not None:
-                    log.warning("Kafka at %s: %s; trying again in %.1f s (attempt %d)%s", where, reason, backoff,
-                                attempts, held_note(held))  # fmt: skip
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), backoff)
-                backoff = min(_CONNECT_BACKOFF_MAX_S, backoff * 2)
-                continue
-            except BaseException:
-                await attempt.aclose()
-                raise
-            if components is None:
-                await attempt.aclose()
-                return None
-            stack.push_async_exit(attempt)
-            if attempts > 1:
-                log.info("Kafka at %s reached after %d attempts", where, attempts)
-            return components
-        return None
-
-    async def _unless_stopped(self, startup: Coroutine[Any, Any, Components]) -> Components | None:
-        """Run ``startup`` unless a stop is asked for first (then it is cancelled, and the answer is None)."""
-        task = asyncio.create_task(startup, name="startup")
-        stop = asyncio.create_task(self._stop.wait())
-        try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, *_RETRIABLE):
-            await task
-        return None
 
     async def _startup(self, stack: contextlib.AsyncExitStack, admin: AdminServer) -> Components:
         """One attempt at everything that needs the cluster. Every client's close is pushed on ``stack`` before it
@@ -248,8 +188,8 @@ class App:
         settlement = Settlement(results, retry, metrics, health, sender, routing, client_options)
         stack.push_async_callback(settlement.cancel)
         stack.callback(settlement.cancel_timers)
-        self._follow_config_pauses(health, None, routing)
-        self._count_routing(routing)
+        follow_config_pauses(health, None, routing)
+        count_routing(metrics, routing)
         metrics.mark_endpoints(config.metrics.endpoints)
         metrics.requests_in_flight.set_function(lambda: settlement.stats.busy)
         metrics.deliveries_queued.set_function(lambda: settlement.stats.queued)
@@ -267,8 +207,8 @@ class App:
 
         if api.enabled:  # every endpoint of the topic is applied before the first event is read
             box = SecretBox(key_from(environ, api.secrets_key_env, api.secrets_key_file))
-            changed = functools.partial(self._endpoint_changed, settlement, box)
-            store = Store(retry.endpoints_topic, client_options, producer, changed)
+            feed = EndpointsFeed(settlement, box, api.tenant_field, metrics)
+            store = Store(retry.endpoints_topic, client_options, producer, feed)
             stack.push_async_callback(self._close, "the endpoints reader", store.stop)
             self._set_status(f"reading {retry.endpoints_topic} to its end")
             started = time.monotonic()
@@ -320,24 +260,6 @@ class App:
             log.debug("a Kafka request nobody waited for any more failed: %s", reason_of(exc))
             return
         loop.default_exception_handler(context)
-
-    def _endpoint_changed(self, settlement: Settlement, box: SecretBox, endpoint_id: str, record: Any) -> None:
-        """An endpoint of the endpoints topic was added, changed or deleted (``record`` None): route by it now."""
-        if record is None:
-            settlement.drop(endpoint_id)
-        else:
-            try:
-                config, subscription = opened(record, box)
-                tenant_field = self._config.api.tenant_field
-                if tenant_field is not None:  # its tenant's events only, whatever its subscription says
-                    scope = WhereConfig(field=tenant_field, one_of=[record.tenant])
-                    subscription = msgspec.structs.replace(subscription, scope=scope)
-                settlement.put(config, subscription)
-            except (SecretError, msgspec.ValidationError, ValueError) as exc:
-                # A record this instance cannot use (another key, a config this version refuses): not routed to.
-                log.error("endpoint %s of the endpoints topic not routed to: %s", endpoint_id, exc)
-                settlement.drop(endpoint_id)
-        self.metrics.endpoints.set(len(settlement.routing.endpoints))
 
     def _set_status(self, status: str) -> None:
         self._status = status
@@ -427,29 +349,6 @@ class App:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    # --- signals ---
-
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.add_signal_handler(signal.SIGTERM, self._on_term)
-        loop.add_signal_handler(signal.SIGINT, self._on_int)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
-
-    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-
-    def _on_term(self) -> None:
-        log.info("SIGTERM: shutting down")
-        self._stop.set()
-
-    def _on_int(self) -> None:
-        self._sigint_count += 1
-        if self._sigint_count > 1:
-            log.warning("second SIGINT: exiting now")
-            os._exit(1)
-        log.info("SIGINT: shutting down (again to force)")
-        self._stop.set()
-
     # --- reload ---
 
     def reload(self) -> None:
@@ -467,14 +366,8 @@ class App:
             return
         _notify_systemd(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
-            new = await asyncio.to_thread(load_config, self._config_path, dict(self._environ))
-            _reloadable(self._config, new)
             old_routing = c.settlement.routing
-            # Built in a thread (100,000 endpoints take seconds; the loop keeps answering), then brought up to date
-            # with the run-time changes applied meanwhile, on the loop, before the swap.
-            dynamic = list(old_routing.dynamic.values())
-            routing = await asyncio.to_thread(Routing, new, self._environ, old_routing, dynamic)
-            routing.catch_up(old_routing)
+            new, routing = await reloaded(self._config_path, self._environ, self._config, old_routing)
         except ConfigError as exc:
             self._refused(exc.errors)
             return
@@ -484,16 +377,15 @@ class App:
         finally:
             _notify_systemd("READY=1")
         old = self._config
-        restart_needed = [name for name in _RESTART_ONLY if getattr(old.kafka, name) != getattr(new.kafka, name)]
-        restart_needed += [name for name in ("admin", "tracing") if getattr(old, name) != getattr(new, name)]
+        restart_needed = at_restart(old, new)
         if restart_needed:
             log.warning("config reload: changes to %s take effect only after a restart", ", ".join(restart_needed))
         c.settlement.use(routing)
         self._config = new
         apply_logs(new.log)
         self.metrics.mark_endpoints(new.metrics.endpoints)
-        self._follow_config_pauses(c.health, old_routing, routing)
-        self._count_routing(routing)
+        follow_config_pauses(c.health, old_routing, routing)
+        count_routing(self.metrics, routing)
         if new.kafka.topics != old.kafka.topics:
             c.source.subscribe(new.kafka.topics)
         self.metrics.config_reloads.labels("ok").inc()
@@ -504,29 +396,3 @@ class App:
         log.error("config reload refused, keeping the running config: %d error(s)", len(errors))
         for line in errors:
             log.error("  %s", line)
-
-    @staticmethod
-    def _follow_config_pauses(health: Health, old: Routing | None, new: Routing) -> None:
-        was = old.endpoints.configs if old is not None else {}
-        for endpoint_id, config in new.endpoints.configs.items():
-            before = was.get(endpoint_id)
-            health.follow_config(endpoint_id, config.paused, before is not None and before.paused)
-
-    def _count_routing(self, routing: Routing) -> None:
-        self.metrics.endpoints.set(len(routing.endpoints))
-        self.metrics.subscriptions.set(routing.subscriptions)
-
-
-def _reloadable(old: Config, new: Config) -> None:
-    """ConfigError when ``new`` changes what only a restart can change and a running daemon must not pretend to
-    have taken: the network guard's allowances and the egress proxy (the HTTP client was built with them; a
-    reload that took them would validate URLs that the running client then blocks)."""
-    errors = [
-        f"delivery.{name}: changed, which needs a restart (the running config is kept)"
-        for name in ("allowed_networks", "proxy_url")
-        if getattr(old.delivery, name) != getattr(new.delivery, name)
-    ]
-    if old.api.tenant_field != new.api.tenant_field:  # the endpoints of the API were scoped by the old one
-        errors.append("api.tenant_field: changed, which needs a restart (the running config is kept)")
-    if errors:
-        raise ConfigError(errors)

@@ -1,0 +1,42 @@
+"""What a reload (SIGHUP) may change: one rule for what it refuses and what it takes only after a restart.
+
+A reload is refused (the running config kept) when it changes what the running daemon must not pretend to have taken:
+the network guard's allowances and the egress proxy (the HTTP client was built with them; a reload that took them
+would validate URLs that the running client then blocks), and the tenant field (the endpoints of the API were scoped
+by the old one). It is taken, with a warning, when it changes what the Kafka clients or the admin server were built
+with: those changes wait for a restart.
+"""
+
+from __future__ import annotations
+
+from daemon.core.config import Config
+
+# (section, field) pairs a reload may not change: refused, the running config kept.
+REFUSED: tuple[tuple[str, str], ...] = (
+    ("delivery", "allowed_networks"),
+    ("delivery", "proxy_url"),
+    ("api", "tenant_field"),
+)
+# [kafka] fields the clients were built with: taken only after a restart.
+KAFKA_AT_RESTART: tuple[str, ...] = (
+    "bootstrap_servers", "group_id", "results_topic", "client_id", "contact_timeout_s", "security_protocol",
+    "sasl_mechanism", "sasl_username", "sasl_password_env", "sasl_oauth_token_file", "ssl_cafile", "ssl_certfile",
+    "ssl_keyfile", "ssl_key_password_env",
+)  # fmt: skip
+# Whole sections taken only after a restart.
+SECTIONS_AT_RESTART: tuple[str, ...] = ("admin", "tracing")
+
+
+def refused(old: Config, new: Config) -> list[str]:
+    """One ``path: why`` line per change a reload refuses (empty: the reload may go ahead)."""
+    return [
+        f"{section}.{name}: changed, which needs a restart (the running config is kept)"
+        for section, name in REFUSED
+        if getattr(getattr(old, section), name) != getattr(getattr(new, section), name)
+    ]
+
+
+def at_restart(old: Config, new: Config) -> list[str]:
+    """The changed settings that take effect only after a restart (the reload takes the rest)."""
+    changed = [f"kafka.{name}" for name in KAFKA_AT_RESTART if getattr(old.kafka, name) != getattr(new.kafka, name)]
+    return changed + [name for name in SECTIONS_AT_RESTART if getattr(old, name) != getattr(new, name)]

@@ -1,0 +1,39 @@
+"""The endpoints of the endpoints topic (``daemon.kafka.store``), applied to the routing as they are added, changed
+or deleted: each scoped to its tenant's events (``daemon.core.registry.routed``)."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from daemon.core.registry import EndpointRecord, routed
+from daemon.core.secretbox import SecretBox, SecretError
+from daemon.engine.settle import Settlement
+from daemon.observe.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class EndpointsFeed:
+    """The store's ``apply``: routes by an endpoint of the topic as soon as this instance reads it."""
+
+    def __init__(self, settlement: Settlement, box: SecretBox, tenant_field: str | None, metrics: Metrics) -> None:
+        self._settlement = settlement
+        self._box = box
+        self._tenant_field = tenant_field  # a reload cannot change it (daemon.core.reload)
+        self._metrics = metrics
+
+    def __call__(self, endpoint_id: str, record: EndpointRecord | None) -> None:
+        """An endpoint was added or changed, or deleted (``record`` None): route by it now."""
+        settlement = self._settlement
+        if record is None:
+            settlement.drop(endpoint_id)
+        else:
+            try:
+                settlement.put(*routed(record, self._box, self._tenant_field))
+            except (SecretError, msgspec.ValidationError, ValueError) as exc:
+                # A record this instance cannot use (another key, a config this version refuses): not routed to.
+                log.error("endpoint %s of the endpoints topic not routed to: %s", endpoint_id, exc)
+                settlement.drop(endpoint_id)
+        self._metrics.endpoints.set(len(settlement.routing.endpoints))
