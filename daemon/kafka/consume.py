@@ -141,7 +141,7 @@ class Source:
             if failed:
                 await asyncio.sleep(_FAILED_FETCH_WAIT_S)
             if self.stuck and self._stuck_logged.ready() is not None:
-                log.error("still held at a batch that cannot be decoded: %s (skip it: see README, 'Stuck partitions')",
+                log.error("still held at a batch that cannot be decoded: %s (skip it: see docs/kafka.md, 'Stuck partitions')",
                           "; ".join(_describe(s) for s in self.stuck.values()))  # fmt: skip
             self._in_flight.set(offsets.in_flight)
             self._in_flight_bytes.set(offsets.in_flight_bytes)
@@ -223,7 +223,7 @@ class Source:
         self.stuck[tp] = stuck
         self._stuck_gauge.set(len(self.stuck))
         self._metrics.batches_undecodable.labels(self._name).inc()
-        log.error("%s: held there; the other partitions go on (skip it: see README, 'Stuck partitions')",
+        log.error("%s: held there; the other partitions go on (skip it: see docs/kafka.md, 'Stuck partitions')",
                   _describe(stuck))  # fmt: skip
 
     def skip(self, tp: TopicPartition, offset: int, next_offset: int) -> None:

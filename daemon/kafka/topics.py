@@ -153,7 +153,7 @@ async def ensure_topics(
             for problem in problems:
                 log.warning("%s (retry.create_topics = false: left as it is)", problem)
             problems = [f"topic {spec.name} ({spec.role}): does not exist, and retry.create_topics = false: "
-                        "create it (see README, 'Topics')" for spec in missing]  # fmt: skip
+                        "create it (see docs/kafka.md, 'Topics')" for spec in missing]  # fmt: skip
         elif missing and not problems:
             problems = await _create(admin, missing, retry)
     finally:
