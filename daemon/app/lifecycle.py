@@ -43,6 +43,7 @@ from daemon.engine.settle import Settlement
 from daemon.kafka.clients import kafka_client_options, make_producer
 from daemon.kafka.consume import Source
 from daemon.kafka.contact import Contact, KafkaLogFilter
+from daemon.kafka.readback import read_one
 from daemon.kafka.results import ResultsWriter
 from daemon.kafka.store import Store
 from daemon.kafka.topics import ensure_topics, topic_specs
@@ -185,7 +186,8 @@ class App:
         stack.push_async_callback(sender.close)
 
         routing = await asyncio.to_thread(Routing, config, environ)  # 100,000 endpoints: seconds, off the loop
-        settlement = Settlement(results, retry, metrics, health, sender, routing, client_options)
+        read_back = functools.partial(read_one, client_options)
+        settlement = Settlement(results, retry, metrics, health, sender, routing, read_back)
         stack.push_async_callback(settlement.cancel)
         stack.callback(settlement.cancel_timers)
         follow_config_pauses(health, None, routing)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -63,11 +63,12 @@ from daemon.delivery.lane import Lane, LaneStats
 from daemon.delivery.sender import Sender
 from daemon.engine.health import Health
 from daemon.engine.routing import DEFAULT_READER, Routing
-from daemon.kafka.readback import read_one
 from daemon.kafka.results import ResultsWriter
 from daemon.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+ReadBack = Callable[[str, int, int], Awaitable[Any]]  # (topic, partition, offset) -> the consumer record there
 
 # How long a delivery to a paused endpoint that holds its events waits before it looks again.
 _HOLD_RECHECK_S = 60.0
@@ -107,8 +108,10 @@ class Settlement:
         health: Health,
         sender: Sender,
         routing: Routing,
-        client_options: Mapping[str, Any],
+        read_back: ReadBack,
     ) -> None:
+        """``read_back(topic, partition, offset)``: the record there (``daemon.kafka.readback.read_one``), for the
+        events too large for their retry records."""
         self._writer = writer
         self._retry = retry
         self._tiers = list(retry.tiers_s)
@@ -117,7 +120,7 @@ class Settlement:
         self._health = health
         self._sender = sender
         self._routing = routing
-        self._client_options = client_options  # for reading back events too large for their retry records
+        self._read_back_record = read_back
         self._lanes: dict[str, Lane] = {}  # only endpoints that have had work
         self._retired: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
@@ -509,7 +512,7 @@ class Settlement:
         try:
             if event.topic is None or event.partition is None or event.offset is None:
                 raise InvalidEvent("no coordinates to read it back from")
-            record = await read_one(self._client_options, event.topic, event.partition, event.offset)
+            record = await self._read_back_record(event.topic, event.partition, event.offset)
             full = self._routing.readers.get(event.topic, DEFAULT_READER).event(record)
         except (RouterError, KafkaError, OSError) as exc:
             log.warning("event %s[%d]@%d could not be read back: %s", event.topic, event.partition, event.offset, exc)

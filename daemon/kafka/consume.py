@@ -141,8 +141,8 @@ class Source:
             if failed:
                 await asyncio.sleep(_FAILED_FETCH_WAIT_S)
             if self.stuck and self._stuck_logged.ready() is not None:
-                log.error("still held at a batch that cannot be decoded: %s (skip it: see docs/kafka.md, 'Stuck partitions')",
-                          "; ".join(_describe(s) for s in self.stuck.values()))  # fmt: skip
+                log.error("still held at a batch that cannot be decoded: %s (skip it: see docs/kafka.md, "
+                          "'Stuck partitions')", "; ".join(_describe(s) for s in self.stuck.values()))  # fmt: skip
             self._in_flight.set(offsets.in_flight)
             self._in_flight_bytes.set(offsets.in_flight_bytes)
             if time.monotonic() >= next_lag:

@@ -4,6 +4,7 @@
 - ``ScriptedSender`` for ``daemon.delivery.sender.Sender``: answers each attempt with the status the test scripts,
   optionally waiting on a gate, without any socket.
 - ``Record`` for an aiokafka ``ConsumerRecord``.
+- ``nothing_to_read`` for the settlement's read-back (``daemon.kafka.readback.read_one``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemon.core.errors import NotFound
 from daemon.core.model import BLOCKED, DELIVERED, FAILED, Ack, Outcome, decode_outcome
 from daemon.delivery.endpoint import Endpoint
 from daemon.delivery.job import Job, outcome_for
@@ -127,3 +129,8 @@ async def settle_down(rounds: int = 20) -> None:
     """Let lane workers and callbacks run."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+async def nothing_to_read(topic: str, partition: int, offset: int) -> Any:
+    """The settlement's read-back stand-in where a test reads nothing back: every position is missing."""
+    raise NotFound(f"no record at {topic}[{partition}]@{offset} (stand-in)")

@@ -22,7 +22,7 @@ from daemon.engine.health import Health
 from daemon.engine.routing import Routing
 from daemon.engine.settle import Settlement
 from daemon.observe.metrics import Metrics
-from tests.unit.standins import Record, ScriptedSender, Writer, settle_down
+from tests.unit.standins import Record, ScriptedSender, Writer, nothing_to_read, settle_down
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -117,7 +117,7 @@ async def test_dispatch_settles_or_records_every_record(
     writer, metrics = Writer(), Metrics()
     health = Health(cast(Any, writer), "h", metrics)
     settlement = Settlement(cast(Any, writer), config.retry, metrics, health, cast(Any, ScriptedSender()),
-                            Routing(config, {}), {})  # fmt: skip
+                            Routing(config, {}), nothing_to_read)  # fmt: skip
     tracker = OffsetTracker()
     part = tracker.assign(("t", 0))
     try:

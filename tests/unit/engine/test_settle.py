@@ -27,7 +27,7 @@ from daemon.engine.health import Health
 from daemon.engine.routing import Routing
 from daemon.engine.settle import Settlement
 from daemon.observe.metrics import Metrics
-from tests.unit.standins import Record, ScriptedSender, Writer, event, settle_down
+from tests.unit.standins import Record, ScriptedSender, Writer, event, nothing_to_read, settle_down
 
 SECRET = "whsec_" + base64.b64encode(b"settle-test-secret-0123456789").decode()
 TIERS = [1.0, 5.0, 30.0]
@@ -81,7 +81,13 @@ async def rig(
     writer, scripted, metrics = Writer(), ScriptedSender(status=status), Metrics()
     health = Health(cast(Any, writer), HEALTH, metrics)
     settlement = Settlement(
-        cast(Any, writer), config.retry, metrics, health, cast(Any, sender or scripted), Routing(config, {}), {}
+        cast(Any, writer),
+        config.retry,
+        metrics,
+        health,
+        cast(Any, sender or scripted),
+        Routing(config, {}),
+        nothing_to_read,
     )
     tracker = OffsetTracker()
     try:
