@@ -31,6 +31,8 @@ from daemon.core.config import KafkaConfig
 from daemon.kafka.clients import kafka_client_options
 
 SECRET = "whsec_" + base64.b64encode(b"test-secret-0123456789abcdef").decode()
+# The admin token of the tests' daemons: strong enough for check-config (32+ characters, 10+ different ones).
+ADMIN_TOKEN = "adm_3f9c1e7a52b84d06a9e2c5f1b7d4308e6a1c9f25"
 
 
 OUTSIDE_BOOTSTRAP = os.environ.get("WEBHOOK_ROUTER_TEST_BOOTSTRAP") or None

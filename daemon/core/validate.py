@@ -91,6 +91,23 @@ def check_endpoint(
     return parsed, sub, strip, [line.removeprefix(".") for line in unknown]
 
 
+MIN_TOKEN_CHARS = 32
+MIN_TOKEN_DISTINCT = 10
+
+
+def token_weakness(token: str) -> str | None:
+    """What makes a bearer token too easy to guess, or None: fewer than ``MIN_TOKEN_CHARS`` characters, fewer than
+    ``MIN_TOKEN_DISTINCT`` different ones, or one shorter string repeated. Never quotes the token."""
+    advice = "(generate one: `openssl rand -hex 32`)"
+    if len(token) < MIN_TOKEN_CHARS:
+        return f"{len(token)} character(s) long, at least {MIN_TOKEN_CHARS} are required {advice}"
+    if len(set(token)) < MIN_TOKEN_DISTINCT:
+        return f"{len(set(token))} different character(s), at least {MIN_TOKEN_DISTINCT} are required {advice}"
+    if token in (token + token)[1:-1]:  # true exactly when the token is one shorter string repeated
+        return f"one shorter string repeated {advice}"
+    return None
+
+
 def _tracing_installed() -> bool:
     import importlib.util
 
@@ -251,6 +268,10 @@ class _Checks:
             self.fault("retry.dead_letter_retention_s", "must be -1 (forever) or >= 3600")
         if config.admin.token_env and config.admin.token_env not in environ:
             self.fault("admin.token_env", f"environment variable {config.admin.token_env} is not set")
+        elif config.admin.token_env:
+            weak = token_weakness(str(environ[config.admin.token_env]))
+            if weak is not None:
+                self.fault("admin.token_env", f"the token in {config.admin.token_env} is too weak: {weak}")
         api = config.api
         if api.enabled:
             if not config.admin.token_env:

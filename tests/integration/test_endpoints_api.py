@@ -18,10 +18,10 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from daemon.tools.embedded import free_port
-from tests.helpers import DaemonProcess, Receiver, eventually, produce, read_raw
+from tests.helpers import ADMIN_TOKEN, DaemonProcess, Receiver, eventually, produce, read_raw
 from tests.integration.conftest import Setup, receiver, running, spawn
 
-ADMIN = "admin-t0ken"
+ADMIN = ADMIN_TOKEN
 KEY = base64.b64encode(os.urandom(32)).decode()
 
 

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from tests.helpers import (
+    ADMIN_TOKEN,
     SECRET,
     DaemonProcess,
     NotifySocket,
@@ -280,7 +281,7 @@ def test_the_images_install_step_works_in_a_clean_venv_from_the_files_it_copies(
     command_path = target / "bin" / "webhook-router"
     version = subprocess.run([command_path, "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("webhook-router ")
-    secrets = {"ADMIN_TOKEN": "t", "CRM_MAIN_WEBHOOK_SECRET": SECRET, "ANALYTICS_WEBHOOK_SECRET": SECRET}
+    secrets = {"ADMIN_TOKEN": ADMIN_TOKEN, "CRM_MAIN_WEBHOOK_SECRET": SECRET, "ANALYTICS_WEBHOOK_SECRET": SECRET}
     config = DEPLOY / "kubernetes" / "base" / "router.toml"
     checked = subprocess.run([command_path, "check-config", str(config)], env={**os.environ, **secrets},
                              capture_output=True, text=True)  # fmt: skip

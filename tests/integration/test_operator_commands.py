@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import SECRET, Receiver, produce, read_topic
+from tests.helpers import ADMIN_TOKEN, SECRET, Receiver, produce, read_topic
 from tests.integration.conftest import Setup, receiver, running
 
-ADMIN = "admin-t0ken"
+ADMIN = ADMIN_TOKEN
 
 
 @pytest.fixture(autouse=True)

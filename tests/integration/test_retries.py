@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.helpers import SECRET, DaemonProcess, Receiver, eventually, produce, read_topic
+from tests.helpers import ADMIN_TOKEN, SECRET, DaemonProcess, Receiver, eventually, produce, read_topic
 from tests.integration.conftest import Setup, parts, receiver, running, spawn
 
 LATE = 1.0  # max(1 s, 5 % of the delay): every delay here is under 20 s
@@ -139,7 +139,7 @@ async def test_final_4xx_is_not_retried_and_410_pauses_the_endpoint(setup: Setup
 async def test_pause_after_n_failures_then_resume_by_admin_api(
     setup: Setup, receivers: list[Receiver], monkeypatch: Any
 ) -> None:
-    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "t0ken")
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
     r = await receiver(receivers, status=500)
     ep = {
         "id": "crm",
@@ -161,7 +161,7 @@ async def test_pause_after_n_failures_then_resume_by_admin_api(
         assert len(r.requests) == 3
         async with http.get(f"{base}/endpoints") as resp:
             assert resp.status == 401
-        auth = {"Authorization": "Bearer t0ken"}
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
         async with http.get(f"{base}/endpoints", headers=auth) as resp:
             (info,) = (await resp.json())["endpoints"]
         assert (info["id"], info["paused"], info["consecutive_failures"]) == ("crm", True, 3)
@@ -231,14 +231,14 @@ async def test_redeliver_by_cli_and_replay_ranges_by_admin_api(
     import sys
     import time
 
-    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "t0ken")
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
     r = await receiver(receivers)
     ep = {"id": "x", "url": r.url, "secret": SECRET}
     doc = setup.config([ep], [{"endpoint": "x", "events": ["lead.*"]}])
     doc["admin"]["token_env"] = "ROUTER_ADMIN_TOKEN"
     path = setup.write(doc)
     base = f"http://127.0.0.1:{setup.admin_port}"
-    auth = {"Authorization": "Bearer t0ken"}
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     before = time.time()
     async with running(path), aiohttp.ClientSession(headers=auth) as http:
         await produce(setup.broker.bootstrap, setup.topic, [_ev(i) for i in range(5)] + [_ev(5, "order.paid")])
@@ -285,7 +285,7 @@ async def test_redeliver_by_cli_and_replay_ranges_by_admin_api(
 async def test_health_survives_a_restart_and_hold_keeps_events_until_resume(
     setup: Setup, receivers: list[Receiver], monkeypatch: Any
 ) -> None:
-    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "t0ken")
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
     skip, held = await receiver(receivers), await receiver(receivers)
     endpoints = [
         {"id": "skip", "url": skip.url, "secret": SECRET},
@@ -296,7 +296,7 @@ async def test_health_survives_a_restart_and_hold_keeps_events_until_resume(
     doc["retry"]["tiers_s"] = [0.5, 1]  # a held delivery looks again every second
     path = setup.write(doc)
     base = f"http://127.0.0.1:{setup.admin_port}"
-    async with aiohttp.ClientSession(headers={"Authorization": "Bearer t0ken"}) as http:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
         async with running(path):
             for name in ("skip", "held"):
                 async with http.post(f"{base}/endpoints/{name}/pause") as resp:

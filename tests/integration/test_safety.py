@@ -34,7 +34,18 @@ from yarl import URL
 
 from daemon.admin.api import ROUTES
 from daemon.app import App
-from tests.helpers import SECRET, DaemonProcess, FakeDNS, Proxy, Receiver, eventually, produce, read_topic, serve
+from tests.helpers import (
+    ADMIN_TOKEN,
+    SECRET,
+    DaemonProcess,
+    FakeDNS,
+    Proxy,
+    Receiver,
+    eventually,
+    produce,
+    read_topic,
+    serve,
+)
 from tests.integration.conftest import Setup, receiver, running, spawn
 
 
@@ -167,7 +178,7 @@ async def test_every_admin_request_of_the_issue_is_answered_with_a_4xx_naming_th
     setup: Setup, receivers: list[Receiver], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     r = await receiver(receivers)
-    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "t0ken")
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
     doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["*"]}])
     doc["admin"]["token_env"] = "ROUTER_ADMIN_TOKEN"
     path = setup.write(doc)
@@ -203,7 +214,7 @@ async def test_every_admin_request_of_the_issue_is_answered_with_a_4xx_naming_th
     async with running(path) as app:
         assert app.components is not None
         base = f"http://127.0.0.1:{app.components.admin.port}"
-        auth = {"Authorization": "Bearer t0ken", "Content-Type": "application/json"}
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
         async with aiohttp.ClientSession(headers=auth) as http:
             for route, body, status, names in cases:
                 async with http.post(base + route, data=body) as resp:
@@ -316,16 +327,16 @@ def _encoded(body: Any) -> bytes:
 async def admin_api(
     setup: Setup, receivers: list[Receiver], monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[str, aiohttp.ClientSession, str]]:
-    """A live daemon with the admin token t0ken, the endpoints API on, endpoint x from its file, tenant acme with one
-    endpoint made through the API, and a few events; yields its base URL, a session and the receiver's URL."""
+    """A live daemon with the admin token ADMIN_TOKEN, the endpoints API on, endpoint x from its file, tenant acme with
+    one endpoint made through the API, and a few events; yields its base URL, a session and the receiver's URL."""
     r = await receiver(receivers)
-    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "t0ken")
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
     monkeypatch.setenv("ROUTER_SECRETS_KEY", base64.b64encode(bytes(range(32))).decode())
     doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["*"]}])
     doc["admin"]["token_env"] = "ROUTER_ADMIN_TOKEN"
     doc["api"] = {"enabled": True, "secrets_key_env": "ROUTER_SECRETS_KEY"}
     path = setup.write(doc)
-    async with running(path) as app, aiohttp.ClientSession(headers={"Authorization": "Bearer t0ken"}) as http:
+    async with running(path) as app, aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
         assert app.components is not None
         base = f"http://127.0.0.1:{app.components.admin.port}"
         async with http.post(f"{base}/v1/tenants", json={"id": "acme"}) as resp:
@@ -340,7 +351,10 @@ async def admin_api(
 
 
 # Mostly the right token, so that most requests get past it; sometimes anything printable.
-_AUTH = st.sampled_from(["Bearer t0ken"] * 16 + ["", "Bearer t0ke", "Bearer t0ken ", "Basic t0ken", "t0ken", "*"])
+_AUTH = st.sampled_from(
+    [f"Bearer {ADMIN_TOKEN}"] * 16
+    + ["", f"Bearer {ADMIN_TOKEN[:-1]}", f"Bearer {ADMIN_TOKEN} ", f"Basic {ADMIN_TOKEN}", ADMIN_TOKEN, "*"]
+)
 _ANY_AUTH = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
 _PATH_PARTS = st.sampled_from(["x", "x", "acme", "nope", "x%2F..", "%00", "a" * 300, "msg_0123"])
 
@@ -613,7 +627,7 @@ async def test_a_body_over_the_size_limit_is_a_413_on_both_surfaces_and_logs_no_
     setup: Setup, receivers: list[Receiver], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     r = await receiver(receivers)
-    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "t0ken")
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
     monkeypatch.setenv("ROUTER_SECRETS_KEY", base64.b64encode(b"k" * 32).decode())
     doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["*"]}])
     doc["admin"]["token_env"] = "ROUTER_ADMIN_TOKEN"
@@ -622,7 +636,7 @@ async def test_a_body_over_the_size_limit_is_a_413_on_both_surfaces_and_logs_no_
     async with running(setup.write(doc)) as app:
         assert app.components is not None
         base = f"http://127.0.0.1:{app.components.admin.port}"
-        auth = {"Authorization": "Bearer t0ken", "Content-Type": "application/json"}
+        auth = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
         with caplog.at_level(logging.INFO):
             async with aiohttp.ClientSession(headers=auth) as http:
                 await http.post(base + "/v1/tenants", json={"id": "acme"})

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import (
+    ADMIN_TOKEN,
     SECRET,
     DaemonProcess,
     Receiver,
@@ -32,7 +33,7 @@ def ev(partition: int, n: int) -> bytes:
 async def test_an_undecodable_batch_holds_its_partition_until_an_operator_skips_it(
     setup: Setup, receivers: list[Receiver], daemons: list[DaemonProcess], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("WR_ADMIN_TOKEN", "t0ken")
+    monkeypatch.setenv("WR_ADMIN_TOKEN", ADMIN_TOKEN)
     r = await receiver(receivers)
     doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["*"]}])
     doc["admin"]["token_env"] = "WR_ADMIN_TOKEN"
@@ -54,7 +55,7 @@ async def test_an_undecodable_batch_holds_its_partition_until_an_operator_skips_
 
     assert got() == {(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)}
     base = f"http://127.0.0.1:{setup.admin_port}"
-    async with aiohttp.ClientSession(headers={"Authorization": "Bearer t0ken"}) as http:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
         async with http.get(f"{base}/readyz") as resp:
             ready = await resp.json()
         assert resp.status == 200 and ready["ready"]  # the other partitions flow: still ready

@@ -19,6 +19,7 @@ import yaml
 
 from daemon.cli import main
 from daemon.core.validate import load_config
+from tests.helpers import ADMIN_TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -117,7 +118,7 @@ def test_the_kustomize_base_config_passes_check_config_and_the_pods_carry_its_ha
     (name,) = generator["files"]
     path = BASE / name
     for variable in ("ADMIN_TOKEN", "CRM_MAIN_WEBHOOK_SECRET", "ANALYTICS_WEBHOOK_SECRET"):
-        monkeypatch.setenv(variable, "whsec_" + "A" * 44 if "SECRET" in variable else "token")
+        monkeypatch.setenv(variable, "whsec_" + "A" * 44 if "SECRET" in variable else ADMIN_TOKEN)
     assert main(["check-config", str(path)]) == 0, capsys.readouterr().err
     config = load_config(path)
 

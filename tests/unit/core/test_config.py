@@ -1019,3 +1019,55 @@ def test_a_subscriptions_scope_needs_exactly_one_of_one_of_and_none_of() -> None
     with pytest.raises(ConfigError) as refused:
         parse_config(raw, {})
     assert refused.value.errors == ["subscriptions[0].scope: exactly one of one_of, none_of is required"]
+
+
+# --- the admin token's strength ---
+
+STRONG_TOKEN = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [
+        ("", "0 character(s) long, at least 32 are required"),
+        ("t", "1 character(s) long, at least 32 are required"),
+        ("t0ken", "5 character(s) long, at least 32 are required"),
+        (STRONG_TOKEN[:31], "31 character(s) long, at least 32 are required"),
+        ("a" * 64, "1 different character(s), at least 10 are required"),
+        ("0123456789" * 4, "one shorter string repeated"),
+        ("ab12" * 10, "4 different character(s), at least 10 are required"),
+    ],
+)
+def test_a_weak_admin_token_is_refused_naming_the_field(token: str, why: str) -> None:
+    (line,) = errors_of(doc(admin={"token_env": "ADMIN_TOKEN"}), {"ADMIN_TOKEN": token})
+    advice = "(generate one: `openssl rand -hex 32`)"
+    assert line == f"admin.token_env: the token in ADMIN_TOKEN is too weak: {why} {advice}"
+
+
+@pytest.mark.parametrize("token", [STRONG_TOKEN, STRONG_TOKEN[:32], "Zm9vYmFyYmF6cXV4cXV1eGNvcmdlZ3JhdWx0Z2FycGx5"])
+def test_a_strong_admin_token_passes(token: str) -> None:
+    config = parse_config(doc(admin={"token_env": "ADMIN_TOKEN"}), {"ADMIN_TOKEN": token})
+    assert config.admin.token_env == "ADMIN_TOKEN"
+
+
+def test_cli_check_config_and_run_refuse_a_weak_admin_token_with_exit_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("BILLING_SECRET", SECRET)
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", "changeme")
+    path = write(tmp_path, GOOD_TOML + '\n[admin]\ntoken_env = "ROUTER_ADMIN_TOKEN"\n')
+    assert main(["check-config", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "changeme" not in err
+    assert err.splitlines() == [
+        "admin.token_env: the token in ROUTER_ADMIN_TOKEN is too weak: 8 character(s) long, at least 32 are required "
+        "(generate one: `openssl rand -hex 32`)"
+    ]
+    assert main(["run", "--config", str(path)]) == 2  # before anything starts
+    assert "admin.token_env: the token in ROUTER_ADMIN_TOKEN is too weak" in caplog.text
+    assert "changeme" not in caplog.text + capsys.readouterr().err
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", STRONG_TOKEN)
+    assert main(["check-config", str(path)]) == 0
