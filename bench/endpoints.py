@@ -32,8 +32,8 @@ import uvloop
 from aiokafka import AIOKafkaProducer
 
 from bench.procs import Child
-from daemon.core.registry import encode, endpoint_key, sealed_record
-from daemon.core.secretbox import SecretBox
+from daemon.core.registry import endpoint_key, sealed_record, signed
+from daemon.core.secretbox import Keyring
 from daemon.tools.embedded import EmbeddedBroker, free_port
 
 SECRET = "whsec_" + base64.b64encode(bytes(range(24))).decode()
@@ -109,18 +109,18 @@ async def _compacted_topic(bootstrap: str, name: str) -> None:
         await admin.close()
 
 
-async def _topic_records(bootstrap: str, topic: str, n: int, box: SecretBox) -> None:
+async def _topic_records(bootstrap: str, topic: str, n: int, keyring: Keyring) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=20,
                                 max_batch_size=1 << 20)  # fmt: skip
     await producer.start()
     try:
         for i in range(n):
             record = sealed_record(
-                box, endpoint_id=f"api-{i}", tenant="acme", version=1, created_at=None,
+                keyring, endpoint_id=f"api-{i}", tenant="acme", version=1, created_at=None,
                 url=f"https://h{i % 997}.example.com/in/{i}", headers={}, secrets=[(SECRET, None)],
                 events=[f"lead.{i % 50}", "call.*"], topics=None, where=None, description=None, settings={},
             )  # fmt: skip
-            await producer.send(topic, encode(record), key=endpoint_key(record.id).encode())
+            await producer.send(topic, signed(record, keyring), key=endpoint_key(record.id).encode())
         await producer.flush()
     finally:
         await producer.stop()
@@ -223,7 +223,7 @@ async def run(n: int, workdir: Path) -> dict[str, str]:
             await broker.create_topics(["api-events"])
             await _compacted_topic(broker.bootstrap, "api.endpoints")
             started = time.perf_counter()
-            await _topic_records(broker.bootstrap, "api.endpoints", n, SecretBox(key))
+            await _topic_records(broker.bootstrap, "api.endpoints", n, Keyring(key))
             out["writing the endpoints topic (sealing included)"] = f"{time.perf_counter() - started:.1f} s"
             port = free_port()
             child, took, slowest = await _start(

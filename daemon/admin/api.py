@@ -34,18 +34,20 @@ from daemon.core.errors import BadRequest, Conflict, NotFound, Unauthorized, Una
 from daemon.core.model import decode_outcome
 from daemon.core.profiles import PROFILES, pattern_matches
 from daemon.core.registry import (
+    NOT_BY_API,
     EndpointRecord,
-    SealedSecret,
     TenantRecord,
     TokenRecord,
+    deleted_marker,
     endpoint_key,
+    live_secrets,
     opened,
     sealed_record,
     tenant_key,
     token_hash,
 )
 from daemon.core.resolve import resolve
-from daemon.core.secretbox import SecretBox
+from daemon.core.secretbox import Keyring
 from daemon.core.validate import check_endpoint
 from daemon.engine.health import REASON_OPERATOR, Health
 from daemon.engine.settle import Settlement
@@ -58,9 +60,7 @@ OPENAPI = Path(__file__).with_name("openapi.json")
 TenantId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")]
 _SUBSCRIPTION_FIELDS = ("events", "topics", "where")
 _META_FIELDS = ("tenant", "description", "version")
-# The id is generated; a pause is an action; secrets change by rotation (and never come from this host's environment).
-_NOT_BY_API = frozenset({"id", "secret_env", "secrets", "paused"})
-_ENDPOINT_FIELDS = frozenset(f.name for f in msgspec.structs.fields(EndpointConfig)) - _NOT_BY_API
+_ENDPOINT_FIELDS = frozenset(f.name for f in msgspec.structs.fields(EndpointConfig)) - NOT_BY_API
 # What only the platform (the admin token) may set: a contract's https rule, and what one endpoint may hold of an
 # instance (its share of the in-flight cap and of the connections).
 _ADMIN_ONLY_FIELDS = ("allow_http", "max_concurrency", "queue_size")
@@ -117,7 +117,7 @@ class Api:
         settlement: Settlement,
         health: Health,
         operator: Operator,
-        box: SecretBox,
+        keyring: Keyring,
         admin_token: str | None,
         environ: Mapping[str, str],
         client_options: Mapping[str, Any],
@@ -128,7 +128,7 @@ class Api:
         self._settlement = settlement
         self._health = health
         self._operator = operator
-        self._box = box
+        self._keyring = keyring
         self._admin_token = admin_token
         self._environ = environ
         self._client_options = client_options
@@ -279,14 +279,13 @@ class Api:
         config, sub = self._checked(record.id, fields, subscription)
         description = meta.get("description", record.description)
         updated = self._record(config, sub, record.tenant, record.version + 1, record.created_at, description,
-                               None, keep=record.secrets)  # fmt: skip
+                               live_secrets(record, self._keyring))  # fmt: skip
         await self._store.write(updated)
         return http.json_response(self._view(updated))
 
     async def delete(self, request: web.Request, caller: Caller) -> web.Response:
         record = self._own(request.match_info["id"], caller)
-        marker = msgspec.structs.replace(record, version=record.version + 1, deleted=True, updated_at=utc_now_iso())
-        await self._store.write(marker)
+        await self._store.write(deleted_marker(record, self._keyring))
         await self._store.tombstone(endpoint_key(record.id))
         return web.Response(status=204)
 
@@ -317,12 +316,8 @@ class Api:
         secret = body.secret or _new_secret(profile.key_source) or ""
         grace = self._grace_s if body.grace_s is None else body.grace_s
         expires = int((time.time() + grace) * 1000)
-        now_ms = int(time.time() * 1000)
-        old = [
-            (self._box.open(s.value, endpoint_key(record.id)), expires if s.expires_at is None else s.expires_at)
-            for s in record.secrets
-            if s.expires_at is None or s.expires_at > now_ms
-        ]
+        live = live_secrets(record, self._keyring)
+        old = [(value, expires if until is None else until) for value, until in live]
         secrets_now = [(secret, None), *([] if grace == 0 else old)]
         checked, _ = self._checked(record.id, {**msgspec.to_builtins(config), "secrets": [s for s, _ in secrets_now],
                                                "secret": None}, msgspec.to_builtins(sub))  # fmt: skip
@@ -376,24 +371,20 @@ class Api:
     def _record(
         self, config: EndpointConfig, sub: Any, tenant: str, version: int, created_at: str | None,
         description: str | None, secrets_with_expiry: list[tuple[str, int | None]] | None,
-        keep: list[SealedSecret] | None = None,
     ) -> EndpointRecord:  # fmt: skip
         settings = {
             k: v
             for k, v in msgspec.to_builtins(config).items()
             if k in _ENDPOINT_FIELDS and k not in ("url", "headers", "secret", "secrets") and v is not None
         }
-        record = sealed_record(
-            self._box, endpoint_id=config.id, tenant=tenant, version=version, created_at=created_at, url=config.url,
-            headers=config.headers, secrets=secrets_with_expiry or [], events=sub.events, topics=sub.topics,
-            where=sub.where, description=description, settings=settings,
+        return sealed_record(
+            self._keyring, endpoint_id=config.id, tenant=tenant, version=version, created_at=created_at,
+            url=config.url, headers=config.headers, secrets=secrets_with_expiry or [], events=sub.events,
+            topics=sub.topics, where=sub.where, description=description, settings=settings,
         )  # fmt: skip
-        if keep is not None:
-            record = msgspec.structs.replace(record, secrets=keep)
-        return record
 
     def _opened(self, record: EndpointRecord) -> tuple[EndpointConfig, Any]:
-        return opened(record, self._box)
+        return opened(record, self._keyring)
 
     def _own(self, endpoint_id: str, caller: Caller) -> EndpointRecord:
         """An API endpoint the caller may change; 409 for one of the config file, 404 for any it may not see."""

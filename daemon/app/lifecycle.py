@@ -34,7 +34,7 @@ from daemon.app.signals import Signals
 from daemon.core.config import Config
 from daemon.core.errors import ConfigError, reason_of
 from daemon.core.reload import at_restart
-from daemon.core.secretbox import SecretBox, key_from
+from daemon.core.secretbox import keyring_from
 from daemon.delivery.sender import Sender, client_for
 from daemon.engine.feed import EndpointsFeed
 from daemon.engine.health import Health, HealthReader
@@ -208,9 +208,10 @@ class App:
         operator = Operator(settlement, health, client_options, (source, tiers), results, retry)
 
         if api.enabled:  # every endpoint of the topic is applied before the first event is read
-            box = SecretBox(key_from(environ, api.secrets_key_env, api.secrets_key_file))
-            feed = EndpointsFeed(settlement, box, api.tenant_field, metrics)
-            store = Store(retry.endpoints_topic, client_options, producer, feed)
+            keyring = keyring_from(environ, api)
+            feed = EndpointsFeed(settlement, keyring, api.tenant_field, metrics)
+            store = Store(retry.endpoints_topic, client_options, producer, feed, keyring, metrics,
+                          api.accept_unauthenticated_records)  # fmt: skip
             stack.push_async_callback(self._close, "the endpoints reader", store.stop)
             self._set_status(f"reading {retry.endpoints_topic} to its end")
             started = time.monotonic()
@@ -218,7 +219,7 @@ class App:
             log.info("%d endpoints managed at run time, from %d records in %.1f s", len(store.directory.endpoints),
                      read, time.monotonic() - started)  # fmt: skip
             self._api = Api(
-                store=store, settlement=settlement, health=health, operator=operator, box=box,
+                store=store, settlement=settlement, health=health, operator=operator, keyring=keyring,
                 admin_token=config.admin.token(environ), environ=environ, client_options=client_options,
                 rotation_grace_s=api.rotation_grace_s, max_scan=api.max_scan_records,
             )  # fmt: skip

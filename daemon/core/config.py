@@ -256,6 +256,16 @@ class ApiConfig(msgspec.Struct, **_FROZEN):
     # variable, or this file. Every instance needs the same key.
     secrets_key_env: str | None = None
     secrets_key_file: str | None = None
+    # Older keys (variables or files, base64 like the current one): what was written under them is still read, and
+    # each instance rewrites it under the current key once it has read the topic at start-up. A rotation: list the
+    # new key here on every instance, then make it current and the old one previous, then drop the old one once
+    # endpoints_records_under_old_keys is 0 everywhere.
+    previous_secrets_key_envs: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(max_length=8)] = []
+    previous_secrets_key_files: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(max_length=8)] = []
+    # Records of the endpoints topic without a MAC (written by a version before records were signed) are refused; true
+    # reads those that come before the first signed record, for the one start-up that rewrites them signed (a
+    # migration window: set it back to false after).
+    accept_unauthenticated_records: bool = False
     # After a rotation, the old secret keeps signing this long (Standard Webhooks receivers verify with either).
     rotation_grace_s: Annotated[float, Meta(ge=0, le=30 * 86_400)] = 86_400.0
     # The event field (dotted path) that names the tenant an event belongs to. Set, every endpoint of the API receives

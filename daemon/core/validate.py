@@ -284,6 +284,12 @@ class _Checks:
                 except SecretError as exc:
                     field = "secrets_key_env" if api.secrets_key_env else "secrets_key_file"
                     self.fault(f"api.{field}", str(exc))
+            for field in ("previous_secrets_key_envs", "previous_secrets_key_files"):
+                for i, where in enumerate(getattr(api, field)):
+                    try:
+                        key_from(environ, *((where, None) if field.endswith("envs") else (None, where)))
+                    except SecretError as exc:
+                        self.fault(f"api.{field}[{i}]", str(exc))
         if int(config.admin.listen.rsplit(":", 1)[1]) > 65535:
             self.fault("admin.listen", "port must be <= 65535")
         self._delivery()

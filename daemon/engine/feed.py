@@ -8,7 +8,7 @@ import logging
 import msgspec
 
 from daemon.core.registry import EndpointRecord, routed
-from daemon.core.secretbox import SecretBox, SecretError
+from daemon.core.secretbox import Keyring, SecretError
 from daemon.engine.settle import Settlement
 from daemon.observe.metrics import Metrics
 
@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 class EndpointsFeed:
     """The store's ``apply``: routes by an endpoint of the topic as soon as this instance reads it."""
 
-    def __init__(self, settlement: Settlement, box: SecretBox, tenant_field: str | None, metrics: Metrics) -> None:
+    def __init__(self, settlement: Settlement, keyring: Keyring, tenant_field: str | None, metrics: Metrics) -> None:
         self._settlement = settlement
-        self._box = box
+        self._keyring = keyring
         self._tenant_field = tenant_field  # a reload cannot change it (daemon.core.reload)
         self._metrics = metrics
 
@@ -31,7 +31,7 @@ class EndpointsFeed:
             settlement.drop(endpoint_id)
         else:
             try:
-                settlement.put(*routed(record, self._box, self._tenant_field))
+                settlement.put(*routed(record, self._keyring, self._tenant_field))
             except (SecretError, msgspec.ValidationError, ValueError) as exc:
                 # A record this instance cannot use (another key, a config this version refuses): not routed to.
                 log.error("endpoint %s of the endpoints topic not routed to: %s", endpoint_id, exc)

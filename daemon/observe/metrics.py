@@ -114,6 +114,14 @@ class Metrics:
             p + "endpoints_paused", "Endpoints paused, by reason (failures, gone, operator, config).", ["reason"],
             registry=r,
         )  # fmt: skip
+        self.endpoints_records_refused = Counter(
+            p + "endpoints_records_refused", "Records of the endpoints topic not applied, by reason (unauthenticated, "
+            "mac, key, invalid, tombstone).", ["reason"], registry=r,
+        )  # fmt: skip
+        self.endpoints_records_under_old_keys = Gauge(
+            p + "endpoints_records_under_old_keys", "Records held of the endpoints topic written under another secrets "
+            "key than the current one, or before records were signed.", registry=r,
+        )  # fmt: skip
         self.retries_scheduled = Counter(p + "retries_scheduled", "Failed attempts given a retry.", registry=r)
         self.deliveries_deferred = Counter(
             p + "deliveries_deferred", "Deliveries moved to a retry tier because their endpoint's queue was full.",

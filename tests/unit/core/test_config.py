@@ -1071,3 +1071,21 @@ def test_cli_check_config_and_run_refuse_a_weak_admin_token_with_exit_2(
     assert "changeme" not in caplog.text + capsys.readouterr().err
     monkeypatch.setenv("ROUTER_ADMIN_TOKEN", STRONG_TOKEN)
     assert main(["check-config", str(path)]) == 0
+
+
+# --- the endpoints API's keys ---
+
+
+def test_every_previous_secrets_key_must_load_and_each_fault_names_its_field(tmp_path: Path) -> None:
+    good = base64.b64encode(bytes(range(32))).decode()
+    environ = {"ADMIN_TOKEN": STRONG_TOKEN, "KEY": good, "OLD": good, "SHORT": base64.b64encode(b"short").decode()}
+    api = {"enabled": True, "secrets_key_env": "KEY", "previous_secrets_key_envs": ["OLD", "SHORT", "GONE"],
+           "previous_secrets_key_files": [str(tmp_path / "missing")]}  # fmt: skip
+    assert errors_of(doc(admin={"token_env": "ADMIN_TOKEN"}, api=api), environ) == [
+        "api.previous_secrets_key_envs[1]: the key must be 32 bytes, not 5",
+        "api.previous_secrets_key_envs[2]: environment variable GONE is not set",
+        f"api.previous_secrets_key_files[0]: cannot read {tmp_path / 'missing'}: No such file or directory",
+    ]
+    api = {**api, "previous_secrets_key_envs": ["OLD"], "previous_secrets_key_files": []}
+    config = parse_config(doc(admin={"token_env": "ADMIN_TOKEN"}, api=api), environ)
+    assert (config.api.previous_secrets_key_envs, config.api.accept_unauthenticated_records) == (["OLD"], False)

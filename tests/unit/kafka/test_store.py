@@ -5,6 +5,7 @@ started (nothing is read back), so no broker is needed."""
 from __future__ import annotations
 
 import asyncio
+import os
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,7 +15,9 @@ from aiokafka.errors import KafkaTimeoutError
 import daemon.kafka.store
 from daemon.core.errors import KafkaUnavailable
 from daemon.core.registry import TenantRecord
+from daemon.core.secretbox import Keyring
 from daemon.kafka.store import Store
+from daemon.observe.metrics import Metrics
 
 
 class Producer:
@@ -32,7 +35,8 @@ class Producer:
 
 
 def store(mode: str) -> Store:
-    return Store("wr.endpoints", {"bootstrap_servers": "127.0.0.1:1"}, Producer(mode), lambda *a: None)
+    keys = Keyring(os.urandom(32))
+    return Store("wr.endpoints", {"bootstrap_servers": "127.0.0.1:1"}, Producer(mode), lambda *a: None, keys, Metrics())
 
 
 @pytest.fixture(autouse=True)
