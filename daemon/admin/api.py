@@ -149,12 +149,25 @@ class Api:
             raise Unauthorized("a valid bearer token is required")
         if self._admin_token is not None and hmac.compare_digest(token.encode(), self._admin_token.encode()):
             return Caller(None)
+        api = self._settlement.routing.config.api
+        behind = self._store.lagging(api.max_token_lag_s) if api.tenant_field is not None else None
+        if behind is not None:
+            raise Unavailable(f"tenant tokens are refused while this instance is {behind}: try again shortly")
         tenant = self._store.directory.tenant_of_token(token)
         if tenant is None:
             raise Unauthorized("a valid bearer token is required")
         if self._settlement.routing.config.api.tenant_field is None:
             raise Unauthorized("tenant tokens are refused while api.tenant_field is not set")
         return Caller(tenant)
+
+    def lagging(self) -> str | None:
+        """How this instance is more than ``api.max_token_lag_s`` behind the endpoints topic (what ``/readyz`` says),
+        or None."""
+        api = self._settlement.routing.config.api
+        behind = self._store.lagging(api.max_token_lag_s)
+        if behind is None:
+            return None
+        return f"{behind}: tenant tokens are refused" if api.tenant_field is not None else behind
 
     # --- tenants ---
 

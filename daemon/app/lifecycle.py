@@ -293,7 +293,7 @@ class App:
             return f"no contact with Kafka at {self._config.kafka.bootstrap_servers} for {c.contact.silent_s:.0f} s"
         if not c.source.joined:
             return f"not a member of consumer group {self._config.kafka.group_id} (joining, or a rebalance)"
-        return None
+        return self._api.lagging() if self._api is not None else None
 
     def ready(self) -> bool:
         return self.not_ready() is None

@@ -272,6 +272,9 @@ class ApiConfig(msgspec.Struct, **_FROZEN):
     # only its own tenant's events (an event without the field reaches none of them), and tenant tokens can be
     # issued; unset, an endpoint receives whatever its subscription matches, and only the admin token may call.
     tenant_field: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    # Past this many seconds since an instance had last applied everything the endpoints topic held, it may hold a
+    # tenant token deleted elsewhere: it answers tenant tokens 503 (the admin token still works) and /readyz says so.
+    max_token_lag_s: Annotated[float, Meta(ge=1, le=3600)] = 10.0
     # How many results records an attempts query or a redelivery by id reads per partition, at most.
     max_scan_records: Annotated[int, Meta(ge=1_000, le=100_000_000)] = 1_000_000
 

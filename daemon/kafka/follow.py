@@ -5,7 +5,7 @@ the whole state in memory, built by applying the topic's records in order. ``Fol
 everything on the topic when it started has been applied, however long that takes (a large topic, a
 cluster that stops answering half way: cancel it to give up); ``wait_applied`` lets a writer wait until
 its own record has been applied here (read-your-writes). The endpoint health and the endpoints managed at
-run time are both kept this way.
+run time are both kept this way. ``lag`` says how far behind the topic's end the reader is (``Behind``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,6 +27,46 @@ from daemon.kafka.contact import Throttle, held_note
 log = logging.getLogger(__name__)
 
 Apply = Callable[[Any], None]  # one consumer record, in the topic's order
+_MARKS_KEPT = 1000  # ends reported and not reached yet, per partition (past it the oldest go: a lag only overstated)
+
+
+class Behind:
+    """How far a reader is behind a topic: the records between what it has applied and the end last reported, and
+    the seconds since it had last applied everything the topic held at a moment it knows of. Pure.
+
+    ``observe`` each partition after each fetch: the end (high watermark) a fetch reported, when (monotonic), and the
+    position applied up to. A reader caught up as of ``t`` had applied, by now, every record written before ``t``;
+    one that does not hear from the topic (fetches failing, paused, the task gone) stays caught up as of the last
+    end it reached, so its seconds grow even though it knows of no record it lacks.
+    """
+
+    def __init__(self) -> None:
+        self._marks: dict[int, deque[tuple[int, float]]] = {}  # partition -> (an end reported, when), not reached
+        self._caught_up: dict[int, float] = {}  # partition -> caught up as of (monotonic)
+        self._records: dict[int, int] = {}  # partition -> the end last reported minus the position
+
+    def observe(self, partition: int, end: int, seen: float, position: int) -> None:
+        marks = self._marks.setdefault(partition, deque())
+        if marks and marks[-1][0] == end:
+            marks[-1] = (end, max(marks[-1][1], seen))  # the same end, reported again later
+        elif not marks or end > marks[-1][0]:
+            marks.append((end, seen))
+            if len(marks) > _MARKS_KEPT:
+                marks.popleft()
+        while marks and marks[0][0] <= position:
+            reached = marks.popleft()[1]
+            self._caught_up[partition] = max(self._caught_up.get(partition, reached), reached)
+        self._records[partition] = max(0, end - position)
+
+    @property
+    def records(self) -> int:
+        return sum(self._records.values())
+
+    def seconds(self, now: float) -> float | None:
+        """Since the reader was last caught up with every partition it observed (None: it never was)."""
+        if not self._caught_up or len(self._caught_up) < len(self._marks):
+            return None
+        return max(0.0, now - min(self._caught_up.values()))
 
 
 class Follower:
@@ -37,6 +79,8 @@ class Follower:
         self._progress = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._errors_logged = Throttle()
+        self._tps: list[TopicPartition] = []
+        self._behind = Behind()
         self.records = 0
 
     async def start(self) -> int:
@@ -48,7 +92,7 @@ class Follower:
             if not await refresh_metadata(consumer):
                 await asyncio.sleep(0.5)
             partitions = consumer.partitions_for_topic(self._topic)
-        tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        tps = self._tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         # The end is the high watermark a fetch reports (not end_offsets, which some brokers under-report).
         while True:
@@ -94,7 +138,25 @@ class Follower:
         if count:
             async with self._progress:
                 self._progress.notify_all()
+        await self._measure()
         return count
+
+    async def _measure(self) -> None:
+        """Tell ``Behind`` where each partition's end was when a fetch last reported it, and how far is applied."""
+        consumer, mono, wall = self.consumer, time.monotonic(), time.time()
+        for tp in self._tps:
+            end, polled = consumer.highwater(tp), consumer.last_poll_timestamp(tp)
+            if end is None or polled is None:
+                continue
+            try:
+                position = await consumer.position(tp)
+            except KafkaError:  # not known now: no measure, so the lag only grows
+                continue
+            self._behind.observe(tp.partition, end, mono - max(0.0, wall - polled / 1000), position)
+
+    def lag(self) -> tuple[int, float | None]:
+        """(records, seconds) behind the topic's end: see ``Behind``."""
+        return self._behind.records, self._behind.seconds(time.monotonic())
 
     async def wait_applied(self, partition: int, offset: int, within_s: float = 10.0) -> None:
         """Wait until the record at ``offset`` of ``partition`` has been applied here. TimeoutError otherwise."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -74,6 +75,8 @@ class Store:
         for reason in RecordRefused.REASONS:
             self._refused.labels(reason)
         metrics.endpoints_records_under_old_keys.set_function(self.directory.under_old_keys)
+        metrics.endpoints_behind_records.set_function(lambda: self._follower.lag()[0])
+        metrics.endpoints_behind_seconds.set_function(lambda: _or_inf(self._follower.lag()[1]))
         self._resealing: asyncio.Task[None] | None = None
         # While the topic is first read: refusals that a later signed record of the same key may have made moot.
         self._held: list[tuple[str, int, RecordRefused]] | None = []
@@ -96,6 +99,16 @@ class Store:
                      "signed versions (compaction will drop them)", self.topic, superseded)  # fmt: skip
         self._resealing = asyncio.create_task(self._reseal(), name="reseal-endpoints")
         return read
+
+    def lagging(self, bound_s: float) -> str | None:
+        """How this instance is more than ``bound_s`` behind the topic (it may hold a token deleted elsewhere), or None
+        when it has applied, within the last ``bound_s``, everything the topic held."""
+        records, seconds = self._follower.lag()
+        if seconds is not None and seconds <= bound_s:
+            return None
+        since = "not caught up yet" if seconds is None else f"last caught up {seconds:.0f} s ago"
+        return f"behind the endpoints topic {self.topic} ({since}, {records} records known unread; more than " \
+               f"api.max_token_lag_s = {bound_s:g} s)"  # fmt: skip
 
     async def stop(self) -> None:
         if self._resealing is not None:
@@ -225,3 +238,7 @@ class Store:
             raise KafkaUnavailable(
                 f"{taken} was written but this instance has not read it back yet: read it before writing again"
             ) from None
+
+
+def _or_inf(seconds: float | None) -> float:
+    return math.inf if seconds is None else seconds

@@ -122,6 +122,14 @@ class Metrics:
             p + "endpoints_records_under_old_keys", "Records held of the endpoints topic written under another secrets "
             "key than the current one, or before records were signed.", registry=r,
         )  # fmt: skip
+        self.endpoints_behind_records = Gauge(
+            p + "endpoints_behind_records", "Records of the endpoints topic known to exist and not applied yet.",
+            registry=r,
+        )  # fmt: skip
+        self.endpoints_behind_seconds = Gauge(
+            p + "endpoints_behind_seconds", "Seconds since this instance had last applied everything the endpoints "
+            "topic held (past api.max_token_lag_s, tenant tokens are refused).", registry=r,
+        )  # fmt: skip
         self.retries_scheduled = Counter(p + "retries_scheduled", "Failed attempts given a retry.", registry=r)
         self.deliveries_deferred = Counter(
             p + "deliveries_deferred", "Deliveries moved to a retry tier because their endpoint's queue was full.",

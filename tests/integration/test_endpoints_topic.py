@@ -8,6 +8,7 @@ import base64
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import msgspec
@@ -19,10 +20,19 @@ from standardwebhooks.webhooks import Webhook
 from daemon.app import App
 from daemon.core.registry import EndpointRecord, SealedSecret, endpoint_key, token_hash
 from daemon.core.secretbox import SecretBox
-from daemon.kafka.clients import close_consumer
+from daemon.kafka.clients import close_consumer, refresh_metadata
+from daemon.tools.embedded import free_port
 from tests.helpers import ADMIN_TOKEN, Receiver, client_options, eventually, produce
 from tests.integration.conftest import Setup, receiver, running
-from tests.integration.test_endpoints_api import KEY, _environment, api, api_config, ev, new  # noqa: F401 - fixture
+from tests.integration.test_endpoints_api import (  # noqa: F401 - _environment: the fixture
+    KEY,
+    Client,
+    _environment,
+    api,
+    api_config,
+    ev,
+    new,
+)
 
 
 async def latest(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
@@ -31,7 +41,7 @@ async def latest(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
     await consumer.start()
     found: dict[str, dict[str, Any]] = {}
     try:
-        await consumer._client.force_metadata_update()
+        await refresh_metadata(consumer)
         consumer.assign([TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())])
         idle = 0
         while idle < 3:
@@ -194,3 +204,60 @@ async def test_records_written_before_records_were_signed_are_read_only_in_a_mig
         assert (await c.call("GET", "/v1/endpoints/ep_legacy"))[1]["version"] == 2  # the window may close
         await produce(setup.broker.bootstrap, setup.topic, [ev(n=1)])
         await r.wait_for(1)
+
+
+async def test_an_instance_behind_the_topic_refuses_tenant_tokens_past_the_bound_and_readyz_says_so(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    doc = api_config(setup)
+    doc["api"]["max_token_lag_s"] = 2
+    path_a, port_a = setup.write(doc), setup.admin_port
+    doc_b = json.loads(json.dumps(doc))
+    port_b = free_port()
+    doc_b["admin"]["listen"] = f"127.0.0.1:{port_b}"
+    doc_b["kafka"]["group_id"] = setup.group + "-b"  # no rebalance between the two: A's readiness is its own
+    path_b = setup.write(doc_b, setup.path.with_name("b.toml"))
+    async with running(path_a) as a, running(path_b), api(port_a) as on_a, api(port_b) as on_b:
+        await on_b.call("POST", "/v1/tenants", {"id": "acme"})
+        _, issued = await on_b.call("POST", "/v1/tenants/acme/tokens")
+        holder_a, holder_b = on_a.as_(issued["token"]), on_b.as_(issued["token"])
+        await eventually(lambda: _status(holder_a, "GET", "/v1/endpoints", 200), 10)  # A has read the token
+        assert await _ready(on_a) == (200, None)
+
+        # A's reader stops hearing from the topic, as when its fetches fail: its partition is paused.
+        assert a._api is not None
+        consumer = a._api._store._follower.consumer
+        (partition,) = consumer.assignment()
+        consumer.pause(partition)
+        paused = time.monotonic()
+        assert (await on_b.call("DELETE", f"/v1/tenants/acme/tokens/{issued['id']}"))[0] == 204
+        assert (await holder_b.call("GET", "/v1/endpoints"))[0] == 401  # revoked where it was deleted
+
+        await eventually(lambda: _status(holder_a, "GET", "/v1/endpoints", 503), 10)
+        print(f"A refused the revoked token {time.monotonic() - paused:.1f} s after its reader stopped (bound 2 s)")
+        async with on_a.session.get(on_a.base + "/v1/endpoints", headers={"Authorization": f"Bearer {issued['token']}"}
+                                    ) as resp:  # fmt: skip
+            answer = await resp.json()
+            assert (resp.status, resp.headers["Retry-After"]) == (503, "1")
+        assert answer["error"].startswith("tenant tokens are refused while this instance is behind the endpoints topic")
+        assert "api.max_token_lag_s = 2 s" in answer["error"]
+        assert (await on_a.call("GET", "/v1/endpoints"))[0] == 200  # the admin token still works
+        status, reason = await _ready(on_a)
+        assert status == 503 and reason is not None
+        assert reason.startswith(f"behind the endpoints topic {setup.prefix}.endpoints (last caught up ")
+        assert reason.endswith("s): tenant tokens are refused")
+        lag = a.metrics.registry.get_sample_value("webhook_router_endpoints_behind_seconds")
+        assert lag is not None and lag > 2
+
+        consumer.resume(partition)  # it hears from the topic again: catches up, and the deletion applies
+        await eventually(lambda: _status(holder_a, "GET", "/v1/endpoints", 401), 10)
+        assert await _ready(on_a) == (200, None)
+
+
+async def _status(client: Client, method: str, path: str, expected: int) -> bool:
+    return (await client.call(method, path))[0] == expected
+
+
+async def _ready(client: Client) -> tuple[int, str | None]:
+    async with client.session.get(client.base + "/readyz") as resp:
+        return resp.status, (await resp.json()).get("reason")

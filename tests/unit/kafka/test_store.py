@@ -58,3 +58,20 @@ async def test_a_write_kafka_did_not_take_or_that_was_not_read_back_is_a_503_say
     finally:
         await s.stop()
     assert (refused.value.http_status, str(refused.value)) == (503, said)
+
+
+async def test_the_store_says_how_far_behind_the_topic_it_is_past_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = store("ack")
+    try:
+        for lag, said in [
+            ((0, 9.9), None),
+            ((0, 10.0), None),
+            ((3, 12.4), "behind the endpoints topic wr.endpoints (last caught up 12 s ago, 3 records known unread; "
+                        "more than api.max_token_lag_s = 10 s)"),
+            ((0, None), "behind the endpoints topic wr.endpoints (not caught up yet, 0 records known unread; more "
+                        "than api.max_token_lag_s = 10 s)"),
+        ]:  # fmt: skip
+            monkeypatch.setattr(s._follower, "lag", lambda lag=lag: lag)
+            assert s.lagging(10) == said
+    finally:
+        await s.stop()
