@@ -3,8 +3,8 @@
 A reload is refused (the running config kept) when it changes what the running daemon must not pretend to have taken:
 the network guard's allowances and the egress proxy (the HTTP client was built with them; a reload that took them
 would validate URLs that the running client then blocks), and the tenant field (the endpoints of the API were scoped
-by the old one). It is taken, with a warning, when it changes what the Kafka clients or the admin server were built
-with: those changes wait for a restart.
+by the old one). It is taken, with a warning, when it changes what the Kafka clients, the endpoints store (its keys)
+or the admin server were built with: those changes wait for a restart.
 """
 
 from __future__ import annotations
@@ -23,6 +23,11 @@ KAFKA_AT_RESTART: tuple[str, ...] = (
     "sasl_mechanism", "sasl_username", "sasl_password_env", "sasl_oauth_token_file", "ssl_cafile", "ssl_certfile",
     "ssl_keyfile", "ssl_key_password_env",
 )  # fmt: skip
+# [api] fields the endpoints store was built with (its keys, what it reads): taken only after a restart.
+API_AT_RESTART: tuple[str, ...] = (
+    "enabled", "secrets_key_env", "secrets_key_file", "previous_secrets_key_envs", "previous_secrets_key_files",
+    "accept_unauthenticated_records",
+)  # fmt: skip
 # Whole sections taken only after a restart.
 SECTIONS_AT_RESTART: tuple[str, ...] = ("admin", "tracing")
 
@@ -39,4 +44,5 @@ def refused(old: Config, new: Config) -> list[str]:
 def at_restart(old: Config, new: Config) -> list[str]:
     """The changed settings that take effect only after a restart (the reload takes the rest)."""
     changed = [f"kafka.{name}" for name in KAFKA_AT_RESTART if getattr(old.kafka, name) != getattr(new.kafka, name)]
+    changed += [f"api.{name}" for name in API_AT_RESTART if getattr(old.api, name) != getattr(new.api, name)]
     return changed + [name for name in SECTIONS_AT_RESTART if getattr(old, name) != getattr(new, name)]

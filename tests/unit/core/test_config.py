@@ -1004,6 +1004,9 @@ def test_a_reload_cannot_change_the_tenant_field_nor_the_network_guard() -> None
     assert refused(old, parse_config({"kafka": kafka, "api": {"tenant_field": "org.id"}, "delivery": {}}, {})) == []
     moved = parse_config({"kafka": {**kafka, "group_id": "g2"}, "api": {"tenant_field": "org.id"}}, {})
     assert refused(old, moved) == [] and at_restart(old, moved) == ["kafka.group_id"]
+    api = {"tenant_field": "org.id", "previous_secrets_key_files": ["/k"]}
+    rotated = parse_config({"kafka": kafka, "api": api}, {})
+    assert refused(old, rotated) == [] and at_restart(old, rotated) == ["api.previous_secrets_key_files"]
     assert refused(old, parse_config({"kafka": kafka, "delivery": {"allowed_networks": ["10.0.0.0/8"]}}, {})) == [
         "delivery.allowed_networks: changed, which needs a restart (the running config is kept)",
         "api.tenant_field: changed, which needs a restart (the running config is kept)",
