@@ -3,6 +3,7 @@ request head, limits, the mask of its secrets, its retry policy and status rules
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -12,7 +13,7 @@ from yarl import URL
 from daemon.core.config import DeliveryConfig, EndpointConfig, EndpointRetryConfig, resolve_secrets
 from daemon.core.errors import RenderError
 from daemon.core.event import Event
-from daemon.core.mask import Mask
+from daemon.core.mask import INLINE_COMPILE, Mask
 from daemon.core.policy import Policy, StatusRules
 from daemon.core.profiles import PROFILES, Profile, Signer
 from daemon.delivery.http import Route
@@ -61,6 +62,7 @@ class Endpoint:
     """
 
     __slots__ = (
+        "_compiling",
         "_secrets",
         "_user_agent",
         "_wire_id",
@@ -92,6 +94,7 @@ class Endpoint:
         self._secrets = tuple(secrets)
         self.secret = secrets[0] if secrets else ""
         self.mask = Mask(secret_values(config, secrets, self.url))  # what never leaves in a results record
+        self._compiling: asyncio.Future[None] | None = None
         self.signer: Signer = profile.signing.signer(secrets)
         self._wire_id = profile.signing.wire_id
         # Bodies that do not carry the secret are shared by every endpoint of the profile.
@@ -116,6 +119,19 @@ class Endpoint:
             }
         else:
             self.base_headers = {}  # raw: Host, Content-Length and the signature headers only
+
+    async def mask_ready(self) -> None:
+        """Compile the mask of its secrets, once: in a thread when it is large (the most custom headers validation
+        allows take tens of milliseconds), so that no endpoint's settings hold the event loop up."""
+        mask = self.mask
+        if mask.compiled:
+            return
+        if mask.size <= INLINE_COMPILE:
+            mask.compile()
+            return
+        if self._compiling is None:
+            self._compiling = asyncio.ensure_future(asyncio.to_thread(mask.compile))
+        await asyncio.shield(self._compiling)  # one attempt given up on leaves it to the others
 
     def delivers_as(self, config: EndpointConfig, delivery: DeliveryConfig, environ: Any) -> bool:
         """True when an endpoint built from these would deliver exactly like this one (its lane is kept)."""

@@ -78,6 +78,8 @@ class Sender:
             metrics.endpoint_duration.labels(endpoint_id).observe(elapsed)
 
     async def attempt(self, endpoint: Endpoint, job: Job) -> Outcome:
+        if endpoint.mask:
+            await endpoint.mask_ready()
         ts = int(time.time())
         try:
             body = endpoint.render(job.event)
