@@ -33,6 +33,11 @@ from daemon.core.sign import decode_whsec
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _URL_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 (tab included), DEL, C1
+# An endpoint's custom headers: each value is a secret its mask looks for in every response (daemon.core.mask), and
+# every request carries them. Sizes in UTF-8 bytes; the total counts names and values.
+MAX_HEADERS = 20
+MAX_HEADER_VALUE_BYTES = 1024
+MAX_HEADERS_BYTES = 8192
 _SCHEMA = mi.type_info(Config)
 _ENDPOINT = mi.type_info(EndpointConfig)
 _SUBSCRIPTION = mi.type_info(SubscriptionConfig)
@@ -423,6 +428,17 @@ class _Checks:
             self.fault(path, f"the host is refused: {refusal.text} (unless delivery.allowed_networks allows its range)")
 
     def headers(self, headers: dict[str, str], profile: Profile, path: str) -> None:
+        """Names that are tokens and not the router's own, values without control characters, and no more than
+        ``MAX_HEADERS`` of them, ``MAX_HEADER_VALUE_BYTES`` a value, ``MAX_HEADERS_BYTES`` in all."""
+        if len(headers) > MAX_HEADERS:
+            self.fault(path, f"at most {MAX_HEADERS} custom headers ({len(headers)} given)")
+        total = sum(len(name.encode()) + len(value.encode(errors="replace")) for name, value in headers.items())
+        if total > MAX_HEADERS_BYTES:
+            self.fault(path, f"names and values must total at most {MAX_HEADERS_BYTES} bytes ({total} given)")
+        for name, value in headers.items():
+            size = len(value.encode(errors="replace"))
+            if size > MAX_HEADER_VALUE_BYTES:
+                self.fault(f"{path}.{name}", f"value must be at most {MAX_HEADER_VALUE_BYTES} bytes ({size} given)")
         reserved = profile.reserved_headers
         for name in headers:
             if not _TOKEN.fullmatch(name):

@@ -22,7 +22,13 @@ from daemon.core.config import (
 from daemon.core.errors import ConfigError, RouterError
 from daemon.core.profiles import PROFILES
 from daemon.core.sign import decode_whsec
-from daemon.core.validate import load_config, parse_config
+from daemon.core.validate import (
+    MAX_HEADER_VALUE_BYTES,
+    MAX_HEADERS,
+    MAX_HEADERS_BYTES,
+    load_config,
+    parse_config,
+)
 
 RESERVED_HEADERS = PROFILES["standard-webhooks"].reserved_headers
 
@@ -548,6 +554,45 @@ def test_good_headers() -> None:
     assert parse_config(doc(endpoints=[endpoint(headers=headers)]), {}).endpoints[0].headers == headers
 
 
+def test_headers_are_bounded_in_number_value_size_and_total() -> None:
+    assert (MAX_HEADERS, MAX_HEADER_VALUE_BYTES, MAX_HEADERS_BYTES) == (20, 1024, 8192)  # README says so
+    at_most = {f"X-H{i:02d}": "v" * (MAX_HEADERS_BYTES // MAX_HEADERS - 5) for i in range(MAX_HEADERS)}
+    assert parse_config(doc(endpoints=[endpoint(headers=at_most)]), {}).endpoints[0].headers == at_most
+    one_more = {**{f"X-H{i:02d}": "v" for i in range(MAX_HEADERS)}, "X-Extra": "v"}
+    assert errors_of(doc(endpoints=[endpoint(headers=one_more)])) == [
+        "endpoints[0].headers: at most 20 custom headers (21 given)"
+    ]
+    long_value = {"X-Long": "é" * 513}  # 1026 bytes in UTF-8
+    assert errors_of(doc(endpoints=[endpoint(headers=long_value)])) == [
+        "endpoints[0].headers.X-Long: value must be at most 1024 bytes (1026 given)"
+    ]
+    heavy = {f"X-H{i:02d}": "v" * 1000 for i in range(9)}
+    assert errors_of(doc(endpoints=[endpoint(headers=heavy)])) == [
+        "endpoints[0].headers: names and values must total at most 8192 bytes (9045 given)"
+    ]
+
+
+def test_the_issue_s_headers_are_refused_naming_the_field() -> None:
+    # 140 custom header values of 4,100 characters each: each value, their number and their total are faults.
+    headers = {f"X-H{i:03d}": "k" * 4100 for i in range(140)}
+    lines = errors_of(doc(endpoints=[endpoint(headers=headers)]))
+    assert lines[:2] == [
+        "endpoints[0].headers: at most 20 custom headers (140 given)",
+        "endpoints[0].headers: names and values must total at most 8192 bytes (574840 given)",
+    ]
+    assert lines[2] == "endpoints[0].headers.X-H000: value must be at most 1024 bytes (4100 given)"
+    assert len(lines) == 2 + 140
+
+
+def test_campaign_headers_are_bounded_alike() -> None:
+    campaign = {"id": "c1", "headers": {f"X-{i}": "v" for i in range(21)}}
+    org = {"id": "acme", "url": "https://acme.example.com/h", "events": ["lead.*"], "headers": {"X-A": "v" * 2000},
+           "campaigns": [campaign]}  # fmt: skip
+    lines = errors_of(doc(endpoints=[], subscriptions=[], organizations=[org]))
+    assert "organizations[0].headers.X-A: value must be at most 1024 bytes (2000 given)" in lines
+    assert any(line.endswith("headers: at most 20 custom headers (21 given)") for line in lines)
+
+
 @pytest.mark.parametrize("name", ["X-Evil\n", "webhook-signature\n"])
 def test_header_name_with_trailing_newline_is_refused(name: str) -> None:
     lines = errors_of(doc(endpoints=[endpoint(headers={name: "v"})]))
@@ -989,7 +1034,7 @@ def test_the_proxy_url_is_not_printed_with_the_config() -> None:
 
 
 def test_organisation_and_campaign_urls_go_through_the_same_check() -> None:
-    org = {"id": "acme", "url": "http://169.254.169.254/", "events": ["lead.delivered"],
+    org: dict[str, Any] = {"id": "acme", "url": "http://169.254.169.254/", "events": ["lead.delivered"],
            "campaigns": [{"id": "ABC", "url": "http://0x7f.0.0.1/h"}]}  # fmt: skip
     lines = errors_of(doc(endpoints=[], subscriptions=[], organizations=[org]))
     assert lines[0] == f"organizations[0].url: the host is refused: cloud metadata address {_REFUSED}"
