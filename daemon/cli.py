@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from daemon import __version__
 from daemon.core.config import Config
 from daemon.core.errors import ConfigError, KafkaUnavailable, NotFound, TopicError
-from daemon.core.match import RoutingTable
+from daemon.core.match import RoutingTable, Where
 from daemon.core.profiles import PROFILES
 from daemon.core.resolve import resolve
 from daemon.core.validate import load_config
@@ -110,11 +110,18 @@ def routes_table(config: Config) -> str:
             found = routing.match(topic, event_type)
             reached = list(found.endpoints)
             for endpoint_id, where in found.conditional:
-                test = "none of" if where.negate else "one of"
-                field = ".".join(where.path)
-                reached.append(f"{endpoint_id} (if {field} {test} {','.join(sorted(where.values))})")
+                reached.append(f"{endpoint_id} (if {_condition(where)})")
+            for endpoint_id, field, value, own in routing.scoped_routes(topic, event_type):
+                also = f" and {_condition(own)}" if own is not None else ""
+                reached.append(f"{endpoint_id} (if {field} one of {value}{also})")
             rows.append({"topic": topic, "event_type": event_type, "endpoints": ", ".join(reached) or "-"})
     return table(rows, ("topic", "event_type", "endpoints"))
+
+
+def _condition(where: Where) -> str:
+    test = "none of" if where.negate else "one of"
+    text = f"{'.'.join(where.path)} {test} {','.join(sorted(where.values))}"
+    return text if where.also is None else f"{text} and {_condition(where.also)}"
 
 
 def _load(path: str) -> Config | None:

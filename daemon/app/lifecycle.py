@@ -195,6 +195,8 @@ class App:
         metrics.mark_endpoints(config.metrics.endpoints)
         metrics.requests_in_flight.set_function(lambda: settlement.stats.busy)
         metrics.deliveries_queued.set_function(lambda: settlement.stats.queued)
+        metrics.routes_checked.set_function(lambda: settlement.routing.table.tally.checked)
+        metrics.routing_cache_bytes.set_function(lambda: settlement.routing.table.cache_bytes)
 
         drain_s = config.delivery.drain_timeout_s
         source = Source(kafka, environ, metrics, settlement.dispatch, drain_s)

@@ -1,17 +1,23 @@
-"""Routing table: which endpoints an event goes to. Pure; built once per config, never mutated after."""
+"""Routing table: which endpoints an event goes to. Pure; built once per config, changed in place by the endpoints
+managed at run time, one endpoint at a time."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import bisect
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from daemon.core.config import SubscriptionConfig, WhereConfig
 
-# The answers cached per (topic, type): event types come from outside, so both the number of entries and the
-# bytes of their keys are bounded, and a type too long to be a real one is answered without being kept.
+# The answers cached per (topic, type): event types come from outside, so the number of entries and the bytes they
+# hold (their keys' text and their matches: about 8 bytes an endpoint that always applies, 80 one under a condition)
+# are bounded, and a type too long to be a real one, or an answer too large to keep, is answered without being kept.
 _CACHE_LIMIT = 65_536
-_CACHE_BYTES = 8 * 1024 * 1024
+_CACHE_BYTES = 32 * 1024 * 1024
 _CACHED_TYPE_MAX = 256
+_ENTRY_BYTES = 100  # an entry's own size, about
+_PLAIN_BYTES = 8
+_CONDITIONAL_BYTES = 80
 
 
 class Where:
@@ -36,77 +42,70 @@ class Where:
         return cls(config.field, (config.none_of if negate else config.one_of) or (), negate, also)
 
     def holds(self, event: Any) -> bool:
-        value = event
-        for step in self.path:
-            value = value.get(step) if isinstance(value, dict) else None
-        comparable = isinstance(value, (str, int)) and not isinstance(value, bool)
-        inside = comparable and str(value) in self.values
+        inside = field_value(event, self.path) in self.values
         return inside != self.negate and (self.also is None or self.also.holds(event))
 
 
-class Match:
-    """The endpoints for one (topic, event type): those that always apply, and those under a condition."""
-
-    __slots__ = ("conditional", "endpoints")
-
-    def __init__(self, endpoints: tuple[str, ...], conditional: tuple[tuple[str, Where], ...]) -> None:
-        self.endpoints = endpoints
-        self.conditional = conditional
-
-    def select(self, event: Callable[[], Any]) -> tuple[str, ...]:
-        """Endpoint ids for one event; ``event()`` decodes it, called only when a condition needs it."""
-        if not self.conditional:
-            return self.endpoints
-        decoded = event()
-        chosen = dict.fromkeys(self.endpoints)
-        for endpoint, where in self.conditional:
-            if endpoint not in chosen and where.holds(decoded):
-                chosen[endpoint] = None
-        return tuple(chosen)
+def field_value(event: Any, path: tuple[str, ...]) -> str | None:
+    """The value of a field (a dotted path) of a decoded event as conditions compare it: a string or an integer as
+    text; None for anything else (absent, null, a boolean, a list, an object)."""
+    value = event
+    for step in path:
+        value = value.get(step) if isinstance(value, dict) else None
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
 # One route: its subscription's place in the config, the endpoint id, the topics it is limited to (None: all),
 # the event types its endpoint's contract knows (None: any), and its condition.
 _Route = tuple[int, str, frozenset[str] | None, frozenset[str] | None, Where | None]
+# Where a scoped route is indexed: its scope's field (a path) and one of the values it allows.
+_Scope = tuple[tuple[str, ...], str]
 
 
-class RoutingTable:
-    """An index by event type: exact types in a dict, prefix wildcards by prefix, ``*`` on its own.
+class Tally:
+    """What matching has cost: the routes whose condition was checked, over every event (a metric reads it)."""
 
-    ``match`` resolves (topic, event type) once and caches the answer, so the steady-state cost of
-    matching is one dict lookup however many subscriptions there are. Subscriptions can be added and an
-    endpoint's removed in place (endpoints managed at run time): a change costs the endpoint's own
-    routes and empties the cache, which refills one resolve per (topic, type) as events come.
-    """
+    __slots__ = ("checked",)
 
-    __slots__ = (
-        "_by_endpoint", "_cache", "_cache_bytes", "_exact", "_next_index", "_prefix_lengths", "_prefixes", "_star",
-    )  # fmt: skip
+    def __init__(self) -> None:
+        self.checked = 0
 
-    def __init__(
-        self, subscriptions: Iterable[SubscriptionConfig], catalogues: Mapping[str, frozenset[str] | None] | None = None
-    ) -> None:
+
+class _Index:
+    """Routes by event type: exact types in a dict, prefix wildcards by prefix, ``*`` on its own; each route under
+    each distinct pattern of its subscription once."""
+
+    __slots__ = ("_by_endpoint", "_exact", "_prefix_lengths", "_prefixes", "_star")
+
+    def __init__(self) -> None:
         self._exact: dict[str, list[_Route]] = {}
         self._prefixes: dict[str, list[_Route]] = {}
         self._star: list[_Route] = []
+        self._prefix_lengths: list[int] = []
         self._by_endpoint: dict[str, list[tuple[str, _Route]]] = {}  # endpoint id -> (pattern, route) it added
-        self._next_index = 0
-        self._cache: dict[tuple[str, str], Match] = {}
-        self._cache_bytes = 0
-        catalogues = catalogues or {}
-        for sub in subscriptions:
-            self._add(sub, catalogues.get(sub.endpoint))
-        self._prefix_lengths = sorted({len(p) for p in self._prefixes})
 
-    def add(self, subscriptions: Iterable[SubscriptionConfig], catalogue: frozenset[str] | None = None) -> None:
-        """Add subscriptions (of one endpoint, whose contract knows ``catalogue``), after every earlier one."""
-        for sub in subscriptions:
-            self._add(sub, catalogue)
-        self._prefix_lengths = sorted({len(p) for p in self._prefixes})
-        self._forget()
+    def __bool__(self) -> bool:
+        return bool(self._by_endpoint)
+
+    def add(self, route: _Route, patterns: Iterable[str]) -> None:
+        added = self._by_endpoint.setdefault(route[1], [])
+        distinct = dict.fromkeys(patterns)
+        for pattern in ("*",) if "*" in distinct else distinct:  # '*' takes in every other pattern
+            if pattern == "*":
+                self._star.append(route)
+            elif pattern.endswith("*"):
+                prefix = pattern[:-1]
+                if len(prefix) not in self._prefix_lengths:
+                    bisect.insort(self._prefix_lengths, len(prefix))
+                self._prefixes.setdefault(prefix, []).append(route)
+            else:
+                self._exact.setdefault(pattern, []).append(route)
+            added.append((pattern, route))
 
     def remove(self, endpoint_id: str) -> bool:
-        """Remove every subscription of an endpoint; False if it had none."""
+        """Remove every route of an endpoint; False if it had none."""
         routes = self._by_endpoint.pop(endpoint_id, None)
         if routes is None:
             return False
@@ -120,28 +119,176 @@ class RoutingTable:
             listed.remove(route)
             if not listed:
                 del index[key]
-        self._prefix_lengths = sorted({len(p) for p in self._prefixes})
-        self._forget()
+                if index is self._prefixes:
+                    self._prefix_lengths = sorted({len(p) for p in self._prefixes})
         return True
 
+    def each(self, event_type: str) -> Iterator[_Route]:
+        """The routes whose patterns match ``event_type``; a route matched by several patterns comes once each."""
+        yield from self._exact.get(event_type, ())
+        for length in self._prefix_lengths:
+            if length > len(event_type):
+                break
+            yield from self._prefixes.get(event_type[:length], ())
+        yield from self._star
+
+    def routes(self, topic: str, event_type: str) -> list[_Route]:
+        """The routes for (topic, type): each once, in config order, its topics and its contract's catalogue
+        allowing it."""
+        found = {route[0]: route for route in self.each(event_type) if _admits(route, topic, event_type)}
+        return [found[i] for i in sorted(found)]
+
+
+def _admits(route: _Route, topic: str, event_type: str) -> bool:
+    topics, catalogue = route[2], route[3]
+    return (topics is None or topic in topics) and (catalogue is None or event_type in catalogue)
+
+
+class Match:
+    """The endpoints for one (topic, event type): those that always apply, those under a condition, and the scopes
+    (fields, such as ``api.tenant_field``) some of whose routes may apply: those are looked up in the table by the
+    value the event has for the field, so that an event is checked against its own tenant's routes only."""
+
+    __slots__ = ("_scopes", "_table", "_topic", "_type", "conditional", "endpoints")
+
+    def __init__(
+        self, endpoints: tuple[str, ...], conditional: tuple[tuple[str, Where], ...],
+        scopes: tuple[tuple[str, ...], ...] = (), table: RoutingTable | None = None, topic: str = "",
+        event_type: str = "",
+    ) -> None:  # fmt: skip
+        self.endpoints = endpoints
+        self.conditional = conditional
+        self._scopes = scopes
+        self._table = table
+        self._topic = topic
+        self._type = event_type
+
+    @property
+    def empty(self) -> bool:
+        """True when no event of this (topic, type) can go anywhere."""
+        return not self.endpoints and not self.conditional and not self._scopes
+
+    def select(self, event: Callable[[], Any]) -> tuple[str, ...]:
+        """Endpoint ids for one event; ``event()`` decodes it, called only when a condition needs it."""
+        if not self.conditional and not self._scopes:
+            return self.endpoints
+        decoded = event()
+        chosen = dict.fromkeys(self.endpoints)
+        checked = 0
+        for endpoint, where in self.conditional:
+            if endpoint not in chosen:
+                checked += 1
+                if where.holds(decoded):
+                    chosen[endpoint] = None
+        table = self._table
+        if table is not None:
+            for path in self._scopes:
+                value = field_value(decoded, path)  # the event's tenant, read once
+                if value is None:
+                    continue
+                for _, endpoint, _, _, own in table.scoped(path, value, self._topic, self._type):
+                    if endpoint not in chosen:
+                        checked += 1
+                        if own is None or own.holds(decoded):
+                            chosen[endpoint] = None
+            table.tally.checked += checked
+        return tuple(chosen)
+
+
+class RoutingTable:
+    """An index by event type (``_Index``), and one per scope value: a subscription scoped to the values of a field
+    (an endpoint of the API, scoped to its tenant) is indexed under each value, so that an event is matched against
+    the routes of its own value only, whatever other tenants subscribed.
+
+    ``match`` resolves (topic, event type) once and caches the answer, so the steady-state cost of matching is one
+    dict lookup however many subscriptions there are (and, for an event some scoped route may want, one lookup of
+    its scope value and its routes for the type). Subscriptions can be added and an endpoint's removed in place
+    (endpoints managed at run time): a change costs the endpoint's own routes and empties the cache, which refills
+    one resolve per (topic, type) as events come.
+    """
+
+    __slots__ = ("_cache", "_cache_bytes", "_next_index", "_routes", "_scoped", "_scoped_any", "_scopes_of", "tally")
+
+    def __init__(
+        self,
+        subscriptions: Iterable[SubscriptionConfig],
+        catalogues: Mapping[str, frozenset[str] | None] | None = None,
+        tally: Tally | None = None,
+    ) -> None:
+        self._routes = _Index()  # the routes without a scope to index them by
+        self._scoped: dict[tuple[str, ...], dict[str, _Index]] = {}  # scope field -> value -> its routes
+        self._scoped_any: dict[tuple[str, ...], _Index] = {}  # scope field -> every route under it (any value)
+        self._scopes_of: dict[str, list[_Scope]] = {}  # endpoint id -> where its scoped routes are
+        self._next_index = 0
+        self._cache: dict[tuple[str, str], Match] = {}
+        self._cache_bytes = 0
+        self.tally = tally or Tally()
+        catalogues = catalogues or {}
+        for sub in subscriptions:
+            self._add(sub, catalogues.get(sub.endpoint))
+
+    def add(self, subscriptions: Iterable[SubscriptionConfig], catalogue: frozenset[str] | None = None) -> None:
+        """Add subscriptions (of one endpoint, whose contract knows ``catalogue``), after every earlier one."""
+        for sub in subscriptions:
+            self._add(sub, catalogue)
+        self._forget()
+
+    def remove(self, endpoint_id: str) -> bool:
+        """Remove every subscription of an endpoint; False if it had none."""
+        removed = self._routes.remove(endpoint_id)
+        places = self._scopes_of.pop(endpoint_id, ())
+        for path, value in places:
+            by_value = self._scoped[path]
+            by_value[value].remove(endpoint_id)
+            if not by_value[value]:
+                del by_value[value]
+        for path in {path for path, _ in places}:
+            self._scoped_any[path].remove(endpoint_id)
+            if not self._scoped[path]:
+                del self._scoped[path], self._scoped_any[path]
+        self._forget()
+        return removed or bool(places)
+
     def _add(self, sub: SubscriptionConfig, catalogue: frozenset[str] | None) -> None:
-        where = Where.of(sub.where, Where.of(sub.scope))
         topics = frozenset(sub.topics) if sub.topics is not None else None
-        route: _Route = (self._next_index, sub.endpoint, topics, catalogue, where)
+        scope = sub.scope
+        if scope is None or scope.one_of is None:  # none: a condition like any other
+            route: _Route = (self._next_index, sub.endpoint, topics, catalogue, Where.of(sub.where, Where.of(scope)))
+            self._routes.add(route, sub.events)
+        else:
+            route = (self._next_index, sub.endpoint, topics, catalogue, Where.of(sub.where))
+            path = tuple(scope.field.split("."))
+            places = self._scopes_of.setdefault(sub.endpoint, [])
+            for value in dict.fromkeys(scope.one_of):
+                self._scoped.setdefault(path, {}).setdefault(value, _Index()).add(route, sub.events)
+                if (path, value) not in places:
+                    places.append((path, value))
+            self._scoped_any.setdefault(path, _Index()).add(route, sub.events)
         self._next_index += 1
-        added = self._by_endpoint.setdefault(sub.endpoint, [])
-        for pattern in sub.events:
-            if pattern == "*":
-                self._star.append(route)
-            elif pattern.endswith("*"):
-                self._prefixes.setdefault(pattern[:-1], []).append(route)
-            else:
-                self._exact.setdefault(pattern, []).append(route)
-            added.append((pattern, route))
 
     def _forget(self) -> None:
         self._cache = {}
         self._cache_bytes = 0
+
+    def scoped(self, path: tuple[str, ...], value: str, topic: str, event_type: str) -> list[_Route]:
+        """The routes scoped to ``value`` of the field ``path`` for (topic, type), in config order."""
+        index = self._scoped.get(path, {}).get(value)
+        return index.routes(topic, event_type) if index is not None else []
+
+    def scoped_routes(self, topic: str, event_type: str) -> list[tuple[str, str, str, Where | None]]:
+        """Every scoped route for (topic, type), whatever the value: (endpoint, field, value, its own condition). To
+        show the routing (``check-config --routes``), never to route an event."""
+        return [
+            (endpoint, ".".join(path), value, where)
+            for path, by_value in self._scoped.items()
+            for value, index in by_value.items()
+            for _, endpoint, _, _, where in index.routes(topic, event_type)
+        ]
+
+    @property
+    def cache_bytes(self) -> int:
+        """The bytes the cached answers hold, about."""
+        return self._cache_bytes
 
     def match(self, topic: str, event_type: str) -> Match:
         """What is subscribed to ``event_type`` on ``topic``: each endpoint once, in config order."""
@@ -150,32 +297,29 @@ class RoutingTable:
         if hit is not None:
             return hit
         found = self._resolve(topic, event_type)
-        if len(event_type) > _CACHED_TYPE_MAX:
+        size = (len(topic) + len(event_type) + _ENTRY_BYTES + _PLAIN_BYTES * len(found.endpoints)
+                + _CONDITIONAL_BYTES * len(found.conditional))  # fmt: skip
+        if len(event_type) > _CACHED_TYPE_MAX or size > _CACHE_BYTES // 4:
             return found
-        if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes >= _CACHE_BYTES:
-            self._cache.clear()
-            self._cache_bytes = 0
+        if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes + size > _CACHE_BYTES:
+            self._forget()
         self._cache[key] = found
-        self._cache_bytes += len(topic) + len(event_type) + 100  # the key's text and about the entry's own size
+        self._cache_bytes += size
         return found
 
     def _resolve(self, topic: str, event_type: str) -> Match:
-        routes: list[_Route] = list(self._exact.get(event_type, ()))
-        for length in self._prefix_lengths:
-            if length > len(event_type):
-                break
-            routes.extend(self._prefixes.get(event_type[:length], ()))
-        routes.extend(self._star)
-        routes.sort(key=lambda route: route[0])
         plain: dict[str, None] = {}
         conditional: list[tuple[str, Where]] = []
-        for _, endpoint, topics, catalogue, where in routes:
-            if topics is not None and topic not in topics:
-                continue
-            if catalogue is not None and event_type not in catalogue:
-                continue
+        for _, endpoint, _, _, where in self._routes.routes(topic, event_type):
             if where is None:
                 plain[endpoint] = None
             else:
                 conditional.append((endpoint, where))
-        return Match(tuple(plain), tuple((e, w) for e, w in conditional if e not in plain))
+        # The scope fields some of whose routes may want this (topic, type): an event is decoded for those only.
+        scopes = tuple(
+            path
+            for path, index in self._scoped_any.items()
+            if any(_admits(route, topic, event_type) for route in index.each(event_type))
+        )
+        return Match(tuple(plain), tuple((e, w) for e, w in conditional if e not in plain), scopes, self, topic,
+                     event_type)  # fmt: skip

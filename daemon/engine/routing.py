@@ -90,6 +90,7 @@ class Routing:
     """``__slots__``: read for every record (the hot path)."""
 
     __slots__ = ("config", "dynamic", "endpoints", "readers", "static", "subscriptions", "table")
+    table: RoutingTable
 
     def __init__(
         self,
@@ -107,7 +108,8 @@ class Routing:
         self.static = frozenset(endpoints.configs)  # the config file's; the rest are managed at run time
         self.subscriptions = len(resolved.subscriptions)
         catalogues = {e.id: PROFILES[e.profile].catalogue for e in resolved.endpoints}
-        self.table = RoutingTable(resolved.subscriptions, catalogues)
+        tally = previous.table.tally if previous is not None else None  # what matching cost, over reloads
+        self.table = RoutingTable(resolved.subscriptions, catalogues, tally)
         self.dynamic: dict[str, tuple[EndpointConfig, SubscriptionConfig]] = {}
         for ep_config, subscription in dynamic:
             if ep_config.id not in self.static:

@@ -189,7 +189,7 @@ class Settlement:
             event = routing.readers.get(topic, DEFAULT_READER).event(record)
             event_type = event.event_type
             match = routing.table.match(topic, event_type)
-            if not match.endpoints and not match.conditional:
+            if match.empty:
                 part.add(offset, 0)
                 self._metrics.events_unmatched.labels(topic).inc()
                 return

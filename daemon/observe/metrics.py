@@ -11,7 +11,7 @@ read to drop the series of endpoints no longer marked; tests/unit/tools/test_ope
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,12 +23,33 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
 
 from daemon import __version__
 from daemon.core.netguard import REASONS
 
 # Latency buckets reach the longest allowed timeout (120 s).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class FunctionCounter:
+    """A counter whose value a function reads, like a ``Gauge``'s ``set_function``: for a count kept by a pure module
+    on its hot path (an increment of an int there, nothing per event here)."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._read: Callable[[], float] = lambda: 0.0
+        registry.register(self)
+
+    def set_function(self, read: Callable[[], float]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._read())
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation)
 
 
 class Metrics:
@@ -152,6 +173,13 @@ class Metrics:
             registry=r,
         )
         self.subscriptions = Gauge(p + "subscriptions", "Subscriptions in the loaded config.", registry=r)
+        self.routes_checked = FunctionCounter(
+            p + "routes_checked", "Routes whose condition was checked to match an event (with api.tenant_field, an "
+            "event is checked against its own tenant's routes only).", r,
+        )  # fmt: skip
+        self.routing_cache_bytes = Gauge(
+            p + "routing_cache_bytes", "Bytes the routing's cached answers hold, about (at most 32 MiB).", registry=r
+        )
         self.results_pending = Gauge(
             p + "results_pending", "Records submitted to Kafka and not acknowledged yet (they wait out an outage).",
             registry=r,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import daemon.core.match
-from daemon.core.config import SubscriptionConfig
+from daemon.core.config import SubscriptionConfig, WhereConfig
 from daemon.core.match import RoutingTable
 
 
@@ -210,7 +212,7 @@ def test_removing_an_endpoint_takes_every_route_of_it_and_nothing_else() -> None
     assert table.match("leads", "lead.created").endpoints == ("crm", "audit")
     assert table.remove("crm")
     assert table.match("leads", "call.ended").endpoints == ("audit",)
-    assert table._prefixes == {} and "call.ended" not in table._exact
+    assert table._routes._prefixes == {} and "call.ended" not in table._routes._exact
 
 
 def test_changes_among_100000_endpoints_keep_every_other_answer() -> None:
@@ -225,8 +227,6 @@ def test_changes_among_100000_endpoints_keep_every_other_answer() -> None:
 
 
 def test_a_scope_must_hold_beside_the_subscriptions_own_condition() -> None:
-    from daemon.core.config import WhereConfig
-
     scoped = SubscriptionConfig(endpoint="acme", events=["*"], scope=WhereConfig(field="org.id", one_of=["acme"]))
     both = SubscriptionConfig(
         endpoint="acme-big", events=["*"], where=WhereConfig(field="size", none_of=["small"]),
@@ -239,3 +239,97 @@ def test_a_scope_must_hold_beside_the_subscriptions_own_condition() -> None:
     assert match.select(lambda: {"org": {"id": "globex"}, "size": "big"}) == ()
     assert match.select(lambda: {"size": "big"}) == ()  # no tenant named: no endpoint of a tenant
     assert match.select(lambda: {"org": {"id": ["acme"]}}) == ()
+
+
+# --- tenants: an event is matched against its own tenant's routes only ---
+
+
+def scoped(endpoint: str, tenant: str, *events: str, where: WhereConfig | None = None) -> SubscriptionConfig:
+    return SubscriptionConfig(endpoint=endpoint, events=list(events), where=where,
+                              scope=WhereConfig(field="org.id", one_of=[tenant]))  # fmt: skip
+
+
+class Reads(dict[str, Any]):
+    """An event that counts the reads of its top-level fields."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads: list[str] = []
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.reads.append(key)
+        return super().get(key, default)
+
+
+def test_an_event_is_checked_against_its_own_tenants_routes_only() -> None:
+    hostile = [scoped(f"a-{i}", "a", *(["*"] * 1000), where=WhereConfig(field="x", one_of=["1"])) for i in range(100)]
+    table = RoutingTable([sub("platform", "*"), *hostile, scoped("b-1", "b", "lead.*")])
+    match = table.match("t", "lead.created")
+    event = Reads(org={"id": "b"})
+    for _ in range(200):
+        assert match.select(lambda: event) == ("platform", "b-1")
+    assert table.tally.checked == 200  # b-1's route, once an event: never one of a's
+    assert event.reads == ["org"] * 200  # the tenant read once an event
+    assert match.select(lambda: {"org": {"id": "a"}, "x": "1"}) == ("platform", *(f"a-{i}" for i in range(100)))
+    assert table.tally.checked == 300
+    assert match.select(lambda: {"org": {"id": "c"}}) == ("platform",)
+    assert match.select(lambda: {"org": {"id": 7}}) == ("platform",) and table.tally.checked == 300
+
+
+def test_patterns_are_indexed_once_each() -> None:
+    table = RoutingTable([sub("a", *(["*"] * 50_000)), sub("b", "x", "x", "y.*", "y.*", "x"), sub("c", "x", "*")])
+    index = table._routes
+    assert len(index._star) == 2 and len(index._exact["x"]) == 1 and len(index._prefixes["y."]) == 1
+    assert index._by_endpoint["a"] == [("*", index._star[0])] and index._by_endpoint["c"] == [("*", index._star[1])]
+    assert table.match("t", "x").endpoints == ("a", "b", "c")
+    tenant = RoutingTable([scoped("t-1", "t", *(["lead.*"] * 10_000))])
+    assert len(tenant._scoped[("org", "id")]["t"]._prefixes["lead."]) == 1
+
+
+def test_an_event_no_tenant_subscribed_to_is_not_decoded() -> None:
+    table = RoutingTable([sub("platform", "*"), scoped("b-1", "b", "lead.*", "call.ended")])
+    assert table.match("t", "order.paid").select(lambda: pytest.fail("decoded")) == ("platform",)
+    assert not table.match("t", "lead.x").empty and RoutingTable([scoped("b-1", "b", "lead.*")]).match("t", "x").empty
+    assert table.match("t", "call.ended").select(lambda: {"org": {"id": "b"}}) == ("platform", "b-1")
+
+
+def test_scoped_routes_keep_topics_catalogues_and_order() -> None:
+    table = RoutingTable(
+        [scoped("b-2", "b", "lead.*"), SubscriptionConfig(endpoint="b-1", events=["*"], topics=["leads"],
+         scope=WhereConfig(field="org.id", one_of=["b", "c"])), scoped("b-3", "b", "lead.*")],
+        {"b-3": frozenset({"lead.updated"})},
+    )  # fmt: skip
+    decode_b = lambda: {"org": {"id": "b"}}  # noqa: E731
+    assert table.match("leads", "lead.created").select(decode_b) == ("b-2", "b-1")
+    assert table.match("orders", "lead.created").select(decode_b) == ("b-2",)
+    assert table.match("leads", "lead.updated").select(decode_b) == ("b-2", "b-1", "b-3")
+    assert table.match("leads", "x").select(lambda: {"org": {"id": "c"}}) == ("b-1",)
+
+
+def test_removing_a_scoped_endpoint_takes_its_routes_of_every_value() -> None:
+    table = RoutingTable([scoped("b-1", "b", "lead.*"), scoped("b-1", "b", "call.*"), scoped("c-1", "c", "*")])
+    table.add([SubscriptionConfig(endpoint="bc", events=["*"], scope=WhereConfig(field="org.id", one_of=["b", "c"]))])
+    assert table.match("t", "lead.x").select(lambda: {"org": {"id": "b"}}) == ("b-1", "bc")
+    assert table.remove("b-1") and table.remove("bc") and not table.remove("bc")
+    assert list(table._scoped[("org", "id")]) == ["c"]
+    assert table.match("t", "lead.x").select(lambda: {"org": {"id": "b"}}) == ()
+    assert table.remove("c-1") and table._scoped == {} and table._scoped_any == {}
+    assert table.match("t", "lead.x").empty
+
+
+def test_a_scope_of_none_of_is_a_condition_like_any_other() -> None:
+    subscription = SubscriptionConfig(endpoint="e", events=["*"], scope=WhereConfig(field="org.id", none_of=["a"]))
+    match = RoutingTable([subscription]).match("t", "x")
+    assert len(match.conditional) == 1
+    assert match.select(lambda: {"org": {"id": "b"}}) == ("e",) and match.select(lambda: {"org": {"id": "a"}}) == ()
+
+
+def test_the_cache_counts_the_matches_it_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(daemon.core.match, "_CACHE_BYTES", 100_000)
+    table = RoutingTable(sub(f"ep-{i}", "*") for i in range(2_000))  # 16,000 bytes of matches a type
+    for i in range(100):
+        assert len(table.match("t", f"type.{i}").endpoints) == 2_000
+        assert table._cache_bytes <= 100_000
+    assert 0 < len(table._cache) <= 100_000 // 16_000
+    wide = RoutingTable(sub(f"ep-{i}", "*") for i in range(5_000))  # 40,000 bytes: more than a quarter, never kept
+    assert len(wide.match("t", "x").endpoints) == 5_000 and len(wide._cache) == 0

@@ -164,13 +164,22 @@ where = {{ field = "tenant.id", one_of = ["t1"] }}
 [[subscriptions]]
 endpoint = "audit"
 events = ["lead.*"]
+
+[[subscriptions]]
+endpoint = "audit"
+events = ["call.ended"]
+topics = ["billing"]
+where = {{ field = "size", none_of = ["small"] }}
+scope = {{ field = "tenant.id", one_of = ["t2"] }}
 """)
     assert main(["check-config", "--routes", str(path)]) == 0
     lines = [line.split(None, 2) for line in capsys.readouterr().out.splitlines()[1:]]
     assert lines == [
         ["TOPIC", "EVENT_TYPE", "ENDPOINTS"],
+        ["events", "call.ended", "-"],
         ["events", "lead.<other>", "audit"],
         ["events", "lead.created", "audit, crm (if tenant.id one of t1)"],
+        ["billing", "call.ended", "audit (if tenant.id one of t2 and size none of small)"],
         ["billing", "lead.<other>", "audit"],
         ["billing", "lead.created", "audit"],
     ]
