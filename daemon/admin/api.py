@@ -135,6 +135,7 @@ class Api:
         self._grace_s = rotation_grace_s
         self._max_scan = max_scan
         self._static: tuple[object, dict[str, list[str]]] | None = None  # (config, events by endpoint of its file)
+        self._creating: dict[str, int] = {}  # tenant -> its creations waiting for Kafka here (counted against its cap)
 
     async def handle(self, route: Route, request: web.Request) -> web.Response:
         """Answer one request for ``route``, after authenticating its caller."""
@@ -219,6 +220,11 @@ class Api:
         tenant = self._scope(body.pop("tenant", None), caller)
         if "version" in body:
             raise BadRequest("version: not for a new endpoint")
+        most = self._settlement.routing.config.api.max_endpoints_per_tenant
+        held = self._store.directory.endpoints_of(tenant) + self._creating.get(tenant, 0)
+        if held >= most:
+            raise Conflict(f"tenant: {tenant!r} has {held} endpoints, the most api.max_endpoints_per_tenant allows "
+                           "(delete one first)")  # fmt: skip
         endpoint_id = "ep_" + base64.b32encode(secrets.token_bytes(10)).decode().lower()
         fields, subscription, meta = _split(body, caller)
         if fields.get("secret") is None:  # not given: one is generated for the profiles that sign
@@ -230,7 +236,13 @@ class Api:
         config, sub = self._checked(endpoint_id, fields, subscription)  # a secret of the wrong type is a 400
         secret = config.secret
         record = self._record(config, sub, tenant, 1, None, meta.get("description"), [(secret, None)] if secret else [])
-        await self._store.write(record)
+        self._creating[tenant] = self._creating.get(tenant, 0) + 1
+        try:
+            await self._store.write(record)
+        finally:
+            left = self._creating.pop(tenant) - 1
+            if left:
+                self._creating[tenant] = left
         view = self._view(record)
         if secret is not None:
             view["secret"] = secret  # shown once: never again

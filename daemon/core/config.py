@@ -277,6 +277,10 @@ class ApiConfig(msgspec.Struct, **_FROZEN):
     max_token_lag_s: Annotated[float, Meta(ge=1, le=3600)] = 10.0
     # How many results records an attempts query or a redelivery by id reads per partition, at most.
     max_scan_records: Annotated[int, Meta(ge=1_000, le=100_000_000)] = 1_000_000
+    # What one tenant may hold (the endpoints of the config file are the platform's: neither applies to them): its
+    # endpoints of the API, and the event patterns of one endpoint (each at most 255 characters; repeats are dropped).
+    max_endpoints_per_tenant: Annotated[int, Meta(ge=1, le=1_000_000)] = 100
+    max_events_per_endpoint: Annotated[int, Meta(ge=1, le=10_000)] = 100
 
 
 class Config(msgspec.Struct, **_FROZEN):

@@ -160,6 +160,7 @@ class Directory:
         self._accept_unauthenticated = accept_unauthenticated
         self._signed_seen = False  # a record with a valid MAC was read: no record without one is read after it
         self._under: dict[str | None, int] = {}  # key id -> how many of the records held were written under it
+        self._held: dict[str, int] = {}  # tenant -> how many endpoints it has
 
     def version(self, key: str) -> int:
         """The version the next write of ``key`` must exceed."""
@@ -189,6 +190,7 @@ class Directory:
         self.graves.pop(key, None)
         if isinstance(record, EndpointRecord):
             self.endpoints[record.id] = record
+            self._held[record.tenant] = self._held.get(record.tenant, 0) + 1
         else:
             self.tenants[record.id] = record
             for token in record.tokens:
@@ -241,13 +243,23 @@ class Directory:
         kind, _, ident = key.partition("/")
         gone: Record | None
         if kind == "endpoint":
-            gone = self.endpoints.pop(ident, None)
+            gone = endpoint = self.endpoints.pop(ident, None)
+            if endpoint is not None:
+                left = self._held[endpoint.tenant] - 1
+                if left:
+                    self._held[endpoint.tenant] = left
+                else:
+                    del self._held[endpoint.tenant]
         else:
             gone = tenant = self.tenants.pop(ident, None)
             for token in tenant.tokens if tenant is not None else ():
                 self._tokens.pop(token.sha256, None)
         if gone is not None:
             self._under[gone.key_id] -= 1
+
+    def endpoints_of(self, tenant: str) -> int:
+        """How many endpoints ``tenant`` has."""
+        return self._held.get(tenant, 0)
 
     def tenant_of_token(self, token: str) -> str | None:
         return self._tokens.get(token_hash(token))

@@ -77,8 +77,12 @@ def check_endpoint(
 ) -> tuple[EndpointConfig | None, SubscriptionConfig | None, list[str], list[str]]:
     """An endpoint and its subscription given at run time (the endpoints API), checked by the same code as
     a config file's, against the running config: (endpoint, subscription, faults, unknown event types).
-    Paths name the request's fields (``url: ...``, ``events[1]: ...``); on any fault the first two are None."""
+    Paths name the request's fields (``url: ...``, ``events[1]: ...``); on any fault the first two are None.
+    A tenant's bound applies too: at most ``api.max_events_per_endpoint`` patterns, each kept once."""
     errors: list[str] = []
+    events, most = subscription.get("events"), config.api.max_events_per_endpoint
+    if isinstance(events, list) and len(events) > most:  # before each is read: there may be very many
+        return None, None, [f"events: at most {most} patterns (api.max_events_per_endpoint), {len(events)} given"], []
     _check(_ENDPOINT, endpoint, "", errors)
     _check(_SUBSCRIPTION, subscription, "", errors)
     if errors:
@@ -93,6 +97,7 @@ def check_endpoint(
         checks.fault(".where", "exactly one of one_of, none_of is required")
     _Checks(config, environ, unknown).events(sub.events, PROFILES.get(parsed.profile), ".events")
     strip = [line.removeprefix(".") for line in errors if not line.startswith(".id:")]
+    sub = msgspec.structs.replace(sub, events=list(dict.fromkeys(sub.events)))  # each pattern once, in order
     return parsed, sub, strip, [line.removeprefix(".") for line in unknown]
 
 

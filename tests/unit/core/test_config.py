@@ -26,6 +26,7 @@ from daemon.core.validate import (
     MAX_HEADER_VALUE_BYTES,
     MAX_HEADERS,
     MAX_HEADERS_BYTES,
+    check_endpoint,
     load_config,
     parse_config,
 )
@@ -591,6 +592,30 @@ def test_campaign_headers_are_bounded_alike() -> None:
     lines = errors_of(doc(endpoints=[], subscriptions=[], organizations=[org]))
     assert "organizations[0].headers.X-A: value must be at most 1024 bytes (2000 given)" in lines
     assert any(line.endswith("headers: at most 20 custom headers (21 given)") for line in lines)
+
+
+# --- what a tenant may set (endpoints of the API) ---
+
+
+def test_an_endpoint_of_the_api_has_at_most_max_events_per_endpoint_patterns_each_kept_once() -> None:
+    config = parse_config(doc(), {})
+    assert config.api.max_events_per_endpoint == 100 and config.api.max_endpoints_per_tenant == 100
+
+    def check(events: list[Any], config: Config = config) -> tuple[list[str] | None, list[str]]:
+        _, sub, faults, _ = check_endpoint(config, {}, endpoint("api-1"), {"endpoint": "api-1", "events": events})
+        return (sub.events if sub is not None else None), faults
+
+    assert check(["*"] * 50_000) == (None, ["events: at most 100 patterns (api.max_events_per_endpoint), 50000 given"])
+    assert check(["lead.*", "call.ended", "lead.*", "*", "call.ended"]) == (["lead.*", "call.ended", "*"], [])
+    assert check([f"t.{i}" for i in range(100)]) == ([f"t.{i}" for i in range(100)], [])
+    assert check([f"t.{i}" for i in range(100)] + [None])[1] == [
+        "events: at most 100 patterns (api.max_events_per_endpoint), 101 given"
+    ]
+    assert check(["x" * 256])[1] == ["events[0]: length must be <= 255"]
+    lower = parse_config(doc(api={"max_events_per_endpoint": 2}), {})
+    assert check(["a", "b", "a"], lower)[1] == ["events: at most 2 patterns (api.max_events_per_endpoint), 3 given"]
+    many = doc(subscriptions=[{"endpoint": "crm", "events": [f"t.{i}" for i in range(1_000)]}])
+    assert len(parse_config(many, {}).subscriptions[0].events) == 1_000  # the config file's are the platform's
 
 
 @pytest.mark.parametrize("name", ["X-Evil\n", "webhook-signature\n"])

@@ -133,6 +133,31 @@ def test_a_record_under_another_key_is_refused() -> None:
     assert (refused.reason, str(refused)) == ("invalid", "a record of 'ep' under key 'endpoint/other'")
 
 
+def test_the_endpoints_a_tenant_has_are_counted_through_updates_and_deletes() -> None:
+    d = Directory(KEYS)
+
+    def put(version: int, endpoint_id: str, tenant: str) -> None:
+        d.apply(endpoint_key(endpoint_id), signed(endpoint(version, endpoint_id, tenant=tenant), KEYS))
+
+    def delete(version: int, endpoint_id: str, tenant: str) -> None:
+        marker = deleted_marker(endpoint(version - 1, endpoint_id, tenant=tenant), KEYS)
+        assert d.apply(endpoint_key(endpoint_id), signed(marker, KEYS))[0]
+        assert d.apply(endpoint_key(endpoint_id), None)[0]  # then its tombstone
+
+    for i in range(3):
+        put(1, f"a{i}", "a")
+    put(1, "b0", "b")
+    assert (d.endpoints_of("a"), d.endpoints_of("b"), d.endpoints_of("c")) == (3, 1, 0)
+    put(2, "a0", "a")  # an update is the same endpoint
+    put(2, "a0", "a")  # a rejected one changes nothing
+    assert d.endpoints_of("a") == 3
+    delete(2, "a1", "a")
+    assert (d.endpoints_of("a"), d.endpoints_of("b")) == (2, 1)
+    delete(2, "a2", "a")
+    delete(3, "a0", "a")
+    assert d.endpoints_of("a") == 0 and "a" not in d._held and d.endpoints_of("b") == 1
+
+
 def test_tenant_tokens_are_known_by_their_hash_only() -> None:
     d = Directory(KEYS)
     token = "wrt_acme_" + os.urandom(16).hex()
