@@ -201,13 +201,18 @@ class RoutingTable:
     the routes of its own value only, whatever other tenants subscribed.
 
     ``match`` resolves (topic, event type) once and caches the answer, so the steady-state cost of matching is one
-    dict lookup however many subscriptions there are (and, for an event some scoped route may want, one lookup of
-    its scope value and its routes for the type). Subscriptions can be added and an endpoint's removed in place
-    (endpoints managed at run time): a change costs the endpoint's own routes and empties the cache, which refills
-    one resolve per (topic, type) as events come.
+    dict lookup however many subscriptions there are (and, for an event some scoped route may want, its scope value
+    read once and one more lookup: that value's routes for the type, resolved once and cached alike). Both caches
+    share one bound: a tenant's unusual types can empty them, never make another tenant's event cost more than one
+    resolve of its own routes. Subscriptions can be added and an endpoint's removed in place (endpoints managed at
+    run time): a change costs the endpoint's own routes and empties the cache, which refills one resolve per
+    (topic, type) as events come.
     """
 
-    __slots__ = ("_cache", "_cache_bytes", "_next_index", "_routes", "_scoped", "_scoped_any", "_scopes_of", "tally")
+    __slots__ = (
+        "_cache", "_cache_bytes", "_next_index", "_routes", "_scoped", "_scoped_any", "_scoped_cache", "_scopes_of",
+        "tally",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -221,6 +226,8 @@ class RoutingTable:
         self._scopes_of: dict[str, list[_Scope]] = {}  # endpoint id -> where its scoped routes are
         self._next_index = 0
         self._cache: dict[tuple[str, str], Match] = {}
+        # (topic, type, scope field, value) -> the routes of that value: sharing the bound of ``_cache``.
+        self._scoped_cache: dict[tuple[str, str, tuple[str, ...], str], tuple[_Route, ...]] = {}
         self._cache_bytes = 0
         self.tally = tally or Tally()
         catalogues = catalogues or {}
@@ -268,12 +275,32 @@ class RoutingTable:
 
     def _forget(self) -> None:
         self._cache = {}
+        self._scoped_cache = {}
         self._cache_bytes = 0
 
-    def scoped(self, path: tuple[str, ...], value: str, topic: str, event_type: str) -> list[_Route]:
+    def _room(self, size: int) -> bool:
+        """Whether an answer of ``size`` bytes may be kept, the caches emptied first when they are full."""
+        if size > _CACHE_BYTES // 4:
+            return False
+        if len(self._cache) + len(self._scoped_cache) >= _CACHE_LIMIT or self._cache_bytes + size > _CACHE_BYTES:
+            self._forget()
+        self._cache_bytes += size
+        return True
+
+    def scoped(self, path: tuple[str, ...], value: str, topic: str, event_type: str) -> tuple[_Route, ...]:
         """The routes scoped to ``value`` of the field ``path`` for (topic, type), in config order."""
         index = self._scoped.get(path, {}).get(value)
-        return index.routes(topic, event_type) if index is not None else []
+        if index is None:  # no such tenant: nothing kept for a value that comes from outside
+            return ()
+        key = (topic, event_type, path, value)
+        hit = self._scoped_cache.get(key)
+        if hit is not None:
+            return hit
+        found = tuple(index.routes(topic, event_type))
+        size = len(topic) + len(event_type) + len(value) + _ENTRY_BYTES + _CONDITIONAL_BYTES * len(found)
+        if len(event_type) <= _CACHED_TYPE_MAX and self._room(size):
+            self._scoped_cache[key] = found
+        return found
 
     def scoped_routes(self, topic: str, event_type: str) -> list[tuple[str, str, str, Where | None]]:
         """Every scoped route for (topic, type), whatever the value: (endpoint, field, value, its own condition). To
@@ -299,12 +326,8 @@ class RoutingTable:
         found = self._resolve(topic, event_type)
         size = (len(topic) + len(event_type) + _ENTRY_BYTES + _PLAIN_BYTES * len(found.endpoints)
                 + _CONDITIONAL_BYTES * len(found.conditional))  # fmt: skip
-        if len(event_type) > _CACHED_TYPE_MAX or size > _CACHE_BYTES // 4:
-            return found
-        if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes + size > _CACHE_BYTES:
-            self._forget()
-        self._cache[key] = found
-        self._cache_bytes += size
+        if len(event_type) <= _CACHED_TYPE_MAX and self._room(size):
+            self._cache[key] = found
         return found
 
     def _resolve(self, topic: str, event_type: str) -> Match:

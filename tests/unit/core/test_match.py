@@ -333,3 +333,22 @@ def test_the_cache_counts_the_matches_it_holds(monkeypatch: pytest.MonkeyPatch) 
     assert 0 < len(table._cache) <= 100_000 // 16_000
     wide = RoutingTable(sub(f"ep-{i}", "*") for i in range(5_000))  # 40,000 bytes: more than a quarter, never kept
     assert len(wide.match("t", "x").endpoints) == 5_000 and len(wide._cache) == 0
+
+
+def test_a_tenants_routes_for_a_type_are_resolved_once_and_kept_within_the_same_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    table = RoutingTable([scoped("b-1", "b", "lead.*"), scoped("c-1", "c", "*")])
+    b = lambda: {"org": {"id": "b"}}  # noqa: E731
+    assert table.match("t", "lead.x").select(b) == ("b-1",)
+    key = ("t", "lead.x", ("org", "id"), "b")
+    assert list(table._scoped_cache) == [key] and table._scoped_cache[key][0][1] == "b-1"
+    kept = table._cache_bytes
+    assert table.match("t", "lead.x").select(b) == ("b-1",) and table._cache_bytes == kept
+    assert table.match("t", "lead.x").select(lambda: {"org": {"id": "x" * 10_000}}) == ()
+    assert list(table._scoped_cache) == [key]  # a value no tenant has is not kept
+    monkeypatch.setattr(daemon.core.match, "_CACHE_LIMIT", 8)
+    for i in range(100):  # tenant c's events of ever new types
+        assert table.match("t", f"new.{i}").select(lambda: {"org": {"id": "c"}}) == ("c-1",)
+        assert len(table._cache) + len(table._scoped_cache) <= 8
+        assert table.match("t", "lead.x").select(b) == ("b-1",)
