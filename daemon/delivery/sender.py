@@ -78,7 +78,8 @@ class Sender:
             metrics.endpoint_duration.labels(endpoint_id).observe(elapsed)
 
     async def attempt(self, endpoint: Endpoint, job: Job) -> Outcome:
-        if endpoint.mask:
+        mask = endpoint.mask
+        if mask and not mask.compiled:  # once per endpoint
             await endpoint.mask_ready()
         ts = int(time.time())
         try:
