@@ -32,6 +32,12 @@ class KafkaConfig(msgspec.Struct, **_FROZEN):
     # topic -> field holding the event's own id (dotted for nested): webhook ids derive from it. CloudEvents' id
     # and source are used without it; without either, the record's coordinates and timestamp.
     event_id_fields: dict[str, Annotated[str, Meta(min_length=1)]] = {}
+    # topic -> record header holding the event type, or the event's own id; read before any field of the value.
+    event_type_headers: dict[str, Annotated[str, Meta(min_length=1)]] = {}
+    event_id_headers: dict[str, Annotated[str, Meta(min_length=1)]] = {}
+    # topic -> how its values are written: "json" (the default), "schema-registry" (Confluent's wire format, decoded
+    # with the writer's schema from [schema_registry]), or "auto" (the wire format when the first byte is 0, else JSON).
+    value_formats: dict[str, Literal["json", "schema-registry", "auto"]] = {}
     # A larger event is recorded invalid_event ("too large") and not delivered.
     max_event_bytes: Annotated[int, Meta(ge=1024, le=100 * 1024 * 1024)] = 1024 * 1024
     max_in_flight_events: Annotated[int, Meta(ge=1, le=1_000_000)] = 10_000
@@ -59,6 +65,41 @@ class KafkaConfig(msgspec.Struct, **_FROZEN):
     ssl_certfile: Annotated[str, Meta(min_length=1)] | None = None  # client certificate (mTLS), PEM
     ssl_keyfile: Annotated[str, Meta(min_length=1)] | None = None  # its private key, PEM (default: in ssl_certfile)
     ssl_key_password_env: Annotated[str, Meta(min_length=1)] | None = None  # the variable holding the key's password
+
+
+class SchemaRegistryConfig(msgspec.Struct, **_FROZEN):
+    """The Schema Registry (Confluent's REST API, which Karapace and Apicurio serve too) that the writers' schemas of
+    the ``schema-registry`` and ``auto`` topics are fetched from, by id, each once (then cached)."""
+
+    url: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None  # http(s)://host:port[/path]
+    # TLS (https): the CA that signed the registry's certificate (default: the system's), a client certificate (mTLS).
+    ca_file: Annotated[str, Meta(min_length=1)] | None = None
+    cert_file: Annotated[str, Meta(min_length=1)] | None = None
+    key_file: Annotated[str, Meta(min_length=1)] | None = None  # default: in cert_file
+    key_password_env: Annotated[str, Meta(min_length=1)] | None = None
+    # Basic auth (a username and the variable holding its password), or a bearer token (from a variable, or a file
+    # re-read for each request: a mounted token that is rotated).
+    username: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+    password_env: Annotated[str, Meta(min_length=1)] | None = None
+    token_env: Annotated[str, Meta(min_length=1)] | None = None
+    token_file: Annotated[str, Meta(min_length=1)] | None = None
+    timeout_s: Annotated[float, Meta(gt=0, le=120)] = 10.0  # one request, from connecting to the last byte
+    connect_timeout_s: Annotated[float, Meta(gt=0, le=60)] = 5.0
+    # While the registry cannot answer, a partition waits for it, asking again after 0.5 s, doubling up to this.
+    retry_backoff_max_s: Annotated[float, Meta(ge=1, le=600)] = 30.0
+    cache_size: Annotated[int, Meta(ge=100, le=1_000_000)] = 10_000  # schema ids kept (most recently used)
+    # A schema's full name -> the event type of the values written with it (before any field of the value).
+    event_types: dict[
+        Annotated[str, Meta(min_length=1, max_length=512)],
+        Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+\Z")],
+    ] = {}
+    # Protobuf to JSON (proto3's JSON mapping): the .proto's field names unless json_names; fields at their default
+    # value written unless include_defaults = false.
+    protobuf_json_names: bool = False
+    protobuf_include_defaults: bool = True
+
+    def __repr__(self) -> str:  # the URL may carry credentials
+        return f"SchemaRegistryConfig(url={'<redacted>' if self.url else None})"
 
 
 class AdminConfig(msgspec.Struct, **_FROZEN):
@@ -292,6 +333,7 @@ class Config(msgspec.Struct, **_FROZEN):
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
+    schema_registry: SchemaRegistryConfig = SchemaRegistryConfig()
     endpoints: list[EndpointConfig] = []
     subscriptions: list[SubscriptionConfig] = []
     organizations: list[OrganizationConfig] = []

@@ -43,6 +43,15 @@ class Unavailable(RouterError):
     http_status = 503
 
 
+class SchemaUnavailable(Unavailable):
+    """A record's writer schema the Schema Registry could not give (unreachable, a 5xx, a timeout): the record waits,
+    its partition held until ``retry_at_ms`` (unix ms), and is read again; never an ``invalid_event``."""
+
+    def __init__(self, reason: str, retry_at_ms: int) -> None:
+        self.retry_at_ms = retry_at_ms
+        super().__init__(reason)
+
+
 class TooLarge(RouterError):
     """A request body over the admin server's limit (aiohttp's ``client_max_size``)."""
 

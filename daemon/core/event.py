@@ -1,17 +1,21 @@
 """An event as read from Kafka, and the reader of its type and identity (plain JSON or a CloudEvent in
-either mode of its Kafka binding) from a raw record."""
+either mode of its Kafka binding, or a value in the Schema Registry wire format decoded to JSON) from a raw record."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 import orjson
 
-from daemon.core.errors import InvalidEvent
+from daemon.core.errors import InvalidEvent, SchemaUnavailable
 from daemon.core.model import RetryRecord
+from daemon.core.schemas import DecodeError, Failing, SchemaCache, Unknown
+from daemon.core.wire import HEADER_BYTES, MAGIC, WireError, payload, schema_id
 
 
 class Event:
@@ -105,31 +109,76 @@ class TypeReader:
     read in both modes of their Kafka binding: binary (``ce_type``, ``ce_id``, ``ce_source`` record
     headers, the data in the value) and structured (the value is the CloudEvent, routed by its ``type``).
     A ``traceparent`` record header is kept for the webhook request.
+
+    A topic whose values are in the Schema Registry wire format (``value_format`` ``schema-registry``, or ``auto`` for
+    a value whose first byte is 0) has each value decoded with its writer's schema from ``schemas`` (filled by whoever
+    fetches them, before the record is read: ``SchemaUnavailable`` when it is not there yet or the registry could not
+    answer) into the JSON the event carries from then on. The type is then, first found: the ``ce_type`` header, the
+    topic's type header, the schema's full name mapped by ``event_types``, the type field of the value. The identity:
+    the CloudEvent headers, the topic's id header, the id field, a structured CloudEvent's source and id.
     """
 
-    __slots__ = ("_decoder", "_id_path", "_path", "describe", "max_bytes")  # read for every record (the hot path)
+    __slots__ = (
+        "_decoder", "_event_types", "_framed", "_id_header", "_id_path", "_path", "_schemas", "_strict", "_type_header",
+        "describe", "max_bytes",
+    )  # read for every record (the hot path)  # fmt: skip
 
-    def __init__(self, field: str | None = None, id_field: str | None = None, max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        field: str | None = None,
+        id_field: str | None = None,
+        max_bytes: int | None = None,
+        *,
+        value_format: str = "json",
+        schemas: SchemaCache | None = None,
+        event_types: Mapping[str, str] | None = None,
+        type_header: str | None = None,
+        id_header: str | None = None,
+    ) -> None:
         self._path: tuple[str, ...] = tuple(field.split(".")) if field else ()
         self._id_path: tuple[str, ...] = tuple(id_field.split(".")) if id_field else ()
         self.describe = f"'{field}'" if field else "'event' or 'type'"
         self.max_bytes = max_bytes
         plain = not field and not id_field
         self._decoder: msgspec.json.Decoder[Any] = _probe_decoder if plain else msgspec.json.Decoder(Any)
+        self._framed = value_format != "json"
+        self._strict = value_format == "schema-registry"
+        self._schemas = schemas if schemas is not None else SchemaCache()
+        self._event_types = dict(event_types or {})
+        self._type_header = type_header
+        self._id_header = id_header
+
+    @property
+    def framed(self) -> bool:
+        """True when values may be in the Schema Registry wire format (their schemas fetched before they are read)."""
+        return self._framed
+
+    def schema_id(self, value: bytes | None) -> int | None:
+        """The writer's schema id of a value in the wire format (None for any other value, or a plain JSON topic)."""
+        if not self._framed or not value or value[0] != MAGIC or len(value) < HEADER_BYTES:
+            return None
+        return schema_id(value)
 
     def read(self, value: bytes | None) -> str:
         """The event type; raises ``InvalidEvent`` with a reason fit for the results record."""
-        return self._parse(value)[0]
+        found = self._parse(value)[0]
+        assert found is not None  # noqa: S101 - _parse raises rather than find none when a type is needed
+        return found
 
     def event(self, record: Any) -> Event:
-        """The event of a consumed record; raises ``InvalidEvent`` with a reason fit for the results record."""
+        """The event of a consumed record; raises ``InvalidEvent`` with a reason fit for the results record, and
+        ``SchemaUnavailable`` when its writer's schema is not known yet (the record is to be read again later)."""
         value: bytes | None = record.value
         if value is not None and self.max_bytes is not None and len(value) > self.max_bytes:
             raise InvalidEvent(f"too large: {len(value)} bytes (kafka.max_event_bytes is {self.max_bytes})")
-        traceparent = key = ce_type = None
+        schema_name: str | None = None
+        if self._framed and value and (self._strict or value[0] == MAGIC):
+            value, schema_name = self._decode(value)
+        traceparent = key = ce_type = header_type = None
         headers = record.headers
         if headers:  # most records carry none: nothing to look at
-            ce_id = ce_source = None
+            ce_id = ce_source = header_id = None
+            type_header, id_header = self._type_header, self._id_header
             for name, raw in headers:
                 if name == "traceparent":
                     traceparent = _text(raw)
@@ -141,26 +190,70 @@ class TypeReader:
                     ce_id = _text(raw)
                 elif name == "ce_source":
                     ce_source = _text(raw)
+                if name == type_header:
+                    header_type = _text(raw)
+                if name == id_header:
+                    header_id = _text(raw)
             if ce_type is not None:
                 key = _ce_key(ce_source, ce_id)
+            elif header_id:
+                key = f"id:{record.topic}\0{header_id}"
         if ce_type is not None:  # binary mode: the type is the header's; the value is the data, whatever it is
             event_type = _checked(ce_type, "the ce_type header")
         else:
-            event_type, key = self._parse(value, record.topic)
+            if header_type is not None:
+                found: str | None = _checked(header_type, f"the {self._type_header} header")
+            else:
+                found = self._event_types.get(schema_name) if schema_name is not None else None
+            if found is None:
+                found, own = self._parse(value, record.topic)
+            else:  # the value need not be JSON (as in CloudEvents' binary mode); its id field is read when it is
+                own = None
+                if key is None:
+                    with contextlib.suppress(InvalidEvent):
+                        own = self._parse(value, record.topic, need_type=False)[1]
+            event_type = found  # type: ignore[assignment]  # _parse raises rather than find none
+            key = key or own
         stamp = record.timestamp if record.timestamp and record.timestamp > 0 else int(time.time() * 1000)
         topic, partition, offset = record.topic, record.partition, record.offset
         if key is None:
             key = f"kafka:{topic}\0{partition}\0{offset}\0{stamp}"
         return Event(value or b"", event_type, topic, partition, offset, stamp, key, traceparent)
 
-    def _parse(self, value: bytes | None, topic: str = "") -> tuple[str, str | None]:
-        """The type, and the event's own identity when it has one."""
+    def _decode(self, value: bytes) -> tuple[bytes, str | None]:
+        """The JSON of a value in the wire format, and the full name of its schema's type."""
+        try:
+            sid = schema_id(value)
+        except WireError as exc:
+            raise InvalidEvent(str(exc)) from None
+        entry = self._schemas.get(sid)
+        if entry is None:
+            raise SchemaUnavailable(f"schema id {sid} not fetched yet", int(time.time() * 1000))
+        if isinstance(entry, Failing):
+            raise SchemaUnavailable(entry.reason, entry.retry_at_ms)
+        if isinstance(entry, Unknown):
+            raise InvalidEvent(entry.reason)
+        try:
+            decoded, name = entry.decode(payload(value))
+        except DecodeError as exc:
+            raise InvalidEvent(f"schema id {sid}: {exc}") from None
+        if self.max_bytes is not None and len(decoded) > self.max_bytes:
+            raise InvalidEvent(f"too large once decoded: {len(decoded)} bytes of JSON (kafka.max_event_bytes is "
+                               f"{self.max_bytes})")  # fmt: skip
+        return decoded, name
+
+    def _parse(self, value: bytes | None, topic: str = "", need_type: bool = True) -> tuple[str | None, str | None]:
+        """The type (None only when not ``need_type``), and the event's own identity when it has one."""
         if not value:
+            if not need_type:
+                return None, None
             raise InvalidEvent("empty record")
         try:
             value.decode()  # JSON is UTF-8: the decoder checks only the strings it keeps (a few ns per KB)
             decoded = self._decoder.decode(value)
         except msgspec.ValidationError:
+            if not need_type:
+                return None, None
             raise InvalidEvent("not a JSON object") from None
         except msgspec.DecodeError:
             raise InvalidEvent("not valid JSON") from None
@@ -175,6 +268,8 @@ class TypeReader:
                 key = _ce_key(decoded.source, decoded.id)
         else:
             if not isinstance(decoded, dict):
+                if not need_type:
+                    return None, None
                 raise InvalidEvent("not a JSON object")
             if self._path:
                 found = _at(decoded, self._path)
@@ -186,6 +281,8 @@ class TypeReader:
                     key = f"id:{topic}\0{ident}"  # ids are unique per topic, not across topics
             if key is None and decoded.get("specversion") is not None:
                 key = _ce_key(decoded.get("source"), decoded.get("id"))
+        if not need_type:
+            return None, key
         if found is None:
             raise InvalidEvent(f"no event type field ({self.describe})")
         return _checked(found, f"event type field ({self.describe})"), key

@@ -28,6 +28,12 @@ API_AT_RESTART: tuple[str, ...] = (
     "enabled", "secrets_key_env", "secrets_key_file", "previous_secrets_key_envs", "previous_secrets_key_files",
     "accept_unauthenticated_records",
 )  # fmt: skip
+# [schema_registry] fields its client and cache were built with: taken only after a restart (event_types at once).
+SCHEMA_REGISTRY_AT_RESTART: tuple[str, ...] = (
+    "url", "ca_file", "cert_file", "key_file", "key_password_env", "username", "password_env", "token_env",
+    "token_file", "timeout_s", "connect_timeout_s", "retry_backoff_max_s", "cache_size", "protobuf_json_names",
+    "protobuf_include_defaults",
+)  # fmt: skip
 # Whole sections taken only after a restart.
 SECTIONS_AT_RESTART: tuple[str, ...] = ("admin", "tracing")
 
@@ -45,4 +51,7 @@ def at_restart(old: Config, new: Config) -> list[str]:
     """The changed settings that take effect only after a restart (the reload takes the rest)."""
     changed = [f"kafka.{name}" for name in KAFKA_AT_RESTART if getattr(old.kafka, name) != getattr(new.kafka, name)]
     changed += [f"api.{name}" for name in API_AT_RESTART if getattr(old.api, name) != getattr(new.api, name)]
+    registry = old.schema_registry, new.schema_registry
+    changed += [f"schema_registry.{name}" for name in SCHEMA_REGISTRY_AT_RESTART
+                if getattr(registry[0], name) != getattr(registry[1], name)]  # fmt: skip
     return changed + [name for name in SECTIONS_AT_RESTART if getattr(old, name) != getattr(new, name)]

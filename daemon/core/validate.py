@@ -39,6 +39,8 @@ MAX_HEADERS = 20
 MAX_HEADER_VALUE_BYTES = 1024
 MAX_HEADERS_BYTES = 8192
 _SCHEMA = mi.type_info(Config)
+# [kafka] tables keyed by topic: each key must be one of kafka.topics.
+_PER_TOPIC = ("event_type_fields", "event_id_fields", "event_type_headers", "event_id_headers", "value_formats")
 _ENDPOINT = mi.type_info(EndpointConfig)
 _SUBSCRIPTION = mi.type_info(SubscriptionConfig)
 
@@ -115,6 +117,19 @@ def token_weakness(token: str) -> str | None:
         return f"{len(set(token))} different character(s), at least {MIN_TOKEN_DISTINCT} are required {advice}"
     if token in (token + token)[1:-1]:  # true exactly when the token is one shorter string repeated
         return f"one shorter string repeated {advice}"
+    return None
+
+
+def _schema_registry_missing() -> str | None:
+    """The first module of the schema-registry extra that is not installed (None: all are)."""
+    import importlib.util
+
+    for module in ("fastavro", "google.protobuf"):
+        try:
+            if importlib.util.find_spec(module) is None:
+                return module.split(".")[0] if module != "google.protobuf" else "protobuf"
+        except ModuleNotFoundError:
+            return "protobuf"
     return None
 
 
@@ -263,11 +278,12 @@ class _Checks:
         kafka = config.kafka
         if kafka.results_topic in self._topics:
             self.fault("kafka.results_topic", "must not be one of kafka.topics")
-        for fields in ("event_type_fields", "event_id_fields"):
+        for fields in _PER_TOPIC:
             for topic in getattr(kafka, fields):
                 if topic not in self._topics:
                     self.fault(f"kafka.{fields}.{topic}", "not one of kafka.topics")
         self._security(kafka)
+        self._schema_registry()
         retry = config.retry
         if sorted(set(retry.tiers_s)) != retry.tiers_s:
             self.fault("retry.tiers_s", "must be ascending, without repeats")
@@ -373,6 +389,79 @@ class _Checks:
                 where = "kafka.ssl_keyfile" if kafka.ssl_keyfile else "kafka.ssl_certfile"
                 hint = "" if kafka.ssl_key_password_env else "; an encrypted key needs kafka.ssl_key_password_env"
                 self.fault(where, f"the client certificate and its key do not load ({_ssl_reason(exc)}{hint})")
+
+    def _schema_registry(self) -> None:
+        """[schema_registry]: needed (a URL) once a topic's values may be in the wire format; its TLS files readable
+        and loadable, one way to authenticate and its secret there; the extra that decodes installed."""
+        config, environ = self._config, self._environ
+        registry = config.schema_registry
+        framed = sorted(t for t, f in config.kafka.value_formats.items() if f != "json")
+        if not framed:
+            return
+        where = f"kafka.value_formats.{framed[0]}"
+        if registry.url is None:
+            self.fault("schema_registry.url", f"required: {where} reads values in the Schema Registry wire format")
+            return
+        missing = _schema_registry_missing()
+        if missing:
+            self.fault(where, f"needs the schema-registry extra ({missing} is not installed): pip install "
+                       "'kafka-webhook-router[schema-registry]'")  # fmt: skip
+        url = registry.url
+        https = url.lower().startswith("https://")
+        if not (https or url.lower().startswith("http://")) or not _parses(url) or _URL_CONTROL.search(url):
+            self.fault("schema_registry.url", "must be an absolute http:// or https:// URL of the registry")
+            return
+        if URL(url).raw_query_string or URL(url).raw_fragment:
+            self.fault("schema_registry.url", "must be the registry's base URL, without a query or fragment")
+        if URL(url).user is not None:
+            self.fault("schema_registry.url", "must not carry credentials: use username and password_env")
+        files = {name: getattr(registry, name) for name in ("ca_file", "cert_file", "key_file")}
+        for name, value in files.items():
+            if value is not None and not https:
+                self.fault(f"schema_registry.{name}", "only with an https:// url")
+        if registry.key_file is not None and registry.cert_file is None:
+            self.fault("schema_registry.key_file", "needs cert_file (the client certificate it belongs to)")
+        if registry.key_password_env is not None and registry.cert_file is None:
+            self.fault("schema_registry.key_password_env", "needs cert_file and its key")
+        basic = registry.username is not None or registry.password_env is not None
+        bearer = [n for n in ("token_env", "token_file") if getattr(registry, n) is not None]
+        if registry.username is not None and registry.password_env is None:
+            self.fault("schema_registry.password_env", "required with username (the variable holding the password)")
+        elif registry.password_env is not None and registry.username is None:
+            self.fault("schema_registry.username", "required with password_env")
+        if len(bearer) > 1:
+            self.fault("schema_registry", "at most one of token_env, token_file")
+        if basic and bearer:
+            self.fault(f"schema_registry.{bearer[0]}", "basic auth (username) or a bearer token, not both")
+        for name in ("password_env", "token_env", "key_password_env"):
+            variable = getattr(registry, name)
+            if variable is not None and variable not in environ:
+                self.fault(f"schema_registry.{name}", f"environment variable {variable} is not set")
+        if registry.token_file is not None:
+            self._readable("schema_registry.token_file", registry.token_file)
+        if https:
+            password = environ.get(registry.key_password_env) if registry.key_password_env else None
+            self._tls("schema_registry", registry.ca_file, registry.cert_file, registry.key_file, password)
+
+    def _tls(self, section: str, cafile: str | None, certfile: str | None, keyfile: str | None,
+             password: str | None) -> None:  # fmt: skip
+        """The TLS files of a client, each readable and loadable (a CA bundle; a certificate and its key)."""
+        named = {"ca_file": cafile, "cert_file": certfile, "key_file": keyfile}
+        readable = [self._readable(f"{section}.{name}", path) for name, path in named.items() if path is not None]
+        if not all(readable):
+            return
+        context = ssl.create_default_context()
+        if cafile is not None:
+            try:
+                context.load_verify_locations(cafile=cafile)
+            except (ssl.SSLError, ValueError) as exc:
+                self.fault(f"{section}.ca_file", f"not a PEM file of CA certificates ({_ssl_reason(exc)})")
+        if certfile is not None:
+            try:
+                context.load_cert_chain(certfile, keyfile, password=password or "")
+            except (ssl.SSLError, ValueError) as exc:
+                where = f"{section}.key_file" if keyfile else f"{section}.cert_file"
+                self.fault(where, f"the client certificate and its key do not load ({_ssl_reason(exc)})")
 
     def _readable(self, field: str, file: str) -> bool:
         try:
