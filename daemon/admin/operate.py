@@ -227,7 +227,7 @@ class Operator:
         topic, partition, offset = where.source_topic, where.source_partition, where.source_offset
         endpoint = self._endpoint(where.endpoint_id)
         record = await read_one(self._client_options, topic, partition, offset)
-        event = self._event_of(record)
+        event = await self._settlement.event_of(record)
         if delivery_id(event.key, endpoint.id) != delivery:
             raise NotFound(f"{delivery} is not the delivery of {topic}[{partition}]@{offset} to {where.endpoint_id}")
         job = Job(
@@ -260,7 +260,7 @@ class Operator:
         async for record in records:
             scanned += 1
             try:
-                event = self._event_of(record)
+                event = await self._settlement.event_of(record)
             except InvalidEvent:
                 continue
             routing = self._settlement.routing
@@ -276,10 +276,6 @@ class Operator:
             )
             await self._settlement.queue_wait(endpoint, job)  # never pushes live traffic into the tiers
         return ReplayCounts(scanned=scanned, matched=matched)
-
-    def _event_of(self, record: Any) -> Event:
-        """The event of a record read back; raises InvalidEvent (a 400) when it is not one."""
-        return self._settlement.routing.reader(record.topic).event(record)
 
 
 def _ms(value: datetime | int | None, field: str) -> int | None:

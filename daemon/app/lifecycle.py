@@ -52,6 +52,7 @@ from daemon.observe.metrics import Metrics
 from daemon.observe.systemd import notify as _notify_systemd
 from daemon.observe.systemd import watchdog
 from daemon.observe.tracing import start as start_tracing
+from daemon.schema_registry import SchemaLoader, loader_for
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class App:
         self._noise = KafkaLogFilter(self.metrics)
         self._operator: Operator | None = None
         self._api: Api | None = None
+        self._schemas: SchemaLoader | None = None
         self._deadline: float | None = None  # monotonic; when the shutdown must be over
         self.components: Components | None = None  # set once start-up is complete
 
@@ -187,7 +189,12 @@ class App:
 
         routing = await asyncio.to_thread(Routing, config, environ)  # 100,000 endpoints: seconds, off the loop
         read_back = functools.partial(read_one, client_options)
-        settlement = Settlement(results, retry, metrics, health, sender, routing, read_back)
+        schemas = self._schemas = loader_for(config.schema_registry, environ, routing.schemas, metrics)
+        if schemas is not None:  # the writer schemas of the topics in the wire format
+            stack.push_async_callback(schemas.close)
+            await schemas.start()
+        load = schemas.load if schemas is not None else None
+        settlement = Settlement(results, retry, metrics, health, sender, routing, read_back, load)
         stack.push_async_callback(settlement.cancel)
         stack.callback(settlement.cancel_timers)
         follow_config_pauses(health, None, routing)
@@ -199,7 +206,7 @@ class App:
         metrics.routing_cache_bytes.set_function(lambda: settlement.routing.table.cache_bytes)
 
         drain_s = config.delivery.drain_timeout_s
-        source = Source(kafka, environ, metrics, settlement.dispatch, drain_s)
+        source = Source(kafka, environ, metrics, settlement.dispatch, drain_s, prepare=settlement.prepare)
         # The tiers' consumer polls no faster than a tenth of the shortest tier (at most 500 ms): a tight fetch
         # wait on every tier partition costs the broker and this process CPU for nothing.
         tier_wait = int(min(500, max(kafka.fetch_max_wait_ms, retry.tiers_s[0] * 100)))
@@ -295,7 +302,10 @@ class App:
             return f"no contact with Kafka at {self._config.kafka.bootstrap_servers} for {c.contact.silent_s:.0f} s"
         if not c.source.joined:
             return f"not a member of consumer group {self._config.kafka.group_id} (joining, or a rebalance)"
-        return self._api.lagging() if self._api is not None else None
+        lagging = self._api.lagging() if self._api is not None else None
+        if lagging is None and self._schemas is not None:
+            return self._schemas.problem()
+        return lagging
 
     def ready(self) -> bool:
         return self.not_ready() is None

@@ -16,6 +16,7 @@ from daemon.core.event import TypeReader
 from daemon.core.match import RoutingTable
 from daemon.core.profiles import PROFILES
 from daemon.core.resolve import resolve
+from daemon.core.schemas import SchemaCache
 from daemon.delivery.endpoint import Endpoint
 
 DEFAULT_READER: Final = TypeReader()  # a topic outside the config's (a subscription changed under a fetch)
@@ -89,7 +90,7 @@ class Endpoints(Mapping[str, Endpoint]):
 class Routing:
     """``__slots__``: read for every record (the hot path)."""
 
-    __slots__ = ("config", "dynamic", "endpoints", "readers", "static", "subscriptions", "table")
+    __slots__ = ("config", "dynamic", "endpoints", "readers", "schemas", "static", "subscriptions", "table")
     table: RoutingTable
 
     def __init__(
@@ -99,7 +100,8 @@ class Routing:
         previous: Routing | None = None,
         dynamic: Iterable[tuple[EndpointConfig, SubscriptionConfig]] = (),
     ) -> None:
-        """``dynamic``: the endpoints managed at run time to carry over (a snapshot: this may run in a thread)."""
+        """``dynamic``: the endpoints managed at run time to carry over (a snapshot: this may run in a thread). The
+        writer schemas decoded so far (``schemas``) are ``previous``'s, or a new cache."""
         self.config = config
         resolved = resolve(config)
         endpoints = self.endpoints = Endpoints(config.delivery, environ)
@@ -115,12 +117,16 @@ class Routing:
             if ep_config.id not in self.static:
                 self.put(ep_config, subscription)
         kafka = config.kafka
-        self.readers = {
-            topic: TypeReader(
-                kafka.event_type_fields.get(topic), kafka.event_id_fields.get(topic), kafka.max_event_bytes
-            )
-            for topic in kafka.topics
-        }
+        registry = config.schema_registry
+        self.schemas: SchemaCache = previous.schemas if previous is not None else SchemaCache(registry.cache_size)
+        self.readers: dict[str, TypeReader] = {}
+        for topic in kafka.topics:
+            self.readers[topic] = TypeReader(
+                kafka.event_type_fields.get(topic), kafka.event_id_fields.get(topic), kafka.max_event_bytes,
+                value_format=kafka.value_formats.get(topic, "json"), schemas=self.schemas,
+                event_types=registry.event_types, type_header=kafka.event_type_headers.get(topic),
+                id_header=kafka.event_id_headers.get(topic),
+            )  # fmt: skip
 
     def catch_up(self, previous: Routing) -> None:
         """Take the run-time changes ``previous`` saw while this one was built (in a thread), on the loop."""

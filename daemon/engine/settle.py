@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -34,7 +34,7 @@ from aiokafka.errors import KafkaError
 
 from daemon.core.clock import iso_ms, utc_now_iso
 from daemon.core.config import EndpointConfig, RetryConfig, SubscriptionConfig
-from daemon.core.errors import InvalidEvent, RouterError
+from daemon.core.errors import InvalidEvent, RouterError, SchemaUnavailable
 from daemon.core.event import Event
 from daemon.core.ids import delivery_id
 from daemon.core.model import (
@@ -69,9 +69,12 @@ from daemon.observe.metrics import Metrics
 log = logging.getLogger(__name__)
 
 ReadBack = Callable[[str, int, int], Awaitable[Any]]  # (topic, partition, offset) -> the consumer record there
+LoadSchemas = Callable[[set[int]], Awaitable[None]]  # the writer schemas of these ids into the routing's cache
 
 # How long a delivery to a paused endpoint that holds its events waits before it looks again.
 _HOLD_RECHECK_S = 60.0
+# A partition held for a writer schema waits at least this long (a schema not fetched yet: prepare runs again first).
+_SCHEMA_WAIT_MIN_MS = 100
 
 
 class _AfterAll:
@@ -109,9 +112,12 @@ class Settlement:
         sender: Sender,
         routing: Routing,
         read_back: ReadBack,
+        load_schemas: LoadSchemas | None = None,
     ) -> None:
         """``read_back(topic, partition, offset)``: the record there (``daemon.kafka.readback.read_one``), for the
-        events too large for their retry records."""
+        events too large for their retry records. ``load_schemas(ids)``: the writer schemas of records in the Schema
+        Registry wire format, into ``routing.schemas`` (``daemon.schema_registry.SchemaLoader.load``; without it such
+        records wait)."""
         self._writer = writer
         self._retry = retry
         self._tiers = list(retry.tiers_s)
@@ -121,6 +127,7 @@ class Settlement:
         self._sender = sender
         self._routing = routing
         self._read_back_record = read_back
+        self._load_schemas = load_schemas
         self._lanes: dict[str, Lane] = {}  # only endpoints that have had work
         self._retired: set[asyncio.Task[None]] = set()
         self._timers: set[asyncio.TimerHandle] = set()
@@ -177,8 +184,39 @@ class Settlement:
 
     # --- live events ---
 
-    def dispatch(self, record: Any, part: PartitionOffsets) -> None:
-        """Route one consumed record: to each matched endpoint's lane, or to an invalid_event record.
+    async def prepare(self, batches: Mapping[Any, list[Any]]) -> None:
+        """Before ``dispatch``: the writer schemas of the fetched records in the Schema Registry wire format fetched
+        into the cache their readers decode with (each id once; a registry that cannot answer leaves a ``Failing``
+        entry, and ``dispatch`` holds the partition at that record)."""
+        if self._load_schemas is None:
+            return
+        readers = self._routing.readers
+        ids: set[int] = set()
+        for tp, records in batches.items():
+            reader = readers.get(tp.topic)
+            if reader is None or not reader.framed:
+                continue
+            for record in records:
+                schema_id = reader.schema_id(record.value)
+                if schema_id is not None:
+                    ids.add(schema_id)
+        if ids:
+            await self._load_schemas(ids)
+
+    async def event_of(self, record: Any) -> Event:
+        """The event of a record read back from its topic (a replay, a redelivery, a value not kept for a retry),
+        its writer schema fetched first when it needs one. InvalidEvent, or SchemaUnavailable (a 503) while the
+        registry cannot answer."""
+        reader = self._routing.readers.get(record.topic, DEFAULT_READER)
+        schema_id = reader.schema_id(record.value)
+        if schema_id is not None and self._load_schemas is not None:
+            await self._load_schemas({schema_id})
+        return self._routing.readers.get(record.topic, DEFAULT_READER).event(record)
+
+    def dispatch(self, record: Any, part: PartitionOffsets) -> int | None:
+        """Route one consumed record: to each matched endpoint's lane, or to an invalid_event record. Returns None,
+        or the time (unix ms) until which the record's partition waits because its writer schema could not be had
+        yet (the record is read again then: never an ``invalid_event`` for the registry's fault).
 
         Nothing a record contains may stop the stream: whatever reading, matching or checking it raises
         makes it an ``invalid_event``, before any of its deliveries is handed out.
@@ -192,7 +230,7 @@ class Settlement:
             if match.empty:
                 part.add(offset, 0)
                 self._metrics.events_unmatched.labels(topic).inc()
-                return
+                return None
             known = routing.endpoints
             endpoints = [known[endpoint_id] for endpoint_id in match.select(event.decoded)]
             skips = {
@@ -202,15 +240,18 @@ class Settlement:
             }
         except InvalidEvent as exc:
             self._invalid(record, part, str(exc))
-            return
+            return None
+        except SchemaUnavailable as exc:
+            self._metrics.events_waiting_for_schema.labels(topic).inc()
+            return max(exc.retry_at_ms, int(time.time() * 1000) + _SCHEMA_WAIT_MIN_MS)
         except Exception as exc:  # a record nobody foresaw: recorded, never a stop of the stream
             log.exception("event %s[%d]@%d could not be routed", topic, record.partition, offset)
             self._invalid(record, part, f"could not be routed ({type(exc).__name__})")
-            return
+            return None
         part.add(offset, len(endpoints), len(event.value))  # one settlement owed per endpoint
         if not endpoints:
             self._metrics.events_unmatched.labels(topic).inc()
-            return
+            return None
         key = event.key
         ack = partial(part.done, offset)
         for endpoint in endpoints:
@@ -222,6 +263,7 @@ class Settlement:
                 self._record(outcome, ack)
             else:
                 self._hand_over(endpoint, job)
+        return None
 
     def _invalid(self, record: Any, part: PartitionOffsets, reason: str) -> None:
         topic, offset = record.topic, record.offset
@@ -513,7 +555,10 @@ class Settlement:
             if event.topic is None or event.partition is None or event.offset is None:
                 raise InvalidEvent("no coordinates to read it back from")
             record = await self._read_back_record(event.topic, event.partition, event.offset)
-            full = self._routing.readers.get(event.topic, DEFAULT_READER).event(record)
+            full = await self.event_of(record)
+        except SchemaUnavailable:  # the registry's fault: the delivery waits in the tiers, its event still in Kafka
+            self._defer(job, endpoint.id, self._recheck_s)
+            return
         except (RouterError, KafkaError, OSError) as exc:
             log.warning("event %s[%d]@%d could not be read back: %s", event.topic, event.partition, event.offset, exc)
             reason = f"the event could not be read back from Kafka ({type(exc).__name__})"

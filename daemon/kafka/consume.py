@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 # Takes one record; returns None, or a time (unix ms) before which the record's partition must not be read
 # again from that record on (a retry tier whose head is not due yet): the rest of its batch waits too.
 Dispatch = Callable[[Any, PartitionOffsets], int | None]
+# Awaited with each fetch's records (by partition) before any is dispatched: what dispatch needs that takes I/O (the
+# records' writer schemas). It must not raise for a fault it can leave to dispatch (which then holds the partition).
+Prepare = Callable[[dict[TopicPartition, list[Any]]], Awaitable[None]]
 
 _POLL_MS = 200
 _LAG_INTERVAL_S = 1.0  # the lag gauge is brought up to date this often (a scrape is cheaper than an update)
@@ -67,6 +70,7 @@ class Source:
         dispatch: Dispatch,
         drain_timeout_s: float,
         name: str = "events",
+        prepare: Prepare | None = None,
     ) -> None:
         self._kafka = kafka
         self._metrics = metrics
@@ -81,6 +85,7 @@ class Source:
         metrics.fetch_errors.labels(name)
         metrics.batches_undecodable.labels(name)
         self._dispatch = dispatch
+        self._prepare = prepare
         self._drain_timeout_s = drain_timeout_s
         self._progress = asyncio.Event()
         self.offsets = OffsetTracker(on_done=self._on_done)
@@ -135,6 +140,7 @@ class Source:
                 self._fetch_failed("fetch", exc)
                 await self._isolate()
                 continue
+            await self._prepared(batches)
             failed = False
             for tp, records in batches.items():
                 failed = not self._take(tp, records) or failed
@@ -151,6 +157,16 @@ class Source:
             # getmany() does not yield while fetched records wait: let the lanes start on this batch before
             # the next is dispatched (deliveries begin sooner; a lane's pace is known before its queue fills).
             await asyncio.sleep(0)
+
+    async def _prepared(self, batches: dict[TopicPartition, list[Any]]) -> None:
+        if self._prepare is None or not batches:
+            return
+        try:
+            await self._prepare(batches)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: what was not prepared waits in dispatch (its partition held), never lost
+            self._fetch_failed("preparing a fetch's records", exc)
 
     def _take(self, tp: TopicPartition, records: list[Any]) -> bool:
         """Dispatch one partition's fetched records. False when one failed (a bug): the partition is read again
@@ -195,6 +211,8 @@ class Source:
                         await self._stick(tp, exc)
                         break
                     records = batch.get(tp)
+                    if records:
+                        await self._prepared(batch)
                     if not records or not self._take(tp, records):
                         break
         except KafkaError as exc:  # the cluster itself: waited out, tried again

@@ -98,6 +98,14 @@ class Metrics:
             p + "results_errors", "Failed sends of outcome records (they are retried).", registry=r
         )
         self.config_reloads = Counter(p + "config_reloads", "Config reloads by result.", ["result"], registry=r)
+        self.schema_fetches = Counter(
+            p + "schema_fetches", "Writer schemas asked of the Schema Registry, by outcome (ok, unknown: no such id, "
+            "unusable: a schema that does not load, error: the registry could not answer).", ["outcome"], registry=r,
+        )  # fmt: skip
+        self.events_waiting_for_schema = Counter(
+            p + "events_waiting_for_schema", "Times a partition was held at a record whose writer schema the Schema "
+            "Registry could not give yet.", ["topic"], registry=r,
+        )  # fmt: skip
         # Event partitions only: a retry tier's partition is behind on purpose (its records are not due yet).
         self.consumer_lag = Gauge(
             p + "consumer_lag_records", "Records of an assigned event partition not finished yet (high watermark minus "

@@ -9,6 +9,7 @@ layers below its own, never a sibling of its layer nor anything above:
     app                  the lifecycle
     admin                both HTTP surfaces (one layer, ``admin.web``) and the operator actions
     engine               the settlement, the routing, endpoint health
+    schema_registry      the Schema Registry's client and the loader of writer schemas
     delivery | kafka     one attempt over HTTP | every Kafka client, topic and read-back
     observe              metrics, logs, systemd, tracing
     core                 pure: config and its validation, the values, the contracts, matching, signing, policy
@@ -31,6 +32,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         ("app",),
         ("admin",),
         ("engine",),
+        ("schema_registry",),
         ("delivery", "kafka"),
         ("observe",),
         ("core",),

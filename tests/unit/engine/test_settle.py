@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
+from aiokafka import TopicPartition
 
 from daemon.core.event import Event
 from daemon.core.model import LIVE, REPLAY, RetryRecord, decode_retry, encode_retry
 from daemon.core.offsets import OffsetTracker, PartitionOffsets
+from daemon.core.schemas import Failing, SchemaText, compile_schema
 from daemon.core.validate import parse_config
+from daemon.core.wire import frame
 from daemon.delivery.job import Job
 from daemon.delivery.sender import Sender
 from daemon.engine.health import Health
@@ -66,17 +69,22 @@ async def rig(
     subscriptions: list[dict[str, Any]] | None = None,
     status: Any = lambda job: 200,
     sender: Any = None,
+    sections: dict[str, dict[str, Any]] | None = None,
+    read_back: Any = nothing_to_read,
+    load_schemas: Any = None,
     **retry: Any,
 ) -> AsyncIterator[Rig]:
     endpoints = endpoints if endpoints is not None else [endpoint("a")]
     if subscriptions is None:
         subscriptions = [{"endpoint": e["id"], "events": ["*"]} for e in endpoints]
-    raw = {
+    raw: dict[str, Any] = {
         "kafka": {"bootstrap_servers": "k:9092", "group_id": "g", "topics": ["events"], "results_topic": "results"},
         "retry": {"tiers_s": TIERS, "topic_prefix": "wr", **retry},
         "endpoints": endpoints,
         "subscriptions": subscriptions,
     }
+    for name, section in (sections or {}).items():
+        raw[name] = {**raw.get(name, {}), **section}
     config = parse_config(raw, {})
     writer, scripted, metrics = Writer(), ScriptedSender(status=status), Metrics()
     health = Health(cast(Any, writer), HEALTH, metrics)
@@ -87,7 +95,8 @@ async def rig(
         health,
         cast(Any, sender or scripted),
         Routing(config, {}),
-        nothing_to_read,
+        read_back,
+        load_schemas,
     )
     tracker = OffsetTracker()
     try:
@@ -510,3 +519,76 @@ async def test_a_put_that_no_endpoint_could_be_built_from_is_refused_and_changes
         r.dispatch(0, event(1))
         await settle_down()
         assert [rec.json()["endpoint_id"] for rec in r.writer.on(None)] == ["a"]
+
+
+# --- records in the Schema Registry wire format ---
+
+FRAMED: dict[str, dict[str, Any]] = {
+    "kafka": {"value_formats": {"events": "schema-registry"}},
+    "schema_registry": {"url": "http://sr.test:8081"},
+}
+JSON_SCHEMA = SchemaText(kind="JSON", text='{"title": "Lead"}')
+
+
+async def test_a_record_whose_schema_cannot_be_had_holds_its_partition_owing_nothing_until_it_can() -> None:
+    async with rig(sections=FRAMED) as r:
+        now = int(time.time() * 1000)
+        schemas = r.settlement.routing.schemas
+        schemas.put(8, Failing("the Schema Registry could not give schema id 8: HTTP 503", now + 5000))
+        record = Record("events", 0, 3, frame(8, event(1)))
+        assert r.settlement.dispatch(record, r.part) == now + 5000
+        assert r.writer.records == [] and r.part.watermark() is None and r.tracker.in_flight == 0
+        assert r.metrics.events_waiting_for_schema.labels("events")._value.get() == 1
+        schemas.put(8, compile_schema(JSON_SCHEMA))  # the registry answered
+        assert r.settlement.dispatch(record, r.part) is None
+        await settle_down()
+        (result,) = r.results()
+        assert result["status"] == "delivered"
+        assert r.sender.attempts[0].event.value == event(1)
+
+
+async def test_a_schema_not_fetched_yet_holds_the_partition_briefly() -> None:
+    async with rig(sections=FRAMED) as r:
+        before = int(time.time() * 1000)
+        hold = r.settlement.dispatch(Record("events", 0, 0, frame(8, event(1))), r.part)
+        assert hold is not None and before + 100 <= hold <= int(time.time() * 1000) + 1000
+        assert r.writer.records == []
+
+
+async def test_prepare_fetches_the_schema_ids_of_the_framed_topics_records_only() -> None:
+    asked: list[set[int]] = []
+
+    async def load(ids: set[int]) -> None:
+        asked.append(ids)
+
+    sections: dict[str, dict[str, Any]] = {
+        **FRAMED,
+        "kafka": {"topics": ["events", "plain"], "value_formats": {"events": "auto"}},
+    }
+    async with rig(sections=sections, load_schemas=load) as r:
+        await r.settlement.prepare({
+            TopicPartition("events", 0): [Record("events", 0, 0, frame(5, b"{}")), Record("events", 0, 1, b"{}"),
+                                          Record("events", 0, 2, frame(6, b"{}")), Record("events", 0, 3, None)],
+            TopicPartition("plain", 0): [Record("plain", 0, 0, frame(7, b"{}"))],
+        })  # fmt: skip
+        assert asked == [{5, 6}]
+        await r.settlement.prepare({TopicPartition("plain", 0): [Record("plain", 0, 0, frame(7, b"{}"))]})
+        assert asked == [{5, 6}]  # nothing to fetch: not called
+
+
+async def test_a_read_back_whose_schema_cannot_be_had_waits_in_the_tiers_instead_of_a_dead_letter() -> None:
+    async def read_back(topic: str, partition: int, offset: int) -> Record:
+        return Record(topic, partition, offset, frame(8, event(1)))
+
+    async def load(ids: set[int]) -> None:
+        r.settlement.routing.schemas.put(8, Failing("down", int(time.time() * 1000) + 60_000))
+
+    async with rig(sections=FRAMED, read_back=read_back, load_schemas=load) as r:
+        now = int(time.time() * 1000)
+        retry = decode_retry(retry_record(-5, -5, now))
+        retry.value, retry.value_omitted = b"", True
+        take(r, encode_retry(retry))
+        await settle_down(50)
+        assert r.writer.on(DL) == []
+        (deferred,) = [decode_retry(rec.value) for rec in r.writer.records]
+        assert deferred.value_omitted and deferred.deferred and deferred.attempt == 2
