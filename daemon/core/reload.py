@@ -39,12 +39,19 @@ SECTIONS_AT_RESTART: tuple[str, ...] = ("admin", "tracing")
 
 
 def refused(old: Config, new: Config) -> list[str]:
-    """One ``path: why`` line per change a reload refuses (empty: the reload may go ahead)."""
-    return [
+    """One ``path: why`` line per change a reload refuses (empty: the reload may go ahead). A topic read in the Schema
+    Registry wire format is refused too when the running daemon has no registry client (it started without
+    ``schema_registry.url``): its records would wait for schemas nobody fetches."""
+    refusals = [
         f"{section}.{name}: changed, which needs a restart (the running config is kept)"
         for section, name in REFUSED
         if getattr(getattr(old, section), name) != getattr(getattr(new, section), name)
     ]
+    framed = sorted(t for t, f in new.kafka.value_formats.items() if f != "json")
+    if framed and old.schema_registry.url is None:
+        refusals.append(f"kafka.value_formats.{framed[0]}: the running daemon started without schema_registry.url, "
+                        "so it has no registry client to fetch schemas with: restart to take it")  # fmt: skip
+    return refusals
 
 
 def at_restart(old: Config, new: Config) -> list[str]:

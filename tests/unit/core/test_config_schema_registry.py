@@ -10,7 +10,7 @@ import tomli_w
 
 from daemon.cli import main
 from daemon.core import validate
-from daemon.core.reload import at_restart
+from daemon.core.reload import at_restart, refused
 from daemon.core.validate import parse_config
 from tests.unit.core.test_config import doc, errors_of, kafka
 
@@ -118,3 +118,12 @@ def test_a_reload_takes_the_event_type_names_at_once_and_the_client_settings_at_
     assert at_restart(old, renamed) == []
     moved = parse_config(registry(url="https://elsewhere:8081", timeout_s=2), {})
     assert at_restart(old, moved) == ["schema_registry.url", "schema_registry.timeout_s"]
+
+
+def test_a_reload_that_reads_the_wire_format_without_a_registry_client_running_is_refused() -> None:
+    running = parse_config(doc(), {})
+    assert refused(running, parse_config(registry(), {})) == [
+        "kafka.value_formats.leads: the running daemon started without schema_registry.url, so it has no registry "
+        "client to fetch schemas with: restart to take it"
+    ]
+    assert refused(parse_config(registry(), {}), parse_config(registry(event_types={"a.B": "b"}), {})) == []
