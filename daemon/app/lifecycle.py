@@ -22,7 +22,6 @@ from typing import Any
 
 import msgspec
 from aiohttp.abc import AbstractResolver
-from aiokafka.errors import KafkaError
 
 from daemon.admin.api import Api
 from daemon.admin.api import install as install_api
@@ -32,7 +31,7 @@ from daemon.app.connect import until_connected
 from daemon.app.reload import count_routing, follow_config_pauses, reloaded
 from daemon.app.signals import Signals
 from daemon.core.config import Config
-from daemon.core.errors import ConfigError, reason_of
+from daemon.core.errors import ConfigError
 from daemon.core.reload import at_restart
 from daemon.core.secretbox import keyring_from
 from daemon.delivery.sender import Sender, client_for
@@ -42,7 +41,7 @@ from daemon.engine.routing import Routing
 from daemon.engine.settle import Settlement
 from daemon.kafka.clients import kafka_client_options, make_producer
 from daemon.kafka.consume import Source
-from daemon.kafka.contact import Contact, KafkaLogFilter
+from daemon.kafka.contact import Contact, KafkaLogFilter, unretrieved_kafka_errors_quiet
 from daemon.kafka.readback import read_one
 from daemon.kafka.results import ResultsWriter
 from daemon.kafka.store import Store
@@ -118,7 +117,7 @@ class App:
             self._noise.install()
             stack.callback(self._noise.remove)
             previous = loop.get_exception_handler()
-            loop.set_exception_handler(self._on_loop_error)
+            loop.set_exception_handler(unretrieved_kafka_errors_quiet)
             stack.callback(loop.set_exception_handler, previous)
             # Before Kafka: liveness, and why the daemon is not ready, answer while it waits for the cluster.
             token = config.admin.token(self._environ)
@@ -200,10 +199,7 @@ class App:
         follow_config_pauses(health, None, routing)
         count_routing(metrics, routing)
         metrics.mark_endpoints(config.metrics.endpoints)
-        metrics.requests_in_flight.set_function(lambda: settlement.stats.busy)
-        metrics.deliveries_queued.set_function(lambda: settlement.stats.queued)
-        metrics.routes_checked.set_function(lambda: settlement.routing.table.tally.checked)
-        metrics.routing_cache_bytes.set_function(lambda: settlement.routing.table.cache_bytes)
+        settlement.expose(metrics)
 
         drain_s = config.delivery.drain_timeout_s
         source = Source(kafka, environ, metrics, settlement.dispatch, drain_s, prepare=settlement.prepare)
@@ -243,12 +239,8 @@ class App:
         self.components = Components(results, health, settlement, source, tiers, admin, contact)
         self._set_status("running")
         _notify_systemd("READY=1")
-        log.info(
-            "webhook-router running: topics %s, %d endpoints, %d subscriptions",
-            ", ".join(kafka.topics),
-            len(routing.endpoints),
-            routing.subscriptions,
-        )
+        log.info("webhook-router running: topics %s, %d endpoints, %d subscriptions", ", ".join(kafka.topics),
+                 len(routing.endpoints), routing.subscriptions)  # fmt: skip
         return self.components
 
     async def _close(self, what: str, stop: Callable[[], Awaitable[None]]) -> None:
@@ -261,17 +253,6 @@ class App:
             log.warning("closing %s: no answer from Kafka within %.1f s, left to the exit", what, within)
         except Exception as exc:  # one client that fails to close must not keep the others open
             log.warning("closing %s failed (%s: %s)", what, type(exc).__name__, exc)
-
-    @staticmethod
-    def _on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """aiokafka shields some requests (an offset commit) in tasks of its own: when the cluster is gone and the
-        caller stopped waiting (a shutdown's deadline), the request's failure is nobody's to retrieve. That is a
-        Kafka error already accounted for, not a traceback to show; anything else goes to asyncio's handler."""
-        exc = context.get("exception")
-        if isinstance(exc, KafkaError) and context.get("message") == "Task exception was never retrieved":
-            log.debug("a Kafka request nobody waited for any more failed: %s", reason_of(exc))
-            return
-        loop.default_exception_handler(context)
 
     def _set_status(self, status: str) -> None:
         self._status = status

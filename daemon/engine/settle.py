@@ -567,6 +567,14 @@ class Settlement:
         job.event = full
         self._hand_over(endpoint, job)
 
+    def expose(self, metrics: Metrics) -> None:
+        """The gauges read off the settlement when scraped: deliveries under way and queued, routes checked, the
+        routing cache's bytes."""
+        metrics.requests_in_flight.set_function(lambda: self.stats.busy)
+        metrics.deliveries_queued.set_function(lambda: self.stats.queued)
+        metrics.routes_checked.set_function(lambda: self._routing.table.tally.checked)
+        metrics.routing_cache_bytes.set_function(lambda: self._routing.table.cache_bytes)
+
     def cancel_timers(self) -> None:
         """Stop the retries waiting here: their tier records stay uncommitted and are read again after a restart."""
         for timer in self._timers:

@@ -16,7 +16,11 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+from aiokafka.errors import KafkaError
+
+from daemon.core.errors import reason_of
 from daemon.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -203,3 +207,15 @@ class Contact:
             self._noise.suppressed - self._suppressed_when_lost,
         )
         self._notify("STATUS=running")
+
+
+def unretrieved_kafka_errors_quiet(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's exception handler while the daemon runs. aiokafka shields some requests (an offset commit) in
+    tasks of its own: when the cluster is gone and the caller stopped waiting (a shutdown's deadline), the request's
+    failure is nobody's to retrieve. That is a Kafka error already accounted for, not a traceback to show; anything
+    else goes to asyncio's handler."""
+    exc = context.get("exception")
+    if isinstance(exc, KafkaError) and context.get("message") == "Task exception was never retrieved":
+        log.debug("a Kafka request nobody waited for any more failed: %s", reason_of(exc))
+        return
+    loop.default_exception_handler(context)

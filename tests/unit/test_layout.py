@@ -194,3 +194,8 @@ def test_tests_mirror_the_packages() -> None:
         p.name for p in unit.glob("test_*.py") if p.name not in ("test_layout.py", "test_deploy.py", "test_docs.py")
     )
     assert loose == []
+
+
+def test_the_lifecycle_is_lifecycle_only() -> None:
+    """Start-up, the main loop, shutdown: what grows beyond belongs in a module of its own."""
+    assert len((PACKAGE / "app" / "lifecycle.py").read_text(encoding="utf-8").splitlines()) < 400
