@@ -183,7 +183,9 @@ class App:
         if restored:
             log.info("endpoint health restored from %d records", restored)
 
-        sender = Sender(metrics, client_for(config.delivery, self._resolver), tracing=start_tracing(config.tracing))
+        delivery, resolver = config.delivery, self._resolver
+        api_client = client_for(delivery, resolver, api.allowed_networks)  # tenants' endpoints: a guard of their own
+        sender = Sender(metrics, client_for(delivery, resolver), start_tracing(config.tracing), api_client)
         stack.push_async_callback(sender.close)
 
         routing = await asyncio.to_thread(Routing, config, environ)  # 100,000 endpoints: seconds, off the loop

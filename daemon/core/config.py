@@ -116,7 +116,8 @@ class DeliveryConfig(msgspec.Struct, **_FROZEN):
     user_agent: Annotated[str, Meta(min_length=1, max_length=200)] = "webhook-router/0.1"
     # Kubernetes waits 30 s between SIGTERM and SIGKILL: the drain must end well before.
     drain_timeout_s: Annotated[float, Meta(gt=0, le=25)] = 20.0
-    # Networks (CIDR) deliveries may reach although the SSRF guard refuses them (loopback, private, link-local...).
+    # Networks (CIDR) the config file's endpoints may reach although the SSRF guard refuses them (loopback, private,
+    # link-local...); the endpoints of the API have their own, api.allowed_networks.
     allowed_networks: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=256)] = []
     # An egress proxy (http://host:port, credentials allowed) that every delivery goes through instead of connecting
     # itself; the proxy then decides which addresses are reachable (Stripe's smokescreen, Squid).
@@ -322,6 +323,10 @@ class ApiConfig(msgspec.Struct, **_FROZEN):
     # endpoints of the API, and the event patterns of one endpoint (each at most 255 characters; repeats are dropped).
     max_endpoints_per_tenant: Annotated[int, Meta(ge=1, le=1_000_000)] = 100
     max_events_per_endpoint: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    # Networks (CIDR) the endpoints of the API may reach although the SSRF guard refuses them. Not
+    # delivery.allowed_networks, which is for the config file's endpoints (the platform's own): a tenant's URL must
+    # not reach the internal services those ranges hold. Default: none.
+    allowed_networks: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=256)] = []
 
 
 class Config(msgspec.Struct, **_FROZEN):

@@ -1,10 +1,10 @@
 """What a reload (SIGHUP) may change: one rule for what it refuses and what it takes only after a restart.
 
 A reload is refused (the running config kept) when it changes what the running daemon must not pretend to have taken:
-the network guard's allowances and the egress proxy (the HTTP client was built with them; a reload that took them
-would validate URLs that the running client then blocks), and the tenant field (the endpoints of the API were scoped
-by the old one). It is taken, with a warning, when it changes what the Kafka clients, the endpoints store (its keys)
-or the admin server were built with: those changes wait for a restart.
+the network guards' allowances (the config file's endpoints' and the API's) and the egress proxy (the HTTP clients
+were built with them; a reload that took them would validate URLs that the running clients then block), and the tenant
+field (the endpoints of the API were scoped by the old one). It is taken, with a warning, when it changes what the
+Kafka clients, the endpoints store (its keys) or the admin server were built with: those changes wait for a restart.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ REFUSED: tuple[tuple[str, str], ...] = (
     ("delivery", "allowed_networks"),
     ("delivery", "proxy_url"),
     ("api", "tenant_field"),
+    ("api", "allowed_networks"),
 )
 # [kafka] fields the clients were built with: taken only after a restart.
 KAFKA_AT_RESTART: tuple[str, ...] = (

@@ -92,7 +92,7 @@ def check_endpoint(
     parsed = msgspec.convert(endpoint, EndpointConfig)
     sub = msgspec.convert(subscription, SubscriptionConfig)
     unknown: list[str] = []
-    checks = _Checks(config, environ, errors)
+    checks = _Checks(config, environ, errors, api=True)
     checks.endpoint(parsed, "")
     checks.topics(sub.topics, "")
     if sub.where is not None and (sub.where.one_of is None) == (sub.where.none_of is None):
@@ -260,15 +260,20 @@ def _join(path: str, key: str) -> str:
 
 
 class _Checks:
-    """The semantic checks; also what a profile's own config is checked with (``daemon.core.profiles.base.Checks``)."""
+    """The semantic checks; also what a profile's own config is checked with (``daemon.core.profiles.base.Checks``).
 
-    def __init__(self, config: Config, environ: Any, errors: list[str]) -> None:
+    ``api``: the endpoints checked are the API's (a tenant's), whose URLs the SSRF guard judges by
+    ``api.allowed_networks``; the config file's are judged by ``delivery.allowed_networks``."""
+
+    def __init__(self, config: Config, environ: Any, errors: list[str], api: bool = False) -> None:
         self._config = config
         self._environ = environ
         self._errors = errors
         self._known: dict[str, EndpointConfig] = {}
         self._topics = set(config.kafka.topics)
-        self._guard = NetGuard(n for n in config.delivery.allowed_networks if _network_problem(n) is None)
+        allowed = config.api.allowed_networks if api else config.delivery.allowed_networks
+        self._guard = NetGuard(n for n in allowed if _network_problem(n) is None)
+        self._allowed_field = "api.allowed_networks" if api else "delivery.allowed_networks"
 
     def fault(self, path: str, message: str) -> None:
         self._errors.append(f"{path}: {message}")
@@ -497,7 +502,7 @@ class _Checks:
     def url(self, url: str, allow_http: bool, https_only: bool, path: str) -> None:
         """An endpoint URL: absolute http(s), without control characters, sent as written (``_sent_as_written``), its
         host a plain name or a canonical address that the SSRF guard does not refuse (``delivery.allowed_networks``
-        can allow it)."""
+        can allow it for the config file's endpoints, ``api.allowed_networks`` for the API's)."""
         if _URL_CONTROL.search(url):
             self.fault(path, "must not contain control characters (CR, LF, tab, NUL...): percent-encode one that "
                        "belongs in it")  # fmt: skip
@@ -519,7 +524,7 @@ class _Checks:
             return
         refusal = self._guard.host_refusal(host)
         if refusal is not None:
-            self.fault(path, f"the host is refused: {refusal.text} (unless delivery.allowed_networks allows its range)")
+            self.fault(path, f"the host is refused: {refusal.text} (unless {self._allowed_field} allows its range)")
 
     def headers(self, headers: dict[str, str], profile: Profile, path: str) -> None:
         """Names that are tokens and not the router's own, values without control characters, and no more than
@@ -565,10 +570,11 @@ class _Checks:
 
     def _delivery(self) -> None:
         delivery = self._config.delivery
-        for i, text in enumerate(delivery.allowed_networks):
-            problem = _network_problem(text)
-            if problem is not None:
-                self.fault(f"delivery.allowed_networks[{i}]", problem)
+        for section, networks in (("delivery", delivery.allowed_networks), ("api", self._config.api.allowed_networks)):
+            for i, text in enumerate(networks):
+                problem = _network_problem(text)
+                if problem is not None:
+                    self.fault(f"{section}.allowed_networks[{i}]", problem)
         if delivery.proxy_url is not None:
             proxy = delivery.proxy_url
             if not proxy.lower().startswith("http://") or not _parses(proxy):

@@ -4,7 +4,7 @@ request head, limits, the mask of its secrets, its retry policy and status rules
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Final, Literal
 
 import orjson
 from aiohttp.helpers import strip_auth_from_url
@@ -18,6 +18,12 @@ from daemon.core.policy import Policy, StatusRules
 from daemon.core.profiles import PROFILES, Profile, Signer
 from daemon.delivery.http import Route
 from daemon.delivery.job import Job
+
+# Where an endpoint comes from: the config file (the platform's own) or the endpoints API (a tenant's). It decides
+# which network guard its requests meet (``daemon.delivery.sender``).
+CONFIG: Final = "config"
+API: Final = "api"
+Managed = Literal["config", "api"]
 
 
 def secret_values(config: EndpointConfig, secrets: list[str], url: URL) -> list[str]:
@@ -70,6 +76,7 @@ class Endpoint:
         "body_key",
         "config",
         "id",
+        "managed",
         "mask",
         "max_concurrency",
         "pause_threshold",
@@ -84,9 +91,13 @@ class Endpoint:
         "url",
     )  # fmt: skip
 
-    def __init__(self, config: EndpointConfig, delivery: DeliveryConfig, environ: Any) -> None:
+    def __init__(
+        self, config: EndpointConfig, delivery: DeliveryConfig, environ: Any, managed: Managed = CONFIG
+    ) -> None:
+        """``managed``: ``"api"`` for an endpoint of the endpoints API, ``"config"`` for one of the config file."""
         self.config = config
         self.id = config.id
+        self.managed = managed
         self._user_agent = delivery.user_agent
         profile = self.profile = PROFILES[config.profile]
         self.url = URL(config.url, encoded=False)

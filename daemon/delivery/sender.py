@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -30,7 +31,7 @@ from daemon.core.model import (
 )
 from daemon.core.netguard import NetGuard
 from daemon.core.policy import parse_retry_after
-from daemon.delivery.endpoint import Endpoint
+from daemon.delivery.endpoint import API, Endpoint
 from daemon.delivery.http import Blocked, Client, HeaderError
 from daemon.delivery.job import Job, outcome_for
 from daemon.observe.logs import sampled as sampled_delivery
@@ -40,18 +41,36 @@ from daemon.observe.tracing import Tracing
 log = logging.getLogger(__name__)
 
 
-def client_for(delivery: DeliveryConfig, resolver: AbstractResolver | None = None) -> Client:
-    """The HTTP client deliveries go through: the network guard less ``allowed_networks``, or the egress proxy."""
+def client_for(
+    delivery: DeliveryConfig, resolver: AbstractResolver | None = None, allowed_networks: Sequence[str] | None = None
+) -> Client:
+    """The HTTP client deliveries go through: the network guard less ``allowed_networks`` (default:
+    ``delivery.allowed_networks``, the config file's endpoints'; the API's endpoints get ``api.allowed_networks``),
+    or the egress proxy."""
     proxy = URL(delivery.proxy_url) if delivery.proxy_url else None
-    return Client(NetGuard(delivery.allowed_networks), proxy=proxy, resolver=resolver)
+    allowed = delivery.allowed_networks if allowed_networks is None else allowed_networks
+    return Client(NetGuard(allowed), proxy=proxy, resolver=resolver)
 
 
 class Sender:
-    """Makes attempts over one pooled HTTP client (``daemon.delivery.http``). Never raises for what an endpoint does."""
+    """Makes attempts over pooled HTTP clients (``daemon.delivery.http``). Never raises for what an endpoint does.
 
-    def __init__(self, metrics: Metrics, client: Client | None = None, tracing: Tracing | None = None) -> None:
+    The config file's endpoints (the platform's) go through ``client``; the endpoints of the API (tenants') through
+    ``api_client``: a network guard of their own (``api.allowed_networks``, not ``delivery.allowed_networks``) and a
+    connection pool of their own, so that no connection opened for an endpoint of the file, to an address only the
+    file may reach, is ever reused for a tenant's request. Either missing: a client whose guard allows nothing.
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        client: Client | None = None,
+        tracing: Tracing | None = None,
+        api_client: Client | None = None,
+    ) -> None:
         """``tracing``: a span per attempt (None: tracing is off)."""
         self._client = client or Client()
+        self._api_client = api_client or Client()
         self._metrics = metrics
         self._tracing = tracing
         self._counted: dict[tuple[str, str], Any] = {}  # labelled children, looked up once each
@@ -59,6 +78,7 @@ class Sender:
 
     async def close(self) -> None:
         await self._client.close()
+        await self._api_client.close()
         if self._tracing is not None:
             await asyncio.to_thread(self._tracing.close)
 
@@ -101,10 +121,11 @@ class Sender:
                 signed["traceparent"] = traced.traceparent  # the receiver's spans are the attempt's children
         start = time.perf_counter()
         try:
+            client = self._api_client if endpoint.managed == API else self._client
             route = endpoint.route
             if route is None:
-                route = endpoint.route = self._client.route(endpoint.url, endpoint.base_headers)
-            reply = await self._client.post(route, signed, body, RESPONSE_BODY_LIMIT, endpoint.timeout_s)
+                route = endpoint.route = client.route(endpoint.url, endpoint.base_headers)
+            reply = await client.post(route, signed, body, RESPONSE_BODY_LIMIT, endpoint.timeout_s)
             http_status = reply.status
             if http_status == 429 or http_status >= 500:
                 retry_after = parse_retry_after(reply.headers.get("Retry-After"))
@@ -113,7 +134,8 @@ class Sender:
                 response = endpoint.mask(response, cut=len(reply.body) >= RESPONSE_BODY_LIMIT)
         except Blocked as exc:
             blocked = exc.refusal.reason
-            error = f"blocked: {exc.refusal.text} (not in delivery.allowed_networks)"
+            allowed = "api.allowed_networks" if endpoint.managed == API else "delivery.allowed_networks"
+            error = f"blocked: {exc.refusal.text} (not in {allowed})"
         except TimeoutError:
             error = f"timeout: no complete response within {endpoint.timeout_s:g} s"
         except aiohttp.ClientError as exc:

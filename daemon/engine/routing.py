@@ -17,7 +17,7 @@ from daemon.core.match import RoutingTable
 from daemon.core.profiles import PROFILES
 from daemon.core.resolve import resolve
 from daemon.core.schemas import SchemaCache
-from daemon.delivery.endpoint import Endpoint
+from daemon.delivery.endpoint import API, CONFIG, Endpoint, Managed
 
 DEFAULT_READER: Final = TypeReader()  # a topic outside the config's (a subscription changed under a fetch)
 
@@ -25,15 +25,17 @@ DEFAULT_READER: Final = TypeReader()  # a topic outside the config's (a subscrip
 class Endpoints(Mapping[str, Endpoint]):
     """The endpoints by id, each ``Endpoint`` built on first use from its config and kept while it is used: an
     idle endpoint costs its config and its routes, not a prepared ``Endpoint`` (signer, headers, request head).
+    Each is built as the config file's or the API's (``managed``), which decides the network guard it meets.
 
     ``__slots__``: read for every delivery (the hot path).
     """
 
-    __slots__ = ("_built", "_delivery", "_environ", "configs")
+    __slots__ = ("_api", "_built", "_delivery", "_environ", "configs")
 
     def __init__(self, delivery: DeliveryConfig, environ: Mapping[str, str]) -> None:
         self.configs: dict[str, EndpointConfig] = {}
         self._built: dict[str, Endpoint] = {}
+        self._api: set[str] = set()  # the ids of the endpoints of the API
         self._delivery = delivery
         self._environ = environ
 
@@ -42,7 +44,8 @@ class Endpoints(Mapping[str, Endpoint]):
             return self._built[endpoint_id]
         except KeyError:
             pass
-        endpoint = self._built[endpoint_id] = Endpoint(self.configs[endpoint_id], self._delivery, self._environ)
+        config = self.configs[endpoint_id]
+        endpoint = self._built[endpoint_id] = Endpoint(config, self._delivery, self._environ, self.managed(endpoint_id))
         return endpoint
 
     def __contains__(self, endpoint_id: object) -> bool:
@@ -54,22 +57,34 @@ class Endpoints(Mapping[str, Endpoint]):
     def __len__(self) -> int:
         return len(self.configs)
 
-    def set(self, config: EndpointConfig) -> None:
-        """Add or change one; a built ``Endpoint`` whose config changed is let go (the next use builds anew)."""
+    def managed(self, endpoint_id: str) -> Managed:
+        """Where an endpoint comes from: ``"api"`` (the endpoints API) or ``"config"`` (the config file)."""
+        return API if endpoint_id in self._api else CONFIG
+
+    def set(self, config: EndpointConfig, managed: Managed = CONFIG) -> None:
+        """Add or change one; a built ``Endpoint`` whose config or origin changed is let go (the next use builds
+        anew)."""
         built = self._built.get(config.id)
-        if built is not None and built.config != config:
+        if built is not None and (built.config != config or built.managed != managed):
             del self._built[config.id]
+        if managed == API:
+            self._api.add(config.id)
+        else:
+            self._api.discard(config.id)
         self.configs[config.id] = config
 
     def remove(self, endpoint_id: str) -> None:
         self.configs.pop(endpoint_id, None)
         self._built.pop(endpoint_id, None)
+        self._api.discard(endpoint_id)
 
     def adopt(self, endpoint: Endpoint) -> bool:
         """Keep ``endpoint`` (built under an earlier routing) as this one's when it delivers exactly as this one's
         config would; False when it does not (its lane finishes under the old settings)."""
         config = self.configs.get(endpoint.id)
-        if config is None or not endpoint.delivers_as(config, self._delivery, self._environ):
+        if config is None or endpoint.managed != self.managed(endpoint.id):
+            return False
+        if not endpoint.delivers_as(config, self._delivery, self._environ):
             return False
         self._built[endpoint.id] = endpoint
         return True
@@ -144,7 +159,7 @@ class Routing:
         if config.id in self.static:
             raise ValueError(f"endpoint {config.id!r} is defined in the config file")
         self.endpoints.check(config)
-        self.endpoints.set(config)
+        self.endpoints.set(config, API)
         self.dynamic[config.id] = (config, subscription)
         self.table.remove(config.id)
         self.table.add([subscription], PROFILES[config.profile].catalogue)

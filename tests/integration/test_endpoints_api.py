@@ -31,10 +31,16 @@ def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WR_SECRETS_KEY", KEY)
 
 
-def api_config(setup: Setup, tenant_field: str | None = "tenant", **kafka: Any) -> dict[str, Any]:
+def api_config(
+    setup: Setup, tenant_field: str | None = "tenant", loopback: bool = True, **kafka: Any
+) -> dict[str, Any]:
+    """The API on, tenants scoped by the event field ``tenant_field``; ``loopback``: the endpoints of the API may reach
+    127.0.0.0/8, where the test receivers listen (``api.allowed_networks``; the config file's always may)."""
     doc = setup.config([], [], **kafka)
     doc["admin"]["token_env"] = "WR_ADMIN_TOKEN"
     doc["api"] = {"enabled": True, "secrets_key_env": "WR_SECRETS_KEY", "rotation_grace_s": 3600}
+    if loopback:
+        doc["api"]["allowed_networks"] = ["127.0.0.0/8"]
     if tenant_field is not None:
         doc["api"]["tenant_field"] = tenant_field
     return doc

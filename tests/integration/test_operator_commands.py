@@ -57,7 +57,7 @@ async def test_every_operator_command_works_with_the_api_off_and_on(
     doc = setup.config([{"id": "static", "url": r.url, "secret": SECRET}], [{"endpoint": "static", "events": ["*"]}])
     doc["admin"]["token_env"] = "WR_ADMIN_TOKEN"
     if api_on:
-        doc["api"] = {"enabled": True, "secrets_key_env": "WR_SECRETS_KEY"}
+        doc["api"] = {"enabled": True, "secrets_key_env": "WR_SECRETS_KEY", "allowed_networks": ["127.0.0.0/8"]}
     async with running(setup.write(doc)):
         ids = ["static"]
         if api_on:

@@ -116,12 +116,15 @@ def test_check_config_refuses_a_url_into_the_platform_network_naming_the_field(t
     ]
 
 
-async def test_a_reload_that_changes_the_network_allowances_is_refused(setup: Setup, receivers: list[Receiver]) -> None:
+@pytest.mark.parametrize("section", ["delivery", "api"])
+async def test_a_reload_that_changes_the_network_allowances_is_refused(
+    setup: Setup, receivers: list[Receiver], section: str
+) -> None:
     r = await receiver(receivers)
     doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["*"]}])
     path = setup.write(doc)
     async with running(path) as app:
-        doc["delivery"]["allowed_networks"] = ["127.0.0.0/8", "10.0.0.0/8"]
+        doc.setdefault(section, {})["allowed_networks"] = ["127.0.0.0/8", "10.0.0.0/8"]
         setup.write(doc)
         app.reload()
         await eventually(lambda: app.metrics.config_reloads.labels("error")._value.get() == 1, 10)
@@ -334,7 +337,7 @@ async def admin_api(
     monkeypatch.setenv("ROUTER_SECRETS_KEY", base64.b64encode(bytes(range(32))).decode())
     doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["*"]}])
     doc["admin"]["token_env"] = "ROUTER_ADMIN_TOKEN"
-    doc["api"] = {"enabled": True, "secrets_key_env": "ROUTER_SECRETS_KEY"}
+    doc["api"] = {"enabled": True, "secrets_key_env": "ROUTER_SECRETS_KEY", "allowed_networks": ["127.0.0.0/8"]}
     path = setup.write(doc)
     async with running(path) as app, aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
         assert app.components is not None
@@ -631,7 +634,7 @@ async def test_a_body_over_the_size_limit_is_a_413_on_both_surfaces_and_logs_no_
     monkeypatch.setenv("ROUTER_SECRETS_KEY", base64.b64encode(b"k" * 32).decode())
     doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["*"]}])
     doc["admin"]["token_env"] = "ROUTER_ADMIN_TOKEN"
-    doc["api"] = {"enabled": True, "secrets_key_env": "ROUTER_SECRETS_KEY"}
+    doc["api"] = {"enabled": True, "secrets_key_env": "ROUTER_SECRETS_KEY", "allowed_networks": ["127.0.0.0/8"]}
     huge = b'{"from_time": "' + b"9" * 50_000_000 + b'"}'  # 50 MB
     async with running(setup.write(doc)) as app:
         assert app.components is not None

@@ -1035,6 +1035,37 @@ def test_allowed_networks_must_be_cidr_networks() -> None:
     assert errors_of(raw) == [f"delivery.allowed_networks[{i}]: {expected}" for i in (1, 2, 4)]
 
 
+def test_allowed_networks_of_the_api_must_be_cidr_networks() -> None:
+    raw = doc(api={"allowed_networks": ["10.20.0.0/16", "10.20.0.1/16"]})
+    expected = "must be a network in CIDR form with no host bits set (e.g. 10.0.0.0/8, fd00::/8 or 127.0.0.1/32)"
+    assert errors_of(raw) == [f"api.allowed_networks[1]: {expected}"]
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("http://10.20.0.5/admin", "private address"),
+        ("http://127.0.0.1:8080/", "loopback address"),
+        ("http://localhost/", "a name that always means a loopback address"),
+        ("http://[::ffff:10.20.0.5]/", "private address inside an IPv4-mapped IPv6 address"),
+        ("http://169.254.169.254/", "cloud metadata address"),
+    ],
+)
+def test_an_endpoint_of_the_api_is_judged_by_api_allowed_networks_never_by_delivery_s(url: str, refused: str) -> None:
+    """delivery.allowed_networks lets the config file's endpoints into the platform's network; a tenant's URL into
+    the same ranges is refused, naming the list that would allow it."""
+    allowing = ["10.20.0.0/16", "127.0.0.0/8", "169.254.0.0/16"]
+    config = parse_config(doc(delivery={"allowed_networks": allowing}), {})
+    given = {"id": "ep_x", "url": url, "secret": SECRET}
+    _, _, faults, _ = check_endpoint(config, {}, given, {"endpoint": "ep_x", "events": ["*"]})
+    assert faults == [f"url: the host is refused: {refused} (unless api.allowed_networks allows its range)"]
+    config = parse_config(doc(api={"allowed_networks": allowing}), {})
+    assert check_endpoint(config, {}, given, {"endpoint": "ep_x", "events": ["*"]})[2] == []
+    assert errors_of(doc(api={"allowed_networks": allowing}, endpoints=[endpoint(url=url)]))[0].startswith(
+        "endpoints[0].url: the host is refused"  # and the list of the API's lets no endpoint of the file through
+    )
+
+
 @pytest.mark.parametrize(
     ("proxy", "error"),
     [
@@ -1080,6 +1111,10 @@ def test_a_reload_cannot_change_the_tenant_field_nor_the_network_guard() -> None
     assert refused(old, parse_config({"kafka": kafka, "delivery": {"allowed_networks": ["10.0.0.0/8"]}}, {})) == [
         "delivery.allowed_networks: changed, which needs a restart (the running config is kept)",
         "api.tenant_field: changed, which needs a restart (the running config is kept)",
+    ]
+    api = {"tenant_field": "org.id", "allowed_networks": ["10.20.0.0/16"]}
+    assert refused(old, parse_config({"kafka": kafka, "api": api}, {})) == [
+        "api.allowed_networks: changed, which needs a restart (the running config is kept)"
     ]
 
 

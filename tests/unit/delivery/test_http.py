@@ -560,6 +560,43 @@ async def test_a_sender_records_a_blocked_attempt_with_its_reason_and_counts_it(
     assert script.connections == 0
 
 
+async def test_an_endpoint_of_the_api_meets_its_own_guard_and_never_a_connection_opened_for_the_config_file() -> None:
+    """The config file's endpoint may reach 127.0.0.1 (its range is allowed for it); a tenant's endpoint to the very
+    same host and port is blocked, although a kept-alive connection there is in the file's pool."""
+    script = Script(lambda n: OK)
+    async with script.running() as url:
+        metrics = Metrics()
+        sender = Sender(metrics, Client(LOOPBACK))  # no client of the API's given: its guard allows nothing
+        secret = "whsec_" + "QUJD" * 8
+        config = EndpointConfig(id="ep", url=str(url), profile="raw", secret=secret)
+        platform, tenant = Endpoint(config, DeliveryConfig(), {}), Endpoint(config, DeliveryConfig(), {}, "api")
+        try:
+            first = await sender.attempt(platform, _job())
+            blocked = await sender.attempt(tenant, _job())
+            again = await sender.attempt(platform, _job())
+        finally:
+            await sender.close()
+    assert (first.status, again.status, script.connections, len(script.requests)) == (DELIVERED, DELIVERED, 1, 2)
+    assert (blocked.status, blocked.http_status, blocked.response_body) == (BLOCKED, None, None)
+    assert blocked.error == "blocked: loopback address (not in api.allowed_networks)"
+    assert metrics.deliveries_blocked.labels("loopback")._value.get() == 1
+
+
+async def test_an_endpoint_of_the_api_reaches_what_api_allowed_networks_allows() -> None:
+    script = Script(lambda n: OK)
+    async with script.running() as url:
+        sender = Sender(Metrics(), Client(), api_client=Client(LOOPBACK))  # the other way round
+        secret = "whsec_" + "QUJD" * 8
+        config = EndpointConfig(id="ep", url=str(url), profile="raw", secret=secret)
+        try:
+            tenant = await sender.attempt(Endpoint(config, DeliveryConfig(), {}, "api"), _job())
+            platform = await sender.attempt(Endpoint(config, DeliveryConfig(), {}), _job())
+        finally:
+            await sender.close()
+    assert (tenant.status, platform.status, len(script.requests)) == (DELIVERED, BLOCKED, 1)
+    assert platform.error == "blocked: loopback address (not in delivery.allowed_networks)"
+
+
 # --- an egress proxy: every request goes through it, and it decides what is reachable ---
 
 

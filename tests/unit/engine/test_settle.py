@@ -592,3 +592,22 @@ async def test_a_read_back_whose_schema_cannot_be_had_waits_in_the_tiers_instead
         assert r.writer.on(DL) == []
         (deferred,) = [decode_retry(rec.value) for rec in r.writer.records]
         assert deferred.value_omitted and deferred.deferred and deferred.attempt == 2
+
+
+async def test_an_endpoint_put_at_run_time_is_built_as_the_apis_and_one_of_the_file_as_the_files() -> None:
+    """Which network guard an endpoint meets follows where it comes from, across a reload too (the sender gives the
+    API's endpoints the client of api.allowed_networks)."""
+    from daemon.core.config import EndpointConfig, SubscriptionConfig
+
+    async with rig() as r:
+        config = EndpointConfig(id="ep_api", url="https://a.example.com/h", secret=SECRET)
+        r.settlement.put(config, SubscriptionConfig(endpoint="ep_api", events=["*"]))
+        r.dispatch(0, event(1))
+        await settle_down()
+        routing = r.settlement.routing
+        assert (routing.endpoints["ep_api"].managed, routing.endpoints["a"].managed) == ("api", "config")
+        reloaded = Routing(routing.config, {}, routing, list(routing.dynamic.values()))
+        r.settlement.use(reloaded)
+        assert (reloaded.endpoints["ep_api"].managed, reloaded.endpoints["a"].managed) == ("api", "config")
+        r.settlement.drop("ep_api")
+        assert reloaded.endpoints.managed("ep_api") == "config"  # gone: nothing of it is left
