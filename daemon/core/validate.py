@@ -26,7 +26,7 @@ from yarl import URL
 from daemon.core.config import Config, EndpointConfig, KafkaConfig, SubscriptionConfig, resolve_secrets
 from daemon.core.errors import ConfigError
 from daemon.core.netguard import NetGuard, host_form_problem, network
-from daemon.core.profiles import EXPANSIONS, PROFILES, Profile, pattern_matches
+from daemon.core.profiles import EXPANSIONS, PROFILES, Profile, hop_by_hop, pattern_matches
 from daemon.core.secretbox import SecretError, key_from
 from daemon.core.sign import decode_whsec
 
@@ -527,8 +527,9 @@ class _Checks:
             self.fault(path, f"the host is refused: {refusal.text} (unless {self._allowed_field} allows its range)")
 
     def headers(self, headers: dict[str, str], profile: Profile, path: str) -> None:
-        """Names that are tokens and not the router's own, values without control characters, and no more than
-        ``MAX_HEADERS`` of them, ``MAX_HEADER_VALUE_BYTES`` a value, ``MAX_HEADERS_BYTES`` in all."""
+        """Names that are tokens and not the router's own (its profile's signature headers, ``Host``, ``Content-*``...)
+        nor, whatever the profile, a hop-by-hop or ``Proxy-*`` header; values without control characters; no more
+        than ``MAX_HEADERS`` of them, ``MAX_HEADER_VALUE_BYTES`` a value, ``MAX_HEADERS_BYTES`` in all."""
         if len(headers) > MAX_HEADERS:
             self.fault(path, f"at most {MAX_HEADERS} custom headers ({len(headers)} given)")
         total = sum(len(name.encode()) + len(value.encode(errors="replace")) for name, value in headers.items())
@@ -538,11 +539,13 @@ class _Checks:
             size = len(value.encode(errors="replace"))
             if size > MAX_HEADER_VALUE_BYTES:
                 self.fault(f"{path}.{name}", f"value must be at most {MAX_HEADER_VALUE_BYTES} bytes ({size} given)")
-        reserved = profile.reserved_headers
         for name in headers:
             if not _TOKEN.fullmatch(name):
                 self.fault(f"{path}.{name}", "not a valid header name")
-            elif name.lower() in reserved:
+            elif hop_by_hop(name):
+                self.fault(f"{path}.{name}", "a hop-by-hop or proxy header (it speaks to the connection or the egress "
+                           "proxy, not the receiver)")  # fmt: skip
+            elif profile.reserves(name):
                 self.fault(f"{path}.{name}", "set by the router, cannot be overridden")
         for name, value in headers.items():
             if _CONTROL.search(value):

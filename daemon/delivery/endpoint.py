@@ -121,8 +121,7 @@ class Endpoint:
         self.statuses = statuses_of(config.retry, profile)
         if profile.standard_headers:
             # Validation refuses the router's own headers; never let one through all the same.
-            reserved = profile.reserved_headers
-            custom = {k: v for k, v in config.headers.items() if k.lower() not in reserved}
+            custom = {k: v for k, v in config.headers.items() if not profile.reserves(k)}
             self.base_headers: dict[str, str] = {
                 "Content-Type": "application/json",
                 "User-Agent": delivery.user_agent,

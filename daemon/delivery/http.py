@@ -66,6 +66,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from daemon.core.netguard import NetGuard, Refusal
+from daemon.core.profiles import hop_by_hop
 from daemon.delivery.deadline import Deadlines
 
 _NO_TIMEOUT = aiohttp.ClientTimeout()  # the exchange's deadline covers connect, send and response
@@ -137,8 +138,12 @@ class Route:
         # A ClientRequest is built once per endpoint, only as the connector's key: it carries host,
         # port, TLS settings, the proxy and the Host header exactly as aiohttp would compute them.
         self.key = ClientRequest("POST", bare, loop=loop, auth=auth, ssl=tls, proxy=proxy_url, proxy_auth=proxy_auth)
+        # The endpoint's own headers never carry Host, a hop-by-hop or a Proxy-* header (validation refuses them; an
+        # endpoint that got past it all the same is filtered here), whatever their case; its own Authorization
+        # replaces the one its URL's credentials make.
+        headers = {k: v for k, v in headers.items() if k.lower() != "host" and not hop_by_hop(k)}
         fixed = {"Host": self.key.headers["Host"]}
-        if auth is not None:
+        if auth is not None and not any(k.lower() == "authorization" for k in headers):
             fixed["Authorization"] = auth.encode()
         target = bare.raw_path_qs
         if proxy_url is not None and not self.key.is_ssl():

@@ -10,6 +10,7 @@ from typing import Final
 
 from daemon.core.profiles.agora import AGORA
 from daemon.core.profiles.base import (
+    HOP_BY_HOP,
     TRANSPORT_HEADERS,
     Expansion,
     Profile,
@@ -18,6 +19,7 @@ from daemon.core.profiles.base import (
     Skip,
     Unsigned,
     first_present,
+    hop_by_hop,
     pattern_matches,
     skip_for,
 )
@@ -39,6 +41,7 @@ EXPANSIONS: Final[tuple[Expansion, ...]] = tuple(p.expansion for p in _ALL if p.
 __all__ = [
     "DEFAULT",
     "EXPANSIONS",
+    "HOP_BY_HOP",
     "PROFILES",
     "SVIX_SCHEDULE",
     "TRANSPORT_HEADERS",
@@ -49,6 +52,7 @@ __all__ = [
     "Template",
     "Unsigned",
     "first_present",
+    "hop_by_hop",
     "iso_seconds",
     "pattern_matches",
     "skip_for",

@@ -23,10 +23,24 @@ if TYPE_CHECKING:
 
 Json = Any
 
+# Hop-by-hop headers (RFC 9110 7.6.1, with Keep-Alive and Proxy-Connection): they speak to the connection or to the
+# egress proxy (delivery.proxy_url: Proxy-Authorization carries the router's credentials to it), never to the
+# receiver. Every ``Proxy-*`` header counts as one (``hop_by_hop``).
+HOP_BY_HOP: Final = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
+     "transfer-encoding", "upgrade"}
+)  # fmt: skip
+
 # Headers only the router writes, whatever the profile: an endpoint's own headers may not set them.
-TRANSPORT_HEADERS: Final = frozenset(
-    {"host", "content-length", "content-type", "transfer-encoding", "connection", "traceparent"}
-)
+TRANSPORT_HEADERS: Final = frozenset({"host", "content-length", "content-type", "traceparent"}) | HOP_BY_HOP
+
+
+def hop_by_hop(name: str) -> bool:
+    """True for a header an endpoint may never set in any profile because it is not the receiver's: a hop-by-hop
+    header or any ``Proxy-*`` one (any case)."""
+    lower = name.lower()
+    return lower in HOP_BY_HOP or lower.startswith("proxy-")
+
 
 KeySource = Literal["whsec", "text", "optional"]  # Standard Webhooks secrets, any text, or none needed
 
@@ -132,8 +146,13 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def reserved_headers(self) -> frozenset[str]:
-        """Lower-case header names an endpoint of this profile may not set itself."""
+        """Lower-case header names an endpoint of this profile may not set itself (and every ``Proxy-*``:
+        ``reserves``)."""
         return TRANSPORT_HEADERS | self.signing.headers_owned
+
+    def reserves(self, name: str) -> bool:
+        """True when an endpoint of this profile may not set the header ``name`` (any case)."""
+        return name.lower() in self.reserved_headers or hop_by_hop(name)
 
 
 def first_present(event: dict[str, Json], path: str) -> Json:

@@ -20,7 +20,7 @@ from daemon.core.config import (
     resolve_secrets,
 )
 from daemon.core.errors import ConfigError, RouterError
-from daemon.core.profiles import PROFILES
+from daemon.core.profiles import HOP_BY_HOP, PROFILES
 from daemon.core.sign import decode_whsec
 from daemon.core.validate import (
     MAX_HEADER_VALUE_BYTES,
@@ -510,7 +510,7 @@ def test_decode_whsec() -> None:
 # --- headers ---
 
 
-@pytest.mark.parametrize("name", sorted(RESERVED_HEADERS))
+@pytest.mark.parametrize("name", sorted(RESERVED_HEADERS - HOP_BY_HOP))
 def test_reserved_headers_cannot_be_overridden(name: str) -> None:
     for spelled in (name, name.upper(), name.title()):
         assert errors_of(doc(endpoints=[endpoint(headers={spelled: "x"})])) == [
@@ -519,11 +519,42 @@ def test_reserved_headers_cannot_be_overridden(name: str) -> None:
 
 
 def test_reserved_header_set() -> None:
-    transport = {"host", "content-length", "content-type", "transfer-encoding", "connection", "traceparent"}
+    hop_by_hop = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+                  "trailer", "transfer-encoding", "upgrade"}  # fmt: skip
+    transport = {"host", "content-length", "content-type", "traceparent", *hop_by_hop}
     assert {*transport, "webhook-id", "webhook-timestamp", "webhook-signature"} == RESERVED_HEADERS
     agora = {"x-agora-signature-256", "x-agora-event", "x-agora-delivery"}
     assert PROFILES["agora"].reserved_headers == {*transport, *agora}
     assert PROFILES["crm"].reserved_headers == transport
+
+
+_HOP = "a hop-by-hop or proxy header (it speaks to the connection or the egress proxy, not the receiver)"
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+@pytest.mark.parametrize(
+    "name",
+    ["Proxy-Authorization", "proxy-authorization", "PROXY-CONNECTION", "Proxy-Whatever", "Connection", "Keep-Alive",
+     "TE", "Trailer", "Transfer-Encoding", "Upgrade"],
+)  # fmt: skip
+def test_no_profile_lets_an_endpoint_set_a_hop_by_hop_or_proxy_header(profile: str, name: str) -> None:
+    """Proxy-Authorization of an endpoint's own replaced the router's credentials for delivery.proxy_url."""
+    raw = doc(endpoints=[endpoint(profile=profile, headers={name: "Basic ZXZpbDpldmls"})], subscriptions=[])
+    assert f"endpoints[0].headers.{name}: {_HOP}" in errors_of(raw)
+
+
+def test_an_organisations_and_a_campaigns_proxy_headers_are_refused_alike() -> None:
+    org = {
+        "id": "acme",
+        "url": "https://acme.example.com/h",
+        "events": ["lead.delivered"],
+        "headers": {"Proxy-Authorization": "x"},
+        "campaigns": [{"id": "ABC", "headers": {"Upgrade": "h2c"}}],
+    }
+    assert errors_of(doc(endpoints=[], subscriptions=[], organizations=[org])) == [
+        f"organizations[0].headers.Proxy-Authorization: {_HOP}",
+        f"organizations[0].campaigns[0].headers.Upgrade: {_HOP}",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["X Bad", "X:Colon", "", "X-Ünicode", "(x)", "a/b"])

@@ -614,6 +614,44 @@ async def test_through_a_proxy_plain_http_goes_in_absolute_form_with_the_proxy_c
     assert all(b"Proxy-Authorization" not in r and r.startswith(b"POST /hook?tenant=a%20b ") for r in script.requests)
 
 
+async def test_an_endpoints_own_proxy_or_hop_by_hop_headers_never_reach_the_wire_even_past_validation() -> None:
+    """Proxy-Authorization of an endpoint's own replaced the router's credentials for the egress proxy. An endpoint
+    built from a config that validation never saw (an endpoints topic record written before the header was refused)
+    sends none of them: the proxy gets the router's credentials, the receiver no proxy or hop-by-hop header."""
+    script = Script(lambda n: OK)
+    own = {"Proxy-Authorization": "Basic ZXZpbDpldmls", "proxy-authorization": "Basic ZXZpbDI=",
+           "Proxy-Connection": "keep-alive", "connection": "Upgrade", "Upgrade": "h2c", "TE": "trailers",
+           "Keep-Alive": "timeout=600", "Trailer": "X-A", "host": "evil.example", "X-Kept": "1"}  # fmt: skip
+    async with script.running() as url, Proxy(credentials="router:pr0xy-pw").running() as proxy:
+        config = EndpointConfig(id="ep", url=str(url), secret="whsec_" + "QUJD" * 8, headers=own)
+        sender = Sender(Metrics(), Client(proxy=URL(proxy.url)))
+        try:
+            outcome = await sender.attempt(Endpoint(config, DeliveryConfig(), {}), _job())
+        finally:
+            await sender.close()
+    assert (outcome.status, outcome.http_status) == (DELIVERED, 200)
+    assert proxy.asked == [("POST", str(url), "Basic " + base64.b64encode(b"router:pr0xy-pw").decode())]
+    (request,) = script.requests
+    names = [line.split(b":")[0].lower() for line in request.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]]
+    assert b"x-kept" in names and names.count(b"host") == 1 and b"upgrade" not in names and b"te" not in names
+    assert not [n for n in names if n.startswith(b"proxy-") or n in (b"keep-alive", b"trailer")]
+    assert b"evil" not in request
+
+
+async def test_a_route_keeps_the_routers_own_headers_whatever_the_case_of_an_endpoints() -> None:
+    loop = asyncio.get_running_loop()
+    proxy = URL("http://router:pw@proxy.internal:3128")
+    route = Route(URL("http://user:s3cret@hooks.example.com/in"), {"proxy-authorization": "Basic ZXZpbA==",
+                  "HOST": "evil.example", "authorization": "Bearer evil", "Upgrade": "h2c", "X-A": "1"}, loop,
+                  proxy=proxy)  # fmt: skip
+    head = route.head.decode()
+    assert head == (
+        "POST http://hooks.example.com/in HTTP/1.1\r\nHost: hooks.example.com\r\n"
+        f"Proxy-Authorization: Basic {base64.b64encode(b'router:pw').decode()}\r\n"
+        "authorization: Bearer evil\r\nX-A: 1\r\n"  # its own Authorization is the endpoint's to choose
+    )
+
+
 async def test_through_a_proxy_https_goes_through_a_connect_tunnel() -> None:
     trusted = ssl.create_default_context(cafile=DATA / "tls-cert.pem")
     async with tls_receiver() as url, Proxy().running() as proxy:
