@@ -31,7 +31,7 @@ from daemon.admin.operate import Operator, Replay
 from daemon.core.clock import utc_now_iso
 from daemon.core.config import EndpointConfig
 from daemon.core.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable, Unprocessable
-from daemon.core.model import decode_outcome
+from daemon.core.model import decode_outcome, paused_by, tenant_may_lift
 from daemon.core.profiles import PROFILES, pattern_matches
 from daemon.core.registry import (
     NOT_BY_API,
@@ -49,7 +49,7 @@ from daemon.core.registry import (
 from daemon.core.resolve import resolve
 from daemon.core.secretbox import Keyring
 from daemon.core.validate import check_endpoint
-from daemon.engine.health import REASON_OPERATOR, Health
+from daemon.engine.health import REASON_OPERATOR, REASON_TENANT, Health, pause_text
 from daemon.engine.settle import Settlement
 from daemon.kafka.history import recent_attempts
 from daemon.kafka.store import Store
@@ -316,11 +316,19 @@ class Api:
 
     async def pause(self, request: web.Request, caller: Caller) -> web.Response:
         endpoint_id = self._visible(request.match_info["id"], caller)
-        self._health.pause(endpoint_id, REASON_OPERATOR, "paused through the API")
+        if caller.tenant is None:
+            self._health.pause(endpoint_id, REASON_OPERATOR, "paused through the API")
+        else:
+            self._health.pause(endpoint_id, REASON_TENANT, "paused through the API by its tenant")
         return http.json_response(self._view_of(endpoint_id, caller))
 
     async def resume(self, request: web.Request, caller: Caller) -> web.Response:
+        """Resume an endpoint; a tenant lifts only its own pauses and those its failures caused (409 naming who
+        paused for the platform's and the contract's)."""
         endpoint_id = self._visible(request.match_info["id"], caller)
+        state = self._health.states.get(endpoint_id)
+        if caller.tenant is not None and state is not None and not tenant_may_lift(state):
+            raise Conflict(f"endpoint {endpoint_id!r} is {pause_text(state)}: only the platform can resume it")
         self._health.resume(endpoint_id)
         return http.json_response(self._view_of(endpoint_id, caller))
 
@@ -445,7 +453,11 @@ class Api:
     def _status(self, endpoint_id: str) -> dict[str, Any]:
         state = self._health.states.get(endpoint_id)
         paused = state is not None and state.paused
-        return {"status": "paused" if paused else "active", "paused_reason": state.reason if paused and state else None}
+        return {
+            "status": "paused" if paused else "active",
+            "paused_reason": state.reason if paused and state else None,
+            "paused_by": paused_by(state),
+        }
 
     def _view(self, record: EndpointRecord) -> dict[str, Any]:
         config, sub = self._opened(record)

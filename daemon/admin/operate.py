@@ -39,12 +39,13 @@ from daemon.core.model import (
     decode_outcome,
     encode_outcome,
     encode_skipped,
+    paused_by,
 )
 from daemon.core.resolve import resolve
 from daemon.delivery.endpoint import Endpoint
 from daemon.delivery.job import Job
 from daemon.delivery.sender import Sender, client_for
-from daemon.engine.health import REASON_OPERATOR, Health
+from daemon.engine.health import REASON_OPERATOR, Health, pause_text
 from daemon.engine.settle import Settlement
 from daemon.kafka.clients import make_producer
 from daemon.kafka.consume import Source, Stuck
@@ -94,6 +95,7 @@ class EndpointInfo(msgspec.Struct, kw_only=True):
     profile: str
     paused: bool
     reason: str | None
+    paused_by: str | None  # platform, tenant, contract or automatic (daemon.core.model.PAUSED_BY_*)
     since: str | None
     consecutive_failures: int
     in_flight: int
@@ -166,6 +168,13 @@ class Operator:
             raise NotFound(f"no endpoint {endpoint_id!r}")
         return endpoint
 
+    def _unless_paused(self, endpoint_id: str, what: str) -> None:
+        """Conflict (409) naming who paused, when the endpoint is paused: a paused endpoint gets no deliveries, and
+        a redelivery or a replay asked for is refused rather than recorded skipped by the thousand."""
+        state = self._health.states.get(endpoint_id)
+        if state is not None and state.paused:
+            raise Conflict(f"endpoint {endpoint_id!r} is {pause_text(state)}: no {what} while it is paused")
+
     def endpoints(self) -> list[EndpointInfo]:
         out = []
         health = self._health
@@ -179,6 +188,7 @@ class Operator:
                     profile=config.profile,
                     paused=paused,
                     reason=state.reason if paused and state is not None else None,
+                    paused_by=paused_by(state),
                     since=state.since if state is not None else None,
                     consecutive_failures=health.failures(endpoint_id),
                     in_flight=busy,
@@ -226,6 +236,7 @@ class Operator:
         """One attempt of a past delivery, its event read back from Kafka by its recorded position."""
         topic, partition, offset = where.source_topic, where.source_partition, where.source_offset
         endpoint = self._endpoint(where.endpoint_id)
+        self._unless_paused(endpoint.id, "redelivery")
         record = await read_one(self._client_options, topic, partition, offset)
         event = await self._settlement.event_of(record)
         if delivery_id(event.key, endpoint.id) != delivery:
@@ -241,8 +252,12 @@ class Operator:
         return await self._settlement.attempt_once(endpoint, job)
 
     async def replay(self, endpoint_id: str, spec: Replay) -> ReplayCounts:
-        """Deliver again, once each, every event of a time or offset range that the endpoint is subscribed to."""
+        """Deliver again, once each, every event of a time or offset range that the endpoint is subscribed to.
+
+        Refused (409) while the endpoint is paused; one paused while the replay runs gets what is left recorded
+        ``skipped_paused`` (the lane's check), never delivered."""
         endpoint = self._endpoint(endpoint_id)
+        self._unless_paused(endpoint_id, "replay")
         routing = self._settlement.routing
         since_ms, until_ms = _ms(spec.from_time, "from_time"), _ms(spec.to_time, "to_time")
         _check_range(spec, since_ms, until_ms, routing.config.kafka.topics)

@@ -169,20 +169,53 @@ class SkippedBatch(msgspec.Struct, kw_only=True):
 encode_skipped = msgspec.json.Encoder().encode
 
 
+# Who paused an endpoint (``HealthState.paused_by``): the platform (the admin token, the operator's routes and
+# commands, ``paused = true`` in the config file), its tenant (the tenant's own token), its contract (an answer the
+# contract pauses on: 410 Gone), or its failures (``pause_after_failures`` in a row).
+PAUSED_BY_PLATFORM: Final = "platform"
+PAUSED_BY_TENANT: Final = "tenant"
+PAUSED_BY_CONTRACT: Final = "contract"
+PAUSED_BY_AUTOMATIC: Final = "automatic"
+# What a tenant may lift: its own pauses, and those its failures caused. Never the platform's nor its contract's.
+TENANT_MAY_LIFT: Final = frozenset({PAUSED_BY_TENANT, PAUSED_BY_AUTOMATIC})
+
+
 class HealthState(msgspec.Struct, kw_only=True):
     """An endpoint's health, as kept on the compacted health topic (key: endpoint id)."""
 
     endpoint_id: str
     paused: bool
-    reason: str | None = None
+    reason: str | None = None  # "{kind}: {detail}"
     since: str | None = None
     consecutive_failures: int = 0
+    paused_by: str | None = None  # one of PAUSED_BY_*, while paused (read it with ``paused_by``)
 
 
 encode_health = msgspec.json.Encoder().encode
 
 
 decode_health = msgspec.json.Decoder(HealthState).decode
+
+# A pause's kind (its reason's prefix) -> who paused, for the states written before ``paused_by`` was.
+_PAUSED_BY_KIND: Final = {"failures": PAUSED_BY_AUTOMATIC, "gone": PAUSED_BY_CONTRACT}
+
+
+def paused_by(state: HealthState | None) -> str | None:
+    """Who paused an endpoint (one of ``PAUSED_BY_*``), None when it is not paused. A state written before
+    ``paused_by`` existed says it by its reason's kind; an unknown kind is the platform's (``operator: paused
+    through the API`` may have been the platform's or its tenant's: the platform's, never lifted by mistake)."""
+    if state is None or not state.paused:
+        return None
+    if state.paused_by is not None:
+        return state.paused_by
+    kind = (state.reason or "").partition(":")[0]
+    return _PAUSED_BY_KIND.get(kind, PAUSED_BY_PLATFORM)
+
+
+def tenant_may_lift(state: HealthState | None) -> bool:
+    """True when the endpoint's tenant may resume it: it is not paused, or paused by the tenant or its failures."""
+    by = paused_by(state)
+    return by is None or by in TENANT_MAY_LIFT
 
 
 def truncate_body(raw: bytes) -> str:

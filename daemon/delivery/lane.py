@@ -11,6 +11,7 @@ from typing import Protocol
 
 from daemon.core.model import (
     LIVE,
+    REPLAY,
     Outcome,
 )
 from daemon.delivery.endpoint import Endpoint
@@ -18,6 +19,10 @@ from daemon.delivery.job import Job, internal_error
 from daemon.delivery.sender import Sender
 
 log = logging.getLogger(__name__)
+
+# The jobs a pause stops once queued: live deliveries (and their retries) and replays. A ping or a redelivery is
+# one attempt its caller waits for, checked when asked (``daemon.admin.operate``).
+_HELD_BACK = frozenset({LIVE, REPLAY})
 
 
 class LaneStats:
@@ -41,7 +46,8 @@ class Settles(Protocol):
         ...
 
     def held_back(self, endpoint: Endpoint, job: Job) -> bool:
-        """Settle a job instead of attempting it when its endpoint was paused meanwhile; False if it is not."""
+        """Settle a job instead of attempting it when its endpoint was paused meanwhile (a live or replayed one);
+        False if it is not."""
         ...
 
 
@@ -102,7 +108,7 @@ class Lane:
             self._room.set()
             stats = self.stats
             stats.queued -= 1
-            if job.trigger == LIVE and settles.held_back(endpoint, job):
+            if job.trigger in _HELD_BACK and settles.held_back(endpoint, job):
                 continue
             self.busy += 1
             stats.busy += 1

@@ -17,11 +17,17 @@ from daemon.core.clock import utc_now_iso
 from daemon.core.model import (
     ENDPOINT_PAUSED,
     ENDPOINT_RESUMED,
+    PAUSED_BY_AUTOMATIC,
+    PAUSED_BY_CONTRACT,
+    PAUSED_BY_PLATFORM,
+    PAUSED_BY_TENANT,
+    TENANT_MAY_LIFT,
     HealthState,
     Outcome,
     decode_health,
     encode_health,
     encode_outcome,
+    paused_by,
 )
 from daemon.kafka.follow import Follower
 from daemon.kafka.results import ResultsWriter
@@ -32,8 +38,25 @@ log = logging.getLogger(__name__)
 # Bounded reasons for the metrics label; the full text goes to the results topic and /endpoints.
 REASON_FAILURES = "failures"
 REASON_GONE = "gone"
-REASON_OPERATOR = "operator"
+REASON_OPERATOR = "operator"  # the platform: the admin token, the operator's routes and commands
 REASON_CONFIG = "config"
+REASON_TENANT = "tenant"  # the endpoint's tenant, with its own token
+_REASONS = (REASON_FAILURES, REASON_GONE, REASON_OPERATOR, REASON_CONFIG, REASON_TENANT)
+# Who a pause of each kind is (``HealthState.paused_by``).
+_PAUSED_BY = {
+    REASON_FAILURES: PAUSED_BY_AUTOMATIC, REASON_GONE: PAUSED_BY_CONTRACT, REASON_OPERATOR: PAUSED_BY_PLATFORM,
+    REASON_CONFIG: PAUSED_BY_PLATFORM, REASON_TENANT: PAUSED_BY_TENANT,
+}  # fmt: skip
+
+
+_WHO = {PAUSED_BY_PLATFORM: "the platform", PAUSED_BY_TENANT: "its tenant", PAUSED_BY_CONTRACT: "its contract",
+        PAUSED_BY_AUTOMATIC: "its failures"}  # fmt: skip
+
+
+def pause_text(state: HealthState) -> str:
+    """A pause in words, naming who paused: ``paused by the platform (operator: paused through the API)``."""
+    by = paused_by(state) or PAUSED_BY_PLATFORM
+    return f"paused by {_WHO.get(by, by)} ({state.reason or 'no reason given'})"
 
 
 class Health:
@@ -69,17 +92,25 @@ class Health:
             self.pause(endpoint_id, REASON_FAILURES, f"{count} consecutive failed deliveries")
 
     def pause(self, endpoint_id: str, kind: str, detail: str) -> bool:
-        """Pause an endpoint. False if it was paused already."""
-        if self.is_paused(endpoint_id):
-            return False
+        """Pause an endpoint (``kind``: one of the ``REASON_*``, which says who pauses). False if it was paused
+        already, unless the pause in force is one its tenant may lift and this one is not (the platform's, its
+        contract's): this one then replaces it, paused since the first, so the tenant cannot lift it."""
+        by = _PAUSED_BY[kind]
+        current = self.states.get(endpoint_id)
+        since = utc_now_iso()
+        if current is not None and current.paused:
+            if paused_by(current) not in TENANT_MAY_LIFT or by in TENANT_MAY_LIFT:
+                return False
+            since = current.since or since
         reason = f"{kind}: {detail}"
         failures = self._failures.get(endpoint_id, 0)
         self._set(
             HealthState(
-                endpoint_id=endpoint_id, paused=True, reason=reason, since=utc_now_iso(), consecutive_failures=failures
+                endpoint_id=endpoint_id, paused=True, reason=reason, since=since, consecutive_failures=failures,
+                paused_by=by,
             )
-        )
-        log.warning("endpoint %s paused (%s)", endpoint_id, reason)
+        )  # fmt: skip
+        log.warning("endpoint %s paused by %s (%s)", endpoint_id, by, reason)
         return True
 
     def resume(self, endpoint_id: str) -> bool:
@@ -122,7 +153,9 @@ class Health:
     def apply(self, state: HealthState) -> None:
         """A state read back from the topic (at start-up, or written by another instance)."""
         current = self.states.get(state.endpoint_id)
-        if current is not None and current.paused == state.paused and current.reason == state.reason:
+        if current is not None and (current.paused, current.reason, current.paused_by) == (
+            state.paused, state.reason, state.paused_by
+        ):  # fmt: skip
             return
         self.states[state.endpoint_id] = state
         if not state.paused:
@@ -130,7 +163,7 @@ class Health:
         self._update_gauge()
 
     def _update_gauge(self) -> None:
-        counts: dict[str, int] = dict.fromkeys((REASON_FAILURES, REASON_GONE, REASON_OPERATOR, REASON_CONFIG), 0)
+        counts: dict[str, int] = dict.fromkeys(_REASONS, 0)
         for state in self.states.values():
             if state.paused and state.reason:
                 kind = state.reason.split(":", 1)[0]

@@ -334,11 +334,12 @@ class Settlement:
     def held_back(self, endpoint: Endpoint, job: Job) -> bool:
         """Settle a job whose endpoint is paused (skipped, or deferred when it holds); False if it is not paused.
 
-        Called when a job is handed over and again when a worker takes it, so a pause stops what was queued.
+        Called when a job is handed over and again when a worker takes it, so a pause stops what was queued. Only
+        a live delivery is held: a replayed one is recorded ``skipped_paused`` (a replay never defers).
         """
         if not self._health.is_paused(endpoint.id):
             return False
-        if endpoint.config.while_paused == "hold":
+        if endpoint.config.while_paused == "hold" and job.trigger == LIVE:
             self._defer(job, endpoint.id, self._recheck_s)
             return True
         state = self._health.states[endpoint.id]

@@ -140,8 +140,8 @@ class Metrics:
         self.commits = Counter(p + "offset_commits", "Offset commits by result.", ["result"], registry=r)
         self.endpoints = Gauge(p + "endpoints", "Endpoints in the loaded config.", registry=r)
         self.endpoints_paused = Gauge(
-            p + "endpoints_paused", "Endpoints paused, by reason (failures, gone, operator, config).", ["reason"],
-            registry=r,
+            p + "endpoints_paused", "Endpoints paused, by reason (failures, gone, operator, config, tenant).",
+            ["reason"], registry=r,
         )  # fmt: skip
         self.endpoints_records_refused = Counter(
             p + "endpoints_records_refused", "Records of the endpoints topic not applied, by reason (unauthenticated, "

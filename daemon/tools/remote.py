@@ -306,9 +306,19 @@ def _no_route(text: str) -> bool:
 
 
 _COLUMNS = {
-    "endpoints": ("id", "tenant", "status", "profile", "events", "url", "version"),
+    "endpoints": ("id", "tenant", "status", "paused_by", "profile", "events", "url", "version"),
     "attempts": ("timestamp", "status", "http_status", "attempt", "duration_ms", "delivery_id", "error"),
-    "admin": ("id", "status", "reason", "profile", "consecutive_failures", "in_flight", "queued", "max_concurrency"),
+    "admin": (
+        "id",
+        "status",
+        "paused_by",
+        "reason",
+        "profile",
+        "consecutive_failures",
+        "in_flight",
+        "queued",
+        "max_concurrency",
+    ),
 }
 
 

@@ -19,7 +19,7 @@ from daemon.core.registry import sealed_record, signed
 from daemon.core.secretbox import Keyring
 from tests.helpers import SECRET, FakeDNS, Proxy, Receiver, eventually, produce, read_topic, serve
 from tests.integration.conftest import Setup, receiver, running
-from tests.integration.test_endpoints_api import KEY, _environment, api, api_config  # noqa: F401 - the fixture
+from tests.integration.test_endpoints_api import ADMIN, KEY, _environment, api, api_config  # noqa: F401 - the fixture
 
 
 def ev(n: int, tenant: str = "acme", event_type: str = "lead.created") -> bytes:
@@ -158,3 +158,86 @@ async def test_no_endpoint_replaces_the_routers_credentials_for_its_egress_proxy
     assert [(target, auth) for _, target, auth in proxy.asked] == [(r.url, router)] * 2
     assert len(r.requests) == 2 and not any(k.lower().startswith("proxy-") for q in r.requests for k in q.headers)
     assert [q.headers.get("X-Tenant") for q in r.requests].count("acme") == 1  # its other headers still go
+
+
+# --- who paused, and who may lift it ---
+
+
+async def test_a_tenant_lifts_its_own_and_automatic_pauses_never_the_platforms_nor_its_contracts(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    ok, failing, gone = (
+        await receiver(receivers),
+        await receiver(receivers, status=500),
+        await receiver(receivers, status=410),
+    )
+    bootstrap = setup.broker.bootstrap
+    async with running(setup.write(api_config(setup))), api(setup.admin_port) as c:
+        clients = await tenants(c, "acme", "globex")
+        acme, globex = clients["acme"], clients["globex"]
+
+        async def create(url: str, **extra: Any) -> str:
+            status, created = await acme.call("POST", "/v1/endpoints", {"url": url, "events": ["*"], **extra})
+            assert status == 201, created
+            return str(created["id"])
+
+        by_api, by_operator, own = await create(ok.url), await create(ok.url), await create(ok.url)
+        automatic = await create(failing.url, pause_after_failures=1, retry={"policy": "none"})
+        contract = await create(gone.url)
+        await produce(bootstrap, setup.topic, [ev(1)])
+        paused_twice = lambda recs: sum(r["status"] == "endpoint_paused" for r in recs) == 2  # noqa: E731
+        records = await read_topic(bootstrap, setup.results, lambda recs: paused_twice(recs) and len(recs) >= 7)
+        delivered = next(r for r in records if r["endpoint_id"] == by_api and r["status"] == "delivered")
+
+        assert (await c.call("POST", f"/v1/endpoints/{by_api}/pause"))[0] == 200  # the platform, through the API
+        admin = c.session.post(f"{c.base}/endpoints/{by_operator}/pause", headers={"Authorization": f"Bearer {ADMIN}"})
+        async with admin as resp:
+            assert resp.status == 200  # the platform, through the operator's route
+        status, mine = await acme.call("POST", f"/v1/endpoints/{own}/pause")
+        assert (status, mine["status"], mine["paused_by"]) == (200, "paused", "tenant")
+
+        views = {i: (await acme.call("GET", f"/v1/endpoints/{i}"))[1] for i in (by_api, by_operator, automatic,
+                                                                                 contract)}  # fmt: skip
+        assert {i: (v["status"], v["paused_by"]) for i, v in views.items()} == {
+            by_api: ("paused", "platform"), by_operator: ("paused", "platform"), automatic: ("paused", "automatic"),
+            contract: ("paused", "contract"),
+        }  # fmt: skip
+        async with c.session.get(f"{c.base}/endpoints", headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+            listed = {e["id"]: e["paused_by"] for e in (await resp.json())["endpoints"]}
+        assert listed == {by_api: "platform", by_operator: "platform", own: "tenant", automatic: "automatic",
+                          contract: "contract"}  # fmt: skip
+
+        for endpoint_id, who in ((by_api, "the platform (operator: paused through the API)"),
+                                 (by_operator, "the platform (operator: paused by an operator)"),
+                                 (contract, "its contract (gone: the endpoint answered 410 Gone)")):  # fmt: skip
+            status, answer = await acme.call("POST", f"/v1/endpoints/{endpoint_id}/resume")
+            assert (status, answer["error"]) == (
+                409, f"endpoint {endpoint_id!r} is paused by {who}: only the platform can resume it"
+            )  # fmt: skip
+            assert (await acme.call("GET", f"/v1/endpoints/{endpoint_id}"))[1]["status"] == "paused"
+            assert (await globex.call("POST", f"/v1/endpoints/{endpoint_id}/resume"))[0] == 404  # not its own
+        for endpoint_id in (own, automatic):
+            status, view = await acme.call("POST", f"/v1/endpoints/{endpoint_id}/resume")
+            assert (status, view["status"], view["paused_by"]) == (200, "active", None)
+
+        # The platform pausing what the tenant paused: the tenant can no longer lift it.
+        await acme.call("POST", f"/v1/endpoints/{own}/pause")
+        await c.call("POST", f"/v1/endpoints/{own}/pause")
+        assert (await acme.call("GET", f"/v1/endpoints/{own}"))[1]["paused_by"] == "platform"
+        assert (await acme.call("POST", f"/v1/endpoints/{own}/resume"))[0] == 409
+        status, view = await c.call("POST", f"/v1/endpoints/{contract}/resume")  # the platform lifts anything
+        assert (status, view["status"]) == (200, "active")
+
+        # Neither a replay nor a redelivery delivers to a paused endpoint, whoever asks.
+        before = len(ok.requests)
+        whole = {"from_time": 0}
+        for caller in (acme, c):
+            paused = f"endpoint {by_api!r} is paused by the platform (operator: paused through the API)"
+            status, answer = await caller.call("POST", f"/v1/endpoints/{by_api}/replay", whole)
+            assert (status, answer["error"]) == (409, f"{paused}: no replay while it is paused")
+            status, answer = await caller.call("POST", f"/v1/deliveries/{delivered['delivery_id']}/redeliver")
+            assert (status, answer["error"]) == (409, f"{paused}: no redelivery while it is paused")
+        async with c.session.post(f"{c.base}/endpoints/{by_api}/replay", json=whole,
+                                  headers={"Authorization": f"Bearer {ADMIN}"}) as resp:  # fmt: skip
+            assert resp.status == 409
+        assert len(ok.requests) == before

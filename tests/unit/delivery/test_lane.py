@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from daemon.core.config import DeliveryConfig, EndpointConfig
 from daemon.core.event import Event
-from daemon.core.model import LIVE, REPLAY, Outcome
+from daemon.core.model import LIVE, REDELIVERY, REPLAY, Outcome
 from daemon.delivery.endpoint import Endpoint
 from daemon.delivery.job import Job
 from daemon.delivery.lane import Lane, LaneStats
@@ -92,17 +92,19 @@ async def test_put_wait_waits_for_room() -> None:
         await lane.cancel()
 
 
-async def test_a_live_job_is_offered_to_held_back_before_its_attempt_and_a_replay_is_not() -> None:
+async def test_a_live_or_replayed_job_is_offered_to_held_back_before_its_attempt_and_no_other() -> None:
+    """A pause stops a replay's queued deliveries too (they were delivered to a paused endpoint)."""
     sender, settles = ScriptedSender(), Settles()
-    settles.hold = {"msg_1"}
+    settles.hold = {"msg_1", "msg_3"}
     lane = lane_of(sender, settles)
     try:
         lane.put(job(1))
         lane.put(job(2))
         lane.put(job(3, trigger=REPLAY))
+        lane.put(job(4, trigger=REDELIVERY))
         await settle_down(50)
-        assert [j.delivery_id for j in sender.attempts] == ["msg_2", "msg_3"]
-        assert sorted(settles.asked) == ["msg_1", "msg_2"]
+        assert [j.delivery_id for j in sender.attempts] == ["msg_2", "msg_4"]
+        assert sorted(settles.asked) == ["msg_1", "msg_2", "msg_3"]
     finally:
         await lane.cancel()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from daemon.core.model import HealthState, decode_health
+from daemon.core.model import HealthState, decode_health, paused_by, tenant_may_lift
 from daemon.engine.health import Health
 from daemon.observe.metrics import Metrics
 from tests.unit.standins import Writer
@@ -86,3 +86,53 @@ def test_the_config_pauses_and_resumes() -> None:
     assert not h.is_paused("a")
     h.follow_config("b", paused=False, was_paused=False)
     assert "b" not in h.states
+
+
+def test_a_pause_records_who_paused() -> None:
+    h, writer, _ = health()
+    h.observe("auto", ok=False, gone=None, threshold=1)
+    h.observe("gone", ok=False, gone=410, threshold=None)
+    h.pause("op", "operator", "paused by an operator")
+    h.pause("cfg", "config", "paused = true in the config")
+    h.pause("own", "tenant", "paused by its tenant")
+    by = {i: h.states[i].paused_by for i in ("auto", "gone", "op", "cfg", "own")}
+    assert by == {"auto": "automatic", "gone": "contract", "op": "platform", "cfg": "platform", "own": "tenant"}
+    assert {decode_health(r.value).paused_by for r in writer.on(TOPIC)} == set(by.values())  # kept on the topic
+    h.resume("own")
+    assert h.states["own"].paused_by is None
+
+
+def test_a_pause_its_tenant_may_not_lift_replaces_one_it_may_and_never_the_other_way_round() -> None:
+    """Else the platform pausing an endpoint its tenant (or its failures) had paused would leave a pause the tenant
+    lifts, undoing the platform's."""
+    h, writer, metrics = health()
+    h.pause("a", "tenant", "paused by its tenant")
+    since = h.states["a"].since
+    assert h.pause("a", "operator", "paused through the API")
+    assert (h.states["a"].paused_by, h.states["a"].reason) == ("platform", "operator: paused through the API")
+    assert h.states["a"].since == since  # paused since the first pause
+    assert not h.pause("a", "tenant", "again") and not h.pause("a", "failures", "10 consecutive failed deliveries")
+    assert h.states["a"].paused_by == "platform"
+    assert paused_gauge(metrics, "operator") == 1 and paused_gauge(metrics, "tenant") == 0
+    h.observe("b", ok=False, gone=None, threshold=1)
+    assert h.pause("b", "gone", "the endpoint answered 410 Gone") and h.states["b"].paused_by == "contract"
+    assert not h.pause("b", "operator", "paused through the API")  # neither is the tenant's to lift: kept
+    assert [decode_health(r.value).paused_by for r in writer.on(TOPIC)] == ["tenant", "platform", "automatic",
+                                                                            "contract"]  # fmt: skip
+
+
+def test_a_tenant_may_lift_its_own_pauses_and_automatic_ones_only() -> None:
+    h, _, _ = health()
+    for endpoint_id, kind in (("own", "tenant"), ("auto", "failures"), ("gone", "gone"), ("op", "operator"),
+                              ("cfg", "config")):  # fmt: skip
+        h.pause(endpoint_id, kind, "a test")
+    assert {i for i in h.states if tenant_may_lift(h.states[i])} == {"own", "auto"}
+
+
+def test_a_state_kept_before_paused_by_existed_says_who_paused_by_its_reason() -> None:
+    h, _, _ = health()
+    for endpoint_id, reason in (("a", "failures: 10 consecutive failed deliveries"), ("b", "gone: HTTP 410"),
+                                ("c", "operator: paused through the API"), ("d", "config: paused = true")):  # fmt: skip
+        h.apply(decode_health(f'{{"endpoint_id": "{endpoint_id}", "paused": true, "reason": "{reason}"}}'.encode()))
+    assert [paused_by(h.states[i]) for i in "abcd"] == ["automatic", "contract", "platform", "platform"]
+    assert not tenant_may_lift(h.states["c"])  # an API pause of old may have been the platform's: kept

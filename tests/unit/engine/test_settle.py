@@ -266,6 +266,26 @@ async def test_a_paused_endpoint_that_holds_defers_without_using_an_attempt() ->
         assert r.part.watermark() == 1
 
 
+@pytest.mark.parametrize("while_paused", ["skip", "hold"])
+async def test_a_replayed_delivery_to_an_endpoint_paused_meanwhile_is_recorded_skipped_never_attempted_nor_held(
+    while_paused: str,
+) -> None:
+    """A replay is refused while the endpoint is paused (daemon.admin.operate); what it queued before a pause is
+    recorded skipped_paused by the lane, owed to no event, neither delivered nor deferred to a tier."""
+    async with rig([endpoint("a", while_paused=while_paused)]) as r:
+        endpoint_a = r.settlement.routing.endpoints["a"]
+        r.health.pause("a", "operator", "paused by an operator")
+        before = len(r.writer.records)
+        job = Job(event=Event(event(1), "lead.created", "events", 0, 5, 0), delivery_id="msg_x", ack=None,
+                  trigger=REPLAY, endpoint_id="a")  # fmt: skip
+        await r.settlement.queue_wait(endpoint_a, job)
+        await settle_down()
+        (record,) = r.writer.records[before:]
+        assert (record.topic, record.json()["status"], record.json()["trigger"]) == (None, "skipped_paused", "replay")
+        assert record.json()["error"] == "endpoint paused (operator: paused by an operator)"
+        assert r.sender.attempts == []
+
+
 async def test_a_full_queue_defers_beside_another_endpoint_with_work() -> None:
     gate = asyncio.Event()
     endpoints = [endpoint("slow", max_concurrency=1, queue_size=1), endpoint("busy", max_concurrency=1)]
