@@ -179,6 +179,11 @@ class RetryConfig(msgspec.Struct, **_FROZEN):
     # event is read back from its topic when due). Keep it under the topics' max.message.bytes (Kafka's
     # default: 1048588).
     max_record_bytes: Annotated[int, Meta(ge=10_000, le=100 * 1024 * 1024)] = 1_000_000
+    # How long a paused endpoint with while_paused = "hold" holds its deliveries, from its pause on: each comes back
+    # to look once a minute (a resume finds it), and after this long it is recorded skipped_paused and dead-lettered,
+    # as a skipping endpoint's is at once. No contract promises a delivery to a paused endpoint (crm's has no retry
+    # policy at all), so a hold is bounded like a retry schedule.
+    max_hold_s: Annotated[float, Meta(ge=1, le=2_592_000)] = 86_400.0
 
     def tier_topic(self, tier_s: float) -> str:
         return f"{self.topic_prefix}.retry.{tier_s:g}s"

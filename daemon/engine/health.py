@@ -8,12 +8,13 @@ sees a pause made by any of them.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-from daemon.core.clock import utc_now_iso
+from daemon.core.clock import ms_of_iso, utc_now_iso
 from daemon.core.model import (
     ENDPOINT_PAUSED,
     ENDPOINT_RESUMED,
@@ -68,6 +69,7 @@ class Health:
         self._metrics = metrics
         self.states: dict[str, HealthState] = {}
         self._failures: dict[str, int] = {}
+        self._paused_ms: dict[str, int] = {}  # when each paused endpoint was paused (unix ms)
 
     def is_paused(self, endpoint_id: str) -> bool:
         state = self.states.get(endpoint_id)
@@ -75,6 +77,21 @@ class Health:
 
     def failures(self, endpoint_id: str) -> int:
         return self._failures.get(endpoint_id, 0)
+
+    def paused_since_ms(self, endpoint_id: str) -> int | None:
+        """When a paused endpoint was paused (unix ms; a pause whose time cannot be read: when this instance learnt
+        of it); None when it is not paused."""
+        return self._paused_ms.get(endpoint_id)
+
+    def _keep(self, state: HealthState) -> None:
+        self.states[state.endpoint_id] = state
+        if state.paused:
+            since = ms_of_iso(state.since)
+            if since is None:
+                since = self._paused_ms.get(state.endpoint_id, int(time.time() * 1000))
+            self._paused_ms[state.endpoint_id] = since
+        else:
+            self._paused_ms.pop(state.endpoint_id, None)
 
     def observe(self, endpoint_id: str, ok: bool, gone: int | None, threshold: int | None) -> None:
         """Count one live attempt's result; pause on an answer its contract pauses on (``gone``: that HTTP
@@ -124,7 +141,7 @@ class Health:
 
     def _set(self, state: HealthState) -> None:
         """Keep a change, persist it on the health topic, and announce it on the results topic (owed to no event)."""
-        self.states[state.endpoint_id] = state
+        self._keep(state)
         self._update_gauge()
         key = state.endpoint_id.encode()
         self._writer.submit(key, encode_health(state), None, topic=self._topic)
@@ -153,11 +170,11 @@ class Health:
     def apply(self, state: HealthState) -> None:
         """A state read back from the topic (at start-up, or written by another instance)."""
         current = self.states.get(state.endpoint_id)
-        if current is not None and (current.paused, current.reason, current.paused_by) == (
-            state.paused, state.reason, state.paused_by
+        if current is not None and (current.paused, current.reason, current.paused_by, current.since) == (
+            state.paused, state.reason, state.paused_by, state.since
         ):  # fmt: skip
             return
-        self.states[state.endpoint_id] = state
+        self._keep(state)
         if not state.paused:
             self._failures[state.endpoint_id] = 0
         self._update_gauge()

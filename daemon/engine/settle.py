@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
@@ -337,19 +338,27 @@ class Settlement:
         Called when a job is handed over and again when a worker takes it, so a pause stops what was queued. Only
         a live delivery is held: a replayed one is recorded ``skipped_paused`` (a replay never defers).
         """
-        if not self._health.is_paused(endpoint.id):
+        health = self._health
+        if not health.is_paused(endpoint.id):
             return False
+        state = health.states[endpoint.id]
+        error, reason = f"endpoint paused ({state.reason})", "endpoint paused"
         if endpoint.config.while_paused == "hold" and job.trigger == LIVE:
-            self._defer(job, endpoint.id, self._recheck_s)
-            return True
-        state = self._health.states[endpoint.id]
+            # Held while the hold lasts (retry.max_hold_s from the pause), looked at again every recheck and at the
+            # hold's end at the latest; after that, settled as a skipping endpoint's delivery.
+            now_ms = int(time.time() * 1000)
+            ends_ms = (health.paused_since_ms(endpoint.id) or now_ms) + int(self._retry.max_hold_s * 1000)
+            if now_ms < ends_ms:
+                self._defer(job, endpoint.id, min(self._recheck_s, (ends_ms - now_ms) / 1000))
+                return True
+            error += f" for longer than retry.max_hold_s ({self._retry.max_hold_s:g} s): no longer held"
+            reason = "endpoint paused for longer than retry.max_hold_s"
         self._metrics.deliveries_skipped.labels(SKIPPED_PAUSED).inc()
-        error = f"endpoint paused ({state.reason})"
         outcome = outcome_for(endpoint.id, job, SKIPPED_PAUSED, error=error, profile=endpoint.profile.name)
         if job.trigger == LIVE:
             ack = _after_both(job.ack)
             self._record(outcome, ack)
-            self._dead_letter(job, endpoint.id, "endpoint paused", job.history, ack)
+            self._dead_letter(job, endpoint.id, reason, job.history, ack)
         else:
             self._record(outcome, job.ack)
         return True
@@ -451,10 +460,11 @@ class Settlement:
     def _defer(self, job: Job, endpoint_id: str, wait_s: float) -> None:
         """Park a delivery whose endpoint cannot take it now for ``wait_s``; no attempt is used up."""
         now_ms = int(time.time() * 1000)
-        due_ms = now_ms + int(wait_s * 1000)
+        wait_ms = math.ceil(wait_s * 1000)  # never sooner than asked (a hold's end: never early)
+        due_ms = now_ms + wait_ms
         self._metrics.deliveries_deferred.inc()
         job.deferrals += 1
-        self._schedule(job, endpoint_id, job.attempt, due_ms, int(wait_s * 1000), job.history, job.ack, True, now_ms)
+        self._schedule(job, endpoint_id, job.attempt, due_ms, wait_ms, job.history, job.ack, True, now_ms)
 
     # --- lanes ---
 

@@ -15,6 +15,7 @@ import tomli_w
 from aiohttp import web
 from yarl import URL
 
+from daemon.core.clock import ms_of_iso
 from daemon.core.registry import sealed_record, signed
 from daemon.core.secretbox import Keyring
 from tests.helpers import SECRET, FakeDNS, Proxy, Receiver, eventually, produce, read_topic, serve
@@ -241,3 +242,39 @@ async def test_a_tenant_lifts_its_own_and_automatic_pauses_never_the_platforms_n
                                   headers={"Authorization": f"Bearer {ADMIN}"}) as resp:  # fmt: skip
             assert resp.status == 409
         assert len(ok.requests) == before
+
+
+# --- a hold is bounded ---
+
+
+async def test_an_endpoint_that_pauses_itself_holds_its_deliveries_for_max_hold_s_then_dead_letters_them(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    """It cycled every held delivery through the tiers forever: now a held delivery is recorded skipped_paused and
+    dead-lettered once the endpoint has been paused for retry.max_hold_s (never before), as crm's contract (no retry
+    policy) implies."""
+    r = await receiver(receivers, status=500)
+    ep = {"id": "crm-legacy", "url": r.url, "secret": SECRET, "while_paused": "hold", "pause_after_failures": 1,
+          "retry": {"policy": "none"}}  # fmt: skip
+    doc = setup.config([ep], [{"endpoint": "crm-legacy", "events": ["*"]}])
+    doc["admin"]["token_env"] = "WR_ADMIN_TOKEN"
+    doc["retry"]["max_hold_s"] = 3
+    bootstrap = setup.broker.bootstrap
+    async with running(setup.write(doc)), api(setup.admin_port) as c:
+        await produce(bootstrap, setup.topic, [ev(1)])
+        await read_topic(bootstrap, setup.results, lambda recs: any(x["status"] == "endpoint_paused" for x in recs))
+        async with c.session.get(f"{c.base}/endpoints", headers={"Authorization": f"Bearer {ADMIN}"}) as resp:
+            (info,) = (await resp.json())["endpoints"]
+        assert (info["paused"], info["paused_by"]) == (True, "automatic")
+        await produce(bootstrap, setup.topic, [ev(2)])
+        letters = await read_topic(bootstrap, f"{setup.prefix}.dead-letter", lambda recs: len(recs) >= 2, 30)
+        records = await read_topic(bootstrap, setup.results, lambda recs: any(
+            x["status"] == "skipped_paused" for x in recs))  # fmt: skip
+    first, held = letters
+    assert (first["reason"], held["reason"]) == ("no attempts left", "endpoint paused for longer than retry.max_hold_s")
+    assert held["event"]["n"] == 2 and held["attempts"] == [] and len(r.requests) == 1
+    paused_at, lettered_at = ms_of_iso(info["since"]), ms_of_iso(held["dead_lettered_at"])
+    assert paused_at is not None and lettered_at is not None
+    assert paused_at + 3000 <= lettered_at <= paused_at + 20_000  # never early; not late, with a generous margin
+    (skipped,) = [x for x in records if x["status"] == "skipped_paused"]
+    assert skipped["error"].endswith("for longer than retry.max_hold_s (3 s): no longer held")

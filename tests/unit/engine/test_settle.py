@@ -15,9 +15,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
+import msgspec
 import pytest
 from aiokafka import TopicPartition
 
+from daemon.core.clock import iso_ms
 from daemon.core.event import Event
 from daemon.core.model import LIVE, REPLAY, RetryRecord, decode_retry, encode_retry
 from daemon.core.offsets import OffsetTracker, PartitionOffsets
@@ -284,6 +286,36 @@ async def test_a_replayed_delivery_to_an_endpoint_paused_meanwhile_is_recorded_s
         assert (record.topic, record.json()["status"], record.json()["trigger"]) == (None, "skipped_paused", "replay")
         assert record.json()["error"] == "endpoint paused (operator: paused by an operator)"
         assert r.sender.attempts == []
+
+
+async def test_a_held_delivery_comes_back_when_the_hold_ends_and_is_then_skipped_and_dead_lettered() -> None:
+    """A paused endpoint that holds does so for retry.max_hold_s from its pause at most (it cycled every held delivery
+    through the tiers forever): a held delivery comes back no later than the hold's end, and one that comes back
+    after it is settled as a skipping endpoint's, recorded skipped_paused and dead-lettered."""
+    async with rig([endpoint("a", while_paused="hold")], max_hold_s=10) as r:
+        r.health.observe("a", ok=False, gone=None, threshold=1)  # it pauses itself
+        since = r.health.paused_since_ms("a")
+        assert since is not None
+        r.writer.ack_all()
+        before = len(r.writer.records)
+        r.dispatch(0, event(1))
+        (held,) = r.writer.records[before:]
+        scheduled = decode_retry(held.value)
+        assert (held.topic, scheduled.deferred) == (tier(5), True)  # not the 30 s recheck: the hold ends first
+        assert since + 10_000 <= scheduled.due_ms <= since + 11_000  # never before the hold's end
+        r.writer.ack(held)
+        state = r.health.states["a"]
+        r.health.apply(msgspec.structs.replace(state, since=iso_ms(int(time.time() * 1000) - 10_000)))
+        job = Job(event=Event(event(1), "lead.created", "events", 0, 0, 0), delivery_id="msg_1", ack=None,
+                  endpoint_id="a")  # fmt: skip
+        assert r.settlement.held_back(r.settlement.routing.endpoints["a"], job)
+        skipped, letter = r.writer.records[before + 1 :]
+        assert skipped.json()["status"] == "skipped_paused" and r.sender.attempts == []
+        assert skipped.json()["error"] == (
+            "endpoint paused (failures: 1 consecutive failed deliveries) for longer than retry.max_hold_s (10 s): "
+            "no longer held"
+        )
+        assert (letter.topic, letter.json()["reason"]) == (DL, "endpoint paused for longer than retry.max_hold_s")
 
 
 async def test_a_full_queue_defers_beside_another_endpoint_with_work() -> None:
