@@ -52,6 +52,7 @@ from daemon.core.validate import check_endpoint
 from daemon.engine.health import REASON_OPERATOR, REASON_TENANT, Health, pause_text
 from daemon.engine.settle import Settlement
 from daemon.kafka.history import recent_attempts
+from daemon.kafka.readers import Readers
 from daemon.kafka.store import Store
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class Api:
         keyring: Keyring,
         admin_token: str | None,
         environ: Mapping[str, str],
-        client_options: Mapping[str, Any],
+        readers: Readers,
         rotation_grace_s: float,
         max_scan: int,
     ) -> None:
@@ -131,7 +132,7 @@ class Api:
         self._keyring = keyring
         self._admin_token = admin_token
         self._environ = environ
-        self._client_options = client_options
+        self._readers = readers
         self._grace_s = rotation_grace_s
         self._max_scan = max_scan
         self._static: tuple[object, dict[str, list[str]]] | None = None  # (config, events by endpoint of its file)
@@ -365,7 +366,7 @@ class Api:
         endpoint_id = self._visible(request.match_info["id"], caller)
         limit = _bounded(request.query.get("limit"), 20, 200)
         topic = self._settlement.routing.config.kafka.results_topic
-        values = await recent_attempts(self._client_options, topic, endpoint_id, limit, self._max_scan)
+        values = await recent_attempts(self._readers, topic, endpoint_id, limit, self._max_scan)
         return http.json_response({"data": [decode_outcome(v) for v in values]})
 
     async def redeliver(self, request: web.Request, caller: Caller) -> web.Response:

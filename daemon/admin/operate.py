@@ -16,6 +16,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import aclosing
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -52,11 +53,13 @@ from daemon.kafka.consume import Source, Stuck
 from daemon.kafka.history import SEARCH_BUDGET_S, find_delivery
 from daemon.kafka.rawbatch import raw_batch
 from daemon.kafka.readback import read_one, read_range
+from daemon.kafka.readers import Readers
 from daemon.kafka.results import ResultsWriter
 from daemon.observe.metrics import Metrics
 
 Partition = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 Offset = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+READERS_KEPT = 8  # read-back consumers kept between reads
 UnixMs = Annotated[int, Meta(ge=0, le=253_402_300_799_999)]  # up to the year 9999
 Time = Annotated[datetime, Meta(tz=True)]  # RFC 3339: with its offset (Z or +hh:mm)
 
@@ -120,12 +123,17 @@ class Operator:
         writer: ResultsWriter | None = None,
         retry: RetryConfig | None = None,
     ) -> None:
+        """Close it with ``stop()`` (the consumers kept between reads)."""
         self._settlement = settlement
         self._health = health
-        self._client_options = client_options  # for reading events back (no consumer group)
+        self._client_options = client_options  # for the raw batch a skip reads
+        self.readers = Readers(client_options, keep=READERS_KEPT)  # for reading events and results back
         self._sources = sources  # the consumers whose stuck partitions an operator may skip
         self._writer = writer
         self._retry = retry
+
+    async def stop(self) -> None:
+        await self.readers.stop()
 
     def stuck(self) -> list[Stuck]:
         """The partitions held at a batch that cannot be decoded."""
@@ -219,7 +227,7 @@ class Operator:
         max_scan = config.api.max_scan_records
         found = None
         if re.fullmatch(r"msg_[0-9a-f]{32}", delivery):
-            found = await find_delivery(self._client_options, config.kafka.results_topic, delivery, max_scan)
+            found = await find_delivery(self.readers, config.kafka.results_topic, delivery, max_scan)
         if found is None:
             raise NotFound(
                 f"no delivery {delivery!r} in the results topic's retention or its newest {max_scan:,} records per "
@@ -237,7 +245,7 @@ class Operator:
         topic, partition, offset = where.source_topic, where.source_partition, where.source_offset
         endpoint = self._endpoint(where.endpoint_id)
         self._unless_paused(endpoint.id, "redelivery")
-        record = await read_one(self._client_options, topic, partition, offset)
+        record = await read_one(self.readers, topic, partition, offset)
         event = await self._settlement.event_of(record)
         if delivery_id(event.key, endpoint.id) != delivery:
             raise NotFound(f"{delivery} is not the delivery of {topic}[{partition}]@{offset} to {where.endpoint_id}")
@@ -264,7 +272,7 @@ class Operator:
         topics = [spec.topic] if spec.topic else list(routing.config.kafka.topics)
         scanned = matched = 0
         records = read_range(
-            self._client_options,
+            self.readers,
             topics,
             since_ms=since_ms,
             until_ms=until_ms,
@@ -272,24 +280,25 @@ class Operator:
             from_offset=spec.from_offset,
             to_offset=spec.to_offset,
         )
-        async for record in records:
-            scanned += 1
-            try:
-                event = await self._settlement.event_of(record)
-            except InvalidEvent:
-                continue
-            routing = self._settlement.routing
-            if endpoint_id not in routing.table.match(record.topic, event.event_type).select(event.decoded):
-                continue
-            matched += 1
-            job = Job(
-                event=event,
-                delivery_id=delivery_id(event.key, endpoint_id),
-                ack=None,
-                trigger=REPLAY,
-                endpoint_id=endpoint_id,
-            )
-            await self._settlement.queue_wait(endpoint, job)  # never pushes live traffic into the tiers
+        async with aclosing(records):  # its consumer given back as soon as the replay ends, however it ends
+            async for record in records:
+                scanned += 1
+                try:
+                    event = await self._settlement.event_of(record)
+                except InvalidEvent:
+                    continue
+                routing = self._settlement.routing
+                if endpoint_id not in routing.table.match(record.topic, event.event_type).select(event.decoded):
+                    continue
+                matched += 1
+                job = Job(
+                    event=event,
+                    delivery_id=delivery_id(event.key, endpoint_id),
+                    ack=None,
+                    trigger=REPLAY,
+                    endpoint_id=endpoint_id,
+                )
+                await self._settlement.queue_wait(endpoint, job)  # never pushes live traffic into the tiers
         return ReplayCounts(scanned=scanned, matched=matched)
 
 

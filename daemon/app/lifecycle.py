@@ -43,6 +43,7 @@ from daemon.kafka.clients import kafka_client_options, make_producer
 from daemon.kafka.consume import Source
 from daemon.kafka.contact import Contact, KafkaLogFilter, unretrieved_kafka_errors_quiet
 from daemon.kafka.readback import read_one
+from daemon.kafka.readers import Readers
 from daemon.kafka.results import ResultsWriter
 from daemon.kafka.store import Store
 from daemon.kafka.topics import ensure_topics, topic_specs
@@ -189,7 +190,7 @@ class App:
         stack.push_async_callback(sender.close)
 
         routing = await asyncio.to_thread(Routing, config, environ)  # 100,000 endpoints: seconds, off the loop
-        read_back = functools.partial(read_one, client_options)
+        read_back = functools.partial(read_one, Readers(client_options))  # a consumer for each read, closed after
         schemas = self._schemas = loader_for(config.schema_registry, environ, routing.schemas, metrics)
         if schemas is not None:  # the writer schemas of the topics in the wire format
             stack.push_async_callback(schemas.close)
@@ -213,6 +214,7 @@ class App:
         )
         tiers = Source(tier_kafka, environ, metrics, settlement.take, drain_s, "retries")
         operator = Operator(settlement, health, client_options, (source, tiers), results, retry)
+        stack.push_async_callback(self._close, "the read-back consumers", operator.stop)
 
         if api.enabled:  # every endpoint of the topic is applied before the first event is read
             keyring = keyring_from(environ, api)
@@ -227,7 +229,7 @@ class App:
                      read, time.monotonic() - started)  # fmt: skip
             self._api = Api(
                 store=store, settlement=settlement, health=health, operator=operator, keyring=keyring,
-                admin_token=config.admin.token(environ), environ=environ, client_options=client_options,
+                admin_token=config.admin.token(environ), environ=environ, readers=operator.readers,
                 rotation_grace_s=api.rotation_grace_s, max_scan=api.max_scan_records,
             )  # fmt: skip
 

@@ -5,47 +5,47 @@ Kafka's default partitioner gives its key): its recent attempts are read from th
 backwards from its end, a window at a time, newest first. A delivery known only by its id is looked for
 in every partition the same way. Both stop after ``max_scan`` records per partition, at the start of the
 topic's retention, or once the query has read for ``SEARCH_BUDGET_S`` (what was found by then is the answer).
+Consumers are lent by ``daemon.kafka.readers``; a query cancelled mid-read gives its consumer back closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 from aiokafka.partitioner import DefaultPartitioner
 
 from daemon.core.errors import NotFound
-from daemon.kafka.clients import partitions_of, reader
+from daemon.kafka.clients import partitions_of
+from daemon.kafka.readers import Readers
 
 _WINDOW = 2_000  # records read per step backwards
 SEARCH_BUDGET_S = 20.0  # one query's reading, all partitions together: a caller waits no longer
 _FETCH_WAIT_S = 10.0
+_partitioner = DefaultPartitioner()
 
 
-async def recent_attempts(
-    client_options: Mapping[str, Any], topic: str, endpoint_id: str, limit: int, max_scan: int
-) -> list[bytes]:
+async def recent_attempts(readers: Readers, topic: str, endpoint_id: str, limit: int, max_scan: int) -> list[bytes]:
     """The newest ``limit`` results records of an endpoint (their values), newest first."""
     key = endpoint_id.encode()
     until = time.monotonic() + SEARCH_BUDGET_S
-    async with _reader(client_options) as consumer:
-        partitions = await _partitions(consumer, topic)
-        parts = sorted(partitions)
-        tp = TopicPartition(topic, int(DefaultPartitioner()(key, parts, parts)))
+    async with readers.lent_one() as consumer:
+        parts = sorted(await _partitions(consumer, topic))
+        tp = TopicPartition(topic, _partition_of(key, parts))
         found: list[bytes] = []
         await _backwards(consumer, tp, max_scan, lambda r: r.key == key, found, limit, until)
         return found
 
 
-async def find_delivery(client_options: Mapping[str, Any], topic: str, delivery_id: str, max_scan: int) -> bytes | None:
+async def find_delivery(readers: Readers, topic: str, delivery_id: str, max_scan: int) -> bytes | None:
     """The newest results record of a delivery (its value), from any partition; None if not within reach."""
     needle = f'"delivery_id":"{delivery_id}"'.encode()
     until = time.monotonic() + SEARCH_BUDGET_S
-    async with _reader(client_options) as consumer:
+    async with readers.lent_one() as consumer:
         for partition in sorted(await _partitions(consumer, topic)):
             found: list[bytes] = []
             await _backwards(
@@ -56,14 +56,9 @@ async def find_delivery(client_options: Mapping[str, Any], topic: str, delivery_
     return None
 
 
-@contextlib.asynccontextmanager
-async def _reader(client_options: Mapping[str, Any]) -> Any:
-    consumer = reader(client_options, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        yield consumer
-    finally:
-        await consumer.stop()
+def _partition_of(key: bytes, partitions: list[int]) -> int:
+    """The partition the results writer's producer (aiokafka's default partitioner) puts ``key``'s records in."""
+    return int(_partitioner(key, partitions, partitions))
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
@@ -86,11 +81,19 @@ async def _backwards(
     (or ``max_scan`` records were read, or the monotonic clock passed ``until``)."""
     consumer.assign([tp])
     start = (await consumer.beginning_offsets([tp]))[tp]
-    end = await _end(consumer, tp, start)
+    try:
+        end = await _end(consumer, tp, start)
+    except OffsetOutOfRangeError:  # retention moved the log's start meanwhile
+        start = (await consumer.beginning_offsets([tp]))[tp]
+        end = await _end(consumer, tp, start)
     scanned = 0
     while end > start and scanned < max_scan and len(found) < limit and time.monotonic() < until:
         first = max(start, end - _WINDOW)
-        window = await _read(consumer, tp, first, end)
+        try:
+            window = await _read(consumer, tp, first, end)
+        except OffsetOutOfRangeError:  # retention passed the window's start meanwhile: read on from the log's start
+            start = (await consumer.beginning_offsets([tp]))[tp]
+            continue
         scanned += len(window)
         for record in reversed(window):
             if record.value is not None and wanted(record):

@@ -1,45 +1,28 @@
 """Reading events back from Kafka by position or time, for redelivery and replay (no consumer group).
 
 A position that does not exist (a topic or partition the cluster does not have) is ``NotFound``, asked for
-before anything is read; every consumer opened here is closed whatever happens. The consumers never reset
-an offset outside the log (``auto_offset_reset="none"``): with a reset to the earliest record, a replay
-from past the end would read the whole partition.
+before anything is read. The consumers (lent by ``daemon.kafka.readers``) never reset an offset outside the log
+(``auto_offset_reset="none"``): with a reset to the earliest record, a replay from past the end would read the whole
+partition.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import OffsetOutOfRangeError
 
 from daemon.core.errors import NotFound
-from daemon.kafka.clients import close_consumer, partitions_of, reader
+from daemon.kafka.clients import partitions_of
+from daemon.kafka.readers import Readers
 
 
-@asynccontextmanager
-async def _opened(client_options: Mapping[str, Any]) -> AsyncIterator[AIOKafkaConsumer]:
-    """A started read-back consumer, closed on the way out whatever happened."""
-    consumer = reader(client_options)
-    await consumer.start()
-    try:
-        # start() creates the coordinator's task without running it; a task cancelled before its first step makes
-        # stop() raise CancelledError and skip closing the fetcher and the connections (the request that asked
-        # lost its answer). One loop turn starts it, so a read that fails at once (a missing partition) closes the
-        # consumer in order; close_consumer finishes a close that a cancelled fetch cut short all the same.
-        await asyncio.sleep(0)
-        yield consumer
-    finally:
-        await close_consumer(consumer)
-
-
-async def read_one(client_options: Mapping[str, Any], topic: str, partition: int, offset: int) -> Any:
+async def read_one(readers: Readers, topic: str, partition: int, offset: int) -> Any:
     """The record at ``topic[partition]@offset``; raises NotFound."""
-    async with _opened(client_options) as consumer:
+    async with readers.lent_one() as consumer:
         tp = TopicPartition(topic, partition)
         if partition not in (await partitions_of(consumer, topic)):
             raise NotFound(f"no partition {topic}[{partition}]")
@@ -63,7 +46,7 @@ async def read_one(client_options: Mapping[str, Any], topic: str, partition: int
 
 
 async def read_range(
-    client_options: Mapping[str, Any],
+    readers: Readers,
     topics: list[str],
     *,
     since_ms: int | None = None,
@@ -71,11 +54,12 @@ async def read_range(
     partition: int | None = None,
     from_offset: int | None = None,
     to_offset: int | None = None,
-) -> AsyncIterator[Any]:
+) -> AsyncGenerator[Any, None]:
     """Every record of ``topics`` in a time range (record timestamps, ms, >= 0) or an offset range (inclusive),
     up to the end of each partition as it was when the read began. Topics the cluster does not have are left
-    out; NotFound when that leaves none, or when none of them has ``partition``."""
-    async with _opened(client_options) as consumer:
+    out; NotFound when that leaves none, or when none of them has ``partition``. Close the iterator when done with it
+    early (``contextlib.aclosing``): its consumer is given back then."""
+    async with readers.lent_one() as consumer:
         tps: list[TopicPartition] = []
         for t in topics:
             tps += [TopicPartition(t, p) for p in sorted(await partitions_of(consumer, t)) if partition in (None, p)]

@@ -31,6 +31,7 @@ from aiokafka.errors import KafkaError
 from daemon.core.config import KafkaConfig
 from daemon.kafka.clients import close_consumer, kafka_client_options, partitions_of, reader
 from daemon.kafka.readback import read_range
+from daemon.kafka.readers import Readers
 from daemon.tools.common import DEFAULT_TOKEN_ENV, UsageError, admin_url, config_at
 from daemon.tools.remote import table
 
@@ -292,7 +293,7 @@ async def stats(
     await filters.refresh()
     since_ms = int((time.time() - window_s) * 1000)
     per: dict[str, Summary] = {}
-    async for rec in read_range(client_options, [topic], since_ms=since_ms):
+    async for rec in read_range(Readers(client_options), [topic], since_ms=since_ms):
         record = _decode(rec.value)
         if record is None or not filters.passes(record):
             continue
