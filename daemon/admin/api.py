@@ -5,9 +5,9 @@ platform's backend calls it with the admin token; a tenant's own token (stored o
 caller to that tenant, and another tenant's endpoint is a 404 to it, never a 403. Errors follow the
 Leadterra contract: 400 malformed (or not https, per the endpoint's profile), 401 missing or bad token,
 404 unknown endpoint or tenant, 409 a conflicting update (or an endpoint of the config file, which the API
-shows read-only), 422 unknown event types; each names the field. Validation is ``check-config``'s
-(``daemon.core.validate.check_endpoint``). State lives in the endpoints topic (``daemon.kafka.store``); a write
-returns once this instance has applied it.
+shows read-only), 422 unknown event types, 429 too many scans of Kafka under way (``daemon.admin.scans``); each
+names the field. Validation is ``check-config``'s (``daemon.core.validate.check_endpoint``). State lives in the
+endpoints topic (``daemon.kafka.store``); a write returns once this instance has applied it.
 """
 
 from __future__ import annotations
@@ -51,8 +51,6 @@ from daemon.core.secretbox import Keyring
 from daemon.core.validate import check_endpoint
 from daemon.engine.health import REASON_OPERATOR, REASON_TENANT, Health, pause_text
 from daemon.engine.settle import Settlement
-from daemon.kafka.history import recent_attempts
-from daemon.kafka.readers import Readers
 from daemon.kafka.store import Store
 
 log = logging.getLogger(__name__)
@@ -121,9 +119,7 @@ class Api:
         keyring: Keyring,
         admin_token: str | None,
         environ: Mapping[str, str],
-        readers: Readers,
         rotation_grace_s: float,
-        max_scan: int,
     ) -> None:
         self._store = store
         self._settlement = settlement
@@ -132,9 +128,7 @@ class Api:
         self._keyring = keyring
         self._admin_token = admin_token
         self._environ = environ
-        self._readers = readers
         self._grace_s = rotation_grace_s
-        self._max_scan = max_scan
         self._static: tuple[object, dict[str, list[str]]] | None = None  # (config, events by endpoint of its file)
         self._creating: dict[str, int] = {}  # tenant -> its creations waiting for Kafka here (counted against its cap)
 
@@ -338,7 +332,8 @@ class Api:
 
     async def replay(self, request: web.Request, caller: Caller) -> web.Response:
         endpoint_id = self._visible(request.match_info["id"], caller)
-        return http.json_response(await self._operator.replay(endpoint_id, await http.body(request, Replay)))
+        body = await http.body(request, Replay)
+        return http.json_response(await self._operator.replay(endpoint_id, body, caller.tenant))
 
     async def rotate(self, request: web.Request, caller: Caller) -> web.Response:
         record = self._own(request.match_info["id"], caller)
@@ -365,14 +360,17 @@ class Api:
     async def attempts(self, request: web.Request, caller: Caller) -> web.Response:
         endpoint_id = self._visible(request.match_info["id"], caller)
         limit = _bounded(request.query.get("limit"), 20, 200)
-        topic = self._settlement.routing.config.kafka.results_topic
-        values = await recent_attempts(self._readers, topic, endpoint_id, limit, self._max_scan)
+        values = await self._operator.scans.attempts(caller.tenant, endpoint_id, limit)
         return http.json_response({"data": [decode_outcome(v) for v in values]})
 
     async def redeliver(self, request: web.Request, caller: Caller) -> web.Response:
+        """A tenant's lookup reads its own endpoints' records only: another tenant's delivery is answered as one that
+        never was (the same 404, naming the delivery alone)."""
         delivery_id = request.match_info["delivery_id"]
-        where = await self._operator.locate(delivery_id)
-        self._visible(where.endpoint_id, caller)
+        own = None if caller.tenant is None else self._endpoints_of(caller.tenant)
+        where = await self._operator.locate(delivery_id, caller.tenant, own)
+        if own is not None and where.endpoint_id not in own:
+            raise self._operator.no_delivery(delivery_id)
         return http.json_response(await self._operator.redeliver(delivery_id, where))
 
     # --- helpers ---
@@ -436,6 +434,10 @@ class Api:
         if caller.tenant is None and endpoint_id in self._settlement.routing.endpoints:
             return endpoint_id  # the config file's: the platform may act on it
         raise NotFound(f"no endpoint {endpoint_id!r}")
+
+    def _endpoints_of(self, tenant: str) -> frozenset[str]:
+        """The ids of a tenant's endpoints (of the API: the config file's belong to the platform)."""
+        return frozenset(i for i, record in self._store.directory.endpoints.items() if record.tenant == tenant)
 
     def _view_of(self, endpoint_id: str, caller: Caller) -> dict[str, Any]:
         self._visible(endpoint_id, caller)

@@ -4,7 +4,9 @@ admin boundary (``daemon.admin.server``) with their bounds, so that a wrong type
 
 Every attempt an operator asks for is made once, never retried, and recorded on the results topic with
 its ``trigger`` (``ping``, ``redelivery``, ``replay``). ``ping`` and ``record`` (the CLI command) also work
-without a running daemon.
+without a running daemon. What reads Kafka for a caller (a delivery looked for by its id, a replay's range) does so
+through ``daemon.admin.scans``: bounded per tenant and per instance, scoped to the caller's endpoints, and stopped when
+the caller goes away.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import aclosing
 from datetime import datetime
 from typing import Annotated, Any
@@ -26,6 +28,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from msgspec import Meta
 
+from daemon.admin.scans import Scans
 from daemon.core.clock import utc_now_iso
 from daemon.core.config import Config, EndpointId, Name, RetryConfig
 from daemon.core.errors import BadRequest, Conflict, InvalidEvent, KafkaUnavailable, NotFound
@@ -50,16 +53,14 @@ from daemon.engine.health import REASON_OPERATOR, Health, pause_text
 from daemon.engine.settle import Settlement
 from daemon.kafka.clients import make_producer
 from daemon.kafka.consume import Source, Stuck
-from daemon.kafka.history import SEARCH_BUDGET_S, find_delivery
+from daemon.kafka.history import SEARCH_BUDGET_S
 from daemon.kafka.rawbatch import raw_batch
 from daemon.kafka.readback import read_one, read_range
-from daemon.kafka.readers import Readers
 from daemon.kafka.results import ResultsWriter
 from daemon.observe.metrics import Metrics
 
 Partition = Annotated[int, Meta(ge=0, le=2**31 - 1)]
 Offset = Annotated[int, Meta(ge=0, le=2**63 - 1)]
-READERS_KEPT = 8  # read-back consumers kept between reads
 UnixMs = Annotated[int, Meta(ge=0, le=253_402_300_799_999)]  # up to the year 9999
 Time = Annotated[datetime, Meta(tz=True)]  # RFC 3339: with its offset (Z or +hh:mm)
 
@@ -123,17 +124,18 @@ class Operator:
         writer: ResultsWriter | None = None,
         retry: RetryConfig | None = None,
     ) -> None:
-        """Close it with ``stop()`` (the consumers kept between reads)."""
+        """Close it with ``stop()`` (the consumers kept between scans)."""
         self._settlement = settlement
         self._health = health
         self._client_options = client_options  # for the raw batch a skip reads
-        self.readers = Readers(client_options, keep=READERS_KEPT)  # for reading events and results back
+        api = settlement.routing.config.api
+        self.scans = Scans(client_options, lambda: self._settlement.routing.config, keep=api.max_scans)
         self._sources = sources  # the consumers whose stuck partitions an operator may skip
         self._writer = writer
         self._retry = retry
 
     async def stop(self) -> None:
-        await self.readers.stop()
+        await self.scans.stop()
 
     def stuck(self) -> list[Stuck]:
         """The partitions held at a batch that cannot be decoded."""
@@ -220,32 +222,38 @@ class Operator:
         endpoint = self._endpoint(endpoint_id)
         return await self._settlement.attempt_once(endpoint, ping_job(endpoint))
 
-    async def locate(self, delivery: str) -> Redelivery:
+    async def locate(
+        self, delivery: str, tenant: str | None = None, endpoint_ids: Collection[str] | None = None
+    ) -> Redelivery:
         """Where a past delivery's event is, as its newest results record on the results topic says (read backwards,
-        at most ``api.max_scan_records`` per partition and ``SEARCH_BUDGET_S`` in all); NotFound when none is."""
-        config = self._settlement.routing.config
-        max_scan = config.api.max_scan_records
+        at most ``api.max_scan_records`` per partition and ``SEARCH_BUDGET_S`` in all); NotFound when none is.
+
+        ``endpoint_ids`` are the endpoints the caller may see (None: any, the platform's lookup): a delivery to any
+        other is not looked for, and is answered exactly as one that never was."""
         found = None
         if re.fullmatch(r"msg_[0-9a-f]{32}", delivery):
-            found = await find_delivery(self.readers, config.kafka.results_topic, delivery, max_scan)
-        if found is None:
-            raise NotFound(
-                f"no delivery {delivery!r} in the results topic's retention or its newest {max_scan:,} records per "
-                f"partition (api.max_scan_records), read for at most {SEARCH_BUDGET_S:g} s"
-            )
-        outcome = decode_outcome(found)
-        if outcome.endpoint_id is None or outcome.source_topic is None:
-            raise NotFound(f"no delivery {delivery!r}")
+            found = await self.scans.delivery(tenant, delivery, endpoint_ids)
+        outcome = decode_outcome(found) if found is not None else None
+        if outcome is None or outcome.endpoint_id is None or outcome.source_topic is None:
+            raise self.no_delivery(delivery)
         return Redelivery(endpoint_id=outcome.endpoint_id, source_topic=outcome.source_topic,
                           source_partition=outcome.source_partition or 0, source_offset=outcome.source_offset or 0,
                           attempt_id=outcome.attempt_id)  # fmt: skip
+
+    def no_delivery(self, delivery: str) -> NotFound:
+        """The answer for a delivery not found, the same whoever asks and whatever the reason."""
+        max_scan = self._settlement.routing.config.api.max_scan_records
+        return NotFound(
+            f"no delivery {delivery!r} in the results topic's retention or its newest {max_scan:,} records per "
+            f"partition (api.max_scan_records), read for at most {SEARCH_BUDGET_S:g} s"
+        )
 
     async def redeliver(self, delivery: str, where: Redelivery) -> Outcome:
         """One attempt of a past delivery, its event read back from Kafka by its recorded position."""
         topic, partition, offset = where.source_topic, where.source_partition, where.source_offset
         endpoint = self._endpoint(where.endpoint_id)
         self._unless_paused(endpoint.id, "redelivery")
-        record = await read_one(self.readers, topic, partition, offset)
+        record = await read_one(self.scans.readers, topic, partition, offset)
         event = await self._settlement.event_of(record)
         if delivery_id(event.key, endpoint.id) != delivery:
             raise NotFound(f"{delivery} is not the delivery of {topic}[{partition}]@{offset} to {where.endpoint_id}")
@@ -259,8 +267,9 @@ class Operator:
         )
         return await self._settlement.attempt_once(endpoint, job)
 
-    async def replay(self, endpoint_id: str, spec: Replay) -> ReplayCounts:
-        """Deliver again, once each, every event of a time or offset range that the endpoint is subscribed to.
+    async def replay(self, endpoint_id: str, spec: Replay, tenant: str | None = None) -> ReplayCounts:
+        """Deliver again, once each, every event of a time or offset range that the endpoint is subscribed to, reading
+        in a slot of ``tenant`` (None: the platform).
 
         Refused (409) while the endpoint is paused; one paused while the replay runs gets what is left recorded
         ``skipped_paused`` (the lane's check), never delivered."""
@@ -271,34 +280,35 @@ class Operator:
         _check_range(spec, since_ms, until_ms, routing.config.kafka.topics)
         topics = [spec.topic] if spec.topic else list(routing.config.kafka.topics)
         scanned = matched = 0
-        records = read_range(
-            self.readers,
-            topics,
-            since_ms=since_ms,
-            until_ms=until_ms,
-            partition=spec.partition,
-            from_offset=spec.from_offset,
-            to_offset=spec.to_offset,
-        )
-        async with aclosing(records):  # its consumer given back as soon as the replay ends, however it ends
-            async for record in records:
-                scanned += 1
-                try:
-                    event = await self._settlement.event_of(record)
-                except InvalidEvent:
-                    continue
-                routing = self._settlement.routing
-                if endpoint_id not in routing.table.match(record.topic, event.event_type).select(event.decoded):
-                    continue
-                matched += 1
-                job = Job(
-                    event=event,
-                    delivery_id=delivery_id(event.key, endpoint_id),
-                    ack=None,
-                    trigger=REPLAY,
-                    endpoint_id=endpoint_id,
-                )
-                await self._settlement.queue_wait(endpoint, job)  # never pushes live traffic into the tiers
+        with self.scans.slot(tenant):
+            records = read_range(
+                self.scans.readers,
+                topics,
+                since_ms=since_ms,
+                until_ms=until_ms,
+                partition=spec.partition,
+                from_offset=spec.from_offset,
+                to_offset=spec.to_offset,
+            )
+            async with aclosing(records):  # its consumer given back as soon as the replay ends, however it ends
+                async for record in records:
+                    scanned += 1
+                    try:
+                        event = await self._settlement.event_of(record)
+                    except InvalidEvent:
+                        continue
+                    routing = self._settlement.routing
+                    if endpoint_id not in routing.table.match(record.topic, event.event_type).select(event.decoded):
+                        continue
+                    matched += 1
+                    job = Job(
+                        event=event,
+                        delivery_id=delivery_id(event.key, endpoint_id),
+                        ack=None,
+                        trigger=REPLAY,
+                        endpoint_id=endpoint_id,
+                    )
+                    await self._settlement.queue_wait(endpoint, job)  # never pushes live traffic into the tiers
         return ReplayCounts(scanned=scanned, matched=matched)
 
 

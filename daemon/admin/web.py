@@ -4,7 +4,11 @@ one middleware from one root (``RouterError.http_status``), JSON encoded once, b
 
 Every request is answered: a ``RouterError`` with its status and message, aiohttp's own refusals (no route, a method
 not allowed, a body over the limit) with theirs, and a bug with a 500 whose traceback goes to the log, never to the
-caller. Every error is ``{"error": "..."}``; a 401 carries ``WWW-Authenticate: Bearer``, a 503 ``Retry-After``.
+caller. Every error is ``{"error": "..."}``; a 401 carries ``WWW-Authenticate: Bearer``, a 429 and a 503
+``Retry-After``.
+
+A handler is cancelled when its client goes away (``handler_cancellation``): a scan of Kafka stops with its caller.
+Work that must finish once begun (a delivery attempt and its record) shields itself from that cancellation.
 
 aiohttp logs a request it cannot parse with a quote of the offending line (an over-long or malformed
 ``Authorization`` header included): ``RedactCredentials``, installed on aiohttp's loggers when a server starts,
@@ -45,11 +49,11 @@ def json_response(value: Any, status: int = 200, headers: dict[str, str] | None 
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    """``{"error": message}``; a 401 says how to authenticate, a 503 when to come back."""
+    """``{"error": message}``; a 401 says how to authenticate, a 429 and a 503 when to come back."""
     extra = dict(headers or {})
     if status == 401:
         extra.setdefault("WWW-Authenticate", "Bearer")
-    elif status == 503:
+    elif status in (429, 503):
         extra.setdefault("Retry-After", "1")
     return json_response({"error": message}, status, extra or None)
 
@@ -114,8 +118,9 @@ def application() -> web.Application:
 
 
 async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Start serving ``app``; the runner (``cleanup()`` stops it) and the port actually bound."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    """Start serving ``app``; the runner (``cleanup()`` stops it) and the port actually bound. A request's handler is
+    cancelled when its client disconnects."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

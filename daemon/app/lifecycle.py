@@ -71,6 +71,7 @@ class Components(msgspec.Struct, frozen=True):
     tiers: Source  # the retry tiers
     admin: AdminServer
     contact: Contact
+    operator: Operator
 
 
 class App:
@@ -229,8 +230,7 @@ class App:
                      read, time.monotonic() - started)  # fmt: skip
             self._api = Api(
                 store=store, settlement=settlement, health=health, operator=operator, keyring=keyring,
-                admin_token=config.admin.token(environ), environ=environ, readers=operator.readers,
-                rotation_grace_s=api.rotation_grace_s, max_scan=api.max_scan_records,
+                admin_token=config.admin.token(environ), environ=environ, rotation_grace_s=api.rotation_grace_s,
             )  # fmt: skip
 
         self._set_status(f"joining consumer group {kafka.group_id}")
@@ -240,7 +240,7 @@ class App:
         await tiers.start()
 
         self._operator = operator
-        self.components = Components(results, health, settlement, source, tiers, admin, contact)
+        self.components = Components(results, health, settlement, source, tiers, admin, contact, operator)
         self._set_status("running")
         _notify_systemd("READY=1")
         log.info("webhook-router running: topics %s, %d endpoints, %d subscriptions", ", ".join(kafka.topics),

@@ -332,6 +332,10 @@ class ApiConfig(msgspec.Struct, **_FROZEN):
     # delivery.allowed_networks, which is for the config file's endpoints (the platform's own): a tenant's URL must
     # not reach the internal services those ranges hold. Default: none.
     allowed_networks: Annotated[list[Annotated[str, Meta(min_length=1, max_length=64)]], Meta(max_length=256)] = []
+    # Scans of Kafka under way at once (attempts queries, redeliveries by id, replays): per tenant, and on this instance
+    # in all (the platform's own included). Over either: a 429 with Retry-After, never a queue.
+    max_scans_per_tenant: Annotated[int, Meta(ge=1, le=64)] = 2
+    max_scans: Annotated[int, Meta(ge=1, le=256)] = 8
 
 
 class Config(msgspec.Struct, **_FROZEN):

@@ -52,6 +52,13 @@ class SchemaUnavailable(Unavailable):
         super().__init__(reason)
 
 
+class TooManyRequests(RouterError):
+    """Over a bound on work under way (the scans of Kafka a tenant or an instance may run at once): refused, never
+    queued; answered with ``Retry-After``."""
+
+    http_status = 429
+
+
 class TooLarge(RouterError):
     """A request body over the admin server's limit (aiohttp's ``client_max_size``)."""
 

@@ -131,6 +131,7 @@ class Settlement:
         self._load_schemas = load_schemas
         self._lanes: dict[str, Lane] = {}  # only endpoints that have had work
         self._retired: set[asyncio.Task[None]] = set()
+        self._once: set[asyncio.Task[Outcome]] = set()  # the attempts of attempt_once under way
         self._timers: set[asyncio.TimerHandle] = set()
         self.stats = LaneStats()  # totals over all lanes (the queued and in-flight gauges)
 
@@ -366,7 +367,14 @@ class Settlement:
     # --- operator actions (owed to no event) ---
 
     async def attempt_once(self, endpoint: Endpoint, job: Job) -> Outcome:
-        """One attempt outside the lanes (a ping or a redelivery), recorded; never retried."""
+        """One attempt outside the lanes (a ping or a redelivery), recorded; never retried. Once begun it runs to its
+        end and is recorded even if the caller stops waiting (its client went away): only shutdown cancels it."""
+        task = asyncio.create_task(self._attempt_once(endpoint, job), name=f"once-{job.delivery_id}")
+        self._once.add(task)
+        task.add_done_callback(self._once.discard)
+        return await asyncio.shield(task)
+
+    async def _attempt_once(self, endpoint: Endpoint, job: Job) -> Outcome:
         outcome = await self._sender.attempt(endpoint, job)
         self._record(outcome, None)
         return outcome
@@ -492,11 +500,12 @@ class Settlement:
         self._defer(job, endpoint.id, defer_wait(job.deferrals, lane.drain_s(), self._tiers, self._recheck_s))
 
     async def cancel(self) -> int:
-        """Stop every lane now (and the retired ones still finishing). Returns how many deliveries were abandoned."""
+        """Stop every lane now (and the retired ones still finishing, and the operators' attempts). Returns how many
+        deliveries were abandoned."""
         counts = await asyncio.gather(*(lane.cancel() for lane in self._lanes.values()))
-        for task in self._retired:
+        for task in (*self._retired, *self._once):
             task.cancel()
-        await asyncio.gather(*self._retired, return_exceptions=True)
+        await asyncio.gather(*self._retired, *self._once, return_exceptions=True)
         return sum(counts)
 
     # --- back from a tier ---

@@ -2,8 +2,9 @@
 
 The results topic is keyed by endpoint id, so one endpoint's records all sit in one partition (the one
 Kafka's default partitioner gives its key): its recent attempts are read from that partition alone,
-backwards from its end, a window at a time, newest first. A delivery known only by its id is looked for
-in every partition the same way. Both stop after ``max_scan`` records per partition, at the start of the
+backwards from its end, a window at a time, newest first. A delivery known only by its id is looked for the
+same way among the records of the endpoints the caller may see, in the partitions their keys land on only (every
+partition, and any key, for the platform). Both stop after ``max_scan`` records per partition, at the start of the
 topic's retention, or once the query has read for ``SEARCH_BUDGET_S`` (what was found by then is the answer).
 Consumers are lent by ``daemon.kafka.readers``; a query cancelled mid-read gives its consumer back closed.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -41,16 +42,27 @@ async def recent_attempts(readers: Readers, topic: str, endpoint_id: str, limit:
         return found
 
 
-async def find_delivery(readers: Readers, topic: str, delivery_id: str, max_scan: int) -> bytes | None:
-    """The newest results record of a delivery (its value), from any partition; None if not within reach."""
+async def find_delivery(
+    readers: Readers, topic: str, delivery_id: str, max_scan: int, endpoint_ids: Collection[str] | None = None
+) -> bytes | None:
+    """The newest results record of a delivery (its value); None if not within reach. With ``endpoint_ids``, only
+    records of those endpoints are looked at, in the partitions their keys land on (none given: nothing is read);
+    without, every record of every partition."""
     needle = f'"delivery_id":"{delivery_id}"'.encode()
+    keys = None if endpoint_ids is None else {e.encode() for e in endpoint_ids}
+    if keys is not None and not keys:
+        return None
     until = time.monotonic() + SEARCH_BUDGET_S
+
+    def wanted(record: Any) -> bool:
+        return (keys is None or record.key in keys) and needle in record.value
+
     async with readers.lent_one() as consumer:
-        for partition in sorted(await _partitions(consumer, topic)):
+        parts = sorted(await _partitions(consumer, topic))
+        searched = parts if keys is None else sorted({_partition_of(key, parts) for key in keys})
+        for partition in searched:
             found: list[bytes] = []
-            await _backwards(
-                consumer, TopicPartition(topic, partition), max_scan, lambda r: needle in r.value, found, 1, until
-            )
+            await _backwards(consumer, TopicPartition(topic, partition), max_scan, wanted, found, 1, until)
             if found:
                 return found[0]
     return None

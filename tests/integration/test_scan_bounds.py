@@ -1,0 +1,181 @@
+"""What a tenant's token can make an instance read from Kafka, against a live daemon with two tenants: scans and replays
+bounded per tenant and per instance (429, never queued), a scan that stops when its caller goes away, nothing learnt
+of another tenant's deliveries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from daemon.app import App
+from tests.helpers import Receiver, eventually, produce
+from tests.integration.conftest import Setup, parts, receiver, running
+from tests.integration.test_endpoints_api import Client, _environment, api, api_config, ev, new  # noqa: F401
+
+# The admin token creates each tenant's endpoints: only it may set how much of an instance one endpoint takes.
+SLOW: dict[str, Any] = {"max_concurrency": 1, "queue_size": 1, "timeout_s": 120}
+
+
+def bounded(setup: Setup, **api_settings: Any) -> dict[str, Any]:
+    doc = api_config(setup)
+    doc["api"].update(api_settings)
+    return doc
+
+
+async def tenants(c: Client) -> tuple[Client, Client]:
+    """Tenants acme and globex, each with a token: their clients."""
+    clients = []
+    for tenant in ("acme", "globex"):
+        assert (await c.call("POST", "/v1/tenants", {"id": tenant}))[0] == 201
+        status, token = await c.call("POST", f"/v1/tenants/{tenant}/tokens")
+        assert status == 201, token
+        clients.append(c.as_(token["token"]))
+    return clients[0], clients[1]
+
+
+async def endpoint(c: Client, tenant: str, url: str, events: list[str] | None = None, **extra: Any) -> str:
+    status, created = await c.call("POST", "/v1/endpoints", new(tenant, url, events, **extra))
+    assert status == 201, created
+    return str(created["id"])
+
+
+async def call_with_headers(
+    client: Client, method: str, path: str, body: Any = None
+) -> tuple[int, Any, dict[str, str]]:
+    headers = {"Authorization": f"Bearer {client.token}"}
+    async with client.session.request(method, client.base + path, headers=headers, json=body) as resp:
+        return resp.status, json.loads(await resp.text()), dict(resp.headers)
+
+
+def rfc3339(unix_s: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_s))
+
+
+async def delivery_of(c: Client, endpoint_id: str) -> str:
+    """The delivery id of the endpoint's newest attempt, once its results record can be read."""
+    found: list[str] = []
+
+    async def read() -> bool:
+        status, answer = await c.call("GET", f"/v1/endpoints/{endpoint_id}/attempts?limit=1")
+        if status == 200 and answer["data"]:
+            found.append(answer["data"][0]["delivery_id"])
+        return bool(found)
+
+    await eventually(read, 20)
+    return found[0]
+
+
+def under_way(app: App, tenant: str | None = None) -> int:
+    return parts(app).operator.scans.slots.under_way(tenant)
+
+
+async def test_scans_over_a_tenants_or_the_instances_bound_are_refused_with_429_and_a_gone_caller_frees_its_slot(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    hold = asyncio.Event()  # every delivery waits: a replay then waits for room in its endpoint's queue, in its slot
+    acme_r, globex_r = await receiver(receivers, hold=hold), await receiver(receivers, hold=hold)
+    doc = bounded(setup, max_scans_per_tenant=2, max_scans=3)
+    since = rfc3339(time.time() - 60)
+    async with running(setup.write(doc)) as app, api(setup.admin_port) as c:
+        acme, globex = await tenants(c)
+        acme_ep = await endpoint(c, "acme", acme_r.url, **SLOW)
+        globex_ep = await endpoint(c, "globex", globex_r.url, **SLOW)
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=n) for n in range(3)])
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=n, tenant="globex") for n in range(3)])
+        await acme_r.wait_for(1)
+        await globex_r.wait_for(1)
+        replay = {"from_time": since}
+        first = asyncio.create_task(acme.call("POST", f"/v1/endpoints/{acme_ep}/replay", replay))
+        second = asyncio.create_task(acme.call("POST", f"/v1/endpoints/{acme_ep}/replay", replay))
+        await eventually(lambda: under_way(app, "acme") == 2, 20)
+
+        for method, path, body in (
+            ("GET", f"/v1/endpoints/{acme_ep}/attempts", None),
+            ("POST", f"/v1/endpoints/{acme_ep}/replay", replay),
+            ("POST", "/v1/deliveries/msg_" + "0" * 32 + "/redeliver", None),
+        ):
+            status, answer, headers = await call_with_headers(acme, method, path, body)
+            assert (status, "api.max_scans_per_tenant" in answer["error"]) == (429, True), (path, answer)
+            assert int(headers["Retry-After"]) >= 1
+        assert (await globex.call("GET", f"/v1/endpoints/{globex_ep}/attempts"))[0] == 200  # its own bound
+
+        third = asyncio.create_task(globex.call("POST", f"/v1/endpoints/{globex_ep}/replay", replay))
+        await eventually(lambda: under_way(app) == 3, 20)
+        status, answer = await globex.call("GET", f"/v1/endpoints/{globex_ep}/attempts")
+        assert (status, "(api.max_scans)" in answer["error"]) == (429, True), answer
+        status, answer = await c.call("GET", f"/v1/endpoints/{acme_ep}/attempts")  # the platform counts too
+        assert status == 429, answer
+        async with c.session.post(f"{c.base}/deliveries/msg_{'0' * 32}/redeliver",
+                                  headers={"Authorization": f"Bearer {c.token}"}) as resp:  # fmt: skip
+            assert resp.status == 429  # the operator route as well
+
+        first.cancel()  # the caller goes away: its replay stops and gives its slot (and its consumer) back
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await eventually(lambda: under_way(app, "acme") == 1, 20)
+        assert (await acme.call("GET", f"/v1/endpoints/{acme_ep}/attempts"))[0] == 200
+        readers = parts(app).operator.scans.readers
+        assert readers.lent == 2  # the two replays still waiting; the cancelled one's consumer is not lent any more
+
+        hold.set()
+        assert await second == (200, {"scanned": 6, "matched": 3})
+        assert await third == (200, {"scanned": 6, "matched": 3})
+        assert under_way(app) == 0 and readers.lent == 0
+
+
+async def test_a_ping_whose_caller_goes_away_is_still_made_and_recorded(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    hold = asyncio.Event()
+    r = await receiver(receivers, hold=hold)
+    async with running(setup.write(api_config(setup))) as app, api(setup.admin_port) as c:
+        acme, _ = await tenants(c)
+        acme_ep = await endpoint(c, "acme", r.url)
+        server = parts(app).admin._runner.server  # type: ignore[union-attr]
+        assert server is not None
+        async with aiohttp.ClientSession() as own:
+            asking = Client(own, setup.admin_port, acme.token)
+            ping = asyncio.create_task(asking.call("POST", f"/v1/endpoints/{acme_ep}/ping"))
+            await r.wait_for(1)
+            connected = len(server.connections)
+            ping.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await ping
+        await eventually(lambda: len(server.connections) < connected, 20)  # its handler was cancelled, and is done
+        hold.set()
+
+        async def recorded() -> bool:
+            status, answer = await c.call("GET", f"/v1/endpoints/{acme_ep}/attempts")
+            return status == 200 and [a["trigger"] for a in answer["data"]] == ["ping"]
+
+        await eventually(recorded, 20)
+
+
+async def test_another_tenants_delivery_id_is_answered_as_an_unknown_one(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    r = await receiver(receivers)
+    async with running(setup.write(api_config(setup))), api(setup.admin_port) as c:
+        acme, globex = await tenants(c)
+        acme_ep = await endpoint(c, "acme", r.url)
+        globex_ep = await endpoint(c, "globex", r.url)
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=1), ev(n=2, tenant="globex")])
+        await r.wait_for(2)
+        theirs = await delivery_of(c, acme_ep)
+        await delivery_of(c, globex_ep)
+        unknown = "msg_" + "0" * 32
+
+        status, answer = await globex.call("POST", f"/v1/deliveries/{theirs}/redeliver")
+        status_unknown, answer_unknown = await globex.call("POST", f"/v1/deliveries/{unknown}/redeliver")
+        assert (status, status_unknown) == (404, 404)
+        assert answer == {"error": answer_unknown["error"].replace(unknown, theirs)}, (answer, answer_unknown)
+        assert acme_ep not in json.dumps(answer) and "endpoint" not in answer["error"]
+
+        status, again = await acme.call("POST", f"/v1/deliveries/{theirs}/redeliver")  # its own: found
+        assert (status, again["delivery_id"], again["trigger"]) == (200, theirs, "redelivery")
+        assert (await c.call("POST", f"/v1/deliveries/{theirs}/redeliver"))[0] == 200  # the platform finds any
