@@ -6,7 +6,8 @@ Every attempt an operator asks for is made once, never retried, and recorded on 
 its ``trigger`` (``ping``, ``redelivery``, ``replay``). ``ping`` and ``record`` (the CLI command) also work
 without a running daemon. What reads Kafka for a caller (a delivery looked for by its id, a replay's range) does so
 through ``daemon.admin.scans``: bounded per tenant and per instance, scoped to the caller's endpoints, and stopped when
-the caller goes away.
+the caller goes away. A replay is capped: at most ``api.replay_max_events`` events, over at most
+``api.replay_max_span_s``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ import msgspec
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 from daemon.admin.scans import Scans
 from daemon.core.clock import utc_now_iso
-from daemon.core.config import Config, EndpointId, Name, RetryConfig
+from daemon.core.config import ApiConfig, Config, EndpointId, Name, RetryConfig
 from daemon.core.errors import BadRequest, Conflict, InvalidEvent, KafkaUnavailable, NotFound
 from daemon.core.event import Event
 from daemon.core.ids import delivery_id
@@ -55,7 +56,7 @@ from daemon.kafka.clients import make_producer
 from daemon.kafka.consume import Source, Stuck
 from daemon.kafka.history import SEARCH_BUDGET_S
 from daemon.kafka.rawbatch import raw_batch
-from daemon.kafka.readback import read_one, read_range
+from daemon.kafka.readback import TooMany, read_one, read_range
 from daemon.kafka.results import ResultsWriter
 from daemon.observe.metrics import Metrics
 
@@ -108,8 +109,13 @@ class EndpointInfo(msgspec.Struct, kw_only=True):
 
 
 class ReplayCounts(msgspec.Struct, kw_only=True):
-    scanned: int
+    """What a replay did: ``matched``, the events delivered again (queued behind the endpoint's live traffic);
+    ``complete``, False when it stopped at ``api.replay_max_events`` with more of the range left; ``scanned``, the
+    records it read, every tenant's: in the platform's answer only, never a tenant's."""
+
+    scanned: int | UnsetType = UNSET
     matched: int
+    complete: bool
 
 
 class Operator:
@@ -268,8 +274,9 @@ class Operator:
         return await self._settlement.attempt_once(endpoint, job)
 
     async def replay(self, endpoint_id: str, spec: Replay, tenant: str | None = None) -> ReplayCounts:
-        """Deliver again, once each, every event of a time or offset range that the endpoint is subscribed to, reading
-        in a slot of ``tenant`` (None: the platform).
+        """Deliver again, once each, every event of a time or offset range that the endpoint is subscribed to, up to
+        ``api.replay_max_events`` of them (a range over a cap is a BadRequest naming the field and the cap), in a slot
+        of ``tenant`` (None: the platform, the only caller whose answer says how many records were read).
 
         Refused (409) while the endpoint is paused; one paused while the replay runs gets what is left recorded
         ``skipped_paused`` (the lane's check), never delivered."""
@@ -278,8 +285,12 @@ class Operator:
         routing = self._settlement.routing
         since_ms, until_ms = _ms(spec.from_time, "from_time"), _ms(spec.to_time, "to_time")
         _check_range(spec, since_ms, until_ms, routing.config.kafka.topics)
+        api = routing.config.api
+        _check_caps(spec, since_ms, until_ms, api, int(time.time() * 1000))
+        most = api.replay_max_events
         topics = [spec.topic] if spec.topic else list(routing.config.kafka.topics)
         scanned = matched = 0
+        complete = True
         with self.scans.slot(tenant):
             records = read_range(
                 self.scans.readers,
@@ -289,27 +300,37 @@ class Operator:
                 partition=spec.partition,
                 from_offset=spec.from_offset,
                 to_offset=spec.to_offset,
+                max_offsets=most,
             )
-            async with aclosing(records):  # its consumer given back as soon as the replay ends, however it ends
-                async for record in records:
-                    scanned += 1
-                    try:
-                        event = await self._settlement.event_of(record)
-                    except InvalidEvent:
-                        continue
-                    routing = self._settlement.routing
-                    if endpoint_id not in routing.table.match(record.topic, event.event_type).select(event.decoded):
-                        continue
-                    matched += 1
-                    job = Job(
-                        event=event,
-                        delivery_id=delivery_id(event.key, endpoint_id),
-                        ack=None,
-                        trigger=REPLAY,
-                        endpoint_id=endpoint_id,
-                    )
-                    await self._settlement.queue_wait(endpoint, job)  # never pushes live traffic into the tiers
-        return ReplayCounts(scanned=scanned, matched=matched)
+            try:
+                async with aclosing(records):
+                    async for record in records:
+                        scanned += 1
+                        try:
+                            event = await self._settlement.event_of(record)
+                        except InvalidEvent:
+                            continue
+                        routing = self._settlement.routing
+                        if endpoint_id not in routing.table.match(record.topic, event.event_type).select(event.decoded):
+                            continue
+                        if matched == most:
+                            complete = False
+                            break
+                        matched += 1
+                        job = Job(
+                            event=event,
+                            delivery_id=delivery_id(event.key, endpoint_id),
+                            ack=None,
+                            trigger=REPLAY,
+                            endpoint_id=endpoint_id,
+                        )
+                        await self._settlement.queue_wait(endpoint, job)  # never pushes live traffic into the tiers
+            except TooMany:
+                raise BadRequest(
+                    f"to_offset: a replay delivers at most {most:,} events (api.replay_max_events), and the partition "
+                    f"holds more from from_offset on: give a to_offset at most {most - 1:,} past from_offset"
+                ) from None
+        return ReplayCounts(scanned=scanned if tenant is None else UNSET, matched=matched, complete=complete)
 
 
 def _ms(value: datetime | int | None, field: str) -> int | None:
@@ -340,6 +361,24 @@ def _check_range(spec: Replay, since_ms: int | None, until_ms: int | None, topic
         raise BadRequest("to_time: must not be before from_time")
     if spec.topic is not None and spec.topic not in topics:
         raise BadRequest(f"topic: {spec.topic!r} is not one of the router's topics (kafka.topics)")
+
+
+def _check_caps(spec: Replay, since_ms: int | None, until_ms: int | None, api: ApiConfig, now_ms: int) -> None:
+    """BadRequest naming the field and the cap for a replay range over the platform's caps: more offsets than
+    ``api.replay_max_events``, or a time range (to now, without ``to_time``) longer than ``api.replay_max_span_s``."""
+    most = api.replay_max_events
+    if spec.from_offset is not None and spec.to_offset is not None and spec.to_offset - spec.from_offset >= most:
+        raise BadRequest(
+            f"to_offset: a replay delivers at most {most:,} events (api.replay_max_events), and from_offset to "
+            f"to_offset is {spec.to_offset - spec.from_offset + 1:,} offsets"
+        )
+    to_ms = until_ms if until_ms is not None else now_ms
+    if since_ms is not None and to_ms - since_ms > api.replay_max_span_s * 1000:
+        field, to = ("to_time", "to_time") if until_ms is not None else ("from_time", "now (no to_time)")
+        raise BadRequest(
+            f"{field}: a replay spans at most {api.replay_max_span_s:,g} s (api.replay_max_span_s), and from_time to "
+            f"{to} is longer"
+        )
 
 
 def endpoint_of(config: Config, endpoint_id: str, environ: Mapping[str, str]) -> Endpoint:

@@ -336,6 +336,10 @@ class ApiConfig(msgspec.Struct, **_FROZEN):
     # in all (the platform's own included). Over either: a 429 with Retry-After, never a queue.
     max_scans_per_tenant: Annotated[int, Meta(ge=1, le=64)] = 2
     max_scans: Annotated[int, Meta(ge=1, le=256)] = 8
+    # A replay: at most this many events (an offset range of more offsets is a 400; a time range stops there), over
+    # at most this long a time range (from_time to to_time, or to now; longer is a 400).
+    replay_max_events: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
+    replay_max_span_s: Annotated[float, Meta(ge=60, le=90 * 86_400)] = 86_400.0
 
 
 class Config(msgspec.Struct, **_FROZEN):

@@ -20,6 +20,10 @@ from daemon.kafka.clients import partitions_of
 from daemon.kafka.readers import Readers
 
 
+class TooMany(Exception):
+    """A range that holds more records than the read may yield (``max_records``), found before any is yielded."""
+
+
 async def read_one(readers: Readers, topic: str, partition: int, offset: int) -> Any:
     """The record at ``topic[partition]@offset``; raises NotFound."""
     async with readers.lent_one() as consumer:
@@ -54,11 +58,14 @@ async def read_range(
     partition: int | None = None,
     from_offset: int | None = None,
     to_offset: int | None = None,
+    max_offsets: int | None = None,
 ) -> AsyncGenerator[Any, None]:
     """Every record of ``topics`` in a time range (record timestamps, ms, >= 0) or an offset range (inclusive),
     up to the end of each partition as it was when the read began. Topics the cluster does not have are left
-    out; NotFound when that leaves none, or when none of them has ``partition``. Close the iterator when done with it
-    early (``contextlib.aclosing``): its consumer is given back then."""
+    out; NotFound when that leaves none, or when none of them has ``partition``. An offset range that holds more
+    than ``max_offsets`` offsets (to ``to_offset``, or to the partition's end) is ``TooMany``, raised once the first
+    fetch has told the partition's end and before any of its records is yielded. Close the iterator when done with
+    it early (``contextlib.aclosing``): its consumer is given back then."""
     async with readers.lent_one() as consumer:
         tps: list[TopicPartition] = []
         for t in topics:
@@ -93,8 +100,11 @@ async def read_range(
                 finished.update(exc.args[0] if exc.args and isinstance(exc.args[0], dict) else open_tps)
             for tp in list(open_tps):
                 high = consumer.highwater(tp)
-                if high is not None:
-                    ends.setdefault(tp, high)
+                if high is not None and tp not in ends:
+                    ends[tp] = high
+                    last = high if to_offset is None else min(high, to_offset + 1)
+                    if from_offset is not None and max_offsets is not None and last - starts[tp] > max_offsets:
+                        raise TooMany(f"{tp.topic}[{tp.partition}] holds more than {max_offsets} offsets from there")
             for tp, records in batch.items():
                 idle_deadline = time.monotonic() + 10
                 for record in records:

@@ -101,9 +101,9 @@ async def test_every_operator_command_works_with_the_api_off_and_on(
 
             offsets = ("--topic", setup.topic, "--partition", "0", "--from-offset", "0")
             replayed = json.loads(await _ok(setup, "replay", endpoint_id, *offsets, "--json"))
-            assert replayed == {"scanned": 1, "matched": 1}
+            assert replayed == {"scanned": 1, "matched": 1, "complete": True}
             replayed = json.loads(await _ok(setup, "endpoints", "replay", endpoint_id, *offsets, "--json"))
-            assert replayed == {"scanned": 1, "matched": 1}
+            assert replayed == {"scanned": 1, "matched": 1, "complete": True}
             await r.wait_for(sent + 5)  # a ping, two redeliveries, two replays
 
         code, _, err = await _cli(setup, "pause", "nope")

@@ -262,13 +262,14 @@ async def test_redeliver_by_cli_and_replay_ranges_by_admin_api(
 
         body = {"topic": setup.topic, "partition": 0, "from_offset": 1, "to_offset": 3}
         async with http.post(f"{base}/endpoints/x/replay", json=body) as resp:
-            assert (resp.status, await resp.json()) == (200, {"scanned": 3, "matched": 3})
+            assert (resp.status, await resp.json()) == (200, {"scanned": 3, "matched": 3, "complete": True})
         await r.wait_for(9)
         assert [json.loads(req.body)["n"] for req in r.requests[6:9]] == [1, 2, 3]
 
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(before - 1))
         async with http.post(f"{base}/endpoints/x/replay", json={"from_time": since}) as resp:
-            assert (resp.status, await resp.json()) == (200, {"scanned": 6, "matched": 5})  # order.paid is not x's
+            answer = await resp.json()
+            assert (resp.status, answer) == (200, {"scanned": 6, "matched": 5, "complete": True})  # order.paid: not x's
         await r.wait_for(14)
 
         async with http.post(f"{base}/deliveries/msg_nope/redeliver", json={**third, "delivery_id": "x"}) as resp:

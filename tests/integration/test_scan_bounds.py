@@ -1,11 +1,12 @@
 """What a tenant's token can make an instance read from Kafka, against a live daemon with two tenants: scans and replays
-bounded per tenant and per instance (429, never queued), a scan that stops when its caller goes away, nothing learnt
-of another tenant's deliveries."""
+bounded per tenant and per instance (429, never queued), replays capped in range (400 naming the field and the cap),
+a scan that stops when its caller goes away, nothing learnt of another tenant's deliveries or traffic."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from typing import Any
 
@@ -123,8 +124,8 @@ async def test_scans_over_a_tenants_or_the_instances_bound_are_refused_with_429_
         assert readers.lent == 2  # the two replays still waiting; the cancelled one's consumer is not lent any more
 
         hold.set()
-        assert await second == (200, {"scanned": 6, "matched": 3})
-        assert await third == (200, {"scanned": 6, "matched": 3})
+        assert await second == (200, {"matched": 3, "complete": True})
+        assert await third == (200, {"matched": 3, "complete": True})
         assert under_way(app) == 0 and readers.lent == 0
 
 
@@ -156,6 +157,43 @@ async def test_a_ping_whose_caller_goes_away_is_still_made_and_recorded(
         await eventually(recorded, 20)
 
 
+async def test_a_replay_over_the_platforms_caps_is_a_400_naming_the_field_and_the_cap(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    r = await receiver(receivers)
+    doc = bounded(setup, replay_max_events=5, replay_max_span_s=3600)
+    now = time.time()
+    async with running(setup.write(doc)), api(setup.admin_port) as c:
+        acme, _ = await tenants(c)
+        acme_ep = await endpoint(c, "acme", r.url)
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=n) for n in range(8)])
+        await r.wait_for(8)
+        t = setup.topic
+        cases = [
+            ({"topic": t, "partition": 0, "from_offset": 0, "to_offset": 5}, "to_offset", "api.replay_max_events"),
+            ({"topic": t, "partition": 0, "from_offset": 1}, "to_offset", "api.replay_max_events"),
+            ({"from_time": rfc3339(now - 7200), "to_time": rfc3339(now)}, "to_time", "api.replay_max_span_s"),
+            ({"from_time": rfc3339(now - 7200)}, "from_time", "api.replay_max_span_s"),
+        ]
+        for client in (acme, c):
+            for body, field, cap in cases:
+                status, answer = await client.call("POST", f"/v1/endpoints/{acme_ep}/replay", body)
+                assert status == 400, (body, answer)
+                assert answer["error"].startswith(f"{field}: ") and cap in answer["error"], answer
+                assert re.search(r"\b(5|3,600)\b", answer["error"]), answer  # the cap itself
+        await asyncio.sleep(0.5)
+        assert len(r.requests) == 8  # nothing delivered for a refused replay
+
+        body = {"topic": t, "partition": 0, "from_offset": 2, "to_offset": 6}
+        assert await acme.call("POST", f"/v1/endpoints/{acme_ep}/replay", body) == (
+            200, {"matched": 5, "complete": True})  # fmt: skip
+        status, answer = await acme.call("POST", f"/v1/endpoints/{acme_ep}/replay", {"from_time": rfc3339(now - 60)})
+        assert (status, answer) == (200, {"matched": 5, "complete": False})  # 8 in the range: it stopped at the cap
+        await r.wait_for(18)
+        await asyncio.sleep(0.5)
+        assert len(r.requests) == 18
+
+
 async def test_another_tenants_delivery_id_is_answered_as_an_unknown_one(
     setup: Setup, receivers: list[Receiver]
 ) -> None:
@@ -179,3 +217,23 @@ async def test_another_tenants_delivery_id_is_answered_as_an_unknown_one(
         status, again = await acme.call("POST", f"/v1/deliveries/{theirs}/redeliver")  # its own: found
         assert (status, again["delivery_id"], again["trigger"]) == (200, theirs, "redelivery")
         assert (await c.call("POST", f"/v1/deliveries/{theirs}/redeliver"))[0] == 200  # the platform finds any
+
+
+async def test_a_tenants_replay_counts_only_what_it_delivered_to_its_own_endpoint(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    mine, theirs = await receiver(receivers), await receiver(receivers)
+    since = rfc3339(time.time() - 60)
+    async with running(setup.write(api_config(setup))), api(setup.admin_port) as c:
+        acme, _ = await tenants(c)
+        acme_ep = await endpoint(c, "acme", mine.url, ["lead.*"])
+        await endpoint(c, "globex", theirs.url)
+        events = [ev(n=1), ev("call.ended", n=2), ev(n=3)] + [ev(n=n, tenant="globex") for n in range(4, 8)]
+        await produce(setup.broker.bootstrap, setup.topic, events)
+        await mine.wait_for(2)
+        await theirs.wait_for(4)
+        status, answer = await acme.call("POST", f"/v1/endpoints/{acme_ep}/replay", {"from_time": since})
+        assert (status, answer) == (200, {"matched": 2, "complete": True})  # never the 7 records it read
+        status, answer = await c.call("POST", f"/v1/endpoints/{acme_ep}/replay", {"from_time": since})
+        assert (status, answer) == (200, {"scanned": 7, "matched": 2, "complete": True})  # the platform's answer
+        await mine.wait_for(6)
