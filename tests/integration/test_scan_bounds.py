@@ -237,3 +237,21 @@ async def test_a_tenants_replay_counts_only_what_it_delivered_to_its_own_endpoin
         status, answer = await c.call("POST", f"/v1/endpoints/{acme_ep}/replay", {"from_time": since})
         assert (status, answer) == (200, {"scanned": 7, "matched": 2, "complete": True})  # the platform's answer
         await mine.wait_for(6)
+
+
+async def test_what_an_unauthenticated_caller_sees_carries_no_tenant_data(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    r = await receiver(receivers)
+    async with running(setup.write(api_config(setup))), api(setup.admin_port) as c:
+        await tenants(c)
+        endpoint_ids = [await endpoint(c, tenant, r.url) for tenant in ("acme", "globex")]
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=1), ev(n=2, tenant="globex")])
+        await r.wait_for(2)
+        async with aiohttp.ClientSession() as anonymous:
+            for path in ("/metrics", "/readyz", "/healthz"):
+                async with anonymous.get(c.base + path) as resp:
+                    assert resp.status == 200, path
+                    text = await resp.text()
+                for secret in ("acme", "globex", r.url, f"127.0.0.1:{r.port}", *endpoint_ids):
+                    assert secret not in text, (path, secret)
