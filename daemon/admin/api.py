@@ -373,6 +373,15 @@ class Api:
             raise self._operator.no_delivery(delivery_id)
         return http.json_response(await self._operator.redeliver(delivery_id, where))
 
+    # --- the event catalogue ---
+
+    def catalogue(self) -> list[dict[str, Any]]:
+        """The config's ``[[event_types]]``, in its order: what customers pick from when they subscribe."""
+        return [msgspec.to_builtins(entry) for entry in self._settlement.routing.config.event_types]
+
+    async def event_types(self, request: web.Request, caller: Caller) -> web.Response:
+        return http.json_response({"data": self.catalogue()})
+
     # --- helpers ---
 
     def _scope(self, tenant: Any, caller: Caller) -> str:
@@ -537,6 +546,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/endpoints/{id}/rotate-secret", Api.rotate, False),
     Route("GET", "/v1/endpoints/{id}/attempts", Api.attempts, False),
     Route("POST", "/v1/deliveries/{delivery_id}/redeliver", Api.redeliver, False),
+    Route("GET", "/v1/event-types", Api.event_types, False),
 )
 
 

@@ -32,7 +32,7 @@ from msgspec import UNSET, Meta, UnsetType
 from daemon.admin.scans import Scans
 from daemon.core.clock import utc_now_iso
 from daemon.core.config import ApiConfig, Config, EndpointId, Name, RetryConfig
-from daemon.core.errors import BadRequest, Conflict, InvalidEvent, KafkaUnavailable, NotFound
+from daemon.core.errors import BadRequest, Conflict, InvalidEvent, KafkaUnavailable, NotFound, Unprocessable
 from daemon.core.event import Event
 from daemon.core.ids import delivery_id
 from daemon.core.model import (
@@ -116,6 +116,7 @@ class ReplayCounts(msgspec.Struct, kw_only=True):
     scanned: int | UnsetType = UNSET
     matched: int
     complete: bool
+    invalid_payload: int = 0  # matched, but refused by their type's schema (the catalogue's): not delivered
 
 
 class Operator:
@@ -263,6 +264,10 @@ class Operator:
         event = await self._settlement.event_of(record)
         if delivery_id(event.key, endpoint.id) != delivery:
             raise NotFound(f"{delivery} is not the delivery of {topic}[{partition}]@{offset} to {where.endpoint_id}")
+        invalid = self._settlement.routing.catalogue.problem(event.event_type, event.decoded)
+        if invalid is not None:
+            raise Unprocessable(f"{delivery}: its event does not match the schema of {event.event_type!r}, so it is "
+                                f"never delivered: {invalid}")  # fmt: skip
         job = Job(
             event=event,
             delivery_id=delivery,
@@ -276,7 +281,8 @@ class Operator:
     async def replay(self, endpoint_id: str, spec: Replay, tenant: str | None = None) -> ReplayCounts:
         """Deliver again, once each, every event of a time or offset range that the endpoint is subscribed to, up to
         ``api.replay_max_events`` of them (a range over a cap is a BadRequest naming the field and the cap), in a slot
-        of ``tenant`` (None: the platform, the only caller whose answer says how many records were read).
+        of ``tenant`` (None: the platform, the only caller whose answer says how many records were read); those its type's
+        schema refuses are counted, never delivered.
 
         Refused (409) while the endpoint is paused; one paused while the replay runs gets what is left recorded
         ``skipped_paused`` (the lane's check), never delivered."""
@@ -289,7 +295,7 @@ class Operator:
         _check_caps(spec, since_ms, until_ms, api, int(time.time() * 1000))
         most = api.replay_max_events
         topics = [spec.topic] if spec.topic else list(routing.config.kafka.topics)
-        scanned = matched = 0
+        scanned = matched = invalid = 0
         complete = True
         with self.scans.slot(tenant):
             records = read_range(
@@ -317,6 +323,9 @@ class Operator:
                             complete = False
                             break
                         matched += 1
+                        if routing.catalogue.problem(event.event_type, event.decoded) is not None:
+                            invalid += 1
+                            continue
                         job = Job(
                             event=event,
                             delivery_id=delivery_id(event.key, endpoint_id),
@@ -330,7 +339,9 @@ class Operator:
                     f"to_offset: a replay delivers at most {most:,} events (api.replay_max_events), and the partition "
                     f"holds more from from_offset on: give a to_offset at most {most - 1:,} past from_offset"
                 ) from None
-        return ReplayCounts(scanned=scanned if tenant is None else UNSET, matched=matched, complete=complete)
+        return ReplayCounts(
+            scanned=scanned if tenant is None else UNSET, matched=matched, complete=complete, invalid_payload=invalid
+        )
 
 
 def _ms(value: datetime | int | None, field: str) -> int | None:

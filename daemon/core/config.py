@@ -294,6 +294,22 @@ class OrganizationConfig(msgspec.Struct, **_FROZEN):
         return f"OrganizationConfig(id={self.id!r}, campaigns={len(self.campaigns)})"
 
 
+EventTypeName = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[^\s*]+\Z")]  # a type, never a pattern
+
+
+class EventTypeConfig(msgspec.Struct, **_FROZEN):
+    """One event type of the catalogue (``[[event_types]]``): what a platform's customers pick from when they
+    subscribe (``GET /v1/event-types``, the portal). Its schema is compiled once per config (``daemon.core.catalogue``);
+    with ``validate``, an event of this type that does not match it is never delivered (``invalid_payload``)."""
+
+    name: EventTypeName
+    description: Annotated[str, Meta(max_length=2000)] = ""
+    group: Annotated[str, Meta(min_length=1, max_length=100)] | None = None  # a heading to list it under
+    schema: dict[str, Any] | None = None  # a JSON Schema (draft 2020-12 unless its "$schema" names another)
+    example: dict[str, Any] | None = None  # an event of this type; check-config holds it to the schema
+    validate: bool = False
+
+
 class ApiConfig(msgspec.Struct, **_FROZEN):
     """The endpoints API (``/v1`` on the admin server): endpoints managed at run time, kept in the compacted topic
     ``{retry.topic_prefix}.endpoints`` that every instance shares. Needs ``admin.token_env``."""
@@ -355,6 +371,7 @@ class Config(msgspec.Struct, **_FROZEN):
     endpoints: list[EndpointConfig] = []
     subscriptions: list[SubscriptionConfig] = []
     organizations: list[OrganizationConfig] = []
+    event_types: Annotated[list[EventTypeConfig], Meta(max_length=10_000)] = []
 
     def __repr__(self) -> str:
         return f"Config(topics={self.kafka.topics!r}, endpoints={len(self.endpoints)})"

@@ -31,6 +31,10 @@ INVALID_EVENT: Final = "invalid_event"
 RENDER_FAILED: Final = "render_failed"  # this endpoint's body could not be built from the event
 
 
+# The event does not match the schema its type's catalogue entry validates: never delivered, dead-lettered.
+INVALID_PAYLOAD: Final = "invalid_payload"
+
+
 DEAD_LETTERED: Final = "dead_lettered"
 
 

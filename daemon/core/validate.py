@@ -23,6 +23,7 @@ import msgspec
 import msgspec.inspect as mi
 from yarl import URL
 
+from daemon.core.catalogue import check_entries
 from daemon.core.config import Config, EndpointConfig, KafkaConfig, SubscriptionConfig, resolve_secrets
 from daemon.core.errors import ConfigError
 from daemon.core.netguard import NetGuard, host_form_problem, network
@@ -324,6 +325,7 @@ class _Checks:
         if int(config.admin.listen.rsplit(":", 1)[1]) > 65535:
             self.fault("admin.listen", "port must be <= 65535")
         self._delivery()
+        check_entries(config.event_types, self.fault)
         if config.tracing.enabled and not _tracing_installed():
             self.fault("tracing.enabled", "needs the tracing extra: pip install 'kafka-webhook-router[tracing]'")
         for i, endpoint in enumerate(config.endpoints):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Final
 
+from daemon.core.catalogue import Catalogue
 from daemon.core.config import Config, DeliveryConfig, EndpointConfig, SubscriptionConfig
 from daemon.core.event import TypeReader
 from daemon.core.match import RoutingTable
@@ -105,7 +106,9 @@ class Endpoints(Mapping[str, Endpoint]):
 class Routing:
     """``__slots__``: read for every record (the hot path)."""
 
-    __slots__ = ("config", "dynamic", "endpoints", "readers", "schemas", "static", "subscriptions", "table")
+    __slots__ = (
+        "catalogue", "config", "dynamic", "endpoints", "readers", "schemas", "static", "subscriptions", "table",
+    )  # fmt: skip
     table: RoutingTable
 
     def __init__(
@@ -118,6 +121,7 @@ class Routing:
         """``dynamic``: the endpoints managed at run time to carry over (a snapshot: this may run in a thread). The
         writer schemas decoded so far (``schemas``) are ``previous``'s, or a new cache."""
         self.config = config
+        self.catalogue = Catalogue(config.event_types)  # each validating schema compiled once per config
         resolved = resolve(config)
         endpoints = self.endpoints = Endpoints(config.delivery, environ)
         for ep_config in resolved.endpoints:

@@ -4,6 +4,8 @@ An event read from Kafka may be committed once everything it is owed is settled,
 the only code that knows what that is:
 
 - a record that cannot be routed is owed one thing: its ``invalid_event`` record;
+- an event that fails the schema its type's catalogue entry validates is owed, per endpoint it matched, its
+  ``invalid_payload`` record and its dead letter (validated once, whatever the number of endpoints);
 - an event is owed one settlement per endpoint it matched (none: it is done at once);
 - a delivery settles once every record its outcome leads to is acknowledged by Kafka: the results
   record alone (delivered, a skip, a final outcome of an attempt that is never retried); the results
@@ -42,6 +44,7 @@ from daemon.core.model import (
     BLOCKED,
     DEAD_LETTERED,
     INVALID_EVENT,
+    INVALID_PAYLOAD,
     LIVE,
     RENDER_FAILED,
     SKIPPED_PAUSED,
@@ -235,6 +238,7 @@ class Settlement:
                 return None
             known = routing.endpoints
             endpoints = [known[endpoint_id] for endpoint_id in match.select(event.decoded)]
+            invalid = routing.catalogue.problem(event_type, event.decoded) if endpoints else None
             skips = {
                 e.id: rule
                 for e in endpoints
@@ -256,6 +260,9 @@ class Settlement:
             return None
         key = event.key
         ack = partial(part.done, offset)
+        if invalid is not None:
+            self._invalid_payload(event, endpoints, invalid, ack)
+            return None
         for endpoint in endpoints:
             endpoint_id = endpoint.id
             job = Job(event=event, delivery_id=delivery_id(key, endpoint_id), ack=ack, endpoint_id=endpoint_id)
@@ -266,6 +273,19 @@ class Settlement:
             else:
                 self._hand_over(endpoint, job)
         return None
+
+    def _invalid_payload(self, event: Event, endpoints: list[Endpoint], reason: str, ack: Ack) -> None:
+        """An event its type's schema refuses: never delivered; each matched endpoint's delivery is recorded
+        ``invalid_payload`` with the reason and dead-lettered, without an attempt or news of its health."""
+        self._metrics.events_invalid_payload.labels(event.event_type).inc()
+        error = f"does not match the schema of {event.event_type!r}: {reason}"
+        for endpoint in endpoints:
+            job = Job(event=event, delivery_id=delivery_id(event.key, endpoint.id), ack=ack, attempt=0,
+                      endpoint_id=endpoint.id)  # fmt: skip  # attempt 0: none was made
+            both = _after_both(ack)
+            outcome = outcome_for(endpoint.id, job, INVALID_PAYLOAD, error=error, profile=endpoint.profile.name)
+            self._record(outcome, both)
+            self._dead_letter(job, endpoint.id, f"{INVALID_PAYLOAD}: {error}", [], both)
 
     def _invalid(self, record: Any, part: PartitionOffsets, reason: str) -> None:
         topic, offset = record.topic, record.offset

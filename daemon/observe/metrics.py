@@ -68,6 +68,10 @@ class Metrics:
         self.events_invalid = Counter(
             p + "events_invalid", "Events that could not be routed (not JSON, no type).", ["topic"], registry=r
         )
+        self.events_invalid_payload = Counter(
+            p + "events_invalid_payload", "Events that did not match the schema their type's catalogue entry validates "
+            "(never delivered, dead-lettered), by event type.", ["event_type"], registry=r,
+        )  # fmt: skip
         self.events_unmatched = Counter(
             p + "events_unmatched", "Events no subscription matched.", ["topic"], registry=r
         )

@@ -74,6 +74,7 @@ async def rig(
     sections: dict[str, dict[str, Any]] | None = None,
     read_back: Any = nothing_to_read,
     load_schemas: Any = None,
+    event_types: list[dict[str, Any]] | None = None,
     **retry: Any,
 ) -> AsyncIterator[Rig]:
     endpoints = endpoints if endpoints is not None else [endpoint("a")]
@@ -84,6 +85,7 @@ async def rig(
         "retry": {"tiers_s": TIERS, "topic_prefix": "wr", **retry},
         "endpoints": endpoints,
         "subscriptions": subscriptions,
+        "event_types": event_types or [],
     }
     for name, section in (sections or {}).items():
         raw[name] = {**raw.get(name, {}), **section}
@@ -152,6 +154,50 @@ async def test_a_skip_is_settled_by_its_record() -> None:
         assert r.sender.attempts == []
         r.writer.ack(record)
         assert r.part.watermark() == 1
+
+
+NUMBERED: dict[str, Any] = {
+    "type": "object",
+    "required": ["n"],
+    "properties": {"n": {"type": "integer", "maximum": 100}},
+}
+
+
+async def test_an_event_its_schema_refuses_is_validated_once_never_delivered_and_dead_lettered_per_endpoint() -> None:
+    catalogue = [{"name": "lead.created", "schema": NUMBERED, "validate": True}]
+    async with rig([endpoint("a"), endpoint("b")], event_types=catalogue) as r:
+        r.dispatch(0, event(500))  # n over the schema's maximum
+        r.dispatch(1, event(5))
+        await settle_down()
+        assert sorted(a.delivery_id for a in r.sender.attempts) == sorted(
+            rec["delivery_id"] for rec in r.results() if rec["source_offset"] == 1)  # fmt: skip
+        refused = [rec for rec in r.results() if rec["source_offset"] == 0]
+        assert sorted(rec["endpoint_id"] for rec in refused) == ["a", "b"]
+        assert {(rec["status"], rec["attempt"], rec["error"]) for rec in refused} == {
+            ("invalid_payload", 0, "does not match the schema of 'lead.created': $.n: fails \"maximum\" (100)")
+        }
+        letters = [rec.json() for rec in r.writer.on(DL)]
+        assert sorted(d["endpoint_id"] for d in letters) == ["a", "b"]
+        assert all(d["reason"].startswith("invalid_payload: does not match") and d["attempts"] == [] for d in letters)
+        assert r.metrics.events_invalid_payload.labels("lead.created")._value.get() == 1  # once per event
+        assert r.health.failures("a") == 0  # the event's fault, not the endpoint's
+        for record in r.writer.records[:4]:  # the refused event's two results records and two dead letters
+            assert r.part.watermark() == 0
+            r.writer.ack(record)
+        assert r.part.watermark() == 1
+
+
+async def test_a_catalogue_type_without_validate_or_an_unmatched_event_is_never_validated() -> None:
+    catalogue: list[dict[str, Any]] = [
+        {"name": "lead.created", "schema": NUMBERED},
+        {"name": "x.y", "schema": NUMBERED, "validate": True},
+    ]
+    async with rig(event_types=catalogue, subscriptions=[{"endpoint": "a", "events": ["lead.*"]}]) as r:
+        r.dispatch(0, event(500))  # a schema shown to customers, not enforced
+        r.dispatch(1, event(500, "x.y"))  # matches no endpoint: done at once, nothing recorded
+        await settle_down()
+        assert [rec["status"] for rec in r.results()] == ["delivered"]
+        assert r.metrics.events_invalid_payload.labels("x.y")._value.get() == 0
 
 
 # --- what a delivery is owed after its attempt ---
