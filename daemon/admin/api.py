@@ -27,11 +27,12 @@ from msgspec import UNSET, Meta, UnsetType
 from yarl import URL
 
 from daemon.admin import web as http
-from daemon.admin.operate import Operator, Replay
-from daemon.core.clock import utc_now_iso
-from daemon.core.config import EndpointConfig
+from daemon.admin.operate import Operator, Replay, ReplayCounts
+from daemon.admin.portal.links import MAX_TTL_S, LinkKeys
+from daemon.core.clock import iso_ms, utc_now_iso
+from daemon.core.config import PORTAL_FEATURES, Config, EndpointConfig, PortalFeature
 from daemon.core.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable, Unprocessable
-from daemon.core.model import decode_outcome, paused_by, tenant_may_lift
+from daemon.core.model import Outcome, decode_outcome, paused_by, tenant_may_lift
 from daemon.core.profiles import PROFILES, pattern_matches
 from daemon.core.registry import (
     NOT_BY_API,
@@ -101,6 +102,15 @@ class EndpointBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return {f: v for f in self.__struct_fields__ if (v := getattr(self, f)) is not UNSET}
 
 
+class PortalLinkBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A portal link's request: how long it lives (default ``portal.link_ttl_s``), where its "back" goes, and what
+    its holder may do (default: everything a tenant token may)."""
+
+    expires_in_s: Annotated[int, Meta(ge=60, le=MAX_TTL_S)] | None = None
+    return_url: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
+    features: Annotated[list[PortalFeature], Meta(max_length=len(PORTAL_FEATURES))] | None = None
+
+
 class RotateBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     secret: Annotated[str, Meta(min_length=1, max_length=512)] | None = None
     grace_s: Annotated[float, Meta(ge=0, le=30 * 86400)] | None = None  # default: api.rotation_grace_s
@@ -131,6 +141,12 @@ class Api:
         self._grace_s = rotation_grace_s
         self._static: tuple[object, dict[str, list[str]]] | None = None  # (config, events by endpoint of its file)
         self._creating: dict[str, int] = {}  # tenant -> its creations waiting for Kafka here (counted against its cap)
+        self.links = LinkKeys(admin_token) if admin_token else None  # the portal's links, signed under the admin token
+
+    @property
+    def config(self) -> Config:
+        """The running config (the routing's: a reload changes it)."""
+        return self._settlement.routing.config
 
     async def handle(self, route: Route, request: web.Request) -> web.Response:
         """Answer one request for ``route``, after authenticating its caller."""
@@ -145,15 +161,31 @@ class Api:
             raise Unauthorized("a valid bearer token is required")
         if self._admin_token is not None and hmac.compare_digest(token.encode(), self._admin_token.encode()):
             return Caller(None)
-        api = self._settlement.routing.config.api
-        behind = self._store.lagging(api.max_token_lag_s) if api.tenant_field is not None else None
-        if behind is not None:
-            raise Unavailable(f"tenant tokens are refused while this instance is {behind}: try again shortly")
+        self._tenants_may_call()
         tenant = self._store.directory.tenant_of_token(token)
         if tenant is None:
             raise Unauthorized("a valid bearer token is required")
         if self._settlement.routing.config.api.tenant_field is None:
             raise Unauthorized("tenant tokens are refused while api.tenant_field is not set")
+        return Caller(tenant)
+
+    def _tenants_may_call(self) -> None:
+        """Unavailable while this instance is more than ``api.max_token_lag_s`` behind the endpoints topic (it may
+        hold a token, or a tenant, that another instance deleted)."""
+        api = self._settlement.routing.config.api
+        behind = self._store.lagging(api.max_token_lag_s) if api.tenant_field is not None else None
+        if behind is not None:
+            raise Unavailable(f"tenant tokens are refused while this instance is {behind}: try again shortly")
+
+    def tenant_caller(self, tenant: str) -> Caller:
+        """A caller acting for ``tenant`` under the rules of a tenant token (the portal's): Unavailable while this
+        instance lags the endpoints topic, Unauthorized while api.tenant_field is unset or for a tenant that does
+        not exist."""
+        self._tenants_may_call()
+        if self._settlement.routing.config.api.tenant_field is None:
+            raise Unauthorized("tenants are refused while api.tenant_field is not set")
+        if tenant not in self._store.directory.tenants:
+            raise Unauthorized(f"no tenant {tenant!r}")
         return Caller(tenant)
 
     def lagging(self) -> str | None:
@@ -202,6 +234,27 @@ class Api:
         await self._store.write(msgspec.structs.replace(tenant, version=tenant.version + 1, tokens=kept))
         return web.Response(status=204)
 
+    async def create_portal_link(self, request: web.Request, caller: Caller) -> web.Response:
+        """A signed link to the tenant's portal (``daemon.admin.portal``), valid for ``expires_in_s``."""
+        tenant = self._tenant(request.match_info["tenant"], caller)
+        body = await http.body(request, PortalLinkBody)
+        portal = self.config.portal
+        if not portal.enabled:
+            raise Conflict("portal.enabled is false: the portal is off")
+        if self.config.api.tenant_field is None or self.links is None:
+            raise Conflict("api.tenant_field is not set: an endpoint would receive every tenant's events, so no tenant "
+                           "may have a portal")  # fmt: skip
+        ttl = body.expires_in_s or portal.link_ttl_s
+        if ttl > portal.max_link_ttl_s:
+            raise BadRequest(f"expires_in_s: at most {portal.max_link_ttl_s} (portal.max_link_ttl_s)")
+        if body.return_url is not None:
+            _check_return_url(body.return_url)
+        token, claims = self.links.mint(tenant.id, ttl, time.time(), body.return_url, body.features)
+        base = (portal.public_url or f"{request.scheme}://{request.host}").rstrip("/")
+        view = {"url": f"{base}/portal/{token}/", "tenant": tenant.id, "expires_at": iso_ms(claims.exp * 1000),
+                "features": claims.features}  # fmt: skip
+        return http.json_response(view, 201)
+
     def _tenant(self, tenant_id: str, caller: Caller) -> TenantRecord:
         tenant = self._store.directory.tenants.get(tenant_id)
         if tenant is None or (caller.tenant is not None and caller.tenant != tenant_id):
@@ -211,7 +264,12 @@ class Api:
     # --- endpoints ---
 
     async def create(self, request: web.Request, caller: Caller) -> web.Response:
-        body = (await http.body(request, EndpointBody)).given()
+        return http.json_response(
+            await self.create_endpoint((await http.body(request, EndpointBody)).given(), caller), 201
+        )
+
+    async def create_endpoint(self, body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """Create an endpoint from the given fields of an ``EndpointBody``; its view, with its secret this once."""
         tenant = self._scope(body.pop("tenant", None), caller)
         if "version" in body:
             raise BadRequest("version: not for a new endpoint")
@@ -241,19 +299,26 @@ class Api:
         view = self._view(record)
         if secret is not None:
             view["secret"] = secret  # shown once: never again
-        return http.json_response(view, 201)
+        return view
 
     async def list_endpoints(self, request: web.Request, caller: Caller) -> web.Response:
         query = request.query
-        tenant = query.get("tenant")
+        limit = _bounded(query.get("limit"), 100, _LIST_LIMIT)
+        rows, next_after = self.endpoint_views(caller, query.get("tenant"), query.get("status"),
+                                               query.get("event_type"), query.get("after", ""), limit)  # fmt: skip
+        return http.json_response({"data": rows, "next_after": next_after})
+
+    def endpoint_views(
+        self, caller: Caller, tenant: str | None, status: str | None = None, event_type: str | None = None,
+        after: str = "", limit: int = 100,
+    ) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
+        """A page of the endpoints a caller may see, in id order, and the ``after`` of the next page (None: last)."""
         if caller.tenant is not None:
             if tenant is not None and tenant != caller.tenant:
                 raise NotFound(f"no tenant {tenant!r}")
             tenant = caller.tenant
-        status, event_type, after = query.get("status"), query.get("event_type"), query.get("after", "")
         if status not in (None, "active", "paused"):
             raise BadRequest("status: must be active or paused")
-        limit = _bounded(query.get("limit"), 100, _LIST_LIMIT)
         if tenant is not None and tenant not in self._store.directory.tenants:
             raise NotFound(f"no tenant {tenant!r}")
         rows: list[dict[str, Any]] = []
@@ -271,17 +336,24 @@ class Api:
                 break
         more = len(rows) > limit
         rows = rows[:limit]
-        return http.json_response({"data": rows, "next_after": rows[-1]["id"] if more else None})
+        return rows, rows[-1]["id"] if more else None
 
     async def get(self, request: web.Request, caller: Caller) -> web.Response:
-        return http.json_response(self._view_of(request.match_info["id"], caller))
+        return http.json_response(self.view_of(request.match_info["id"], caller))
 
     async def update(self, request: web.Request, caller: Caller) -> web.Response:
-        record = self._own(request.match_info["id"], caller)
         body = (await http.body(request, EndpointBody)).given()
+        if_match = request.headers.get("If-Match", "")
+        return http.json_response(await self.update_endpoint(request.match_info["id"], body, if_match, caller))
+
+    async def update_endpoint(
+        self, endpoint_id: str, body: dict[str, Any], if_match: str, caller: Caller
+    ) -> dict[str, Any]:
+        """Change the given fields of an ``EndpointBody`` (the version expected in it or ``if_match``); its view."""
+        record = self._own(endpoint_id, caller)
         if not body:
             raise BadRequest("the request body must name at least one field to change")
-        _expect_version(record, body, request.headers.get("If-Match", ""))
+        _expect_version(record, body, if_match)
         if "tenant" in body and body.pop("tenant") != record.tenant:
             raise BadRequest("tenant: an endpoint cannot change tenants")
         if "secret" in body or "secrets" in body:
@@ -301,43 +373,63 @@ class Api:
         updated = self._record(config, sub, record.tenant, record.version + 1, record.created_at, description,
                                live_secrets(record, self._keyring))  # fmt: skip
         await self._store.write(updated)
-        return http.json_response(self._view(updated))
+        return self._view(updated)
 
     async def delete(self, request: web.Request, caller: Caller) -> web.Response:
-        record = self._own(request.match_info["id"], caller)
-        await self._store.write(deleted_marker(record, self._keyring))
-        await self._store.tombstone(endpoint_key(record.id))
+        await self.delete_endpoint(request.match_info["id"], caller)
         return web.Response(status=204)
 
+    async def delete_endpoint(self, endpoint_id: str, caller: Caller) -> None:
+        record = self._own(endpoint_id, caller)
+        await self._store.write(deleted_marker(record, self._keyring))
+        await self._store.tombstone(endpoint_key(record.id))
+
     async def pause(self, request: web.Request, caller: Caller) -> web.Response:
-        endpoint_id = self._visible(request.match_info["id"], caller)
+        return http.json_response(self.pause_endpoint(request.match_info["id"], caller))
+
+    def pause_endpoint(self, endpoint_id: str, caller: Caller) -> dict[str, Any]:
+        endpoint_id = self._visible(endpoint_id, caller)
         if caller.tenant is None:
             self._health.pause(endpoint_id, REASON_OPERATOR, "paused through the API")
         else:
             self._health.pause(endpoint_id, REASON_TENANT, "paused through the API by its tenant")
-        return http.json_response(self._view_of(endpoint_id, caller))
+        return self.view_of(endpoint_id, caller)
 
     async def resume(self, request: web.Request, caller: Caller) -> web.Response:
+        return http.json_response(self.resume_endpoint(request.match_info["id"], caller))
+
+    def resume_endpoint(self, endpoint_id: str, caller: Caller) -> dict[str, Any]:
         """Resume an endpoint; a tenant lifts only its own pauses and those its failures caused (409 naming who
         paused for the platform's and the contract's)."""
-        endpoint_id = self._visible(request.match_info["id"], caller)
+        endpoint_id = self._visible(endpoint_id, caller)
         state = self._health.states.get(endpoint_id)
         if caller.tenant is not None and state is not None and not tenant_may_lift(state):
             raise Conflict(f"endpoint {endpoint_id!r} is {pause_text(state)}: only the platform can resume it")
         self._health.resume(endpoint_id)
-        return http.json_response(self._view_of(endpoint_id, caller))
+        return self.view_of(endpoint_id, caller)
 
     async def ping(self, request: web.Request, caller: Caller) -> web.Response:
-        return http.json_response(await self._operator.ping(self._visible(request.match_info["id"], caller)))
+        return http.json_response(await self.ping_endpoint(request.match_info["id"], caller))
+
+    async def ping_endpoint(self, endpoint_id: str, caller: Caller) -> Outcome:
+        return await self._operator.ping(self._visible(endpoint_id, caller))
 
     async def replay(self, request: web.Request, caller: Caller) -> web.Response:
-        endpoint_id = self._visible(request.match_info["id"], caller)
-        body = await http.body(request, Replay)
-        return http.json_response(await self._operator.replay(endpoint_id, body, caller.tenant))
+        endpoint_id = request.match_info["id"]
+        self._visible(endpoint_id, caller)
+        return http.json_response(await self.replay_endpoint(endpoint_id, await http.body(request, Replay), caller))
+
+    async def replay_endpoint(self, endpoint_id: str, spec: Replay, caller: Caller) -> ReplayCounts:
+        return await self._operator.replay(self._visible(endpoint_id, caller), spec, caller.tenant)
 
     async def rotate(self, request: web.Request, caller: Caller) -> web.Response:
-        record = self._own(request.match_info["id"], caller)
-        body = await http.body(request, RotateBody)
+        endpoint_id = request.match_info["id"]
+        self._own(endpoint_id, caller)
+        return http.json_response(await self.rotate_secret(endpoint_id, await http.body(request, RotateBody), caller))
+
+    async def rotate_secret(self, endpoint_id: str, body: RotateBody, caller: Caller) -> dict[str, Any]:
+        """A new signing secret (the old ones keep signing for the grace); the view, with the new secret."""
+        record = self._own(endpoint_id, caller)
         config, sub = self._opened(record)
         profile = PROFILES[config.profile]
         if profile.key_source == "optional":
@@ -355,23 +447,40 @@ class Api:
         await self._store.write(updated)
         view = self._view(updated)
         view["secret"] = secret
-        return http.json_response(view)
+        return view
+
+    def header_names(self, endpoint_id: str, caller: Caller) -> list[str]:
+        """The names of an endpoint's custom headers (their values may be credentials: never shown)."""
+        config, _ = self._opened(self._own(endpoint_id, caller))
+        return sorted(config.headers)
+
+    def secrets_of(self, endpoint_id: str, caller: Caller) -> list[tuple[str, int | None]]:
+        """An endpoint's signing secrets that still sign, current first, each with when it stops (unix ms; None:
+        never): what the portal reveals on demand. The ``/v1`` API never answers a secret after create or rotate."""
+        return live_secrets(self._own(endpoint_id, caller), self._keyring)
 
     async def attempts(self, request: web.Request, caller: Caller) -> web.Response:
-        endpoint_id = self._visible(request.match_info["id"], caller)
         limit = _bounded(request.query.get("limit"), 20, 200)
+        return http.json_response({"data": await self.attempts_of(request.match_info["id"], limit, caller)})
+
+    async def attempts_of(self, endpoint_id: str, limit: int, caller: Caller) -> list[Outcome]:
+        """The endpoint's newest ``limit`` results records, newest first (a scan of the caller's: bounded)."""
+        endpoint_id = self._visible(endpoint_id, caller)
         values = await self._operator.scans.attempts(caller.tenant, endpoint_id, limit)
-        return http.json_response({"data": [decode_outcome(v) for v in values]})
+        return [decode_outcome(v) for v in values]
 
     async def redeliver(self, request: web.Request, caller: Caller) -> web.Response:
-        """A tenant's lookup reads its own endpoints' records only: another tenant's delivery is answered as one that
-        never was (the same 404, naming the delivery alone)."""
-        delivery_id = request.match_info["delivery_id"]
+        return http.json_response(await self.redeliver_delivery(request.match_info["delivery_id"], caller))
+
+    async def redeliver_delivery(self, delivery_id: str, caller: Caller) -> Outcome:
+        """One attempt of a past delivery (never retried), found by its id. A tenant's lookup reads its own
+        endpoints' records only: another tenant's delivery is answered as one that never was (the same 404, naming
+        the delivery alone)."""
         own = None if caller.tenant is None else self._endpoints_of(caller.tenant)
         where = await self._operator.locate(delivery_id, caller.tenant, own)
         if own is not None and where.endpoint_id not in own:
             raise self._operator.no_delivery(delivery_id)
-        return http.json_response(await self._operator.redeliver(delivery_id, where))
+        return await self._operator.redeliver(delivery_id, where)
 
     # --- the event catalogue ---
 
@@ -448,7 +557,8 @@ class Api:
         """The ids of a tenant's endpoints (of the API: the config file's belong to the platform)."""
         return frozenset(i for i, record in self._store.directory.endpoints.items() if record.tenant == tenant)
 
-    def _view_of(self, endpoint_id: str, caller: Caller) -> dict[str, Any]:
+    def view_of(self, endpoint_id: str, caller: Caller) -> dict[str, Any]:
+        """What ``GET /v1/endpoints/{id}`` answers; NotFound for an endpoint the caller may not see."""
         self._visible(endpoint_id, caller)
         record = self._store.directory.endpoints.get(endpoint_id)
         return self._view(record) if record is not None else self._static_view(endpoint_id)
@@ -476,7 +586,7 @@ class Api:
         return {
             "id": record.id,
             "tenant": record.tenant,
-            "url": _safe_url(config.url),
+            "url": safe_url(config.url),
             "events": list(sub.events),
             "topics": sub.topics,
             "where": msgspec.to_builtins(sub.where) if sub.where is not None else None,
@@ -507,7 +617,7 @@ class Api:
         return {
             "id": endpoint_id,
             "tenant": None,
-            "url": _safe_url(config.url),
+            "url": safe_url(config.url),
             "events": self._static_events(endpoint_id),
             "topics": None,
             "where": None,
@@ -547,6 +657,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/endpoints/{id}/attempts", Api.attempts, False),
     Route("POST", "/v1/deliveries/{delivery_id}/redeliver", Api.redeliver, False),
     Route("GET", "/v1/event-types", Api.event_types, False),
+    Route("POST", "/v1/tenants/{tenant}/portal-links", Api.create_portal_link, True),
 )
 
 
@@ -634,11 +745,25 @@ def _new_secret(key_source: str) -> str | None:
     return None
 
 
+def _check_return_url(url: str) -> None:
+    """BadRequest naming ``return_url`` for one a page should not link to: not http(s), with credentials or
+    control characters."""
+    try:
+        parsed = URL(url)
+    except ValueError:
+        parsed = None
+    if (
+        parsed is None or parsed.scheme not in ("http", "https") or not parsed.host or parsed.user or parsed.password
+        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in url)
+    ):  # fmt: skip
+        raise BadRequest("return_url: must be an http(s) URL without credentials or control characters")
+
+
 def _subscribed(patterns: list[str], event_type: str) -> bool:
     return any(pattern_matches(p, event_type) for p in patterns)
 
 
-def _safe_url(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL without its credentials (they are secrets)."""
     try:
         parsed = URL(url)

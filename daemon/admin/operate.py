@@ -281,8 +281,8 @@ class Operator:
     async def replay(self, endpoint_id: str, spec: Replay, tenant: str | None = None) -> ReplayCounts:
         """Deliver again, once each, every event of a time or offset range that the endpoint is subscribed to, up to
         ``api.replay_max_events`` of them (a range over a cap is a BadRequest naming the field and the cap), in a slot
-        of ``tenant`` (None: the platform, the only caller whose answer says how many records were read); those its type's
-        schema refuses are counted, never delivered.
+        of ``tenant`` (None: the platform, the only caller whose answer says how many records were read); those its
+        type's schema refuses are counted, never delivered.
 
         Refused (409) while the endpoint is paused; one paused while the replay runs gets what is left recorded
         ``skipped_paused`` (the lane's check), never delivered."""

@@ -48,6 +48,11 @@ def json_response(value: Any, status: int = 200, headers: dict[str, str] | None 
     return web.Response(body=_encode(value), status=status, headers=headers, content_type="application/json")
 
 
+def html_response(text: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A page (the portal's): UTF-8 HTML."""
+    return web.Response(text=text, status=status, headers=headers, content_type="text/html", charset="utf-8")
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     """``{"error": message}``; a 401 says how to authenticate, a 429 and a 503 when to come back."""
     extra = dict(headers or {})

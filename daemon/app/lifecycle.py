@@ -24,8 +24,8 @@ import msgspec
 from aiohttp.abc import AbstractResolver
 
 from daemon.admin.api import Api
-from daemon.admin.api import install as install_api
 from daemon.admin.operate import Operator
+from daemon.admin.portal.site import serve_api
 from daemon.admin.server import AdminServer
 from daemon.app.connect import until_connected
 from daemon.app.reload import count_routing, follow_config_pauses, reloaded
@@ -123,7 +123,7 @@ class App:
             stack.callback(loop.set_exception_handler, previous)
             # Before Kafka: liveness, and why the daemon is not ready, answer while it waits for the cluster.
             token = config.admin.token(self._environ)
-            routes = (lambda app: install_api(app, lambda: self._api, self.not_ready)) if config.api.enabled else None
+            routes = (lambda app: serve_api(app, lambda: self._api, self.not_ready)) if config.api.enabled else None
             admin = AdminServer(
                 config.admin.listen, self.metrics, self.not_ready, lambda: self._operator, token, routes
             )

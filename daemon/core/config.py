@@ -289,6 +289,8 @@ class OrganizationConfig(msgspec.Struct, **_FROZEN):
     campaign_field: Annotated[str, Meta(min_length=1)] = "campaignId"
     allow_http: bool = True
     campaigns: list[CampaignConfig] = []
+    # The tenant (of the endpoints API) whose portal shows this organisation and its campaigns, read-only.
+    tenant: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")] | None = None
 
     def __repr__(self) -> str:
         return f"OrganizationConfig(id={self.id!r}, campaigns={len(self.campaigns)})"
@@ -358,6 +360,28 @@ class ApiConfig(msgspec.Struct, **_FROZEN):
     replay_max_span_s: Annotated[float, Meta(ge=60, le=90 * 86_400)] = 86_400.0
 
 
+PortalFeature = Literal["manage", "secrets", "ping", "deliveries", "redeliver", "replay"]
+PORTAL_FEATURES: tuple[PortalFeature, ...] = ("manage", "secrets", "ping", "deliveries", "redeliver", "replay")
+
+
+class PortalConfig(msgspec.Struct, **_FROZEN):
+    """The portal: pages a platform's customers manage their own endpoints on (one tenant each), served by the admin
+    server under ``/portal/``, opened by a signed, expiring link the platform mints with its admin token
+    (``POST /v1/tenants/{tenant}/portal-links``). Needs ``api.enabled`` and ``api.tenant_field``. Taken at a reload."""
+
+    enabled: bool = False
+    # Where customers' browsers reach the admin server (e.g. "https://hooks.example.com", behind a proxy that
+    # terminates TLS): the links' base. Default: the address the link was asked for at.
+    public_url: Annotated[str, Meta(min_length=1, max_length=2048)] | None = None
+    # The pages that may embed the portal in a frame: CSP frame-ancestors sources ("https://app.example.com",
+    # "https://*.example.com", "'self'"). Empty: none may (frame-ancestors 'none').
+    frame_ancestors: Annotated[list[Annotated[str, Meta(min_length=1, max_length=256)]], Meta(max_length=32)] = []
+    link_ttl_s: Annotated[int, Meta(ge=60, le=86_400)] = 3600  # a link's life when its request names none
+    max_link_ttl_s: Annotated[int, Meta(ge=60, le=86_400)] = 86_400  # the longest a request may ask for
+    title: Annotated[str, Meta(min_length=1, max_length=100)] = "Webhooks"  # the pages' heading
+    attempts_shown: Annotated[int, Meta(ge=1, le=200)] = 100  # an endpoint's newest attempts its page reads
+
+
 class Config(msgspec.Struct, **_FROZEN):
     kafka: KafkaConfig
     admin: AdminConfig = AdminConfig()
@@ -372,6 +396,7 @@ class Config(msgspec.Struct, **_FROZEN):
     subscriptions: list[SubscriptionConfig] = []
     organizations: list[OrganizationConfig] = []
     event_types: Annotated[list[EventTypeConfig], Meta(max_length=10_000)] = []
+    portal: PortalConfig = PortalConfig()
 
     def __repr__(self) -> str:
         return f"Config(topics={self.kafka.topics!r}, endpoints={len(self.endpoints)})"

@@ -39,6 +39,10 @@ _URL_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0 (tab included), DEL, C1
 MAX_HEADERS = 20
 MAX_HEADER_VALUE_BYTES = 1024
 MAX_HEADERS_BYTES = 8192
+# A CSP source expression of frame-ancestors: 'self' or 'none', a scheme, or a host source (no path needed).
+_FRAME_SOURCE = re.compile(
+    r"'self'|'none'|[a-z][a-z0-9+.-]*:|(?:[a-z][a-z0-9+.-]*://)?(?:\*\.)?[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*(?::(?:\d{1,5}|\*))?/?"
+)
 _SCHEMA = mi.type_info(Config)
 # [kafka] tables keyed by topic: each key must be one of kafka.topics.
 _PER_TOPIC = ("event_type_fields", "event_id_fields", "event_type_headers", "event_id_headers", "value_formats")
@@ -326,6 +330,7 @@ class _Checks:
             self.fault("admin.listen", "port must be <= 65535")
         self._delivery()
         check_entries(config.event_types, self.fault)
+        self._portal()
         if config.tracing.enabled and not _tracing_installed():
             self.fault("tracing.enabled", "needs the tracing extra: pip install 'kafka-webhook-router[tracing]'")
         for i, endpoint in enumerate(config.endpoints):
@@ -337,6 +342,28 @@ class _Checks:
             profile = PROFILES.get(endpoint.profile)
             if profile is not None and profile.needs_events and endpoint.id not in subscribed:
                 self.fault(f"endpoints[{i}]", f"the {endpoint.profile} contract needs at least one subscribed event")
+
+    def _portal(self) -> None:
+        portal, api = self._config.portal, self._config.api
+        if portal.enabled and not (api.enabled and api.tenant_field):
+            self.fault("portal.enabled", "the portal needs the endpoints API with api.tenant_field (it shows one "
+                       "tenant's endpoints)")  # fmt: skip
+        if portal.link_ttl_s > portal.max_link_ttl_s:
+            self.fault("portal.link_ttl_s", f"must be <= portal.max_link_ttl_s ({portal.max_link_ttl_s})")
+        if portal.public_url is not None:
+            url = _parsed(portal.public_url)
+            if url is None or url.scheme not in ("http", "https") or not url.host or url.user or url.password:
+                self.fault("portal.public_url", "must be an http(s) URL without credentials")
+            elif url.query_string or url.fragment or url.path not in ("", "/"):
+                self.fault(
+                    "portal.public_url", "must be a scheme and host (and port) only: the pages are under /portal/"
+                )
+        for i, source in enumerate(portal.frame_ancestors):
+            if not _FRAME_SOURCE.fullmatch(source):
+                self.fault(f"portal.frame_ancestors[{i}]", "must be a CSP source: 'self', a scheme (https:) or "
+                           "[scheme://]host[:port] (a leading *. allowed), without spaces, ';' or ','")  # fmt: skip
+            elif source == "'none'" and len(portal.frame_ancestors) > 1:
+                self.fault(f"portal.frame_ancestors[{i}]", "'none' cannot stand beside other sources")
 
     def _security(self, kafka: KafkaConfig) -> None:
         """Every incomplete or contradictory combination of the Kafka connection's security settings."""
@@ -665,6 +692,13 @@ def _tail(url: str) -> str:
     rest = url.partition("://")[2]
     tail = rest[min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest)) :]
     return tail if tail.startswith("/") else "/" + tail
+
+
+def _parsed(url: str) -> URL | None:
+    try:
+        return URL(url)
+    except ValueError:
+        return None
 
 
 def _parses(url: str) -> bool:
