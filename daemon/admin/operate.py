@@ -108,7 +108,7 @@ class EndpointInfo(msgspec.Struct, kw_only=True):
     max_concurrency: int
 
 
-class ReplayCounts(msgspec.Struct, kw_only=True):
+class ReplayCounts(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What a replay did: ``matched``, the events delivered again (queued behind the endpoint's live traffic);
     ``complete``, False when it stopped at ``api.replay_max_events`` with more of the range left; ``scanned``, the
     records it read, every tenant's: in the platform's answer only, never a tenant's."""
@@ -116,7 +116,8 @@ class ReplayCounts(msgspec.Struct, kw_only=True):
     scanned: int | UnsetType = UNSET
     matched: int
     complete: bool
-    invalid_payload: int = 0  # matched, but refused by their type's schema (the catalogue's): not delivered
+    # matched, but refused by their type's schema (the catalogue's): not delivered; left out of answers when 0
+    invalid_payload: int = 0
 
 
 class Operator:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -61,8 +62,10 @@ async def test_an_event_its_schema_refuses_is_never_delivered_but_recorded_dead_
 
         status, answer = await c.call("POST", f"/v1/deliveries/{refused['delivery_id']}/redeliver")
         assert status == 422 and "never delivered" in answer["error"], answer
-        status, counts = await c.call("POST", f"/v1/endpoints/{created['id']}/replay", {"from_time": 0})
-        assert (status, counts) == (200, {"scanned": 3, "matched": 3, "invalid_payload": 1})
+        status, counts = await c.call(
+            "POST", f"/v1/endpoints/{created['id']}/replay", {"from_time": int(time.time() * 1000) - 3_600_000}
+        )
+        assert (status, counts) == (200, {"scanned": 3, "matched": 3, "complete": True, "invalid_payload": 1})
         await r.wait_for(4)
         await asyncio.sleep(0.5)
         assert sorted(json.loads(q.body)["n"] for q in r.requests) == [2, 2, 3, 3]
