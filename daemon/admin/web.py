@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY: Final = 1024 * 1024  # bytes of a request body; more is a 413
 MAX_AUTHORIZATION: Final = 1024  # characters of an Authorization header that are looked at
+SHUTDOWN_S: Final = 1.0  # how long a stopping server lets the requests under way finish before it cancels them
 NO_ROUTE: Final = "no route"  # how an answer for a path this server does not serve starts (the CLI looks for it)
 _encode = msgspec.json.Encoder().encode
 _INTERNAL = "internal error (see the router's log)"
@@ -124,8 +125,11 @@ def application() -> web.Application:
 
 async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start serving ``app``; the runner (``cleanup()`` stops it) and the port actually bound. A request's handler is
-    cancelled when its client disconnects."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
+    cancelled when its client disconnects, and at ``cleanup()`` once ``SHUTDOWN_S`` have passed (aiohttp's default
+    waits a minute for handlers still running: past any orchestrator's grace period)."""
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=SHUTDOWN_S
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
