@@ -382,6 +382,15 @@ class PortalConfig(msgspec.Struct, **_FROZEN):
     attempts_shown: Annotated[int, Meta(ge=1, le=200)] = 100  # an endpoint's newest attempts its page reads
 
 
+class ProcessConfig(msgspec.Struct, **_FROZEN):
+    """How many processes run this instance. ``workers = 1``: one process, as ever. More, or ``"auto"`` (the CPUs this
+    process may use: its affinity and its cgroup's CPU quota), and ``run`` starts a supervisor that runs that many
+    worker processes in the instance's consumer group behind one admin port (``daemon.app.supervisor``); ``"auto"``
+    that comes to 1 runs the one process. Taken only at a restart."""
+
+    workers: Annotated[int, Meta(ge=1, le=256)] | Literal["auto"] = 1
+
+
 class Config(msgspec.Struct, **_FROZEN):
     kafka: KafkaConfig
     admin: AdminConfig = AdminConfig()
@@ -392,6 +401,7 @@ class Config(msgspec.Struct, **_FROZEN):
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
     schema_registry: SchemaRegistryConfig = SchemaRegistryConfig()
+    process: ProcessConfig = ProcessConfig()
     endpoints: list[EndpointConfig] = []
     subscriptions: list[SubscriptionConfig] = []
     organizations: list[OrganizationConfig] = []

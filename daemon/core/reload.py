@@ -36,7 +36,7 @@ SCHEMA_REGISTRY_AT_RESTART: tuple[str, ...] = (
     "protobuf_include_defaults",
 )  # fmt: skip
 # Whole sections taken only after a restart.
-SECTIONS_AT_RESTART: tuple[str, ...] = ("admin", "tracing")
+SECTIONS_AT_RESTART: tuple[str, ...] = ("admin", "tracing", "process")
 
 
 def refused(old: Config, new: Config) -> list[str]:

@@ -161,6 +161,9 @@ def _check(info: mi.Type, value: Any, path: str, errors: list[str]) -> bool:
             return _check(options[0], value, path, errors)
         if any(_check(t, value, path, []) for t in options):
             return True
+        kin = [t for t in options if _kin(t, value)]
+        if len(kin) == 1:  # a value of one option's kind (an int out of its bounds): that option's own words
+            return _check(kin[0], value, path, errors)
         errors.append(f"{where}: expected one of {', '.join(_name(t) for t in options)}")
         return False
     if isinstance(info, mi.StructType):
@@ -231,6 +234,13 @@ def _is(info: mi.Type, value: Any) -> bool:
     return False  # a type the schema does not use
 
 
+def _kin(info: mi.Type, value: Any) -> bool:
+    """Whether ``value`` is of the kind ``info`` asks for, bounds and choices aside."""
+    if isinstance(info, mi.LiteralType):
+        return any(type(value) is type(v) for v in info.values)
+    return _is(info, value)
+
+
 def _length(info: Any, length: int, where: str, errors: list[str]) -> bool:
     if info.min_length is not None and length < info.min_length:
         errors.append(f"{where}: length must be >= {info.min_length}")
@@ -250,6 +260,8 @@ def _name(info: mi.Type) -> str:
         return "table"
     if isinstance(info, (mi.ListType, mi.FrozenSetType)):
         return "array"
+    if isinstance(info, mi.LiteralType):
+        return ", ".join(repr(v) for v in info.values)
     return _NAMES.get(type(info), type(info).__name__)
 
 

@@ -1228,3 +1228,23 @@ def test_every_previous_secrets_key_must_load_and_each_fault_names_its_field(tmp
     api = {**api, "previous_secrets_key_envs": ["OLD"], "previous_secrets_key_files": []}
     config = parse_config(doc(admin={"token_env": "ADMIN_TOKEN"}, api=api), environ)
     assert (config.api.previous_secrets_key_envs, config.api.accept_unauthenticated_records) == (["OLD"], False)
+
+
+def test_process_workers_is_one_by_default_a_number_or_auto() -> None:
+    assert parse_config(doc(), {}).process.workers == 1
+    assert parse_config(doc(process={"workers": 4}), {}).process.workers == 4
+    assert parse_config(doc(process={"workers": "auto"}), {}).process.workers == "auto"
+
+
+@pytest.mark.parametrize(
+    ("workers", "line"),
+    [
+        (0, "process.workers: must be >= 1"),
+        (257, "process.workers: must be <= 256"),
+        ("many", "process.workers: must be one of 'auto'"),
+        (1.5, "process.workers: expected one of int, 'auto'"),
+        (True, "process.workers: expected one of int, 'auto'"),
+    ],
+)
+def test_a_wrong_number_of_workers_is_refused_naming_the_field(workers: Any, line: str) -> None:
+    assert errors_of(doc(process={"workers": workers})) == [line]
