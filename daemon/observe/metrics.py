@@ -56,14 +56,8 @@ class Metrics:
     """One instance per daemon, with its own registry (tests run several daemons in one process)."""
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
-        # process_* (CPU, memory, file descriptors) and python_* (GC, version), as a default registry has them.
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)
+        r = self.registry = _process_registry()
         p = "webhook_router_"
-        self.build = Info(p + "build", "The running version.", registry=r)
-        self.build.info({"version": __version__, "python": platform.python_version()})
         self.events_consumed = Counter(p + "events_consumed", "Events read from Kafka.", ["topic"], registry=r)
         self.events_invalid = Counter(
             p + "events_invalid", "Events that could not be routed (not JSON, no type).", ["topic"], registry=r
@@ -229,6 +223,44 @@ class Metrics:
             for labels in list(metric._metrics):  # prometheus_client keeps a metric's children by label values
                 if labels[0] not in keep:
                     metric.remove(*labels)
+
+
+class SupervisorMetrics:
+    """The supervisor's own, under ``process.workers`` (served beside its workers', ``daemon.observe.aggregate``): its
+    process, the reloads it refused or passed on, its workers."""
+
+    def __init__(self, workers: int) -> None:
+        r = self.registry = _process_registry()
+        p = "webhook_router_"
+        self.config_reloads = Counter(
+            p + "config_reloads", "Config reloads by result (the supervisor's: refused, or passed to every worker).",
+            ["result"], registry=r,
+        )  # fmt: skip
+        for result in ("ok", "error"):
+            self.config_reloads.labels(result)
+        self.workers = Gauge(p + "workers", "Worker processes this instance runs (process.workers).", registry=r)
+        self.workers.set(workers)
+        self.workers_ready = Gauge(p + "workers_ready", "Workers running with their start-up complete.", registry=r)
+        self.worker_restarts = Counter(
+            p + "worker_restarts", "Workers started again after their process ended, by worker.", ["worker"],
+            registry=r,
+        )  # fmt: skip
+        self.worker_scrape_errors = Counter(
+            p + "worker_scrape_errors", "Scrapes of a worker's /metrics that failed (its last one was served), by "
+            "worker.", ["worker"], registry=r,
+        )  # fmt: skip
+
+
+def _process_registry() -> CollectorRegistry:
+    """A registry with process_* (CPU, memory, file descriptors) and python_* (GC, version), as a default registry
+    has them, and the build info."""
+    r = CollectorRegistry(auto_describe=True)
+    ProcessCollector(registry=r)
+    PlatformCollector(registry=r)
+    GCCollector(registry=r)
+    build = Info("webhook_router_build", "The running version.", registry=r)
+    build.info({"version": __version__, "python": platform.python_version()})
+    return r
 
 
 def status_class(http_status: int | None, error: str | None) -> str:

@@ -1,0 +1,213 @@
+"""One ``/metrics`` for an instance of several workers: each worker's exposition merged into one, no series lost and
+none counted twice. The rule of each family (``RULES``; one not named there: ``SUM`` for counters and histograms,
+``WORKER`` for the rest, so that a new gauge is never summed by accident):
+
+- ``SUM``: counters and histograms, per label set (every sample: ``_total``, ``_bucket``, ``_count``, ``_sum``), and
+  the gauges that are totals of what each worker holds on its own: events and requests in flight, deliveries
+  queued, results pending, stuck partitions, the routing caches' bytes.
+- ``OWNER``: the per-partition gauges (lag, committable offset, retries due later). A partition is one worker's at a
+  time, so there is one value: kept as it is (the highest, should a worker's last scrape still hold a partition it
+  has since given up).
+- ``WORKER``: each worker's own series, labelled ``worker="N"`` (the supervisor's own ``worker="supervisor"``), where
+  a sum means nothing: the copy each worker keeps of what every worker reads whole (endpoints and subscriptions
+  loaded, paused endpoints, the endpoints topic's refused and old-key records, how far behind it each reader is),
+  flags (fetch paused, contact with Kafka), what each process does once for the instance (config reloads), and
+  ``process_*`` and ``python_*``.
+- ``ONE``: the build info: each distinct label set once.
+
+A ``_created`` sample (when a counter or histogram began) follows its family: the earliest of a ``SUM``.
+
+``Aggregate`` keeps each worker's last scrape (a worker that does not answer one scrape is counted as it last was) and,
+when a worker is gone, its last counts (``retire``): they are added to the sums from then on, so that a restarted
+worker's counters starting again from 0 never make the instance's go down (what a scrape had not seen before the
+worker died is lost, as it is for a single process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+SUM = "sum"
+OWNER = "owner"
+WORKER = "worker"
+ONE = "one"
+_EARLIEST = "earliest"  # a SUM family's _created
+
+P = "webhook_router_"
+RULES: dict[str, str] = {
+    # gauges: totals of what each worker holds
+    P + "events_in_flight": SUM,
+    P + "events_in_flight_bytes": SUM,
+    P + "requests_in_flight": SUM,
+    P + "deliveries_queued": SUM,
+    P + "results_pending": SUM,
+    P + "partitions_stuck": SUM,
+    P + "routing_cache_bytes": SUM,
+    # gauges: per partition, of the worker that holds it
+    P + "consumer_lag_records": OWNER,
+    P + "consumer_offset": OWNER,
+    P + "retries_due_later_records": OWNER,
+    # gauges: each worker's own state
+    P + "endpoints": WORKER,
+    P + "subscriptions": WORKER,
+    P + "endpoints_paused": WORKER,
+    P + "endpoints_records_under_old_keys": WORKER,
+    P + "endpoints_behind_records": WORKER,
+    P + "endpoints_behind_seconds": WORKER,
+    P + "fetch_paused": WORKER,
+    P + "kafka_contact": WORKER,
+    P + "kafka_last_contact_timestamp_seconds": WORKER,
+    # counters of what every worker does once for the instance (each reads the whole endpoints topic, each reloads)
+    P + "config_reloads": WORKER,
+    P + "endpoints_records_refused": WORKER,
+    P + "build_info": ONE,
+    # the supervisor's own (it alone serves them)
+    P + "workers": SUM,
+    P + "workers_ready": SUM,
+    P + "worker_restarts": SUM,
+    P + "worker_scrape_errors": SUM,
+}
+_PER_PROCESS = ("process_", "python_")
+_MONOTONIC = ("counter", "histogram")
+
+Labels = tuple[tuple[str, str], ...]
+Key = tuple[str, Labels]  # a sample's name and its labels, sorted
+
+
+@dataclass
+class Family:
+    name: str
+    documentation: str
+    kind: str
+    samples: dict[Key, float] = field(default_factory=dict)
+
+
+Families = list[Family]
+
+
+def parse(text: str) -> Families:
+    """An exposition (Prometheus text format) as families of samples; ValueError when it is not one."""
+    out = []
+    for metric in text_string_to_metric_families(text):
+        family = Family(metric.name, metric.documentation, metric.type)
+        for sample in metric.samples:
+            family.samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        out.append(family)
+    return out
+
+
+def rule(name: str, kind: str, kinds: Mapping[str, str]) -> str:
+    """How a family is merged; ``kinds`` (every family's kind in the same scrape) tells a ``_created`` family's."""
+    if name.startswith(_PER_PROCESS):
+        return WORKER
+    base = name.removesuffix("_created")
+    if base != name and kinds.get(base) in _MONOTONIC:
+        of_base = rule(base, kinds[base], kinds)
+        return _EARLIEST if of_base == SUM else of_base
+    if name in RULES:
+        return RULES[name]
+    return SUM if kind in _MONOTONIC else WORKER
+
+
+def merge(scrapes: Mapping[str, Families], carried: Iterable[Family] = ()) -> str:
+    """The exposition of the instance: ``scrapes`` by worker label (``"0"``, ``"1"``..., ``"supervisor"``), merged
+    family by family as ``RULES`` says; ``carried`` (retired workers' counts, all ``SUM``) added to the sums."""
+    merged: dict[str, Family] = {}
+    for worker, families in scrapes.items():
+        kinds = {f.name: f.kind for f in families}
+        for family in families:
+            how = rule(family.name, family.kind, kinds)
+            into = merged.setdefault(family.name, Family(family.name, family.documentation, family.kind))
+            for (name, labels), value in family.samples.items():
+                if how == WORKER:
+                    into.samples[(name, (*labels, ("worker", worker)))] = value
+                    continue
+                key = (name, labels)
+                was = into.samples.get(key)
+                if was is None or how == ONE:
+                    into.samples[key] = value
+                elif how == SUM:
+                    into.samples[key] = was + value
+                elif how == _EARLIEST:
+                    into.samples[key] = min(was, value)
+                else:  # OWNER
+                    into.samples[key] = max(was, value)
+    for family in carried:
+        into = merged.setdefault(family.name, Family(family.name, family.documentation, family.kind))
+        for key, value in family.samples.items():
+            into.samples[key] = into.samples.get(key, 0.0) + value
+    return render(merged.values())
+
+
+def render(families: Iterable[Family]) -> str:
+    """Families as Prometheus text (prometheus_client's own writer)."""
+    metrics = []
+    for family in families:
+        metric = Metric(family.name, family.documentation, family.kind)
+        for (name, labels), value in family.samples.items():
+            metric.add_sample(name, dict(labels), value)
+        metrics.append(metric)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(metrics))
+    return generate_latest(registry).decode()
+
+
+class _Fixed:
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._metrics)
+
+
+class Aggregate:
+    """Every worker's last scrape, and what the processes of workers gone before left in the sums. A worker's
+    processes are told apart by their incarnation: 1, 2, 3... as the supervisor starts them."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[int, Families]] = {}  # worker -> (the incarnation scraped, its last scrape)
+        self._gone: dict[str, int] = {}  # worker -> its latest incarnation retired
+        self._carried: dict[str, Family] = {}
+
+    def observe(self, worker: str, incarnation: int, text: str) -> None:
+        """A scrape of ``worker``'s process ``incarnation``; one of a later process retires the earlier first, one of
+        a process retired already is dropped (it answered just before it ended). ValueError when ``text`` is not an
+        exposition (the last scrape is kept)."""
+        families = parse(text)
+        if incarnation <= self._gone.get(worker, 0):
+            return
+        last = self._last.get(worker)
+        if last is not None and last[0] != incarnation:
+            self.retire(worker, last[0])
+        self._last[worker] = (incarnation, families)
+
+    def retire(self, worker: str, incarnation: int) -> None:
+        """``worker``'s process ``incarnation`` has ended: its counts stay in the sums, its gauges go."""
+        self._gone[worker] = max(incarnation, self._gone.get(worker, 0))
+        last = self._last.get(worker)
+        if last is None or last[0] > incarnation:
+            return
+        del self._last[worker]
+        families = last[1]
+        kinds = {f.name: f.kind for f in families}
+        for family in families:
+            if family.kind not in _MONOTONIC or rule(family.name, family.kind, kinds) != SUM:
+                continue
+            into = self._carried.setdefault(family.name, Family(family.name, family.documentation, family.kind))
+            for key, value in family.samples.items():
+                into.samples[key] = into.samples.get(key, 0.0) + value
+
+    def render(self, own: str) -> str:
+        """The instance's exposition: the supervisor's own (``own``) and every worker's last scrape, merged."""
+        scrapes = {worker: families for worker, (_, families) in sorted(self._last.items(), key=_by_index)}
+        scrapes["supervisor"] = parse(own)
+        return merge(scrapes, self._carried.values())
+
+
+def _by_index(item: tuple[str, object]) -> tuple[int, str]:
+    return (int(item[0]), item[0]) if item[0].isdigit() else (1 << 30, item[0])
