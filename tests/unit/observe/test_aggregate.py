@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 import pytest
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.observe.aggregate import RULES, Aggregate, merge, parse, rule
+from daemon.observe.aggregate import RULES, Aggregate, merge, parse, render, rule
 from daemon.observe.metrics import Metrics, SupervisorMetrics
 
 
@@ -174,6 +175,26 @@ def test_a_scrape_that_is_not_an_exposition_keeps_the_last_one() -> None:
     with pytest.raises(ValueError):
         aggregate.observe("0", 1, "webhook_router_results_written_total{oops 4\n")
     assert samples(aggregate.render(""))["webhook_router_results_written_total{}"] == 4
+
+
+def test_an_exposition_reads_as_prometheus_client_reads_it_and_is_written_back_as_it_was() -> None:
+    def busy(m: Metrics) -> None:
+        m.deliveries.labels("delivered", "2xx").inc(3)
+        m.delivery_duration.labels("delivered").observe(0.2)
+        m.consumer_lag.labels('odd "topic"\\name\nwith a line', "0").set(1e20)
+        m.endpoints_paused.labels("operator").set(float("inf"))
+
+    text = scrape(busy)
+    theirs = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+    ours = parse(text)
+    assert {key: value for f in ours for key, value in f.samples.items()} == theirs
+    assert [(f.name, f.kind, f.documentation) for f in ours] == [
+        (f.name, f.type, f.documentation) for f in text_string_to_metric_families(text)
+    ]
+    assert render(ours) == text
+    with pytest.raises(ValueError):
+        parse('webhook_router_endpoints{a="1"b="2"} 1\n')
 
 
 def test_the_merged_exposition_passes_promtool() -> None:
