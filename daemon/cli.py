@@ -39,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return _check_config(args.path, args.routes)
     if args.command == "run":
-        return _run(args.config)
+        if args.worker is not None:
+            return _run(args.config, worker=(args.worker, args.admin_socket, args.supervisor))
+        return _run(args.config, log_level=args.log_level)
     if args.command == "ping":
         return _ping(args.config, args.endpoint)
     if args.command in TOP_LEVEL:
@@ -63,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", required=True, help="path of the TOML config")
+    # A worker of process.workers, as its supervisor starts it (daemon.app.supervisor).
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--admin-socket", help=argparse.SUPPRESS)
+    run.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
     check = sub.add_parser("check-config", help="validate a config: exit 0, or 2 listing every error")
     check.add_argument("path")
     check.add_argument("--routes", action="store_true", help="also print which endpoints each event type reaches")
@@ -155,14 +161,30 @@ def _ping(path: str, endpoint_id: str) -> int:
     return EXIT_OK if outcome.status == "delivered" else EXIT_FAILURE
 
 
-def _run(path: str) -> int:
+def _run(path: str, log_level: str | None = None, worker: tuple[int, str, int] | None = None) -> int:
+    """The daemon: one process, or a supervisor of ``process.workers`` processes; ``worker`` (its number, its admin
+    socket, its supervisor's pid) when this process is one of them."""
     config = _load(path)
     if config is None:
         return EXIT_CONFIG
     apply_logs(config.log)
     from daemon.app import App
 
-    app = App(config, config_path=path)
+    admin_listen = None
+    if worker is None:
+        from daemon.app.supervisor import Supervisor, workers_of
+
+        count = workers_of(config)
+        if count > 1:
+            return run_coroutine(Supervisor(config, path, count, log_level=log_level).serve())
+    else:
+        from daemon.app.worker import become
+
+        index, socket, supervisor = worker
+        if not become(index, supervisor):
+            return EXIT_FAILURE
+        admin_listen = f"unix:{socket}"
+    app = App(config, config_path=path, admin_listen=admin_listen)
     try:
         run_coroutine(app.serve())
     except TopicError as exc:

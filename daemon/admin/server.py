@@ -41,9 +41,9 @@ class AdminServer:
         token: str | None = None,
         routes: Callable[[web.Application], None] | None = None,
     ) -> None:
-        """``not_ready()`` says why the daemon is not ready (None: it is); ``operator()`` is None until start-up is
-        complete."""
-        host, _, port = listen.rpartition(":")
+        """``listen``: ``host:port``, or ``unix:PATH`` (a worker's, which its supervisor reaches). ``not_ready()`` says
+        why the daemon is not ready (None: it is); ``operator()`` is None until start-up is complete."""
+        host, _, port = listen.rpartition(":") if not listen.startswith("unix:") else (listen, "", "0")
         self._host, self._port = host, int(port)
         self._metrics = metrics
         self._not_ready = not_ready
@@ -72,7 +72,8 @@ class AdminServer:
             self._routes(app)
         self._runner, self.port = await http.serve(app, self._host, self._port)
         self._ticker = asyncio.create_task(self._tick(), name="admin-loop-ticker")
-        log.info("admin server on http://%s:%d (/metrics /healthz /readyz)", self._host, self.port)
+        where = self._host if self._host.startswith("unix:") else f"http://{self._host}:{self.port}"
+        log.info("admin server on %s (/metrics /healthz /readyz)", where)
 
     async def stop(self) -> None:
         if self._ticker is not None:

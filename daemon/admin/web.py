@@ -126,11 +126,15 @@ def application() -> web.Application:
 async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start serving ``app``; the runner (``cleanup()`` stops it) and the port actually bound. A request's handler is
     cancelled when its client disconnects, and at ``cleanup()`` once ``SHUTDOWN_S`` have passed (aiohttp's default
-    waits a minute for handlers still running: past any orchestrator's grace period)."""
+    waits a minute for handlers still running: past any orchestrator's grace period). A ``host`` of ``unix:PATH``
+    serves on the unix socket PATH instead (a worker's, for its supervisor alone; the port is 0)."""
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=SHUTDOWN_S
     )
     await runner.setup()
+    if host.startswith("unix:"):
+        await web.UnixSite(runner, host[5:]).start()
+        return runner, 0
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     sockets = getattr(site._server, "sockets", None) or []

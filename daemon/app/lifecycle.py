@@ -78,6 +78,7 @@ class App:
     """The daemon. ``serve()`` runs until SIGTERM/SIGINT (or ``request_stop()``), then shuts down in stages.
 
     ``resolver``: the DNS resolver deliveries use (default: aiohttp's, the system's); tests give a stand-in.
+    ``admin_listen``: where the admin server listens instead of ``admin.listen`` (a worker's unix socket).
     """
 
     def __init__(
@@ -86,11 +87,13 @@ class App:
         config_path: str | Path | None = None,
         environ: Mapping[str, str] | None = None,
         resolver: AbstractResolver | None = None,
+        admin_listen: str | None = None,
     ):
         self._config = config
         self._config_path = config_path
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self._resolver = resolver
+        self._admin_listen = admin_listen or config.admin.listen
         self.metrics = Metrics()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -124,9 +127,7 @@ class App:
             # Before Kafka: liveness, and why the daemon is not ready, answer while it waits for the cluster.
             token = config.admin.token(self._environ)
             routes = (lambda app: serve_api(app, lambda: self._api, self.not_ready)) if config.api.enabled else None
-            admin = AdminServer(
-                config.admin.listen, self.metrics, self.not_ready, lambda: self._operator, token, routes
-            )
+            admin = AdminServer(self._admin_listen, self.metrics, self.not_ready, lambda: self._operator, token, routes)
             await admin.start()
             stack.push_async_callback(admin.stop)
             startup = functools.partial(self._startup, admin=admin)

@@ -6,6 +6,9 @@ command line holds until the process exits. A JSON line is one object: ``ts`` (U
 milliseconds), ``level``, ``logger``, ``msg`` (the message with its arguments), the ``extra`` fields the call
 passed (a delivery line's ``endpoint_id``, ``delivery_id``, ``status``...) and ``exc`` (a traceback) when there is
 one. Each attempt is logged at DEBUG; ``log.delivery_sample_ratio`` of them at INFO as well (``sampled``).
+
+A worker of ``process.workers`` (``tag``) writes to its supervisor's stderr: each of its lines says which worker it
+is (``worker 1`` after the level; ``"worker": "1"`` in JSON).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import orjson
 from daemon.core.config import LogConfig
 
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_TEXT_WORKER = "%(asctime)s %(levelname)s worker %(worker)s %(name)s: %(message)s"
 # The attributes every LogRecord has: whatever else a record carries came from ``extra=``.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -49,6 +53,18 @@ class _State:
     handler: logging.Handler | None = None
     forced: str | None = None  # --log-level: wins over the config
     sample = 0.0
+    format = "text"
+    worker: str | None = None
+
+
+class _Worker(logging.Filter):
+    def __init__(self, worker: str) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
 
 
 _state = _State()
@@ -71,6 +87,14 @@ def apply(config: LogConfig) -> None:
     _state.sample = config.delivery_sample_ratio
 
 
+def tag(worker: int) -> None:
+    """This process is worker ``worker`` of a supervisor: every line says so from now on."""
+    _state.worker = str(worker)
+    if _state.handler is not None:
+        _state.handler.addFilter(_Worker(_state.worker))
+    _set(logging.getLevelName(logging.getLogger().level), _state.format)
+
+
 def sampled() -> bool:
     """True for ``log.delivery_sample_ratio`` of the calls: this delivery's line is logged at INFO."""
     return _state.sample > 0 and random.random() < _state.sample  # noqa: S311 - sampling, not a secret
@@ -80,5 +104,7 @@ def _set(level: str, fmt: str) -> None:
     numeric = logging.getLevelName(level)
     logging.getLogger().setLevel(numeric)
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, numeric))  # chatty below WARNING
+    _state.format = fmt
+    text = _TEXT if _state.worker is None else _TEXT_WORKER
     if _state.handler is not None:
-        _state.handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(_TEXT))
+        _state.handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(text))
