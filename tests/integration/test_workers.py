@@ -440,3 +440,16 @@ async def test_a_worker_whose_event_loop_stands_still_fails_healthz_then_is_kill
     assert f"worker 0 (pid {first[0]}) was killed by signal 9 (SIGKILL)" in log  # a stopped process ignores SIGABRT
     assert (await _workers(d))[1] == first[1]
     assert (await d.get_json("/healthz"))[0] == 200
+
+
+async def test_workers_that_cannot_start_with_their_topics_stop_the_instance_with_exit_2(
+    setup: Setup, daemons: list[DaemonProcess]
+) -> None:
+    config = _config(setup, [])
+    config["retry"]["create_topics"] = False  # its health topic does not exist: no worker may start
+    setup.write(config)
+    d = await spawn(daemons, setup, wait_ready=False)
+    assert await d.wait(60) == 2, d.log()
+    log = d.log()
+    assert "and retry.create_topics = false" in log
+    assert re.search(r"worker \d exited with code 2 \(its config or its topics were refused", log), log
