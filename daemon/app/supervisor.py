@@ -16,8 +16,9 @@ clients, in the instance's consumer group, so the partitions are shared among th
   exits with 2 (its config or its topics refused) before the instance was ever ready stops the instance with 2,
   as the one process would have exited.
 - A worker's event loop pings over its notify socket (``WATCHDOG=1``, every half of systemd's ``WatchdogSec`` when the
-  supervisor has one, else of ``WORKER_WATCHDOG_S``); one silent for the whole interval is sent SIGABRT (its stacks go
-  to the log), SIGKILL ``KILL_AFTER_S`` later if it still runs, and started again.
+  supervisor has one, at least ``WORKER_WATCHDOG_MIN_S``, else of ``WORKER_WATCHDOG_S``); one silent for the whole
+  interval while it runs (not once it is stopping: its drain has its deadline) is sent SIGABRT (its stacks go to
+  the log), SIGKILL ``KILL_AFTER_S`` later if it still runs, and started again.
 - systemd hears only the supervisor (the workers' ``NOTIFY_SOCKET`` is their own socket here): READY once every
   worker's start-up is complete, STATUS, RELOADING, STOPPING, and the watchdog from the supervisor's event loop.
 - One admin server for the instance, on ``admin.listen``: ``daemon.admin.front``.
@@ -54,7 +55,8 @@ log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 2.0
 KILL_AFTER_S = 5.0
-WORKER_WATCHDOG_S = 30.0
+WORKER_WATCHDOG_S = 30.0  # a worker's, when systemd asked the supervisor for none
+WORKER_WATCHDOG_MIN_S = 5.0  # at least, whatever systemd asked for
 RELOAD_WAIT_S = 60.0  # how long systemd's READY after a reload waits for the workers' reloads
 MAX_WORKERS = 256
 EXIT_CONFIG = 2
@@ -117,7 +119,7 @@ class Supervisor:
                     _log_refused("cannot start", exc.errors)
                     return EXIT_CONFIG
                 interval = watchdog_interval_s(self._environ)
-                self._watchdog_s = 2 * interval if interval is not None else WORKER_WATCHDOG_S
+                self._watchdog_s = max(WORKER_WATCHDOG_MIN_S, 2 * interval) if interval else WORKER_WATCHDOG_S
                 environ = {k: v for k, v in self._environ.items() if k not in ("WATCHDOG_PID", "NOTIFY_SOCKET")}
                 environ["WATCHDOG_USEC"] = str(int(self._watchdog_s * 1_000_000))
                 run = command(self._directory / "config.toml", self._log_level)
@@ -165,7 +167,10 @@ class Supervisor:
 
     def _notice(self, worker: Worker, state: str) -> None:
         self._heard.set()
-        if state == "READY":
+        if state == "STARTED":
+            log.info("worker %d ready (pid %s, %.1f s after its start)", worker.index, worker.pid,
+                     time.monotonic() - worker.started_at)  # fmt: skip
+        if state in ("STARTED", "READY"):
             if worker.generation < self._generation:  # started on the config before the last reload
                 worker.generation = self._generation
                 log.info("worker %d started on the config before the last reload: reloading it", worker.index)
@@ -198,8 +203,8 @@ class Supervisor:
             await asyncio.sleep(min(1.0, self._watchdog_s / 4))
             now = time.monotonic()
             for worker in self.workers:
-                if worker.pid is None or worker.last_ping is None:
-                    continue
+                if worker.pid is None or worker.last_ping is None or worker.stopping or self._stop.is_set():
+                    continue  # not started yet, or stopping: the shutdown's deadline sees to a drain that hangs
                 aborted = self._aborted.get(worker.index)
                 if aborted is not None and aborted[0] == worker.incarnation:
                     if now - aborted[1] > KILL_AFTER_S:

@@ -58,7 +58,7 @@ class Worker:
     ) -> None:
         """``command``: ``run --config`` (``command()``), which this worker's own options follow; ``environ`` its
         environment (the notify socket is added here); ``on_notice(worker, state)``: a READY, RELOADING or STOPPING it
-        sent, and its exits (``EXIT``)."""
+        sent (its first READY as ``STARTED``: its start-up is complete), and its exits (``EXIT``)."""
         self.index = index
         self.socket = directory / f"worker-{index}.sock"
         self._notify_path = directory / f"notify-{index}.sock"
@@ -80,6 +80,7 @@ class Worker:
         self.reloads = 0  # READY=1 after a RELOADING=1: reloads done
         self.last_ping: float | None = None  # monotonic, of its last WATCHDOG=1
         self.generation = 0  # the config (supervisor's count of accepted configs) this process runs
+        self.stopping = False  # it said STOPPING=1: it drains, then exits
         self._reloading = False
 
     @property
@@ -140,9 +141,10 @@ class Worker:
             if self._reloading:
                 self._reloading = False
                 self.reloads += 1
-            self.started = True
-            self._on_notice(self, "READY")
+            first, self.started = not self.started, True
+            self._on_notice(self, "STARTED" if first else "READY")
         elif key == "STOPPING" and value == "1":
+            self.stopping = True
             self._on_notice(self, "STOPPING")
 
     # --- the process ---
@@ -181,7 +183,7 @@ class Worker:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         self.incarnation += 1
-        self.started = False
+        self.started = self.stopping = False
         self.status = "starting"
         proc = self._proc = await asyncio.create_subprocess_exec(
             *self._argv, env=self._environ, stdin=subprocess.DEVNULL

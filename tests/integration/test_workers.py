@@ -297,12 +297,12 @@ async def test_systemd_hears_the_supervisor_only_ready_once_every_worker_is_then
         await eventually(lambda: "READY=1" in notify.read(), 30)
         assert d.proc is not None
         log = d.log()  # READY once every worker's start-up is complete (as one process's READY: its start-up's)
-        ran = [log.index(f"INFO worker {w} daemon.app.lifecycle: webhook-router running") for w in (0, 1)]
+        ran = [log.index(f"daemon.app.supervisor: worker {w} ready (pid") for w in (0, 1)]
         assert max(ran) < log.index("all 2 workers ready"), log
         d.signal(signal.SIGHUP)
         await eventually(lambda: notify.read().count("READY=1") == 2, 20)
         d.signal(signal.SIGTERM)
-        assert await d.wait(30) == 0
+        assert await d.wait(30) == 0, d.log()
         messages = notify.read()
     finally:
         notify.close()

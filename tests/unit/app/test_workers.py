@@ -39,7 +39,7 @@ async def test_what_a_worker_says_on_its_notify_socket_is_heard(tmp_path: Path) 
             await asyncio.sleep(0.01)
     finally:
         worker.close()
-    assert heard == ["READY", "RELOADING", "READY", "STOPPING"]
+    assert heard == ["STARTED", "RELOADING", "READY", "STOPPING"]
     assert worker.started and worker.reloads == 1 and worker.last_ping is not None
     assert worker.status == "joining consumer group g"
     assert worker.socket == tmp_path / "worker-1.sock"
