@@ -26,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
         "--scenario", action="append", choices=list(SCENARIOS), help="run only this one (repeatable; default: all)"
     )
     parser.add_argument("--quick", action="store_true", help="small workloads: a smoke run, not a measurement")
-    parser.add_argument("--workers", type=int, default=2, help="router processes of the workers scenario")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="worker processes of the workers scenario, routers of instances"
+    )
     parser.add_argument("--receiver", choices=["auto", "nginx", "python"], default="auto")
     parser.add_argument("--concurrency", type=int, default=8, help="max_concurrency of each endpoint")
     parser.add_argument("--size", type=int, default=512, help="event body bytes")

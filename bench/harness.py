@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from bench.procs import Child, cpu_seconds
+from bench.procs import Child, cpu_seconds, descendants, status_kb, tree_cpu_seconds
 from bench.router import (
     Metrics,
     Router,
@@ -162,16 +162,19 @@ class Bench:
         *,
         dead_url: str | None = None,
         workers: int = 1,
+        processes: int = 1,
         partitions: int = 1,
         join_first: bool = False,
+        poll_s: float = 0.05,
         on_started: Callable[[list[Router]], Any] | None = None,
         on_done: Callable[[list[Router]], Any] | None = None,
     ) -> Run:
-        """Deliver ``events`` events, each to every URL (and to ``dead_url``), through ``workers`` routers.
+        """Deliver ``events`` events, each to every URL (and to ``dead_url``), through ``workers`` routers, each of
+        ``processes`` worker processes (``process.workers``: more than one runs a supervisor).
 
         The events are produced first, as a backlog; with ``join_first`` (for several routers) the routers
         join their group first, so that the rate is not measured across a rebalance. The rate is that of healthy
-        deliveries (2xx answers) per second.
+        deliveries (2xx answers) per second, read from each router's /metrics every ``poll_s``.
         """
         label = self.label(name)
         expected = events * len(urls)
@@ -187,6 +190,8 @@ class Bench:
             routers = []
             for w in range(workers):
                 config = labelled_config(broker.bootstrap, label, eps)
+                if processes > 1:
+                    config["process"] = {"workers": processes}
                 routers.append(Router(f"{label}-router-{w}", self.workdir, config))
             try:
                 for router in routers:
@@ -199,6 +204,7 @@ class Bench:
                 paused = False
                 last: list[Metrics] = []
                 cpu: list[float] = []
+                own_cpu: list[float] = []  # the routers' own processes (a supervisor's, without its workers)
                 broker_cpu: list[float] = []
                 broker_pid = broker_process_id(broker)
 
@@ -206,15 +212,20 @@ class Bench:
                     nonlocal paused, last
                     paused = paused or any(m.get("webhook_router_fetch_paused", 0) > 0 for m in metrics)
                     last = metrics
-                    cpu.append(sum(cpu_seconds(r.pid) for r in routers))
+                    cpu.append(sum(tree_cpu_seconds(r.pid) for r in routers))
+                    own_cpu.append(sum(cpu_seconds(r.pid) for r in routers))
                     broker_cpu.append(cpu_seconds(broker_pid) if broker_pid else 0.0)
 
-                samples = await track(self.session, routers, delivered, expected, within_s=300, on_sample=seen)
+                samples = await track(
+                    self.session, routers, delivered, expected, within_s=300, interval_s=poll_s, on_sample=seen
+                )
                 if samples[-1][1] < expected:
                     raise TimeoutError(f"{name}: {samples[-1][1]:.0f} of {expected} deliveries after 300 s")
                 if on_done is not None:
                     await on_done(routers)
                 peak = max(r.child.status_kb("VmHWM") for r in routers)
+                if processes > 1:  # the supervisor and its workers, each at its peak
+                    peak = max(sum(status_kb(p, "VmHWM") for p in [r.pid, *descendants(r.pid)]) for r in routers)
             finally:
                 await asyncio.gather(*(r.stop(kill=dead_url is not None) for r in routers))
         return Run(
@@ -229,6 +240,7 @@ class Bench:
                 "per_router": [delivered(m) for m in last],
                 "deferred": sum(m.get("webhook_router_deliveries_deferred_total", 0.0) for m in last),
                 "results": sum(results_written(m) for m in last),
+                "own_cpu_us": window_cpu(samples, own_cpu, expected) * 1e6,
             },
         )
 

@@ -99,13 +99,21 @@ class Child:
     def status_kb(self, field: str) -> int:
         """A ``/proc/PID/status`` field in kB (``VmHWM``: peak RSS, ``VmRSS``: current); 0 when gone."""
         try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    if line.startswith(field + ":"):
-                        return int(line.split()[1])
-        except (OSError, AssertionError):
-            pass
-        return 0
+            return status_kb(self.pid, field)
+        except AssertionError:
+            return 0
+
+
+def status_kb(pid: int, field: str) -> int:
+    """A ``/proc/PID/status`` field of a process in kB; 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -119,6 +127,27 @@ def cpu_seconds(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime: fields 14 and 15 of stat
     except (OSError, IndexError, ValueError):
         return 0.0
+
+
+def descendants(pid: int) -> list[int]:
+    """The process ids under ``pid`` (its children, theirs...): a supervisor's workers."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            with open(f"/proc/{parent}/task/{parent}/children") as f:
+                children = [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        found += children
+        todo += children
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and of every process under it now (a supervisor and its workers)."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in descendants(pid))
 
 
 async def wait_port(port: int, within_s: float = 15.0, child: Child | None = None) -> None:

@@ -44,7 +44,8 @@ _BOUNDS = {
     ),
     "backlog": "the fetched-but-unfinished events and their jobs, bounded by max_in_flight_events.",
     "matching": "resolving a new (topic, type) sorts every matching route; cached answers are a dict lookup.",
-    "workers": "cores: every process here shares the machine's cores with the broker and the receiver.",
+    "workers": "cores: every worker here shares the machine's cores with the broker, the receiver and the harness.",
+    "instances": "cores: every process here shares the machine's cores with the broker and the receiver.",
 }
 
 

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from bench.harness import IN_FLIGHT_CAP, Bench, Run, cpu_count, fmt_rate, fmt_ratio, verdict
 from bench.matching import measure
-from bench.procs import http_get
+from bench.procs import http_get, tree_cpu_seconds
 from bench.profile import PySpy, find_py_spy, render
 from bench.router import Metrics, Router, crossing, delivered, results_written, track, wait_ready
 from bench.servers import Receiver, start_python
@@ -397,10 +397,10 @@ def _spread(items: list[_T], count: int) -> list[_T]:
     return [items[round(i * step)] for i in range(count)]
 
 
-# --- workers ---
+# --- instances: N routers in one group ---
 
 
-async def workers(bench: Bench) -> None:
+async def instances(bench: Bench) -> None:
     n = bench.options.workers
     events = _size(bench, 2_000, 30_000)
     partitions = max(4, 2 * n)
@@ -415,14 +415,16 @@ async def workers(bench: Bench) -> None:
         ones: list[Run] = []
         manys: list[Run] = []
         for _ in range(_tries(bench)):  # alternating, the best of each kept
-            ones.append(await bench.throughput("workers-1", urls, events, partitions=partitions, join_first=True))
+            ones.append(await bench.throughput("instances-1", urls, events, partitions=partitions, join_first=True))
             manys.append(
-                await bench.throughput(f"workers-{n}", urls, events, workers=n, partitions=partitions, join_first=True)
+                await bench.throughput(
+                    f"instances-{n}", urls, events, workers=n, partitions=partitions, join_first=True
+                )
             )
     one, many = max(ones, key=lambda r: r.rate), max(manys, key=lambda r: r.rate)
     scale = many.rate / one.rate
     bench.row(
-        "workers",
+        "instances",
         f"1 process, deliveries/s ({partitions} partitions, {events:,} events)",
         fmt_rate(one.rate),
         fmt_rate(limit),
@@ -441,7 +443,7 @@ async def workers(bench: Bench) -> None:
     else:
         met, target = f"{scale:.2f} x one", "-"
     bench.row(
-        "workers",
+        "instances",
         f"{n} processes in one group, deliveries/s",
         fmt_rate(many.rate),
         fmt_rate(limit),
@@ -451,10 +453,90 @@ async def workers(bench: Bench) -> None:
     )
     shares = ", ".join(f"{count:,.0f}" for count in many.extra.get("per_router", []))
     bench.note(
-        f"workers: best of {len(ones)} alternating runs each (1 process {', '.join(fmt_rate(r.rate) for r in ones)}; "
+        f"instances: best of {len(ones)} alternating runs each (1 process {', '.join(fmt_rate(r.rate) for r in ones)}; "
         f"{n} processes {', '.join(fmt_rate(r.rate) for r in manys)}); deliveries per process with {n}: {shares}. "
         f"This machine has {cores} cores for {n} routers, the receiver, the broker and the harness: scaling here "
         "says little about a machine with spare cores."
+    )
+
+
+# --- workers: one instance of N worker processes (process.workers) ---
+
+
+async def workers(bench: Bench) -> None:
+    """One instance of one process against one instance of ``--workers`` N worker processes under its supervisor
+    (``process.workers = N``), on the same partitions and receiver, alternated: what a machine's cores give."""
+    n = bench.options.workers
+    events = _size(bench, 4_000, 100_000)
+    partitions = max(4, 2 * n)
+    async with bench.receiver() as receiver:
+        urls = [receiver.url()]
+        side = bench.measured.get("one-to-one")
+        limit = (
+            side.limit
+            if isinstance(side, Side)
+            else (await bench.limit_rate(urls, bench.options.concurrency, events))[0]
+        )
+        ones: list[Run] = []
+        manys: list[Run] = []
+        receiver_us: list[float] = []
+
+        async def run(processes: int) -> Run:
+            before = tree_cpu_seconds(receiver.child.pid)
+            done = await bench.throughput(f"workers-{processes}", urls, events, processes=processes,
+                                          partitions=partitions, join_first=True, poll_s=0.2)  # fmt: skip
+            receiver_us.append((tree_cpu_seconds(receiver.child.pid) - before) / events * 1e6)
+            return done
+
+        for _ in range(_size(bench, 1, 5)):  # alternating: the machine is shared, the spread is reported
+            ones.append(await run(1))
+            manys.append(await run(n))
+    one, median = statistics.median(r.rate for r in ones), statistics.median(r.rate for r in manys)
+    scale = median / one if one else 0.0
+    bench.measured["workers"] = (ones, manys)
+    bench.row(
+        "workers",
+        f"1 worker, deliveries/s, median of {len(ones)} ({partitions} partitions, {events:,} events)",
+        fmt_rate(one),
+        fmt_rate(limit),
+        fmt_ratio(one / limit),
+    )
+    cores = cpu_count()
+    spare = cores >= n + 2  # the workers, plus the receiver and the broker
+    target = f">= {0.85 * n:.1f} x one, given a core per worker"
+    if spare:
+        met = f"{verdict(scale >= 0.85 * n)} ({scale:.2f} x one)"
+    else:
+        met = f"n/a: {cores} cores for {n} workers, the broker and the receiver ({scale:.2f} x one)"
+    bench.row(
+        "workers",
+        f"{n} workers in one instance (process.workers = {n}), deliveries/s, median of {len(manys)}",
+        fmt_rate(median),
+        fmt_rate(limit),
+        fmt_ratio(median / limit),
+        target,
+        met,
+    )
+    cpu_one = statistics.median(r.cpu_us for r in ones)
+    cpu_many = statistics.median(r.cpu_us for r in manys)
+    supervisor = statistics.median(float(r.extra.get("own_cpu_us", 0.0)) for r in manys)
+    broker = statistics.median(r.broker_cpu_us for r in [*ones, *manys])
+    bench.row(
+        "workers",
+        f"CPU per delivery, 1 worker / {n} workers (all processes; the supervisor's share), µs; the broker's and "
+        "the receiver's (all runs)",
+        f"{cpu_one:.0f} / {cpu_many:.0f} µs ({supervisor:.1f} µs); {broker:.0f} µs and "
+        f"{statistics.median(receiver_us):.0f} µs",
+    )
+    bench.note(
+        f"workers: {len(ones)} alternating runs each, in order: 1 worker {', '.join(fmt_rate(r.rate) for r in ones)}; "
+        f"{n} workers {', '.join(fmt_rate(r.rate) for r in manys)} (ratio of medians {scale:.2f} x, of the best "
+        f"{max(r.rate for r in manys) / max(r.rate for r in ones):.2f} x, of each pair "
+        f"{', '.join(f'{m.rate / o.rate:.2f}' for o, m in zip(ones, manys, strict=True))}). Peak RSS 1 worker "
+        f"{max(r.peak_rss_kb for r in ones) / 1024:.0f} MB, {n} workers and the supervisor "
+        f"{max(r.peak_rss_kb for r in manys) / 1024:.0f} MB. This machine has {cores} cores for the workers, the "
+        "receiver, the broker and the harness (which reads /metrics every 0.2 s: the supervisor's share is mostly "
+        "the merge of its workers' for it)."
     )
 
 
@@ -466,4 +548,5 @@ SCENARIOS: dict[str, Scenario] = {
     "latency": latency,
     "backlog": backlog,
     "workers": workers,
+    "instances": instances,
 }
