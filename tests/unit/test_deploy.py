@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,33 @@ def test_the_kustomize_base_config_passes_check_config_and_the_pods_carry_its_ha
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def _cpus(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    return int(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else int(quantity)
+
+
+def test_the_pods_cpus_are_the_workers_the_config_asks_for() -> None:
+    """process.workers = "auto" counts the whole CPUs of the cgroup's quota (limits.cpu): requests equal to limits, a
+    whole number of CPUs, and memory for each worker."""
+    (generator,) = _kustomization()["configMapGenerator"]
+    workers = tomllib.loads((BASE / generator["files"][0]).read_text())["process"]["workers"]
+    (container,) = _kind("Deployment")["spec"]["template"]["spec"]["containers"]
+    requests, limits = container["resources"]["requests"], container["resources"]["limits"]
+    cpus = _cpus(limits["cpu"])
+    assert _cpus(requests["cpu"]) == cpus and cpus == int(cpus) >= 2, "whole CPUs, as many as requested"
+    assert workers == "auto" or workers == cpus
+    assert requests["memory"] == limits["memory"] and _bytes(limits["memory"]) >= int(cpus) * 256 << 20
+
+
+def test_the_example_config_runs_a_worker_per_cpu() -> None:
+    example = tomllib.loads((ROOT / "config" / "examples" / "router.toml").read_text())
+    assert example["process"]["workers"] == "auto"
 
 
 def test_the_service_pod_monitor_budget_and_network_policy_select_the_router_pods() -> None:
