@@ -45,9 +45,10 @@ _STALL_S = 5.0
 _PROBE_S = 2.0  # a worker's /healthz and /readyz
 _SCRAPE_S = 5.0  # a worker's /metrics
 _CONNECT_S = 5.0
-# Neither forwarded to a worker nor back: they describe one connection, not the request.
+# Neither forwarded to a worker nor back: they describe one connection, not the request. Host is forwarded: what the
+# worker builds from it (a portal link, the origin a portal form must come from) is the instance's address.
 _HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-                  "transfer-encoding", "upgrade", "host", "content-length"))  # fmt: skip
+                  "transfer-encoding", "upgrade", "content-length"))  # fmt: skip
 
 
 class Member(Protocol):

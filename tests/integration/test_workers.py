@@ -326,7 +326,7 @@ async def test_a_pause_and_an_endpoint_of_the_api_made_through_the_supervisor_re
 ) -> None:
     a, b = await receiver(receivers), await receiver(receivers)
     config = _config(setup, [{"id": "a", "url": a.url, "secret": SECRET}])
-    config["api"] = {"enabled": True, "secrets_key_env": "WR_SECRETS_KEY"}
+    config["api"] = {"enabled": True, "secrets_key_env": "WR_SECRETS_KEY", "allowed_networks": ["127.0.0.0/8"]}
     setup.write(config)
     d = await spawn(daemons, setup)
     bootstrap = setup.broker.bootstrap
@@ -453,3 +453,47 @@ async def test_workers_that_cannot_start_with_their_topics_stop_the_instance_wit
     log = d.log()
     assert "and retry.create_topics = false" in log
     assert re.search(r"worker \d exited with code 2 \(its config or its topics were refused", log), log
+
+
+async def test_the_portal_through_the_supervisor_links_to_it_and_takes_its_own_forms(
+    setup: Setup, receivers: list[Receiver], daemons: list[DaemonProcess]
+) -> None:
+    r = await receiver(receivers)
+    config = _config(setup, [])
+    config["api"] = {
+        "enabled": True,
+        "secrets_key_env": "WR_SECRETS_KEY",
+        "tenant_field": "tenant",
+        "allowed_networks": ["127.0.0.0/8"],
+    }
+    config["portal"] = {"enabled": True}
+    setup.write(config)
+    await spawn(daemons, setup)
+    base = f"http://127.0.0.1:{setup.admin_port}"
+    async with _op(setup.admin_port) as http:
+        async with http.post("/v1/tenants", json={"id": "acme"}) as resp:
+            assert resp.status == 201, await resp.text()
+        body = {"tenant": "acme", "url": r.url, "events": ["lead.*"], "allow_http": True}
+        async with http.post("/v1/endpoints", json=body) as resp:
+            created = await resp.json()
+            assert resp.status == 201, created
+            endpoint = created["id"]
+        async with http.post("/v1/tenants/acme/portal-links", json={}) as resp:
+            url = (await resp.json())["url"]
+    assert url.startswith(f"{base}/portal/"), url  # the address the platform asked at, not a worker's socket
+    async with aiohttp.ClientSession() as browser:
+        async with browser.get(url) as resp:
+            assert resp.status == 200, await resp.text()
+        async with browser.get(f"{url}endpoints/{endpoint}") as resp:
+            page = await resp.text()
+            assert resp.status == 200, page
+        (csrf,) = set(re.findall(r'name="csrf" value="([^"]+)"', page))
+        form = {"csrf": csrf}
+        async with browser.post(f"{url}endpoints/{endpoint}/pause", data=form, headers={"Origin": base},
+                                allow_redirects=False) as resp:  # fmt: skip
+            answer = await resp.text()
+            assert resp.status == 200 and "Endpoint paused" in answer, answer  # the portal's own form: taken
+        elsewhere = {"Origin": "http://elsewhere.example"}
+        async with browser.post(f"{url}endpoints/{endpoint}/resume", data=form, headers=elsewhere,
+                                allow_redirects=False) as resp:  # fmt: skip
+            assert resp.status == 403  # another site's: refused, as without workers
