@@ -464,11 +464,15 @@ async def instances(bench: Bench) -> None:
 
 
 async def workers(bench: Bench) -> None:
-    """One instance of one process against one instance of ``--workers`` N worker processes under its supervisor
-    (``process.workers = N``), on the same partitions and receiver, alternated: what a machine's cores give."""
+    """One instance of one process, one instance of ``--workers`` N worker processes under its supervisor
+    (``process.workers = N``), and N instances of one process in one group, on the same partitions and receiver,
+    alternated: what a machine's cores give, and what the supervisor costs beside separate instances."""
     n = bench.options.workers
-    events = _size(bench, 4_000, 100_000)
+    events = _size(bench, 4_000, 50_000)
     partitions = max(4, 2 * n)
+    kinds = ("1 process", f"{n} workers", f"{n} instances")
+    runs: dict[str, list[Run]] = {kind: [] for kind in kinds}
+    receiver_us: list[float] = []
     async with bench.receiver() as receiver:
         urls = [receiver.url()]
         side = bench.measured.get("one-to-one")
@@ -477,66 +481,54 @@ async def workers(bench: Bench) -> None:
             if isinstance(side, Side)
             else (await bench.limit_rate(urls, bench.options.concurrency, events))[0]
         )
-        ones: list[Run] = []
-        manys: list[Run] = []
-        receiver_us: list[float] = []
-
-        async def run(processes: int) -> Run:
-            before = tree_cpu_seconds(receiver.child.pid)
-            done = await bench.throughput(f"workers-{processes}", urls, events, processes=processes,
-                                          partitions=partitions, join_first=True, poll_s=0.2)  # fmt: skip
-            receiver_us.append((tree_cpu_seconds(receiver.child.pid) - before) / events * 1e6)
-            return done
-
         for _ in range(_size(bench, 1, 5)):  # alternating: the machine is shared, the spread is reported
-            ones.append(await run(1))
-            manys.append(await run(n))
-    one, median = statistics.median(r.rate for r in ones), statistics.median(r.rate for r in manys)
-    scale = median / one if one else 0.0
-    bench.measured["workers"] = (ones, manys)
-    bench.row(
-        "workers",
-        f"1 worker, deliveries/s, median of {len(ones)} ({partitions} partitions, {events:,} events)",
-        fmt_rate(one),
-        fmt_rate(limit),
-        fmt_ratio(one / limit),
-    )
+            for kind, processes, instances in zip(kinds, (1, n, 1), (1, 1, n), strict=True):
+                before = tree_cpu_seconds(receiver.child.pid)
+                done = await bench.throughput(kind.replace(" ", "-"), urls, events, workers=instances,
+                                              processes=processes, partitions=partitions, join_first=True,
+                                              poll_s=0.1)  # fmt: skip
+                runs[kind].append(done)
+                receiver_us.append((tree_cpu_seconds(receiver.child.pid) - before) / events * 1e6)
+    medians = {kind: statistics.median(r.rate for r in runs[kind]) for kind in kinds}
+    one = medians[kinds[0]]
     cores = cpu_count()
     spare = cores >= n + 2  # the workers, plus the receiver and the broker
-    target = f">= {0.85 * n:.1f} x one, given a core per worker"
-    if spare:
-        met = f"{verdict(scale >= 0.85 * n)} ({scale:.2f} x one)"
-    else:
-        met = f"n/a: {cores} cores for {n} workers, the broker and the receiver ({scale:.2f} x one)"
+    bench.measured["workers"] = runs
+    for kind, figure in zip(kinds, ("1 process", f"{n} workers in one instance (process.workers = {n})",
+                                    f"{n} instances of 1 process in one group"), strict=True):  # fmt: skip
+        scale = medians[kind] / one if one else 0.0
+        target, met = "-", "-"
+        if kind == kinds[1]:
+            target = f">= {0.85 * n:.1f} x one, given a core per worker"
+            short = f"n/a: {cores} cores for {n} workers, the broker and the receiver ({scale:.2f} x one)"
+            met = f"{verdict(scale >= 0.85 * n)} ({scale:.2f} x one)" if spare else short
+        cpu = statistics.median(r.cpu_us for r in runs[kind])
+        bench.row(
+            "workers",
+            f"{figure}: deliveries/s, median of {len(runs[kind])} ({partitions} partitions, {events:,} events); "
+            f"CPU per delivery of all its processes {cpu:.0f} µs",
+            fmt_rate(medians[kind]),
+            fmt_rate(limit),
+            fmt_ratio(medians[kind] / limit),
+            target,
+            met,
+        )
+    supervisor = statistics.median(float(r.extra.get("own_cpu_us", 0.0)) for r in runs[kinds[1]])
+    broker = statistics.median(r.broker_cpu_us for kind in kinds for r in runs[kind])
     bench.row(
         "workers",
-        f"{n} workers in one instance (process.workers = {n}), deliveries/s, median of {len(manys)}",
-        fmt_rate(median),
-        fmt_rate(limit),
-        fmt_ratio(median / limit),
-        target,
-        met,
+        "CPU per delivery: the supervisor's (its share of the workers' figure), the broker's, the receiver's",
+        f"{supervisor:.1f} µs, {broker:.0f} µs, {statistics.median(receiver_us):.0f} µs",
     )
-    cpu_one = statistics.median(r.cpu_us for r in ones)
-    cpu_many = statistics.median(r.cpu_us for r in manys)
-    supervisor = statistics.median(float(r.extra.get("own_cpu_us", 0.0)) for r in manys)
-    broker = statistics.median(r.broker_cpu_us for r in [*ones, *manys])
-    bench.row(
-        "workers",
-        f"CPU per delivery, 1 worker / {n} workers (all processes; the supervisor's share), µs; the broker's and "
-        "the receiver's (all runs)",
-        f"{cpu_one:.0f} / {cpu_many:.0f} µs ({supervisor:.1f} µs); {broker:.0f} µs and "
-        f"{statistics.median(receiver_us):.0f} µs",
-    )
+    rounds = "; ".join(f"{kind} {', '.join(fmt_rate(r.rate) for r in runs[kind])}" for kind in kinds)
+    pairs = ", ".join(f"{m.rate / o.rate:.2f}" for o, m in zip(runs[kinds[0]], runs[kinds[1]], strict=True))
+    peak_one = max(r.peak_rss_kb for r in runs[kinds[0]]) / 1024
+    peak_many = max(r.peak_rss_kb for r in runs[kinds[1]]) / 1024
     bench.note(
-        f"workers: {len(ones)} alternating runs each, in order: 1 worker {', '.join(fmt_rate(r.rate) for r in ones)}; "
-        f"{n} workers {', '.join(fmt_rate(r.rate) for r in manys)} (ratio of medians {scale:.2f} x, of the best "
-        f"{max(r.rate for r in manys) / max(r.rate for r in ones):.2f} x, of each pair "
-        f"{', '.join(f'{m.rate / o.rate:.2f}' for o, m in zip(ones, manys, strict=True))}). Peak RSS 1 worker "
-        f"{max(r.peak_rss_kb for r in ones) / 1024:.0f} MB, {n} workers and the supervisor "
-        f"{max(r.peak_rss_kb for r in manys) / 1024:.0f} MB. This machine has {cores} cores for the workers, the "
-        "receiver, the broker and the harness (which reads /metrics every 0.2 s: the supervisor's share is mostly "
-        "the merge of its workers' for it)."
+        f"workers: {len(runs[kinds[0]])} alternating rounds, in order: {rounds}; {n} workers / 1 process in each "
+        f"round: {pairs}. Peak RSS 1 process {peak_one:.0f} MB, {n} workers and their supervisor {peak_many:.0f} MB. "
+        f"This machine has {cores} cores for the routers, the receiver, the broker and the harness (which reads "
+        "/metrics every 0.1 s: the supervisor's CPU is mostly the merge of its workers' for it)."
     )
 
 
