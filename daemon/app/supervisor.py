@@ -60,6 +60,7 @@ WORKER_WATCHDOG_MIN_S = 5.0  # at least, whatever systemd asked for
 RELOAD_WAIT_S = 60.0  # how long systemd's READY after a reload waits for the workers' reloads
 MAX_WORKERS = 256
 EXIT_CONFIG = 2
+PREFIX = "webhook-router-supervisor-"  # of its private directory
 
 
 def workers_of(config: Config) -> int:
@@ -327,11 +328,38 @@ def _log_refused(what: str, errors: list[str]) -> None:
         log.error("  %s", line)
 
 
-def _private_directory() -> Path:
-    """A directory of this process's own (0700): the workers' sockets and config. Unix socket paths are short (107
-    bytes): a long TMPDIR gives way to /tmp."""
-    directory = Path(tempfile.mkdtemp(prefix="webhook-router-"))
+def _private_directory(parent: str | None = None) -> Path:
+    """A directory of this process's own (0700): the workers' sockets and the copy of the config, with this process's
+    id in ``supervisor.pid``. Unix socket paths are short (107 bytes): a long TMPDIR gives way to /tmp. Those of
+    supervisors that are gone (killed: nothing removed them) are removed first: they hold a copy of a config."""
+    sweep(Path(parent or tempfile.gettempdir()))
+    directory = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
     if len(str(directory / f"notify-{MAX_WORKERS}.sock")) > 100:
         directory.rmdir()
-        directory = Path(tempfile.mkdtemp(prefix="webhook-router-", dir="/tmp"))
+        sweep(Path("/tmp"))  # noqa: S108 - the short place for sockets, when TMPDIR is long
+        directory = Path(tempfile.mkdtemp(prefix=PREFIX, dir="/tmp"))
+    (directory / "supervisor.pid").write_text(str(os.getpid()))
     return directory
+
+
+def sweep(parent: Path) -> list[Path]:
+    """Remove the private directories under ``parent`` of supervisors no longer running; the ones removed."""
+    removed = []
+    for directory in parent.glob(PREFIX + "*"):
+        try:
+            pid = int((directory / "supervisor.pid").read_text())
+        except (OSError, ValueError):
+            continue  # not a supervisor's, or one just being made
+        try:
+            os.kill(pid, 0)
+            continue  # running (or another user's process by that id: left alone)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        removed.append(directory)
+    if removed:
+        log.info("removed %d private directories of supervisors that are gone: %s", len(removed),
+                 ", ".join(str(d) for d in removed[:5]))  # fmt: skip
+    return removed

@@ -49,3 +49,24 @@ def test_workers_auto_is_the_cpus_this_process_may_use_and_a_number_is_itself() 
     kafka = {"bootstrap_servers": "k:9092", "group_id": "g", "topics": ["t"], "results_topic": "r"}
     assert workers_of(parse_config({"kafka": kafka, "process": {"workers": 3}}, {})) == 3
     assert workers_of(parse_config({"kafka": kafka, "process": {"workers": "auto"}}, {})) >= 1
+
+
+def test_the_private_directories_of_supervisors_that_are_gone_are_removed_and_no_other(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from daemon.app.supervisor import PREFIX, sweep
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])  # a process id that has ended
+    ended.wait()
+    dead, alive, other = tmp_path / f"{PREFIX}dead", tmp_path / f"{PREFIX}alive", tmp_path / f"{PREFIX}made"
+    for directory in (dead, alive, other):
+        directory.mkdir()
+        (directory / "config.toml").write_text("secret = 'x'")
+    (dead / "supervisor.pid").write_text(str(ended.pid))
+    (alive / "supervisor.pid").write_text(str(os.getpid()))
+    bench = tmp_path / "webhook-router-bench-1"
+    bench.mkdir()
+    assert sweep(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists() and other.exists() and bench.exists()
