@@ -377,7 +377,8 @@ async def test_a_lane_estimates_how_long_its_backlog_takes_from_its_attempts() -
         assert 0 < early < later  # the first attempt's age: (4 queued + 2 busy) x age / 2
         while not done:
             await asyncio.sleep(0.01)
-        assert lane.mean_s == pytest.approx(0.3, abs=0.1)
+        # The timeout's duration: never shorter; later only by what a busy machine's loop adds.
+        assert 0.3 <= lane.mean_s < 0.3 + 2.0
         assert lane.drain_s() == (lane.queued + lane.busy) * lane.mean_s / 2
     finally:
         await lane.cancel()
