@@ -54,7 +54,7 @@ async def test_slow_receiver_times_out(setup: Setup, receivers: list[Receiver]) 
     assert rec["status"] == "failed"
     assert rec["http_status"] is None
     assert rec["error"].startswith("timeout")
-    assert 900 <= rec["duration_ms"] < 3000
+    assert 900 <= rec["duration_ms"] < 1000 + 5000  # the 1 s timeout; later only by what a busy machine adds
     assert len(r.requests) == 1
 
 

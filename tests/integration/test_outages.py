@@ -173,7 +173,7 @@ async def test_sigterm_before_any_broker_answers_exits_zero_at_once(
     sent = time.monotonic()
     d.signal(signal.SIGTERM)
     assert await d.wait(10) == 0
-    assert time.monotonic() - sent < 5
+    assert time.monotonic() - sent < 8  # at once: well under the 10 s drain, with room for a busy machine
     clean(d.log())
     assert "stopped before start-up was complete" in d.log()
 
@@ -210,7 +210,7 @@ async def test_sigterm_during_an_outage_exits_zero_within_the_drain_deadline(
         d.signal(signal.SIGTERM)
         assert await d.wait(drain_s + 10) == 0
         took = time.monotonic() - sent
-        assert took < drain_s + 3, f"took {took:.1f} s with a {drain_s} s drain deadline"
+        assert took < drain_s + 6, f"took {took:.1f} s with a {drain_s} s drain deadline"
         log = d.log()
         clean(log)
         assert f"not committed, so read and delivered again after a restart (at least once): {s.topic}[0]" in log
