@@ -1,9 +1,14 @@
 """Test helpers: real HTTP receivers, a real forward proxy, Kafka produce/read helpers (aiokafka, and librdkafka as an
 outside producer), the daemon as a subprocess. No mocks; one stand-in, for DNS (``FakeDNS``).
 
-``WEBHOOK_ROUTER_TEST_BOOTSTRAP`` names an outside Kafka cluster for the integration tests to use instead of a Tansu
-broker they start; ``WEBHOOK_ROUTER_TEST_KAFKA`` (a JSON object of ``[kafka]`` settings: ``security_protocol``,
-``sasl_*``, ``ssl_*``) says how to connect to it, for the daemon's configs and the tests' own clients alike."""
+Which broker the integration tests use:
+
+- by default, a Tansu broker they start (``daemon.tools.embedded``);
+- ``WEBHOOK_ROUTER_TEST_KAFKA=1`` (or ``3``): a real Apache Kafka cluster they start (``tests.kafka``): one combined
+  node, or three brokers with three controllers;
+- ``WEBHOOK_ROUTER_TEST_BOOTSTRAP``: an outside Kafka cluster, with ``WEBHOOK_ROUTER_TEST_KAFKA`` then a JSON object of
+  ``[kafka]`` settings (``security_protocol``, ``sasl_*``, ``ssl_*``) saying how to connect to it, for the daemon's
+  configs and the tests' own clients alike."""
 
 from __future__ import annotations
 
@@ -36,7 +41,28 @@ ADMIN_TOKEN = "adm_3f9c1e7a52b84d06a9e2c5f1b7d4308e6a1c9f25"
 
 
 OUTSIDE_BOOTSTRAP = os.environ.get("WEBHOOK_ROUTER_TEST_BOOTSTRAP") or None
-OUTSIDE_KAFKA: dict[str, Any] = json.loads(os.environ.get("WEBHOOK_ROUTER_TEST_KAFKA") or "{}")
+
+
+def _test_kafka(value: str) -> tuple[int | None, dict[str, Any]]:
+    """``WEBHOOK_ROUTER_TEST_KAFKA``: a number of brokers (the tests start that Kafka cluster), or the outside
+    cluster's settings (a JSON object)."""
+    value = value.strip()
+    if not value:
+        return None, {}
+    if value.isdigit():
+        if int(value) not in (1, 3):
+            raise ValueError(f"WEBHOOK_ROUTER_TEST_KAFKA={value}: 1 or 3 brokers, or a JSON object of [kafka] settings")
+        return int(value), {}
+    settings = json.loads(value)
+    if not isinstance(settings, dict):
+        raise ValueError("WEBHOOK_ROUTER_TEST_KAFKA: 1 or 3 (brokers), or a JSON object of [kafka] settings")
+    return None, settings
+
+
+# TEST_KAFKA_BROKERS: the size of the Kafka cluster the tests start (None: Tansu, or the outside cluster).
+TEST_KAFKA_BROKERS, OUTSIDE_KAFKA = _test_kafka(os.environ.get("WEBHOOK_ROUTER_TEST_KAFKA", ""))
+if TEST_KAFKA_BROKERS is not None and OUTSIDE_BOOTSTRAP is not None:
+    raise ValueError("WEBHOOK_ROUTER_TEST_KAFKA=N starts a cluster; WEBHOOK_ROUTER_TEST_BOOTSTRAP names one: not both")
 
 
 def client_options(bootstrap: str) -> dict[str, Any]:

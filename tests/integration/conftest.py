@@ -1,5 +1,10 @@
-"""Integration fixtures: one real Tansu broker per session (or the outside cluster named by
-WEBHOOK_ROUTER_TEST_BOOTSTRAP), real receivers, the real daemon."""
+"""Integration fixtures: one real broker per session, real receivers, the real daemon.
+
+The broker is Tansu by default, a real Apache Kafka cluster the session starts with ``WEBHOOK_ROUTER_TEST_KAFKA=1``
+(one combined node) or ``=3`` (three brokers, three controllers), or the outside cluster named by
+``WEBHOOK_ROUTER_TEST_BOOTSTRAP``. Every one has ``EmbeddedBroker``'s face (``bootstrap``, ``create_topics``);
+``BROKER_KIND`` ("tansu" or "kafka") is for the few tests that assert what each does where they differ.
+``own_broker`` gives a test a broker of its own to suspend, stop and start, of the session's kind."""
 
 from __future__ import annotations
 
@@ -13,18 +18,37 @@ from typing import Any
 import pytest
 import tomli_w
 from aiokafka.admin import NewTopic
+from aiokafka.errors import KafkaError
 
 from daemon.app import App, Components
 from daemon.core.validate import load_config
 from daemon.kafka.clients import admin_client
 from daemon.tools.embedded import EmbeddedBroker, free_port
-from tests.helpers import OUTSIDE_BOOTSTRAP, OUTSIDE_KAFKA, DaemonProcess, Receiver, client_options, eventually, unique
+from tests.helpers import (
+    OUTSIDE_BOOTSTRAP,
+    OUTSIDE_KAFKA,
+    TEST_KAFKA_BROKERS,
+    DaemonProcess,
+    Receiver,
+    client_options,
+    eventually,
+    unique,
+)
+from tests.kafka import KafkaCluster, missing_tools
 
-# Tests that suspend, stop or start a broker use their own Tansu; against an outside cluster they cannot.
+# Tests that suspend, stop or start a broker use their own (Tansu, or Kafka); against an outside cluster they cannot.
 needs_own_broker = pytest.mark.skipif(
     OUTSIDE_BOOTSTRAP is not None,
     reason="suspends, stops or starts a broker of its own, which is not done to an outside cluster",
 )
+
+# What the session's broker is: "tansu" or "kafka" (an outside cluster is taken to be Kafka).
+BROKER_KIND = "tansu" if OUTSIDE_BOOTSTRAP is None and TEST_KAFKA_BROKERS is None else "kafka"
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if TEST_KAFKA_BROKERS is not None and (reason := missing_tools()) is not None:
+        pytest.exit(f"WEBHOOK_ROUTER_TEST_KAFKA={TEST_KAFKA_BROKERS} asks for a Kafka cluster: {reason}", returncode=4)
 
 
 class OutsideCluster:
@@ -42,7 +66,96 @@ class OutsideCluster:
             await admin.close()
 
 
-Broker = EmbeddedBroker | OutsideCluster
+class KafkaBroker:
+    """A real Kafka cluster of ``tests.kafka`` (``brokers`` 1: one combined node; 3: three brokers and three
+    controllers) with EmbeddedBroker's face: ``suspend``/``resume`` SIGSTOP and SIGCONT every broker (the controllers
+    go on: the cluster is unreachable, not lost), ``stop`` stops every node, ``start`` starts the cluster (formatting
+    it the first time, on its own storage after a stop). Its ports are chosen when it is made: ``bootstrap`` is known
+    before it starts."""
+
+    def __init__(self, work_dir: Path, brokers: int) -> None:
+        self.cluster = KafkaCluster(work_dir, brokers=brokers)
+        self.bootstrap = self.cluster.bootstrap
+
+    async def start(self) -> None:
+        first = not self.cluster.nodes[self.cluster.broker_ids[0]].dir.exists()
+        await self.cluster.start()
+        if first:
+            await self._await_group_coordinators()
+
+    async def _await_group_coordinators(self, within_s: float = 60) -> None:
+        """Ready for consumer groups too: the first FindCoordinator of a cluster's life creates its offsets topic,
+        and until every partition of it has a leader a group's coordinator is not available (aiokafka logs that as
+        an error, which no test of the router's logs should meet: a new cluster's moment, once)."""
+        admin = admin_client({"bootstrap_servers": self.bootstrap})
+        await admin.start()
+        try:
+            async with asyncio.timeout(within_s):
+                while True:
+                    try:
+                        await admin.find_coordinator("tests-warm-up")
+                        break
+                    except KafkaError:
+                        await asyncio.sleep(0.2)
+            partitions = int(self.cluster.overrides.get("offsets.topic.num.partitions", 10))
+            for p in range(partitions):
+                await self.cluster.leader("__consumer_offsets", p, timeout=within_s)
+        finally:
+            await admin.close()
+
+    async def create_topics(self, names: list[str], partitions: int = 1) -> None:
+        """Create topics (existing ones are left alone) with the cluster's replication factor, and wait for their
+        leaders."""
+        await self.cluster.create_topics(names, partitions)
+
+    def suspend(self) -> None:
+        for node in self.cluster.running_brokers():
+            self.cluster.pause(node.node_id)
+
+    def resume(self) -> None:
+        for node in self.cluster.nodes.values():
+            if node.paused:
+                self.cluster.resume(node.node_id)
+
+    async def stop(self) -> None:
+        await self.cluster.stop()
+
+    async def __aenter__(self) -> KafkaBroker:
+        try:
+            await self.start()
+        except BaseException:
+            await self.cluster.stop(timeout=5)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+Broker = EmbeddedBroker | KafkaBroker | OutsideCluster
+OwnBroker = EmbeddedBroker | KafkaBroker
+
+
+def new_broker(work_dir: Path) -> OwnBroker:
+    """A broker of the session's kind (not started): Tansu, or a Kafka cluster of WEBHOOK_ROUTER_TEST_KAFKA's
+    size."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if TEST_KAFKA_BROKERS is not None:
+        return KafkaBroker(work_dir / "kafka", TEST_KAFKA_BROKERS)
+    return EmbeddedBroker(log_path=work_dir / "tansu.log")
+
+
+@contextlib.asynccontextmanager
+async def own_broker(work_dir: Path, start: bool = True) -> AsyncIterator[OwnBroker]:
+    """A broker of this test's own, of the session's kind, to suspend, stop and start (stopped at the end,
+    suspended or not). With ``start=False`` it is not started: its ``bootstrap`` is already known."""
+    b = new_broker(work_dir)
+    try:
+        if start:
+            await b.start()
+        yield b
+    finally:
+        await b.stop()
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +163,7 @@ async def broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Brok
     if OUTSIDE_BOOTSTRAP is not None:
         yield OutsideCluster(OUTSIDE_BOOTSTRAP)
         return
-    log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-    async with EmbeddedBroker(log_path=log) as b:
+    async with own_broker(tmp_path_factory.mktemp("broker")) as b:
         yield b
 
 

@@ -1,19 +1,18 @@
 """Kafka outages, seen and waited out by the real daemon process: a broker suspended (SIGSTOP) under load, a broker
 that is not listening yet at start-up, SIGTERM while the cluster is gone, ``ping`` without a cluster.
 
-Each test that suspends, stops or starts a broker runs its own Tansu (never the session's), and is skipped against
-an outside cluster (WEBHOOK_ROUTER_TEST_BOOTSTRAP)."""
+Each test that suspends, stops or starts a broker runs its own (never the session's), of the session's kind: Tansu,
+or a Kafka cluster whose every broker is suspended or stopped at once (WEBHOOK_ROUTER_TEST_KAFKA); they are skipped
+against an outside cluster (WEBHOOK_ROUTER_TEST_BOOTSTRAP)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +30,11 @@ from tests.helpers import (
     read_topic,
     unique,
 )
-from tests.integration.conftest import Setup, needs_own_broker, receiver, spawn
+from tests.integration.conftest import Broker, Setup, needs_own_broker, own_broker, receiver, spawn
 from tests.integration.test_signals import produce_keyed
 
 
-@contextlib.asynccontextmanager
-async def own_broker(tmp_path: Path, port: int | None = None, start: bool = True) -> AsyncIterator[EmbeddedBroker]:
-    """A Tansu broker of this test's own (stopped at the end, suspended or not)."""
-    broker = EmbeddedBroker(port=port, log_path=tmp_path / "tansu-own.log")
-    try:
-        if start:
-            await broker.start()
-        yield broker
-    finally:
-        await broker.stop()
-
-
-def own_setup(broker: EmbeddedBroker, tmp_path: Path) -> Setup:
+def own_setup(broker: Broker, tmp_path: Path) -> Setup:
     return Setup(broker, unique("events"), unique("results"), unique("group"), tmp_path / "router.toml")
 
 
@@ -130,10 +117,9 @@ async def _lag(d: DaemonProcess, topic: str) -> float:
 async def test_the_daemon_started_before_its_broker_listens_becomes_ready_when_it_does(
     tmp_path: Path, receivers: list[Receiver], daemons: list[DaemonProcess]
 ) -> None:
-    port = free_port()
     notify = NotifySocket()
     try:
-        async with own_broker(tmp_path, port=port, start=False) as broker:
+        async with own_broker(tmp_path, start=False) as broker:
             s = own_setup(broker, tmp_path)
             r = await receiver(receivers)
             s.write(s.config([{"id": "a", "url": r.url, "secret": SECRET}], [{"endpoint": "a", "events": ["*"]}]))

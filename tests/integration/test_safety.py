@@ -469,6 +469,9 @@ async def _read_raw(bootstrap: str, topics: list[str]) -> list[bytes]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
+        # The metadata of every topic: Kafka's answer at start-up names none (Tansu's names them all).
+        await consumer._client.force_metadata_update()
+        assert all(consumer.partitions_for_topic(t) for t in topics), "every topic exists"
         tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)  # Tansu: the last batch's base offset + 1 at least
