@@ -396,27 +396,46 @@ def librdkafka_security() -> dict[str, Any]:
     return out
 
 
-async def produce_undecodable(bootstrap: str, topic: str, partition: int, values: list[bytes]) -> int:
-    """Write one record batch that says it is gzip-compressed and is not (its CRC is right): what a corrupt
-    batch, or one in a codec the reader lacks, looks like to a consumer. Returns its base offset.
+UNDECODABLE = ("fake-gzip", "header-key")
 
-    Built with aiokafka's batch builder, then its attributes changed and its CRC computed again (Kafka's
-    record batch v2 layout): no producer writes such a batch on purpose."""
+
+async def produce_undecodable(
+    bootstrap: str, topic: str, partition: int, values: list[bytes], how: str = "header-key"
+) -> int:
+    """Write one record batch that aiokafka cannot decode (its CRC is right): what a corrupt batch, or one in a codec
+    the reader lacks, looks like to a consumer. Returns its base offset. ``how``:
+
+    - "fake-gzip": the batch says it is gzip-compressed and is not. Tansu keeps it as it is; Apache Kafka decompresses
+      every compressed batch it is sent to validate it, and refuses this one (the producer gets an error).
+    - "header-key": every record has a header whose key is not UTF-8. Both brokers keep it (Kafka decodes a header
+      key with replacement characters, aiokafka strictly: ``UnicodeDecodeError``).
+
+    Built with aiokafka's batch builder, then its bytes changed and its CRC computed again (Kafka's record batch v2
+    layout): no producer writes such a batch on purpose."""
     import struct
 
     from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy as Layout
     from aiokafka.record.util import calc_crc32c
 
+    if how not in UNDECODABLE:
+        raise ValueError(f"how: one of {UNDECODABLE}, not {how!r}")
+    marker = "\x01not-utf-8\x01"  # as long as its stand-in, and found in no value
     producer = AIOKafkaProducer(**client_options(bootstrap), enable_idempotence=False)
     await producer.start()
     try:
         batch = producer.create_batch()
         for value in values:
-            batch.append(key=None, value=value, timestamp=None)
+            headers = [(marker, b"v")] if how == "header-key" else []
+            batch.append(key=None, value=value, timestamp=None, headers=headers)
         raw = bytearray(batch._builder.build())
         at = Layout.ATTRIBUTES_OFFSET
-        (attributes,) = struct.unpack_from(">h", raw, at)
-        struct.pack_into(">h", raw, at, attributes | 0x01)  # gzip, says the batch
+        if how == "fake-gzip":
+            (attributes,) = struct.unpack_from(">h", raw, at)
+            struct.pack_into(">h", raw, at, attributes | 0x01)  # gzip, says the batch
+        else:
+            key = marker.encode()
+            assert raw.count(key) == len(values)
+            raw = bytearray(raw.replace(key, b"\xff" * len(key)))
         struct.pack_into(">I", raw, Layout.CRC_OFFSET, calc_crc32c(bytes(raw[at:])))
         batch._buffer = raw
         del batch._builder
