@@ -12,8 +12,8 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from aiokafka import TopicPartition
-from aiokafka.errors import OffsetOutOfRangeError
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from daemon.core.errors import NotFound
 from daemon.kafka.clients import partitions_of
@@ -36,8 +36,8 @@ async def read_one(readers: Readers, topic: str, partition: int, offset: int) ->
         while time.monotonic() < deadline:
             try:
                 batch = await consumer.getmany(tp, timeout_ms=500)
-            except OffsetOutOfRangeError:
-                raise NotFound(f"no record at {topic}[{partition}]@{offset} (outside the log)") from None
+            except OffsetOutOfRangeError:  # Kafka's answer to a fetch outside the log (Tansu's is an empty one)
+                raise NotFound(await _outside(consumer, tp, offset)) from None
             for record in batch.get(tp, []):
                 if record.offset == offset:
                     return record
@@ -47,6 +47,22 @@ async def read_one(readers: Readers, topic: str, partition: int, offset: int) ->
             if high is not None and offset >= high:
                 raise NotFound(f"no record at {topic}[{partition}]@{offset} (past the end, {high})")
         raise NotFound(f"no record at {topic}[{partition}]@{offset} (not read within 10 s)")
+
+
+async def _outside(consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> str:
+    """Why there is no record at ``offset``, which the broker says is outside the log: past its end, or before its
+    start (deleted by retention)."""
+    where = f"no record at {tp.topic}[{tp.partition}]@{offset}"
+    try:
+        high = (await consumer.end_offsets([tp]))[tp]
+        low = (await consumer.beginning_offsets([tp]))[tp]
+    except KafkaError:
+        return f"{where} (outside the log)"
+    if offset >= high:
+        return f"{where} (past the end, {high})"
+    if offset < low:
+        return f"{where} (before the start, {low}: deleted by retention)"
+    return f"{where} (outside the log, {low} to {high})"
 
 
 async def read_range(

@@ -14,9 +14,13 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import RecordsToDelete
 
-from tests.helpers import ADMIN_TOKEN, SECRET, DaemonProcess, Receiver, eventually, produce, read_topic
-from tests.integration.conftest import Setup, parts, receiver, running, spawn
+from daemon.kafka.clients import admin_client
+from tests.helpers import ADMIN_TOKEN, SECRET, DaemonProcess, Receiver, client_options, eventually, produce, read_topic
+from tests.integration.conftest import BROKER_KIND, Setup, parts, receiver, running, spawn
 
 LATE = 1.0  # max(1 s, 5 % of the delay): every delay here is under 20 s
 # The request's own time, the clocks of two processes and a busy 2-core machine (the broker, the daemon and the
@@ -281,6 +285,38 @@ async def test_redeliver_by_cli_and_replay_ranges_by_admin_api(
         )
     assert sorted(rec["source_offset"] for rec in replays if rec["trigger"] == "replay") == [0, 1, 1, 2, 2, 3, 3, 4]
     assert len(r.requests) == 14
+
+
+@pytest.mark.skipif(
+    BROKER_KIND == "tansu",
+    reason="Tansu has no DeleteRecords (it closes the connection) and deletes nothing by retention: a partition's "
+    "log always starts at 0 there, and a fetch past its end is answered empty, not OFFSET_OUT_OF_RANGE",
+)
+async def test_a_redelivery_from_outside_the_log_says_which_end_it_is_past(
+    setup: Setup, receivers: list[Receiver], monkeypatch: Any
+) -> None:
+    """Kafka answers a fetch outside a partition's log with OFFSET_OUT_OF_RANGE; the daemon says which side it is
+    (it said "outside the log" for both)."""
+    monkeypatch.setenv("ROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
+    r = await receiver(receivers)
+    doc = setup.config([{"id": "x", "url": r.url, "secret": SECRET}], [{"endpoint": "x", "events": ["nothing.*"]}])
+    doc["admin"]["token_env"] = "ROUTER_ADMIN_TOKEN"
+    path = setup.write(doc)
+    await produce(setup.broker.bootstrap, setup.topic, [_ev(i) for i in range(4)], partition=0)
+    admin = admin_client(client_options(setup.broker.bootstrap))
+    await admin.start()
+    try:  # what retention does to a partition's oldest records
+        await admin.delete_records({TopicPartition(setup.topic, 0): RecordsToDelete(2)})
+    finally:
+        await admin.close()
+    base = f"http://127.0.0.1:{setup.admin_port}"
+    async with running(path), aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
+        for offset, why in [(1, "before the start, 2: deleted by retention"), (4, "past the end, 4")]:
+            body = {"endpoint_id": "x", "source_topic": setup.topic, "source_partition": 0, "source_offset": offset}
+            async with http.post(f"{base}/deliveries/msg_x/redeliver", json=body) as resp:
+                answer = await resp.json()
+            assert (resp.status, answer["error"]) == (404, f"no record at {setup.topic}[0]@{offset} ({why})")
+    assert r.requests == []
 
 
 async def test_health_survives_a_restart_and_hold_keeps_events_until_resume(
