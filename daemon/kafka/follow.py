@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from daemon.kafka.clients import close_consumer, reader, refresh_metadata
 from daemon.kafka.contact import Throttle, held_note
@@ -93,7 +93,13 @@ class Follower:
                 await asyncio.sleep(0.5)
             partitions = consumer.partitions_for_topic(self._topic)
         tps = self._tps = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        # From the start, asked before the partitions are assigned: aiokafka retries this quietly while a partition's
+        # leader is not ready (a topic just created: Kafka's brokers learn of it after its controller), where its
+        # reset of an assigned partition without a position logs each try as an error.
+        starts = await self._beginnings(tps)
         consumer.assign(tps)
+        for tp, start in starts.items():
+            consumer.seek(tp, start)
         # The end is the high watermark a fetch reports (not end_offsets, which some brokers under-report).
         while True:
             fetched = await self._step(200)
@@ -101,6 +107,21 @@ class Follower:
                 break
         self._task = asyncio.create_task(self._follow(), name=f"follow-{self._name}")
         return self.records
+
+    async def _beginnings(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Each partition's first offset, asked again (a failure logged, throttled) until the cluster answers."""
+        while True:
+            try:
+                starts: dict[TopicPartition, int] = await self.consumer.beginning_offsets(tps)
+                return starts
+            except KafkaError as exc:
+                if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):  # a timeout: the cluster is away
+                    raise
+                held = self._errors_logged.ready()
+                if held is not None:
+                    log.warning("reading %s failed (%s: %s); trying again%s", self._topic, type(exc).__name__, exc,
+                                held_note(held))  # fmt: skip
+                await asyncio.sleep(1.0)
 
     async def _at_end(self, tps: list[TopicPartition]) -> bool:
         for tp in tps:

@@ -11,10 +11,12 @@ cluster (WEBHOOK_ROUTER_TEST_BOOTSTRAP) every test here runs as it is."""
 from __future__ import annotations
 
 import json
+import logging
 import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -48,6 +50,24 @@ async def create_with(bootstrap: str, topics: dict[str, dict[str, str]], partiti
         )
     finally:
         await admin.close()
+
+
+async def test_a_first_start_that_creates_the_topics_logs_no_error(
+    setup: Setup, receivers: list[Receiver], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Kafka's brokers learn of a topic just after its controller answers the creation: a partition read at once is
+    NOT_LEADER_OR_FOLLOWER for a moment, which aiokafka logs as an error when it resets a position (it did for the
+    health topic, read from its start at every start-up). Tansu has no such moment."""
+    r = await receiver(receivers)
+    config = setup.config([{"id": "a", "url": r.url, "secret": SECRET}], [{"endpoint": "a", "events": ["*"]}])
+    config["retry"]["partitions"] = 6  # more partitions, more chances
+    setup.write(config)
+    with caplog.at_level(logging.INFO):
+        async with running(setup.path) as app:
+            assert app.ready()
+    assert "created topics: " in caplog.text
+    logged = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert logged == []
 
 
 async def test_created_topics_carry_the_settings_their_role_needs(setup: Setup, receivers: list[Receiver]) -> None:
