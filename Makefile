@@ -6,7 +6,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: setup demo test lint typecheck unit integration bench constraints clean
+.PHONY: setup demo test lint typecheck unit integration integration-kafka integration-tansu smoke-tansu kafka-fetch \
+	bench constraints clean
+
+# The size of the Kafka cluster integration-kafka starts: 1 (one combined node) or 3 (three brokers, three controllers).
+KAFKA_BROKERS ?= 1
+# Exits 1 printing why Apache Kafka cannot run here (no java, or neither mvn nor the jars in the cache).
+KAFKA_CHECK := $(BIN)/python -c 'import sys; from tests.kafka import missing_tools; r = missing_tools(); \
+	r and print(r, file=sys.stderr); sys.exit(1 if r else 0)'
+
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,11 +45,38 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP)
+# Apache Kafka's jars from Maven Central into ~/.cache/webhook-router (once; tests/kafka/pom.xml pins the version).
+kafka-fetch: $(STAMP)
+	$(BIN)/python -m tests.kafka fetch
+
+# The whole integration suite against a real Apache Kafka cluster it starts (KRaft, on 127.0.0.1; Java 17 and Maven).
+integration-kafka: kafka-fetch
+	WEBHOOK_ROUTER_TEST_KAFKA=$(KAFKA_BROKERS) $(BIN)/pytest tests/integration
+
+# The whole integration suite against Tansu (the demo's embedded broker: nothing to install).
+integration-tansu: $(STAMP)
 	$(BIN)/pytest tests/integration
 
-test: lint typecheck
-	$(BIN)/pytest
+# The few integration tests (marked tansu_smoke) that show the demo's broker still works with the router.
+smoke-tansu: $(STAMP)
+	$(BIN)/pytest -m tansu_smoke tests/integration
+
+# The integration tests as CI runs them: all of them against Apache Kafka, then the Tansu smoke tests; where Java or
+# Maven is missing, all of them against Tansu, saying so. Against an outside cluster (WEBHOOK_ROUTER_TEST_BOOTSTRAP,
+# see README, 'Development'): all of them there.
+integration: $(STAMP)
+	@if [ -n "$${WEBHOOK_ROUTER_TEST_BOOTSTRAP:-}" ]; then \
+	    echo "$(BIN)/pytest tests/integration  # against $$WEBHOOK_ROUTER_TEST_BOOTSTRAP"; \
+	    $(BIN)/pytest tests/integration; \
+	elif $(KAFKA_CHECK); then \
+	    $(MAKE) --no-print-directory integration-kafka smoke-tansu; \
+	else \
+	    echo "*** Apache Kafka cannot run here (above): the integration tests run against Tansu only" >&2; \
+	    $(MAKE) --no-print-directory integration-tansu; \
+	fi
+
+# What CI runs (.ci/run): lint, types, the unit tests, the integration tests (see integration).
+test: lint typecheck unit integration
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from tests.helpers import SECRET, Receiver, committed, produce, read_topic
 from tests.integration.conftest import Setup, receiver, running
+
+pytestmark = pytest.mark.tansu_smoke  # also run against Tansu in CI (make smoke-tansu)
 
 
 def _events(n: int, event: str = "lead.created") -> list[bytes]:

@@ -8,6 +8,10 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.tansu_smoke  # also run against Tansu in CI (make smoke-tansu)
+
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = [sys.executable, "-m", "daemon", "demo"]
 

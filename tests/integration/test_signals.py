@@ -22,6 +22,8 @@ from tests.helpers import (
 )
 from tests.integration.conftest import Setup, receiver, spawn
 
+pytestmark = pytest.mark.tansu_smoke  # also run against Tansu in CI (make smoke-tansu)
+
 
 def _event(n: int, event: str = "lead.created") -> bytes:
     return json.dumps({"event": event, "n": n}).encode()

@@ -30,6 +30,8 @@ from tests.helpers import (
 )
 from tests.integration.conftest import BROKER_KIND, Setup, receiver, spawn
 
+pytestmark = pytest.mark.tansu_smoke  # also run against Tansu in CI (make smoke-tansu)
+
 
 def ev(partition: int, n: int) -> bytes:
     return json.dumps({"event": "lead.created", "p": partition, "n": n}).encode()
