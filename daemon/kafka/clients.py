@@ -14,6 +14,8 @@ aiokafka's insides this module relies on (checked on every upgrade of the pin in
 - ``AIOKafkaConsumer._fetcher`` and its ``_pending_tasks`` (``close_consumer``): tests/integration/test_outages.py.
 - ``aiokafka.protocol.fetch.FetchRequest`` (version 4, a plain Fetch answered with the batch's bytes untouched):
   tests/integration/test_stuck_partitions.py.
+- ``AIOKafkaAdminClient._send_request_to_node`` with a ``MetadataRequest`` (``await_topics``: each broker asked
+  itself whether it has a topic just created): tests/integration/test_topics.py (a first start logs no error).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.protocol.metadata import MetadataRequest
 
 from daemon.core.config import KafkaConfig
 
@@ -84,6 +88,31 @@ def producer(client_options: Mapping[str, Any], **settings: Any) -> AIOKafkaProd
 
 def admin_client(client_options: Mapping[str, Any]) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**client_options)
+
+
+async def await_topics(admin: AIOKafkaAdminClient, names: list[str], within_s: float) -> list[str]:
+    """Wait until every broker of the cluster has each of ``names`` with a leader for every partition, at most
+    ``within_s``; returns the names some broker still lacks then (empty when all are in place). Kafka answers
+    CreateTopics once its controller has the topics, before its brokers do: a client asking a broker about a topic
+    just created may hear it does not exist (aiokafka logs that as an error, then asks again)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    lacking = list(names)
+    while True:
+        try:
+            brokers = [broker["node_id"] for broker in (await admin.describe_cluster())["brokers"]]
+            lacking = []
+            for node_id in brokers:
+                request = MetadataRequest(names, allow_auto_topic_creation=False)
+                answer = (await admin._send_request_to_node(node_id, request)).to_object()
+                known = {t["topic"] for t in answer["topics"] if not t["error_code"] and t["partitions"]
+                         and all(p["leader"] >= 0 for p in t["partitions"])}  # fmt: skip
+                lacking += [name for name in names if name not in known and name not in lacking]
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.debug("asking the brokers about %s: %r", names, exc)
+        if not lacking or loop.time() > deadline:
+            return lacking
+        await asyncio.sleep(0.1)
 
 
 def group_consumer(kafka: KafkaConfig, environ: Any) -> AIOKafkaConsumer:

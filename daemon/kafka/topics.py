@@ -31,7 +31,7 @@ from aiokafka.errors import for_code
 
 from daemon.core.config import KafkaConfig, RetryConfig
 from daemon.core.errors import TopicError
-from daemon.kafka.clients import admin_client
+from daemon.kafka.clients import admin_client, await_topics
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ ENDPOINTS = "endpoints"
 TIER_RETENTION_MARGIN_S = 7 * 86_400
 
 _TOPIC_ALREADY_EXISTS = 36  # CreateTopics error code: another instance created it first
+TOPICS_KNOWN_WAIT_S = 10.0  # how long a start waits for every broker to have the topics it created
 
 
 class TopicSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -191,6 +192,10 @@ async def _create(admin: AIOKafkaAdminClient, specs: list[TopicSpec], retry: Ret
             ", ".join(created),
             retry.replication_factor or "of the broker's default",
         )
+        # Kafka's brokers learn of a topic just after its controller answers: the router's clients ask them next.
+        if lacking := await await_topics(admin, created, TOPICS_KNOWN_WAIT_S):
+            log.info("not every broker has the topics just created %.0f s later: %s", TOPICS_KNOWN_WAIT_S,
+                     ", ".join(lacking))  # fmt: skip
     return problems
 
 

@@ -55,9 +55,12 @@ async def create_with(bootstrap: str, topics: dict[str, dict[str, str]], partiti
 async def test_a_first_start_that_creates_the_topics_logs_no_error(
     setup: Setup, receivers: list[Receiver], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Kafka's brokers learn of a topic just after its controller answers the creation: a partition read at once is
-    NOT_LEADER_OR_FOLLOWER for a moment, which aiokafka logs as an error when it resets a position (it did for the
-    health topic, read from its start at every start-up). Tansu has no such moment."""
+    """Kafka's brokers learn of a topic just after its controller answers its creation. Asked at once, a broker may
+    not have it yet: aiokafka logs "Topic ... not found in cluster metadata" as an error (the producer's first look
+    at the dead-letter topic, with three brokers), so the start waits until every broker has the topics it created.
+    Or a broker has it without leading its partitions yet: NOT_LEADER_OR_FOLLOWER, which aiokafka logs as an error
+    when it resets a position (the health topic, read from its start), so the follower asks for the first offsets
+    itself. Tansu has no such moment."""
     r = await receiver(receivers)
     config = setup.config([{"id": "a", "url": r.url, "secret": SECRET}], [{"endpoint": "a", "events": ["*"]}])
     config["retry"]["partitions"] = 6  # more partitions, more chances
