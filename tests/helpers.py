@@ -93,7 +93,7 @@ class Receiver:
     """A real aiohttp server on 127.0.0.1 that records every request and answers as told."""
 
     status: int = 200
-    statuses: list[int] | None = None  # one per request, in order; the last repeats
+    statuses: list[int] | None = None  # one per request, in the order they arrive; the last repeats
     retry_after: str | None = None  # sent with non-2xx answers
     delay_s: float = 0.0
     hold: asyncio.Event | None = None  # when set: requests wait until it is set
@@ -131,6 +131,7 @@ class Receiver:
         self.max_concurrent = max(self.max_concurrent, self.concurrent)
         try:
             self.requests.append(Request(request.path, dict(request.headers), body, time.time()))
+            arrived = len(self.requests)  # this request's place, before any other can arrive
             assert self._arrived is not None
             async with self._arrived:
                 self._arrived.notify_all()
@@ -140,7 +141,7 @@ class Receiver:
                 await asyncio.sleep(self.delay_s)
             status = self.status
             if self.statuses:
-                status = self.statuses[min(len(self.requests), len(self.statuses)) - 1]
+                status = self.statuses[min(arrived, len(self.statuses)) - 1]
             headers = {"Retry-After": self.retry_after} if self.retry_after and status >= 300 else None
             return web.Response(status=status, text="ok" if status < 300 else "nope", headers=headers)
         finally:
