@@ -9,8 +9,9 @@ DEMO_STAMP := $(VENV)/.installed-demo
 .PHONY: setup demo test lint typecheck unit integration integration-kafka integration-tansu smoke-tansu kafka-fetch \
 	bench constraints clean
 
-# The size of the Kafka cluster integration-kafka starts: 1 (one combined node) or 3 (three brokers, three controllers).
-KAFKA_BROKERS ?= 1
+# The size of the Kafka cluster integration-kafka starts: 3 (three brokers, three controllers: replicas, min.insync.replicas
+# 2, metadata that reaches the brokers after the controller) or 1 (one combined node: quicker, half the memory).
+KAFKA_BROKERS ?= 3
 # Exits 1 printing why Apache Kafka cannot run here (no java, or neither mvn nor the jars in the cache).
 KAFKA_CHECK := $(BIN)/python -c 'import sys; from tests.kafka import missing_tools; r = missing_tools(); \
 	r and print(r, file=sys.stderr); sys.exit(1 if r else 0)'
