@@ -97,9 +97,9 @@ class KafkaBroker:
                         break
                     except KafkaError:
                         await asyncio.sleep(0.2)
-            partitions = int(self.cluster.overrides.get("offsets.topic.num.partitions", 10))
-            for p in range(partitions):
-                await self.cluster.leader("__consumer_offsets", p, timeout=within_s)
+            (offsets,) = (await self.cluster.metadata(["__consumer_offsets"]))["topics"]
+            for p in offsets["partitions"]:
+                await self.cluster.leader("__consumer_offsets", p["partition"], timeout=within_s)
         finally:
             await admin.close()
 
