@@ -167,8 +167,9 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
 async def produce(
     bootstrap: str, topic: str, values: list[bytes], key: bytes | None = None, partition: int | None = None
 ) -> None:
+    # acks=all: once produced, below the high watermark (readable), also when the followers of three brokers lag.
     producer = AIOKafkaProducer(
-        **client_options(bootstrap), enable_idempotence=False, linger_ms=5, max_request_size=8 * 1024 * 1024
+        **client_options(bootstrap), acks="all", enable_idempotence=False, linger_ms=5, max_request_size=8 * 1024 * 1024
     )
     await producer.start()
     try:

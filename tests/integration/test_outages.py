@@ -118,6 +118,7 @@ async def test_the_daemon_started_before_its_broker_listens_becomes_ready_when_i
     tmp_path: Path, receivers: list[Receiver], daemons: list[DaemonProcess]
 ) -> None:
     notify = NotifySocket()
+    notify.follow()  # every status as it comes: the socket's queue holds ten, and each try to connect sends one
     try:
         async with own_broker(tmp_path, start=False) as broker:
             s = own_setup(broker, tmp_path)
