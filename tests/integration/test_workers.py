@@ -313,7 +313,8 @@ async def test_systemd_hears_the_supervisor_only_ready_once_every_worker_is_then
     assert "STATUS=running: 2 workers" in statuses
     assert not any("consumer group" in s or "Kafka" in s for s in statuses), "a worker's own status reached systemd"
     assert messages.index("WATCHDOG=1") < messages.index("READY=1")
-    assert messages[messages.index("STOPPING=1") :].count("WATCHDOG=1") >= 2, "and through the drain"
+    # and through the drain (which, with nothing in flight, can be shorter than two pings on a quick machine)
+    assert "WATCHDOG=1" in messages[messages.index("STOPPING=1") :], "and through the drain"
 
 
 def _op(port: int) -> aiohttp.ClientSession:
