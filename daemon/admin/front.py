@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,8 +39,6 @@ from daemon.observe.aggregate import Aggregate
 
 log = logging.getLogger(__name__)
 
-_TICK_S = 0.5
-_STALL_S = 5.0
 _PROBE_S = 2.0  # a worker's /healthz and /readyz
 _SCRAPE_S = 5.0  # a worker's /metrics
 _CONNECT_S = 5.0
@@ -92,10 +89,7 @@ class Front:
         self._not_ready = not_ready
         self._scrape_failed = scrape_failed
         self._sessions: dict[Path, aiohttp.ClientSession] = {}
-        self._runner: web.AppRunner | None = None
-        self._ticker: asyncio.Task[None] | None = None
-        self._last_tick = time.monotonic()
-        self._worst_lag = 0.0
+        self._served = http.Served()
         self.port = 0
 
     async def start(self) -> None:
@@ -106,30 +100,15 @@ class Front:
         app.router.add_get("/endpoints", self._endpoints)
         app.router.add_post("/partitions/{topic}/{partition}/skip", self._skip)
         app.router.add_route("*", "/{tail:.*}", self._proxy)
-        self._runner, self.port = await http.serve(app, self._host, self._port)
-        self._ticker = asyncio.create_task(self._tick(), name="front-loop-ticker")
+        self.port = await self._served.start(app, self._host, self._port, "front")
         log.info("admin server of %d workers on http://%s:%d (/metrics /healthz /readyz; the rest to a worker)",
                  len(self._members), self._host, self.port)  # fmt: skip
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
-            self._ticker = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._served.stop()
         for session in self._sessions.values():
             await session.close()
         self._sessions.clear()
-
-    async def _tick(self) -> None:
-        while True:  # how late the loop runs a short sleep: a loop stalled by a blocking call shows here
-            before = time.monotonic()
-            await asyncio.sleep(_TICK_S)
-            now = time.monotonic()
-            self._worst_lag = max(0.0, now - before - _TICK_S)
-            self._last_tick = now
 
     def _session(self, member: Member) -> aiohttp.ClientSession:
         session = self._sessions.get(member.socket)
@@ -186,7 +165,7 @@ class Front:
         return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        stalled = time.monotonic() - self._last_tick > _STALL_S or self._worst_lag > _STALL_S
+        stalled = self._served.stalled()
         workers = []
         ok = not stalled
         for member, answer in zip(self._members, await self._each("/healthz", _PROBE_S), strict=True):
@@ -199,7 +178,7 @@ class Front:
                 line["state"] = answer.error
             workers.append(line)
             ok = ok and alive
-        body = {"ok": ok, "loop_lag_ms": round(self._worst_lag * 1000, 1), "workers": workers}
+        body = {"ok": ok, "loop_lag_ms": round(self._served.worst_lag * 1000, 1), "workers": workers}
         return http.json_response(body, 200 if ok else 503)
 
     async def _readyz(self, request: web.Request) -> web.Response:

@@ -8,10 +8,8 @@ daemon waits for the cluster; the operator actions answer 503 until start-up is 
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,8 +24,6 @@ from daemon.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-_TICK_S = 0.5
-_STALL_S = 5.0
 OperatorHandler = Callable[[web.Request, Operator], Awaitable[Any]]
 
 
@@ -50,10 +46,7 @@ class AdminServer:
         self._operator = operator
         self._token = token
         self._routes = routes  # more routes to serve (the endpoints API), added before the app starts
-        self._runner: web.AppRunner | None = None
-        self._ticker: asyncio.Task[None] | None = None
-        self._last_tick = time.monotonic()
-        self._worst_lag = 0.0
+        self._served = http.Served()
         self.port = 0  # the port actually bound (admin.listen may say 0)
 
     async def start(self) -> None:
@@ -70,36 +63,20 @@ class AdminServer:
         app.router.add_post("/partitions/{topic}/{partition}/skip", self._guard(self._skip))
         if self._routes is not None:
             self._routes(app)
-        self._runner, self.port = await http.serve(app, self._host, self._port)
-        self._ticker = asyncio.create_task(self._tick(), name="admin-loop-ticker")
+        self.port = await self._served.start(app, self._host, self._port, "admin")
         where = self._host if self._host.startswith("unix:") else f"http://{self._host}:{self.port}"
         log.info("admin server on %s (/metrics /healthz /readyz)", where)
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
-            self._ticker = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _tick(self) -> None:
-        # Measures how late the loop runs a short sleep: a loop stalled by a blocking call shows here.
-        while True:
-            before = time.monotonic()
-            await asyncio.sleep(_TICK_S)
-            now = time.monotonic()
-            self._worst_lag = max(0.0, now - before - _TICK_S)
-            self._last_tick = now
+        await self._served.stop()
 
     async def _handle_metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _handle_healthz(self, request: web.Request) -> web.Response:
-        stalled = time.monotonic() - self._last_tick > _STALL_S or self._worst_lag > _STALL_S
-        lag_ms = round(self._worst_lag * 1000, 1)
+        stalled = self._served.stalled()
+        lag_ms = round(self._served.worst_lag * 1000, 1)
         return http.json_response({"ok": not stalled, "loop_lag_ms": lag_ms}, 503 if stalled else 200)
 
     def _guard(self, handler: OperatorHandler) -> http.Handler:

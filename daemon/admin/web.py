@@ -21,8 +21,10 @@ port 0.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
@@ -139,6 +141,51 @@ async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunn
     await site.start()
     sockets = getattr(site._server, "sockets", None) or []
     return runner, sockets[0].getsockname()[1] if sockets else port
+
+
+class Served:
+    """A running admin server: its runner, the port it bound, and how late its event loop runs a short sleep (a loop
+    stalled by a blocking call shows here, on ``/healthz``)."""
+
+    TICK_S: Final = 0.5
+    STALL_S: Final = 5.0  # a loop this late, or a ticker silent this long, is stalled
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.worst_lag = 0.0
+        self._last_tick = time.monotonic()
+        self._runner: web.AppRunner | None = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self, app: web.Application, host: str, port: int, name: str) -> int:
+        self._runner, self.port = await serve(app, host, port)
+        self._ticker = asyncio.create_task(self._tick(), name=f"{name}-loop-ticker")
+        return self.port
+
+    @property
+    def server(self) -> web.Server | None:
+        """aiohttp's server (its handlers and connections), once started."""
+        return self._runner.server if self._runner is not None else None
+
+    def stalled(self) -> bool:
+        return time.monotonic() - self._last_tick > self.STALL_S or self.worst_lag > self.STALL_S
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+            self._ticker = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _tick(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(self.TICK_S)
+            now = time.monotonic()
+            self.worst_lag = max(0.0, now - before - self.TICK_S)
+            self._last_tick = now
 
 
 # A fragment of a request that aiohttp's parser quotes in its errors: b'...' or bytearray(b'...').

@@ -137,7 +137,7 @@ async def test_a_ping_whose_caller_goes_away_is_still_made_and_recorded(
     async with running(setup.write(api_config(setup))) as app, api(setup.admin_port) as c:
         acme, _ = await tenants(c)
         acme_ep = await endpoint(c, "acme", r.url)
-        server = parts(app).admin._runner.server  # type: ignore[union-attr]
+        server = parts(app).admin._served.server
         assert server is not None
         async with aiohttp.ClientSession() as own:
             asking = Client(own, setup.admin_port, acme.token)
