@@ -73,8 +73,8 @@ class KafkaBroker:
     it the first time, on its own storage after a stop). Its ports are chosen when it is made: ``bootstrap`` is known
     before it starts."""
 
-    def __init__(self, work_dir: Path, brokers: int) -> None:
-        self.cluster = KafkaCluster(work_dir, brokers=brokers)
+    def __init__(self, work_dir: Path, brokers: int, **cluster: Any) -> None:
+        self.cluster = KafkaCluster(work_dir, brokers=brokers, **cluster)
         self.bootstrap = self.cluster.bootstrap
 
     async def start(self) -> None:
@@ -156,6 +156,17 @@ async def own_broker(work_dir: Path, start: bool = True) -> AsyncIterator[OwnBro
         yield b
     finally:
         await b.stop()
+
+
+@contextlib.asynccontextmanager
+async def kafka_of_its_own(work_dir: Path, needs: str, **cluster: Any) -> AsyncIterator[KafkaBroker]:
+    """One combined Apache Kafka node of a test module's own, whatever the session's broker, for what only Kafka
+    does (``needs`` says what: the skip's reason where Java or Maven is missing). ``cluster``: KafkaCluster's
+    settings (``overrides``, ``security``)."""
+    if (reason := missing_tools()) is not None:
+        pytest.skip(f"{needs}, which Tansu does not: {reason}")
+    async with KafkaBroker(work_dir, 1, **cluster) as b:
+        yield b
 
 
 @pytest.fixture(scope="session")

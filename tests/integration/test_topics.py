@@ -6,7 +6,7 @@ Tansu (memory storage) keeps every record whatever the topic's settings: it neit
 retention (50 records of one key on a topic with ``cleanup.policy=compact``, ``segment.ms=100`` and
 ``retention.ms=1000`` were all still there 10 s later). So the restart test builds the health topic as compaction
 leaves it (the last record of each key) rather than waiting for a compaction that never comes; against an outside
-cluster (WEBHOOK_ROUTER_TEST_BOOTSTRAP) every test here runs as it is."""
+cluster (WEBHOOK_ROUTER_TEST_BOOTSTRAP) every test here runs as it is. test_compaction.py lets Kafka's cleaner do it."""
 
 from __future__ import annotations
 
