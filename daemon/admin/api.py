@@ -34,6 +34,7 @@ from daemon.core.config import PORTAL_FEATURES, Config, EndpointConfig, PortalFe
 from daemon.core.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable, Unprocessable
 from daemon.core.model import Outcome, decode_outcome, paused_by, tenant_may_lift
 from daemon.core.profiles import PROFILES, pattern_matches
+from daemon.core.rate import default_burst
 from daemon.core.registry import (
     NOT_BY_API,
     EndpointRecord,
@@ -91,6 +92,7 @@ class EndpointBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     queue_size: Any = UNSET
     pause_after_failures: Any = UNSET
     while_paused: Any = UNSET
+    rate_limit: Any = UNSET
     events: Any = UNSET
     topics: Any = UNSET
     where: Any = UNSET
@@ -280,6 +282,10 @@ class Api:
                            "(delete one first)")  # fmt: skip
         endpoint_id = "ep_" + base64.b32encode(secrets.token_bytes(10)).decode().lower()
         fields, subscription, meta = _split(body, caller)
+        ceiling = self._settlement.routing.config.api.max_rate_limit_per_second
+        if caller.tenant is not None and ceiling is not None:
+            fields.setdefault("rate_limit", {"per_second": ceiling})
+        _within_ceiling(fields, caller, ceiling)
         if fields.get("secret") is None:  # not given: one is generated for the profiles that sign
             fields.pop("secret", None)
             profile = PROFILES.get(str(fields.get("profile") or "standard-webhooks"))
@@ -363,6 +369,7 @@ class Api:
         fields.pop("secrets", None)
         subscription = {k: v for k, v in msgspec.to_builtins(current_sub).items() if k in _SUBSCRIPTION_FIELDS}
         new_fields, new_sub, meta = _split(body, caller)
+        _within_ceiling(new_fields, caller, self._settlement.routing.config.api.max_rate_limit_per_second)
         fields.update(new_fields)
         subscription.update({k: v for k, v in new_sub.items()})
         subscription = {k: v for k, v in subscription.items() if v is not None}
@@ -706,6 +713,22 @@ def _split(body: dict[str, Any], caller: Caller) -> tuple[dict[str, Any], dict[s
     ):
         raise BadRequest("description: must be a string of at most 500 characters")
     return fields, subscription, meta
+
+
+def _within_ceiling(fields: dict[str, Any], caller: Caller, ceiling: float | None) -> None:
+    """A tenant's token may give an endpoint a ``rate_limit`` up to ``api.max_rate_limit_per_second`` (a burst of at
+    most one second's worth of it), never none: BadRequest otherwise. The platform's token sets any."""
+    if caller.tenant is None or ceiling is None or "rate_limit" not in fields:
+        return
+    limit = fields["rate_limit"]
+    most = f"at most api.max_rate_limit_per_second ({ceiling:g})"
+    if not isinstance(limit, dict):
+        raise BadRequest(f"rate_limit: required for a tenant's endpoint, with per_second {most}")
+    per_second, burst = limit.get("per_second"), limit.get("burst")
+    if isinstance(per_second, int | float) and not isinstance(per_second, bool) and per_second > ceiling:
+        raise BadRequest(f"rate_limit.per_second: {most}")
+    if isinstance(burst, int) and not isinstance(burst, bool) and burst > default_burst(ceiling):
+        raise BadRequest(f"rate_limit.burst: at most {default_burst(ceiling)} (one second of {most})")
 
 
 def _expect_version(record: EndpointRecord, body: dict[str, Any], if_match: str) -> None:

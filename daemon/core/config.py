@@ -217,6 +217,14 @@ class EndpointRetryConfig(msgspec.Struct, **_FROZEN):
     pause_statuses: list[Annotated[int, Meta(ge=300, le=599)]] | None = None
 
 
+class RateLimitConfig(msgspec.Struct, omit_defaults=True, **_FROZEN):
+    """At most ``per_second`` requests a second to an endpoint, ``burst`` of them at once after a quiet spell (a token
+    bucket per instance: ``daemon.core.rate``). Deliveries over it wait; none is dropped or counted failed."""
+
+    per_second: Annotated[float, Meta(gt=0, le=100_000)]
+    burst: Annotated[int, Meta(ge=1, le=100_000)] | None = None  # default: one second's worth, at least 1
+
+
 class EndpointConfig(msgspec.Struct, **_FROZEN):
     id: EndpointId
     url: Annotated[str, Meta(min_length=1, max_length=2048)]
@@ -234,6 +242,7 @@ class EndpointConfig(msgspec.Struct, **_FROZEN):
     pause_after_failures: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None  # default: the profile's
     while_paused: Literal["skip", "hold"] = "skip"
     paused: bool = False
+    rate_limit: RateLimitConfig | None = None
 
     def __repr__(self) -> str:  # never print the secret
         return f"EndpointConfig(id={self.id!r}, profile={self.profile!r}, url=<redacted>)"
@@ -356,6 +365,9 @@ class ApiConfig(msgspec.Struct, **_FROZEN):
     max_scans: Annotated[int, Meta(ge=1, le=256)] = 8
     # A replay: at most this many events (an offset range of more offsets is a 400; a time range stops there), over
     # at most this long a time range (from_time to to_time, or to now; longer is a 400).
+    # The fastest rate_limit a tenant's token may give an endpoint (per_second, and a burst of at most one second's
+    # worth of it); an endpoint a tenant's token creates without one gets this one. Unset: a tenant sets any, or none.
+    max_rate_limit_per_second: Annotated[float, Meta(gt=0, le=100_000)] | None = None
     replay_max_events: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
     replay_max_span_s: Annotated[float, Meta(ge=60, le=90 * 86_400)] = 86_400.0
 

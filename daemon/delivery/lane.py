@@ -1,6 +1,11 @@
 """A ``Lane`` is one endpoint's queue and exactly ``max_concurrency`` long-lived workers: a worker takes a job only
 when it is free, so waiting for a slot never eats into the request timeout, and there is no task per request. What
-happens after an attempt is the settlement's (``daemon.engine.settle``), through the ``Settles`` protocol."""
+happens after an attempt is the settlement's (``daemon.engine.settle``), through the ``Settles`` protocol.
+
+An endpoint with a ``rate_limit`` has a ``Pace`` (``daemon.core.rate``): a worker that has taken a job waits until the
+bucket lets it start (the job still counts as queued meanwhile). A 429 or a ``Retry-After`` slows the pace down, and
+successes bring it back; an endpoint without a rate limit gets a pace only then (from its recent throughput), and
+loses it once recovered, so that the lanes of endpoints that never answer 429 take no clock reading for it."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from daemon.core.model import (
     REPLAY,
     Outcome,
 )
+from daemon.core.rate import Pace, default_burst
 from daemon.delivery.endpoint import Endpoint
 from daemon.delivery.job import Job, internal_error
 from daemon.delivery.sender import Sender
@@ -26,16 +32,19 @@ _HELD_BACK = frozenset({LIVE, REPLAY})
 
 
 class LaneStats:
-    """Totals over every lane of a daemon: deliveries waiting and under way (also the metrics' gauges).
+    """Totals over every lane of a daemon: deliveries waiting and under way (also the metrics' gauges), and how
+    often a delivery waited for its endpoint's pace and a pace was slowed down (counters).
 
     ``__slots__``: updated twice per delivery (the hot path).
     """
 
-    __slots__ = ("busy", "queued")
+    __slots__ = ("busy", "paced", "queued", "slowed")
 
     def __init__(self) -> None:
         self.queued = 0
         self.busy = 0
+        self.paced = 0
+        self.slowed = 0
 
 
 class Settles(Protocol):
@@ -65,17 +74,24 @@ class Lane:
         self.mean_s = 0.0  # moving average of an attempt's duration (the last ~20; 0: none finished yet)
         self._first_start = 0.0  # when the first attempt started (monotonic; 0: none yet)
         self.last_active = time.monotonic()  # when it last took or finished a job
+        limit = endpoint.config.rate_limit
+        # The endpoint's pace (None: unlimited, until a 429); ``_adaptive``: not configured, dropped once recovered.
+        self.pace: Pace | None = None
+        self._pacing = 0  # jobs taken by a worker that waits for the pace
+        self._adaptive = limit is None
+        if limit is not None:
+            self.pace = Pace(limit.per_second, limit.burst or default_burst(limit.per_second))
         self._workers = [
             asyncio.create_task(self._work(), name=f"lane-{endpoint.id}-{i}") for i in range(endpoint.max_concurrency)
         ]
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        return self._queue.qsize() + self._pacing
 
     def idle_for(self, now: float) -> float:
         """Seconds since it last had work; 0 while it has some."""
-        return 0.0 if self.busy or self._queue.qsize() else now - self.last_active
+        return 0.0 if self.busy or self.queued else now - self.last_active
 
     def drain_s(self) -> float:
         """About how long the endpoint needs for what it has queued and under way, at its recent pace.
@@ -83,7 +99,9 @@ class Lane:
         Before any attempt has finished, the pace is at least as slow as the first attempt has been running.
         """
         pace = self.mean_s or (time.monotonic() - self._first_start if self._first_start else 0.0)
-        return (self._queue.qsize() + self.busy) * pace / self.endpoint.max_concurrency
+        left = self.queued + self.busy
+        rated = left / self.pace.current if self.pace is not None else 0.0
+        return max(left * pace / self.endpoint.max_concurrency, rated)
 
     async def put_wait(self, job: Job) -> None:
         """Queue a job, waiting for room in the endpoint's queue."""
@@ -107,6 +125,8 @@ class Lane:
                 return
             self._room.set()
             stats = self.stats
+            if self.pace is not None and not await self._paced(job):
+                continue
             stats.queued -= 1
             if job.trigger in _HELD_BACK and settles.held_back(endpoint, job):
                 continue
@@ -125,8 +145,52 @@ class Lane:
             if outcome.duration_ms is not None:
                 took = outcome.duration_ms / 1000
                 self.mean_s = self.mean_s + (took - self.mean_s) * 0.05 if self.mean_s else took
+            if outcome.http_status == 429 or outcome.retry_after_s is not None:
+                self._slow_down(outcome.retry_after_s)
+            elif self.pace is not None and outcome.http_status is not None and outcome.http_status < 300:
+                self._recovered()
             settles.settle(endpoint, job, outcome)
             self.last_active = time.monotonic()
+
+    async def _paced(self, job: Job) -> bool:
+        """Wait until the endpoint's pace lets one more request start, then count it; False (the job settled) if its
+        endpoint is paused before or meanwhile. Every worker that waits looks again when its wait is over: a 429
+        meanwhile holds it longer. The job waiting is still counted queued (and ``cancel`` counts it abandoned)."""
+        held = job.trigger in _HELD_BACK
+        if held and self._settles.held_back(self.endpoint, job):
+            self.stats.queued -= 1
+            return False
+        self._pacing += 1
+        waited = False
+        try:
+            while (pace := self.pace) is not None and (wait := pace.wait_s(time.monotonic())) > 0:
+                waited = True
+                await asyncio.sleep(wait)
+        finally:
+            self._pacing -= 1
+        if waited:
+            self.stats.paced += 1
+            if held and self._settles.held_back(self.endpoint, job):
+                self.stats.queued -= 1
+                return False
+        if pace is not None:
+            pace.take(time.monotonic())
+        return True
+
+    def _slow_down(self, retry_after_s: float | None) -> None:
+        """A 429 or a ``Retry-After``: slow the pace down (an unlimited endpoint's starts at its recent throughput)."""
+        if self.pace is None:
+            recent = self.endpoint.max_concurrency / self.mean_s if self.mean_s else 1.0
+            self.pace = Pace(min(max(recent, 1.0), 10_000.0), 1)
+        self.pace.slow_down(time.monotonic(), retry_after_s)
+        self.stats.slowed += 1
+
+    def _recovered(self) -> None:
+        pace = self.pace
+        if pace is not None:
+            pace.succeeded()
+            if self._adaptive and pace.factor >= 1.0:
+                self.pace = None
 
     async def close(self) -> None:
         """Finish every queued job under this lane's settings, then stop the workers."""
@@ -136,7 +200,9 @@ class Lane:
 
     async def cancel(self) -> int:
         """Stop now. Returns how many deliveries were abandoned (queued or under way)."""
-        abandoned = self.busy + sum(1 for job in self._drain() if job is not None)
+        pacing = self._pacing
+        abandoned = self.busy + pacing + sum(1 for job in self._drain() if job is not None)
+        self.stats.queued -= pacing
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)

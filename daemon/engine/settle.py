@@ -613,6 +613,8 @@ class Settlement:
         metrics.requests_in_flight.set_function(lambda: self.stats.busy)
         metrics.deliveries_queued.set_function(lambda: self.stats.queued)
         metrics.routes_checked.set_function(lambda: self._routing.table.tally.checked)
+        metrics.deliveries_paced.set_function(lambda: self.stats.paced)
+        metrics.endpoint_slowdowns.set_function(lambda: self.stats.slowed)
         metrics.routing_cache_bytes.set_function(lambda: self._routing.table.cache_bytes)
 
     def cancel_timers(self) -> None:

@@ -183,6 +183,13 @@ class Metrics:
             p + "routes_checked", "Routes whose condition was checked to match an event (with api.tenant_field, an "
             "event is checked against its own tenant's routes only).", r,
         )  # fmt: skip
+        self.deliveries_paced = FunctionCounter(
+            p + "deliveries_paced", "Deliveries that waited for their endpoint's rate limit (or its pace after a 429) "
+            "before their attempt: waiting, never a failure.", r,
+        )  # fmt: skip
+        self.endpoint_slowdowns = FunctionCounter(
+            p + "endpoint_slowdowns", "Answers (429, or a Retry-After) that slowed an endpoint's pace down.", r
+        )
         self.routing_cache_bytes = Gauge(
             p + "routing_cache_bytes", "Bytes the routing's cached answers hold, about (at most 32 MiB).", registry=r
         )

@@ -275,7 +275,7 @@ def test_the_settings_a_record_may_hold_are_the_fields_the_api_sets_in_the_clear
     fields = {f.name for f in msgspec.structs.fields(EndpointConfig)}
     assert sorted(SETTINGS) == sorted(fields - NOT_BY_API - {"url", "headers", "secret"})
     assert sorted(SETTINGS) == ["allow_http", "max_concurrency", "pause_after_failures", "profile", "queue_size",
-                                "retry", "timeout_s", "while_paused"]  # fmt: skip
+                                "rate_limit", "retry", "timeout_s", "while_paused"]  # fmt: skip
 
 
 @pytest.mark.parametrize("setting", ["secret_env", "secrets", "secret", "paused", "url", "colour"])

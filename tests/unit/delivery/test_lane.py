@@ -6,9 +6,10 @@ The sender and what the lane settles into are in-memory stand-ins (tests/unit/st
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, cast
 
-from daemon.core.config import DeliveryConfig, EndpointConfig
+from daemon.core.config import DeliveryConfig, EndpointConfig, RateLimitConfig
 from daemon.core.event import Event
 from daemon.core.model import LIVE, REDELIVERY, REPLAY, Outcome
 from daemon.delivery.endpoint import Endpoint
@@ -141,3 +142,76 @@ async def test_an_attempt_that_raises_is_settled_as_an_internal_error() -> None:
         assert (outcome.status, outcome.error) == ("failed", "internal error (see the router's log)")
     finally:
         await lane.cancel()
+
+
+async def test_a_rate_limited_lane_starts_its_burst_at_once_then_one_attempt_per_interval_never_sooner() -> None:
+    """Timing at a seam: never early is exact (the bucket's allowance), not late has a wide margin."""
+    starts: list[float] = []
+
+    def status(job: Job) -> int:
+        starts.append(time.monotonic())
+        return 200
+
+    sender, settles, stats = ScriptedSender(status=status), Settles(), LaneStats()
+    lane = lane_of(sender, settles, stats, max_concurrency=4, rate_limit=RateLimitConfig(per_second=20, burst=3))
+    try:
+        begun = time.monotonic()
+        for n in range(9):
+            lane.put(job(n))
+        assert lane.queued == 9
+        async with asyncio.timeout(10):
+            while len(settles.settled) < 9:
+                await asyncio.sleep(0.01)
+        for k in range(9):  # the k-th start: at most the burst and 20 a second before it
+            assert starts[k] - begun >= max(0, k - 2) / 20 - 0.001
+        assert starts[-1] - begun < 0.3 + 2.0
+        assert stats.paced >= 1 and (stats.queued, stats.busy, lane.queued) == (0, 0, 0)
+    finally:
+        await lane.cancel()
+
+
+async def test_a_429_slows_an_unlimited_lane_for_its_retry_after_then_it_recovers_and_drops_its_pace() -> None:
+    starts: list[float] = []
+
+    def status(job: Job) -> int:
+        starts.append(time.monotonic())
+        return 429 if job.delivery_id == "msg_0" else 200
+
+    sender, settles, stats = ScriptedSender(status=status), Settles(), LaneStats()
+    lane = lane_of(sender, settles, stats, max_concurrency=1)
+    original = sender.attempt
+
+    async def with_retry_after(endpoint: Endpoint, job: Job) -> Outcome:
+        outcome = await original(endpoint, job)
+        if outcome.http_status == 429:
+            outcome.retry_after_s = 0.5
+        return outcome
+
+    sender.attempt = with_retry_after  # type: ignore[method-assign]
+    try:
+        assert lane.pace is None
+        lane.put(job(0))
+        async with asyncio.timeout(5):
+            while not settles.settled:
+                await asyncio.sleep(0.01)
+        assert lane.pace is not None and stats.slowed == 1
+        for n in range(1, 40):
+            lane.put(job(n))
+        async with asyncio.timeout(30):
+            while len(settles.settled) < 40:
+                await asyncio.sleep(0.01)
+        assert starts[1] - starts[0] >= 0.5  # held for its Retry-After, never sooner
+        assert lane.pace is None  # recovered: the lane is unlimited again
+    finally:
+        await lane.cancel()
+
+
+async def test_cancel_counts_a_job_waiting_for_the_pace_as_abandoned() -> None:
+    stats = LaneStats()
+    lane = lane_of(ScriptedSender(), Settles(), stats, max_concurrency=1, rate_limit=RateLimitConfig(per_second=0.1))
+    lane.put(job(0))
+    lane.put(job(1))
+    await settle_down(50)
+    assert lane.queued == 1  # job 1 taken, waiting 10 s for the pace
+    assert await lane.cancel() == 1
+    assert stats.queued == 0
