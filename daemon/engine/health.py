@@ -3,12 +3,18 @@
 Every change is written to a compacted topic keyed by endpoint id. At start-up the whole topic is read
 back, so a restart keeps its pauses; afterwards the topic is tailed, so every instance of the router
 sees a pause made by any of them.
+
+The topic's order decides: the state of an endpoint is its last record there. An instance applies its own changes at
+once and reads them back later, so a record read back while a later change of its own to the same endpoint is still
+on its way (not read back yet) is older than that change in the topic and is not applied (a tenant's pause read back
+after the platform's pause here would otherwise undo the platform's until its own record came back).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,6 +76,7 @@ class Health:
         self.states: dict[str, HealthState] = {}
         self._failures: dict[str, int] = {}
         self._paused_ms: dict[str, int] = {}  # when each paused endpoint was paused (unix ms)
+        self._unread: dict[str, deque[bytes]] = {}  # per endpoint: the records of this instance not read back yet
 
     def is_paused(self, endpoint_id: str) -> bool:
         state = self.states.get(endpoint_id)
@@ -144,7 +151,9 @@ class Health:
         self._keep(state)
         self._update_gauge()
         key = state.endpoint_id.encode()
-        self._writer.submit(key, encode_health(state), None, topic=self._topic)
+        value = encode_health(state)
+        self._unread.setdefault(state.endpoint_id, deque()).append(value)
+        self._writer.submit(key, value, None, topic=self._topic)
         outcome = Outcome(
             delivery_id=None,
             endpoint_id=state.endpoint_id,
@@ -167,8 +176,17 @@ class Health:
         elif was_paused:
             self.resume(endpoint_id)
 
-    def apply(self, state: HealthState) -> None:
-        """A state read back from the topic (at start-up, or written by another instance)."""
+    def apply(self, state: HealthState, value: bytes | None = None) -> None:
+        """A state read back from the topic (at start-up, written by another instance, or this one's own: ``value``,
+        its record's bytes, says which). Not applied while a later change of this instance's to the endpoint is
+        still to be read back: that one comes after it in the topic."""
+        unread = self._unread.get(state.endpoint_id)
+        if unread:
+            if value == unread[0]:
+                unread.popleft()  # this instance's own, read back
+            if unread:
+                return
+            del self._unread[state.endpoint_id]
         current = self.states.get(state.endpoint_id)
         if current is not None and (current.paused, current.reason, current.paused_by, current.since) == (
             state.paused, state.reason, state.paused_by, state.since
@@ -212,7 +230,7 @@ class HealthReader:
         except msgspec.DecodeError:
             log.warning("unreadable record on %s at offset %d: skipped", self._topic, record.offset)
             return
-        self._health.apply(state)
+        self._health.apply(state, record.value)
         self.read += 1
 
     async def stop(self) -> None:

@@ -4,6 +4,7 @@ endpoint that holds its deliveries while paused does not hold them forever."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import subprocess
@@ -278,3 +279,26 @@ async def test_an_endpoint_that_pauses_itself_holds_its_deliveries_for_max_hold_
     assert paused_at + 3000 <= lettered_at <= paused_at + 20_000  # never early; not late, with a generous margin
     (skipped,) = [x for x in records if x["status"] == "skipped_paused"]
     assert skipped["error"].endswith("for longer than retry.max_hold_s (3 s): no longer held")
+
+
+async def test_the_platforms_pause_after_its_tenants_is_never_undone_by_the_tenants_pause_read_back(
+    setup: Setup,
+) -> None:
+    """The health topic is followed: this instance reads back its own writes. The tenant's pause read back after the
+    platform's pause here was applied over it (paused_by "tenant" again until the platform's came back too, and the
+    tenant could lift it meanwhile): a record read back while a later change of this instance's is still on its way
+    must not replace it. Each round polls the endpoint as the read-backs arrive."""
+    async with running(setup.write(api_config(setup))), api(setup.admin_port) as c:
+        acme = (await tenants(c, "acme"))["acme"]
+        status, created = await acme.call("POST", "/v1/endpoints", {"url": "http://127.0.0.1:9/h", "events": ["*"]})
+        assert status == 201, created
+        path = f"/v1/endpoints/{created['id']}"
+        seen: list[str | None] = []
+        for _ in range(25):
+            assert (await acme.call("POST", path + "/pause"))[0] == 200
+            assert (await c.call("POST", path + "/pause"))[1]["paused_by"] == "platform"
+            for _ in range(15):
+                seen.append((await acme.call("GET", path))[1]["paused_by"])
+                await asyncio.sleep(0.01)
+            assert (await c.call("POST", path + "/resume"))[1]["status"] == "active"
+        assert set(seen) == {"platform"}, f"{seen.count('tenant')} of {len(seen)} views said tenant"

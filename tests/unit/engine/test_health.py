@@ -136,3 +136,35 @@ def test_a_state_kept_before_paused_by_existed_says_who_paused_by_its_reason() -
         h.apply(decode_health(f'{{"endpoint_id": "{endpoint_id}", "paused": true, "reason": "{reason}"}}'.encode()))
     assert [paused_by(h.states[i]) for i in "abcd"] == ["automatic", "contract", "platform", "platform"]
     assert not tenant_may_lift(h.states["c"])  # an API pause of old may have been the platform's: kept
+
+
+def read_back(h: Health, writer: Writer, index: int) -> None:
+    """Play the health topic's follower reading back the ``index``-th record this Health wrote there."""
+    value = writer.on(TOPIC)[index].value
+    h.apply(decode_health(value), value)
+
+
+def test_an_own_change_read_back_after_a_later_own_change_does_not_replace_it() -> None:
+    """The tenant's pause then the platform's: the tenant's, read back after the platform's was made here, must not
+    make the pause the tenant's again (which the tenant could lift) until the platform's is read back too."""
+    h, writer, _ = health()
+    assert h.pause("a", "tenant", "by its tenant")
+    assert h.pause("a", "operator", "by the platform")
+    read_back(h, writer, 0)
+    assert paused_by(h.states["a"]) == "platform" and not tenant_may_lift(h.states["a"])
+    read_back(h, writer, 1)
+    assert paused_by(h.states["a"]) == "platform"
+
+
+def test_another_instances_change_applies_once_this_ones_are_read_back_and_not_before() -> None:
+    """Per key, the topic's order is the follower's: another instance's record read before this one's own change came
+    back is older than that change; one read after it is newer, and wins."""
+    h, writer, _ = health()
+    assert h.pause("a", "operator", "here")
+    elsewhere = HealthState(endpoint_id="a", paused=False, since="2026-01-01T00:00:00.000Z")
+    h.apply(elsewhere, b"another instance's record")
+    assert h.is_paused("a")
+    read_back(h, writer, 0)
+    assert h.is_paused("a")
+    h.apply(elsewhere, b"another instance's record")
+    assert not h.is_paused("a")

@@ -21,7 +21,7 @@ from aiokafka import TopicPartition
 
 from daemon.core.clock import iso_ms
 from daemon.core.event import Event
-from daemon.core.model import LIVE, REPLAY, RetryRecord, decode_retry, encode_retry
+from daemon.core.model import LIVE, REPLAY, RetryRecord, decode_health, decode_retry, encode_retry
 from daemon.core.offsets import OffsetTracker, PartitionOffsets
 from daemon.core.schemas import Failing, SchemaText, compile_schema
 from daemon.core.validate import parse_config
@@ -350,6 +350,8 @@ async def test_a_held_delivery_comes_back_when_the_hold_ends_and_is_then_skipped
         assert (held.topic, scheduled.deferred) == (tier(5), True)  # not the 30 s recheck: the hold ends first
         assert since + 10_000 <= scheduled.due_ms <= since + 11_000  # never before the hold's end
         r.writer.ack(held)
+        (own,) = r.writer.on(HEALTH)
+        r.health.apply(decode_health(own.value), own.value)  # its pause read back, then one as if 10 s older
         state = r.health.states["a"]
         r.health.apply(msgspec.structs.replace(state, since=iso_ms(int(time.time() * 1000) - 10_000)))
         job = Job(event=Event(event(1), "lead.created", "events", 0, 0, 0), delivery_id="msg_1", ack=None,
