@@ -56,7 +56,7 @@ from daemon.kafka.clients import make_producer
 from daemon.kafka.consume import Source, Stuck
 from daemon.kafka.history import SEARCH_BUDGET_S
 from daemon.kafka.rawbatch import raw_batch
-from daemon.kafka.readback import TooMany, read_one, read_range
+from daemon.kafka.readback import Deleted, TooMany, read_one, read_range
 from daemon.kafka.results import ResultsWriter
 from daemon.observe.metrics import Metrics
 
@@ -118,6 +118,9 @@ class ReplayCounts(msgspec.Struct, kw_only=True, omit_defaults=True):
     complete: bool
     # matched, but refused by their type's schema (the catalogue's): not delivered; left out of answers when 0
     invalid_payload: int = 0
+    # the partitions whose part of the range was deleted before the replay read it (retention): what was left was
+    # replayed; left out of answers when none
+    deleted: list[Deleted] = msgspec.field(default_factory=list)
 
 
 class Operator:
@@ -298,6 +301,7 @@ class Operator:
         topics = [spec.topic] if spec.topic else list(routing.config.kafka.topics)
         scanned = matched = invalid = 0
         complete = True
+        deleted: list[Deleted] = []
         with self.scans.slot(tenant):
             records = read_range(
                 self.scans.readers,
@@ -308,6 +312,7 @@ class Operator:
                 from_offset=spec.from_offset,
                 to_offset=spec.to_offset,
                 max_offsets=most,
+                deleted=deleted,
             )
             try:
                 async with aclosing(records):
@@ -341,7 +346,11 @@ class Operator:
                     f"holds more from from_offset on: give a to_offset at most {most - 1:,} past from_offset"
                 ) from None
         return ReplayCounts(
-            scanned=scanned if tenant is None else UNSET, matched=matched, complete=complete, invalid_payload=invalid
+            scanned=scanned if tenant is None else UNSET,
+            matched=matched,
+            complete=complete,
+            invalid_payload=invalid,
+            deleted=deleted,
         )
 
 

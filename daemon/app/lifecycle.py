@@ -211,9 +211,9 @@ class App:
         # The tiers' consumer polls no faster than a tenth of the shortest tier (at most 500 ms): a tight fetch
         # wait on every tier partition costs the broker and this process CPU for nothing.
         tier_wait = int(min(500, max(kafka.fetch_max_wait_ms, retry.tiers_s[0] * 100)))
-        tier_kafka = msgspec.structs.replace(
-            kafka, group_id=f"{kafka.group_id}.retry", topics=settlement.tier_topics, fetch_max_wait_ms=tier_wait
-        )
+        tier_kafka = msgspec.structs.replace(  # a tier's records, the router's own retries, are never skipped
+            kafka, group_id=f"{kafka.group_id}.retry", topics=settlement.tier_topics, fetch_max_wait_ms=tier_wait,
+            auto_offset_reset="earliest")  # fmt: skip
         tiers = Source(tier_kafka, environ, metrics, settlement.take, drain_s, "retries")
         operator = Operator(settlement, health, client_options, (source, tiers), results, retry)
         stack.push_async_callback(self._close, "the read-back consumers", operator.stop)

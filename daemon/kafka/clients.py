@@ -116,11 +116,16 @@ async def await_topics(admin: AIOKafkaAdminClient, names: list[str], within_s: f
 
 
 def group_consumer(kafka: KafkaConfig, environ: Any) -> AIOKafkaConsumer:
-    """A member of ``kafka.group_id`` that commits only what it is told to (the events' and the retry tiers')."""
+    """A member of ``kafka.group_id`` that commits only what it is told to (the events' and the retry tiers').
+
+    It never moves a position itself (``auto_offset_reset="none"``): a partition the group has no offset for, or
+    whose offset is outside the log, raises ``NoOffsetForPartitionError`` or ``OffsetOutOfRangeError`` from
+    ``getmany``, and ``daemon.kafka.consume`` starts it where ``kafka.auto_offset_reset`` says, saying so (aiokafka
+    would do it silently)."""
     return AIOKafkaConsumer(
         group_id=kafka.group_id,
         enable_auto_commit=False,
-        auto_offset_reset=kafka.auto_offset_reset,
+        auto_offset_reset="none",
         max_poll_records=kafka.max_poll_records,
         fetch_max_wait_ms=kafka.fetch_max_wait_ms,
         session_timeout_ms=kafka.session_timeout_ms,

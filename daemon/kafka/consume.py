@@ -11,6 +11,11 @@ partition at a time, a record at a time, to find the partition whose batch fails
 batch's offset (``stuck``: logged with its coordinates, then once a minute, counted, shown by ``/readyz``)
 and the others flow. Nothing is skipped silently: an operator skips the batch explicitly (``skip``), after
 its raw bytes and coordinates are on the dead-letter topic.
+
+A partition the group has no offset for, or whose committed offset is outside the log (its records deleted by
+retention while the group was away, or past the end), starts where ``kafka.auto_offset_reset`` says (the beginning
+that is left, or the end), with one log line saying how many events that replays or skips and
+``offset_resets_total{consumer, reason}``: never a silent replay of a whole partition.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ from typing import Any
 
 import msgspec
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaError,
+    NoOffsetForPartitionError,
+    OffsetOutOfRangeError,
+)
 
 from daemon.core.clock import utc_now_iso
 from daemon.core.config import KafkaConfig
@@ -84,6 +95,8 @@ class Source:
         # Served from the start (0), so that a rate or an increase over them has a beginning.
         metrics.fetch_errors.labels(name)
         metrics.batches_undecodable.labels(name)
+        for reason in ("deleted", "past_end", "no_commit"):
+            metrics.offset_resets.labels(name, reason)
         self._dispatch = dispatch
         self._prepare = prepare
         self._drain_timeout_s = drain_timeout_s
@@ -136,6 +149,12 @@ class Source:
                 batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=max(1, min(max_records, room)))
             except asyncio.CancelledError:
                 raise
+            except NoOffsetForPartitionError as exc:
+                await self._reset({exc.args[0]: None})
+                continue
+            except OffsetOutOfRangeError as exc:
+                await self._reset(exc.args[0])
+                continue
             except Exception as exc:  # never the end of the process: what was lost is read again, a bad batch held
                 self._fetch_failed("fetch", exc)
                 await self._isolate()
@@ -218,6 +237,41 @@ class Source:
         except KafkaError as exc:  # the cluster itself: waited out, tried again
             self._fetch_failed("rewinding after a failed fetch", exc)
             await asyncio.sleep(_FAILED_FETCH_WAIT_S)
+
+    async def _reset(self, positions: dict[TopicPartition, int | None]) -> None:
+        """Start each partition (of ``positions``: the offset the group had, None for none) where
+        ``kafka.auto_offset_reset`` says, and say so: one line and ``offset_resets_total`` per partition."""
+        consumer = self._consumer
+        where = self._kafka.auto_offset_reset
+        for tp, offset in positions.items():
+            if tp not in consumer.assignment():
+                continue
+            try:
+                start = (await consumer.beginning_offsets([tp]))[tp]
+                end = (await consumer.end_offsets([tp]))[tp]
+            except KafkaError as exc:  # the partition asks again at the next fetch
+                self._fetch_failed(f"finding where {tp.topic}[{tp.partition}] starts", exc)
+                await asyncio.sleep(_FAILED_FETCH_WAIT_S)
+                return
+            target = start if where == "earliest" else end
+            consumer.seek(tp, target)
+            name = f"{tp.topic}[{tp.partition}]"
+            says = f"as kafka.auto_offset_reset = {where!r} says"
+            if offset is None:
+                reason = "no_commit"
+                log.info("%s: group %s has no offset for it: reading from %d (the log starts at %d, ends at %d), %s",
+                         name, self._kafka.group_id, target, start, end, says)  # fmt: skip
+            elif offset < start:
+                reason = "deleted"
+                skipped = f"; {target - start} more skipped" if target > start else ""
+                log.warning("%s: the group's offset %d was deleted by retention (the log starts at %d): %d events "
+                            "never read%s; reading from %d, %s", name, offset, start, start - offset, skipped, target,
+                            says)  # fmt: skip
+            else:
+                reason = "past_end"
+                log.warning("%s: the group's offset %d is past the log's end, %d (the topic made again, or its "
+                            "records deleted?): reading from %d, %s", name, offset, end, target, says)  # fmt: skip
+            self._metrics.offset_resets.labels(self._name, reason).inc()
 
     async def _rewind(self, tps: list[TopicPartition]) -> None:
         consumer = self._consumer

@@ -12,12 +12,23 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from daemon.core.errors import NotFound
 from daemon.kafka.clients import partitions_of
 from daemon.kafka.readers import Readers
+
+
+class Deleted(msgspec.Struct, frozen=True, kw_only=True):
+    """Part of a range gone from one partition: its records before ``log_start`` were deleted (by retention, or
+    DeleteRecords) before the read began. An offset range that began before ``log_start`` lost those offsets; a time
+    range whose first record left is the partition's first may have begun among the deleted ones."""
+
+    topic: str
+    partition: int
+    log_start: int
 
 
 class TooMany(Exception):
@@ -75,13 +86,15 @@ async def read_range(
     from_offset: int | None = None,
     to_offset: int | None = None,
     max_offsets: int | None = None,
+    deleted: list[Deleted] | None = None,
 ) -> AsyncGenerator[Any, None]:
     """Every record of ``topics`` in a time range (record timestamps, ms, >= 0) or an offset range (inclusive),
     up to the end of each partition as it was when the read began. Topics the cluster does not have are left
     out; NotFound when that leaves none, or when none of them has ``partition``. An offset range that holds more
     than ``max_offsets`` offsets (to ``to_offset``, or to the partition's end) is ``TooMany``, raised once the first
-    fetch has told the partition's end and before any of its records is yielded. Close the iterator when done with
-    it early (``contextlib.aclosing``): its consumer is given back then."""
+    fetch has told the partition's end and before any of its records is yielded. The partitions whose part of the
+    range is gone (``Deleted``) are appended to ``deleted`` before the first record is yielded: the read yields what
+    is left. Close the iterator when done with it early (``contextlib.aclosing``): its consumer is given back then."""
     async with readers.lent_one() as consumer:
         tps: list[TopicPartition] = []
         for t in topics:
@@ -92,11 +105,19 @@ async def read_range(
         consumer.assign(tps)
         begins = await consumer.beginning_offsets(tps)  # an offset range starts inside the log
         starts: dict[TopicPartition, int] = {}
+        gone: list[TopicPartition] = []
         if from_offset is not None:
             starts = {tp: max(from_offset, begins[tp]) for tp in tps}
+            gone = [tp for tp in tps if from_offset < begins[tp]]
         elif since_ms is not None:
             found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
             starts = {tp: (meta.offset if meta is not None else -1) for tp, meta in found.items()}
+            # The first record at or after the time is the first left, and it is later than the time: the range
+            # may have begun among the records deleted before it.
+            gone = [tp for tp, meta in found.items() if meta is not None and 0 < begins[tp] == meta.offset
+                    and meta.timestamp > since_ms]  # fmt: skip
+        if deleted is not None:
+            deleted += [Deleted(topic=tp.topic, partition=tp.partition, log_start=begins[tp]) for tp in sorted(gone)]
         open_tps: set[TopicPartition] = set()
         for tp in tps:
             start = starts.get(tp, begins[tp])

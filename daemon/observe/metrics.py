@@ -135,6 +135,11 @@ class Metrics:
             p + "batches_undecodable", "Record batches found that cannot be decoded, per consumer.", ["consumer"],
             registry=r,
         )  # fmt: skip
+        self.offset_resets = Counter(
+            p + "offset_resets", "Partitions of a consumer group started where kafka.auto_offset_reset says, per "
+            "consumer and reason (deleted: its offset's records were deleted by retention; past_end: its offset is "
+            "past the log's end; no_commit: the group had committed none).", ["consumer", "reason"], registry=r,
+        )  # fmt: skip
         self.commits = Counter(p + "offset_commits", "Offset commits by result.", ["result"], registry=r)
         self.endpoints = Gauge(p + "endpoints", "Endpoints in the loaded config.", registry=r)
         self.endpoints_paused = Gauge(

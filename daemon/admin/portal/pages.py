@@ -384,13 +384,18 @@ undone.</p><div class="actions">{_post(ctx, f"{base}/delete", "Delete endpoint",
     )
 
 
-def replayed(ctx: Context, endpoint_id: str, counts: Mapping[str, int]) -> str:
+def replayed(ctx: Context, endpoint_id: str, counts: Mapping[str, Any]) -> str:
     base = f"{ctx.base}/endpoints/{endpoint_id}"
+    gone = "".join(
+        f"<p>Events of {_e(d['topic'])} [{_e(d['partition'])}] before offset {_e(d['log_start'])} were deleted "
+        "before the replay (Kafka keeps them only so long): what was left was replayed.</p>"
+        for d in counts.get("deleted", ())
+    )
     return layout(
         ctx,
         "Replay",
         f"""<p>{_e(counts.get("matched", 0))} event(s) of the range are on their way again
-({_e(counts.get("scanned", 0))} read; {_e(counts.get("invalid_payload", 0))} refused by their schema).</p>
+({_e(counts.get("scanned", 0))} read; {_e(counts.get("invalid_payload", 0))} refused by their schema).</p>{gone}
 <p><a href="{_e(base)}">Back to the endpoint</a></p>""",
     )
 
