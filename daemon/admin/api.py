@@ -93,6 +93,7 @@ class EndpointBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pause_after_failures: Any = UNSET
     while_paused: Any = UNSET
     rate_limit: Any = UNSET
+    circuit_breaker: Any = UNSET
     events: Any = UNSET
     topics: Any = UNSET
     where: Any = UNSET
@@ -586,6 +587,7 @@ class Api:
             "status": "paused" if paused else "active",
             "paused_reason": state.reason if paused and state else None,
             "paused_by": paused_by(state),
+            "circuit": self._settlement.circuit_of(endpoint_id),
         }
 
     def _view(self, record: EndpointRecord) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from daemon.admin import web as http
+from daemon.core.breaker import CLOSED, HALF_OPEN, OPEN
 from daemon.core.errors import Unavailable
 from daemon.observe.aggregate import Aggregate
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 _PROBE_S = 2.0  # a worker's /healthz and /readyz
 _SCRAPE_S = 5.0  # a worker's /metrics
 _CONNECT_S = 5.0
+_CIRCUITS = (CLOSED, HALF_OPEN, OPEN)  # GET /endpoints: the least closed of the workers' breakers is the endpoint's
 # Neither forwarded to a worker nor back: they describe one connection, not the request. Host is forwarded: what the
 # worker builds from it (a portal link, the origin a portal form must come from) is the instance's address.
 _HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -223,6 +225,8 @@ class Front:
                     continue
                 for counter in ("in_flight", "queued"):
                     held[counter] = held.get(counter, 0) + line.get(counter, 0)
+                if _CIRCUITS.index(line.get("circuit", "closed")) > _CIRCUITS.index(held.get("circuit", "closed")):
+                    held["circuit"] = line["circuit"]
         return http.json_response({"endpoints": list(merged.values())})
 
     async def _skip(self, request: web.Request) -> web.StreamResponse:

@@ -106,6 +106,7 @@ class EndpointInfo(msgspec.Struct, kw_only=True):
     in_flight: int
     queued: int
     max_concurrency: int
+    circuit: str = "closed"  # this instance's circuit breaker: closed, open or half_open (daemon.core.breaker)
 
 
 class ReplayCounts(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -215,6 +216,7 @@ class Operator:
                     in_flight=busy,
                     queued=queued,
                     max_concurrency=config.max_concurrency,
+                    circuit=self._settlement.circuit_of(endpoint_id),
                 )
             )
         return out

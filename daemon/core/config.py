@@ -225,6 +225,16 @@ class RateLimitConfig(msgspec.Struct, omit_defaults=True, **_FROZEN):
     burst: Annotated[int, Meta(ge=1, le=100_000)] | None = None  # default: one second's worth, at least 1
 
 
+class CircuitBreakerConfig(msgspec.Struct, omit_defaults=True, **_FROZEN):
+    """After ``failures`` consecutive failed attempts the endpoint's circuit opens: nothing is attempted for
+    ``cooldown_s``, then one delivery probes it (half open): delivered, it closes; failed, it opens again for twice as
+    long, up to ``max_cooldown_s`` (``daemon.core.breaker``). Deliveries wait meanwhile; none is dropped."""
+
+    failures: Annotated[int, Meta(ge=1, le=1_000_000)] = 5
+    cooldown_s: Annotated[float, Meta(ge=0.1, le=86_400)] = 30.0
+    max_cooldown_s: Annotated[float, Meta(ge=0.1, le=86_400)] = 600.0
+
+
 class EndpointConfig(msgspec.Struct, **_FROZEN):
     id: EndpointId
     url: Annotated[str, Meta(min_length=1, max_length=2048)]
@@ -243,6 +253,7 @@ class EndpointConfig(msgspec.Struct, **_FROZEN):
     while_paused: Literal["skip", "hold"] = "skip"
     paused: bool = False
     rate_limit: RateLimitConfig | None = None
+    circuit_breaker: CircuitBreakerConfig | None = None
 
     def __repr__(self) -> str:  # never print the secret
         return f"EndpointConfig(id={self.id!r}, profile={self.profile!r}, url=<redacted>)"

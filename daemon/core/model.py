@@ -47,6 +47,13 @@ ENDPOINT_PAUSED: Final = "endpoint_paused"
 ENDPOINT_RESUMED: Final = "endpoint_resumed"
 
 
+# An endpoint's circuit breaker opened (nothing attempted until it has cooled down and a probe got through) or closed.
+ENDPOINT_CIRCUIT_OPENED: Final = "endpoint_circuit_opened"
+
+
+ENDPOINT_CIRCUIT_CLOSED: Final = "endpoint_circuit_closed"
+
+
 # What started an attempt. Only live events are retried automatically.
 LIVE: Final = "live"
 

@@ -10,12 +10,16 @@ loses it once recovered, so that the lanes of endpoints that never answer 429 ta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Protocol
 
+from daemon.core.breaker import CLOSED, OPEN, Breaker, State
 from daemon.core.model import (
+    BLOCKED,
     LIVE,
+    RENDER_FAILED,
     REPLAY,
     Outcome,
 )
@@ -29,22 +33,25 @@ log = logging.getLogger(__name__)
 # The jobs a pause stops once queued: live deliveries (and their retries) and replays. A ping or a redelivery is
 # one attempt its caller waits for, checked when asked (``daemon.admin.operate``).
 _HELD_BACK = frozenset({LIVE, REPLAY})
+# Outcomes that say nothing of the endpoint's health: its circuit breaker does not count them.
+_SAYS_NOTHING = frozenset({BLOCKED, RENDER_FAILED})
 
 
 class LaneStats:
-    """Totals over every lane of a daemon: deliveries waiting and under way (also the metrics' gauges), and how
-    often a delivery waited for its endpoint's pace and a pace was slowed down (counters).
+    """Totals over every lane of a daemon: deliveries waiting and under way and circuits not closed (the metrics'
+    gauges), and how often a delivery waited for its endpoint's pace and a pace was slowed down (counters).
 
     ``__slots__``: updated twice per delivery (the hot path).
     """
 
-    __slots__ = ("busy", "paced", "queued", "slowed")
+    __slots__ = ("busy", "circuits_open", "paced", "queued", "slowed")
 
     def __init__(self) -> None:
         self.queued = 0
         self.busy = 0
         self.paced = 0
         self.slowed = 0
+        self.circuits_open = 0
 
 
 class Settles(Protocol):
@@ -57,6 +64,10 @@ class Settles(Protocol):
     def held_back(self, endpoint: Endpoint, job: Job) -> bool:
         """Settle a job instead of attempting it when its endpoint was paused meanwhile (a live or replayed one);
         False if it is not."""
+        ...
+
+    def circuit(self, endpoint: Endpoint, state: State) -> None:
+        """The endpoint's circuit breaker opened or closed: record it."""
         ...
 
 
@@ -77,7 +88,12 @@ class Lane:
         limit = endpoint.config.rate_limit
         # The endpoint's pace (None: unlimited, until a 429); ``_adaptive``: not configured, dropped once recovered.
         self.pace: Pace | None = None
-        self._pacing = 0  # jobs taken by a worker that waits for the pace
+        self._pacing = 0  # jobs taken by a worker that waits for the pace or the circuit breaker
+        self._changed = asyncio.Event()  # set when the breaker took an outcome (the waiting workers look again)
+        breaker = endpoint.config.circuit_breaker
+        self.breaker: Breaker | None = None
+        if breaker is not None:
+            self.breaker = Breaker(breaker.failures, breaker.cooldown_s, breaker.max_cooldown_s)
         self._adaptive = limit is None
         if limit is not None:
             self.pace = Pace(limit.per_second, limit.burst or default_burst(limit.per_second))
@@ -125,11 +141,15 @@ class Lane:
                 return
             self._room.set()
             stats = self.stats
-            if self.pace is not None and not await self._paced(job):
-                continue
-            stats.queued -= 1
-            if job.trigger in _HELD_BACK and settles.held_back(endpoint, job):
-                continue
+            breaker = self.breaker
+            if self.pace is not None or breaker is not None:
+                if not await self._gate(job):
+                    continue
+            else:
+                stats.queued -= 1
+                if job.trigger in _HELD_BACK and settles.held_back(endpoint, job):
+                    continue
+            probe = breaker.admit() if breaker is not None else False
             self.busy += 1
             stats.busy += 1
             if not self._first_start:
@@ -149,33 +169,62 @@ class Lane:
                 self._slow_down(outcome.retry_after_s)
             elif self.pace is not None and outcome.http_status is not None and outcome.http_status < 300:
                 self._recovered()
+            if breaker is not None:
+                self._judged(breaker, outcome, probe)
             settles.settle(endpoint, job, outcome)
             self.last_active = time.monotonic()
 
-    async def _paced(self, job: Job) -> bool:
-        """Wait until the endpoint's pace lets one more request start, then count it; False (the job settled) if its
-        endpoint is paused before or meanwhile. Every worker that waits looks again when its wait is over: a 429
-        meanwhile holds it longer. The job waiting is still counted queued (and ``cancel`` counts it abandoned)."""
+    async def _gate(self, job: Job) -> bool:
+        """Wait until the endpoint's circuit breaker lets an attempt start and its pace lets one more request start
+        (counting it); False (the job settled) if the endpoint is paused before or meanwhile. Every worker that waits
+        looks again when its wait is over or the breaker changes: a 429 or an opening meanwhile holds it longer. The
+        job waiting is still counted queued (and ``cancel`` counts it abandoned)."""
         held = job.trigger in _HELD_BACK
+        stats = self.stats
         if held and self._settles.held_back(self.endpoint, job):
-            self.stats.queued -= 1
+            stats.queued -= 1
             return False
         self._pacing += 1
-        waited = False
+        waited = paced = False
         try:
-            while (pace := self.pace) is not None and (wait := pace.wait_s(time.monotonic())) > 0:
+            while True:
+                now = time.monotonic()
+                breaker, pace = self.breaker, self.pace
+                wait = breaker.wait_s(now) if breaker is not None else 0.0
+                if wait == 0.0 and pace is not None:
+                    wait = pace.wait_s(now)
+                    paced = paced or wait > 0
+                if wait == 0.0:
+                    break
                 waited = True
-                await asyncio.sleep(wait)
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):  # None: until the probe's outcome
+                        await self._changed.wait()
         finally:
             self._pacing -= 1
-        if waited:
-            self.stats.paced += 1
-            if held and self._settles.held_back(self.endpoint, job):
-                self.stats.queued -= 1
-                return False
+        stats.queued -= 1
+        if paced:
+            stats.paced += 1
+        if waited and held and self._settles.held_back(self.endpoint, job):
+            return False
         if pace is not None:
-            pace.take(time.monotonic())
+            pace.take(now)
         return True
+
+    def _judged(self, breaker: Breaker, outcome: Outcome, probe: bool) -> None:
+        """Tell the breaker what an attempt said of the endpoint: failed when its contract would retry it."""
+        if outcome.status in _SAYS_NOTHING:
+            ok = None
+        else:
+            ok = self.endpoint.statuses.verdict(outcome.http_status) in ("delivered", "final")
+        was_closed = breaker.state == CLOSED
+        state = breaker.record(ok, probe, time.monotonic())
+        self._changed.set()
+        if state is not None:
+            if was_closed or state == CLOSED:  # a failed probe opens it again: still one
+                self.stats.circuits_open += 1 if state == OPEN else -1
+            self._settles.circuit(self.endpoint, state)
 
     def _slow_down(self, retry_after_s: float | None) -> None:
         """A 429 or a ``Retry-After``: slow the pace down (an unlimited endpoint's starts at its recent throughput)."""
@@ -197,6 +246,13 @@ class Lane:
         for _ in self._workers:
             self._queue.put_nowait(None)
         await asyncio.gather(*self._workers, return_exceptions=True)
+        self._forget_circuit()
+
+    def _forget_circuit(self) -> None:
+        """A lane that goes takes its breaker with it: no longer counted open."""
+        if self.breaker is not None and self.breaker.state != CLOSED:
+            self.breaker = None
+            self.stats.circuits_open -= 1
 
     async def cancel(self) -> int:
         """Stop now. Returns how many deliveries were abandoned (queued or under way)."""
@@ -206,6 +262,7 @@ class Lane:
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        self._forget_circuit()
         return abandoned
 
     def _drain(self) -> list[Job | None]:

@@ -20,8 +20,11 @@ from typing import Any
 
 import msgspec
 
+from daemon.core.breaker import OPEN
 from daemon.core.clock import ms_of_iso, utc_now_iso
 from daemon.core.model import (
+    ENDPOINT_CIRCUIT_CLOSED,
+    ENDPOINT_CIRCUIT_OPENED,
     ENDPOINT_PAUSED,
     ENDPOINT_RESUMED,
     PAUSED_BY_AUTOMATIC,
@@ -154,20 +157,36 @@ class Health:
         value = encode_health(state)
         self._unread.setdefault(state.endpoint_id, deque()).append(value)
         self._writer.submit(key, value, None, topic=self._topic)
+        self._announce(state.endpoint_id, ENDPOINT_PAUSED if state.paused else ENDPOINT_RESUMED, state.reason)
+
+    def _announce(self, endpoint_id: str, status: str, error: str | None) -> None:
+        """A change of an endpoint's health on the results topic (owed to no event)."""
         outcome = Outcome(
             delivery_id=None,
-            endpoint_id=state.endpoint_id,
+            endpoint_id=endpoint_id,
             event_type=None,
             attempt=0,
-            status=ENDPOINT_PAUSED if state.paused else ENDPOINT_RESUMED,
-            error=state.reason,
+            status=status,
+            error=error,
             source_topic=None,
             source_partition=None,
             source_offset=None,
             timestamp=utc_now_iso(),
             trigger="health",
         )
-        self._writer.submit(key, encode_outcome(outcome), None)
+        self._writer.submit(endpoint_id.encode(), encode_outcome(outcome), None)
+
+    def circuit(self, endpoint_id: str, state: str, threshold: int) -> None:
+        """An endpoint's circuit breaker on this instance opened or closed (``daemon.core.breaker``): logged, counted
+        and announced on the results topic. Not kept on the health topic: each instance's breaker is its own."""
+        if state == OPEN:
+            self._metrics.circuits_opened.inc()
+            log.warning("endpoint %s: circuit opened after %d consecutive failures", endpoint_id, threshold)
+            self._announce(endpoint_id, ENDPOINT_CIRCUIT_OPENED, f"circuit opened: failures ({threshold} in a row, or "
+                           "its probe)")  # fmt: skip
+        else:
+            log.info("endpoint %s: circuit closed (its probe was delivered)", endpoint_id)
+            self._announce(endpoint_id, ENDPOINT_CIRCUIT_CLOSED, None)
 
     def follow_config(self, endpoint_id: str, paused: bool, was_paused: bool) -> None:
         """``paused = true`` in the config pauses the endpoint; taking it out again resumes it."""

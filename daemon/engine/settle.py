@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 from aiokafka.errors import KafkaError
 
+from daemon.core.breaker import CLOSED, State
 from daemon.core.clock import iso_ms, utc_now_iso
 from daemon.core.config import EndpointConfig, RetryConfig, SubscriptionConfig
 from daemon.core.errors import InvalidEvent, RouterError, SchemaUnavailable
@@ -384,6 +385,16 @@ class Settlement:
             self._record(outcome, job.ack)
         return True
 
+    def circuit(self, endpoint: Endpoint, state: State) -> None:
+        """The endpoint's circuit breaker opened or closed: its health announces it."""
+        breaker = endpoint.config.circuit_breaker
+        self._health.circuit(endpoint.id, state, breaker.failures if breaker is not None else 0)
+
+    def circuit_of(self, endpoint_id: str) -> State:
+        """The endpoint's circuit on this instance (closed without a breaker, or without a lane here)."""
+        lane = self._lanes.get(endpoint_id)
+        return lane.breaker.state if lane is not None and lane.breaker is not None else CLOSED
+
     # --- operator actions (owed to no event) ---
 
     async def attempt_once(self, endpoint: Endpoint, job: Job) -> Outcome:
@@ -614,6 +625,7 @@ class Settlement:
         metrics.deliveries_queued.set_function(lambda: self.stats.queued)
         metrics.routes_checked.set_function(lambda: self._routing.table.tally.checked)
         metrics.deliveries_paced.set_function(lambda: self.stats.paced)
+        metrics.circuits_open.set_function(lambda: self.stats.circuits_open)
         metrics.endpoint_slowdowns.set_function(lambda: self.stats.slowed)
         metrics.routing_cache_bytes.set_function(lambda: self._routing.table.cache_bytes)
 

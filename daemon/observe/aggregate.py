@@ -44,6 +44,7 @@ RULES: dict[str, str] = {
     P + "events_in_flight_bytes": SUM,
     P + "requests_in_flight": SUM,
     P + "deliveries_queued": SUM,
+    P + "endpoint_circuits_open": SUM,
     P + "results_pending": SUM,
     P + "partitions_stuck": SUM,
     P + "routing_cache_bytes": SUM,

@@ -195,6 +195,14 @@ class Metrics:
         self.endpoint_slowdowns = FunctionCounter(
             p + "endpoint_slowdowns", "Answers (429, or a Retry-After) that slowed an endpoint's pace down.", r
         )
+        self.circuits_open = Gauge(
+            p + "endpoint_circuits_open", "Endpoints whose circuit breaker is open or half open on this instance.",
+            registry=r,
+        )  # fmt: skip
+        self.circuits_opened = Counter(
+            p + "endpoint_circuits_opened", "Times an endpoint's circuit breaker opened (its probe failing included).",
+            registry=r,
+        )  # fmt: skip
         self.routing_cache_bytes = Gauge(
             p + "routing_cache_bytes", "Bytes the routing's cached answers hold, about (at most 32 MiB).", registry=r
         )

@@ -349,6 +349,9 @@ class _Outcomes:
     def held_back(self, endpoint: Endpoint, job: Job) -> bool:
         return False
 
+    def circuit(self, endpoint: Endpoint, state: str) -> None:
+        pass
+
 
 async def test_a_lane_estimates_how_long_its_backlog_takes_from_its_attempts() -> None:
     """Against a receiver that never answers: before any attempt ends the pace is the first attempt's age;

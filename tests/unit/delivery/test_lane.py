@@ -9,7 +9,7 @@ import asyncio
 import time
 from typing import Any, cast
 
-from daemon.core.config import DeliveryConfig, EndpointConfig, RateLimitConfig
+from daemon.core.config import CircuitBreakerConfig, DeliveryConfig, EndpointConfig, RateLimitConfig
 from daemon.core.event import Event
 from daemon.core.model import LIVE, REDELIVERY, REPLAY, Outcome
 from daemon.delivery.endpoint import Endpoint
@@ -25,6 +25,7 @@ class Settles:
         self.settled: list[Outcome] = []
         self.hold: set[str] = set()
         self.asked: list[str] = []
+        self.circuits: list[str] = []
 
     def settle(self, endpoint: Endpoint, job: Job, outcome: Outcome) -> None:
         self.settled.append(outcome)
@@ -32,6 +33,9 @@ class Settles:
     def held_back(self, endpoint: Endpoint, job: Job) -> bool:
         self.asked.append(job.delivery_id)
         return job.delivery_id in self.hold
+
+    def circuit(self, endpoint: Endpoint, state: str) -> None:
+        self.circuits.append(state)
 
 
 def lane_of(sender: ScriptedSender, settles: Settles, stats: LaneStats | None = None, **over: Any) -> Lane:
@@ -215,3 +219,39 @@ async def test_cancel_counts_a_job_waiting_for_the_pace_as_abandoned() -> None:
     assert lane.queued == 1  # job 1 taken, waiting 10 s for the pace
     assert await lane.cancel() == 1
     assert stats.queued == 0
+
+
+async def test_an_open_circuit_attempts_nothing_then_one_probe_at_a_time_and_closes_on_its_success() -> None:
+    failing = True
+    starts: list[float] = []
+
+    def status(job: Job) -> int:
+        starts.append(time.monotonic())
+        return 500 if failing else 200
+
+    sender, settles, stats = ScriptedSender(status=status), Settles(), LaneStats()
+    breaker = CircuitBreakerConfig(failures=2, cooldown_s=0.3, max_cooldown_s=0.3)
+    lane = lane_of(sender, settles, stats, max_concurrency=4, circuit_breaker=breaker)
+    try:
+        lane.put(job(0))
+        lane.put(job(1))
+        async with asyncio.timeout(5):
+            while len(settles.settled) < 2:
+                await asyncio.sleep(0.01)
+        assert settles.circuits == ["open"] and stats.circuits_open == 1
+        opened = time.monotonic()
+        for n in range(2, 10):
+            lane.put(job(n))
+        async with asyncio.timeout(5):
+            while len(settles.settled) < 3:  # the first probe, after the cool-down
+                await asyncio.sleep(0.005)
+        assert starts[2] - opened >= 0.3 - 0.01 and lane.breaker is not None
+        assert sender.most_under_way <= 2 and lane.queued == 7  # the others wait, counted queued
+        failing = False
+        async with asyncio.timeout(5):
+            while len(settles.settled) < 10:
+                await asyncio.sleep(0.01)
+        assert settles.circuits == ["open", "open", "closed"] and stats.circuits_open == 0
+        assert starts[3] - starts[2] >= 0.3 - 0.01  # the failed probe opened it again for its cool-down
+    finally:
+        await lane.cancel()
