@@ -44,6 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--results", type=Path, default=None, help=f"where to record the run (default {report.RESULTS})"
     )
+    parser.add_argument(
+        "--delivery-index",
+        choices=["on", "off"],
+        default=None,
+        help="the endpoints API on, with the delivery index on or off (default: the API off)",
+    )
     parser.add_argument("--no-results", action="store_true", help="do not record the run (default with --quick)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs, profiles)")
     return parser
@@ -59,6 +65,7 @@ async def _main(args: argparse.Namespace, workdir: Path) -> tuple[int, Bench, fl
         size=args.size,
         concurrency=args.concurrency,
         fetch_wait_ms=args.fetch_max_wait_ms,
+        delivery_index=None if args.delivery_index is None else args.delivery_index == "on",
     )
     names = args.scenario or list(SCENARIOS)
     failed = 0

@@ -28,7 +28,7 @@ from bench.router import (
     window_rate,
 )
 from bench.servers import Receiver, start_fast
-from bench.workload import endpoint, labelled_config, labelled_topics, produce_backlog
+from bench.workload import endpoint, labelled_config, labelled_topics, produce_backlog, with_api
 from daemon.core.config import KafkaConfig
 from daemon.tools.embedded import EmbeddedBroker
 
@@ -45,6 +45,7 @@ class Options:
     size: int = 512  # event body bytes
     concurrency: int = 8  # max_concurrency of each endpoint
     fetch_wait_ms: int = 5  # kafka.fetch_max_wait_ms of the latency scenario
+    delivery_index: bool | None = None  # None: the endpoints API off (its default); else on, with the index or not
 
 
 @dataclass
@@ -190,6 +191,8 @@ class Bench:
             routers = []
             for w in range(workers):
                 config = labelled_config(broker.bootstrap, label, eps)
+                if opts.delivery_index is not None:
+                    with_api(config, opts.delivery_index)
                 if processes > 1:
                     config["process"] = {"workers": processes}
                 routers.append(Router(f"{label}-router-{w}", self.workdir, config))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import time
 from typing import Any
 
@@ -91,6 +92,18 @@ async def labelled_topics(broker: EmbeddedBroker, label: str, partitions: int = 
     await broker.create_topics([topic], partitions)
     await broker.create_topics([results], 1)
     return topic, results
+
+
+_API_ENV = {"BENCH_ADMIN_TOKEN": "bench-admin-token-" + "0" * 32,
+            "BENCH_SECRETS_KEY": base64.b64encode(bytes(range(32))).decode()}  # fmt: skip
+
+
+def with_api(config: dict[str, Any], delivery_index: bool) -> None:
+    """Turn the endpoints API on in ``config`` (no endpoint of its own: only what it costs the hot path), with the
+    delivery index or without; its token and key go to this process's environment, which the routers inherit."""
+    os.environ.update(_API_ENV)
+    config["admin"]["token_env"] = "BENCH_ADMIN_TOKEN"  # noqa: S105 - the variable's name
+    config["api"] = {"enabled": True, "secrets_key_env": "BENCH_SECRETS_KEY", "delivery_index": delivery_index}
 
 
 def labelled_config(bootstrap: str, label: str, endpoints: list[dict[str, Any]], **kafka: Any) -> dict[str, Any]:

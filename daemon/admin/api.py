@@ -17,7 +17,8 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
@@ -29,10 +30,11 @@ from yarl import URL
 from daemon.admin import web as http
 from daemon.admin.operate import Operator, Replay, ReplayCounts
 from daemon.admin.portal.links import MAX_TTL_S, LinkKeys
+from daemon.admin.scans import Found
 from daemon.core.clock import iso_ms, utc_now_iso
 from daemon.core.config import PORTAL_FEATURES, Config, EndpointConfig, PortalFeature
 from daemon.core.errors import BadRequest, Conflict, NotFound, Unauthorized, Unavailable, Unprocessable
-from daemon.core.model import Outcome, decode_outcome, paused_by, tenant_may_lift
+from daemon.core.model import IndexEntry, Outcome, decode_outcome, paused_by, tenant_may_lift
 from daemon.core.profiles import PROFILES, pattern_matches
 from daemon.core.rate import default_burst
 from daemon.core.registry import (
@@ -53,6 +55,7 @@ from daemon.core.secretbox import Keyring
 from daemon.core.validate import check_endpoint
 from daemon.engine.health import REASON_OPERATOR, REASON_TENANT, Health, pause_text
 from daemon.engine.settle import Settlement
+from daemon.kafka.index import Cursor
 from daemon.kafka.store import Store
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ _ENDPOINT_FIELDS = frozenset(f.name for f in msgspec.structs.fields(EndpointConf
 # instance (its share of the in-flight cap and of the connections).
 _ADMIN_ONLY_FIELDS = ("allow_http", "max_concurrency", "queue_size")
 _LIST_LIMIT = 1000
+_DELIVERY_ATTEMPTS = 100  # the newest attempts of one delivery its lookup answers
 
 
 class Caller(msgspec.Struct, frozen=True):
@@ -490,6 +494,58 @@ class Api:
             raise self._operator.no_delivery(delivery_id)
         return await self._operator.redeliver(delivery_id, where)
 
+    # --- deliveries, by the delivery index ---
+
+    @property
+    def indexed(self) -> bool:
+        """True when the delivery index is on (a search of deliveries is its alone)."""
+        return self._operator.scans.index is not None
+
+    async def deliveries(self, request: web.Request, caller: Caller) -> web.Response:
+        q = request.query
+        query = DeliveryQuery(
+            endpoint_id=q.get("endpoint_id") or None, tenant=q.get("tenant") or None, status=q.get("status") or None,
+            event_type=q.get("event_type") or None, since_ms=time_ms(q.get("since"), "since"),
+            until_ms=time_ms(q.get("until"), "until"), before=_cursor(q.get("before")),
+            limit=_bounded(q.get("limit"), 50, 200),
+        )  # fmt: skip
+        entries, note, next_before = await self.search_deliveries(query, caller)
+        data = [entry_view(e) for e in entries]
+        return http.json_response({"data": data, "next_before": next_before, "note": note})
+
+    async def search_deliveries(
+        self, query: DeliveryQuery, caller: Caller
+    ) -> tuple[list[IndexEntry], str | None, str | None]:
+        """The attempts the caller may see that ``query`` asks for, newest first, from the delivery index; why some may
+        be missing (the index behind its topic; None: it is not); and the ``before`` of the next page (None: none)."""
+        ids: Collection[str] | None = None
+        if query.endpoint_id is not None:
+            ids = [self._visible(query.endpoint_id, caller)]
+        elif caller.tenant is not None or query.tenant is not None:
+            ids = self._endpoints_of(self._scope(query.tenant, caller))
+        entries, note = await self._operator.scans.search(
+            ids, status=query.status, event_type=query.event_type, since_ms=query.since_ms, until_ms=query.until_ms,
+            before=query.before, limit=query.limit,
+        )  # fmt: skip
+        last = entries[-1] if entries and len(entries) == query.limit else None
+        return entries, note, (f"{last.at_ms}.{last.partition}.{last.offset}" if last is not None else None)
+
+    async def delivery(self, request: web.Request, caller: Caller) -> web.Response:
+        delivery_id = request.match_info["delivery_id"]
+        found = await self.delivery_attempts(delivery_id, caller)
+        data = [decode_outcome(v) for v in found.records]
+        return http.json_response({"data": data, "found_by": found.by, "note": found.note})
+
+    async def delivery_attempts(self, delivery_id: str, caller: Caller) -> Found:
+        """A delivery's attempts (its newest ``_DELIVERY_ATTEMPTS`` results records, oldest first), found by the
+        delivery index (else by the bounded scan, which ``note`` says why). A tenant finds its own endpoints'
+        deliveries only: another tenant's is the same 404 as one that never was."""
+        own = None if caller.tenant is None else self._endpoints_of(caller.tenant)
+        found = await self._operator.find(delivery_id, caller.tenant, own, _DELIVERY_ATTEMPTS)
+        if not found.records:
+            raise self._operator.no_delivery(delivery_id, found.note)
+        return found
+
     # --- the event catalogue ---
 
     def catalogue(self) -> list[dict[str, Any]]:
@@ -664,6 +720,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/endpoints/{id}/replay", Api.replay, False),
     Route("POST", "/v1/endpoints/{id}/rotate-secret", Api.rotate, False),
     Route("GET", "/v1/endpoints/{id}/attempts", Api.attempts, False),
+    Route("GET", "/v1/deliveries", Api.deliveries, False),
+    Route("GET", "/v1/deliveries/{delivery_id}", Api.delivery, False),
     Route("POST", "/v1/deliveries/{delivery_id}/redeliver", Api.redeliver, False),
     Route("GET", "/v1/event-types", Api.event_types, False),
     Route("POST", "/v1/tenants/{tenant}/portal-links", Api.create_portal_link, True),
@@ -748,6 +806,45 @@ def _expect_version(record: EndpointRecord, body: dict[str, Any], if_match: str)
     for given in expected:
         if given != str(record.version):
             raise Conflict(f"version: the endpoint is at version {record.version}, not {given}")
+
+
+class DeliveryQuery(msgspec.Struct, kw_only=True):
+    """A search of deliveries: of one endpoint, or of one tenant's, or (the platform) of every endpoint; by outcome,
+    event type and time (unix ms, inclusive), a page of ``limit`` older than ``before``."""
+
+    endpoint_id: str | None = None
+    tenant: str | None = None
+    status: str | None = None
+    event_type: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    before: Cursor | None = None
+    limit: int = 50
+
+
+def time_ms(text: str | None, field: str) -> int | None:
+    """Unix ms of an RFC 3339 time (one without its offset is UTC); None for none; BadRequest naming ``field``."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise BadRequest(f"{field}: not a time (RFC 3339, e.g. 2026-12-01T10:00:00Z)") from None
+    return int((value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp() * 1000)
+
+
+def _cursor(text: str | None) -> Cursor | None:
+    if text is None or not text:
+        return None
+    parts = text.split(".")
+    if len(parts) != 3 or not all(p.isdigit() and len(p) < 20 for p in parts):
+        raise BadRequest("before: not a page's next_before")
+    return Cursor(int(parts[0]), int(parts[1]), int(parts[2]))
+
+
+def entry_view(entry: IndexEntry) -> dict[str, Any]:
+    """An index entry as the API shows it: its fields, the time as RFC 3339 beside its unix ms."""
+    return {**msgspec.to_builtins(entry), "timestamp": iso_ms(entry.at_ms)}
 
 
 def _bounded(given: str | None, default: int, most: int) -> int:

@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from msgspec import UNSET, Meta, UnsetType
 
-from daemon.admin.scans import Scans
+from daemon.admin.scans import BY_INDEX, Found, Scans
 from daemon.core.clock import utc_now_iso
 from daemon.core.config import ApiConfig, Config, EndpointId, Name, RetryConfig
 from daemon.core.errors import BadRequest, Conflict, InvalidEvent, KafkaUnavailable, NotFound, Unprocessable
@@ -136,7 +136,7 @@ class Operator:
         writer: ResultsWriter | None = None,
         retry: RetryConfig | None = None,
     ) -> None:
-        """Close it with ``stop()`` (the consumers kept between scans)."""
+        """Close it with ``stop()`` (the consumers kept between scans, the delivery index)."""
         self._settlement = settlement
         self._health = health
         self._client_options = client_options  # for the raw batch a skip reads
@@ -145,6 +145,10 @@ class Operator:
         self._sources = sources  # the consumers whose stuck partitions an operator may skip
         self._writer = writer
         self._retry = retry
+
+    async def start(self, index_topic: str | None = None) -> None:
+        """Start reading the delivery index ``index_topic`` (None: no index) in the background."""
+        await self.scans.start(index_topic)
 
     async def stop(self) -> None:
         await self.scans.stop()
@@ -238,27 +242,37 @@ class Operator:
     async def locate(
         self, delivery: str, tenant: str | None = None, endpoint_ids: Collection[str] | None = None
     ) -> Redelivery:
-        """Where a past delivery's event is, as its newest results record on the results topic says (read backwards,
-        at most ``api.max_scan_records`` per partition and ``SEARCH_BUDGET_S`` in all); NotFound when none is.
+        """Where a past delivery's event is, as its newest results record says: found by the delivery index, else
+        by the bounded scan of the results topic (read backwards, at most ``api.max_scan_records`` per partition and
+        ``SEARCH_BUDGET_S`` in all); NotFound when neither finds it.
 
         ``endpoint_ids`` are the endpoints the caller may see (None: any, the platform's lookup): a delivery to any
         other is not looked for, and is answered exactly as one that never was."""
-        found = None
-        if re.fullmatch(r"msg_[0-9a-f]{32}", delivery):
-            found = await self.scans.delivery(tenant, delivery, endpoint_ids)
-        outcome = decode_outcome(found) if found is not None else None
+        found = await self.find(delivery, tenant, endpoint_ids)
+        outcome = decode_outcome(found.records[-1]) if found.records else None
         if outcome is None or outcome.endpoint_id is None or outcome.source_topic is None:
-            raise self.no_delivery(delivery)
+            raise self.no_delivery(delivery, found.note)
         return Redelivery(endpoint_id=outcome.endpoint_id, source_topic=outcome.source_topic,
                           source_partition=outcome.source_partition or 0, source_offset=outcome.source_offset or 0,
                           attempt_id=outcome.attempt_id)  # fmt: skip
 
-    def no_delivery(self, delivery: str) -> NotFound:
-        """The answer for a delivery not found, the same whoever asks and whatever the reason."""
+    async def find(
+        self, delivery: str, tenant: str | None = None, endpoint_ids: Collection[str] | None = None, limit: int = 1
+    ) -> Found:
+        """The newest ``limit`` results records of a delivery the caller may see, oldest first (``Scans.delivery``);
+        none for an id that is not a delivery id."""
+        if not re.fullmatch(r"msg_[0-9a-f]{32}", delivery):
+            return Found(records=[], by=BY_INDEX)
+        return await self.scans.delivery(tenant, delivery, endpoint_ids, limit)
+
+    def no_delivery(self, delivery: str, note: str | None = None) -> NotFound:
+        """The answer for a delivery not found, the same whoever asks and whatever the reason: ``note`` says why the
+        index did not answer (this instance's state, never the caller's)."""
         max_scan = self._settlement.routing.config.api.max_scan_records
+        why = f" ({note})" if note else ""
         return NotFound(
-            f"no delivery {delivery!r} in the results topic's retention or its newest {max_scan:,} records per "
-            f"partition (api.max_scan_records), read for at most {SEARCH_BUDGET_S:g} s"
+            f"no delivery {delivery!r} in the delivery index{why} nor in the results topic's retention or its newest "
+            f"{max_scan:,} records per partition (api.max_scan_records), read for at most {SEARCH_BUDGET_S:g} s"
         )
 
     async def redeliver(self, delivery: str, where: Redelivery) -> Outcome:

@@ -46,7 +46,7 @@ from daemon.kafka.readback import read_one
 from daemon.kafka.readers import Readers
 from daemon.kafka.results import ResultsWriter
 from daemon.kafka.store import Store
-from daemon.kafka.topics import ensure_topics, topic_specs
+from daemon.kafka.topics import ready_topics
 from daemon.observe.logs import apply as apply_logs
 from daemon.observe.metrics import Metrics
 from daemon.observe.systemd import notify as _notify_systemd
@@ -158,7 +158,9 @@ class App:
         stack.push_async_callback(self._close, "the producer", producer.stop)
         await producer.start()
 
-        results = ResultsWriter(producer, kafka.results_topic, metrics)
+        api = config.api
+        index_topic = retry.index_topic if api.enabled and api.delivery_index else None  # the delivery index's
+        results = ResultsWriter(producer, kafka.results_topic, metrics, index_topic)
         results.start()
         stack.push_async_callback(results.stop)
 
@@ -171,12 +173,7 @@ class App:
         stack.push_async_callback(contact.stop)
 
         self._set_status("checking the router's topics")
-        api = config.api
-        await ensure_topics(client_options, kafka, retry, api.enabled)
-        # Learn every written topic's partitions before the first send: a send that has to wait for a new topic's
-        # metadata was seen to leave a record of another topic, queued just before, unsent until the next send.
-        for spec in topic_specs(kafka, retry, api.enabled):
-            await producer.partitions_for(spec.name)
+        await ready_topics(client_options, producer, kafka, retry, api.enabled, index_topic is not None)
 
         health = Health(results, retry.health_topic, metrics)
         health_reader = HealthReader(retry.health_topic, client_options, health)
@@ -216,7 +213,8 @@ class App:
             auto_offset_reset="earliest")  # fmt: skip
         tiers = Source(tier_kafka, environ, metrics, settlement.take, drain_s, "retries")
         operator = Operator(settlement, health, client_options, (source, tiers), results, retry)
-        stack.push_async_callback(self._close, "the read-back consumers", operator.stop)
+        stack.push_async_callback(self._close, "the read-back consumers and the delivery index", operator.stop)
+        await operator.start(index_topic)  # the index is read in the background: until then, lookups scan
 
         if api.enabled:  # every endpoint of the topic is applied before the first event is read
             keyring = keyring_from(environ, api)

@@ -200,6 +200,10 @@ class RetryConfig(msgspec.Struct, **_FROZEN):
     def endpoints_topic(self) -> str:
         return f"{self.topic_prefix}.endpoints"
 
+    @property
+    def index_topic(self) -> str:
+        return f"{self.topic_prefix}.delivery-index"
+
 
 class EndpointRetryConfig(msgspec.Struct, **_FROZEN):
     """An endpoint's retry policy; without one, its profile's."""
@@ -360,8 +364,13 @@ class ApiConfig(msgspec.Struct, **_FROZEN):
     # Past this many seconds since an instance had last applied everything the endpoints topic held, it may hold a
     # tenant token deleted elsewhere: it answers tenant tokens 503 (the admin token still works) and /readyz says so.
     max_token_lag_s: Annotated[float, Meta(ge=1, le=3600)] = 10.0
-    # How many results records an attempts query or a redelivery by id reads per partition, at most.
+    # How many results records an attempts query or a redelivery by id reads per partition, at most (where the
+    # delivery index cannot answer: switched off, still being read at start-up, or missing the delivery).
     max_scan_records: Annotated[int, Meta(ge=1_000, le=100_000_000)] = 1_000_000
+    # The delivery index (``{retry.topic_prefix}.delivery-index``): every results record of a delivery is indexed
+    # there by its delivery id, after it is written, and every instance reads the index, so that a delivery still in
+    # the results topic's retention is found exactly, by its id or by endpoint, outcome, event type and time.
+    delivery_index: bool = True
     # What one tenant may hold (the endpoints of the config file are the platform's: neither applies to them): its
     # endpoints of the API, and the event patterns of one endpoint (each at most 255 characters; repeats are dropped).
     max_endpoints_per_tenant: Annotated[int, Meta(ge=1, le=1_000_000)] = 100

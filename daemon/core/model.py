@@ -98,6 +98,48 @@ encode_outcome = msgspec.json.Encoder().encode
 decode_outcome = msgspec.json.Decoder(Outcome).decode
 
 
+class IndexEntry(msgspec.Struct, kw_only=True):
+    """One record of the delivery index (keyed by its delivery id): where one results record of a delivery is
+    (``partition``, ``offset`` of the results topic, set once Kafka has acknowledged that record), with what a search
+    filters on and a list shows. One per attempt: every attempt of a delivery has its own."""
+
+    delivery_id: str
+    endpoint_id: str
+    event_type: str | None
+    status: str
+    attempt: int
+    trigger: str
+    at_ms: int  # when the attempt was recorded (unix ms)
+    http_status: int | None = None
+    duration_ms: float | None = None
+    partition: int = -1
+    offset: int = -1
+
+
+encode_index = msgspec.json.Encoder().encode
+
+
+decode_index = msgspec.json.Decoder(IndexEntry).decode
+
+
+def index_entry(outcome: Outcome, at_ms: int) -> IndexEntry | None:
+    """The index record of a results record, its position still to set; None for a record of no delivery (an event
+    that could not be routed, an endpoint's pause or resume)."""
+    if outcome.delivery_id is None or outcome.endpoint_id is None:
+        return None
+    return IndexEntry(
+        delivery_id=outcome.delivery_id,
+        endpoint_id=outcome.endpoint_id,
+        event_type=outcome.event_type,
+        status=outcome.status,
+        attempt=outcome.attempt,
+        trigger=outcome.trigger,
+        at_ms=at_ms,
+        http_status=outcome.http_status,
+        duration_ms=outcome.duration_ms,
+    )
+
+
 class Attempt(msgspec.Struct, kw_only=True):
     """One past attempt, carried by retry and dead-letter records."""
 

@@ -58,6 +58,7 @@ from daemon.core.model import (
     encode_dead_letter,
     encode_outcome,
     encode_retry,
+    index_entry,
 )
 from daemon.core.offsets import PartitionOffsets
 from daemon.core.policy import back_from_tier, defer_wait, tier_for, with_retry_after
@@ -422,8 +423,10 @@ class Settlement:
     # --- records ---
 
     def _record(self, outcome: Outcome, ack: Ack | None) -> None:
+        """Write an attempt's results record (and, once it is acknowledged, its delivery index entry)."""
         key = outcome.endpoint_id.encode() if outcome.endpoint_id else None
-        self._writer.submit(key, encode_outcome(outcome), ack)
+        index = index_entry(outcome, int(time.time() * 1000)) if self._writer.indexing else None
+        self._writer.submit(key, encode_outcome(outcome), ack, index=index)
 
     def _dead_letter(self, job: Job, endpoint_id: str, reason: str, history: list[Attempt], ack: Ack | None) -> None:
         event = job.event

@@ -43,15 +43,20 @@ async def recent_attempts(readers: Readers, topic: str, endpoint_id: str, limit:
 
 
 async def find_delivery(
-    readers: Readers, topic: str, delivery_id: str, max_scan: int, endpoint_ids: Collection[str] | None = None
-) -> bytes | None:
-    """The newest results record of a delivery (its value); None if not within reach. With ``endpoint_ids``, only
-    records of those endpoints are looked at, in the partitions their keys land on (none given: nothing is read);
-    without, every record of every partition."""
+    readers: Readers,
+    topic: str,
+    delivery_id: str,
+    max_scan: int,
+    endpoint_ids: Collection[str] | None = None,
+    limit: int = 1,
+) -> list[bytes]:
+    """The newest ``limit`` results records of a delivery (their values), newest first; none if not within reach.
+    With ``endpoint_ids``, only records of those endpoints are looked at, in the partitions their keys land on (none
+    given: nothing is read); without, every record of every partition."""
     needle = f'"delivery_id":"{delivery_id}"'.encode()
     keys = None if endpoint_ids is None else {e.encode() for e in endpoint_ids}
     if keys is not None and not keys:
-        return None
+        return []
     until = time.monotonic() + SEARCH_BUDGET_S
 
     def wanted(record: Any) -> bool:
@@ -62,10 +67,10 @@ async def find_delivery(
         searched = parts if keys is None else sorted({_partition_of(key, parts) for key in keys})
         for partition in searched:
             found: list[bytes] = []
-            await _backwards(consumer, TopicPartition(topic, partition), max_scan, wanted, found, 1, until)
+            await _backwards(consumer, TopicPartition(topic, partition), max_scan, wanted, found, limit, until)
             if found:
-                return found[0]
-    return None
+                return found  # a delivery's records are all in its endpoint's partition
+    return []
 
 
 def _partition_of(key: bytes, partitions: list[int]) -> int:

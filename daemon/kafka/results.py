@@ -4,6 +4,11 @@ Callers ``submit`` a record with a callback; one task feeds the producer without
 and runs the callback once Kafka acknowledged the record. A record whose send fails is sent again
 after a back-off, never dropped: its source offset stays uncommitted until it lands.
 
+A results record of a delivery may carry its delivery index entry (``daemon.core.model.IndexEntry``): once Kafka has
+acknowledged the results record, its position is set in the entry and the entry is queued for the index topic, in the
+index partition of the same number (modulo the index's partitions: every attempt of a delivery is in one results
+partition, so its entries stay in their order), batched with the other records like any other; nothing waits on it.
+
 While the cluster is unreachable, records wait here until it is back. What waits is bounded by the
 consumers' cap on events in flight (``kafka.max_in_flight_events``, each event owing at most two records
 per endpoint it matched) plus health changes and operator actions; ``results_pending`` shows it.
@@ -18,22 +23,24 @@ from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
 
-from daemon.core.model import Ack
+from daemon.core.model import Ack, IndexEntry, encode_index
 from daemon.kafka.contact import Throttle, held_note
 from daemon.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-_Item = tuple[str, bytes | None, bytes, Ack | None]
+# topic, key, value, ack, its index entry, the results partition of an index entry (None: any other record)
+_Item = tuple[str, bytes | None, bytes, Ack | None, IndexEntry | None, int | None]
 
 _BATCH = 2_000
 _RETRY_BACKOFF_S = 1.0
 
 
 class ResultsWriter:
-    def __init__(self, producer: Any, topic: str, metrics: Metrics) -> None:
+    def __init__(self, producer: Any, topic: str, metrics: Metrics, index_topic: str | None = None) -> None:
         self._producer = producer
         self._topic = topic
+        self._index_topic = index_topic
         self._metrics = metrics
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
@@ -52,15 +59,28 @@ class ResultsWriter:
     def outstanding(self) -> int:
         return self._outstanding
 
+    @property
+    def indexing(self) -> bool:
+        """True when results records' index entries are written (the delivery index is on)."""
+        return self._index_topic is not None
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="results-writer")
 
-    def submit(self, key: bytes | None, value: bytes, ack: Ack | None, topic: str | None = None) -> None:
+    def submit(
+        self,
+        key: bytes | None,
+        value: bytes,
+        ack: Ack | None,
+        topic: str | None = None,
+        index: IndexEntry | None = None,
+    ) -> None:
         """Queue one record (for the results topic unless ``topic`` says otherwise); ``ack`` runs once Kafka
-        has acknowledged it (None: nothing waits on it)."""
+        has acknowledged it (None: nothing waits on it). ``index``: the results record's index entry, written once
+        the record is acknowledged (left out where the index is off)."""
         self._outstanding += 1
         self._idle.clear()
-        self._queue.append((topic or self._topic, key, value, ack))
+        self._queue.append((topic or self._topic, key, value, ack, index if self._index_topic else None, None))
         self._wakeup.set()
 
     async def flush(self, within_s: float) -> bool:
@@ -92,18 +112,22 @@ class ResultsWriter:
                 groups: dict[tuple[str, int], list[_Item]] = {}
                 for _ in range(min(len(queue), _BATCH)):
                     item = queue.popleft()
-                    partition = await self._partition(item[0], item[1])
+                    partition = await self._partition(item[0], item[1], item[5])
                     groups.setdefault((item[0], partition), []).append(item)
                 for (topic, partition), items in groups.items():
                     await self._send(topic, partition, items)
                 await asyncio.sleep(0)  # let deliveries and heartbeats run between large batches
 
-    async def _partition(self, topic: str, key: bytes | None) -> int:
-        """The partition a record goes to: Kafka's default partitioner for a key, round-robin without one."""
+    async def _partition(self, topic: str, key: bytes | None, results_partition: int | None = None) -> int:
+        """The partition a record goes to: an index entry's is the one of its results record's number (modulo the
+        index's partitions); Kafka's default partitioner for a key, round-robin without one."""
         cache = self._partitions.get(topic)
         if cache is None:
             parts = sorted(await self._producer.partitions_for(topic))
             cache = self._partitions[topic] = {None: parts}
+        if results_partition is not None:
+            parts = cache[None]
+            return int(parts[results_partition % len(parts)])
         if key is None:
             parts = cache[None]
             self._round_robin += 1
@@ -160,6 +184,8 @@ class ResultsWriter:
                 self._failed(item, exc)
             return
         self._metrics.results_written.inc(len(items))
+        if self._index_topic is not None:
+            self._index(future.result(), items)
         self._outstanding -= len(items)
         if self._outstanding == 0:
             self._idle.set()
@@ -167,6 +193,20 @@ class ResultsWriter:
             ack = item[3]
             if ack is not None:
                 ack()
+
+    def _index(self, sent: Any, items: list[_Item]) -> None:
+        """Queue the index entries of records just acknowledged: one send's records are at consecutive offsets from
+        the first one's (``sent.offset``), in the order they were appended."""
+        topic = self._index_topic
+        if topic is None:
+            return
+        for i, item in enumerate(items):
+            entry = item[4]
+            if entry is not None:
+                entry.partition, entry.offset = sent.partition, sent.offset + i
+                self._outstanding += 1
+                self._queue.append((topic, entry.delivery_id.encode(), encode_index(entry), None, None, sent.partition))
+                self._wakeup.set()
 
     def _failed(self, item: _Item, exc: BaseException) -> None:
         self._metrics.results_errors.inc()

@@ -8,7 +8,11 @@ Every topic the router writes has a role, and the role decides what Kafka must k
 - ``retry tier``: kept its wait plus ``TIER_RETENTION_MARGIN_S`` (a week), so a retry outlives a router that is
   stopped or behind for that long;
 - ``endpoints`` (with the endpoints API): compacted, one partition, like Kafka Connect's config topic;
-- ``results``: the broker's defaults (it is the platform's record of outcomes, usually its own topic).
+- ``results``: the broker's defaults (it is the platform's record of outcomes, usually its own topic);
+- ``delivery index`` (with the endpoints API's ``api.delivery_index``): one record per results record of a delivery,
+  keyed by delivery id, deleted by time like the results topic (never compacted: a delivery's attempts are each a
+  record of their own) and created with the results topic's ``retention.ms`` where it sets one, so that every delivery
+  still in the results topic has its entries.
 
 Created topics get ``replication_factor=-1`` (the broker's ``default.replication.factor``) unless
 ``retry.replication_factor`` is set, and ``min.insync.replicas`` when ``retry.min_insync_replicas`` is. Topics that
@@ -40,6 +44,7 @@ TIER = "retry tier"
 DEAD_LETTER = "dead letters"
 HEALTH = "health"
 ENDPOINTS = "endpoints"
+INDEX = "delivery index"
 
 # How long past its wait a retry tier keeps a record: a router stopped (or behind) for up to this long loses none.
 TIER_RETENTION_MARGIN_S = 7 * 86_400
@@ -58,8 +63,9 @@ class TopicSpec(msgspec.Struct, frozen=True, kw_only=True):
     partitions: int | None = None  # None: retry.partitions
 
 
-def topic_specs(kafka: KafkaConfig, retry: RetryConfig, api: bool = False) -> list[TopicSpec]:
-    """Every topic the router writes, with the configs its role needs (the endpoints topic when ``api`` is on)."""
+def topic_specs(kafka: KafkaConfig, retry: RetryConfig, api: bool = False, index: bool = False) -> list[TopicSpec]:
+    """Every topic the router writes, with the configs its role needs (the endpoints topic when ``api`` is on, the
+    delivery index when ``index`` is)."""
     common = {"min.insync.replicas": str(retry.min_insync_replicas)} if retry.min_insync_replicas else {}
     dead_ms = retry.dead_letter_retention_s * 1000 if retry.dead_letter_retention_s >= 0 else -1
     specs = [
@@ -70,6 +76,8 @@ def topic_specs(kafka: KafkaConfig, retry: RetryConfig, api: bool = False) -> li
     if api:  # one partition: one order in which every instance applies the changes (Kafka Connect's config topic)
         compacted = {**common, "cleanup.policy": "compact"}
         specs.append(TopicSpec(name=retry.endpoints_topic, role=ENDPOINTS, configs=compacted, partitions=1))
+    if index:
+        specs.append(TopicSpec(name=retry.index_topic, role=INDEX, configs={**common, "cleanup.policy": "delete"}))
     for tier in retry.tiers_s:
         retention_ms = int((tier + TIER_RETENTION_MARGIN_S) * 1000)
         specs.append(
@@ -101,6 +109,11 @@ def check_topic(spec: TopicSpec, described: Mapping[str, str], retry: RetryConfi
                 f"{where}: cleanup.policy is compact,delete with retention.ms={retention}: pauses older than that "
                 "would be forgotten (use cleanup.policy=compact, or retention.ms=-1)"
             )
+    elif spec.role == INDEX and "compact" in policy:
+        problems.append(
+            f"{where}: cleanup.policy includes compact: it holds a record per attempt keyed by delivery id, compaction "
+            "would keep only the last attempt of each delivery (use cleanup.policy=delete)"
+        )
     elif spec.role in (TIER, DEAD_LETTER) and "compact" in policy:
         problems.append(
             f"{where}: cleanup.policy includes compact: its records are keyed by endpoint id, compaction would keep "
@@ -121,6 +134,18 @@ def check_topic(spec: TopicSpec, described: Mapping[str, str], retry: RetryConfi
     return problems, notes
 
 
+def index_retention_notes(index: TopicSpec, described: Mapping[str, str], results: Mapping[str, str]) -> list[str]:
+    """What an existing delivery index keeps less long than the results topic (whose deliveries it then cannot
+    find: they are looked for by the bounded scan)."""
+    kept, wanted = _int(described.get("retention.ms")), _int(results.get("retention.ms"))
+    if kept is None or kept < 0 or wanted is None or (0 <= wanted <= kept):
+        return []
+    return [
+        f"topic {index.name} ({index.role}): retention.ms={kept} is shorter than the results topic's "
+        f"({'forever' if wanted < 0 else wanted}): older deliveries are found only by the bounded scan"
+    ]
+
+
 def _int(value: str | None) -> int | None:
     try:
         return int(value) if value is not None else None
@@ -129,25 +154,32 @@ def _int(value: str | None) -> int | None:
 
 
 async def ensure_topics(
-    client_options: Mapping[str, Any], kafka: KafkaConfig, retry: RetryConfig, api: bool = False
+    client_options: Mapping[str, Any], kafka: KafkaConfig, retry: RetryConfig, api: bool = False, index: bool = False
 ) -> None:
     """Check the topics the router writes that already exist, then create the missing ones (unless
     ``retry.create_topics`` is false). Raises ``TopicError`` listing every problem, before creating anything: a
     topic missing where the router may not create it, settings that would lose data (only logged as warnings where
     the operator owns the topics), a topic Kafka refused to create. Kafka errors worth retrying (a broker
     unreachable, a controller moving) propagate as they are."""
-    specs = topic_specs(kafka, retry, api)
+    specs = topic_specs(kafka, retry, api, index)
     admin = admin_client(client_options)
     try:
         await admin.start()
         existing = set(await admin.list_topics())
         present = [spec for spec in specs if spec.name in existing]
         problems: list[str] = []  # errors where the router owns the topics, warnings where an operator does
+        configs: dict[str, dict[str, str]] = {}
         for spec, described in zip(present, await _describe(admin, [spec.name for spec in present]), strict=True):
             if described is not None:
+                configs[spec.role] = described
                 found, notes = check_topic(spec, described, retry)
                 problems += found
                 for note in notes:
+                    log.warning("%s", note)
+        specs = [_as_long_as_results(spec, configs.get(RESULTS)) for spec in specs]
+        for spec in specs:
+            if spec.role == INDEX and INDEX in configs and RESULTS in configs:
+                for note in index_retention_notes(spec, configs[INDEX], configs[RESULTS]):
                     log.warning("%s", note)
         missing = [spec for spec in specs if spec.name not in existing]
         if not retry.create_topics:
@@ -161,6 +193,25 @@ async def ensure_topics(
         await admin.close()
     if problems:
         raise TopicError(problems)
+
+
+def _as_long_as_results(spec: TopicSpec, results: Mapping[str, str] | None) -> TopicSpec:
+    """The delivery index keeps its records as long as the results topic keeps its own, where that one sets it."""
+    retention = results.get("retention.ms") if results is not None else None
+    if spec.role != INDEX or retention is None:
+        return spec
+    return msgspec.structs.replace(spec, configs={**spec.configs, "retention.ms": retention})
+
+
+async def ready_topics(
+    client_options: Mapping[str, Any], producer: Any, kafka: KafkaConfig, retry: RetryConfig, api: bool, index: bool
+) -> None:
+    """``ensure_topics``, then ``producer`` learns every written topic's partitions before its first send: a send that
+    has to wait for a new topic's metadata was seen to leave a record of another topic, queued just before, unsent
+    until the next send."""
+    await ensure_topics(client_options, kafka, retry, api, index)
+    for spec in topic_specs(kafka, retry, api, index):
+        await producer.partitions_for(spec.name)
 
 
 async def _create(admin: AIOKafkaAdminClient, specs: list[TopicSpec], retry: RetryConfig) -> list[str]:

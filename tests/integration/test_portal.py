@@ -19,6 +19,7 @@ from standardwebhooks.webhooks import Webhook
 from daemon.admin.portal.links import Claims, LinkKeys
 from tests.helpers import ADMIN_TOKEN, Receiver, eventually, produce, serve
 from tests.integration.conftest import Setup, receiver, running
+from tests.integration.test_delivery_index import made_old
 from tests.integration.test_endpoints_api import _environment, api, api_config, new  # noqa: F401 - the fixture
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -82,6 +83,16 @@ async def reload_until(page: Page, text: str, within_s: float = 20.0) -> None:
     await eventually(shown, within_s)
 
 
+async def reload_until_rows(page: Page, within_s: float = 20.0) -> None:
+    """Reload until the page's table has a row (the filters' "delivered" option is no sign of one)."""
+
+    async def shown() -> bool:
+        await page.reload()
+        return bool(await page.locator("tbody tr").count())
+
+    await eventually(shown, within_s)
+
+
 async def test_a_customer_adds_an_endpoint_gets_an_event_sees_its_attempt_and_redelivers_it_from_the_page(
     setup: Setup, receivers: list[Receiver], browser: BrowserContext, tmp_path: Path
 ) -> None:
@@ -139,7 +150,7 @@ async def test_a_customer_adds_an_endpoint_gets_an_event_sees_its_attempt_and_re
             await produce(setup.broker.bootstrap, setup.topic, [ev(lead_id=1, n=1), ev("call.ended", n=2)])
             (first,) = await r.wait_for(1)
             assert first.headers["X-Customer"] == "acme-42" and json.loads(first.body)["n"] == 1
-            await reload_until(page, "delivered")
+            await reload_until_rows(page)  # its index entry follows its results record
             row = page.locator("tbody tr").first
             assert "lead.created" in await row.inner_text() and "200" in await row.inner_text()
             await shot(page, tmp_path, "3-endpoint-with-attempt")
@@ -217,6 +228,43 @@ async def test_a_customer_adds_an_endpoint_gets_an_event_sees_its_attempt_and_re
             assert await browser.cookies() == []  # nothing kept in the browser: the link is the session
     finally:
         await runner.cleanup()
+
+
+async def test_the_delivery_page_finds_a_delivery_made_before_100000_others_and_redelivers_it(
+    setup: Setup, receivers: list[Receiver], browser: BrowserContext, tmp_path: Path
+) -> None:
+    r = await receiver(receivers)
+    doc = portal_config(setup)
+    doc["api"]["max_scan_records"] = 1_000  # the scan's least bound: the delivery index must answer
+    async with running(setup.write(doc)) as app, api(setup.admin_port) as c:
+        assert (await c.call("POST", "/v1/tenants", {"id": "acme"}))[0] == 201
+        status, created = await c.call("POST", "/v1/endpoints", new("acme", r.url, ["lead.*"]))
+        assert status == 201, created
+        endpoint_id = created["id"]
+        old = await made_old(app, setup, c, r, endpoint_id, ev(lead_id=1))
+        url = await link(c, "acme")
+        page = await browser.new_page()
+
+        answer = await page.goto(f"{url}endpoints/{endpoint_id}/deliveries/{old}")
+        assert answer is not None and answer.status == 200
+        assert await page.get_by_role("columnheader", name="Attempt 1").count() == 1
+        assert await page.locator(".badge", has_text="delivered").count() == 1
+        await shot(page, tmp_path, "old-delivery")
+
+        await page.goto(f"{url}endpoints/{endpoint_id}")  # the newest first: the 100,000 others
+        assert await page.locator("tbody tr").count() == 100  # portal.attempts_shown
+        await page.get_by_label("Event type").select_option("lead.created")
+        await page.get_by_role("button", name="Filter").click()
+        await page.wait_for_url("**event_type=lead.created**")
+        assert await page.locator("tbody tr").count() == 1
+        assert "found in the delivery index" in await page.locator("caption").inner_text()
+        await shot(page, tmp_path, "old-delivery-filtered")
+        await page.locator("tbody tr").first.get_by_role("link").click()
+        await page.wait_for_url(f"**/deliveries/{old}")
+        await page.get_by_role("button", name="Redeliver").click()
+        await page.wait_for_url("**/redeliver")
+        assert await page.locator(".badge", has_text="delivered").count() == 1
+        assert (await r.wait_for(2))[1].headers["webhook-id"] == old
 
 
 async def test_an_expired_or_forged_link_is_refused_and_one_tenants_link_never_shows_anothers_data(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.core.errors import NotFound
-from daemon.core.model import BLOCKED, DELIVERED, FAILED, Ack, Outcome, decode_outcome
+from daemon.core.model import BLOCKED, DELIVERED, FAILED, Ack, IndexEntry, Outcome, decode_outcome
 from daemon.delivery.endpoint import Endpoint
 from daemon.delivery.job import Job, outcome_for
 
@@ -40,11 +40,22 @@ class Submitted:
 class Writer:
     """Stand-in for ResultsWriter: ``submit`` keeps the record; ``ack_all`` plays Kafka acknowledging them."""
 
-    def __init__(self) -> None:
+    def __init__(self, indexing: bool = False) -> None:
         self.records: list[Submitted] = []
+        self.indexing = indexing  # the delivery index on: results records carry their entries
+        self.entries: list[IndexEntry] = []  # the index entries submitted beside them
 
-    def submit(self, key: bytes | None, value: bytes, ack: Ack | None, topic: str | None = None) -> None:
+    def submit(
+        self,
+        key: bytes | None,
+        value: bytes,
+        ack: Ack | None,
+        topic: str | None = None,
+        index: IndexEntry | None = None,
+    ) -> None:
         self.records.append(Submitted(topic, key, value, ack))
+        if index is not None:
+            self.entries.append(index)
 
     def on(self, topic: str | None) -> list[Submitted]:
         """The records for ``topic`` (None: the results topic)."""

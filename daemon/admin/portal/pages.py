@@ -208,10 +208,11 @@ per line)</span></label>
 
 
 def endpoint(
-    ctx: Context, view: Mapping[str, Any], attempts: Sequence[Outcome], read: int, filters: Mapping[str, str],
-    event_types: Iterable[str], notice: str | None = None, error: str | None = None,
+    ctx: Context, view: Mapping[str, Any], attempts: Sequence[Outcome], read: int | None, filters: Mapping[str, str],
+    event_types: Iterable[str], notice: str | None = None, error: str | None = None, note: str | None = None,
 ) -> str:  # fmt: skip
-    """An endpoint: its settings, its actions, its attempts (filtered) and the replay of a time range."""
+    """An endpoint: its settings, its actions, its attempts (filtered: in the delivery index when ``read`` is None,
+    ``note`` saying why some may be missing; else among the newest ``read``) and the replay of a time range."""
     base = f"{ctx.base}/endpoints/{view['id']}"
     rows = [
         ("URL", f"<code class=wrap>{_e(view['url'])}</code>"),
@@ -242,7 +243,7 @@ def endpoint(
         f'<div class="actions">{"".join(actions)}</div></section>',
     ]
     if ctx.may("deliveries"):
-        parts.append(_attempts(ctx, base, attempts, read, filters, event_types))
+        parts.append(_attempts(ctx, base, attempts, read, filters, event_types, note))
     if ctx.may("replay"):
         parts.append(f"""<section aria-labelledby="replay-h"><h2 id="replay-h">Replay a time range</h2>
 <p class="hint" id="replay-hint">Every event of the range this endpoint is subscribed to is sent again, once.
@@ -258,8 +259,8 @@ Times are UTC.</p>
 
 
 def _attempts(
-    ctx: Context, base: str, attempts: Sequence[Outcome], read: int, filters: Mapping[str, str],
-    event_types: Iterable[str],
+    ctx: Context, base: str, attempts: Sequence[Outcome], read: int | None, filters: Mapping[str, str],
+    event_types: Iterable[str], note: str | None,
 ) -> str:  # fmt: skip
     outcome = filters.get("status", "")
     options = '<option value="">Any</option>' + "".join(
@@ -273,12 +274,15 @@ def _attempts(
         f"""<tr><td><time datetime="{_e(a.timestamp)}">{_e(_when(a.timestamp))}</time></td>
 <td><code>{_e(a.event_type)}</code></td><td>{_badge(a.status)}</td><td>{_e(a.http_status or _NONE)}</td>
 <td>{_e(_ms(a.duration_ms))}</td><td>{_e(a.trigger)} #{_e(a.attempt)}</td>
-<td>{_delivery_link(ctx, base, a)}</td><td>{_response(a)}</td></tr>"""
+<td>{_delivery_link(ctx, base, a)}</td><td>{_response(a) if read is not None else _on_its_page(a)}</td>
+</tr>"""
         for a in attempts
     )
+    source = (f"of the newest {read} read" if read is not None
+              else "found in the delivery index, whatever their age" + (f"; {note}" if note else ""))  # fmt: skip
     table = (
         f"""<div class="scroll"><table>
-<caption>Attempts, newest first ({len(attempts)} shown of the newest {read} read)</caption>
+<caption>Attempts, newest first ({len(attempts)} shown, {_e(source)})</caption>
 <thead><tr><th scope="col">Time (UTC)</th><th scope="col">Event type</th><th scope="col">Outcome</th>
 <th scope="col">HTTP</th><th scope="col">Duration</th><th scope="col">Trigger</th><th scope="col">Delivery</th>
 <th scope="col">Response</th></tr></thead><tbody>{rows}</tbody></table></div>"""
@@ -297,8 +301,11 @@ def _attempts(
 <div class="field"><button type="submit">Filter</button></div></form>{table}</section>"""
 
 
-def delivery(ctx: Context, view: Mapping[str, Any], delivery_id: str, attempts: Sequence[Outcome], read: int) -> str:
-    """One delivery's attempts side by side, oldest first, and its redeliver button."""
+def delivery(
+    ctx: Context, view: Mapping[str, Any], delivery_id: str, attempts: Sequence[Outcome], note: str | None
+) -> str:
+    """One delivery's attempts side by side, oldest first (given newest first), and its redeliver button; ``note``:
+    how they were looked for, when not by the delivery index alone (or why none was found)."""
     base = f"{ctx.base}/endpoints/{view['id']}"
     redeliver = ""
     if ctx.may("redeliver"):
@@ -306,8 +313,9 @@ def delivery(ctx: Context, view: Mapping[str, Any], delivery_id: str, attempts: 
             '<p class="hint">Redeliver sends this delivery\'s event once more, one attempt, never retried.</p>'
             + _post(ctx, f"{base}/deliveries/{delivery_id}/redeliver", "Redeliver")
         )
+    hint = f'<p class="hint">{_e(note)}</p>' if note else ""
     if not attempts:
-        table = f"<p>No attempt of this delivery among the endpoint's newest {read} attempts.</p>"
+        table = f"<p>No attempt of this delivery to this endpoint was found.</p>{hint}"
     else:
         ordered = list(reversed(attempts))
         fields: list[tuple[str, Any]] = [
@@ -328,7 +336,7 @@ def delivery(ctx: Context, view: Mapping[str, Any], delivery_id: str, attempts: 
         )
         table = f"""<div class="scroll"><table class="side">
 <caption>The delivery's attempts, oldest first</caption>
-<thead><tr><td></td>{head}</tr></thead><tbody>{body}</tbody></table></div>"""
+<thead><tr><td></td>{head}</tr></thead><tbody>{body}</tbody></table></div>{hint}"""
     return layout(
         ctx,
         "Delivery",
@@ -507,6 +515,11 @@ def _delivery_link(ctx: Context, base: str, attempt: Outcome) -> str:
         f'<a href="{_e(base)}/deliveries/{_e(attempt.delivery_id)}" aria-label="Delivery {_e(attempt.delivery_id)}">'
         f"<code>{_e(short)}</code></a>"
     )
+
+
+def _on_its_page(attempt: Outcome) -> str:
+    """Where an attempt found in the index shows its stored response: its delivery's page (the row's link)."""
+    return '<span class="hint">on its delivery\'s page</span>' if attempt.delivery_id else ""
 
 
 def _response(attempt: Outcome) -> str:

@@ -31,14 +31,14 @@ from multidict import MultiDictProxy
 from yarl import URL
 
 from daemon.admin import web as http
-from daemon.admin.api import Api, Caller, RotateBody, install, safe_url
+from daemon.admin.api import Api, Caller, DeliveryQuery, RotateBody, install, safe_url
 from daemon.admin.operate import Replay
 from daemon.admin.portal import pages
 from daemon.admin.portal.links import Claims, LinkExpired
 from daemon.core.clock import iso_ms
 from daemon.core.config import PortalFeature
 from daemon.core.errors import BadRequest, Forbidden, NotFound, RouterError, Unavailable
-from daemon.core.model import Outcome
+from daemon.core.model import IndexEntry, Outcome, decode_outcome
 
 log = logging.getLogger(__name__)
 
@@ -245,15 +245,26 @@ class Portal:
     ) -> str:
         filters = {k: str(query.get(k, "")) for k in ("status", "event_type", "since", "until")}
         attempts: list[Outcome] = []
-        read = 0
-        if s.claims.may("deliveries"):
+        read: int | None = 0  # None: searched in the delivery index (at any age), not among the newest read
+        note = None
+        if s.claims.may("deliveries") and s.api.indexed:
+            since, until = _utc(filters["since"], "since"), _utc(filters["until"], "until")
+            search = DeliveryQuery(
+                endpoint_id=view["id"], status=filters["status"] or None, event_type=filters["event_type"] or None,
+                since_ms=None if since is None else int(since.timestamp() * 1000),
+                until_ms=None if until is None else int(until.timestamp() * 1000),
+                limit=s.api.config.portal.attempts_shown,
+            )  # fmt: skip
+            entries, note, _ = await s.api.search_deliveries(search, s.caller)
+            attempts, read = [entry_outcome(e) for e in entries], None
+        elif s.claims.may("deliveries"):
             found = await s.api.attempts_of(view["id"], s.api.config.portal.attempts_shown, s.caller)
             read = len(found)
             attempts = filter_attempts(found, filters)
         known = [entry.name for entry in s.api.config.event_types]
         subscribed = [e for e in view["events"] if "*" not in e]
         types = list(dict.fromkeys([*known, *subscribed]))
-        return pages.endpoint(s.ctx, view, attempts, read, filters, types, notice, error)
+        return pages.endpoint(s.ctx, view, attempts, read, filters, types, notice, error, note)
 
     async def _edit(self, s: Session, request: web.Request) -> web.StreamResponse:
         s.need("manage")
@@ -339,9 +350,12 @@ class Portal:
         s.need("deliveries")
         view = s.api.view_of(request.match_info["id"], s.caller)
         delivery_id = request.match_info["delivery_id"]
-        found = await s.api.attempts_of(view["id"], s.api.config.portal.attempts_shown, s.caller)
-        mine = [a for a in found if a.delivery_id == delivery_id]
-        return _html(pages.delivery(s.ctx, view, delivery_id, mine, len(found)))
+        try:
+            found = await s.api.delivery_attempts(delivery_id, s.caller)
+        except NotFound as exc:
+            return _html(pages.delivery(s.ctx, view, delivery_id, [], str(exc)))
+        mine = [a for a in map(decode_outcome, reversed(found.records)) if a.endpoint_id == view["id"]]
+        return _html(pages.delivery(s.ctx, view, delivery_id, mine, found.note))
 
     async def _redeliver(self, s: Session, request: web.Request) -> web.StreamResponse:
         s.need("redeliver")
@@ -365,6 +379,15 @@ def serve_api(app: web.Application, api: Callable[[], Api | None], not_ready: Ca
     """The ``/v1`` routes, and the portal's beside them (they answer once ``portal.enabled`` is true)."""
     install(app, api, not_ready)
     Portal(api, not_ready).install(app)
+
+
+def entry_outcome(entry: IndexEntry) -> Outcome:
+    """An attempt as the delivery index has it, in a results record's shape (its response and error are on its
+    delivery's page, read from the record itself)."""
+    return Outcome(delivery_id=entry.delivery_id, endpoint_id=entry.endpoint_id, event_type=entry.event_type,
+                   attempt=entry.attempt, status=entry.status, http_status=entry.http_status,
+                   duration_ms=entry.duration_ms, source_topic=None, source_partition=None, source_offset=None,
+                   timestamp=iso_ms(entry.at_ms), trigger=entry.trigger)  # fmt: skip
 
 
 def filter_attempts(attempts: Iterable[Outcome], filters: dict[str, str]) -> list[Outcome]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 import daemon.kafka.results
+from daemon.core.model import IndexEntry, decode_index
 from daemon.kafka.results import ResultsWriter
 from daemon.observe.metrics import Metrics
 from tests.unit.standins import settle_down
@@ -135,3 +136,54 @@ async def test_stop_leaves_unacknowledged_records_unacknowledged() -> None:
         w.submit(b"k", b"v", lambda: acked.append(1))
         await settle_down()
     assert acked == [] and w.outstanding == 1
+
+
+class Landed(NamedTuple):
+    """What aiokafka's send future gives: where the first record of the send landed."""
+
+    partition: int
+    offset: int
+
+
+def entry(delivery_id: str) -> IndexEntry:
+    return IndexEntry(delivery_id=delivery_id, endpoint_id="ep", event_type="t", status="delivered", attempt=1,
+                      trigger="live", at_ms=1)  # fmt: skip
+
+
+async def test_index_entries_follow_their_results_records_once_acknowledged_with_where_each_landed() -> None:
+    producer = Producer(partitions=3)
+    w = ResultsWriter(producer, "results", Metrics(), index_topic="index")
+    w.start()
+    try:
+        for n in range(3):
+            w.submit(b"ep", b"r%d" % n, None, index=entry(f"msg_{n}"))
+        w.submit(b"ep", b"pause", None)  # a record of no delivery: no entry
+        await settle_down()
+        ((topic, partition, records, future),) = producer.sent
+        assert topic == "results" and len(records) == 4
+        assert w.outstanding == 4  # nothing of the index before the results records are acknowledged
+        future.set_result(Landed(partition, 40))
+        await settle_down()
+        ((index_topic, index_partition, written, _),) = producer.sent[1:]
+        assert (index_topic, index_partition) == ("index", partition % 3)  # the index partition of the same number
+        entries = [(key, decode_index(value)) for key, value in written]
+        assert [(k, e.delivery_id, e.partition, e.offset) for k, e in entries] == [
+            (b"msg_0", "msg_0", partition, 40), (b"msg_1", "msg_1", partition, 41), (b"msg_2", "msg_2", partition, 42)
+        ]  # fmt: skip
+        assert w.outstanding == 3 and not await w.flush(0.01)  # a shutdown's flush waits for the entries too
+        producer.acknowledge_all()
+        await settle_down()
+        assert w.outstanding == 0
+    finally:
+        await w.stop()
+
+
+async def test_without_an_index_no_entry_is_written() -> None:
+    producer = Producer()
+    async with writer(producer) as w:
+        assert not w.indexing
+        w.submit(b"ep", b"r", None, index=entry("msg_0"))
+        await settle_down()
+        producer.sent[0][3].set_result(Landed(0, 0))
+        await settle_down()
+    assert [topic for topic, *_ in producer.sent] == ["results"]

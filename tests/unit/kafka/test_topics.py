@@ -9,7 +9,19 @@ import pytest
 
 from daemon.core.config import Config
 from daemon.core.validate import parse_config
-from daemon.kafka.topics import DEAD_LETTER, HEALTH, RESULTS, TIER, TIER_RETENTION_MARGIN_S, check_topic, topic_specs
+from daemon.kafka.topics import (
+    DEAD_LETTER,
+    HEALTH,
+    INDEX,
+    RESULTS,
+    TIER,
+    TIER_RETENTION_MARGIN_S,
+    TopicSpec,
+    _as_long_as_results,
+    check_topic,
+    index_retention_notes,
+    topic_specs,
+)
 from tests.unit.core.test_config import doc, errors_of
 
 DAY_MS = 86_400_000
@@ -121,3 +133,36 @@ def test_dead_letters_kept_shorter_than_configured_is_a_note_not_a_problem() -> 
     assert judged("wr.dead-letter", {"retention.ms": str(DAY_MS)}, dead_letter_retention_s=-1)[1] != []
     assert judged("wr.dead-letter", {"retention.ms": "-1"}, dead_letter_retention_s=-1) == ([], [])
     assert judged("wr.dead-letter", {"retention.ms": str(40 * DAY_MS)}) == ([], [])
+
+
+def index_spec() -> TopicSpec:
+    c = config()
+    (spec,) = [spec for spec in topic_specs(c.kafka, c.retry, api=True, index=True) if spec.role == INDEX]
+    return spec
+
+
+def test_the_delivery_index_is_deleted_by_time_never_compacted_and_kept_as_long_as_the_results_topic() -> None:
+    spec = index_spec()
+    assert (spec.name, spec.configs) == ("wr.delivery-index", {"cleanup.policy": "delete"})
+    assert not [s for s in topic_specs(config().kafka, config().retry, api=True) if s.role == INDEX]
+    (problem,), _ = check_topic(spec, {"cleanup.policy": "compact"}, config().retry)
+    assert "compaction would keep only the last attempt of each delivery" in problem
+    assert check_topic(spec, {"cleanup.policy": "delete", "retention.ms": "1"}, config().retry) == ([], [])
+    assert _as_long_as_results(spec, {"retention.ms": str(30 * DAY_MS)}).configs["retention.ms"] == str(30 * DAY_MS)
+    assert _as_long_as_results(spec, None) == spec
+
+
+@pytest.mark.parametrize(
+    ("index", "results", "short"),
+    [
+        ("86400000", "604800000", True),
+        ("86400000", "-1", True),  # the results kept forever
+        ("604800000", "604800000", False),
+        ("-1", "604800000", False),
+        ("604800000", "86400000", False),
+    ],
+)
+def test_an_index_kept_less_long_than_the_results_topic_is_said(index: str, results: str, short: bool) -> None:
+    notes = index_retention_notes(index_spec(), {"retention.ms": index}, {"retention.ms": results})
+    assert bool(notes) == short
+    assert all("older deliveries are found only by the bounded scan" in note for note in notes)
