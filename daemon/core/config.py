@@ -388,6 +388,12 @@ class ApiConfig(msgspec.Struct, **_FROZEN):
     # The fastest rate_limit a tenant's token may give an endpoint (per_second, and a burst of at most one second's
     # worth of it); an endpoint a tenant's token creates without one gets this one. Unset: a tenant sets any, or none.
     max_rate_limit_per_second: Annotated[float, Meta(gt=0, le=100_000)] | None = None
+    # With tenant_field: the deliveries one tenant may have queued and under way on an instance (each worker), over
+    # all its endpoints; past it, its deliveries wait on the retry tiers (no attempt used up), so that one tenant's
+    # backlog never fills kafka.max_in_flight_events in front of the others'. Default: a quarter of that cap.
+    max_in_flight_per_tenant: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    # With tenant_field: the requests a second one tenant's endpoints may be sent in all, per instance (each worker).
+    max_per_second_per_tenant: Annotated[float, Meta(gt=0, le=100_000)] | None = None
     replay_max_events: Annotated[int, Meta(ge=1, le=10_000_000)] = 10_000
     replay_max_span_s: Annotated[float, Meta(ge=60, le=90 * 86_400)] = 86_400.0
 

@@ -54,6 +54,25 @@ class LaneStats:
         self.circuits_open = 0
 
 
+class TenantLoad:
+    """One tenant's deliveries queued and under way over all its endpoints' lanes on this instance, and the most it
+    may hold (``api.max_in_flight_per_tenant``): past it, the settlement defers its deliveries to the tiers instead of
+    queueing them, so that one tenant's backlog never fills the instance's in-flight cap in front of the others'.
+
+    ``__slots__``: updated twice per delivery of a tenant's endpoint.
+    """
+
+    __slots__ = ("held", "most", "pace", "per_second")
+
+    def __init__(self, most: int, per_second: float | None = None) -> None:
+        """``per_second``: the tenant's requests a second over all its endpoints (``api.max_per_second_per_tenant``),
+        a bucket of one second's worth that every lane of the tenant takes from."""
+        self.held = 0
+        self.most = most
+        self.per_second = per_second
+        self.pace = Pace(per_second, default_burst(per_second)) if per_second is not None else None
+
+
 class Settles(Protocol):
     """What a lane hands its jobs' fates to (``daemon.engine.settle.Settlement``)."""
 
@@ -74,9 +93,13 @@ class Settles(Protocol):
 class Lane:
     """One endpoint's queue and its ``max_concurrency`` workers."""
 
-    def __init__(self, endpoint: Endpoint, sender: Sender, settles: Settles, stats: LaneStats) -> None:
+    def __init__(
+        self, endpoint: Endpoint, sender: Sender, settles: Settles, stats: LaneStats, tenant: TenantLoad | None = None
+    ) -> None:
+        """``tenant``: the load of the endpoint's tenant, which this lane's jobs count in (None: the platform's)."""
         self.endpoint = endpoint
         self.stats = stats
+        self.tenant = tenant
         self._settles = settles
         self._sender = sender
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
@@ -130,6 +153,8 @@ class Lane:
         if not force and self._queue.qsize() >= self.endpoint.queue_size:
             return False
         self.stats.queued += 1
+        if self.tenant is not None:
+            self.tenant.held += 1
         self._queue.put_nowait(job)
         return True
 
@@ -142,12 +167,15 @@ class Lane:
             self._room.set()
             stats = self.stats
             breaker = self.breaker
-            if self.pace is not None or breaker is not None:
+            tenant = self.tenant
+            if self.pace is not None or breaker is not None or (tenant is not None and tenant.pace is not None):
                 if not await self._gate(job):
+                    self._left()
                     continue
             else:
                 stats.queued -= 1
                 if job.trigger in _HELD_BACK and settles.held_back(endpoint, job):
+                    self._left()
                     continue
             probe = breaker.admit() if breaker is not None else False
             self.busy += 1
@@ -172,6 +200,8 @@ class Lane:
             if breaker is not None:
                 self._judged(breaker, outcome, probe)
             settles.settle(endpoint, job, outcome)
+            if self.tenant is not None:
+                self.tenant.held -= 1
             self.last_active = time.monotonic()
 
     async def _gate(self, job: Job) -> bool:
@@ -194,6 +224,10 @@ class Lane:
                 if wait == 0.0 and pace is not None:
                     wait = pace.wait_s(now)
                     paced = paced or wait > 0
+                shared = self.tenant.pace if self.tenant is not None else None  # the tenant's, every lane of it
+                if wait == 0.0 and shared is not None:
+                    wait = shared.wait_s(now)
+                    paced = paced or wait > 0
                 if wait == 0.0:
                     break
                 waited = True
@@ -210,7 +244,14 @@ class Lane:
             return False
         if pace is not None:
             pace.take(now)
+        if shared is not None:
+            shared.take(now)
         return True
+
+    def _left(self) -> None:
+        """A job is done with this lane (settled, or held back): its tenant holds one fewer."""
+        if self.tenant is not None:
+            self.tenant.held -= 1
 
     def _judged(self, breaker: Breaker, outcome: Outcome, probe: bool) -> None:
         """Tell the breaker what an attempt said of the endpoint: failed when its contract would retry it."""
@@ -259,6 +300,8 @@ class Lane:
         pacing = self._pacing
         abandoned = self.busy + pacing + sum(1 for job in self._drain() if job is not None)
         self.stats.queued -= pacing
+        if self.tenant is not None:
+            self.tenant.held -= self.busy + pacing
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -269,5 +312,8 @@ class Lane:
         items: list[Job | None] = []
         while not self._queue.empty():
             items.append(self._queue.get_nowait())
-        self.stats.queued -= sum(1 for j in items if j is not None)
+        dropped = sum(1 for j in items if j is not None)
+        self.stats.queued -= dropped
+        if self.tenant is not None:
+            self.tenant.held -= dropped
         return items

@@ -158,6 +158,13 @@ class Routing:
     def reader(self, topic: str) -> TypeReader:
         return self.readers.get(topic, DEFAULT_READER)
 
+    def tenant_of(self, endpoint_id: str) -> str | None:
+        """The tenant an endpoint of the API delivers the events of (``api.tenant_field``); None for the config file's
+        endpoints (the platform's), or without a tenant field."""
+        held = self.dynamic.get(endpoint_id)
+        scope = held[1].scope if held is not None else None
+        return scope.one_of[0] if scope is not None and scope.one_of else None
+
     def put(self, config: EndpointConfig, subscription: SubscriptionConfig) -> None:
         """Add or change an endpoint managed at run time (an id of the config file's stays the file's)."""
         if config.id in self.static:

@@ -65,7 +65,7 @@ from daemon.core.policy import back_from_tier, defer_wait, tier_for, with_retry_
 from daemon.core.profiles import skip_for
 from daemon.delivery.endpoint import Endpoint
 from daemon.delivery.job import Job, outcome_for
-from daemon.delivery.lane import Lane, LaneStats
+from daemon.delivery.lane import Lane, LaneStats, TenantLoad
 from daemon.delivery.sender import Sender
 from daemon.engine.health import Health
 from daemon.engine.routing import DEFAULT_READER, Routing
@@ -135,6 +135,7 @@ class Settlement:
         self._read_back_record = read_back
         self._load_schemas = load_schemas
         self._lanes: dict[str, Lane] = {}  # only endpoints that have had work
+        self._tenants: dict[str, TenantLoad] = {}  # the tenants whose endpoints have had lanes
         self._retired: set[asyncio.Task[None]] = set()
         self._once: set[asyncio.Task[Outcome]] = set()  # the attempts of attempt_once under way
         self._timers: set[asyncio.TimerHandle] = set()
@@ -513,14 +514,35 @@ class Settlement:
     def _lane(self, endpoint: Endpoint) -> Lane:
         lane = self._lanes.get(endpoint.id)
         if lane is None:
-            lane = self._lanes[endpoint.id] = Lane(endpoint, self._sender, self, self.stats)
+            lane = self._lanes[endpoint.id] = Lane(endpoint, self._sender, self, self.stats, self._load_of(endpoint.id))
         return lane
+
+    def _load_of(self, endpoint_id: str) -> TenantLoad | None:
+        """The load of the endpoint's tenant (None: the config file's endpoints, or no ``api.tenant_field``), its
+        bounds taken from the config in force."""
+        config = self._routing.config
+        tenant = self._routing.tenant_of(endpoint_id) if config.api.tenant_field is not None else None
+        if tenant is None:
+            return None
+        api = config.api
+        load = self._tenants.get(tenant)
+        if load is None or load.per_second != api.max_per_second_per_tenant:
+            held = load.held if load is not None else 0
+            load = self._tenants[tenant] = TenantLoad(0, api.max_per_second_per_tenant)
+            load.held = held
+        load.most = api.max_in_flight_per_tenant or max(1, config.kafka.max_in_flight_events // 4)
+        return load
 
     def _hand_over(self, endpoint: Endpoint, job: Job) -> None:
         """Give a job to its lane, unless its endpoint is paused or its queue is full."""
         if self.held_back(endpoint, job):
             return
         lane = self._lanes.get(endpoint.id) or self._lane(endpoint)
+        tenant = lane.tenant
+        if tenant is not None and tenant.held >= tenant.most:
+            # The tenant holds its share of the instance: this one waits on the tiers, and the consumer reads on.
+            self._defer(job, endpoint.id, defer_wait(job.deferrals, lane.drain_s(), self._tiers, self._recheck_s))
+            return
         if lane.put(job):
             return
         stats = self.stats
