@@ -10,6 +10,7 @@ read to drop the series of endpoints no longer marked; tests/unit/tools/test_ope
 
 from __future__ import annotations
 
+import asyncio
 import platform
 from collections.abc import Callable, Iterable, Iterator
 
@@ -50,6 +51,14 @@ class FunctionCounter:
 
     def describe(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(self._name, self._documentation)
+
+
+def _tasks() -> float:
+    """The running event loop's tasks, read by a scrape (which runs on it); 0 when read outside a loop."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0.0
 
 
 class Metrics:
@@ -210,6 +219,11 @@ class Metrics:
             p + "results_pending", "Records submitted to Kafka and not acknowledged yet (they wait out an outage).",
             registry=r,
         )  # fmt: skip
+        self.event_loop_tasks = Gauge(
+            p + "event_loop_tasks", "asyncio tasks of the event loop (flat in a steady state: a leak grows it).",
+            registry=r,
+        )  # fmt: skip
+        self.event_loop_tasks.set_function(_tasks)
         self.kafka_contact = Gauge(
             p + "kafka_contact", "1 while the Kafka cluster answers; 0 once it has not for kafka.contact_timeout_s.",
             registry=r,
