@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -17,13 +18,17 @@ import aiohttp
 from bench import report
 from bench.harness import Bench, Options, Row
 from bench.profile import find_py_spy
-from bench.scenarios import SCENARIOS
+from bench.scenarios import ON_REQUEST, SCENARIOS
+from bench.servers import certificate
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "--scenario", action="append", choices=list(SCENARIOS), help="run only this one (repeatable; default: all)"
+        "--scenario",
+        action="append",
+        choices=list(SCENARIOS),
+        help=f"run only this one (repeatable; default: all but {', '.join(sorted(ON_REQUEST))})",
     )
     parser.add_argument("--quick", action="store_true", help="small workloads: a smoke run, not a measurement")
     parser.add_argument(
@@ -34,6 +39,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=512, help="event body bytes")
     parser.add_argument(
         "--fetch-max-wait-ms", type=int, default=5, help="kafka.fetch_max_wait_ms of the latency scenario"
+    )
+    parser.add_argument("--duration", type=float, default=None, help="seconds of the soak (default 3600, --quick 20)")
+    parser.add_argument(
+        "--rate", type=float, default=None, help="events/s of the latency-fanout scenario (default 5,000)"
+    )
+    parser.add_argument(
+        "--count", type=int, default=None, help="endpoints of the control-plane scenario (default 1,000,000)"
+    )
+    parser.add_argument("--tls", action="store_true", help="the throughput receiver (nginx) over https, TLS 1.3")
+    parser.add_argument(
+        "--broker",
+        choices=["tansu", "kafka"],
+        default="tansu",
+        help="Tansu (embedded, in memory) or one Apache Kafka node (tests/kafka: java, the jars cached)",
     )
     parser.add_argument(
         "--profile",
@@ -56,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _main(args: argparse.Namespace, workdir: Path) -> tuple[int, Bench, float]:
+    if args.tls:  # the router and the bare loops (child processes) trust the receiver's certificate
+        os.environ["SSL_CERT_FILE"] = str(certificate(workdir))
     profile = args.profile if args.profile is not None else (not args.quick and find_py_spy() is not None)
     options = Options(
         quick=args.quick,
@@ -66,8 +87,13 @@ async def _main(args: argparse.Namespace, workdir: Path) -> tuple[int, Bench, fl
         concurrency=args.concurrency,
         fetch_wait_ms=args.fetch_max_wait_ms,
         delivery_index=None if args.delivery_index is None else args.delivery_index == "on",
+        duration=args.duration,
+        rate=args.rate,
+        broker=args.broker,
+        count=args.count,
+        tls=args.tls,
     )
-    names = args.scenario or list(SCENARIOS)
+    names = args.scenario or [name for name in SCENARIOS if name not in ON_REQUEST]
     failed = 0
     started = time.perf_counter()
     async with aiohttp.ClientSession() as session:

@@ -47,7 +47,7 @@ def _endpoints(n: int, version: int = 1) -> tuple[list[dict[str, Any]], list[dic
     return endpoints, subscriptions
 
 
-def _config(bootstrap: str, port: int, prefix: str, n_static: int, api: bool, version: int = 1) -> dict[str, Any]:
+def daemon_config(bootstrap: str, port: int, prefix: str, n_static: int, api: bool, version: int = 1) -> dict[str, Any]:
     endpoints, subscriptions = _endpoints(n_static, version)
     doc: dict[str, Any] = {
         "kafka": {"bootstrap_servers": bootstrap, "group_id": f"g-{prefix}", "topics": [f"{prefix}-events"],
@@ -66,7 +66,7 @@ def _rss(child: Child, field: str) -> str:
     return f"{child.status_kb(field) * 1024 / MiB:.0f} MiB"
 
 
-async def _get(session: aiohttp.ClientSession, url: str) -> int | None:
+async def get(session: aiohttp.ClientSession, url: str) -> int | None:
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=30)) as resp:
             await resp.read()
@@ -75,7 +75,7 @@ async def _get(session: aiohttp.ClientSession, url: str) -> int | None:
         return None
 
 
-async def _start(
+async def start(
     workdir: Path, name: str, config: dict[str, Any], session: aiohttp.ClientSession
 ) -> tuple[Child, float, float]:
     """The daemon started: it, seconds to ``/readyz`` 200, and the slowest ``/healthz`` answer once the admin
@@ -87,10 +87,10 @@ async def _start(
     await child.start()
     port = config["admin"]["listen"].rsplit(":", 1)[1]
     slowest, listening = 0.0, False
-    while await _get(session, f"http://127.0.0.1:{port}/readyz") != 200:
+    while await get(session, f"http://127.0.0.1:{port}/readyz") != 200:
         child.check_alive()
         before = time.perf_counter()
-        answered = await _get(session, f"http://127.0.0.1:{port}/healthz") is not None
+        answered = await get(session, f"http://127.0.0.1:{port}/healthz") is not None
         if listening or answered:
             slowest = max(slowest, time.perf_counter() - before)
             listening = True
@@ -98,7 +98,7 @@ async def _start(
     return child, time.perf_counter() - started, slowest
 
 
-async def _compacted_topic(bootstrap: str, name: str) -> None:
+async def compacted_topic(bootstrap: str, name: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -109,18 +109,24 @@ async def _compacted_topic(bootstrap: str, name: str) -> None:
         await admin.close()
 
 
-async def _topic_records(bootstrap: str, topic: str, n: int, keyring: Keyring) -> None:
+def topic_record(keyring: Keyring, i: int, tenants: int = 1, version: int = 1) -> tuple[bytes, bytes]:
+    """Endpoint ``api-{i}`` of tenant ``t-{i % tenants}`` as the endpoints topic keeps it: its value and key."""
+    record = sealed_record(
+        keyring, endpoint_id=f"api-{i}", tenant=f"t-{i % tenants}", version=version, created_at=None,
+        url=f"https://h{i % 997}.example.com/in/{i}?v={version}", headers={}, secrets=[(SECRET, None)],
+        events=[f"lead.{i % 50}", "call.*"], topics=None, where=None, description=None, settings={},
+    )  # fmt: skip
+    return signed(record, keyring), endpoint_key(record.id).encode()
+
+
+async def topic_records(bootstrap: str, topic: str, n: int, keyring: Keyring, tenants: int = 1) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, linger_ms=20,
                                 max_batch_size=1 << 20)  # fmt: skip
     await producer.start()
     try:
         for i in range(n):
-            record = sealed_record(
-                keyring, endpoint_id=f"api-{i}", tenant="acme", version=1, created_at=None,
-                url=f"https://h{i % 997}.example.com/in/{i}", headers={}, secrets=[(SECRET, None)],
-                events=[f"lead.{i % 50}", "call.*"], topics=None, where=None, description=None, settings={},
-            )  # fmt: skip
-            await producer.send(topic, signed(record, keyring), key=endpoint_key(record.id).encode())
+            value, key = topic_record(keyring, i, tenants)
+            await producer.send(topic, value, key=key)
         await producer.flush()
     finally:
         await producer.stop()
@@ -155,7 +161,7 @@ def idle_bytes(n: int) -> tuple[float, float]:
     from daemon.core.validate import parse_config
     from daemon.engine.routing import Routing
 
-    doc = _config("k:9092", 1, "cfg", n, False)
+    doc = daemon_config("k:9092", 1, "cfg", n, False)
     environ = dict(os.environ)
     gc.collect()
     tracemalloc.start()
@@ -184,8 +190,8 @@ async def run(n: int, workdir: Path) -> dict[str, str]:
         async with EmbeddedBroker(log_path=workdir / "tansu-config.log") as broker:
             await broker.create_topics(["cfg-events"])
             port = free_port()
-            child, took, slowest = await _start(
-                workdir, "config", _config(broker.bootstrap, port, "cfg", n, False), session
+            child, took, slowest = await start(
+                workdir, "config", daemon_config(broker.bootstrap, port, "cfg", n, False), session
             )
             out["start-up, endpoints in the config file"] = f"{took:.1f} s"
             out["slowest /healthz answer during start-up, config file"] = f"{slowest * 1000:.0f} ms"
@@ -198,7 +204,7 @@ async def run(n: int, workdir: Path) -> dict[str, str]:
             out["check-config, endpoints in the config file"] = f"{time.perf_counter() - started:.1f} s"
             out["RSS once ready, endpoints in the config file"] = _rss(child, "VmRSS")
             out["peak RSS, endpoints in the config file"] = _rss(child, "VmHWM")
-            changed = _config(broker.bootstrap, port, "cfg", n, False, version=2)
+            changed = daemon_config(broker.bootstrap, port, "cfg", n, False, version=2)
             (workdir / "config.toml").write_text(tomli_w.dumps(changed))
             slowest = 0.0
             reloaded_before = await _reloads(session, port)
@@ -206,7 +212,7 @@ async def run(n: int, workdir: Path) -> dict[str, str]:
             os.kill(child.pid, signal.SIGHUP)
             while await _reloads(session, port) == reloaded_before:
                 before = time.perf_counter()
-                await _get(session, f"http://127.0.0.1:{port}/healthz")
+                await get(session, f"http://127.0.0.1:{port}/healthz")
                 slowest = max(slowest, time.perf_counter() - before)
                 if time.perf_counter() - started > 300:
                     break
@@ -221,13 +227,13 @@ async def run(n: int, workdir: Path) -> dict[str, str]:
         # The endpoints topic.
         async with EmbeddedBroker(log_path=workdir / "tansu-topic.log") as broker:
             await broker.create_topics(["api-events"])
-            await _compacted_topic(broker.bootstrap, "api.endpoints")
+            await compacted_topic(broker.bootstrap, "api.endpoints")
             started = time.perf_counter()
-            await _topic_records(broker.bootstrap, "api.endpoints", n, Keyring(key))
+            await topic_records(broker.bootstrap, "api.endpoints", n, Keyring(key))
             out["writing the endpoints topic (sealing included)"] = f"{time.perf_counter() - started:.1f} s"
             port = free_port()
-            child, took, slowest = await _start(
-                workdir, "topic", _config(broker.bootstrap, port, "api", 0, True), session
+            child, took, slowest = await start(
+                workdir, "topic", daemon_config(broker.bootstrap, port, "api", 0, True), session
             )
             out["start-up, endpoints in the topic"] = f"{took:.1f} s"
             out["slowest /healthz answer during start-up, topic"] = f"{slowest * 1000:.0f} ms"

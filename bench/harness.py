@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import shutil
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -28,9 +30,11 @@ from bench.router import (
     window_rate,
 )
 from bench.servers import Receiver, start_fast
-from bench.workload import endpoint, labelled_config, labelled_topics, produce_backlog, with_api
+from bench.workload import Broker, endpoint, labelled_config, labelled_topics, produce_backlog, with_api
 from daemon.core.config import KafkaConfig
 from daemon.tools.embedded import EmbeddedBroker
+
+T = TypeVar("T")
 
 # The router's default kafka.max_in_flight_events: the most events it holds unfinished at once.
 IN_FLIGHT_CAP = int(next(f.default for f in msgspec.structs.fields(KafkaConfig) if f.name == "max_in_flight_events"))
@@ -46,6 +50,11 @@ class Options:
     concurrency: int = 8  # max_concurrency of each endpoint
     fetch_wait_ms: int = 5  # kafka.fetch_max_wait_ms of the latency scenario
     delivery_index: bool | None = None  # None: the endpoints API off (its default); else on, with the index or not
+    duration: float | None = None  # seconds of the soak (None: its default)
+    rate: float | None = None  # events/s of the fan-out latency (None: its default)
+    count: int | None = None  # endpoints of the control-plane scenario (None: its default)
+    tls: bool = False  # the throughput receiver (nginx) over https
+    broker: str = "tansu"  # tansu (embedded, in memory) | kafka (one Apache Kafka node: tests/kafka)
 
 
 @dataclass
@@ -113,15 +122,28 @@ class Bench:
 
     @contextlib.asynccontextmanager
     async def receiver(self) -> AsyncIterator[Receiver]:
-        receiver = await start_fast(self.workdir, self.options.receiver)
+        receiver = await start_fast(self.workdir, self.options.receiver, self.options.tls)
         self.receiver_kind = receiver.kind
         try:
             yield receiver
         finally:
             await receiver.stop()
 
+    @property
+    def broker_kind(self) -> str:
+        return "one Apache Kafka node" if self.options.broker == "kafka" else "Tansu (memory)"
+
     @contextlib.asynccontextmanager
-    async def broker(self, label: str) -> AsyncIterator[EmbeddedBroker]:
+    async def broker(self, label: str) -> AsyncIterator[Broker]:
+        """A fresh broker: Tansu, or with ``--broker kafka`` one Apache Kafka node (tests/kafka, its jars cached)."""
+        if self.options.broker == "kafka":
+            from tests.kafka import KafkaCluster, missing_tools
+
+            if (missing := missing_tools()) is not None:
+                raise RuntimeError(f"--broker kafka: {missing}")
+            async with KafkaCluster(self.workdir / f"kafka-{label}", brokers=1) as cluster:
+                yield cluster
+            return
         async with EmbeddedBroker(log_path=self.workdir / f"tansu-{label}.log") as broker:
             yield broker
 
@@ -147,6 +169,27 @@ class Bench:
         if result.get("errors"):
             raise RuntimeError(f"the bare loop had {result['errors']} failed requests")
         return result
+
+    async def wrk_rate(self, url: str, connections: int = 64, seconds: float = 5.0) -> float:
+        """wrk (C, one thread, ``connections`` keep-alive connections) POSTing the same body size to ``url``:
+        requests per second; 0 when wrk is not installed (``apt-get install wrk``)."""
+        binary = shutil.which("wrk")
+        if binary is None:
+            return 0.0
+        script = self.workdir / "post.lua"
+        body = "x" * self.options.size
+        script.write_text(
+            f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = "application/json"\n'
+        )
+        argv = [binary, "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), url]
+        child = Child("wrk", argv, self.workdir / f"{self.label('wrk')}.log", pipe_stdout=True)
+        await child.start()
+        try:
+            out = await child.output(seconds + 60)
+        finally:
+            await child.stop()
+        found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        return float(found[1]) if found else 0.0
 
     async def limit_rate(
         self, urls: Sequence[str], concurrency: int, requests: int, client: str = "aiohttp"
@@ -248,11 +291,19 @@ class Bench:
         )
 
 
-def broker_process_id(broker: EmbeddedBroker) -> int | None:
+def broker_process_id(broker: Broker) -> int | None:
     """The Tansu process's id, to read its CPU time (EmbeddedBroker keeps its process private)."""
     proc = getattr(broker, "_proc", None)
     pid = getattr(proc, "pid", None)
     return pid if isinstance(pid, int) else None
+
+
+def spread(items: list[T], count: int) -> list[T]:
+    """``count`` items evenly spread over ``items``, its first and last included."""
+    if len(items) <= count:
+        return items
+    step = (len(items) - 1) / (count - 1)
+    return [items[round(i * step)] for i in range(count)]
 
 
 def cpu_count() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ http {{
     client_body_buffer_size 64k;
     default_type text/plain;
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{port} backlog=4096{tls};
         location / {{ return 200 "ok"; }}
     }}
 }}
@@ -39,16 +40,38 @@ def find_nginx() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 
 
+_TLS = """ ssl;
+        ssl_certificate {dir}/cert.pem;
+        ssl_certificate_key {dir}/key.pem;
+        ssl_protocols TLSv1.3;
+        ssl_session_cache shared:tls:10m"""
+
+
+def certificate(workdir: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1 (``cert.pem``, ``key.pem`` in ``workdir``), made once; the clients
+    of a TLS run trust it through ``SSL_CERT_FILE`` (Python's default context reads it: the router's too)."""
+    cert = workdir / "cert.pem"
+    if not cert.exists():
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-keyout", str(workdir / "key.pem"), "-out", str(cert)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    return cert
+
+
 class Receiver:
     """A running receiver: ``url(path)`` for endpoints, ``stop()`` to end it."""
 
-    def __init__(self, kind: str, port: int, child: Child) -> None:
+    def __init__(self, kind: str, port: int, child: Child, scheme: str = "http") -> None:
         self.kind = kind
         self.port = port
         self.child = child
+        self.scheme = scheme
 
     def url(self, path: str = "/hook") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     async def stop(self) -> None:
         await self.child.stop(within_s=5)
@@ -66,12 +89,14 @@ async def start_python(workdir: Path, mode: str = "ok", record: bool = False) ->
     return Receiver("python" if mode == "ok" else "blackhole", port, child)
 
 
-async def start_nginx(workdir: Path, binary: str) -> Receiver:
+async def start_nginx(workdir: Path, binary: str, tls: bool = False) -> Receiver:
     conf_dir = workdir / "nginx"
     conf_dir.mkdir(exist_ok=True)
     port = free_port()
     conf = conf_dir / "nginx.conf"
-    conf.write_text(_NGINX_CONF.format(dir=conf_dir, port=port))
+    if tls:
+        certificate(workdir)
+    conf.write_text(_NGINX_CONF.format(dir=conf_dir, port=port, tls=_TLS.format(dir=workdir) if tls else ""))
     argv = [binary, "-p", str(conf_dir), "-e", str(conf_dir / "error.log"), "-c", str(conf)]
     child = Child("nginx", argv, conf_dir / "stdout.log")
     await child.start()
@@ -80,14 +105,15 @@ async def start_nginx(workdir: Path, binary: str) -> Receiver:
     except BaseException:
         await child.stop()
         raise
-    return Receiver("nginx", port, child)
+    return Receiver("nginx over TLS 1.3" if tls else "nginx", port, child, "https" if tls else "http")
 
 
-async def start_fast(workdir: Path, kind: str) -> Receiver:
-    """The receiver for throughput: ``kind`` is ``auto`` (nginx if installed), ``nginx`` or ``python``."""
+async def start_fast(workdir: Path, kind: str, tls: bool = False) -> Receiver:
+    """The receiver for throughput: ``kind`` is ``auto`` (nginx if installed), ``nginx`` or ``python``; ``tls``
+    (nginx only) serves https with ``certificate``."""
     binary = find_nginx()
-    if kind == "nginx" and binary is None:
-        raise RuntimeError("--receiver nginx, but no nginx is installed (apt-get install nginx)")
+    if (kind == "nginx" or tls) and binary is None:
+        raise RuntimeError("--receiver nginx or --tls, but no nginx is installed (apt-get install nginx)")
     if kind != "python" and binary is not None:
-        return await start_nginx(workdir, binary)
+        return await start_nginx(workdir, binary, tls)
     return await start_python(workdir)

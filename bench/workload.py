@@ -6,11 +6,12 @@ import asyncio
 import base64
 import os
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 
-from daemon.tools.embedded import EmbeddedBroker, free_port
+from daemon.tools.embedded import free_port
 
 SECRET_KEY = bytes(range(1, 33))
 SECRET = "whsec_" + base64.b64encode(SECRET_KEY).decode()
@@ -86,7 +87,16 @@ def router_config(
     }
 
 
-async def labelled_topics(broker: EmbeddedBroker, label: str, partitions: int = 1) -> tuple[str, str]:
+class Broker(Protocol):
+    """What the scenarios use of a broker: Tansu's ``EmbeddedBroker`` or tests/kafka's ``KafkaCluster``."""
+
+    @property
+    def bootstrap(self) -> str: ...
+
+    async def create_topics(self, names: list[str], partitions: int = 1) -> None: ...
+
+
+async def labelled_topics(broker: Broker, label: str, partitions: int = 1) -> tuple[str, str]:
     """Create a run's events topic and results topic, named after its label; returns both names."""
     topic, results = f"events-{label}", f"results-{label}"
     await broker.create_topics([topic], partitions)
@@ -161,9 +171,22 @@ async def produce_backlog(bootstrap: str, topic: str, count: int, size: int) -> 
     return time.perf_counter() - started
 
 
-async def produce_paced(bootstrap: str, topic: str, rate: float, duration_s: float, size: int) -> int:
-    """Produce ``rate`` events a second for ``duration_s``, each carrying its send time. Returns the count."""
-    producer = _producer(bootstrap, linger_ms=0)
+def _lead(n: int) -> str:
+    return EVENT_TYPES[n % len(EVENT_TYPES)]
+
+
+async def produce_paced(
+    bootstrap: str,
+    topic: str,
+    rate: float,
+    duration_s: float,
+    size: int,
+    type_of: Callable[[int], str] = _lead,
+    linger_ms: int = 0,
+) -> int:
+    """Produce ``rate`` events a second for ``duration_s``, each carrying its number and send time, event n of type
+    ``type_of(n)``. Returns the count."""
+    producer = _producer(bootstrap, linger_ms=linger_ms)
     await producer.start()
     total = int(rate * duration_s)
     sent = 0
@@ -172,7 +195,7 @@ async def produce_paced(bootstrap: str, topic: str, rate: float, duration_s: flo
         while sent < total:
             due = min(total, int((time.perf_counter() - started) * rate) + 1)
             while sent < due:
-                await producer.send(topic, event_body(EVENT_TYPES[sent % len(EVENT_TYPES)], sent, size, time.time()))
+                await producer.send(topic, event_body(type_of(sent), sent, size, time.time()))
                 sent += 1
             await asyncio.sleep(0.0005)
         await producer.flush()
@@ -193,37 +216,64 @@ def sent_at(body: bytes) -> float | None:
         return None
 
 
+class BareConsumer:
+    """A bare aiokafka consumer of one partition, reading from its start beside whatever else reads it: when each
+    event (by its ``"id"``) was consumed, as produce -> consumed in ms (``sent_at``)."""
+
+    def __init__(self, bootstrap: str, topic: str, fetch_wait_ms: int) -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        self._topic = topic
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_wait_ms,
+        )
+        self.latencies: dict[int, float] = {}
+
+    async def start(self) -> None:
+        from aiokafka import TopicPartition
+
+        await self._consumer.start()
+        self._consumer.assign([TopicPartition(self._topic, 0)])
+
+    async def read(self, total: int) -> None:
+        """Read until ``total`` events carrying a send time were consumed."""
+        latencies = self.latencies
+        while len(latencies) < total:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            now = time.time()
+            for records in batches.values():
+                for record in records:
+                    sent = sent_at(record.value)
+                    if sent is not None:
+                        latencies[id_of(record.value)] = (now - sent) * 1000
+
+    async def stop(self) -> None:
+        await self._consumer.stop()
+
+
+def id_of(body: bytes) -> int:
+    """The ``"id"`` a body carries (see ``event_body``); -1 without one."""
+    at = body.find(b'"id":')
+    end = body.find(b",", at)
+    try:
+        return int(body[at + 5 : end]) if at >= 0 else -1
+    except ValueError:
+        return -1
+
+
 async def kafka_latency(
     bootstrap: str, topic: str, rate: float, duration_s: float, size: int, fetch_wait_ms: int
 ) -> list[float]:
     """Kafka alone: the paced producer and a bare consumer (same fetch wait); produce -> consumed, in ms."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=fetch_wait_ms,
-    )
+    consumer = BareConsumer(bootstrap, topic, fetch_wait_ms)
     await consumer.start()
-    latencies: list[float] = []
     try:
-        consumer.assign([TopicPartition(topic, 0)])
-        total = int(rate * duration_s)
-
-        async def consume() -> None:
-            while len(latencies) < total:
-                batches = await consumer.getmany(timeout_ms=200)
-                now = time.time()
-                for records in batches.values():
-                    for record in records:
-                        sent = sent_at(record.value)
-                        if sent is not None:
-                            latencies.append((now - sent) * 1000)
-
-        reader = asyncio.create_task(consume())
+        reader = asyncio.create_task(consumer.read(int(rate * duration_s)))
         await produce_paced(bootstrap, topic, rate, duration_s, size)
         await asyncio.wait_for(reader, 30)
     finally:
         await consumer.stop()
-    return latencies
+    return list(consumer.latencies.values())
