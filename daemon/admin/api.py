@@ -98,6 +98,8 @@ class EndpointBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     while_paused: Any = UNSET
     rate_limit: Any = UNSET
     circuit_breaker: Any = UNSET
+    ordering: Any = UNSET
+    when_key_fails: Any = UNSET
     events: Any = UNSET
     topics: Any = UNSET
     where: Any = UNSET

@@ -258,6 +258,10 @@ class EndpointConfig(msgspec.Struct, **_FROZEN):
     paused: bool = False
     rate_limit: RateLimitConfig | None = None
     circuit_breaker: CircuitBreakerConfig | None = None
+    # "key": the deliveries of one Kafka key one at a time, in offset order, retries included (daemon.core.ordering);
+    # a key whose delivery ends undelivered dead-letters what waits behind it, or releases it.
+    ordering: Literal["none", "key"] = "none"
+    when_key_fails: Literal["dead_letter", "release"] = "dead_letter"
 
     def __repr__(self) -> str:  # never print the secret
         return f"EndpointConfig(id={self.id!r}, profile={self.profile!r}, url=<redacted>)"

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Hashable
 class PartitionOffsets:
     """Unfinished offsets of one partition, for one assignment of it."""
 
-    __slots__ = ("_order", "_pending", "_sizes", "committed", "next_offset", "owner")  # per record (the hot path)
+    __slots__ = ("_order", "_pending", "_sizes", "committed", "next_offset", "owner", "revoked")  # the hot path
 
     def __init__(self, owner: OffsetTracker) -> None:
         self.owner = owner
@@ -23,6 +23,7 @@ class PartitionOffsets:
         self._order: deque[int] = deque()  # unfinished offsets, ascending (records arrive in order)
         self.next_offset: int | None = None  # last offset seen + 1
         self.committed: int | None = None  # last watermark committed
+        self.revoked = False  # given up: another consumer owns the partition now
 
     @property
     def unfinished(self) -> int:
@@ -86,7 +87,10 @@ class OffsetTracker:
 
     def revoke(self, tp: Hashable) -> PartitionOffsets | None:
         """Forget the partition: its watermark is no longer ours to commit."""
-        return self.partitions.pop(tp, None)
+        part = self.partitions.pop(tp, None)
+        if part is not None:
+            part.revoked = True
+        return part
 
     def committable(self, tps: Collection[Hashable] | None = None) -> dict[Hashable, int]:
         """Watermarks that moved since they were last committed (of ``tps`` only, when given)."""

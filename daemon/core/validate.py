@@ -639,6 +639,9 @@ class _Checks:
             self.fault(f"{path}.timeout_s", f"the {profile.name} contract allows at most {profile.max_timeout_s:g} s")
         self._secrets(endpoint, profile, path)
         self.headers(endpoint.headers, profile, f"{path}.headers")
+        if endpoint.ordering == "key" and endpoint.while_paused == "hold":
+            self.fault(f"{path}.while_paused", 'ordering = "key" cannot hold while paused (a held delivery waits on '
+                       "the retry tiers, where the next of its key would overtake it): use skip")  # fmt: skip
         retry = endpoint.retry
         if retry is not None:
             needs_delays = retry.policy in ("once", "schedule")

@@ -79,6 +79,7 @@ class Endpoint:
         "managed",
         "mask",
         "max_concurrency",
+        "ordered",
         "pause_threshold",
         "policy",
         "profile",
@@ -113,6 +114,9 @@ class Endpoint:
         self.timeout_s = config.timeout_s if config.timeout_s is not None else profile.timeout_s
         self.route: Route | None = None  # the serialised request head, built by the Sender on first use
         self.max_concurrency = config.max_concurrency
+        self.ordered = (
+            config.ordering == "key"
+        )  # its live deliveries one at a time per Kafka key (daemon.core.ordering)
         self.queue_size = config.queue_size
         self.policy = policy_of(config.retry, profile)
         self.pause_threshold = (

@@ -13,6 +13,7 @@ from daemon.core.model import (
     Attempt,
     Outcome,
 )
+from daemon.core.offsets import PartitionOffsets
 
 
 class Job:
@@ -22,7 +23,8 @@ class Job:
     """
 
     __slots__ = (
-        "ack", "attempt", "deferrals", "delivery_id", "endpoint_id", "event", "history", "redelivery_of_id", "trigger",
+        "ack", "attempt", "deferrals", "delivery_id", "endpoint_id", "event", "history", "order_key",
+        "redelivery_of_id", "source", "trigger",
     )  # fmt: skip
 
     def __init__(
@@ -46,6 +48,10 @@ class Job:
         self.endpoint_id = endpoint_id
         self.redelivery_of_id = redelivery_of_id
         self.deferrals = 0  # times parked on the tiers because the endpoint's queue was full
+        # An ordered endpoint's live delivery: its record's Kafka key, and the partition it was read from (whose
+        # revocation gives it to the new owner). None otherwise.
+        self.order_key: bytes | None = None
+        self.source: PartitionOffsets | None = None
 
 
 def outcome_for(endpoint_id: str | None, job: Job, status: str, **fields: Any) -> Outcome:

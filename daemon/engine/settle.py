@@ -61,6 +61,7 @@ from daemon.core.model import (
     index_entry,
 )
 from daemon.core.offsets import PartitionOffsets
+from daemon.core.ordering import Keys
 from daemon.core.policy import back_from_tier, defer_wait, tier_for, with_retry_after
 from daemon.core.profiles import skip_for
 from daemon.delivery.endpoint import Endpoint
@@ -136,6 +137,7 @@ class Settlement:
         self._load_schemas = load_schemas
         self._lanes: dict[str, Lane] = {}  # only endpoints that have had work
         self._tenants: dict[str, TenantLoad] = {}  # the tenants whose endpoints have had lanes
+        self._ordered: dict[str, Keys[Job]] = {}  # ordered endpoints: their keys under way and what waits behind
         self._retired: set[asyncio.Task[None]] = set()
         self._once: set[asyncio.Task[Outcome]] = set()  # the attempts of attempt_once under way
         self._timers: set[asyncio.TimerHandle] = set()
@@ -269,6 +271,8 @@ class Settlement:
         for endpoint in endpoints:
             endpoint_id = endpoint.id
             job = Job(event=event, delivery_id=delivery_id(key, endpoint_id), ack=ack, endpoint_id=endpoint_id)
+            if endpoint.ordered and record.key is not None:
+                job.order_key, job.source = record.key, part
             rule = skips.get(endpoint_id) if skips else None
             if rule is not None:
                 outcome = outcome_for(endpoint_id, job, rule.status, error=rule.reason, profile=endpoint.profile.name)
@@ -323,6 +327,8 @@ class Settlement:
             ack = _after_both(job.ack)
             self._record(outcome, ack)
             self._dead_letter(job, endpoint.id, outcome.error or BLOCKED, [*job.history, _attempt(outcome)], ack)
+            if job.order_key is not None:
+                self._key_failed(endpoint, job)
             return
         rendered = outcome.status != RENDER_FAILED
         verdict = endpoint.statuses.verdict(outcome.http_status) if rendered else "final"
@@ -331,9 +337,14 @@ class Settlement:
             self._health.observe(endpoint.id, verdict == "delivered", gone, endpoint.pause_threshold)
         if verdict == "delivered" or not live:
             self._record(outcome, job.ack)
+            if job.order_key is not None:
+                self._next_of_key(endpoint, job)
             return
         history = [*job.history, _attempt(outcome)]
         delay = endpoint.policy.next_delay(job.attempt) if verdict == "retry" else None
+        if delay is not None and job.order_key is not None:
+            self._retry_in_order(endpoint, job, outcome, history, delay)
+            return
         ack = _after_both(job.ack)
         if delay is not None:
             delay = with_retry_after(delay, outcome.retry_after_s, self._retry.retry_after_max_s)
@@ -355,8 +366,91 @@ class Settlement:
         else:
             reason = f"HTTP {outcome.http_status}: final"
         self._dead_letter(job, endpoint.id, reason, history, ack)
+        if job.order_key is not None:
+            self._key_failed(endpoint, job)
+
+    # --- ordered delivery per key (an endpoint's ordering = "key": daemon.core.ordering) ---
+
+    def _in_order(self, endpoint: Endpoint, job: Job, key: bytes) -> None:
+        """A live delivery of an ordered endpoint handed over: to its lane if it is its key's head, else parked
+        behind the head (in memory, its event's offset unfinished: a restart reads it again, in order)."""
+        keys = self._ordered.get(endpoint.id)
+        if keys is None:
+            keys = self._ordered[endpoint.id] = Keys()
+        if keys.admit(key, job) and not self._go_in_order(endpoint, job):
+            self._next_of_key(endpoint, job)
+
+    def _go_in_order(self, endpoint: Endpoint, job: Job) -> bool:
+        """Start its key's head: True once it is in its lane (never deferred to the tiers, where the next of its key
+        would overtake it); False when it was settled at once (a pause) or dropped (its partition revoked: its new
+        owner reads it again)."""
+        if job.source is not None and job.source.revoked:
+            if job.ack is not None:
+                job.ack()  # no longer in flight here; never committed here either
+            return False
+        if self._held_back(endpoint, job):
+            return False
+        self._lane(endpoint).put(job, force=True)
+        return True
+
+    def _next_of_key(self, endpoint: Endpoint, job: Job) -> None:
+        """The head of its key is settled: start the next of the key (and the next, while each is settled at once)."""
+        keys = self._ordered.get(endpoint.id)
+        if keys is None or job.order_key is None:
+            return
+        while (following := keys.release(job.order_key)) is not None:
+            if self._go_in_order(endpoint, following):
+                return
+
+    def _key_failed(self, endpoint: Endpoint, job: Job) -> None:
+        """The head of its key ended undelivered (dead-lettered): what waits behind it is dead-lettered too, in order,
+        or released (``when_key_fails``)."""
+        keys = self._ordered.get(endpoint.id)
+        if endpoint.config.when_key_fails == "release" or keys is None or job.order_key is None:
+            self._next_of_key(endpoint, job)
+            return
+        error = f'behind {job.delivery_id}, dead-lettered: its key is delivered in order (ordering = "key")'
+        for behind in keys.give_up(job.order_key):
+            if behind.source is not None and behind.source.revoked:
+                if behind.ack is not None:
+                    behind.ack()
+                continue
+            ack = _after_both(behind.ack)
+            outcome = outcome_for(endpoint.id, behind, DEAD_LETTERED, error=error, profile=endpoint.profile.name)
+            outcome.attempt = 0  # none was made
+            self._record(outcome, ack)
+            self._dead_letter(behind, endpoint.id, "behind a dead-lettered delivery of its key", behind.history, ack)
+
+    def _retry_in_order(
+        self, endpoint: Endpoint, job: Job, outcome: Outcome, history: list[Attempt], delay: float
+    ) -> None:
+        """A retry of its key's head: it waits here, not on a tier (a tier's delivery is settled, its offset
+        committed, and what follows it would overtake it after a restart); the key waits with it."""
+        delay = with_retry_after(delay, outcome.retry_after_s, self._retry.retry_after_max_s)
+        outcome.next_attempt_at = iso_ms(int(time.time() * 1000) + int(delay * 1000))
+        self._record(outcome, None)
+        self._metrics.retries_scheduled.inc()
+        job.attempt += 1
+        job.history = history
+        timer: asyncio.TimerHandle
+
+        def due() -> None:
+            self._timers.discard(timer)
+            if not self._go_in_order(endpoint, job):
+                self._next_of_key(endpoint, job)
+
+        timer = asyncio.get_running_loop().call_later(delay, due)
+        self._timers.add(timer)
 
     def held_back(self, endpoint: Endpoint, job: Job) -> bool:
+        """``_held_back`` for a lane's worker: the key of an ordered delivery settled so moves on to its next."""
+        if not self._held_back(endpoint, job):
+            return False
+        if job.order_key is not None:
+            self._next_of_key(endpoint, job)
+        return True
+
+    def _held_back(self, endpoint: Endpoint, job: Job) -> bool:
         """Settle a job whose endpoint is paused (skipped, or deferred when it holds); False if it is not paused.
 
         Called when a job is handed over and again when a worker takes it, so a pause stops what was queued. Only
@@ -535,7 +629,10 @@ class Settlement:
 
     def _hand_over(self, endpoint: Endpoint, job: Job) -> None:
         """Give a job to its lane, unless its endpoint is paused or its queue is full."""
-        if self.held_back(endpoint, job):
+        if job.order_key is not None:
+            self._in_order(endpoint, job, job.order_key)
+            return
+        if self._held_back(endpoint, job):
             return
         lane = self._lanes.get(endpoint.id) or self._lane(endpoint)
         tenant = lane.tenant

@@ -274,8 +274,9 @@ def test_a_tombstone_of_a_live_key_is_refused_and_one_after_a_signed_delete_is_a
 def test_the_settings_a_record_may_hold_are_the_fields_the_api_sets_in_the_clear() -> None:
     fields = {f.name for f in msgspec.structs.fields(EndpointConfig)}
     assert sorted(SETTINGS) == sorted(fields - NOT_BY_API - {"url", "headers", "secret"})
-    assert sorted(SETTINGS) == ["allow_http", "circuit_breaker", "max_concurrency", "pause_after_failures", "profile",
-                                "queue_size", "rate_limit", "retry", "timeout_s", "while_paused"]  # fmt: skip
+    assert sorted(SETTINGS) == ["allow_http", "circuit_breaker", "max_concurrency", "ordering", "pause_after_failures",
+                                "profile", "queue_size", "rate_limit", "retry", "timeout_s", "when_key_fails",
+                                "while_paused"]  # fmt: skip
 
 
 @pytest.mark.parametrize("setting", ["secret_env", "secrets", "secret", "paused", "url", "colour"])

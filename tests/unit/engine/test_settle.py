@@ -722,3 +722,77 @@ async def test_an_endpoint_put_at_run_time_is_built_as_the_apis_and_one_of_the_f
         assert (reloaded.endpoints["ep_api"].managed, reloaded.endpoints["a"].managed) == ("api", "config")
         r.settlement.drop("ep_api")
         assert reloaded.endpoints.managed("ep_api") == "config"  # gone: nothing of it is left
+
+
+# --- ordered delivery per key ---
+
+
+def keyed(r: Rig, offset: int, key: bytes, n: int) -> None:
+    r.settlement.dispatch(Record("events", 0, offset, event(n, key=key.decode()), key=key), r.part)
+
+
+async def test_an_ordered_endpoint_delivers_each_key_one_at_a_time_in_offset_order_while_other_keys_flow() -> None:
+    """k1's first delivery fails once: k1's next two wait behind it (its retry waits here, not on a tier), k2's go
+    meanwhile; the offsets of k1's are not finished until delivered, so the watermark stays at k1's first."""
+    tries: dict[int, int] = {}
+
+    def status(job: Job) -> int:
+        n = job.event.decoded()["n"]
+        tries[n] = tries.get(n, 0) + 1
+        return 500 if n == 0 and tries[n] == 1 else 200
+
+    ordered = endpoint("a", ordering="key", max_concurrency=8, retry={"policy": "schedule", "delays_s": [0.2]})
+    async with rig([ordered], status=status) as r:
+        for offset, (key, n) in enumerate([(b"k1", 0), (b"k2", 1), (b"k1", 2), (b"k2", 3), (b"k1", 4)]):
+            keyed(r, offset, key, n)
+        await settle_down(100)
+        r.writer.ack_all()
+        attempted = [j.event.decoded()["n"] for j in r.sender.attempts]
+        assert attempted == [0, 1, 3]  # k1 waits on its retry; k2 in order, one at a time
+        assert r.part.watermark() == 0 and r.writer.on(tier(0.5)) == []
+        async with asyncio.timeout(5):
+            while len(r.sender.attempts) < 6:
+                await asyncio.sleep(0.01)
+                r.writer.ack_all()
+        await settle_down(50)
+        r.writer.ack_all()
+        attempted = [j.event.decoded()["n"] for j in r.sender.attempts]
+        assert attempted == [0, 1, 3, 0, 2, 4]
+        assert r.part.watermark() == 5
+
+
+@pytest.mark.parametrize("when", ["dead_letter", "release"])
+async def test_a_key_whose_delivery_fails_for_good_dead_letters_what_waits_behind_it_or_releases_it(
+    when: str,
+) -> None:
+    ordered = endpoint("a", ordering="key", retry={"policy": "none"}, when_key_fails=when)
+    async with rig([ordered], status=lambda job: 500 if job.event.decoded()["n"] == 0 else 200) as r:
+        for offset, n in enumerate(range(3)):
+            keyed(r, offset, b"k1", n)
+        await settle_down(100)
+        r.writer.ack_all()
+        letters = [(x.json()["source_offset"], x.json()["reason"]) for x in r.writer.on(DL)]
+        attempted = [j.event.decoded()["n"] for j in r.sender.attempts]
+        if when == "dead_letter":
+            assert attempted == [0]
+            assert letters == [(0, "no attempts left"), (1, "behind a dead-lettered delivery of its key"),
+                               (2, "behind a dead-lettered delivery of its key")]  # fmt: skip
+        else:
+            assert attempted == [0, 1, 2] and letters == [(0, "no attempts left")]
+        assert r.part.watermark() == 3
+
+
+async def test_a_revoked_partitions_deliveries_waiting_for_their_key_go_to_its_new_owner_not_here() -> None:
+    gate = asyncio.Event()
+    ordered = endpoint("a", ordering="key")
+    async with rig([ordered]) as r:
+        r.sender.gate = gate
+        keyed(r, 0, b"k1", 0)
+        keyed(r, 1, b"k1", 1)
+        await settle_down()
+        r.tracker.revoke(("events", 0))
+        gate.set()
+        await settle_down(100)
+        assert [j.event.decoded()["n"] for j in r.sender.attempts] == [0]
+        r.writer.ack_all()
+        assert r.tracker.in_flight == 0  # the one left behind is no longer counted here
