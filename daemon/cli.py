@@ -192,6 +192,10 @@ def _run(path: str, log_level: str | None = None, worker: tuple[int, str, int] |
         for line in exc.errors:
             log.error("  %s", line)
         return EXIT_CONFIG
+    except ConfigError as exc:  # what the cluster refuses of the config (kafka.enable_idempotence = true)
+        for line in exc.errors:
+            log.error("cannot start: %s", line)
+        return EXIT_CONFIG
     return EXIT_OK
 
 

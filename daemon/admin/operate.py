@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 import msgspec
 import orjson
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from msgspec import UNSET, Meta, UnsetType
 
@@ -52,7 +52,7 @@ from daemon.delivery.job import Job
 from daemon.delivery.sender import Sender, client_for
 from daemon.engine.health import REASON_OPERATOR, Health, pause_text
 from daemon.engine.settle import Settlement
-from daemon.kafka.clients import make_producer
+from daemon.kafka.clients import RouterProducer
 from daemon.kafka.consume import Source, Stuck
 from daemon.kafka.history import SEARCH_BUDGET_S
 from daemon.kafka.rawbatch import raw_batch
@@ -453,7 +453,7 @@ async def record(config: Config, outcome: Outcome, environ: Mapping[str, str], w
     """Write ``outcome`` to the results topic; KafkaUnavailable when the cluster has not acknowledged it within
     ``within_s`` (unreachable, or refusing the credentials)."""
     kafka = config.kafka
-    producer = make_producer(kafka, environ)
+    producer = RouterProducer(kafka, environ)
     key = outcome.endpoint_id.encode() if outcome.endpoint_id else None
     try:
         await asyncio.wait_for(_send(producer, kafka.results_topic, encode_outcome(outcome), key), within_s)
@@ -466,6 +466,6 @@ async def record(config: Config, outcome: Outcome, environ: Mapping[str, str], w
             await asyncio.wait_for(producer.stop(), 5)
 
 
-async def _send(producer: AIOKafkaProducer, topic: str, value: bytes, key: bytes | None) -> None:
+async def _send(producer: RouterProducer, topic: str, value: bytes, key: bytes | None) -> None:
     await producer.start()
     await producer.send_and_wait(topic, value, key=key)

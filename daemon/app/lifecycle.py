@@ -39,7 +39,7 @@ from daemon.engine.feed import EndpointsFeed
 from daemon.engine.health import Health, HealthReader
 from daemon.engine.routing import Routing
 from daemon.engine.settle import Settlement
-from daemon.kafka.clients import kafka_client_options, make_producer
+from daemon.kafka.clients import RouterProducer, kafka_client_options
 from daemon.kafka.consume import Source
 from daemon.kafka.contact import Contact, KafkaLogFilter, unretrieved_kafka_errors_quiet
 from daemon.kafka.readback import read_one
@@ -47,6 +47,7 @@ from daemon.kafka.readers import Readers
 from daemon.kafka.results import ResultsWriter
 from daemon.kafka.store import Store
 from daemon.kafka.topics import ready_topics
+from daemon.kafka.writes import WriteWatch
 from daemon.observe.logs import apply as apply_logs
 from daemon.observe.metrics import Metrics
 from daemon.observe.systemd import notify as _notify_systemd
@@ -72,6 +73,7 @@ class Components(msgspec.Struct, frozen=True):
     admin: AdminServer
     contact: Contact
     operator: Operator
+    writes: WriteWatch
 
 
 class App:
@@ -151,29 +153,28 @@ class App:
         """One attempt at everything that needs the cluster. Every client's close is pushed on ``stack`` before it
         starts, so an attempt that fails or is cancelled half way leaves nothing open."""
         config, environ, metrics = self._config, self._environ, self.metrics
-        kafka, retry = config.kafka, config.retry
+        kafka, retry, api = config.kafka, config.retry, config.api
         client_options = kafka_client_options(kafka, environ)
         self._set_status(f"connecting to Kafka at {kafka.bootstrap_servers}")
-        producer = make_producer(kafka, environ, linger_ms=kafka.linger_ms, max_batch_size=256 * 1024)
+        producer = RouterProducer(kafka, environ, linger_ms=kafka.linger_ms, max_batch_size=256 * 1024)
         stack.push_async_callback(self._close, "the producer", producer.stop)
         await producer.start()
 
-        api = config.api
         index_topic = retry.index_topic if api.enabled and api.delivery_index else None  # the delivery index's
         results = ResultsWriter(producer, kafka.results_topic, metrics, index_topic)
         results.start()
         stack.push_async_callback(results.stop)
 
-        # A metadata request every second says whether the cluster answers (the producer's: its few topics only).
-        probe = producer.client.force_metadata_update
-        contact = Contact(
-            probe, kafka.bootstrap_servers, kafka.contact_timeout_s, self._noise, metrics, _notify_systemd
-        )
+        # A metadata request a second says whether the cluster answers (the current producer's: its few topics only).
+        contact = Contact(lambda: producer.client.force_metadata_update(), kafka.bootstrap_servers,
+                          kafka.contact_timeout_s, self._noise, metrics, _notify_systemd)  # fmt: skip
         contact.start()
         stack.push_async_callback(contact.stop)
 
         self._set_status("checking the router's topics")
-        await ready_topics(client_options, producer, kafka, retry, api.enabled, index_topic is not None)
+        written = await ready_topics(client_options, producer, kafka, retry, api.enabled, index_topic is not None)
+        writes = WriteWatch.of(producer, *written).started()
+        stack.push_async_callback(writes.stop)
 
         health = Health(results, retry.health_topic, metrics)
         health_reader = HealthReader(retry.health_topic, client_options, health)
@@ -239,7 +240,7 @@ class App:
         await tiers.start()
 
         self._operator = operator
-        self.components = Components(results, health, settlement, source, tiers, admin, contact, operator)
+        self.components = Components(results, health, settlement, source, tiers, admin, contact, operator, writes)
         self._set_status("running")
         _notify_systemd("READY=1")
         log.info("webhook-router running: topics %s, %d endpoints, %d subscriptions", ", ".join(kafka.topics),
@@ -275,8 +276,7 @@ class App:
         self._stop.set()
 
     def not_ready(self) -> str | None:
-        """Why the daemon is not ready (``/readyz``), or None when it is: started, in contact with the cluster, a
-        member of its consumer group."""
+        """Why the daemon is not ready (``/readyz``), or None: started, in contact, writing, committing, joined."""
         if self._stop.is_set():
             return "shutting down"
         c = self.components
@@ -284,6 +284,8 @@ class App:
             return self._status
         if not c.contact.answering:
             return f"no contact with Kafka at {self._config.kafka.bootstrap_servers} for {c.contact.silent_s:.0f} s"
+        if problem := c.writes.problem() or c.results.problem() or c.source.problem() or c.tiers.problem():
+            return problem
         if not c.source.joined:
             return f"not a member of consumer group {self._config.kafka.group_id} (joining, or a rebalance)"
         lagging = self._api.lagging() if self._api is not None else None

@@ -51,7 +51,10 @@ class KafkaConfig(msgspec.Struct, **_FROZEN):
     heartbeat_interval_ms: Annotated[int, Meta(ge=100, le=60_000)] = 3_000
     max_poll_interval_ms: Annotated[int, Meta(ge=1_000, le=3_600_000)] = 300_000
     results_acks: Literal["all", "leader"] = "all"
-    enable_idempotence: bool = False
+    # The producer of results, retries and dead letters: idempotent (no record written twice by a retried send) with
+    # "auto" when the cluster grants a producer id and results_acks is "all", else plain (logged once); true: the
+    # cluster must grant it (start-up stops, naming this setting, if not); false: never.
+    enable_idempotence: bool | Literal["auto"] = "auto"
     linger_ms: Annotated[int, Meta(ge=0, le=1_000)] = 5
     # After this long without an answer from any broker, contact is lost: logged once, /readyz answers 503.
     contact_timeout_s: Annotated[float, Meta(ge=1, le=600)] = 15.0

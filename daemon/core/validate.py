@@ -304,6 +304,9 @@ class _Checks:
             for topic in getattr(kafka, fields):
                 if topic not in self._topics:
                     self.fault(f"kafka.{fields}.{topic}", "not one of kafka.topics")
+        if kafka.enable_idempotence is True and kafka.results_acks != "all":
+            self.fault("kafka.enable_idempotence", 'needs results_acks = "all" (an idempotent producer waits for every '
+                       'in-sync replica)')  # fmt: skip
         self._security(kafka)
         self._schema_registry()
         retry = config.retry

@@ -1,8 +1,8 @@
 """The one door to aiokafka: every Kafka client of the router is built here, and every use of aiokafka's insides
 is here, so that an aiokafka upgrade touches this file (and the tests named below) only.
 
-The consumers (events, retry tiers, health, endpoints, read-backs, ``tail``), the producer and the admin client are
-all built from ``kafka_client_options``, so a security setting reaches each of them or none.
+The consumers (events, retry tiers, health, endpoints, read-backs, ``tail``), the producer (``RouterProducer``) and the
+admin client are all built from ``kafka_client_options``, so a security setting reaches each of them or none.
 
 aiokafka's insides this module relies on (checked on every upgrade of the pin in pyproject.toml):
 
@@ -14,6 +14,8 @@ aiokafka's insides this module relies on (checked on every upgrade of the pin in
 - ``AIOKafkaConsumer._fetcher`` and its ``_pending_tasks`` (``close_consumer``): tests/integration/test_outages.py.
 - ``aiokafka.protocol.fetch.FetchRequest`` (version 4, a plain Fetch answered with the batch's bytes untouched):
   tests/integration/test_stuck_partitions.py.
+- ``ClusterMetadata._partitions`` (``replicas_of``: the leader and in-sync replicas of each partition the router
+  writes): tests/unit/kafka/test_writes.py, tests/integration/test_brokers_lost.py (two of three brokers away).
 - ``AIOKafkaAdminClient._send_request_to_node`` with a ``MetadataRequest`` (``await_topics``: each broker asked
   itself whether it has a topic just created): tests/integration/test_topics.py (a first start logs no error).
 """
@@ -21,19 +23,28 @@ aiokafka's insides this module relies on (checked on every upgrade of the pin in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
 
 from daemon.core.config import KafkaConfig
+from daemon.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +82,106 @@ def _no_password() -> str:
     return ""
 
 
-def make_producer(kafka: KafkaConfig, environ: Any, **settings: Any) -> AIOKafkaProducer:
-    """The producer of results (and retries, dead letters, health), as ``kafka`` asks for it."""
-    return AIOKafkaProducer(
-        acks="all" if kafka.results_acks == "all" else 1,
-        enable_idempotence=kafka.enable_idempotence,
-        **settings,
-        **kafka_client_options(kafka, environ),
-    )
+# What an idempotent producer answers once the cluster no longer takes its producer id and sequence (fenced: another
+# producer took its epoch, or the broker lost its state): it sends nothing more, a new producer id is needed.
+FENCED = (ProducerFenced, InvalidProducerEpoch, OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerIdMapping)
+_STOP_FENCED_S = 5.0  # how long the close of a fenced producer may take (what it still holds fails at once)
+
+
+@contextlib.contextmanager
+def _refusal_unlogged(when: bool) -> Iterator[None]:
+    """aiokafka's sender logs a refused InitProducerId as an ERROR before raising it; where the refusal is expected
+    and said once by the router ("auto"), the sender's ERROR records during the start are dropped."""
+    sender = logging.getLogger("aiokafka.producer.sender")
+    drop = _DropErrors()
+    if when:
+        sender.addFilter(drop)
+    try:
+        yield
+    finally:
+        sender.removeFilter(drop)
+
+
+class _DropErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+class RouterProducer:
+    """The daemon's producer (results, retries, dead letters, health, endpoints), as ``kafka`` asks for it, behind one
+    reference that every holder keeps: ``renew()`` replaces a fenced producer by a new one in place.
+
+    ``kafka.enable_idempotence``: "auto" (the default) makes it idempotent when ``results_acks`` is "all" and the
+    cluster grants a producer id, else plain (acks as ``results_acks`` says) with ``refused`` saying why; ``true``
+    makes a refusal a ``ConfigError`` naming the setting; ``false`` never asks. What is asked of the cluster is the
+    protocol's own InitProducerId, never which broker it is. Everything else (``send``, ``send_batch``,
+    ``create_batch``, ``partitions_for``, ``client``...) is the current AIOKafkaProducer's."""
+
+    def __init__(self, kafka: KafkaConfig, environ: Any, **settings: Any) -> None:
+        self._kafka = kafka
+        self._options = {**settings, **kafka_client_options(kafka, environ)}
+        wanted = kafka.enable_idempotence
+        self.idempotent = wanted is True or (wanted == "auto" and kafka.results_acks == "all")
+        self.refused: str | None = None  # why the cluster refused an idempotent producer ("auto" went without)
+        self._current = self._make()
+
+    def _make(self) -> AIOKafkaProducer:
+        acks = "all" if self._kafka.results_acks == "all" else 1
+        return AIOKafkaProducer(acks=acks, enable_idempotence=self.idempotent, **self._options)
+
+    async def start(self) -> None:
+        producer = self._current
+        try:
+            with _refusal_unlogged(self.idempotent and self._kafka.enable_idempotence == "auto"):
+                await producer.start()
+        except KafkaError as exc:
+            if not self.idempotent or exc.retriable:
+                raise
+            await producer.stop()
+            reason = f"{type(exc).__name__}: {exc}"
+            if self._kafka.enable_idempotence is True:
+                raise ConfigError([f"kafka.enable_idempotence: the cluster refused an idempotent producer ({reason}); "
+                                   'set it to "auto" or false']) from exc  # fmt: skip
+            self.idempotent, self.refused = False, reason
+            producer = self._current = self._make()
+            await producer.start()  # the cluster's own errors (unreachable, credentials refused) propagate from here
+            log.warning("the cluster refused an idempotent producer (%s): results, retries and dead letters are "
+                        "written with acks=%s, without idempotence (a send tried again may write a record twice; "
+                        "kafka.enable_idempotence = false says so without asking)", reason,
+                        self._kafka.results_acks)  # fmt: skip
+
+    async def renew(self) -> None:
+        """A new producer (a new producer id) in place of the current one, which is closed: what it still held fails
+        (its senders send it again through the new one)."""
+        new = self._make()
+        await new.start()
+        old, self._current = self._current, new
+        try:
+            await asyncio.wait_for(old.stop(), _STOP_FENCED_S)
+        except (TimeoutError, KafkaError) as exc:
+            log.debug("closing the fenced producer: %r", exc)
+
+    async def stop(self) -> None:
+        await self._current.stop()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._current, name)
+
+
+def replicas_of(producer: Any, topics: list[str]) -> list[tuple[str, int, int, int, int]]:
+    """(topic, partition, leader or -1, replicas, in-sync replicas) of each partition of ``topics`` in ``producer``'s
+    metadata as it last heard it (aiokafka's ``ClusterMetadata._partitions``), and how many brokers it knows."""
+    known = producer.client.cluster._partitions
+    return [
+        (topic, p.partition, p.leader if p.leader is not None else -1, len(p.replicas), len(p.isr))
+        for topic in topics
+        for p in known.get(topic, {}).values()
+    ]
+
+
+def brokers_of(producer: Any) -> int:
+    """How many brokers ``producer``'s metadata lists."""
+    return len(producer.client.cluster.brokers())
 
 
 def producer(client_options: Mapping[str, Any], **settings: Any) -> AIOKafkaProducer:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -58,6 +59,7 @@ _LAG_INTERVAL_S = 1.0  # the lag gauge is brought up to date this often (a scrap
 _FAILED_FETCH_WAIT_S = 1.0
 _PROBE_MS = 300  # how long one partition's probe waits for its records after a failed fetch
 _STUCK_LOG_S = 60.0
+COMMIT_WAIT_S = 5.0  # a commit under way this long (its coordinator moving, or away): /readyz says so
 
 
 class Stuck(msgspec.Struct, frozen=True, kw_only=True):
@@ -108,6 +110,8 @@ class Source:
         self._bytes_low_water = kafka.max_in_flight_bytes // 2
         self._paused = False
         self._commit_lock = asyncio.Lock()
+        self._commit_failing: tuple[float, str] | None = None  # since (monotonic), why: until a commit succeeds
+        self._committing_since: float | None = None  # a commit under way (aiokafka waits for a coordinator in it)
         self.joined = False
         self.stopping = False
         self._lag_labels: set[tuple[str, str]] = set()
@@ -373,18 +377,39 @@ class Source:
             marks = self.offsets.committable(tps)
             if not marks:
                 return
+            self._committing_since = time.monotonic()
             try:
                 await self._consumer.commit(marks)
             except (CommitFailedError, IllegalStateError, KafkaError) as exc:
                 self._metrics.commits.labels("error").inc()
+                if self._commit_failing is None:
+                    self._commit_failing = (time.monotonic(), type(exc).__name__)
                 held = self._commit_errors_logged.ready()
                 if held is not None:
                     log.warning(
                         "offset commit failed (%s: %s); will commit again%s", type(exc).__name__, exc, held_note(held)
                     )
                 return
+            finally:
+                self._committing_since = None
             self.offsets.mark_committed(marks)
             self._metrics.commits.labels("ok").inc()
+            if self._commit_failing is not None:
+                since, why = self._commit_failing
+                self._commit_failing = None
+                log.info("offset commits of %s go on after %.1f s of failures (%s)", self._name,
+                         time.monotonic() - since, why)  # fmt: skip
+
+    def problem(self) -> str | None:
+        """Why this consumer's offsets are not committed now (None: they are): a coordinator moving, the group
+        rebalancing, the cluster away."""
+        waiting = time.monotonic() - (self._committing_since or math.inf)
+        if waiting >= COMMIT_WAIT_S:
+            return f"an offset commit of {self._name} waiting {waiting:.0f} s for the group's coordinator"
+        if self._commit_failing is None:
+            return None
+        since, why = self._commit_failing
+        return f"offset commits of {self._name} failing for {time.monotonic() - since:.0f} s ({why}): trying again"
 
     async def commit_every(self, interval_s: float) -> None:
         while True:

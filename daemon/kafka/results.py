@@ -9,6 +9,11 @@ acknowledged the results record, its position is set in the entry and the entry 
 index partition of the same number (modulo the index's partitions: every attempt of a delivery is in one results
 partition, so its entries stay in their order), batched with the other records like any other; nothing waits on it.
 
+A producer the cluster fenced (an idempotent producer whose id or sequence it no longer takes: ``clients.FENCED``)
+sends nothing more: the writer has it renewed (a new producer id, ``RouterProducer.renew``), logs it once, and sends
+what failed again through the new one. ``problem()`` says, for ``/readyz``, while a renewal is under way or while
+records have waited ``STALLED_S`` without any acknowledgement.
+
 While the cluster is unreachable, records wait here until it is back. What waits is bounded by the
 consumers' cap on events in flight (``kafka.max_in_flight_events``, each event owing at most two records
 per endpoint it matched) plus health changes and operator actions; ``results_pending`` shows it.
@@ -18,12 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
 from daemon.core.model import Ack, IndexEntry, encode_index
+from daemon.kafka.clients import FENCED
 from daemon.kafka.contact import Throttle, held_note
 from daemon.observe.metrics import Metrics
 
@@ -34,6 +42,7 @@ _Item = tuple[str, bytes | None, bytes, Ack | None, IndexEntry | None, int | Non
 
 _BATCH = 2_000
 _RETRY_BACKOFF_S = 1.0
+STALLED_S = 5.0  # records waiting this long with none acknowledged meanwhile: /readyz says so
 
 
 class ResultsWriter:
@@ -53,7 +62,11 @@ class ResultsWriter:
         self._partitioner = DefaultPartitioner()
         self._round_robin = 0
         self._failures_logged = Throttle()
+        self._progress_at = time.monotonic()  # the last acknowledgement, or the submit that ended an idle time
+        self._renewal: asyncio.Task[None] | None = None
+        self._fenced: str | None = None
         metrics.results_pending.set_function(lambda: self._outstanding)
+        metrics.producer_idempotent.set(int(getattr(producer, "idempotent", False)))  # a RouterProducer's
 
     @property
     def outstanding(self) -> int:
@@ -78,6 +91,8 @@ class ResultsWriter:
         """Queue one record (for the results topic unless ``topic`` says otherwise); ``ack`` runs once Kafka
         has acknowledged it (None: nothing waits on it). ``index``: the results record's index entry, written once
         the record is acknowledged (left out where the index is off)."""
+        if not self._outstanding:
+            self._progress_at = time.monotonic()
         self._outstanding += 1
         self._idle.clear()
         self._queue.append((topic or self._topic, key, value, ack, index if self._index_topic else None, None))
@@ -91,8 +106,20 @@ class ResultsWriter:
             return False
         return True
 
+    def problem(self) -> str | None:
+        """Why results are not written now (None: they are, or nothing waits)."""
+        if self._fenced is not None:
+            return f"the producer of results was fenced ({self._fenced}): a new one is starting"
+        waited = time.monotonic() - self._progress_at
+        if self._outstanding and waited >= STALLED_S:
+            return f"{self._outstanding} records waiting {waited:.0f} s for Kafka's acknowledgement"
+        return None
+
     async def stop(self) -> None:
         """Stop feeding the producer. Records not yet acknowledged are left unacknowledged."""
+        if self._renewal is not None:
+            self._renewal.cancel()
+            await asyncio.gather(self._renewal, return_exceptions=True)
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
@@ -186,6 +213,7 @@ class ResultsWriter:
         self._metrics.results_written.inc(len(items))
         if self._index_topic is not None:
             self._index(future.result(), items)
+        self._progress_at = time.monotonic()
         self._outstanding -= len(items)
         if self._outstanding == 0:
             self._idle.set()
@@ -210,6 +238,11 @@ class ResultsWriter:
 
     def _failed(self, item: _Item, exc: BaseException) -> None:
         self._metrics.results_errors.inc()
+        if isinstance(exc, FENCED) and self._fenced is None:
+            self._fenced = type(exc).__name__
+            log.warning("the producer of results was fenced (%s: %s): starting a new one; what it held is sent again",
+                        type(exc).__name__, exc)  # fmt: skip
+            self._renewal = asyncio.create_task(self._renew(), name="renew-producer")
         held = self._failures_logged.ready()
         if held is not None:
             log.warning(
@@ -230,3 +263,15 @@ class ResultsWriter:
 
         timer = loop.call_later(_RETRY_BACKOFF_S, again)
         self._timers.add(timer)
+
+    async def _renew(self) -> None:
+        started = time.monotonic()
+        while True:
+            try:
+                await self._producer.renew()
+                break
+            except KafkaError as exc:  # the cluster away meanwhile: tried again
+                log.debug("starting a new producer: %r", exc)
+                await asyncio.sleep(_RETRY_BACKOFF_S)
+        log.info("a new producer of results took over after %.1f s", time.monotonic() - started)
+        self._fenced = None

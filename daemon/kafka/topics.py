@@ -155,11 +155,12 @@ def _int(value: str | None) -> int | None:
 
 async def ensure_topics(
     client_options: Mapping[str, Any], kafka: KafkaConfig, retry: RetryConfig, api: bool = False, index: bool = False
-) -> None:
+) -> dict[str, int]:
     """Check the topics the router writes that already exist, then create the missing ones (unless
-    ``retry.create_topics`` is false). Raises ``TopicError`` listing every problem, before creating anything: a
-    topic missing where the router may not create it, settings that would lose data (only logged as warnings where
-    the operator owns the topics), a topic Kafka refused to create. Kafka errors worth retrying (a broker
+    ``retry.create_topics`` is false); returns each one's ``min.insync.replicas`` as the cluster describes it (a
+    topic it does not say of is left out: taken as 1). Raises ``TopicError`` listing every problem, before creating
+    anything: a topic missing where the router may not create it, settings that would lose data (only logged as
+    warnings where the operator owns the topics), a topic Kafka refused to create. Kafka errors worth retrying (a broker
     unreachable, a controller moving) propagate as they are."""
     specs = topic_specs(kafka, retry, api, index)
     admin = admin_client(client_options)
@@ -169,7 +170,8 @@ async def ensure_topics(
         present = [spec for spec in specs if spec.name in existing]
         problems: list[str] = []  # errors where the router owns the topics, warnings where an operator does
         configs: dict[str, dict[str, str]] = {}
-        for spec, described in zip(present, await _describe(admin, [spec.name for spec in present]), strict=True):
+        described_all = await _describe(admin, [spec.name for spec in present])
+        for spec, described in zip(present, described_all, strict=True):
             if described is not None:
                 configs[spec.role] = described
                 found, notes = check_topic(spec, described, retry)
@@ -189,10 +191,14 @@ async def ensure_topics(
                         "create it (see docs/kafka.md, 'Topics')" for spec in missing]  # fmt: skip
         elif missing and not problems:
             problems = await _create(admin, missing, retry)
+        if problems:
+            raise TopicError(problems)
+        names = [spec.name for spec in specs]
+        described_now = await _describe(admin, names) if missing else described_all  # nothing created: the same
     finally:
         await admin.close()
-    if problems:
-        raise TopicError(problems)
+    return {name: int(found["min.insync.replicas"]) for name, found in zip(names, described_now, strict=True)
+            if found is not None and found.get("min.insync.replicas", "").isdigit()}  # fmt: skip
 
 
 def _as_long_as_results(spec: TopicSpec, results: Mapping[str, str] | None) -> TopicSpec:
@@ -205,13 +211,15 @@ def _as_long_as_results(spec: TopicSpec, results: Mapping[str, str] | None) -> T
 
 async def ready_topics(
     client_options: Mapping[str, Any], producer: Any, kafka: KafkaConfig, retry: RetryConfig, api: bool, index: bool
-) -> None:
+) -> tuple[list[str], dict[str, int]]:
     """``ensure_topics``, then ``producer`` learns every written topic's partitions before its first send: a send that
     has to wait for a new topic's metadata was seen to leave a record of another topic, queued just before, unsent
-    until the next send."""
-    await ensure_topics(client_options, kafka, retry, api, index)
-    for spec in topic_specs(kafka, retry, api, index):
-        await producer.partitions_for(spec.name)
+    until the next send. Returns the written topics and their ``min.insync.replicas`` (``ensure_topics``)."""
+    min_insync = await ensure_topics(client_options, kafka, retry, api, index)
+    names = [spec.name for spec in topic_specs(kafka, retry, api, index)]
+    for name in names:
+        await producer.partitions_for(name)
+    return names, min_insync
 
 
 async def _create(admin: AIOKafkaAdminClient, specs: list[TopicSpec], retry: RetryConfig) -> list[str]:

@@ -61,6 +61,7 @@ RULES: dict[str, str] = {
     P + "endpoints_behind_seconds": WORKER,
     P + "fetch_paused": WORKER,
     P + "kafka_contact": WORKER,
+    P + "kafka_producer_idempotent": WORKER,
     P + "kafka_last_contact_timestamp_seconds": WORKER,
     P + "event_loop_tasks": WORKER,
     # counters of what every worker does once for the instance (each reads the whole endpoints topic, each reloads)

@@ -228,6 +228,12 @@ class Metrics:
             p + "kafka_contact", "1 while the Kafka cluster answers; 0 once it has not for kafka.contact_timeout_s.",
             registry=r,
         )  # fmt: skip
+        self.producer_idempotent = Gauge(
+            p + "kafka_producer_idempotent",
+            "1 while results, retries and dead letters are written by an idempotent producer "
+            "(kafka.enable_idempotence).",
+            registry=r,
+        )
         self.kafka_last_contact = Gauge(
             p + "kafka_last_contact_timestamp_seconds", "Unix time of the Kafka cluster's last answer.", registry=r
         )

@@ -63,6 +63,7 @@ results_topic = "{results}"
 session_timeout_ms = 6000
 heartbeat_interval_ms = 500
 commit_interval_ms = 200
+enable_idempotence = false  # the demo's broker (Tansu) grants no producer ids: said here rather than found out
 
 [admin]
 listen = "127.0.0.1:{admin_port}"

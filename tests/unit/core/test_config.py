@@ -86,6 +86,8 @@ def test_minimal_config_loads_with_defaults() -> None:
     assert config.kafka.event_type_fields == {}
     assert config.kafka.max_in_flight_events == 10_000
     assert config.kafka.commit_interval_ms == 500
+    assert config.kafka.enable_idempotence == "auto"
+    assert parse_config({"kafka": kafka(enable_idempotence=False)}, {}).kafka.enable_idempotence is False
     assert config.admin == AdminConfig(listen="127.0.0.1:9464")
     assert config.delivery == DeliveryConfig(user_agent="webhook-router/0.1", drain_timeout_s=20.0)
     assert config.endpoints == []
@@ -209,7 +211,14 @@ def test_missing_required_fields() -> None:
             doc(kafka=kafka(auto_offset_reset="middle")),
             ["kafka.auto_offset_reset: must be one of 'earliest', 'latest'"],
         ),
-        (doc(kafka=kafka(enable_idempotence="yes")), ["kafka.enable_idempotence: expected `bool`, got `str`"]),
+        (doc(kafka=kafka(enable_idempotence="yes")), ["kafka.enable_idempotence: must be one of 'auto'"]),
+        (
+            doc(kafka=kafka(enable_idempotence=True, results_acks="leader")),
+            [
+                'kafka.enable_idempotence: needs results_acks = "all" (an idempotent producer waits for every in-sync '
+                "replica)"
+            ],
+        ),
         (
             doc(kafka=kafka(commit_interval_ms=5, linger_ms=1001)),
             ["kafka.commit_interval_ms: must be >= 10", "kafka.linger_ms: must be <= 1000"],

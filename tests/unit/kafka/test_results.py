@@ -1,5 +1,6 @@
 """daemon.kafka.results.ResultsWriter at its seam: records reach the producer in batches, acks run only once Kafka
-acknowledged, a failed send is sent again and never dropped.
+acknowledged, a failed send is sent again and never dropped, a fenced producer is renewed once, records that wait
+are a problem for /readyz.
 
 The producer is an in-memory stand-in with aiokafka's shape (``create_batch``, ``send_batch``, ``send``,
 ``partitions_for``): the test decides when each send is acknowledged or fails.
@@ -8,11 +9,14 @@ The producer is an in-memory stand-in with aiokafka's shape (``create_batch``, `
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
 
 import pytest
+from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
 from aiokafka.partitioner import DefaultPartitioner
 
 import daemon.kafka.results
@@ -187,3 +191,63 @@ async def test_without_an_index_no_entry_is_written() -> None:
         producer.sent[0][3].set_result(Landed(0, 0))
         await settle_down()
     assert [topic for topic, *_ in producer.sent] == ["results"]
+
+
+class RenewableProducer(Producer):
+    """A stand-in for RouterProducer: ``renew`` counts the renewals (each one a new producer id) and can fail."""
+
+    def __init__(self, renew_failures: int = 0) -> None:
+        super().__init__()
+        self.renewals = 0
+        self.renew_failures = renew_failures
+        self.renewed = asyncio.Event()
+
+    async def renew(self) -> None:
+        if self.renew_failures:
+            self.renew_failures -= 1
+            raise KafkaConnectionError("the cluster is away")
+        self.renewals += 1
+        self.renewed.set()
+
+
+async def test_a_fenced_producer_is_renewed_once_and_what_it_held_is_sent_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(daemon.kafka.results, "_RETRY_BACKOFF_S", 0.01)
+    caplog.set_level(logging.INFO, "daemon.kafka.results")
+    producer, acked = RenewableProducer(renew_failures=1), list[int]()
+    async with writer(producer) as w:
+        for n in range(3):
+            w.submit(str(n).encode(), b"v", functools.partial(acked.append, n))
+        await settle_down()
+        for *_, future in producer.sent:  # every batch refused: the broker no longer takes this producer id
+            future.set_exception(OutOfOrderSequenceNumber())
+        await settle_down()
+        assert w.problem() == "the producer of results was fenced (OutOfOrderSequenceNumber): a new one is starting"
+        await asyncio.wait_for(producer.renewed.wait(), 5)
+        await asyncio.sleep(0.05)  # the failed records' back-off
+        producer.acknowledge_all()
+        await settle_down()
+        assert sorted(acked) == [0, 1, 2] and w.outstanding == 0
+        assert producer.renewals == 1  # three failed batches, one renewal (the first attempt at it failed)
+        assert w.problem() is None
+    fenced = [r for r in caplog.records if "fenced" in r.getMessage()]
+    assert len(fenced) == 1 and fenced[0].levelname == "WARNING"
+    assert any("a new producer of results took over" in r.getMessage() for r in caplog.records)
+
+
+async def test_records_waiting_without_an_acknowledgement_are_a_problem_until_one_comes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(daemon.kafka.results, "STALLED_S", 0.2)
+    producer = Producer()
+    async with writer(producer) as w:
+        assert w.problem() is None  # nothing waits
+        w.submit(b"k", b"v", None)
+        await settle_down()
+        assert w.problem() is None  # never early
+        await asyncio.sleep(0.25)
+        assert w.problem() == "1 records waiting 0 s for Kafka's acknowledgement"
+        producer.acknowledge_all()
+        await settle_down()
+        assert w.problem() is None

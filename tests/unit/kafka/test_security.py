@@ -16,7 +16,7 @@ import pytest
 from daemon.core.config import Config
 from daemon.core.validate import parse_config
 from daemon.engine.health import Health, HealthReader
-from daemon.kafka.clients import FileTokenProvider, admin_client, kafka_client_options, make_producer, reader
+from daemon.kafka.clients import FileTokenProvider, RouterProducer, admin_client, kafka_client_options, reader
 from daemon.kafka.consume import Source
 from daemon.observe.metrics import Metrics
 from tests.unit.core.test_config import doc, errors_of, kafka
@@ -43,7 +43,7 @@ async def every_client(config: Config, environ: dict[str, str]) -> AsyncIterator
         "read-back consumer": reader(options),
         "tail consumer": reader(options, auto_offset_reset="latest"),
     }
-    producer = make_producer(config.kafka, environ)
+    producer = RouterProducer(config.kafka, environ)
     admin = admin_client(options)
     try:
         yield {

@@ -1,0 +1,211 @@
+"""What the tests of brokers lost under load share: a steady load of numbered events, a receiver that counts each
+number it is sent, and the figures each test prints (lost, duplicates, time to recover).
+
+These tests need a cluster of their own with three brokers (replication factor 3, ``min.insync.replicas`` 2), which
+``KafkaBroker`` gives with ``WEBHOOK_ROUTER_TEST_KAFKA=3``; on Tansu or one Kafka node they are skipped
+(``three_brokers``). ``WEBHOOK_ROUTER_CHAOS_RATE`` sets the load (events a second, 2,000 by default) and
+``WEBHOOK_ROUTER_CHAOS_AWAY_S`` how long a broker stays away (60 s by default; CI sets it shorter)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from daemon.tools.embedded import free_port
+from tests.helpers import SECRET, TEST_KAFKA_BROKERS, DaemonProcess, client_options, eventually, unique
+from tests.integration.conftest import KafkaBroker, Setup, needs_own_broker
+
+three_brokers = [
+    needs_own_broker,
+    pytest.mark.skipif(
+        TEST_KAFKA_BROKERS != 3,
+        reason="needs three Kafka brokers of its own (WEBHOOK_ROUTER_TEST_KAFKA=3): Tansu and one node have no "
+        "replicas to lose",
+    ),
+    pytest.mark.timeout(600),
+]
+
+RATE = float(os.environ.get("WEBHOOK_ROUTER_CHAOS_RATE", "2000"))
+AWAY_S = float(os.environ.get("WEBHOOK_ROUTER_CHAOS_AWAY_S", "60"))
+PARTITIONS = 6
+
+
+class Counting:
+    """A receiver answering 200 to every webhook and counting each event number (``n`` of the body) it is sent;
+    ``last_at`` is when it last received one."""
+
+    def __init__(self) -> None:
+        self.seen: Counter[int] = Counter()
+        self.arrived: dict[int, float] = {}  # n -> monotonic time of its first delivery
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def start(self) -> Counting:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        n = json.loads(await request.read())["n"]
+        self.seen[n] += 1
+        self.arrived.setdefault(n, time.monotonic())
+        return web.Response(text="ok")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @property
+    def duplicates(self) -> int:
+        return sum(self.seen.values()) - len(self.seen)
+
+
+@dataclass
+class Load:
+    """Numbered events produced at ``rate`` a second (acks=all, idempotent: the test's own retries write none twice)
+    until stopped; ``acked`` are the numbers Kafka acknowledged, ``sent_at`` when each was handed to the producer."""
+
+    bootstrap: str
+    topic: str
+    rate: float = RATE
+    acked: set[int] = field(default_factory=set)
+    sent_at: dict[int, float] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def start(self) -> Load:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        producer = AIOKafkaProducer(**client_options(self.bootstrap), acks="all", enable_idempotence=True,
+                                    linger_ms=5)  # fmt: skip
+        await producer.start()
+        pending: set[asyncio.Future[object]] = set()
+        try:
+            started, n = time.monotonic(), 0
+            while not self._stop.is_set():
+                due = int((time.monotonic() - started) * self.rate)
+                while n < due and len(pending) < 20_000:  # writes that wait (brokers away) hold the load back
+                    value = json.dumps({"event": "chaos.tick", "n": n}).encode()
+                    try:
+                        future = await producer.send(self.topic, value, key=str(n).encode())
+                    except KafkaError:  # its buffer full while brokers are away: the same number again, later
+                        await asyncio.sleep(0.1)
+                        continue
+                    self.sent_at[n] = time.monotonic()
+                    future.add_done_callback(lambda f, n=n: None if f.exception() else self.acked.add(n))
+                    pending.add(future)
+                    future.add_done_callback(pending.discard)
+                    n += 1
+                await asyncio.sleep(0.01)
+            if pending:
+                await asyncio.wait(pending, timeout=120)
+        finally:
+            await producer.stop()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def cancel(self) -> None:
+        """Stop at once (a test that failed: what waits is not waited for)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def first_after(self, moment: float) -> int | None:
+        """The number of the first event handed to the producer after ``moment`` (monotonic)."""
+        return next((n for n, at in self.sent_at.items() if at > moment), None)
+
+
+def setup_of(broker: KafkaBroker, tmp_path: Path) -> Setup:
+    return Setup(broker, unique("events"), unique("results"), unique("group"), tmp_path / "router.toml")
+
+
+def config_of(s: Setup, receiver: Counting, **kafka: object) -> dict[str, object]:
+    ep = {"id": "sink", "url": receiver.url, "secret": SECRET, "max_concurrency": 64, "queue_size": 100_000}
+    return s.config([ep], [{"endpoint": "sink", "events": ["*"]}], contact_timeout_s=5, **kafka)
+
+
+@contextlib.asynccontextmanager
+async def under_load(tmp_path: Path, **kafka: object) -> AsyncIterator[tuple[KafkaBroker, Setup, Counting, Load]]:
+    """A three-broker cluster of the test's own, its topics, a receiver and the daemon ready (started with
+    ``spawn``), and the load running; at the end the load stops and every acknowledged event is awaited."""
+    quiet = logging.getLogger("aiokafka")  # the test's own clients meet the same losses: hundreds of lines a second
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(quiet.setLevel, level)
+        broker = await stack.enter_async_context(KafkaBroker(tmp_path / "kafka", 3))
+        s = setup_of(broker, tmp_path)
+        await broker.create_topics([s.topic], partitions=PARTITIONS)
+        await broker.create_topics([s.results], partitions=PARTITIONS)
+        receiver = await Counting().start()
+        stack.push_async_callback(receiver.stop)
+        s.write(config_of(s, receiver, **kafka))
+        load = Load(broker.bootstrap, s.topic).start()
+        stack.push_async_callback(load.cancel)
+        yield broker, s, receiver, load
+
+
+async def delivered_after(receiver: Counting, load: Load, moment: float, within_s: float = 120) -> float:
+    """Seconds from ``moment`` until an event produced after it was delivered (the time to recover)."""
+    await eventually(lambda: load.first_after(moment) is not None, within_s)
+    n = load.first_after(moment)
+    assert n is not None
+    await eventually(lambda: n in receiver.arrived, within_s)
+    return receiver.arrived[n] - moment
+
+
+async def settle(receiver: Counting, load: Load, within_s: float = 180) -> None:
+    """Stop the load and wait until every event Kafka acknowledged was delivered (or ``within_s`` passed)."""
+    await load.stop()
+    with contextlib.suppress(TimeoutError):
+        await eventually(lambda: load.acked <= receiver.seen.keys(), within_s)
+    await asyncio.sleep(1.0)  # anything still arriving twice
+
+
+def report(name: str, receiver: Counting, load: Load, recover_s: float, duration_s: float, **more: object) -> int:
+    """Print the figures of one test (pytest -s shows them; bench/RESULTS.md records them); returns the lost."""
+    lost = len(load.acked - receiver.seen.keys())
+    extra = "".join(f", {k} {v}" for k, v in more.items())
+    print(f"\n[chaos] {name}: events {len(load.acked)} in {duration_s:.0f} s ({len(load.acked) / duration_s:.0f}/s), "
+          f"lost {lost}, duplicates {receiver.duplicates}, time to recover {recover_s:.1f} s{extra}")  # fmt: skip
+    return lost
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[DaemonProcess]]:
+    """The daemons of a test (``daemon_of``), killed at teardown; unlike ``daemons``, no session broker is started."""
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        await d.kill()
+
+
+async def daemon_of(pool: list[DaemonProcess], s: Setup, n: int = 0) -> DaemonProcess:
+    d = DaemonProcess(s.path, s.admin_port, s.path.parent / f"daemon-{n}.log")
+    pool.append(d)
+    return await d.start()
