@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 import pytest
@@ -108,7 +109,8 @@ async def test_contact_is_lost_once_after_the_timeout_and_back_once(caplog: pyte
         await contact.stop()
     lines = [r.getMessage() for r in caplog.records if r.name == "daemon.kafka.contact"]
     assert len(lines) == 2, lines
-    assert lines[0].startswith("lost contact with Kafka at kafka-1:9092: no answer for 1 s.")
+    lost = re.match(r"lost contact with Kafka at kafka-1:9092: no answer for (\d+) s\.", lines[0])
+    assert lost and int(lost[1]) >= 1, lines  # the silence measured: 1 s, or more on a busy machine
     assert lines[1].startswith("contact with Kafka at kafka-1:9092 is back after ")
     assert lines[1].endswith("(7 Kafka client log lines held back meanwhile)")
     assert notes == ["STATUS=no contact with Kafka at kafka-1:9092 for 1 s, waiting for it", "STATUS=running"]
