@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args.config, log_level=args.log_level)
     if args.command == "ping":
         return _ping(args.config, args.endpoint)
+    if args.command == "index-rebuild":
+        return _index_rebuild(args.config, args.since)
     if args.command in TOP_LEVEL:
         return run_command(args, os.environ)
     if args.command in ("tail", "stats"):
@@ -75,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     ping = sub.add_parser("ping", help="send an endpoint its profile's test event once; record the outcome")
     ping.add_argument("--config", required=True, help="path of the TOML config")
     ping.add_argument("endpoint", help="endpoint id")
+    rebuild = sub.add_parser(
+        "index-rebuild", help="write the delivery index's entries of the results topic's records (all, or since a time)"
+    )
+    rebuild.add_argument("--config", required=True, help="path of the TOML config")
+    rebuild.add_argument("--since", help="RFC 3339 (default: the topic's start)")
     add_commands(sub)
     add_watch_commands(sub)
     demo = sub.add_parser("demo", help="embedded broker, sample receiver, sample events: deliveries shown")
@@ -159,6 +166,28 @@ def _ping(path: str, endpoint_id: str) -> int:
         print(exc, file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK if outcome.status == "delivered" else EXIT_FAILURE
+
+
+def _index_rebuild(path: str, since: str | None) -> int:
+    """The delivery index's entries of the results topic's records since ``since`` (RFC 3339; None: all of them)."""
+    config = _load(path)
+    if config is None:
+        return EXIT_CONFIG
+    from datetime import datetime
+
+    from daemon.kafka.clients import kafka_client_options
+    from daemon.kafka.index import rebuild
+
+    try:
+        since_ms = int(datetime.fromisoformat(since).timestamp() * 1000) if since else 0
+    except ValueError:
+        log.error("--since: not an RFC 3339 time with its offset (e.g. 2026-12-01T00:00:00Z)")
+        return EXIT_CONFIG
+    options = kafka_client_options(config.kafka, os.environ)
+    kafka, topic = config.kafka, config.retry.index_topic
+    written = run_coroutine(rebuild(options, kafka.results_topic, topic, since_ms))
+    print(f"{written} entries written to {topic} from {kafka.results_topic}")
+    return EXIT_OK
 
 
 def _run(path: str, log_level: str | None = None, worker: tuple[int, str, int] | None = None) -> int:

@@ -526,8 +526,8 @@ class Api:
         elif caller.tenant is not None or query.tenant is not None:
             ids = self._endpoints_of(self._scope(query.tenant, caller))
         entries, note = await self._operator.scans.search(
-            ids, status=query.status, event_type=query.event_type, since_ms=query.since_ms, until_ms=query.until_ms,
-            before=query.before, limit=query.limit,
+            caller.tenant, ids, status=query.status, event_type=query.event_type, since_ms=query.since_ms,
+            until_ms=query.until_ms, before=query.before, limit=query.limit,
         )  # fmt: skip
         last = entries[-1] if entries and len(entries) == query.limit else None
         return entries, note, (f"{last.at_ms}.{last.partition}.{last.offset}" if last is not None else None)

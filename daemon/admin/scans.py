@@ -124,12 +124,16 @@ class Scans:
             records.append(value)
         return records
 
-    async def search(self, endpoint_ids: Collection[str] | None, **filters: Any) -> tuple[list[IndexEntry], str | None]:
+    async def search(
+        self, tenant: str | None, endpoint_ids: Collection[str] | None, **filters: Any
+    ) -> tuple[list[IndexEntry], str | None]:
         """The index's entries of ``endpoint_ids`` (None: every endpoint) that match ``filters``
-        (``IndexStore.search``), newest first, and why some may be missing (None: the index is not behind)."""
+        (``IndexStore.search``), newest first, and why some may be missing (None: the index is not behind); in a slot
+        of ``tenant``'s (a search of many endpoints' entries may sort many of them)."""
         if self.index is None:
             raise Conflict("the delivery index is off (api.delivery_index = false): an endpoint's recent attempts "
                            "are at /v1/endpoints/{id}/attempts")  # fmt: skip
         if endpoint_ids is not None and not endpoint_ids:
             return [], None
-        return await self.index.search(endpoint_ids, **filters), self.index.behind()
+        with self.slot(tenant):
+            return await self.index.search(endpoint_ids, **filters), self.index.behind()

@@ -14,6 +14,8 @@ copy rebuilt from it at each start):
 - **Start-up does not wait for it**: reading the topic to its end runs in the background; until then (and for a
   delivery whose entry has not been read yet) a lookup says the index is behind, and its caller falls back to the
   bounded scan of the results topic (``daemon.kafka.history``).
+- **Rebuilt from the results topic** (``rebuild``, ``webhook-router index-rebuild``): for deliveries recorded while
+  the index was off, or an index topic lost: an entry for every results record of a delivery, from a time on.
 - **Retention**: every ``_PRUNE_EVERY_S``, the entries of records the results topic no longer has (below each
   partition's first offset) are dropped here, so the copy keeps what the results topic keeps; the index topic is
   created with the results topic's ``retention.ms`` (``daemon.kafka.topics``).
@@ -34,9 +36,11 @@ import msgspec
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from daemon.core.model import IndexEntry, decode_index
-from daemon.kafka.clients import partitions_of
+from daemon.core.model import IndexEntry, decode_index, decode_outcome, encode_index, index_entry
+from daemon.kafka.clients import partitions_of, producer
 from daemon.kafka.follow import Follower
+from daemon.kafka.readback import read_range
+from daemon.kafka.readers import Readers
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +250,11 @@ class DeliveryIndex:
 
     async def _catch_up(self) -> None:
         started = time.monotonic()
-        await self._follower.start()
+        try:
+            await self._follower.start()
+        except Exception:  # the follower retries what Kafka says to retry: this is a bug or a refusal for good
+            log.exception("the delivery index stopped reading %s: lookups fall back to the bounded scan", self.topic)
+            raise
         self._write_pending()
         if self._writing is not None:
             await asyncio.shield(self._writing)
@@ -278,3 +286,36 @@ class DeliveryIndex:
 
     def _call(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+
+async def rebuild(client_options: Mapping[str, Any], results_topic: str, index_topic: str, since_ms: int = 0) -> int:
+    """Write an index entry for every results record of a delivery on ``results_topic`` recorded since ``since_ms``
+    (unix ms) up to its end as of now, as the results writer would have (to the index partition of the same number,
+    the record's Kafka timestamp as its time); returns how many. Entries already there are written again: every
+    instance keeps one of each (by position)."""
+    readers = Readers(client_options)
+    writer = producer(client_options, acks="all", linger_ms=50, max_batch_size=512 * 1024)
+    await writer.start()
+    written = 0
+    try:
+        parts = sorted(await writer.partitions_for(index_topic))
+        sends = []
+        async with contextlib.aclosing(read_range(readers, [results_topic], since_ms=since_ms)) as records:
+            async for record in records:
+                try:
+                    entry = index_entry(decode_outcome(record.value), record.timestamp) if record.value else None
+                except msgspec.DecodeError:
+                    continue  # not a results record of the router's
+                if entry is None:
+                    continue
+                entry.partition, entry.offset = record.partition, record.offset
+                sends.append(await writer.send(index_topic, encode_index(entry), key=entry.delivery_id.encode(),
+                                               partition=parts[record.partition % len(parts)]))  # fmt: skip
+                if len(sends) >= _BATCH:
+                    written += len(await asyncio.gather(*sends))
+                    sends = []
+        written += len(await asyncio.gather(*sends))
+    finally:
+        await writer.stop()
+        await readers.stop()
+    return written
