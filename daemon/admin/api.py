@@ -54,6 +54,7 @@ from daemon.core.resolve import resolve
 from daemon.core.secretbox import Keyring
 from daemon.core.validate import check_endpoint
 from daemon.engine.health import REASON_OPERATOR, REASON_TENANT, Health, pause_text
+from daemon.engine.operational import ACTOR_ADMIN, tenant_actor
 from daemon.engine.settle import Settlement
 from daemon.kafka.index import Cursor
 from daemon.kafka.store import Store
@@ -309,10 +310,17 @@ class Api:
             left = self._creating.pop(tenant) - 1
             if left:
                 self._creating[tenant] = left
+        self._announce("endpoint.created", record, caller)
         view = self._view(record)
         if secret is not None:
             view["secret"] = secret  # shown once: never again
         return view
+
+    def _announce(self, kind: str, record: EndpointRecord, caller: Caller) -> None:
+        """An operational event about an endpoint of the API, naming who did it (``daemon.engine.operational``)."""
+        operational = self._settlement.operational
+        if operational is not None:
+            operational.emit(kind, record.id, _actor(caller), tenant=record.tenant, version=record.version)
 
     async def list_endpoints(self, request: web.Request, caller: Caller) -> web.Response:
         query = request.query
@@ -387,6 +395,7 @@ class Api:
         updated = self._record(config, sub, record.tenant, record.version + 1, record.created_at, description,
                                live_secrets(record, self._keyring))  # fmt: skip
         await self._store.write(updated)
+        self._announce("endpoint.updated", updated, caller)
         return self._view(updated)
 
     async def delete(self, request: web.Request, caller: Caller) -> web.Response:
@@ -397,6 +406,7 @@ class Api:
         record = self._own(endpoint_id, caller)
         await self._store.write(deleted_marker(record, self._keyring))
         await self._store.tombstone(endpoint_key(record.id))
+        self._announce("endpoint.deleted", record, caller)
 
     async def pause(self, request: web.Request, caller: Caller) -> web.Response:
         return http.json_response(self.pause_endpoint(request.match_info["id"], caller))
@@ -404,9 +414,9 @@ class Api:
     def pause_endpoint(self, endpoint_id: str, caller: Caller) -> dict[str, Any]:
         endpoint_id = self._visible(endpoint_id, caller)
         if caller.tenant is None:
-            self._health.pause(endpoint_id, REASON_OPERATOR, "paused through the API")
+            self._health.pause(endpoint_id, REASON_OPERATOR, "paused through the API", _actor(caller))
         else:
-            self._health.pause(endpoint_id, REASON_TENANT, "paused through the API by its tenant")
+            self._health.pause(endpoint_id, REASON_TENANT, "paused through the API by its tenant", _actor(caller))
         return self.view_of(endpoint_id, caller)
 
     async def resume(self, request: web.Request, caller: Caller) -> web.Response:
@@ -419,7 +429,7 @@ class Api:
         state = self._health.states.get(endpoint_id)
         if caller.tenant is not None and state is not None and not tenant_may_lift(state):
             raise Conflict(f"endpoint {endpoint_id!r} is {pause_text(state)}: only the platform can resume it")
-        self._health.resume(endpoint_id)
+        self._health.resume(endpoint_id, _actor(caller))
         return self.view_of(endpoint_id, caller)
 
     async def ping(self, request: web.Request, caller: Caller) -> web.Response:
@@ -459,6 +469,7 @@ class Api:
         updated = self._record(checked, sub, record.tenant, record.version + 1, record.created_at, record.description,
                                secrets_now)  # fmt: skip
         await self._store.write(updated)
+        self._announce("secret.rotated", updated, caller)
         view = self._view(updated)
         view["secret"] = secret
         return view
@@ -775,6 +786,11 @@ def _split(body: dict[str, Any], caller: Caller) -> tuple[dict[str, Any], dict[s
     ):
         raise BadRequest("description: must be a string of at most 500 characters")
     return fields, subscription, meta
+
+
+def _actor(caller: Caller) -> str:
+    """Who an operational event says did it: the platform (the admin token) or which tenant's token."""
+    return ACTOR_ADMIN if caller.tenant is None else tenant_actor(caller.tenant)
 
 
 def _within_ceiling(fields: dict[str, Any], caller: Caller, ceiling: float | None) -> None:

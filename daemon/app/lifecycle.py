@@ -37,6 +37,7 @@ from daemon.core.secretbox import keyring_from
 from daemon.delivery.sender import Sender, client_for
 from daemon.engine.feed import EndpointsFeed
 from daemon.engine.health import Health, HealthReader
+from daemon.engine.operational import Operational
 from daemon.engine.routing import Routing
 from daemon.engine.settle import Settlement
 from daemon.kafka.clients import RouterProducer, kafka_client_options
@@ -172,11 +173,13 @@ class App:
         stack.push_async_callback(contact.stop)
 
         self._set_status("checking the router's topics")
-        written = await ready_topics(client_options, producer, kafka, retry, api.enabled, index_topic is not None)
+        on = config.operational.enabled
+        written = await ready_topics(client_options, producer, kafka, retry, api.enabled, index_topic is not None, on)
         writes = WriteWatch.of(producer, *written).started()
         stack.push_async_callback(writes.stop)
+        operational = Operational(results if on else None, retry.operational_topic, config.operational)
 
-        health = Health(results, retry.health_topic, metrics)
+        health = Health(results, retry.health_topic, metrics, operational)
         health_reader = HealthReader(retry.health_topic, client_options, health)
         stack.push_async_callback(self._close, "the health reader", health_reader.stop)
         self._set_status(f"reading {retry.health_topic} to its end")
@@ -196,7 +199,7 @@ class App:
             stack.push_async_callback(schemas.close)
             await schemas.start()
         load = schemas.load if schemas is not None else None
-        settlement = Settlement(results, retry, metrics, health, sender, routing, read_back, load)
+        settlement = Settlement(results, retry, metrics, health, sender, routing, read_back, load, operational)
         stack.push_async_callback(settlement.cancel)
         stack.callback(settlement.cancel_timers)
         follow_config_pauses(health, None, routing)
@@ -205,14 +208,10 @@ class App:
         settlement.expose(metrics)
 
         drain_s = config.delivery.drain_timeout_s
-        source = Source(kafka, environ, metrics, settlement.dispatch, drain_s, prepare=settlement.prepare)
-        # The tiers' consumer polls no faster than a tenth of the shortest tier (at most 500 ms): a tight fetch
-        # wait on every tier partition costs the broker and this process CPU for nothing.
-        tier_wait = int(min(500, max(kafka.fetch_max_wait_ms, retry.tiers_s[0] * 100)))
-        tier_kafka = msgspec.structs.replace(  # a tier's records, the router's own retries, are never skipped
-            kafka, group_id=f"{kafka.group_id}.retry", topics=settlement.tier_topics, fetch_max_wait_ms=tier_wait,
-            auto_offset_reset="earliest")  # fmt: skip
-        tiers = Source(tier_kafka, environ, metrics, settlement.take, drain_s, "retries")
+        source = Source(
+            operational.topics(kafka), environ, metrics, settlement.dispatch, drain_s, prepare=settlement.prepare
+        )
+        tiers = Source(settlement.tiers_consumer(kafka), environ, metrics, settlement.take, drain_s, "retries")
         operator = Operator(settlement, health, client_options, (source, tiers), results, retry)
         stack.push_async_callback(self._close, "the read-back consumers and the delivery index", operator.stop)
         await operator.start(index_topic)  # the index is read in the background: until then, lookups scan

@@ -196,6 +196,10 @@ class RetryConfig(msgspec.Struct, **_FROZEN):
         return f"{self.topic_prefix}.dead-letter"
 
     @property
+    def operational_topic(self) -> str:
+        return f"{self.topic_prefix}.operational"
+
+    @property
     def health_topic(self) -> str:
         return f"{self.topic_prefix}.health"
 
@@ -427,6 +431,21 @@ class PortalConfig(msgspec.Struct, **_FROZEN):
     attempts_shown: Annotated[int, Meta(ge=1, le=200)] = 100  # an endpoint's newest attempts its page reads
 
 
+class OperationalConfig(msgspec.Struct, **_FROZEN):
+    """Operational webhooks: the router's own events (``daemon.engine.operational``) on the topic
+    ``{retry.topic_prefix}.operational``, delivered to these endpoints of the config file (the platform's). Turning it
+    on or off takes a restart; the endpoints and events are taken at a reload."""
+
+    enabled: bool = False
+    endpoints: Annotated[list[EndpointId], Meta(max_length=16)] = []
+    # Which of its events (patterns, as a subscription's): endpoint.paused, endpoint.resumed, endpoint.circuit_opened,
+    # endpoint.circuit_closed, endpoint.created, endpoint.updated, endpoint.deleted, secret.rotated,
+    # delivery.dead_lettered.
+    events: Annotated[list[EventPattern], Meta(min_length=1, max_length=64)] = msgspec.field(
+        default_factory=lambda: ["*"]
+    )
+
+
 class ProcessConfig(msgspec.Struct, **_FROZEN):
     """How many processes run this instance. ``workers = 1``: one process, as ever. More, or ``"auto"`` (the CPUs this
     process may use: its affinity and its cgroup's CPU quota), and ``run`` starts a supervisor that runs that many
@@ -452,6 +471,7 @@ class Config(msgspec.Struct, **_FROZEN):
     organizations: list[OrganizationConfig] = []
     event_types: Annotated[list[EventTypeConfig], Meta(max_length=10_000)] = []
     portal: PortalConfig = PortalConfig()
+    operational: OperationalConfig = OperationalConfig()
 
     def __repr__(self) -> str:
         return f"Config(topics={self.kafka.topics!r}, endpoints={len(self.endpoints)})"

@@ -352,6 +352,9 @@ class _Checks:
             self.endpoint(endpoint, f"endpoints[{i}]")
         for expansion in EXPANSIONS:
             expansion.check(config, self)
+        for i, endpoint_id in enumerate(config.operational.endpoints):
+            if endpoint_id not in self._known:
+                self.fault(f"operational.endpoints[{i}]", f"no endpoint {endpoint_id!r} in the config file")
         subscribed = self._subscriptions()
         for i, endpoint in enumerate(config.endpoints):
             profile = PROFILES.get(endpoint.profile)

@@ -39,6 +39,7 @@ from daemon.core.model import (
     encode_outcome,
     paused_by,
 )
+from daemon.engine.operational import ACTOR_ADMIN, ACTOR_ROUTER, Operational
 from daemon.kafka.follow import Follower
 from daemon.kafka.results import ResultsWriter
 from daemon.observe.metrics import Metrics
@@ -59,6 +60,9 @@ _PAUSED_BY = {
 }  # fmt: skip
 
 
+# Who did it, in an operational event, by who paused (a tenant's own pause names its tenant where it is known).
+_ACTORS = {PAUSED_BY_PLATFORM: ACTOR_ADMIN, PAUSED_BY_TENANT: "tenant"}
+
 _WHO = {PAUSED_BY_PLATFORM: "the platform", PAUSED_BY_TENANT: "its tenant", PAUSED_BY_CONTRACT: "its contract",
         PAUSED_BY_AUTOMATIC: "its failures"}  # fmt: skip
 
@@ -72,8 +76,12 @@ def pause_text(state: HealthState) -> str:
 class Health:
     """In-memory health of every endpoint, persisted through the writer to ``topic``."""
 
-    def __init__(self, writer: ResultsWriter, topic: str, metrics: Metrics) -> None:
+    def __init__(
+        self, writer: ResultsWriter, topic: str, metrics: Metrics, operational: Operational | None = None
+    ) -> None:
+        """``operational``: where its changes are announced as operational events too (None: nowhere)."""
         self._writer = writer
+        self._operational = operational
         self._topic = topic
         self._metrics = metrics
         self.states: dict[str, HealthState] = {}
@@ -118,10 +126,11 @@ class Health:
         elif threshold is not None and count >= threshold:
             self.pause(endpoint_id, REASON_FAILURES, f"{count} consecutive failed deliveries")
 
-    def pause(self, endpoint_id: str, kind: str, detail: str) -> bool:
-        """Pause an endpoint (``kind``: one of the ``REASON_*``, which says who pauses). False if it was paused
-        already, unless the pause in force is one its tenant may lift and this one is not (the platform's, its
-        contract's): this one then replaces it, paused since the first, so the tenant cannot lift it."""
+    def pause(self, endpoint_id: str, kind: str, detail: str, actor: str | None = None) -> bool:
+        """Pause an endpoint (``kind``: one of the ``REASON_*``, which says who pauses; ``actor``: who, for the
+        operational event, default from ``kind``). False if it was paused already, unless the pause in force is one
+        its tenant may lift and this one is not (the platform's, its contract's): this one then replaces it, paused
+        since the first, so the tenant cannot lift it."""
         by = _PAUSED_BY[kind]
         current = self.states.get(endpoint_id)
         since = utc_now_iso()
@@ -138,16 +147,23 @@ class Health:
             )
         )  # fmt: skip
         log.warning("endpoint %s paused by %s (%s)", endpoint_id, by, reason)
+        self._announce_op("endpoint.paused", endpoint_id, actor or _ACTORS.get(by, ACTOR_ROUTER), reason=reason,
+                          paused_by=by)  # fmt: skip
         return True
 
-    def resume(self, endpoint_id: str) -> bool:
-        """Resume an endpoint. False if it was not paused."""
+    def resume(self, endpoint_id: str, actor: str = ACTOR_ADMIN) -> bool:
+        """Resume an endpoint (``actor``: who, for the operational event). False if it was not paused."""
         if not self.is_paused(endpoint_id):
             return False
         self._failures[endpoint_id] = 0
         self._set(HealthState(endpoint_id=endpoint_id, paused=False, since=utc_now_iso()))
         log.info("endpoint %s resumed", endpoint_id)
+        self._announce_op("endpoint.resumed", endpoint_id, actor)
         return True
+
+    def _announce_op(self, event_type: str, endpoint_id: str, actor: str, **data: Any) -> None:
+        if self._operational is not None:
+            self._operational.emit(event_type, endpoint_id, actor, **data)
 
     def _set(self, state: HealthState) -> None:
         """Keep a change, persist it on the health topic, and announce it on the results topic (owed to no event)."""
@@ -179,6 +195,8 @@ class Health:
     def circuit(self, endpoint_id: str, state: str, threshold: int) -> None:
         """An endpoint's circuit breaker on this instance opened or closed (``daemon.core.breaker``): logged, counted
         and announced on the results topic. Not kept on the health topic: each instance's breaker is its own."""
+        self._announce_op("endpoint.circuit_opened" if state == OPEN else "endpoint.circuit_closed", endpoint_id,
+                          ACTOR_ROUTER)  # fmt: skip
         if state == OPEN:
             self._metrics.circuits_opened.inc()
             log.warning("endpoint %s: circuit opened after %d consecutive failures", endpoint_id, threshold)

@@ -37,7 +37,7 @@ from aiokafka.errors import KafkaError
 
 from daemon.core.breaker import CLOSED, State
 from daemon.core.clock import iso_ms, utc_now_iso
-from daemon.core.config import EndpointConfig, RetryConfig, SubscriptionConfig
+from daemon.core.config import EndpointConfig, KafkaConfig, RetryConfig, SubscriptionConfig
 from daemon.core.errors import InvalidEvent, RouterError, SchemaUnavailable
 from daemon.core.event import Event
 from daemon.core.ids import delivery_id
@@ -69,6 +69,7 @@ from daemon.delivery.job import Job, outcome_for
 from daemon.delivery.lane import Lane, LaneStats, TenantLoad
 from daemon.delivery.sender import Sender
 from daemon.engine.health import Health
+from daemon.engine.operational import ACTOR_ROUTER, Operational
 from daemon.engine.routing import DEFAULT_READER, Routing
 from daemon.kafka.results import ResultsWriter
 from daemon.observe.metrics import Metrics
@@ -120,6 +121,7 @@ class Settlement:
         routing: Routing,
         read_back: ReadBack,
         load_schemas: LoadSchemas | None = None,
+        operational: Operational | None = None,
     ) -> None:
         """``read_back(topic, partition, offset)``: the record there (``daemon.kafka.readback.read_one``), for the
         events too large for their retry records. ``load_schemas(ids)``: the writer schemas of records in the Schema
@@ -135,6 +137,9 @@ class Settlement:
         self._routing = routing
         self._read_back_record = read_back
         self._load_schemas = load_schemas
+        # The operational events: announced there (dead letters), and their topic routed to its endpoints here.
+        self.operational = operational
+        self._operational_topic = operational.topic if operational is not None else None
         self._lanes: dict[str, Lane] = {}  # only endpoints that have had work
         self._tenants: dict[str, TenantLoad] = {}  # the tenants whose endpoints have had lanes
         self._ordered: dict[str, Keys[Job]] = {}  # ordered endpoints: their keys under way and what waits behind
@@ -150,6 +155,14 @@ class Settlement:
     @property
     def tier_topics(self) -> list[str]:
         return [self._retry.tier_topic(t) for t in self._tiers]
+
+    def tiers_consumer(self, kafka: KafkaConfig) -> KafkaConfig:
+        """The settings of the consumer of the retry tiers: its own group, every tier, from their beginning (a tier's
+        records, the router's own retries, are never skipped), polling no faster than a tenth of the shortest tier (at
+        most 500 ms): a tight fetch wait on every tier partition costs the broker and this process CPU for nothing."""
+        wait = int(min(500, max(kafka.fetch_max_wait_ms, self._tiers[0] * 100)))
+        return msgspec.structs.replace(kafka, group_id=f"{kafka.group_id}.retry", topics=self.tier_topics,
+                                       fetch_max_wait_ms=wait, auto_offset_reset="earliest")  # fmt: skip
 
     def use(self, routing: Routing) -> None:
         """Route by ``routing`` from now on. A lane whose endpoint changed or left finishes what it has queued
@@ -233,6 +246,9 @@ class Settlement:
         """
         routing = self._routing
         topic, offset = record.topic, record.offset
+        if topic == self._operational_topic:
+            self._operational_event(record, part)
+            return None
         try:
             event = routing.readers.get(topic, DEFAULT_READER).event(record)
             event_type = event.event_type
@@ -280,6 +296,23 @@ class Settlement:
             else:
                 self._hand_over(endpoint, job)
         return None
+
+    def _operational_event(self, record: Any, part: PartitionOffsets) -> None:
+        """A record of the operational topic: to the endpoints ``[operational] endpoints`` names, never through the
+        routing table (no subscription of anyone's matches it)."""
+        routing = self._routing
+        known = routing.endpoints
+        try:
+            event = DEFAULT_READER.event(record)
+            endpoints = [known[i] for i in routing.config.operational.endpoints if i in known]
+        except InvalidEvent as exc:
+            self._invalid(record, part, str(exc))
+            return
+        part.add(record.offset, len(endpoints), len(event.value))
+        ack = partial(part.done, record.offset)
+        for endpoint in endpoints:
+            job = Job(event=event, delivery_id=delivery_id(event.key, endpoint.id), ack=ack, endpoint_id=endpoint.id)
+            self._hand_over(endpoint, job)
 
     def _invalid_payload(self, event: Event, endpoints: list[Endpoint], reason: str, ack: Ack) -> None:
         """An event its type's schema refuses: never delivered; each matched endpoint's delivery is recorded
@@ -538,6 +571,10 @@ class Settlement:
             event=msgspec.Raw(event.value),
         )
         self._metrics.dead_lettered.inc()
+        if self.operational is not None:
+            self.operational.emit("delivery.dead_lettered", endpoint_id, ACTOR_ROUTER, delivery_id=job.delivery_id,
+                                  event_type=event.event_type, reason=reason,
+                                  tenant=self._routing.tenant_of(endpoint_id))  # fmt: skip
         value = encode_dead_letter(letter)
         if event.missing or len(value) > self._retry.max_record_bytes:
             letter.event = msgspec.Raw(b"null")

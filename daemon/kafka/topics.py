@@ -45,6 +45,7 @@ DEAD_LETTER = "dead letters"
 HEALTH = "health"
 ENDPOINTS = "endpoints"
 INDEX = "delivery index"
+OPERATIONAL = "operational events"
 
 # How long past its wait a retry tier keeps a record: a router stopped (or behind) for up to this long loses none.
 TIER_RETENTION_MARGIN_S = 7 * 86_400
@@ -63,9 +64,11 @@ class TopicSpec(msgspec.Struct, frozen=True, kw_only=True):
     partitions: int | None = None  # None: retry.partitions
 
 
-def topic_specs(kafka: KafkaConfig, retry: RetryConfig, api: bool = False, index: bool = False) -> list[TopicSpec]:
+def topic_specs(
+    kafka: KafkaConfig, retry: RetryConfig, api: bool = False, index: bool = False, operational: bool = False
+) -> list[TopicSpec]:
     """Every topic the router writes, with the configs its role needs (the endpoints topic when ``api`` is on, the
-    delivery index when ``index`` is)."""
+    delivery index when ``index`` is, the operational events' when ``operational`` is)."""
     common = {"min.insync.replicas": str(retry.min_insync_replicas)} if retry.min_insync_replicas else {}
     dead_ms = retry.dead_letter_retention_s * 1000 if retry.dead_letter_retention_s >= 0 else -1
     specs = [
@@ -78,6 +81,8 @@ def topic_specs(kafka: KafkaConfig, retry: RetryConfig, api: bool = False, index
         specs.append(TopicSpec(name=retry.endpoints_topic, role=ENDPOINTS, configs=compacted, partitions=1))
     if index:
         specs.append(TopicSpec(name=retry.index_topic, role=INDEX, configs={**common, "cleanup.policy": "delete"}))
+    if operational:
+        specs.append(TopicSpec(name=retry.operational_topic, role=OPERATIONAL, configs=common))
     for tier in retry.tiers_s:
         retention_ms = int((tier + TIER_RETENTION_MARGIN_S) * 1000)
         specs.append(
@@ -154,7 +159,12 @@ def _int(value: str | None) -> int | None:
 
 
 async def ensure_topics(
-    client_options: Mapping[str, Any], kafka: KafkaConfig, retry: RetryConfig, api: bool = False, index: bool = False
+    client_options: Mapping[str, Any],
+    kafka: KafkaConfig,
+    retry: RetryConfig,
+    api: bool = False,
+    index: bool = False,
+    operational: bool = False,
 ) -> dict[str, int]:
     """Check the topics the router writes that already exist, then create the missing ones (unless
     ``retry.create_topics`` is false); returns each one's ``min.insync.replicas`` as the cluster describes it (a
@@ -162,7 +172,7 @@ async def ensure_topics(
     anything: a topic missing where the router may not create it, settings that would lose data (only logged as
     warnings where the operator owns the topics), a topic Kafka refused to create. Kafka errors worth retrying (a broker
     unreachable, a controller moving) propagate as they are."""
-    specs = topic_specs(kafka, retry, api, index)
+    specs = topic_specs(kafka, retry, api, index, operational)
     admin = admin_client(client_options)
     try:
         await admin.start()
@@ -210,13 +220,19 @@ def _as_long_as_results(spec: TopicSpec, results: Mapping[str, str] | None) -> T
 
 
 async def ready_topics(
-    client_options: Mapping[str, Any], producer: Any, kafka: KafkaConfig, retry: RetryConfig, api: bool, index: bool
+    client_options: Mapping[str, Any],
+    producer: Any,
+    kafka: KafkaConfig,
+    retry: RetryConfig,
+    api: bool,
+    index: bool,
+    operational: bool = False,
 ) -> tuple[list[str], dict[str, int]]:
     """``ensure_topics``, then ``producer`` learns every written topic's partitions before its first send: a send that
     has to wait for a new topic's metadata was seen to leave a record of another topic, queued just before, unsent
     until the next send. Returns the written topics and their ``min.insync.replicas`` (``ensure_topics``)."""
-    min_insync = await ensure_topics(client_options, kafka, retry, api, index)
-    names = [spec.name for spec in topic_specs(kafka, retry, api, index)]
+    min_insync = await ensure_topics(client_options, kafka, retry, api, index, operational)
+    names = [spec.name for spec in topic_specs(kafka, retry, api, index, operational)]
     for name in names:
         await producer.partitions_for(name)
     return names, min_insync
