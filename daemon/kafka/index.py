@@ -182,6 +182,7 @@ class DeliveryIndex:
         self._writing: asyncio.Future[int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.caught_up = False  # everything the topic held when this instance started has been read
+        self._caught_up = asyncio.Event()
         self.read = 0
 
     async def start(self) -> None:
@@ -201,6 +202,10 @@ class DeliveryIndex:
             with contextlib.suppress(Exception):
                 await self._call(store.close)
         self._executor.shutdown(wait=False)
+
+    async def read_to_end(self) -> None:
+        """Wait until ``caught_up``."""
+        await self._caught_up.wait()
 
     def behind(self) -> str | None:
         """Why a delivery may be missing from the index although it is in the results topic (None: it is not behind,
@@ -259,6 +264,7 @@ class DeliveryIndex:
         if self._writing is not None:
             await asyncio.shield(self._writing)
         self.caught_up = True
+        self._caught_up.set()
         log.info("delivery index read: %d entries in %.1f s, following %s", self.read, time.monotonic() - started,
                  self.topic)  # fmt: skip
         while True:  # what the follower reads comes in fetches: stored within a second, or sooner when many
