@@ -212,13 +212,16 @@ class Bench:
         poll_s: float = 0.05,
         on_started: Callable[[list[Router]], Any] | None = None,
         on_done: Callable[[list[Router]], Any] | None = None,
+        shaping: dict[str, Any] | None = None,
+        keys: int = 0,
     ) -> Run:
         """Deliver ``events`` events, each to every URL (and to ``dead_url``), through ``workers`` routers, each of
         ``processes`` worker processes (``process.workers``: more than one runs a supervisor).
 
-        The events are produced first, as a backlog; with ``join_first`` (for several routers) the routers
-        join their group first, so that the rate is not measured across a rebalance. The rate is that of healthy
-        deliveries (2xx answers) per second, read from each router's /metrics every ``poll_s``.
+        ``shaping``: settings every endpoint gets besides (``rate_limit``, ``ordering``); ``keys``: the records keyed
+        by that many keys in turn. The events are produced first, as a backlog; with ``join_first`` (for several
+        routers) the routers join their group first, so that the rate is not measured across a rebalance. The rate is
+        that of healthy deliveries (2xx answers) per second, read from each router's /metrics every ``poll_s``.
         """
         label = self.label(name)
         expected = events * len(urls)
@@ -226,9 +229,10 @@ class Bench:
         async with self.broker(label) as broker:
             topic, _ = await labelled_topics(broker, label, partitions)
             if not join_first:
-                await produce_backlog(broker.bootstrap, topic, events, opts.size)
+                await produce_backlog(broker.bootstrap, topic, events, opts.size, keys)
             # Healthy endpoints may queue every event in flight: a backlog is delivered, not deferred to retry tiers.
             eps = [endpoint(f"ep-{i}", url, opts.concurrency, queue_size=IN_FLIGHT_CAP) for i, url in enumerate(urls)]
+            eps = [{**ep, **(shaping or {})} for ep in eps]
             if dead_url is not None:
                 eps.append(endpoint("dead", dead_url, opts.concurrency, timeout_s=1))
             routers = []

@@ -546,6 +546,42 @@ async def workers(bench: Bench) -> None:
     )
 
 
+# --- what a rate limit and ordering cost ---
+
+
+async def shaping(bench: Bench) -> None:
+    """1 -> 1 four ways, alternating, best of each: unshaped; a rate limit that never binds (the bucket's own cost);
+    ordering = "key" over 1,000 keys (each waits for its previous one's answer) and over 8 keys (at most 8 at once,
+    whatever max_concurrency says)."""
+    events = _size(bench, 4_000, 20_000)
+    kinds: list[tuple[str, dict[str, object], int]] = [
+        ("unshaped", {}, 0),
+        ("rate_limit 100,000/s (never binds)", {"rate_limit": {"per_second": 100_000, "burst": 100_000}}, 0),
+        ('ordering = "key", 1,000 keys', {"ordering": "key"}, 1000),
+        ('ordering = "key", 8 keys', {"ordering": "key"}, 8),
+    ]
+    runs: dict[str, list[Run]] = {name: [] for name, _, _ in kinds}
+    async with bench.receiver() as receiver:
+        for _ in range(_tries(bench)):
+            for name, settings, keys in kinds:
+                runs[name].append(await bench.throughput("shaping", [receiver.url()], events, shaping=settings,
+                                                         keys=keys))  # fmt: skip
+    base = max(runs["unshaped"], key=lambda r: r.rate)
+    for name, _, _ in kinds:
+        best = max(runs[name], key=lambda r: r.rate)
+        bench.row(
+            "shaping",
+            f"1 -> 1, {name}: deliveries/s (CPU per delivery) / unshaped ({events:,} events, concurrency "
+            f"{bench.options.concurrency})",
+            f"{fmt_rate(best.rate)} ({best.cpu_us:.0f} µs)",
+            f"{fmt_rate(base.rate)} ({base.cpu_us:.0f} µs)",
+            fmt_ratio(best.rate / base.rate),
+        )
+    if not bench.options.quick:
+        every = "; ".join(f"{name} {', '.join(fmt_rate(r.rate) for r in runs[name])}" for name, _, _ in kinds)
+        bench.note(f"shaping: best of {_tries(bench)} alternating rounds of the four ({every}).")
+
+
 SCENARIOS: dict[str, Scenario] = {
     "matching": matching,
     "one-to-one": one_to_one,
@@ -558,8 +594,9 @@ SCENARIOS: dict[str, Scenario] = {
     "latency-fanout": latency_fanout,
     "control-plane": control_plane,
     "soak": soak,
+    "shaping": shaping,
 }
 
 # Run only when named with --scenario: the soak lasts an hour unless --duration says otherwise, the control plane
-# writes and reads a million endpoints unless --count says otherwise.
-ON_REQUEST = frozenset({"soak", "control-plane"})
+# writes and reads a million endpoints unless --count says otherwise, shaping is a study of its own (12 runs).
+ON_REQUEST = frozenset({"soak", "control-plane", "shaping"})

@@ -143,8 +143,9 @@ def _producer(bootstrap: str, linger_ms: int) -> AIOKafkaProducer:
     )
 
 
-async def produce_backlog(bootstrap: str, topic: str, count: int, size: int) -> float:
-    """Produce ``count`` events as fast as the client goes: no send awaited one by one, one flush.
+async def produce_backlog(bootstrap: str, topic: str, count: int, size: int, keys: int = 0) -> float:
+    """Produce ``count`` events as fast as the client goes: no send awaited one by one, one flush; with ``keys``, each
+    record keyed by one of that many keys in turn (the ordering scenarios).
 
     Returns the seconds it took. Raises if any send failed.
     """
@@ -160,7 +161,8 @@ async def produce_backlog(bootstrap: str, topic: str, count: int, size: int) -> 
     try:
         bodies = [event_body(t, 0, size) for t in EVENT_TYPES]
         for n in range(count):
-            future = await producer.send(topic, bodies[n % len(bodies)])
+            key = f"k{n % keys}".encode() if keys else None
+            future = await producer.send(topic, bodies[n % len(bodies)], key=key)
             if n % 1024 == 0:
                 future.add_done_callback(check)
         await producer.flush()
