@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from daemon import __version__
 from daemon.core.config import Config
-from daemon.core.errors import ConfigError, KafkaUnavailable, NotFound, TopicError
+from daemon.core.errors import ConfigError, KafkaRefused, KafkaUnavailable, NotFound, TopicError
 from daemon.core.match import RoutingTable, Where
 from daemon.core.profiles import PROFILES
 from daemon.core.resolve import resolve
@@ -151,9 +151,14 @@ def _ping(path: str, endpoint_id: str) -> int:
     if config is None:
         return EXIT_CONFIG
     from daemon.admin.operate import ping, record
+    from daemon.kafka.clients import check_credentials
 
-    try:
+    try:  # before the ping: its outcome could not be recorded
+        run_coroutine(check_credentials(config.kafka, os.environ))
         outcome = run_coroutine(ping(config, endpoint_id, os.environ))
+    except KafkaRefused as exc:
+        print(f"not pinged: its outcome could not be recorded on {config.kafka.results_topic}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except NotFound as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
@@ -217,7 +222,7 @@ def _run(path: str, log_level: str | None = None, worker: tuple[int, str, int] |
     try:
         run_coroutine(app.serve())
     except TopicError as exc:
-        log.error("cannot start: the router's topics would lose data or are missing (%d):", len(exc.errors))
+        log.error("cannot start: the router's topics would lose data, are missing or refused (%d):", len(exc.errors))
         for line in exc.errors:
             log.error("  %s", line)
         return EXIT_CONFIG

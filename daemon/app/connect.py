@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from aiokafka.errors import KafkaError
 
-from daemon.core.errors import reason_of
+from daemon.core.errors import KafkaRefused, reason_of
 from daemon.kafka.contact import Throttle, held_note
 
 T = TypeVar("T")
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 BACKOFF_S = 0.5
 BACKOFF_MAX_S = 10.0
 # What a start-up attempt may fail with and be tried again: the cluster unreachable, slow, or refusing for now.
-RETRIABLE = (KafkaError, OSError, TimeoutError)
+RETRIABLE = (KafkaError, OSError, TimeoutError, KafkaRefused)
 
 
 async def until_connected(

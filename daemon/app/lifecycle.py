@@ -40,7 +40,7 @@ from daemon.engine.health import Health, HealthReader
 from daemon.engine.operational import Operational
 from daemon.engine.routing import Routing
 from daemon.engine.settle import Settlement
-from daemon.kafka.clients import RouterProducer, kafka_client_options
+from daemon.kafka.clients import RouterProducer, check_credentials, kafka_client_options
 from daemon.kafka.consume import Source
 from daemon.kafka.contact import Contact, KafkaLogFilter, unretrieved_kafka_errors_quiet
 from daemon.kafka.readback import read_one
@@ -157,6 +157,7 @@ class App:
         kafka, retry, api = config.kafka, config.retry, config.api
         client_options = kafka_client_options(kafka, environ)
         self._set_status(f"connecting to Kafka at {kafka.bootstrap_servers}")
+        await check_credentials(kafka, environ)  # KafkaRefused names the setting (not 'Unable to bootstrap')
         producer = RouterProducer(kafka, environ, linger_ms=kafka.linger_ms, max_batch_size=256 * 1024)
         stack.push_async_callback(self._close, "the producer", producer.stop)
         await producer.start()

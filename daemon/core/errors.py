@@ -102,6 +102,11 @@ class KafkaUnavailable(RouterError):
     http_status = 503
 
 
+class KafkaRefused(KafkaUnavailable):
+    """The Kafka cluster refuses this router's certificate or SASL credentials; the message names the setting to look
+    at. A start-up tries again (the cluster's side may be fixed: a user added, a token refreshed); a command exits 2."""
+
+
 def reason_of(exc: BaseException) -> str:
     """``Name: text`` of an error (aiokafka's own texts start with their name already), for a log line or an answer."""
     name, text = type(exc).__name__, str(exc)

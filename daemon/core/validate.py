@@ -15,12 +15,14 @@ import os
 import re
 import ssl
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import msgspec
 import msgspec.inspect as mi
+from cryptography import x509
 from yarl import URL
 
 from daemon.core.catalogue import check_entries
@@ -441,6 +443,8 @@ class _Checks:
                 where = "kafka.ssl_keyfile" if kafka.ssl_keyfile else "kafka.ssl_certfile"
                 hint = "" if kafka.ssl_key_password_env else "; an encrypted key needs kafka.ssl_key_password_env"
                 self.fault(where, f"the client certificate and its key do not load ({_ssl_reason(exc)}{hint})")
+            else:
+                self._valid_now("kafka.ssl_certfile", kafka.ssl_certfile)
 
     def _schema_registry(self) -> None:
         """[schema_registry]: needed (a URL) once a topic's values may be in the wire format; its TLS files readable
@@ -514,6 +518,23 @@ class _Checks:
             except (ssl.SSLError, ValueError) as exc:
                 where = f"{section}.key_file" if keyfile else f"{section}.cert_file"
                 self.fault(where, f"the client certificate and its key do not load ({_ssl_reason(exc)})")
+            else:
+                self._valid_now(f"{section}.cert_file", certfile)
+
+    def _valid_now(self, field: str, certfile: str) -> None:
+        """A client certificate (the first of the file) out of its validity: the server would refuse the handshake
+        with a bare 'certificate unknown' that names nothing."""
+        try:
+            cert = x509.load_pem_x509_certificate(Path(certfile).read_bytes())
+        except (OSError, ValueError):  # loaded by OpenSSL already: a form this reader does not take
+            return
+        now = datetime.now(UTC)
+        if cert.not_valid_after_utc < now:
+            self.fault(field, f"the client certificate expired at {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}: the "
+                       "server refuses it; renew it")  # fmt: skip
+        elif cert.not_valid_before_utc > now:
+            self.fault(field, f"the client certificate is valid only from "
+                       f"{cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} (is this machine's clock right?)")  # fmt: skip
 
     def _readable(self, field: str, file: str) -> bool:
         try:

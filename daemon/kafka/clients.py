@@ -18,6 +18,12 @@ aiokafka's insides this module relies on (checked on every upgrade of the pin in
   writes): tests/unit/kafka/test_writes.py, tests/integration/test_brokers_lost.py (two of three brokers away).
 - ``AIOKafkaAdminClient._send_request_to_node`` with a ``MetadataRequest`` (``await_topics``: each broker asked
   itself whether it has a topic just created): tests/integration/test_topics.py (a first start logs no error).
+- ``AIOKafkaAdminClient._send_request`` with a ``MetadataRequest`` that creates nothing, and
+  ``_send_request_to_node`` with an empty ``FetchRequest`` (``not_authorized``):
+  tests/integration/test_kafka_security.py (topics the principal may not describe, or not read).
+- ``aiokafka.conn.create_conn`` and ``AIOKafkaConnection.send`` with ``SaslHandShakeRequest`` and
+  ``SaslAuthenticateRequest`` (``refused``: a handshake of its own, to say why the cluster refuses the credentials):
+  tests/integration/test_kafka_security.py.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -32,19 +40,26 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
+    AuthenticationFailedError,
+    GroupAuthorizationFailedError,
     InvalidProducerEpoch,
     InvalidProducerIdMapping,
     KafkaError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
     UnknownProducerId,
+    UnsupportedSaslMechanismError,
 )
+from aiokafka.protocol.admin import SaslAuthenticateRequest, SaslHandShakeRequest
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
 
 from daemon.core.config import KafkaConfig
-from daemon.core.errors import ConfigError
+from daemon.core.errors import ConfigError, KafkaRefused
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +233,34 @@ async def await_topics(admin: AIOKafkaAdminClient, names: list[str], within_s: f
         await asyncio.sleep(0.1)
 
 
+async def not_authorized(
+    admin: AIOKafkaAdminClient, topics: list[str], groups: list[str], read: list[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """Of ``topics`` and ``groups``, those the cluster's authorizer hides from this principal (no Describe ACL):
+    TOPIC_AUTHORIZATION_FAILED to a metadata request (one that creates nothing), GROUP_AUTHORIZATION_FAILED to
+    FindCoordinator; and of ``read`` (topics among ``topics``), those it may describe but not read: an empty fetch of
+    partition 0 answered TOPIC_AUTHORIZATION_FAILED. Returns (hidden topics, unreadable topics, hidden groups)."""
+    denied = TopicAuthorizationFailedError.errno
+    request = MetadataRequest(topics, allow_auto_topic_creation=False)
+    answer = (await admin._send_request(request)).to_object()
+    hidden = [t["topic"] for t in answer["topics"] if t["error_code"] == denied]
+    unreadable = []
+    for t in answer["topics"]:
+        leader = next((p["leader"] for p in t["partitions"] if p["partition"] == 0), -1)
+        if t["topic"] in read and not t["error_code"] and leader >= 0:
+            fetch = FetchRequest(0, 0, 1, 0, [(t["topic"], [(0, 0, 1)])])
+            response = await admin._send_request_to_node(leader, fetch)
+            if any(code == denied for _topic, parts in response.topics for _p, code, *_rest in parts):
+                unreadable.append(t["topic"])
+    refused_groups = []
+    for group in groups:
+        try:
+            await admin.find_coordinator(group)
+        except GroupAuthorizationFailedError:
+            refused_groups.append(group)
+    return hidden, unreadable, refused_groups
+
+
 def group_consumer(kafka: KafkaConfig, environ: Any) -> AIOKafkaConsumer:
     """A member of ``kafka.group_id`` that commits only what it is told to (the events' and the retry tiers').
 
@@ -281,6 +324,117 @@ async def fetch_raw(consumer: AIOKafkaConsumer, topic: str, partition: int, offs
                 raise LookupError(f"{topic}[{partition}]@{offset}: {for_code(error_code).__name__}")
             return bytes(part_data[-1] or b"")
     raise LookupError(f"no answer for {topic}[{partition}]")
+
+
+async def refused(kafka: KafkaConfig, environ: Any, within_s: float = 10.0) -> str | None:
+    """Why the cluster refuses this router's TLS client certificate, its trust of the cluster's certificate, or its
+    SASL credentials, naming the setting to look at; from a handshake of its own with the first bootstrap server that
+    answers. None when they are taken, or when no server answers at all (not a refusal: the clients' own attempts say
+    so). aiokafka's bootstrap only logs a refusal (then answers 'Unable to bootstrap'), the broker's TLS alert comes
+    to it as a closed connection, and it takes a refused OAUTHBEARER token for an accepted one (it never reads the
+    broker's answer to the token): hence a handshake of our own. Nothing secret is in the answer."""
+    if kafka.security_protocol == "PLAINTEXT":
+        return None
+    options = kafka_client_options(kafka, environ)
+    for server in kafka.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        host = host.strip("[]")
+        try:
+            async with asyncio.timeout(within_s):
+                if "ssl_context" in options and (why := await _tls_refused(kafka, host, int(port), options)):
+                    return why
+                return await _sasl_refused(kafka, host, int(port), options) if kafka.sasl_mechanism else None
+        except _Unanswered:
+            continue
+    return None
+
+
+async def check_credentials(kafka: KafkaConfig, environ: Any) -> None:
+    """Raises ``KafkaRefused`` (naming the setting) when the cluster refuses this router's credentials."""
+    if (why := await refused(kafka, environ)) is not None:
+        raise KafkaRefused(why)
+
+
+class _Unanswered(Exception):
+    """This server did not answer (unreachable, timed out, closed): ask the next."""
+
+
+async def _tls_refused(kafka: KafkaConfig, host: str, port: int, options: Mapping[str, Any]) -> str | None:
+    """A TLS handshake and one ApiVersions request: the broker's TLS alert, or our refusal of its certificate."""
+    client_id = kafka.client_id.encode()
+    body = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id  # ApiVersions v0, correlation id 1
+    try:
+        reader_, writer = await asyncio.open_connection(host, port, ssl=options["ssl_context"], server_hostname=host)
+        try:
+            writer.write(struct.pack(">i", len(body)) + body)
+            await writer.drain()
+            await reader_.readexactly(4)
+        finally:
+            writer.close()
+    except ssl.SSLCertVerificationError as exc:
+        trusted = f"kafka.ssl_cafile ({kafka.ssl_cafile})" if kafka.ssl_cafile else "the system's trust store (set " \
+            "kafka.ssl_cafile to the cluster's CA)"  # fmt: skip
+        return f"{trusted}: the cluster's certificate does not verify ({exc.verify_message})"
+    except ssl.SSLError as exc:
+        alert = (exc.reason or "").lower()
+        if "alert" not in alert:
+            return f"kafka.security_protocol {kafka.security_protocol}: the TLS handshake failed ({exc.reason or exc})"
+        alert = alert.split("alert_", 1)[-1].replace("_", " ")
+        if kafka.ssl_certfile is None:
+            return f"kafka.ssl_certfile: the cluster wants a client certificate (its TLS alert: {alert})"
+        return (f"kafka.ssl_certfile ({kafka.ssl_certfile}): the cluster refused the client certificate (its TLS "
+                f"alert: {alert}): is it signed by a CA the cluster trusts, and valid now?")  # fmt: skip
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        raise _Unanswered from exc
+    return None
+
+
+async def _sasl_refused(kafka: KafkaConfig, host: str, port: int, options: Mapping[str, Any]) -> str | None:
+    """A SASL handshake as the clients make it (OAUTHBEARER's done here, reading the broker's answer to the token)."""
+    mechanism = kafka.sasl_mechanism
+    oauth = mechanism == "OAUTHBEARER"
+    settings = {k: v for k, v in options.items() if k not in ("bootstrap_servers", "client_id")}
+    if oauth:  # the connection without SASL; the exchange below
+        settings = {"ssl_context": options.get("ssl_context"), "security_protocol": "SSL"
+                    if kafka.security_protocol == "SASL_SSL" else "PLAINTEXT"}  # fmt: skip
+    try:
+        conn = await create_conn(host, port, client_id=kafka.client_id, request_timeout_ms=5000, **settings)
+    except UnsupportedSaslMechanismError as exc:
+        return f"kafka.sasl_mechanism: {exc}"
+    except (SaslAuthenticationFailed, AuthenticationFailedError) as exc:
+        return (f"kafka.sasl_username {kafka.sasl_username!r}, kafka.sasl_password_env {kafka.sasl_password_env}: the "
+                f"cluster refused the {mechanism} credentials ({_text_of(exc)})")  # fmt: skip
+    except (KafkaError, OSError) as exc:
+        raise _Unanswered from exc
+    try:
+        if not oauth:
+            return None
+        where = f"kafka.sasl_oauth_token_file ({kafka.sasl_oauth_token_file})"
+        handshake = await conn.send(SaslHandShakeRequest(mechanism))
+        if handshake.error_code:
+            return f"kafka.sasl_mechanism: the cluster does not enable OAUTHBEARER ({handshake.enabled_mechanisms})"
+        try:
+            token = await options["sasl_oauth_token_provider"].token()
+        except (OSError, ValueError) as exc:
+            return f"{where}: {exc}"
+        answer = await conn.send(SaslAuthenticateRequest(f"n,,\x01auth=Bearer {token}\x01\x01".encode()))
+        if not answer.error_code and not answer.sasl_auth_bytes:
+            return None
+        detail = answer.error_message or ""
+        if answer.sasl_auth_bytes:  # the broker's error (RFC 7628): answered with a lone 0x01 to end the exchange
+            detail = answer.sasl_auth_bytes.decode(errors="replace")
+            final = await conn.send(SaslAuthenticateRequest(b"\x01"))
+            detail += f"; {final.error_message}" if final.error_message else ""
+        return f"{where}: the cluster refused the token ({detail})"
+    except (KafkaError, OSError) as exc:
+        raise _Unanswered from exc
+    finally:
+        conn.close()
+
+
+def _text_of(exc: BaseException) -> str:
+    text = str(exc)
+    return text.split(": ", 1)[1] if text.startswith("[Error") and ": " in text else text
 
 
 class FileTokenProvider(AbstractTokenProvider):  # type: ignore[misc]

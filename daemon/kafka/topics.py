@@ -35,7 +35,7 @@ from aiokafka.errors import for_code
 
 from daemon.core.config import KafkaConfig, RetryConfig
 from daemon.core.errors import TopicError
-from daemon.kafka.clients import admin_client, await_topics
+from daemon.kafka.clients import admin_client, await_topics, not_authorized
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,11 @@ async def ensure_topics(
     admin = admin_client(client_options)
     try:
         await admin.start()
+        groups = [kafka.group_id, f"{kafka.group_id}.retry"]
+        names = [*kafka.topics, *(s.name for s in specs)]
+        hidden, unreadable, hidden_groups = await not_authorized(admin, names, groups, read=list(kafka.topics))
+        if hidden or unreadable or hidden_groups:
+            raise TopicError(_not_authorized(kafka, specs, hidden, hidden_groups, unreadable))
         existing = set(await admin.list_topics())
         present = [spec for spec in specs if spec.name in existing]
         problems: list[str] = []  # errors where the router owns the topics, warnings where an operator does
@@ -236,6 +241,27 @@ async def ready_topics(
     for name in names:
         await producer.partitions_for(name)
     return names, min_insync
+
+
+def _not_authorized(
+    kafka: KafkaConfig, specs: list[TopicSpec], topics: list[str], groups: list[str], unreadable: list[str]
+) -> list[str]:
+    """What to grant, for each topic and group the cluster's authorizer hides from this principal, and each events
+    topic it may not read."""
+    roles = {spec.name: spec.role for spec in specs}
+    lines = []
+    for name in topics:
+        role, grant = (roles[name], "Read, Write, Describe, Create and DescribeConfigs") if name in roles else (
+            "kafka.topics", "Read and Describe")  # fmt: skip
+        lines.append(f"topic {name} ({role}): this principal may not use it (TOPIC_AUTHORIZATION_FAILED): grant it "
+                     f"{grant} (see docs/kafka.md, 'Who may write the router's topics')")  # fmt: skip
+    lines += [f"topic {name} (kafka.topics): this principal may describe it but not read it "
+              "(TOPIC_AUTHORIZATION_FAILED): grant it Read" for name in unreadable]  # fmt: skip
+    for group in groups:
+        where = "kafka.group_id" if group == kafka.group_id else "the retry tiers' group"
+        lines.append(f"consumer group {group} ({where}): this principal may not use it (GROUP_AUTHORIZATION_FAILED): "
+                     "grant it Read on the group")  # fmt: skip
+    return lines
 
 
 async def _create(admin: AIOKafkaAdminClient, specs: list[TopicSpec], retry: RetryConfig) -> list[str]:

@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from daemon.core.config import KafkaConfig
-from daemon.kafka.clients import close_consumer, kafka_client_options, partitions_of, reader
+from daemon.kafka.clients import close_consumer, kafka_client_options, partitions_of, reader, refused
 from daemon.kafka.readback import read_range
 from daemon.kafka.readers import Readers
 from daemon.tools.common import DEFAULT_TOKEN_ENV, UsageError, admin_url, config_at
@@ -82,14 +82,18 @@ def run(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO = sys.
     filters = Filters(set(args.endpoint), set(args.outcome), args.tenant, api, token)
     options = kafka_client_options(kafka, environ)
     options["client_id"] = "webhook-router-watch"
+    where = f"cannot read {kafka.results_topic} from {kafka.bootstrap_servers}"
+    # Asked first, by a handshake of our own: aiokafka takes a refused OAUTHBEARER token for an accepted one.
+    if (why := asyncio.run(refused(kafka, environ))) is not None:
+        print(f"{where}: {why}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         if args.command == "tail":
             return asyncio.run(tail(options, kafka.results_topic, filters, out, args.json, since_s, args.count,
                                     args.for_s))  # fmt: skip
         return asyncio.run(stats(options, kafka.results_topic, filters, out, args.json, window_s or 3600.0))
     except (KafkaError, OSError) as exc:
-        print(f"cannot read {kafka.results_topic} from {kafka.bootstrap_servers}: {type(exc).__name__}: {exc}",
-              file=sys.stderr)  # fmt: skip
+        print(f"{where}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except UsageError as exc:
         print(exc, file=sys.stderr)

@@ -18,8 +18,9 @@ import time
 from pathlib import Path
 
 from tests.kafka.cluster import KAFKA_VERSION, STATE_FILE, KafkaCluster, KafkaSetupError, fetch, missing_tools
+from tests.kafka.security import USERS, Security
 
-_OURS = {STATE_FILE, "cluster.tmp", "log4j2.properties", "tools-log4j2.properties", "tools.properties"}
+_OURS = {STATE_FILE, "cluster.tmp", "log4j2.properties", "tools-log4j2.properties", "tools.properties", "tls"}
 
 
 def default_dir() -> Path:
@@ -52,7 +53,10 @@ def _prepare_dir(work: Path) -> None:
 async def _up(args: argparse.Namespace) -> int:
     work = Path(args.dir).absolute()
     _prepare_dir(work)
-    cluster = KafkaCluster(work, brokers=args.brokers, controllers=args.controllers, die_with_parent=not args.detach)
+    security = Security(work / "tls") if args.security else None
+    cluster = KafkaCluster(
+        work, brokers=args.brokers, controllers=args.controllers, die_with_parent=not args.detach, security=security
+    )
     started = time.monotonic()
     try:
         await cluster.start(timeout=args.timeout)
@@ -62,6 +66,10 @@ async def _up(args: argparse.Namespace) -> int:
     cluster.save_state()
     _err(f"Kafka {cluster.version} up in {time.monotonic() - started:.1f} s, cluster id {cluster.cluster_id}:")
     _describe(cluster)
+    if security is not None:
+        _err(f"  SSL (client certificates required): {cluster.bootstrap_of('SSL')}; SASL_SSL (PLAIN, SCRAM-SHA-512, "
+             f"OAUTHBEARER): {cluster.bootstrap_of('SASL_SSL')}; users {USERS}; CA and client certificates in "
+             f"{security.folder}")  # fmt: skip
     print(cluster.bootstrap, flush=True)
     if args.detach:
         _err(f"left running; `python -m tests.kafka down --dir {work}` stops it")
@@ -119,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--controllers", type=int, default=None, help="dedicated controllers; 0: combined nodes")
     p_up.add_argument("--detach", action="store_true", help="return once it is up, leaving it running")
     p_up.add_argument("--timeout", type=float, default=180)
+    p_up.add_argument("--security", action="store_true", help="also SSL (mTLS) and SASL_SSL listeners, with ACLs")
     p_down = sub.add_parser("down", help="stop the cluster DIR/cluster.json names")
     p_down.add_argument("--timeout", type=float, default=20)
     p_status = sub.add_parser("status", help="the nodes of DIR/cluster.json, their pids and RSS")

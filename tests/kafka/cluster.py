@@ -24,7 +24,10 @@ Topics are still auto-created (Kafka's default). Timings are shortened for tests
 fenced after 3 s (``broker.session.timeout.ms``, default 9 s), so a killed leader is replaced 3-4 s later;
 ``group.initial.rebalance.delay.ms=0``; consumer sessions may be as short as 0.5 s (``group.min.session.timeout.ms``,
 default 6 s: the integration tests use 3 s); the internal topics have 10 partitions, not 50; the log cleaner wakes
-every second. ``overrides`` (a mapping of properties) wins over all of it, for every node.
+every second. ``overrides`` (a mapping of properties) wins over all of it, for every node. ``security``
+(``tests.kafka.security.Security``) adds an SSL listener (client certificates required) and a SASL_SSL one (PLAIN,
+SCRAM-SHA-512, OAUTHBEARER) to each broker, beside PLAINTEXT (which the harness keeps using, a super user's), with
+StandardAuthorizer and ACLs (``grant``); ``bootstrap_of("SSL")`` and ``bootstrap_of("SASL_SSL")`` name them.
 
 Each node lives in ``<work_dir>/node-<id>/``: ``server.properties``, ``data/`` (its log dir and metadata log),
 ``logs/server.log`` (Log4j 2, everything at INFO) and ``stdout.log`` (the JVM's own output: crashes, bad flags). A
@@ -61,6 +64,7 @@ From a shell (``--dir`` defaults to ``$TMPDIR/webhook-router-kafka-<uid>``)::
 
     python -m tests.kafka fetch                       # only fetch the jars (CI can do it early)
     python -m tests.kafka up [--brokers 1|3] [--controllers 0|3] [--dir DIR]   # prints the bootstrap, Ctrl-C stops
+    python -m tests.kafka up --security               # also mTLS and SASL_SSL listeners, ACLs (DIR/tls: the CA, certs)
     python -m tests.kafka up --detach                 # writes DIR/cluster.json, leaves the nodes running, returns
     python -m tests.kafka status                      # nodes, pids, RSS, the active controller
     python -m tests.kafka down                        # stops what DIR/cluster.json names (SIGTERM, then SIGKILL)
@@ -96,6 +100,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
+
+from tests.kafka.security import LISTENERS, Security
 
 KAFKA_VERSION = "4.2.2"  # as tests/kafka/pom.xml pins it; the cache folder is named after it
 POM = Path(__file__).with_name("pom.xml")
@@ -349,6 +355,7 @@ class Node:
     port: int  # the client (PLAINTEXT) listener; 0 for a controller-only node
     controller_port: int  # the CONTROLLER listener; 0 for a broker-only node
     dir: Path
+    secure_ports: dict[str, int] = field(default_factory=dict)  # a broker's SSL and SASL_SSL listeners (security)
     pid: int | None = None  # of the running JVM, else None
     paused: bool = False
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
@@ -430,6 +437,7 @@ class KafkaCluster:
         overrides: Mapping[str, str | int] | None = None,
         die_with_parent: bool = True,
         cds: bool = True,
+        security: Security | None = None,
     ) -> None:
         if brokers < 1:
             raise ValueError("a cluster needs at least one broker")
@@ -447,6 +455,7 @@ class KafkaCluster:
         self.min_insync = 2 if self.replication_factor >= 3 else 1
         self._formatted = False
         self.cds = cds
+        self.security = security
         self._libs: Path | None = None
         self._archive: Path | None = None
         self.nodes: dict[int, Node] = {}
@@ -466,6 +475,11 @@ class KafkaCluster:
                 node_id = CONTROLLER_BASE_ID + i + 1
                 port = ports[brokers + i]
                 self.nodes[node_id] = Node(node_id, ("controller",), 0, port, self.work_dir / f"node-{node_id}")
+        if security is not None:
+            brokers_ = [n for n in self.nodes.values() if n.is_broker]
+            extra = iter(_free_ports(len(LISTENERS) * len(brokers_)))
+            for node in brokers_:
+                node.secure_ports = {name: next(extra) for name in LISTENERS}
 
     # -- what the tests read ---------------------------------------------------------------------------------------
 
@@ -473,6 +487,12 @@ class KafkaCluster:
     def bootstrap(self) -> str:
         """Every broker's client listener, comma-separated (what bootstrap_servers takes)."""
         return ",".join(n.address for n in self.nodes.values() if n.is_broker)
+
+    def bootstrap_of(self, listener: str) -> str:
+        """Every broker's ``listener`` (``PLAINTEXT``, or with ``security`` ``SSL`` or ``SASL_SSL``)."""
+        if listener == "PLAINTEXT":
+            return self.bootstrap
+        return ",".join(f"{HOST}:{n.secure_ports[listener]}" for n in self.nodes.values() if n.is_broker)
 
     @property
     def broker_ids(self) -> list[int]:
@@ -503,6 +523,7 @@ class KafkaCluster:
         listeners = []
         if node.is_broker:
             listeners.append(f"PLAINTEXT://{HOST}:{node.port}")
+            listeners += [f"{name}://{HOST}:{port}" for name, port in node.secure_ports.items()]
         if node.is_controller:
             listeners.append(f"CONTROLLER://{HOST}:{node.controller_port}")
         rf, isr = str(self.replication_factor), str(self.min_insync)
@@ -513,7 +534,10 @@ class KafkaCluster:
             "controller.listener.names": "CONTROLLER",
             "listeners": ",".join(listeners),
             "advertised.listeners": ",".join(listeners),
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(
+                f"{name}:{'PLAINTEXT' if name == 'CONTROLLER' else name}"
+                for name in ("CONTROLLER", "PLAINTEXT", *(LISTENERS if self.security is not None else ()))
+            ),
             "log.dirs": str(node.dir / "data"),
             # Failure detection for tests: heartbeats every 0.5 s, fenced (and its leaderships moved) after 3 s.
             "broker.heartbeat.interval.ms": "500",
@@ -536,6 +560,8 @@ class KafkaCluster:
         }
         if node.is_broker:
             props["inter.broker.listener.name"] = "PLAINTEXT"
+        if self.security is not None:
+            props.update(self.security.broker_properties())
         props.update(self.overrides)
         return props
 
@@ -589,11 +615,14 @@ class KafkaCluster:
         """``kafka-storage format`` for every node, two at a time (there are two cores to share)."""
         gate = asyncio.Semaphore(2)
 
+        scram = self.security.format_arguments() if self.security is not None else []
+
         async def one(node: Node) -> None:
             async with gate:
                 await self._run_tool(
-                    "kafka.tools.StorageTool", "format", "--cluster-id", self.cluster_id, "--config", str(node.config)
-                )
+                    "kafka.tools.StorageTool", "format", "--cluster-id", self.cluster_id, "--config", str(node.config),
+                    *(scram if node.is_controller else []),
+                )  # fmt: skip
 
         await asyncio.gather(*(one(n) for n in self.nodes.values()))
         self._formatted = True
@@ -886,6 +915,26 @@ class KafkaCluster:
             for p in range(partitions):
                 await self.leader(name, p, timeout=timeout)
 
+    async def grant(
+        self,
+        principal: str,
+        operations: Sequence[str],
+        *,
+        topic: str | None = None,
+        group: str | None = None,
+        prefixed: bool = False,
+    ) -> None:
+        """Allow ``principal`` (``User:limited``) ``operations`` (``Read``, ``Write``, ``Describe``, ...) on a topic or
+        a group (``prefixed``: every one whose name starts so): ``kafka-acls --add``, through the PLAINTEXT listener
+        (a super user's). Runs a JVM: 1-2 s."""
+        resource = ["--topic", topic] if topic is not None else ["--group", str(group)]
+        ops = [arg for op in operations for arg in ("--operation", op)]
+        await self._run_tool(
+            "org.apache.kafka.tools.AclCommand", "--bootstrap-server", self.bootstrap, "--command-config",
+            str(self.work_dir / "tools.properties"), "--add", "--allow-principal", principal, *resource, *ops,
+            "--resource-pattern-type", "prefixed" if prefixed else "literal",
+        )  # fmt: skip
+
     async def describe_quorum(self, *, timeout: float = 30) -> dict[str, str]:
         """``kafka-metadata-quorum --bootstrap-controller ... describe --status``, as a dict of its lines
         (``LeaderId``, ``LeaderEpoch``, ``HighWatermark``, ``CurrentVoters``, ...), asked of the running controllers,
@@ -963,12 +1012,14 @@ class KafkaCluster:
             "controller_heap": self.controller_heap,
             "jvm_opts": list(self.jvm_opts),
             "overrides": self.overrides,
+            "security": str(self.security.folder) if self.security is not None else None,
             "nodes": [
                 {
                     "node_id": n.node_id,
                     "roles": list(n.roles),
                     "port": n.port,
                     "controller_port": n.controller_port,
+                    "secure_ports": n.secure_ports,
                     "pid": n.pid if n.running else None,
                 }
                 for n in self.nodes.values()
@@ -996,6 +1047,7 @@ class KafkaCluster:
         self.controller_heap = state["controller_heap"]
         self.jvm_opts = tuple(state["jvm_opts"])
         self.overrides = dict(state["overrides"])
+        self.security = Security(state["security"]) if state.get("security") else None
         self.die_with_parent = False
         self.cds = True
         self._formatted = True
@@ -1003,7 +1055,8 @@ class KafkaCluster:
         self._archive = None
         self.nodes = {}
         for n in state["nodes"]:
-            node = Node(n["node_id"], tuple(n["roles"]), n["port"], n["controller_port"], work / f"node-{n['node_id']}")
+            node = Node(n["node_id"], tuple(n["roles"]), n["port"], n["controller_port"], work / f"node-{n['node_id']}",
+                        dict(n.get("secure_ports", {})))  # fmt: skip
             node.pid = n["pid"]
             if not node.running:
                 node.pid = None

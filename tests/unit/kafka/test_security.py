@@ -19,6 +19,7 @@ from daemon.engine.health import Health, HealthReader
 from daemon.kafka.clients import FileTokenProvider, RouterProducer, admin_client, kafka_client_options, reader
 from daemon.kafka.consume import Source
 from daemon.observe.metrics import Metrics
+from tests.kafka.security import Authority, cert_pem, key_pem
 from tests.unit.core.test_config import doc, errors_of, kafka
 from tests.unit.standins import Writer
 
@@ -247,3 +248,27 @@ def test_check_config_refuses_incomplete_security(settings: dict[str, Any], expe
 def test_complete_combinations_pass(settings: dict[str, Any]) -> None:
     config = parse_config(doc(kafka=kafka(**settings)), {"PW": "pw", "KEY_PASSWORD": KEY_PASSWORD})
     assert config.kafka.security_protocol == settings["security_protocol"]
+
+
+@pytest.mark.parametrize(("name", "days", "expected"), [
+    ("expired", (-10, -1), "the client certificate expired at {after}: the server refuses it; renew it"),
+    ("early", (1, 30), "the client certificate is valid only from {before} (is this machine's clock right?)"),
+])  # fmt: skip
+def test_check_config_refuses_a_client_certificate_out_of_its_validity(
+    tmp_path: Path, name: str, days: tuple[float, float], expected: str
+) -> None:
+    """The broker refuses an expired certificate with a TLS alert that names nothing ('certificate unknown'):
+    check-config (and run, and the operator commands) names the setting first."""
+    key, cert = Authority("test-ca").issue("router", valid_days=days)
+    (tmp_path / "c.pem").write_bytes(cert_pem(cert))
+    (tmp_path / "k.pem").write_bytes(key_pem(key))
+    at = {
+        "after": f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
+        "before": f"{cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}",
+    }
+    settings = {
+        "security_protocol": "SSL",
+        "ssl_certfile": str(tmp_path / "c.pem"),
+        "ssl_keyfile": str(tmp_path / "k.pem"),
+    }
+    assert errors_of(doc(kafka=kafka(**settings)), {}) == [f"kafka.ssl_certfile: {expected.format(**at)}"]
