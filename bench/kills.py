@@ -1,11 +1,13 @@
 """``python -m bench.kills``: SIGKILL the daemon again and again under load; count what is lost and what twice.
 
-A real broker (Tansu), a receiver in this process that counts every ``webhook-id`` it is sent, and the daemon
-as a real process. Events are produced at a steady rate for as long as the kills last (``--kills`` at
-``--every`` second intervals), so that every kill comes under load; the daemon is restarted each time, then
-left to finish. Lost: events never
+A real broker (Tansu, or with ``--kafka N`` an Apache Kafka cluster of N brokers from ``tests.kafka``), a receiver
+in this process that counts every ``webhook-id`` it is sent, and the daemon as a real process. Events are produced
+at a steady rate for as long as the kills last (``--kills`` at ``--every`` second intervals), so that every kill comes
+under load; the daemon is restarted each time, then left to finish. Lost: events never
 delivered. Duplicates: deliveries beyond the first of an event (at least once: a kill re-delivers what was
-not committed yet); per kill, about what was delivered and not yet committed when the kill came.
+not committed yet); per kill, about what was settled since the last commit and what was under way when the kill
+came (what the last commit's note said was settled above its offset is not delivered again: on Kafka; Tansu keeps no
+commit metadata). ``settled_skipped`` is what the restarted daemons skipped so.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import uvloop
@@ -66,16 +69,26 @@ class Counter:
             await self._runner.cleanup()
 
 
+def broker_of(kafka: int, workdir: Path) -> Any:
+    """Tansu, or a Kafka cluster of ``kafka`` brokers (one combined node, or brokers and three controllers)."""
+    if not kafka:
+        return EmbeddedBroker(log_path=workdir / "tansu.log")
+    from tests.kafka import KafkaCluster
+
+    return KafkaCluster(workdir / "kafka", brokers=kafka)
+
+
 async def run(
-    events: int, kills: int, every: float, commit_ms: int | None, delay_s: float, workdir: Path
+    events: int, kills: int, every: float, commit_ms: int | None, delay_s: float, workdir: Path, kafka_brokers: int = 0
 ) -> dict[str, float]:
-    async with EmbeddedBroker(log_path=workdir / "tansu.log") as broker:
+    async with broker_of(kafka_brokers, workdir) as broker:
         topic, _ = await labelled_topics(broker, "kills", partitions=3)
         receiver = await Counter(events, delay_s).start()
         ep = endpoint("x", f"http://127.0.0.1:{receiver.port}/hook", max_concurrency=8, queue_size=100_000)
         kafka = {"commit_interval_ms": commit_ms} if commit_ms is not None else {}
         config = labelled_config(broker.bootstrap, "kills", [ep], **kafka)
         per_kill: list[int] = []
+        skipped = 0.0
         async with aiohttp.ClientSession() as session:
             router = await Router("router-0", workdir, config).start()
             await wait_ready(session, [router])
@@ -84,6 +97,7 @@ async def run(
             for n in range(kills):
                 await asyncio.sleep(every)
                 before = receiver.deliveries
+                skipped += await settled_skipped(session, router)
                 await router.stop(kill=True)
                 router = await Router(f"router-{n + 1}", workdir, config).start()
                 await wait_ready(session, [router])
@@ -92,6 +106,7 @@ async def run(
             with contextlib.suppress(TimeoutError):  # what is missing then is reported as lost
                 await asyncio.wait_for(receiver.all_seen.wait(), 120)
             await asyncio.sleep(1.0)  # anything still arriving twice
+            skipped += await settled_skipped(session, router)
             await router.stop()
         await receiver.stop()
     duplicates = receiver.deliveries - len(receiver.seen)
@@ -104,7 +119,13 @@ async def run(
         "duplicates": duplicates,
         "duplicates_per_kill": duplicates / kills if kills else 0.0,
         "delivered_before_last_kill": per_kill[-1] if per_kill else 0,
+        "settled_skipped": skipped,
     }
+
+
+async def settled_skipped(session: aiohttp.ClientSession, router: Router) -> float:
+    """What ``router`` did not deliver again since it started: settled by the last commit's note."""
+    return (await router.metrics(session)).get('webhook_router_settled_skipped_total{consumer="events"}', 0.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,10 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=1.0, help="seconds of delivery between kills")
     parser.add_argument("--commit-interval-ms", type=int, default=None, help="default: the daemon's")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="the receiver's time per request")
+    parser.add_argument("--kafka", type=int, default=0, choices=(0, 1, 3), help="brokers of an Apache Kafka cluster "
+                        "(tests.kafka: Java and Maven) instead of Tansu")  # fmt: skip
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="webhook-router-kills-"))
     result = uvloop.run(
-        run(args.events, args.kills, args.every, args.commit_interval_ms, args.delay_ms / 1000, workdir)
+        run(args.events, args.kills, args.every, args.commit_interval_ms, args.delay_ms / 1000, workdir, args.kafka)
     )
     for name, value in result.items():
         print(f"{name}: {value:g}")

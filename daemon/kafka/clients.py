@@ -11,6 +11,8 @@ aiokafka's insides this module relies on (checked on every upgrade of the pin in
   Fetch request (``fetch_raw``), ``close()`` to finish a close that a cancelled fetch cut short;
   tests/integration/test_kafka_clients.py and tests/integration/test_stuck_partitions.py (the raw batch of a
   partition held at an undecodable batch), tests/integration/test_outages.py (closing while the broker is gone).
+- ``AIOKafkaConsumer._coordinator.fetch_committed_offsets`` (``committed_notes``: the metadata of a commit, which
+  ``committed()`` leaves out): tests/integration/test_settled_notes.py.
 - ``AIOKafkaConsumer._fetcher`` and its ``_pending_tasks`` (``close_consumer``): tests/integration/test_outages.py.
 - ``aiokafka.protocol.fetch.FetchRequest`` (version 4, a plain Fetch answered with the batch's bytes untouched):
   tests/integration/test_stuck_partitions.py.
@@ -192,6 +194,15 @@ def replicas_of(producer: Any, topics: list[str]) -> list[tuple[str, int, int, i
         for topic in topics
         for p in known.get(topic, {}).values()
     ]
+
+
+async def committed_notes(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+) -> dict[TopicPartition, tuple[int, str]]:
+    """The group's committed offset and its metadata of each of ``tps`` that has one (``AIOKafkaConsumer.committed``
+    gives the offset alone: aiokafka's ``_coordinator.fetch_committed_offsets`` gives both)."""
+    found = await consumer._coordinator.fetch_committed_offsets(tps)
+    return {tp: (meta.offset, meta.metadata or "") for tp, meta in found.items() if meta.offset >= 0}
 
 
 def brokers_of(producer: Any) -> int:

@@ -1,6 +1,8 @@
 """The consumer: a group over several topics, explicit per-partition commits, backpressure by pausing.
 
-Offsets are committed only up to each partition's lowest unfinished event (see ``offsets``). Above
+Offsets are committed only up to each partition's lowest unfinished event (see ``offsets``), each with a note of
+the offsets above it already settled; a partition assigned reads its last commit's note, and the records it names
+are not dispatched again (counted in ``settled_skipped_total``). Above
 ``max_in_flight_events`` every assigned partition is paused; below half of it they resume. Pauses
 are re-applied after each rebalance, because aiokafka forgets them.
 
@@ -40,8 +42,8 @@ from aiokafka.errors import (
 
 from daemon.core.clock import utc_now_iso
 from daemon.core.config import KafkaConfig
-from daemon.core.offsets import OffsetTracker, PartitionOffsets
-from daemon.kafka.clients import close_consumer, group_consumer
+from daemon.core.offsets import OffsetTracker, PartitionOffsets, Settled
+from daemon.kafka.clients import close_consumer, committed_notes, group_consumer
 from daemon.kafka.contact import Throttle, held_note
 from daemon.observe.metrics import Metrics
 
@@ -99,6 +101,7 @@ class Source:
         metrics.batches_undecodable.labels(name)
         for reason in ("deleted", "past_end", "no_commit"):
             metrics.offset_resets.labels(name, reason)
+        self._skipped_settled = metrics.settled_skipped.labels(name)
         self._dispatch = dispatch
         self._prepare = prepare
         self._drain_timeout_s = drain_timeout_s
@@ -197,9 +200,18 @@ class Source:
         part = self.offsets.partitions.get(tp)
         if part is None:  # revoked while the batch was on its way
             return True
-        taken = 0
+        taken = skipped = 0
         ok = True
+        settled = part.settled
         for record in records:
+            if settled is not None:  # only after an assignment whose last commit noted settled offsets
+                if record.offset < settled.end:
+                    if settled.skips(record.offset):
+                        part.add(record.offset, 0)
+                        skipped += 1
+                        continue
+                else:
+                    part.settled = settled = None
             try:
                 hold_until = self._dispatch(record, part)
             except Exception as exc:  # a bug: read this record again later rather than skip it
@@ -212,6 +224,8 @@ class Source:
                 break
             taken += 1
         self._metrics.events_consumed.labels(tp.topic).inc(taken)
+        if skipped:
+            self._skipped_settled.inc(skipped)
         return ok
 
     async def _isolate(self) -> None:
@@ -468,13 +482,34 @@ class Source:
             self._remove_lag(tp)
         log.info("partitions revoked: %s", _names(revoked))
 
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        notes = await self._notes(assigned)
         for tp in assigned:
-            self.offsets.assign(tp)
+            part = self.offsets.assign(tp)
+            if tp in notes and part.next_offset is None:
+                committed, note = notes[tp]
+                part.committed, part.note = committed, note
+                part.settled = Settled.parse(note, committed)
+                if part.settled is not None:
+                    log.info("%s[%d]: %d offsets from %d to %d were settled by the last commit: not delivered again",
+                             tp.topic, tp.partition, part.settled.count, committed,
+                             part.settled.end - 1)  # fmt: skip
         if self._paused and assigned:
             self._consumer.pause(*assigned)
         self.joined = True
         log.info("partitions assigned: %s", _names(assigned) or "none")
+
+    async def _notes(self, tps: set[TopicPartition]) -> dict[TopicPartition, tuple[int, str]]:
+        """The last commit of each of ``tps`` with its note (none where the cluster does not answer: then every event
+        above the committed offset is delivered again, as without notes)."""
+        if not tps:
+            return {}
+        try:
+            return await committed_notes(self._consumer, sorted(tps))
+        except (KafkaError, OSError) as exc:
+            log.info("the notes of the last commits could not be read (%s): what they settled is delivered again",
+                     _error_of(exc))  # fmt: skip
+            return {}
 
     def _update_lag(self) -> None:
         """Lag per assigned partition from its high watermark: the last one a fetch reported, so that while the
@@ -534,4 +569,4 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._source.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._source.on_assigned(set(assigned))
+        await self._source.on_assigned(set(assigned))

@@ -149,6 +149,10 @@ class Metrics:
             "consumer and reason (deleted: its offset's records were deleted by retention; past_end: its offset is "
             "past the log's end; no_commit: the group had committed none).", ["consumer", "reason"], registry=r,
         )  # fmt: skip
+        self.settled_skipped = Counter(
+            p + "settled_skipped", "Records not dispatched again after an assignment: settled by its last commit",
+            ["consumer"], registry=r,
+        )  # fmt: skip
         self.commits = Counter(p + "offset_commits", "Offset commits by result.", ["result"], registry=r)
         self.endpoints = Gauge(p + "endpoints", "Endpoints in the loaded config.", registry=r)
         self.endpoints_paused = Gauge(

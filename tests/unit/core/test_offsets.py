@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Hashable
 
 import pytest
 
-from daemon.core.offsets import OffsetTracker, PartitionOffsets
+from daemon.core.offsets import NOTE_BYTES, OffsetTracker, PartitionOffsets, Settled
 
 TP = ("leads", 0)
 TP1 = ("leads", 1)
+
+
+def marks(committable: dict[Hashable, tuple[int, str]]) -> dict[Hashable, int]:
+    """The watermarks of ``committable`` (without their notes)."""
+    return {tp: mark for tp, (mark, _note) in committable.items()}
 
 
 class Counter:
@@ -27,7 +33,7 @@ def test_nothing_read_no_watermark() -> None:
     assert part.next_offset is None
     assert part.committed is None
     assert part.unfinished == 0
-    assert tracker.committable() == {}
+    assert marks(tracker.committable()) == {}
 
 
 def test_assign_returns_the_same_partition_until_revoked() -> None:
@@ -177,29 +183,29 @@ def test_committable_returns_only_moved_watermarks() -> None:
     tracker.assign(("orders", 0))  # nothing read: never committable
     a.add(0, 1)
     b.add(0, 0)
-    assert tracker.committable() == {TP: 0, TP1: 1}
-    tracker.mark_committed({TP: 0, TP1: 1})
+    assert marks(tracker.committable()) == {TP: 0, TP1: 1}
+    tracker.mark_committed({TP: (0, ""), TP1: (1, "")})
     assert (a.committed, b.committed) == (0, 1)
-    assert tracker.committable() == {}
+    assert marks(tracker.committable()) == {}
     a.done(0)
-    assert tracker.committable() == {TP: 1}
-    tracker.mark_committed({TP: 1})
-    assert tracker.committable() == {}
+    assert marks(tracker.committable()) == {TP: 1}
+    tracker.mark_committed({TP: (1, "")})
+    assert marks(tracker.committable()) == {}
     b.add(1, 1)  # read, not finished: the watermark stays at 1
-    assert tracker.committable() == {}
+    assert marks(tracker.committable()) == {}
     b.done(1)
-    assert tracker.committable() == {TP1: 2}
+    assert marks(tracker.committable()) == {TP1: 2}
 
 
 def test_committable_of_some_partitions_only() -> None:
     tracker = OffsetTracker()
     tracker.assign(TP).add(4, 0)
     tracker.assign(TP1).add(9, 0)
-    assert tracker.committable([TP1]) == {TP1: 10}
-    assert tracker.committable({TP}) == {TP: 5}
-    assert tracker.committable([]) == {}
+    assert marks(tracker.committable([TP1])) == {TP1: 10}
+    assert marks(tracker.committable({TP})) == {TP: 5}
+    assert marks(tracker.committable([])) == {}
     assert tracker.committable([("nope", 0)]) == {}
-    assert tracker.committable() == {TP: 5, TP1: 10}
+    assert marks(tracker.committable()) == {TP: 5, TP1: 10}
 
 
 def test_mark_committed_ignores_revoked_partitions() -> None:
@@ -207,10 +213,10 @@ def test_mark_committed_ignores_revoked_partitions() -> None:
     part = tracker.assign(TP)
     part.add(0, 0)
     tracker.revoke(TP)
-    tracker.mark_committed({TP: 1})
+    tracker.mark_committed({TP: (1, "")})
     assert part.committed is None
     assert tracker.partitions == {}
-    assert tracker.committable() == {}
+    assert marks(tracker.committable()) == {}
 
 
 def test_revoke_forgets_the_watermark_but_events_count_until_done() -> None:
@@ -231,7 +237,7 @@ def test_revoke_forgets_the_watermark_but_events_count_until_done() -> None:
     assert tracker.partitions == {TP1: b}
     assert tracker.in_flight == 3
     assert calls.calls == 1
-    assert tracker.committable() == {TP1: 0}
+    assert marks(tracker.committable()) == {TP1: 0}
     assert tracker.revoke(TP) is None
     assert tracker.in_flight == 3
 
@@ -250,14 +256,14 @@ def test_revoke_forgets_the_watermark_but_events_count_until_done() -> None:
     assert calls.calls == 3
 
     # the revoked watermark is never offered for commit, and marking it is ignored
-    assert tracker.committable() == {TP1: 0}
-    tracker.mark_committed({TP: 3})
+    assert marks(tracker.committable()) == {TP1: 0}
+    tracker.mark_committed({TP: (3, "")})
     assert a.committed is None
 
     b.done(0)
     assert tracker.in_flight == 0
     assert calls.calls == 4
-    assert tracker.committable() == {TP1: 1}
+    assert marks(tracker.committable()) == {TP1: 1}
 
 
 def test_reassigned_partition_starts_fresh() -> None:
@@ -269,7 +275,7 @@ def test_reassigned_partition_starts_fresh() -> None:
     new = tracker.assign(TP)
     assert new is not old
     assert new.watermark() is None
-    assert tracker.committable() == {}
+    assert marks(tracker.committable()) == {}
     new.add(5, 1)
     assert tracker.in_flight == 2  # the old assignment's event still counts
     old.done(5)  # late outcome of the old assignment: does not finish the new one's event
@@ -321,7 +327,7 @@ def test_random_completion_order(seed: int) -> None:
     assert part.watermark() == last + 1
     assert tracker.in_flight == 0
     assert calls.calls == owing
-    assert tracker.committable() == {TP: last + 1}
+    assert marks(tracker.committable()) == {TP: last + 1}
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -332,7 +338,7 @@ def test_random_reads_interleaved_with_completions(seed: int) -> None:
     owed: dict[int, int] = {}
     outstanding: list[int] = []  # one entry per outcome still owed
     next_offset = 0
-    committed: int | None = None
+    committed: tuple[int | None, str] = (None, "")
     while next_offset < 1_000 or outstanding:
         if next_offset < 1_000 and (not outstanding or rng.random() < 0.5):
             n = rng.choice((0, 1, 1, 2, 4))
@@ -347,13 +353,68 @@ def test_random_reads_interleaved_with_completions(seed: int) -> None:
         _check(part, owed, next_offset - 1)
         if rng.random() < 0.1:
             moved = tracker.committable()
-            mark = part.watermark()
-            assert moved == ({} if mark == committed else {TP: mark})
+            mark, note = part.watermark(), part.settled_note()
+            assert mark is not None
+            assert moved == ({} if (mark, note) == committed else {TP: (mark, note)})
+            _check_note(note, mark, owed, next_offset)
+            _check_note(part.settled_note(limit=40), mark, owed, next_offset)
             tracker.mark_committed(moved)
-            committed = mark
+            committed = (mark, note)
         assert tracker.in_flight == sum(1 for left in owed.values() if left)
     assert part.watermark() == 1_000
     assert tracker.in_flight == 0
+
+
+def _check_note(note: str, mark: int, owed: dict[int, int], next_offset: int) -> None:
+    """The note says exactly which offsets from ``mark`` to its end are settled, and ends no later than the reads."""
+    settled = Settled.parse(note, mark)
+    if settled is None:
+        assert note == ""
+        return
+    assert mark < settled.end <= next_offset and len(note) <= NOTE_BYTES
+    said = [offset for offset in range(mark, settled.end) if settled.skips(offset)]
+    assert said == [offset for offset in range(mark, settled.end) if owed[offset] == 0]
+    assert settled.count == len(said) > 0
+
+
+def test_a_note_names_the_settled_offsets_above_the_watermark_as_the_unfinished_runs() -> None:
+    part = OffsetTracker().assign(TP)
+    for offset in range(100, 110):
+        part.add(offset, 1)
+    for offset in (101, 102, 105, 108):
+        part.done(offset)
+    assert part.watermark() == 100
+    note = part.settled_note()
+    assert note == "settled1 10 0,3-4,6-7,9"
+    settled = Settled.parse(note, 100)
+    assert settled is not None and settled.count == 4 and settled.end == 110
+    assert [o for o in range(100, 110) if settled.skips(o)] == [101, 102, 105, 108]
+    assert settled.skips(105) and not settled.skips(106)  # asked in order, then again (a partition held and re-read)
+
+
+def test_a_note_too_long_ends_before_the_runs_that_do_not_fit_and_never_claims_more() -> None:
+    part = OffsetTracker().assign(TP)
+    for offset in range(1_000):
+        part.add(offset, 1)
+    for offset in range(1, 1_000, 2):
+        part.done(offset)  # every other one settled: 500 runs of one
+    note = part.settled_note(limit=100)
+    settled = Settled.parse(note, 0)
+    assert settled is not None and len(note) <= 100 and 0 < settled.end < 1_000
+    assert [o for o in range(settled.end) if settled.skips(o)] == list(range(1, settled.end, 2))
+
+
+def test_no_note_when_nothing_above_the_watermark_is_settled_and_none_read_from_what_is_not_ours() -> None:
+    part = OffsetTracker().assign(TP)
+    assert part.settled_note() == ""  # nothing read
+    part.add(0, 1)
+    part.add(1, 1)
+    assert part.settled_note() == ""  # all unfinished
+    part.done(0)
+    part.done(1)
+    assert part.settled_note() == ""  # all finished: the watermark says it all
+    for note in ("", "some other tool's metadata", "settled1 x 0", "settled1 0 ", "settled2 5 0", "settled1 5 0-x"):
+        assert Settled.parse(note, 7) is None, note
 
 
 def test_uncommitted_names_what_a_restart_reads_again() -> None:
