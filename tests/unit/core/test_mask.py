@@ -13,7 +13,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.core.mask import _MIN_TAIL, _STEPS_PER_CHAR, MASKED, MIN_MASKED, Mask
+from daemon.core.mask import _MIN_TAIL, _SCANNED_FORMS, _STEPS_PER_CHAR, MASKED, MIN_MASKED, Mask
 from daemon.core.model import RESPONSE_BODY_LIMIT, truncate_body
 
 
@@ -115,3 +115,21 @@ def test_a_mask_compiles_once_and_only_when_used() -> None:
     automaton = mask._automaton
     assert mask.compiled and mask("tok-0123456789") == MASKED and mask._automaton is automaton
     assert not Mask([]).compiled and Mask([])("abc") == "abc"
+
+
+def test_a_text_holding_no_secret_takes_no_automaton_step_when_the_forms_are_few() -> None:
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    mask = Mask([secret])
+    body = '{"ok": true, "echo": "' + "x" * 4000 + '"}'
+    assert mask.apply(body) == (body, 0)
+    masked, steps = mask.apply(body[:-2] + secret[:10], cut=True)  # a cut body's end: only that end is read
+    assert masked == body[:-2] + MASKED and 0 < steps <= 2 * len(secret)
+    assert mask.apply(body, cut=True)[0] == body
+    assert mask(f"<{secret}>") == "<***>"
+
+
+def test_a_mask_of_many_forms_masks_every_one_of_them() -> None:
+    values = [f"secret-{i:02d}-value" for i in range(_SCANNED_FORMS + 1)]  # a form each: more than are scanned
+    mask = Mask(values)
+    assert mask.apply("nothing to see")[1] >= len("nothing to see")  # the automaton read it
+    assert mask(" ".join(values)) == " ".join([MASKED] * len(values))
