@@ -52,7 +52,7 @@ class Mask:
     text for each in C, and a text holding none takes no step but those of a cut body's end.
     """
 
-    __slots__ = ("_automaton", "_forms", "_scanned", "size", "starred")
+    __slots__ = ("_automaton", "_forms", "_scanned", "_shortest", "size", "starred")
 
     def __init__(self, values: Iterable[str]) -> None:
         forms: set[str] = set()
@@ -63,6 +63,7 @@ class Mask:
                 )
         self._forms = sorted(forms)
         self._scanned = self._forms if len(self._forms) <= _SCANNED_FORMS else None
+        self._shortest = min((len(form) for form in self._forms), default=0)
         self.size = sum(len(form) for form in self._forms)  # the automaton's states, about
         self.starred = any("*" in form for form in self._forms)  # masking may make one of them
         self._automaton: _Automaton | None = None
@@ -89,11 +90,11 @@ class Mask:
 
     def apply(self, text: str, cut: bool = False) -> tuple[str, int]:
         """The masked text, and the automaton steps it took (about ``_STEPS_PER_CHAR`` per character at most)."""
-        if not self._forms or not text:
+        if not self._forms or not text or (len(text) < self._shortest and not cut):  # too short to hold any form
             return text, 0
         automaton = self._compiled()
         scanned = self._scanned
-        if scanned is not None and not any(form in text for form in scanned):  # no occurrence: nothing to cover
+        if scanned is not None and not any(map(text.__contains__, scanned)):  # no occurrence: nothing to cover
             if not cut:
                 return text, 0
             tail, steps = automaton.tail(text)

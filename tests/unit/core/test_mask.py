@@ -131,5 +131,12 @@ def test_a_text_holding_no_secret_takes_no_automaton_step_when_the_forms_are_few
 def test_a_mask_of_many_forms_masks_every_one_of_them() -> None:
     values = [f"secret-{i:02d}-value" for i in range(_SCANNED_FORMS + 1)]  # a form each: more than are scanned
     mask = Mask(values)
-    assert mask.apply("nothing to see")[1] >= len("nothing to see")  # the automaton read it
+    text = "nothing to see here, nothing at all"
+    assert mask.apply(text)[1] >= len(text)  # the automaton read it
     assert mask(" ".join(values)) == " ".join([MASKED] * len(values))
+
+
+def test_a_text_shorter_than_every_form_is_left_as_it_is_unless_cut() -> None:
+    mask = Mask(["tok-0123456789"])
+    assert mask.apply("ok") == ("ok", 0)
+    assert mask("tok-01", cut=True) == MASKED  # the start of a secret at the end of a cut body
