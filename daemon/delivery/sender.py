@@ -10,7 +10,6 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
@@ -73,8 +72,6 @@ class Sender:
         self._api_client = api_client or Client()
         self._metrics = metrics
         self._tracing = tracing
-        self._counted: dict[tuple[str, str], Any] = {}  # labelled children, looked up once each
-        self._timed: dict[str, Any] = {}
 
     async def close(self) -> None:
         await self._client.close()
@@ -84,15 +81,7 @@ class Sender:
 
     def _count(self, endpoint_id: str, status: str, http_status: int | None, error: str | None, elapsed: float) -> None:
         metrics = self._metrics
-        key = (status, status_class(http_status, error))
-        child = self._counted.get(key)
-        if child is None:
-            child = self._counted[key] = metrics.deliveries.labels(*key)
-        child.inc()
-        timer = self._timed.get(status)
-        if timer is None:
-            timer = self._timed[status] = metrics.delivery_duration.labels(status)
-        timer.observe(elapsed)
+        metrics.attempts.add(status, status_class(http_status, error), elapsed)
         if endpoint_id in metrics.marked_endpoints:
             metrics.endpoint_attempts.labels(endpoint_id, status).inc()
             metrics.endpoint_duration.labels(endpoint_id).observe(elapsed)

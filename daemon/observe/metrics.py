@@ -5,14 +5,19 @@ config marks (``[metrics] endpoints``); per-partition series exist only for the 
 
 prometheus_client's insides this module relies on: a labelled metric's ``_metrics`` (its children by label values),
 read to drop the series of endpoints no longer marked; tests/unit/tools/test_operator_tools.py
-(``test_per_endpoint_series_exist_only_for_marked_endpoints_and_go_when_unmarked``).
+(``test_per_endpoint_series_exist_only_for_marked_endpoints_and_go_when_unmarked``); a histogram child's
+``_upper_bounds``, ``_buckets`` and ``_sum`` (and the parent's ``_upper_bounds``), which ``Attempts`` tallies by and
+folds into; tests/unit/observe/test_metrics.py
+(``test_attempts_tallied_read_as_if_each_had_been_observed``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import platform
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -61,11 +66,75 @@ def _tasks() -> float:
         return 0.0
 
 
+class _BeforeRead:
+    """A collector that yields nothing: registered first, it runs ``folds`` each time the registry is read, before
+    any metric is collected."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.folds: list[Callable[[], None]] = []
+        registry.register(self)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for fold in self.folds:
+            fold()
+        return iter(())
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())
+
+
+class Attempts:
+    """Delivery attempts counted on the hot path (``deliveries_total`` and ``delivery_duration_seconds``): a tally of
+    plain numbers per label set (a dict increment and a bisection, where prometheus_client's ``inc`` and ``observe``
+    take a lock each and walk the buckets in Python), folded into the two metrics whenever the registry is read.
+
+    ``__slots__``: added to once per attempt (the hot path)."""
+
+    __slots__ = ("_bounds", "_counts", "_deliveries", "_duration", "_sums", "_tallies")
+
+    def __init__(self, deliveries: Counter, duration: Histogram, before_read: _BeforeRead) -> None:
+        self._deliveries = deliveries
+        self._duration = duration
+        self._bounds: list[float] = list(duration._upper_bounds)
+        self._counts: dict[tuple[str, str], int] = {}  # (outcome, status class) -> attempts not folded yet
+        self._tallies: dict[str, list[int]] = {}  # outcome -> attempts per bucket (the first bound >= the duration)
+        self._sums: dict[str, float] = {}  # outcome -> seconds
+        before_read.folds.append(self.fold)
+
+    def add(self, outcome: str, status_class: str, seconds: float) -> None:
+        key = (outcome, status_class)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
+        tally = self._tallies.get(outcome)
+        if tally is None:
+            tally = self._tallies[outcome] = [0] * len(self._bounds)
+            self._sums[outcome] = 0.0
+        tally[bisect.bisect_left(self._bounds, seconds)] += 1
+        self._sums[outcome] += seconds
+
+    def fold(self) -> None:
+        """Add what was tallied since the last fold to the metrics."""
+        counts, self._counts = self._counts, {}
+        for key, count in counts.items():
+            self._deliveries.labels(*key).inc(count)
+        for outcome, tally in self._tallies.items():
+            if not any(tally):
+                continue
+            child: Any = self._duration.labels(outcome)
+            child._sum.inc(self._sums[outcome])
+            for i, count in enumerate(tally):
+                if count:
+                    child._buckets[i].inc(count)
+                    tally[i] = 0
+            self._sums[outcome] = 0.0
+
+
 class Metrics:
     """One instance per daemon, with its own registry (tests run several daemons in one process)."""
 
     def __init__(self) -> None:
         r = self.registry = _process_registry()
+        before_read = _BeforeRead(r)  # before every metric below: what the hot path tallied is folded in first
         p = "webhook_router_"
         self.events_consumed = Counter(p + "events_consumed", "Events read from Kafka.", ["topic"], registry=r)
         self.events_invalid = Counter(
@@ -96,6 +165,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.attempts = Attempts(self.deliveries, self.delivery_duration, before_read)
         self.requests_in_flight = Gauge(p + "requests_in_flight", "HTTP requests under way.", registry=r)
         self.deliveries_queued = Gauge(
             p + "deliveries_queued", "Deliveries waiting for a free slot of their endpoint.", registry=r

@@ -32,3 +32,24 @@ async def test_the_event_loop_tasks_are_counted_when_scraped_on_the_loop() -> No
 
 def test_a_scrape_outside_an_event_loop_counts_none() -> None:
     assert _tasks(Metrics()) == 0
+
+
+def _exposition(metrics: Metrics) -> list[str]:
+    lines = generate_latest(metrics.registry).decode().splitlines()
+    wanted = ("deliveries_total", "delivery_duration")
+    return sorted(line for line in lines if any(w in line for w in wanted) and "_created" not in line)
+
+
+def test_attempts_tallied_read_as_if_each_had_been_observed() -> None:
+    tallied, observed = Metrics(), Metrics()
+    attempts = [("delivered", "2xx", 0.0004), ("delivered", "2xx", 0.001), ("delivered", "2xx", 0.3),
+                ("failed", "5xx", 2.5), ("failed", "timeout", 130.0), ("failed", "connection", 0.0)]  # fmt: skip
+    for round_ in range(2):  # folded at the first read, then tallied again
+        for outcome, status_class, seconds in attempts[round_ * 3 : round_ * 3 + 3]:
+            tallied.attempts.add(outcome, status_class, seconds)
+            observed.deliveries.labels(outcome, status_class).inc()
+            observed.delivery_duration.labels(outcome).observe(seconds)
+        assert _exposition(tallied) == _exposition(observed)
+    assert 'webhook_router_delivery_duration_seconds_bucket{le="0.001",outcome="delivered"} 2.0' in _exposition(tallied)
+    timeouts = {"outcome": "failed", "status_class": "timeout"}
+    assert tallied.registry.get_sample_value("webhook_router_deliveries_total", timeouts) == 1
