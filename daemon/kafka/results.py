@@ -139,19 +139,18 @@ class ResultsWriter:
                 groups: dict[tuple[str, int], list[_Item]] = {}
                 for _ in range(min(len(queue), _BATCH)):
                     item = queue.popleft()
-                    partition = await self._partition(item[0], item[1], item[5])
-                    groups.setdefault((item[0], partition), []).append(item)
+                    cache = self._partitions.get(item[0])
+                    if cache is None:  # the topic's first record: its partitions asked for once
+                        cache = self._partitions[item[0]] = {None: sorted(await self._producer.partitions_for(item[0]))}
+                    groups.setdefault((item[0], self._partition(cache, item[1], item[5])), []).append(item)
                 for (topic, partition), items in groups.items():
                     await self._send(topic, partition, items)
                 await asyncio.sleep(0)  # let deliveries and heartbeats run between large batches
 
-    async def _partition(self, topic: str, key: bytes | None, results_partition: int | None = None) -> int:
-        """The partition a record goes to: an index entry's is the one of its results record's number (modulo the
-        index's partitions); Kafka's default partitioner for a key, round-robin without one."""
-        cache = self._partitions.get(topic)
-        if cache is None:
-            parts = sorted(await self._producer.partitions_for(topic))
-            cache = self._partitions[topic] = {None: parts}
+    def _partition(self, cache: dict[bytes | None, Any], key: bytes | None, results_partition: int | None) -> int:
+        """The partition a record goes to (``cache``: its topic's, ``None`` holding the partitions): an index entry's
+        is the one of its results record's number (modulo the index's partitions); Kafka's default partitioner for a
+        key, round-robin without one."""
         if results_partition is not None:
             parts = cache[None]
             return int(parts[results_partition % len(parts)])
