@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import json
 from typing import Any
 
@@ -104,7 +105,8 @@ async def test_a_429_with_retry_after_holds_the_endpoint_for_it_slows_it_down_an
     assert (slowed[-1] - slowed[0]) / 9 > 1 / per_second * 1.2
     recovered = times[-60:]  # back at the configured pace, never above it
     assert most_in_any_window(recovered, 1.0) <= 1 + per_second * (1.0 + jitter)
-    assert (len(recovered) - 1) / (recovered[-1] - recovered[0]) >= per_second * 0.9
+    gaps = sorted(b - a for a, b in itertools.pairwise(recovered))
+    assert gaps[len(gaps) // 2] <= 1 / per_second * 1.1  # the median gap: a stall of the busy machine aside
     assert await d.metric("webhook_router_endpoint_slowdowns_total") == 1
     results = await read_topic(setup.broker.bootstrap, setup.results, lambda rs: len(rs) >= count + 1)
     assert sum(1 for r in results if r["status"] == "delivered") == count
