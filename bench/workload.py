@@ -234,11 +234,15 @@ class BareConsumer:
         )
         self.latencies: dict[int, float] = {}
 
-    async def start(self) -> None:
+    async def start(self, from_end: bool = False) -> None:
+        """Assigned the partition, read from its start (or from its end: only what is produced after)."""
         from aiokafka import TopicPartition
 
         await self._consumer.start()
-        self._consumer.assign([TopicPartition(self._topic, 0)])
+        partition = TopicPartition(self._topic, 0)
+        self._consumer.assign([partition])
+        if from_end:
+            await self._consumer.seek_to_end(partition)
 
     async def read(self, total: int) -> None:
         """Read until ``total`` events carrying a send time were consumed."""
