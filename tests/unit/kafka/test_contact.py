@@ -92,9 +92,10 @@ async def test_contact_is_lost_once_after_the_timeout_and_back_once(caplog: pyte
         assert contact.answering and not contact.lost
         cluster.state = "hung"
         gone = time.monotonic()
+        answered = gone - contact.silent_s  # its last answer: a probe interval ago, or more on a busy machine
         while contact.answering:
             await asyncio.sleep(0.01)
-        assert time.monotonic() - gone >= 1.0 - 0.06  # never early (the last answer may be one interval old)
+        assert time.monotonic() - answered >= 1.0  # never early: a whole timeout after the cluster last answered
         assert time.monotonic() - gone < 5.0  # nor late, with room for a busy machine
         while not contact.lost:
             await asyncio.sleep(0.01)
