@@ -17,7 +17,7 @@ from tests.helpers import DaemonProcess, Receiver, client_options, produce
 from tests.integration.conftest import Setup, receiver, spawn
 from tests.integration.test_endpoints_api import _environment, api, api_config, new  # noqa: F401 - the fixture
 
-FLOOD = 20_000
+FLOOD = 100_000  # the flood
 B_PER_SECOND, B_SECONDS = 10, 12
 B_P99_BOUND_S = 10.0  # reading past A's flood (each event over A's share deferred to a tier), not A's pace
 
