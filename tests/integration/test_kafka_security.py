@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import TopicAuthorizationFailedError
+from aiokafka.helpers import create_ssl_context
 
 from tests.helpers import SECRET, DaemonProcess, Receiver, env_with, eventually, produce, unique
 from tests.integration.conftest import KafkaBroker, Setup, kafka_of_its_own
@@ -233,3 +236,32 @@ async def test_a_principal_allowed_only_the_routers_topics_and_group_works_and_a
         ]  # nothing else: the router's own topics and groups are allowed
     finally:
         await allowed.stop()
+
+
+async def test_with_the_documented_acls_a_platform_producer_writes_events_but_never_the_routers_own_topics(
+    kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """docs/kafka.md, 'Who may write the router's topics': the platform's producers get Write on the events topics
+    only. Such a principal (``User:limited`` here) writes events, and is refused on the endpoints and health topics
+    (where a record says where deliveries go and which endpoints are paused) that only the router writes."""
+    security = kafka.cluster.security
+    assert security is not None
+    prefix, events = unique("acl-wr"), unique("acl-events")
+    own = [f"{prefix}.endpoints", f"{prefix}.health"]
+    await kafka.create_topics([events, *own])
+    await kafka.cluster.grant("User:limited", ["Write", "Describe"], topic=events)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka.cluster.bootstrap_of("SASL_SSL"), security_protocol="SASL_SSL",
+        ssl_context=create_ssl_context(cafile=str(security.ca)), sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="limited", sasl_plain_password=USERS["limited"], request_timeout_ms=10_000,
+    )  # fmt: skip
+    await producer.start()
+    try:
+        await producer.send_and_wait(events, event(1))  # its own job: allowed
+        for topic in own:
+            with pytest.raises(TopicAuthorizationFailedError):
+                await producer.send_and_wait(topic, b'{"id": "ep_forged"}', key=b"ep_forged")
+    finally:
+        await producer.stop()
+    # the router's principal writes them, as the router does
+    await produce(kafka.bootstrap, own[0], [b"{}"])
