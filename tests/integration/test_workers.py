@@ -287,7 +287,7 @@ async def test_a_killed_worker_is_started_again_logged_and_nothing_is_lost(
 async def test_systemd_hears_the_supervisor_only_ready_once_every_worker_is_then_stopping_and_the_watchdog(
     setup: Setup, receivers: list[Receiver], daemons: list[DaemonProcess]
 ) -> None:
-    r = await receiver(receivers)
+    r = await receiver(receivers, delay_s=1.5)  # the drain waits for a delivery this long: several pings
     setup.write(_config(setup, [{"id": "a", "url": r.url, "secret": SECRET}]))
     notify = NotifySocket()
     notify.follow()
@@ -301,6 +301,8 @@ async def test_systemd_hears_the_supervisor_only_ready_once_every_worker_is_then
         assert max(ran) < log.index("all 2 workers ready"), log
         d.signal(signal.SIGHUP)
         await eventually(lambda: notify.read().count("READY=1") == 2, 20)
+        await produce(setup.broker.bootstrap, setup.topic, [b'{"event": "lead.created", "id": "drained"}'])
+        await eventually(lambda: r.concurrent == 1, 60)  # a delivery under way: the drain waits for it
         d.signal(signal.SIGTERM)
         assert await d.wait(30) == 0, d.log()
         messages = notify.read()
@@ -313,8 +315,8 @@ async def test_systemd_hears_the_supervisor_only_ready_once_every_worker_is_then
     assert "STATUS=running: 2 workers" in statuses
     assert not any("consumer group" in s or "Kafka" in s for s in statuses), "a worker's own status reached systemd"
     assert messages.index("WATCHDOG=1") < messages.index("READY=1")
-    # and through the drain (which, with nothing in flight, can be shorter than two pings on a quick machine)
-    assert "WATCHDOG=1" in messages[messages.index("STOPPING=1") :], "and through the drain"
+    assert messages[messages.index("STOPPING=1") :].count("WATCHDOG=1") >= 2, "and through the drain (1.5 s)"
+    assert len(r.requests) == 1 and r.concurrent == 0  # the delivery under way was finished, not cut
 
 
 def _op(port: int) -> aiohttp.ClientSession:
