@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: setup demo test lint typecheck unit integration integration-kafka integration-tansu smoke-tansu kafka-fetch \
+.PHONY: tools setup demo test lint typecheck unit integration integration-kafka integration-tansu smoke-tansu kafka-fetch \
 	bench constraints clean
 
 # The size of the Kafka cluster integration-kafka starts: 3 (three brokers, three controllers: replicas, min.insync.replicas
@@ -79,8 +79,13 @@ integration: $(STAMP)
 	    $(MAKE) --no-print-directory integration-tansu; \
 	fi
 
-# What CI runs (.ci/run): lint, types, the unit tests, the integration tests (see integration).
-test: lint typecheck unit integration
+# System tools of the deploy and portal tests (promtool, systemd-analyze, chromium), installed where missing when
+# run as root on Debian (.ci/tools).
+tools:
+	.ci/tools
+
+# What CI runs (.ci/run): the system tools, lint, types, the unit tests, the integration tests (see integration).
+test: tools lint typecheck unit integration
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

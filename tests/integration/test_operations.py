@@ -67,7 +67,7 @@ async def test_a_live_scrape_passes_promtool_and_serves_every_metric_the_dashboa
     setup: Setup, receivers: list[Receiver], daemons: list[DaemonProcess]
 ) -> None:
     promtool = shutil.which("promtool")
-    assert promtool is not None, "promtool is not installed: apt-get install prometheus (.ci/run does)"
+    assert promtool is not None, "promtool is not installed: apt-get install prometheus (make test does)"
     ok, flaky = await receiver(receivers), await receiver(receivers, statuses=[500, 200])
     dead, gone = await receiver(receivers, status=500), await receiver(receivers, status=410)
     once = {"policy": "schedule", "delays_s": [0.5]}

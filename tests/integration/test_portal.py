@@ -36,9 +36,9 @@ CATALOGUE: list[dict[str, Any]] = [
 
 @pytest.fixture
 async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
-    """Debian's chromium with a fresh profile (.ci/run installs it)."""
+    """Debian's chromium with a fresh profile (make test installs it: .ci/tools)."""
     if not CHROMIUM.exists():
-        pytest.fail(f"these tests drive Debian's chromium at {CHROMIUM}: apt-get install chromium (.ci/run does)")
+        pytest.fail(f"these tests drive Debian's chromium at {CHROMIUM}: apt-get install chromium (make test does)")
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=ARGS

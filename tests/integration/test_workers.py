@@ -145,7 +145,7 @@ async def test_two_workers_share_the_partitions_and_deliver_every_event_once_cou
         assert f'process_resident_memory_bytes{{worker="{worker}"}}' in scrape
     assert _value(scrape, "webhook_router_workers_ready") == 2
     promtool = shutil.which("promtool")
-    assert promtool is not None, "promtool is not installed: apt-get install prometheus (.ci/run does)"
+    assert promtool is not None, "promtool is not installed: apt-get install prometheus (make test does)"
     linted = subprocess.run([promtool, "check", "metrics"], input=scrape, capture_output=True, text=True)
     assert linted.returncode == 0, linted.stdout + linted.stderr
 

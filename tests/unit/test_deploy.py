@@ -30,7 +30,7 @@ WEBHOOK_ROUTER = Path(sys.executable).with_name("webhook-router")
 
 def _tool(name: str, package: str) -> str:
     path = shutil.which(name)
-    assert path is not None, f"{name} is not installed: apt-get install {package} (.ci/run does)"
+    assert path is not None, f"{name} is not installed: apt-get install {package} (make test does)"
     return path
 
 

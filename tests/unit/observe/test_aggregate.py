@@ -200,7 +200,7 @@ def test_an_exposition_reads_as_prometheus_client_reads_it_and_is_written_back_a
 def test_the_merged_exposition_passes_promtool() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool is not installed: apt-get install prometheus (.ci/run does)")
+        pytest.skip("promtool is not installed: apt-get install prometheus (make test does)")
 
     def busy(m: Metrics) -> None:
         m.deliveries.labels("delivered", "2xx").inc(3)
