@@ -90,6 +90,7 @@ class Source:
         self._kafka = kafka
         self._metrics = metrics
         self._name = name
+        self._told_no_commit: set[TopicPartition] = set()  # said once per partition: every rebalance repeats it
         self._fetch_errors_logged = Throttle()
         self._commit_errors_logged = Throttle()
         self._paused_gauge = metrics.fetch_paused.labels(name)
@@ -276,9 +277,11 @@ class Source:
             name = f"{tp.topic}[{tp.partition}]"
             says = f"as kafka.auto_offset_reset = {where!r} says"
             if offset is None:
-                reason = "no_commit"
-                log.info("%s: group %s has no offset for it: reading from %d (the log starts at %d, ends at %d), %s",
-                         name, self._kafka.group_id, target, start, end, says)  # fmt: skip
+                reason = "no_commit"  # a new group, or a retry tier nothing has passed through yet: said once
+                level = logging.DEBUG if tp in self._told_no_commit else logging.INFO
+                self._told_no_commit.add(tp)
+                log.log(level, "%s: group %s has no offset for it: reading from %d (the log starts at %d, ends at %d), "
+                        "%s", name, self._kafka.group_id, target, start, end, says)  # fmt: skip
             elif offset < start:
                 reason = "deleted"
                 skipped = f"; {target - start} more skipped" if target > start else ""

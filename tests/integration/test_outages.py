@@ -49,6 +49,7 @@ async def readiness(d: DaemonProcess) -> tuple[int | None, Any]:
 
 
 @needs_own_broker
+@pytest.mark.timeout(300)  # its own cluster's start, the 30 s outage, then the backlog and the results read back
 async def test_a_broker_suspended_for_30_s_under_load_is_waited_out_and_nothing_is_lost(
     tmp_path: Path, receivers: list[Receiver], daemons: list[DaemonProcess]
 ) -> None:
