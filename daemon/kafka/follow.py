@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import deque
@@ -27,6 +28,10 @@ from daemon.kafka.contact import Throttle, held_note
 log = logging.getLogger(__name__)
 
 Apply = Callable[[Any], None]  # one consumer record, in the topic's order
+# Applying a fetch yields to the event loop once ``_SLICE_S`` has passed (looked at every ``_CHECK_EVERY`` records): a
+# fetch of a few thousand endpoints takes a few hundred milliseconds to apply, which /healthz must not wait behind.
+_SLICE_S = 0.005
+_CHECK_EVERY = 32
 _MARKS_KEPT = 1000  # ends reported and not reached yet, per partition (past it the oldest go: a lag only overstated)
 
 
@@ -69,6 +74,15 @@ class Behind:
         return max(0.0, now - min(self._caught_up.values()))
 
 
+def _freeze_what_was_read() -> None:
+    """Move what the first read built (a state of a million endpoints is tens of millions of objects) out of the cyclic
+    garbage collector's reach: its full passes traverse every tracked object and, over such a state, stop the event
+    loop for seconds each time. The young generations are collected first, so only what lives on is frozen; frozen
+    objects are still freed when their last reference goes (a record replaced later)."""
+    gc.collect(1)
+    gc.freeze()
+
+
 class Follower:
     def __init__(self, topic: str, client_options: Mapping[str, Any], apply: Apply, name: str) -> None:
         self._topic = topic
@@ -103,6 +117,7 @@ class Follower:
         # The end is the high watermark a fetch reports (not end_offsets, which some brokers under-report).
         while True:
             fetched = await self._step(200)
+            _freeze_what_was_read()
             if not fetched and await self._at_end(tps):
                 break
         self._task = asyncio.create_task(self._follow(), name=f"follow-{self._name}")
@@ -146,6 +161,7 @@ class Follower:
             await asyncio.sleep(1.0)
             return 0
         count = 0
+        answered = time.monotonic()
         for tp, records in batch.items():
             for record in records:
                 try:
@@ -153,6 +169,10 @@ class Follower:
                 except Exception:  # one bad record never stops the state: logged, skipped
                     log.exception("record %s[%d]@%d could not be applied", tp.topic, tp.partition, record.offset)
                 count += 1
+                if not count % _CHECK_EVERY and time.monotonic() - answered >= _SLICE_S:
+                    self._applied[tp.partition] = record.offset + 1
+                    await asyncio.sleep(0)  # the loop answers (/healthz, other tasks) between slices of a fetch
+                    answered = time.monotonic()
             if records:
                 self._applied[tp.partition] = records[-1].offset + 1
         self.records += count
