@@ -1,8 +1,8 @@
 """``python -m bench.index [N]``: how fast the delivery index is read into its local copy at start-up, and looked up.
 
-N entries (default 200,000) are written to an index topic of three partitions on an embedded broker, then a
-``DeliveryIndex`` reads it from its start, twice (each a fresh copy, as a restart makes), and looks one entry in a
-thousand up by its delivery id.
+N entries (default 200,000) are written to an index topic of three partitions on an embedded broker (``PER_RECORD``
+entries a record, as the results writer writes them), then a ``DeliveryIndex`` reads it from its start, twice (each a
+fresh copy, as a restart makes), and looks one entry in a thousand up by its delivery id.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import time
 
 from aiokafka import AIOKafkaProducer
 
-from daemon.core.model import IndexEntry, encode_index
+from daemon.core.model import IndexRecord, IndexRow, encode_index
 from daemon.kafka.index import DeliveryIndex
 from daemon.tools.embedded import EmbeddedBroker
+
+PER_RECORD = 100  # entries an index record holds: the router writes one for each write of results records
 
 
 async def main(count: int) -> None:
@@ -24,11 +26,14 @@ async def main(count: int) -> None:
         options = {"bootstrap_servers": broker.bootstrap}
         producer = AIOKafkaProducer(**options, linger_ms=20, max_batch_size=512 * 1024)
         await producer.start()
+        rows: dict[int, list[IndexRow]] = {0: [], 1: [], 2: []}  # results partition -> entries of one record
         for n in range(count):
-            entry = IndexEntry(delivery_id=f"msg_{n:032x}", endpoint_id=f"ep_{n % 100}", event_type="lead.created",
-                               status="delivered", attempt=1, trigger="live", at_ms=1_700_000_000_000 + n,
-                               http_status=200, duration_ms=3.2, partition=n % 3, offset=n // 3)  # fmt: skip
-            await producer.send("index", encode_index(entry), key=entry.delivery_id.encode(), partition=n % 3)
+            entries = rows[n % 3]
+            entries.append((n % 3, n // 3, f"msg_{n:032x}", f"ep_{n % 100}", "lead.created", "delivered", 1, "live",
+                            1_700_000_000_000 + n, 200, 3.2))  # fmt: skip
+            if len(entries) == PER_RECORD or n >= count - 3:
+                await producer.send("index", encode_index(IndexRecord(entries=entries)), partition=n % 3)
+                rows[n % 3] = []
         await producer.flush()
         await producer.stop()
         for _ in range(2):

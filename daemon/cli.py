@@ -204,7 +204,7 @@ def _run(path: str, log_level: str | None = None, worker: tuple[int, str, int] |
     apply_logs(config.log)
     from daemon.app import App
 
-    admin_listen = None
+    admin_listen, on_demand = None, False
     if worker is None:
         from daemon.app.supervisor import Supervisor, workers_of
 
@@ -217,8 +217,8 @@ def _run(path: str, log_level: str | None = None, worker: tuple[int, str, int] |
         index, socket, supervisor = worker
         if not become(index, supervisor):
             return EXIT_FAILURE
-        admin_listen = f"unix:{socket}"
-    app = App(config, config_path=path, admin_listen=admin_listen)
+        admin_listen, on_demand = f"unix:{socket}", index != 0  # worker 0 answers the instance's lookups
+    app = App(config, config_path=path, admin_listen=admin_listen, index_on_demand=on_demand)
     try:
         run_coroutine(app.serve())
     except TopicError as exc:

@@ -14,7 +14,9 @@ the instance:
 - Everything else (the operator routes, the ``/v1`` API, whatever the workers serve besides): proxied to one worker,
   always the same while it is up (the lowest-numbered with its start-up complete): a write the API acknowledged is
   applied there before it answers (``daemon.kafka.store``), so the next call reads it; the other workers follow the
-  same topics (the endpoints topic, the health topic) within moments.
+  same topics (the endpoints topic, the health topic) within moments. That worker is worker 0 whenever it runs, and
+  so worker 0 alone keeps a copy of the delivery index from its start (another only while it answers lookups:
+  ``daemon.admin.scans``).
 
 A worker checks the admin token itself: the caller's headers go to it as they came.
 """

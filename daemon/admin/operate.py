@@ -146,9 +146,11 @@ class Operator:
         self._writer = writer
         self._retry = retry
 
-    async def start(self, index_topic: str | None = None) -> None:
-        """Start reading the delivery index ``index_topic`` (None: no index) in the background."""
-        await self.scans.start(index_topic)
+    async def start(
+        self, index_topic: str | None = None, on_demand: bool = False, metrics: Metrics | None = None
+    ) -> None:
+        """Start reading the delivery index ``index_topic`` (None: no index) in the background (``Scans.start``)."""
+        await self.scans.start(index_topic, on_demand, metrics)
 
     async def stop(self) -> None:
         await self.scans.stop()

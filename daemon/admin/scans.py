@@ -15,14 +15,23 @@ A delivery is looked for in the delivery index first (``daemon.kafka.index``): e
 its records read by their positions. Where the index cannot answer (switched off, still being read at start-up, missing
 the delivery, or its entries pointing at records the topic no longer has), the bounded scan answers, and says why it
 was needed. A search of deliveries (by endpoint, outcome, event type and time) is the index's alone.
+
+Reading the index costs every delivery of the deployment in each process that keeps a copy, so only the process that
+answers the instance's lookups keeps one from its start: the one process, or worker 0 of ``process.workers`` (the
+worker the supervisor's admin server sends them to while it runs, ``daemon.admin.front``). Another worker keeps one
+``on_demand``: from the first lookup or search it answers (while worker 0 is down), the scan answering meanwhile, until
+it has answered none for ``ON_DEMAND_IDLE_S``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Collection, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -34,11 +43,13 @@ from daemon.kafka.history import find_delivery, recent_attempts
 from daemon.kafka.index import DeliveryIndex
 from daemon.kafka.readback import read_one
 from daemon.kafka.readers import Readers
+from daemon.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 BY_INDEX = "index"
 BY_SCAN = "scan"
+ON_DEMAND_IDLE_S: Final = 900.0  # an index kept on demand is closed after this long without a lookup or a search
 
 
 class Found(msgspec.Struct, kw_only=True):
@@ -57,20 +68,70 @@ class Scans:
     def __init__(self, client_options: Mapping[str, Any], config: Callable[[], Config], keep: int) -> None:
         self.readers = Readers(client_options, keep)
         self.slots = Slots()
-        self.index: DeliveryIndex | None = None
+        self.index: DeliveryIndex | None = None  # the copy of the delivery index kept now
+        self._index_topic: str | None = None
+        self._on_demand = False
+        self._opening = asyncio.Lock()
+        self._using = 0  # lookups and searches under way on the index
+        self._used_at = 0.0  # monotonic: when the last one ended
+        self._idle: asyncio.Task[None] | None = None
         self._client_options = client_options
         self._config = config
 
-    async def start(self, index_topic: str | None) -> None:
-        """Start reading the delivery index ``index_topic`` (None: no index) in the background."""
-        if index_topic is not None:
-            self.index = DeliveryIndex(index_topic, self._config().kafka.results_topic, self._client_options)
-            await self.index.start()
+    async def start(self, index_topic: str | None, on_demand: bool = False, metrics: Metrics | None = None) -> None:
+        """Start reading the delivery index ``index_topic`` (None: no index) in the background; ``on_demand``: only
+        from the first lookup or search on, until none has come for ``ON_DEMAND_IDLE_S``. ``metrics``: where the
+        index's lag and size are shown."""
+        self._index_topic, self._on_demand = index_topic, on_demand
+        if metrics is not None:
+            metrics.index_behind_records.set_function(lambda: self.index.lag()[0] if self.index is not None else 0)
+            metrics.index_behind_seconds.set_function(lambda: self.index.lag()[1] if self.index is not None else 0)
+            metrics.index_entries.set_function(lambda: self.index.size()[0] if self.index is not None else 0)
+            metrics.index_bytes.set_function(lambda: self.index.size()[1] if self.index is not None else 0)
+        if index_topic is not None and not on_demand:
+            await self._open(index_topic)
+        elif index_topic is not None:
+            self._idle = asyncio.create_task(self._close_when_idle(ON_DEMAND_IDLE_S), name="delivery-index-idle")
 
     async def stop(self) -> None:
-        if self.index is not None:
-            await self.index.stop()
+        if self._idle is not None:
+            self._idle.cancel()
+            await asyncio.gather(self._idle, return_exceptions=True)
+            self._idle = None
+        index, self.index = self.index, None
+        if index is not None:
+            await index.stop()
         await self.readers.stop()
+
+    async def _open(self, topic: str) -> DeliveryIndex:
+        async with self._opening:
+            if self.index is None:
+                index = DeliveryIndex(topic, self._config().kafka.results_topic, self._client_options)
+                await index.start()
+                self.index = index
+                if self._on_demand:
+                    log.info("reading the delivery index %s from its start: this worker answers lookups now", topic)
+            return self.index
+
+    @contextlib.asynccontextmanager
+    async def _indexed(self, topic: str) -> AsyncIterator[DeliveryIndex]:
+        """The delivery index ``topic`` for one lookup or search, opened first when it is kept on demand."""
+        self._using += 1
+        try:
+            yield self.index if self.index is not None else await self._open(topic)
+        finally:
+            self._using -= 1
+            self._used_at = time.monotonic()
+
+    async def _close_when_idle(self, idle_s: float) -> None:
+        while True:
+            await asyncio.sleep(min(60.0, idle_s / 4))
+            index = self.index
+            if index is None or self._using or time.monotonic() - self._used_at < idle_s:
+                continue
+            self.index = None
+            await index.stop()
+            log.info("the delivery index closed: no lookup for %.0f s (worker 0 answers them while it runs)", idle_s)
 
     def slot(self, tenant: str | None) -> AbstractContextManager[None]:
         """A slot for one scan of ``tenant`` (None: the platform); TooManyRequests when over a bound."""
@@ -95,15 +156,16 @@ class Scans:
         config = self._config()
         with self.slot(tenant):
             note: str | None = "the delivery index is off (api.delivery_index = false)"
-            if self.index is not None:
-                entries = await self.index.attempts(delivery_id, endpoint_ids)
-                records = await self._records(config.kafka.results_topic, delivery_id, entries[-limit:])
-                if records:
-                    return Found(records=records, by=BY_INDEX)
-                if entries:
-                    note = "the delivery index's entries for it point at records the results topic no longer has"
-                else:  # behind, or it has no entry: deliveries recorded before the index was on, say
-                    note = self.index.behind()
+            if self._index_topic is not None:
+                async with self._indexed(self._index_topic) as index:
+                    entries = await index.attempts(delivery_id, endpoint_ids)
+                    records = await self._records(config.kafka.results_topic, delivery_id, entries[-limit:])
+                    if records:
+                        return Found(records=records, by=BY_INDEX)
+                    if entries:
+                        note = "the delivery index's entries for it point at records the results topic no longer has"
+                    else:  # behind, or it has no entry: deliveries recorded before the index was on, say
+                        note = index.behind()
             found = await find_delivery(self.readers, config.kafka.results_topic, delivery_id,
                                         config.api.max_scan_records, endpoint_ids, limit)  # fmt: skip
             return Found(records=found[::-1], by=BY_SCAN, note=note)
@@ -130,10 +192,12 @@ class Scans:
         """The index's entries of ``endpoint_ids`` (None: every endpoint) that match ``filters``
         (``IndexStore.search``), newest first, and why some may be missing (None: the index is not behind); in a slot
         of ``tenant``'s (a search of many endpoints' entries may sort many of them)."""
-        if self.index is None:
+        topic = self._index_topic
+        if topic is None:
             raise Conflict("the delivery index is off (api.delivery_index = false): an endpoint's recent attempts "
                            "are at /v1/endpoints/{id}/attempts")  # fmt: skip
         if endpoint_ids is not None and not endpoint_ids:
             return [], None
         with self.slot(tenant):
-            return await self.index.search(endpoint_ids, **filters), self.index.behind()
+            async with self._indexed(topic) as index:
+                return await index.search(endpoint_ids, **filters), index.behind()

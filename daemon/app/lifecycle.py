@@ -82,6 +82,7 @@ class App:
 
     ``resolver``: the DNS resolver deliveries use (default: aiohttp's, the system's); tests give a stand-in.
     ``admin_listen``: where the admin server listens instead of ``admin.listen`` (a worker's unix socket).
+    ``index_on_demand``: the delivery index read only while this process answers lookups (a worker other than worker 0).
     """
 
     def __init__(
@@ -91,12 +92,13 @@ class App:
         environ: Mapping[str, str] | None = None,
         resolver: AbstractResolver | None = None,
         admin_listen: str | None = None,
+        index_on_demand: bool = False,
     ):
         self._config = config
         self._config_path = config_path
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self._resolver = resolver
-        self._admin_listen = admin_listen or config.admin.listen
+        self._admin_listen, self._index_on_demand = admin_listen or config.admin.listen, index_on_demand
         self.metrics = Metrics()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -215,7 +217,7 @@ class App:
         tiers = Source(settlement.tiers_consumer(kafka), environ, metrics, settlement.take, drain_s, "retries")
         operator = Operator(settlement, health, client_options, (source, tiers), results, retry)
         stack.push_async_callback(self._close, "the read-back consumers and the delivery index", operator.stop)
-        await operator.start(index_topic)  # the index is read in the background: until then, lookups scan
+        await operator.start(index_topic, self._index_on_demand, metrics)  # in the background: until then, lookups scan
 
         if api.enabled:  # every endpoint of the topic is applied before the first event is read
             keyring = keyring_from(environ, api)
@@ -334,15 +336,10 @@ class App:
                 "not committed, so read and delivered again after a restart (at least once): %s",
                 ", ".join(uncommitted[:20]) + (f" and {len(uncommitted) - 20} more" if len(uncommitted) > 20 else ""),
             )
-        log.info(
-            "shutdown in %.1f s: drained=%s, deliveries abandoned=%d, results unacknowledged=%d, "
-            "events unfinished (will be read again)=%d",
-            time.monotonic() - started,
-            drained,
-            abandoned,
-            0 if flushed else c.results.outstanding,
-            c.source.offsets.in_flight + c.tiers.offsets.in_flight,
-        )
+        unfinished = c.source.offsets.in_flight + c.tiers.offsets.in_flight
+        log.info("shutdown in %.1f s: drained=%s, deliveries abandoned=%d, results unacknowledged=%d, events "
+                 "unfinished (will be read again)=%d", time.monotonic() - started, drained, abandoned,
+                 0 if flushed else c.results.outstanding, unfinished)  # fmt: skip
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)

@@ -99,9 +99,9 @@ decode_outcome = msgspec.json.Decoder(Outcome).decode
 
 
 class IndexEntry(msgspec.Struct, kw_only=True):
-    """One record of the delivery index (keyed by its delivery id): where one results record of a delivery is
-    (``partition``, ``offset`` of the results topic, set once Kafka has acknowledged that record), with what a search
-    filters on and a list shows. One per attempt: every attempt of a delivery has its own."""
+    """One entry of the delivery index, as a lookup or a search gives it: where one results record of a delivery is
+    (``partition``, ``offset`` of the results topic), with what a search filters on and a list shows. One per
+    attempt: every attempt of a delivery has its own."""
 
     delivery_id: str
     endpoint_id: str
@@ -116,28 +116,49 @@ class IndexEntry(msgspec.Struct, kw_only=True):
     offset: int = -1
 
 
+# What the results writer holds of a results record's entry until Kafka says where the record landed: delivery_id,
+# endpoint_id, event_type, status, attempt, trigger, at_ms, http_status, duration_ms.
+Indexed = tuple[str, str, str | None, str, int, str, int, int | None, float | None]
+
+
+# One entry as an index record holds it: the results partition and offset, then ``Indexed``'s fields in their order
+# (the columns of the local copy, ``daemon.kafka.index``, in theirs).
+IndexRow = tuple[int, int, str, str, str | None, str, int, str, int, int | None, float | None]
+
+
+class IndexRecord(msgspec.Struct, kw_only=True):
+    """One record of the delivery index topic: the entries of the results records one write of the results writer
+    placed (consecutive offsets of one results partition, those of deliveries only), each an ``IndexRow`` (a JSON
+    array). Smaller than the results records it points at: each entry holds a part of its record's fields."""
+
+    entries: list[IndexRow]
+
+
 encode_index = msgspec.json.Encoder().encode
 
 
-decode_index = msgspec.json.Decoder(IndexEntry).decode
+_decode_record = msgspec.json.Decoder(IndexRecord).decode
+_decode_entry = msgspec.json.Decoder(IndexEntry).decode  # one entry a record: what the index held before records
 
 
-def index_entry(outcome: Outcome, at_ms: int) -> IndexEntry | None:
-    """The index record of a results record, its position still to set; None for a record of no delivery (an event
+def decode_index(value: bytes) -> list[IndexRow]:
+    """The entries of a record of the delivery index topic (an ``IndexRecord``, or the one ``IndexEntry`` a record
+    held before); msgspec.DecodeError for anything else."""
+    try:
+        return _decode_record(value).entries
+    except msgspec.DecodeError:
+        e = _decode_entry(value)
+        return [(e.partition, e.offset, e.delivery_id, e.endpoint_id, e.event_type, e.status, e.attempt, e.trigger,
+                 e.at_ms, e.http_status, e.duration_ms)]  # fmt: skip
+
+
+def index_entry(outcome: Outcome, at_ms: int) -> Indexed | None:
+    """The index entry of a results record, its position still to learn; None for a record of no delivery (an event
     that could not be routed, an endpoint's pause or resume)."""
     if outcome.delivery_id is None or outcome.endpoint_id is None:
         return None
-    return IndexEntry(
-        delivery_id=outcome.delivery_id,
-        endpoint_id=outcome.endpoint_id,
-        event_type=outcome.event_type,
-        status=outcome.status,
-        attempt=outcome.attempt,
-        trigger=outcome.trigger,
-        at_ms=at_ms,
-        http_status=outcome.http_status,
-        duration_ms=outcome.duration_ms,
-    )
+    return (outcome.delivery_id, outcome.endpoint_id, outcome.event_type, outcome.status, outcome.attempt,
+            outcome.trigger, at_ms, outcome.http_status, outcome.duration_ms)  # fmt: skip
 
 
 class Attempt(msgspec.Struct, kw_only=True):

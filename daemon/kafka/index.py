@@ -2,10 +2,12 @@
 outcome, event type and time, at any age the results topic still keeps.
 
 The index lives in Kafka (``{retry.topic_prefix}.delivery-index``): the results writer (``daemon.kafka.results``) adds
-one entry per results record of a delivery once Kafka has acknowledged that record, keyed by delivery id, with the
-record's partition and offset. Kafka cannot look a key up, so each instance reads the topic from its start into a
-private SQLite database and follows it (the way Kafka Streams keeps a table: the topic is the truth, the local store a
-copy rebuilt from it at each start):
+one entry per results record of a delivery once Kafka has acknowledged that record, with the record's partition and
+offset, the entries of one write of results records in one index record (``daemon.core.model.IndexRecord``; a record
+of one ``IndexEntry`` is what the index held before, read as well). Kafka cannot look a delivery id up, so the process
+that answers lookups reads the topic from its start into a private SQLite database and follows it (the way Kafka
+Streams keeps a table: the topic is the truth, the local store a copy rebuilt from it at each start; which process
+keeps one: ``daemon.admin.scans``):
 
 - **Local, private, never left behind**: SQLite's private temporary database (``sqlite3.connect("")``): on disk in
   SQLite's temporary directory (``SQLITE_TMPDIR``, else ``/var/tmp`` or ``/tmp``, the first writable), unlinked as soon
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Collection, Mapping
@@ -36,7 +39,7 @@ import msgspec
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from daemon.core.model import IndexEntry, decode_index, decode_outcome, encode_index, index_entry
+from daemon.core.model import IndexEntry, IndexRecord, IndexRow, decode_index, decode_outcome, encode_index, index_entry
 from daemon.kafka.clients import partitions_of, producer
 from daemon.kafka.follow import Follower
 from daemon.kafka.readback import read_range
@@ -45,7 +48,9 @@ from daemon.kafka.readers import Readers
 log = logging.getLogger(__name__)
 
 _CACHE_KIB: Final = 16 * 1024  # SQLite's page cache; the rest of the database stays in its file
-_BATCH: Final = 5_000  # entries read and not yet stored past which a write is started at once
+_PENDING_BYTES: Final = 1 << 20  # index records read and not yet stored past which a write is started at once
+_BEHIND_S: Final = 10.0  # a copy last caught up longer ago than this may lack entries written since
+_REBUILD_ENTRIES: Final = 500  # entries an index record written by ``rebuild`` holds at most
 _PRUNE_EVERY_S: Final = 600.0
 _COLUMNS: Final = ("results_partition, results_offset, delivery_id, endpoint_id, event_type, status, attempt, "
                    "trigger, at_ms, http_status, duration_ms")  # fmt: skip
@@ -61,7 +66,7 @@ CREATE INDEX by_endpoint ON attempts (endpoint_id, at_ms);
 CREATE INDEX by_time ON attempts (at_ms);
 """  # _COLUMNS in this order
 # Every SQL text below is put together from the constant fragments of this module; every value is a parameter.
-_INSERT: Final = f"INSERT OR REPLACE INTO attempts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+_INSERT: Final = f"INSERT OR IGNORE INTO attempts ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
 
 
 class Cursor(msgspec.Struct, frozen=True, array_like=True):
@@ -82,26 +87,30 @@ class IndexStore:
         self._db.execute("PRAGMA journal_mode = OFF")  # a private copy rebuilt at each start: nothing to roll back
         self._db.execute("PRAGMA synchronous = OFF")
         self._db.executescript(_SCHEMA)
-        self.entries = 0
+        self._page_size: int = self._db.execute("PRAGMA page_size").fetchone()[0]
+        self.entries = 0  # held (an entry read twice is held once)
+        self.bytes = self._size()  # of its file
+
+    def _size(self) -> int:
+        return int(self._db.execute("PRAGMA page_count").fetchone()[0]) * self._page_size
 
     def close(self) -> None:
         self._db.close()
 
     def add(self, values: list[bytes]) -> int:
-        """Store the entries of these index records; returns how many were readable (the others are logged)."""
-        rows = []
+        """Store the entries of these index records; returns how many were readable (a record that is not is
+        logged and left out). An entry held already (the same results position) is kept as it was."""
+        rows: list[IndexRow] = []
         for value in values:
             try:
-                e = decode_index(value)
+                rows += decode_index(value)
             except msgspec.DecodeError as exc:
-                log.warning("an entry of the delivery index could not be read (%s): left out", exc)
-                continue
-            rows.append((e.partition, e.offset, e.delivery_id, e.endpoint_id, e.event_type, e.status, e.attempt,
-                         e.trigger, e.at_ms, e.http_status, e.duration_ms))  # fmt: skip
+                log.warning("a record of the delivery index could not be read (%s): left out", exc)
         self._db.execute("BEGIN")
-        self._db.executemany(_INSERT, rows)
+        added = self._db.executemany(_INSERT, rows).rowcount
         self._db.execute("COMMIT")
-        self.entries += len(rows)
+        self.entries += added
+        self.bytes = self._size()
         return len(rows)
 
     def attempts(self, delivery_id: str, endpoint_ids: Collection[str] | None) -> list[IndexEntry]:
@@ -149,6 +158,7 @@ class IndexStore:
             dropped += self._db.execute("DELETE FROM attempts WHERE results_partition = ? AND results_offset < ?",
                                         (partition, start)).rowcount  # fmt: skip
         self.entries -= dropped
+        self.bytes = self._size()  # its pages kept for the entries to come: a file does not shrink
         return dropped
 
     def _select(self, where: str, args: list[Any]) -> list[IndexEntry]:
@@ -179,11 +189,12 @@ class DeliveryIndex:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delivery-index")
         self._store: IndexStore | None = None
         self._pending: list[bytes] = []
+        self._pending_bytes = 0
         self._writing: asyncio.Future[int] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.caught_up = False  # everything the topic held when this instance started has been read
         self._caught_up = asyncio.Event()
-        self.read = 0
+        self.read = 0  # entries read (one held already counts again)
 
     async def start(self) -> None:
         """Open the local store and start reading the topic (returns at once: ``caught_up`` says when it is done)."""
@@ -214,8 +225,21 @@ class DeliveryIndex:
             return "the delivery index is not open"
         if not self.caught_up:
             return f"the delivery index is still being read from its topic ({self.read:,} entries so far)"
-        records, _ = self._follower.lag()
-        return f"the delivery index is {records:,} entries behind its topic" if records > _BATCH else None
+        records, seconds = self._follower.lag()
+        if seconds is None or seconds > _BEHIND_S:
+            return f"the delivery index is behind its topic ({records:,} records known and not read yet)"
+        return None
+
+    def lag(self) -> tuple[int, float]:
+        """(records, seconds) this copy is behind its topic (``daemon.kafka.follow.Behind``; seconds infinite until
+        it has first read the topic to its end)."""
+        records, seconds = self._follower.lag()
+        return records, math.inf if seconds is None else seconds
+
+    def size(self) -> tuple[int, int]:
+        """(entries, bytes) this copy holds (its file's bytes)."""
+        store = self._store
+        return (store.entries, store.bytes) if store is not None else (0, 0)
 
     async def attempts(self, delivery_id: str, endpoint_ids: Collection[str] | None) -> list[IndexEntry]:
         """Every entry of a delivery to one of ``endpoint_ids`` (None: to any endpoint), oldest first."""
@@ -239,13 +263,14 @@ class DeliveryIndex:
     def _apply(self, record: Any) -> None:
         if record.value is not None:
             self._pending.append(record.value)
-            if len(self._pending) >= _BATCH:
+            self._pending_bytes += len(record.value)
+            if self._pending_bytes >= _PENDING_BYTES:
                 self._write_pending()
 
     def _write_pending(self) -> None:
         """Hand what was read and not stored yet to the store's thread (in order: a query asked after sees it)."""
         if self._pending and self._store is not None:
-            values, self._pending = self._pending, []
+            values, self._pending, self._pending_bytes = self._pending, [], 0
             self._writing = self._call(self._store.add, values)
             self._writing.add_done_callback(self._written)
 
@@ -305,7 +330,14 @@ async def rebuild(client_options: Mapping[str, Any], results_topic: str, index_t
     written = 0
     try:
         parts = sorted(await writer.partitions_for(index_topic))
+        pending: dict[int, list[IndexRow]] = {}  # results partition -> entries not written yet
         sends = []
+
+        async def write(partition: int) -> None:
+            rows = pending.pop(partition)
+            sends.append(await writer.send(index_topic, encode_index(IndexRecord(entries=rows)),
+                                           partition=parts[partition % len(parts)]))  # fmt: skip
+
         async with contextlib.aclosing(read_range(readers, [results_topic], since_ms=since_ms)) as records:
             async for record in records:
                 try:
@@ -314,13 +346,17 @@ async def rebuild(client_options: Mapping[str, Any], results_topic: str, index_t
                     continue  # not a results record of the router's
                 if entry is None:
                     continue
-                entry.partition, entry.offset = record.partition, record.offset
-                sends.append(await writer.send(index_topic, encode_index(entry), key=entry.delivery_id.encode(),
-                                               partition=parts[record.partition % len(parts)]))  # fmt: skip
-                if len(sends) >= _BATCH:
-                    written += len(await asyncio.gather(*sends))
-                    sends = []
-        written += len(await asyncio.gather(*sends))
+                rows = pending.setdefault(record.partition, [])
+                rows.append((record.partition, record.offset, *entry))
+                written += 1
+                if len(rows) >= _REBUILD_ENTRIES:
+                    await write(record.partition)
+                if len(sends) >= 100:
+                    await asyncio.gather(*sends)
+                    sends.clear()
+        for partition in list(pending):
+            await write(partition)
+        await asyncio.gather(*sends)
     finally:
         await writer.stop()
         await readers.stop()

@@ -4,9 +4,10 @@ Callers ``submit`` a record with a callback; one task feeds the producer without
 and runs the callback once Kafka acknowledged the record. A record whose send fails is sent again
 after a back-off, never dropped: its source offset stays uncommitted until it lands.
 
-A results record of a delivery may carry its delivery index entry (``daemon.core.model.IndexEntry``): once Kafka has
-acknowledged the results record, its position is set in the entry and the entry is queued for the index topic, in the
-index partition of the same number (modulo the index's partitions: every attempt of a delivery is in one results
+A results record of a delivery may carry its delivery index entry (``daemon.core.model.Indexed``): once Kafka has
+acknowledged a write of results records, the entries of those it placed go, with their positions, in one index record
+(``IndexRecord``: one record and one encoding for the write, not for each entry), queued for the index partition of
+the same number as the results partition (modulo the index's partitions: every attempt of a delivery is in one results
 partition, so its entries stay in their order), batched with the other records like any other; nothing waits on it.
 
 A producer the cluster fenced (an idempotent producer whose id or sequence it no longer takes: ``clients.FENCED``)
@@ -30,15 +31,15 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 
-from daemon.core.model import Ack, IndexEntry, encode_index
+from daemon.core.model import Ack, Indexed, IndexRecord, encode_index
 from daemon.kafka.clients import FENCED
 from daemon.kafka.contact import Throttle, held_note
 from daemon.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-# topic, key, value, ack, its index entry, the results partition of an index entry (None: any other record)
-_Item = tuple[str, bytes | None, bytes, Ack | None, IndexEntry | None, int | None]
+# topic, key, value, ack, its index entry, the results partition of an index record (None: any other record)
+_Item = tuple[str, bytes | None, bytes, Ack | None, Indexed | None, int | None]
 
 _BATCH = 2_000
 _RETRY_BACKOFF_S = 1.0
@@ -86,7 +87,7 @@ class ResultsWriter:
         value: bytes,
         ack: Ack | None,
         topic: str | None = None,
-        index: IndexEntry | None = None,
+        index: Indexed | None = None,
     ) -> None:
         """Queue one record (for the results topic unless ``topic`` says otherwise); ``ack`` runs once Kafka
         has acknowledged it (None: nothing waits on it). ``index``: the results record's index entry, written once
@@ -222,18 +223,17 @@ class ResultsWriter:
                 ack()
 
     def _index(self, sent: Any, items: list[_Item]) -> None:
-        """Queue the index entries of records just acknowledged: one send's records are at consecutive offsets from
-        the first one's (``sent.offset``), in the order they were appended."""
+        """Queue the index record of records just acknowledged: one send's records are at consecutive offsets from
+        the first one's (``sent.offset``), in the order they were appended. It is smaller than they were together
+        (each entry holds a part of its record's fields), so it fits where they did."""
         topic = self._index_topic
         if topic is None:
             return
-        for i, item in enumerate(items):
-            entry = item[4]
-            if entry is not None:
-                entry.partition, entry.offset = sent.partition, sent.offset + i
-                self._outstanding += 1
-                self._queue.append((topic, entry.delivery_id.encode(), encode_index(entry), None, None, sent.partition))
-                self._wakeup.set()
+        rows = [(sent.partition, sent.offset + i, *e) for i, item in enumerate(items) if (e := item[4]) is not None]
+        if rows:
+            self._outstanding += 1
+            self._queue.append((topic, None, encode_index(IndexRecord(entries=rows)), None, None, sent.partition))
+            self._wakeup.set()
 
     def _failed(self, item: _Item, exc: BaseException) -> None:
         self._metrics.results_errors.inc()

@@ -9,10 +9,10 @@ Every topic the router writes has a role, and the role decides what Kafka must k
   stopped or behind for that long;
 - ``endpoints`` (with the endpoints API): compacted, one partition, like Kafka Connect's config topic;
 - ``results``: the broker's defaults (it is the platform's record of outcomes, usually its own topic);
-- ``delivery index`` (with the endpoints API's ``api.delivery_index``): one record per results record of a delivery,
-  keyed by delivery id, deleted by time like the results topic (never compacted: a delivery's attempts are each a
-  record of their own) and created with the results topic's ``retention.ms`` where it sets one, so that every delivery
-  still in the results topic has its entries.
+- ``delivery index`` (with the endpoints API's ``api.delivery_index``): one record per write of results records,
+  holding an entry per results record of a delivery, deleted by time like the results topic (never compacted: a
+  delivery's attempts are each an entry of their own) and created with the results topic's ``retention.ms`` where it
+  sets one, so that every delivery still in the results topic has its entries.
 
 Created topics get ``replication_factor=-1`` (the broker's ``default.replication.factor``) unless
 ``retry.replication_factor`` is set, and ``min.insync.replicas`` when ``retry.min_insync_replicas`` is. Topics that
@@ -116,8 +116,8 @@ def check_topic(spec: TopicSpec, described: Mapping[str, str], retry: RetryConfi
             )
     elif spec.role == INDEX and "compact" in policy:
         problems.append(
-            f"{where}: cleanup.policy includes compact: it holds a record per attempt keyed by delivery id, compaction "
-            "would keep only the last attempt of each delivery (use cleanup.policy=delete)"
+            f"{where}: cleanup.policy includes compact: its records have no key (each holds the entries of many "
+            "deliveries), which a compacted topic refuses (use cleanup.policy=delete)"
         )
     elif spec.role in (TIER, DEAD_LETTER) and "compact" in policy:
         problems.append(

@@ -10,7 +10,8 @@ none counted twice. The rule of each family (``RULES``; one not named there: ``S
   has since given up).
 - ``WORKER``: each worker's own series, labelled ``worker="N"`` (the supervisor's own ``worker="supervisor"``), where
   a sum means nothing: the copy each worker keeps of what every worker reads whole (endpoints and subscriptions
-  loaded, paused endpoints, the endpoints topic's refused and old-key records, how far behind it each reader is),
+  loaded, paused endpoints, the endpoints topic's refused and old-key records, how far behind it each reader is; the
+  delivery index's copy, which worker 0 keeps and another only while it answers lookups),
   flags (fetch paused, contact with Kafka), what each process does once for the instance (config reloads), and
   ``process_*`` and ``python_*``.
 - ``ONE``: the build info: each distinct label set once.
@@ -59,6 +60,10 @@ RULES: dict[str, str] = {
     P + "endpoints_records_under_old_keys": WORKER,
     P + "endpoints_behind_records": WORKER,
     P + "endpoints_behind_seconds": WORKER,
+    P + "delivery_index_behind_records": WORKER,
+    P + "delivery_index_behind_seconds": WORKER,
+    P + "delivery_index_entries": WORKER,
+    P + "delivery_index_bytes": WORKER,
     P + "fetch_paused": WORKER,
     P + "kafka_contact": WORKER,
     P + "kafka_producer_idempotent": WORKER,

@@ -245,6 +245,21 @@ class Metrics:
             p + "endpoints_behind_seconds", "Seconds since this instance had last applied everything the endpoints "
             "topic held (past api.max_token_lag_s, tenant tokens are refused).", registry=r,
         )  # fmt: skip
+        self.index_behind_records = Gauge(
+            p + "delivery_index_behind_records", "Records of the delivery index topic known to exist and not read into "
+            "this process's copy yet (0 where it keeps none).", registry=r,
+        )  # fmt: skip
+        self.index_behind_seconds = Gauge(
+            p + "delivery_index_behind_seconds", "Seconds since this process's copy of the delivery index last held "
+            "everything its topic held (+Inf until it first has; 0 where it keeps none).", registry=r,
+        )  # fmt: skip
+        self.index_entries = Gauge(
+            p + "delivery_index_entries", "Entries this process's copy of the delivery index holds.", registry=r
+        )
+        self.index_bytes = Gauge(
+            p + "delivery_index_bytes", "Bytes of this process's copy of the delivery index (its SQLite file).",
+            registry=r,
+        )  # fmt: skip
         self.retries_scheduled = Counter(p + "retries_scheduled", "Failed attempts given a retry.", registry=r)
         self.deliveries_deferred = Counter(
             p + "deliveries_deferred", "Deliveries moved to a retry tier because their endpoint's queue was full.",

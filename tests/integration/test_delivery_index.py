@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from daemon.app import App
 from daemon.cli import main
-from daemon.core.model import IndexEntry, encode_index
+from daemon.core.model import IndexRecord, IndexRow, encode_index
 from daemon.kafka.clients import producer as make_producer
 from daemon.kafka.history import find_delivery
 from daemon.kafka.readers import Readers
@@ -53,12 +53,13 @@ async def delivered(c: Client, r: Receiver, count: int) -> str:
 
 async def write_others(setup: Setup, endpoint_id: str, count: int) -> None:
     """``count`` deliveries of ``lead.updated`` to ``endpoint_id`` that failed with a 500, as the router records them:
-    results records keyed by the endpoint, then each one's index entry with where it landed."""
+    results records keyed by the endpoint, then their index entries with where each landed, 500 a record (the router
+    writes one record for each write of results records)."""
     options = client_options(setup.broker.bootstrap)
     producer: AIOKafkaProducer = make_producer(options, acks="all", linger_ms=20, max_batch_size=512 * 1024)
     await producer.start()
     try:
-        entries: list[IndexEntry] = []
+        delivery_ids = []
         sends = []
         now_ms = int(time.time() * 1000)
         for n in range(count):
@@ -70,17 +71,18 @@ async def write_others(setup: Setup, endpoint_id: str, count: int) -> None:
                 "timestamp": "2026-12-05T00:00:00.000Z",
             }).encode()  # fmt: skip
             sends.append(await producer.send(setup.results, value, key=endpoint_id.encode()))
-            entry = IndexEntry(delivery_id=delivery_id, endpoint_id=endpoint_id, event_type="lead.updated",
-                               status="failed", attempt=1, trigger="live", at_ms=now_ms, http_status=500)  # fmt: skip
-            entries.append(entry)
+            delivery_ids.append(delivery_id)
         index_topic = f"{setup.prefix}.delivery-index"
         partitions = sorted(await producer.partitions_for(index_topic))
-        for entry, sent in zip(entries, sends, strict=True):
+        rows: list[IndexRow] = []
+        for delivery_id, sent in zip(delivery_ids, sends, strict=True):
             landed = await sent
-            entry.partition, entry.offset = landed.partition, landed.offset
-            index_partition = partitions[landed.partition % len(partitions)]
-            await producer.send(index_topic, encode_index(entry), key=entry.delivery_id.encode(),
-                                partition=index_partition)  # fmt: skip
+            rows.append((landed.partition, landed.offset, delivery_id, endpoint_id, "lead.updated", "failed", 1, "live",
+                         now_ms, 500, None))  # fmt: skip
+            if len(rows) == 500 or delivery_id == delivery_ids[-1]:
+                index_partition = partitions[landed.partition % len(partitions)]
+                await producer.send(index_topic, encode_index(IndexRecord(entries=rows)), partition=index_partition)
+                rows = []
         await producer.flush()
     finally:
         await producer.stop()
@@ -98,6 +100,13 @@ async def made_old(app: App, setup: Setup, c: Client, r: Receiver, endpoint_id: 
     return old
 
 
+def index_metrics(app: App) -> dict[str, float | None]:
+    read = app.metrics.registry.get_sample_value
+    return {
+        n: read(f"webhook_router_delivery_index_{n}") for n in ("entries", "bytes", "behind_records", "behind_seconds")
+    }
+
+
 async def test_a_delivery_made_before_100000_others_is_found_by_id_through_the_index_and_redelivered(
     setup: Setup, receivers: list[Receiver]
 ) -> None:
@@ -106,6 +115,16 @@ async def test_a_delivery_made_before_100000_others_is_found_by_id_through_the_i
         acme, _ = await tenants(c)
         acme_ep = await endpoint(c, "acme", r.url)
         old = await made_old(app, setup, acme, r, acme_ep, ev(n=1))
+
+        # The metrics say what the copy holds, and that it is not behind (after the 100,000 were read).
+        async def caught_up() -> bool:
+            shown = index_metrics(app)
+            return shown["behind_records"] == 0 and (shown["behind_seconds"] or 0) < 10
+
+        await eventually(caught_up, 20)
+        shown = index_metrics(app)
+        assert shown["entries"] == OTHERS + 1
+        assert (shown["bytes"] or 0) > (OTHERS + 1) * 50  # about 100 bytes an entry with SQLite's indexes
 
         # The bounded scan alone does not reach it: 100,000 newer records of its endpoint's partition stand before it.
         assert await find_delivery(Readers(client_options(setup.broker.bootstrap)), setup.results, old, 1_000) == []

@@ -2,7 +2,8 @@
 real receivers: every event delivered once across the workers, one /metrics that counts what the receivers got,
 SIGHUP to every worker (a config refused once, by the supervisor), SIGTERM drained within the deadline, a worker
 killed and started again with nothing lost, /readyz false while it is down, systemd hearing the supervisor only, and
-a pause or an endpoint of the API made through one worker followed by the other."""
+a pause or an endpoint of the API made through one worker followed by the other, and the delivery index kept by
+worker 0 only (the one that answers the instance's lookups)."""
 
 from __future__ import annotations
 
@@ -324,7 +325,7 @@ def _op(port: int) -> aiohttp.ClientSession:
 
 
 @pytest.mark.parametrize("setup", [2], indirect=True)
-async def test_a_pause_and_an_endpoint_of_the_api_made_through_the_supervisor_reach_every_worker(
+async def test_a_pause_and_an_endpoint_of_the_api_made_through_the_supervisor_reach_every_worker_and_worker_0_indexes(
     setup: Setup, receivers: list[Receiver], daemons: list[DaemonProcess]
 ) -> None:
     a, b = await receiver(receivers), await receiver(receivers)
@@ -377,6 +378,20 @@ async def test_a_pause_and_an_endpoint_of_the_api_made_through_the_supervisor_re
         assert sorted(json.loads(q.body)["n"] for q in b.requests) == [20, 21]  # both workers deliver to it
         async with http.get("/v1/nothing-here") as resp:  # a path no one serves: the worker's answer, proxied
             assert resp.status == 404 and (await resp.json())["error"].startswith("no route")
+
+        # The delivery index: worker 0, which answers the instance's lookups, keeps a copy; worker 1 keeps none.
+        delivery = b.requests[0].headers["webhook-id"]
+
+        async def indexed() -> bool:
+            async with http.get(f"/v1/deliveries/{delivery}") as resp:
+                return resp.status == 200 and (await resp.json())["found_by"] == "index"
+
+        await eventually(indexed, 20)
+        scrape = await d.metrics()
+        assert _value(scrape, 'webhook_router_delivery_index_entries{worker="0"}') >= 4  # 10, 11, 20, 21
+        assert _value(scrape, 'webhook_router_delivery_index_bytes{worker="0"}') > 0
+        assert _value(scrape, 'webhook_router_delivery_index_entries{worker="1"}') == 0
+        assert _value(scrape, 'webhook_router_delivery_index_bytes{worker="1"}') == 0
 
 
 async def _both(paused: Callable[[str], Awaitable[float]]) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.core.errors import NotFound
-from daemon.core.model import BLOCKED, DELIVERED, FAILED, Ack, IndexEntry, Outcome, decode_outcome
+from daemon.core.model import BLOCKED, DELIVERED, FAILED, Ack, Indexed, Outcome, decode_outcome
 from daemon.delivery.endpoint import Endpoint
 from daemon.delivery.job import Job, outcome_for
 
@@ -43,7 +43,7 @@ class Writer:
     def __init__(self, indexing: bool = False) -> None:
         self.records: list[Submitted] = []
         self.indexing = indexing  # the delivery index on: results records carry their entries
-        self.entries: list[IndexEntry] = []  # the index entries submitted beside them
+        self.entries: list[Indexed] = []  # the index entries submitted beside them
 
     def submit(
         self,
@@ -51,7 +51,7 @@ class Writer:
         value: bytes,
         ack: Ack | None,
         topic: str | None = None,
-        index: IndexEntry | None = None,
+        index: Indexed | None = None,
     ) -> None:
         self.records.append(Submitted(topic, key, value, ack))
         if index is not None:

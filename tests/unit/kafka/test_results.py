@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
 from aiokafka.partitioner import DefaultPartitioner
 
 import daemon.kafka.results
-from daemon.core.model import IndexEntry, decode_index
+from daemon.core.model import Indexed, decode_index
 from daemon.kafka.results import ResultsWriter
 from daemon.observe.metrics import Metrics
 from tests.unit.standins import settle_down
@@ -149,12 +149,13 @@ class Landed(NamedTuple):
     offset: int
 
 
-def entry(delivery_id: str) -> IndexEntry:
-    return IndexEntry(delivery_id=delivery_id, endpoint_id="ep", event_type="t", status="delivered", attempt=1,
-                      trigger="live", at_ms=1)  # fmt: skip
+def entry(delivery_id: str) -> Indexed:
+    return (delivery_id, "ep", "t", "delivered", 1, "live", 1, 200, 2.5)
 
 
-async def test_index_entries_follow_their_results_records_once_acknowledged_with_where_each_landed() -> None:
+async def test_index_entries_follow_their_results_records_once_acknowledged_in_one_record_with_where_each_landed() -> (
+    None
+):
     producer = Producer(partitions=3)
     w = ResultsWriter(producer, "results", Metrics(), index_topic="index")
     w.start()
@@ -170,11 +171,11 @@ async def test_index_entries_follow_their_results_records_once_acknowledged_with
         await settle_down()
         ((index_topic, index_partition, written, _),) = producer.sent[1:]
         assert (index_topic, index_partition) == ("index", partition % 3)  # the index partition of the same number
-        entries = [(key, decode_index(value)) for key, value in written]
-        assert [(k, e.delivery_id, e.partition, e.offset) for k, e in entries] == [
-            (b"msg_0", "msg_0", partition, 40), (b"msg_1", "msg_1", partition, 41), (b"msg_2", "msg_2", partition, 42)
-        ]  # fmt: skip
-        assert w.outstanding == 3 and not await w.flush(0.01)  # a shutdown's flush waits for the entries too
+        ((key, value),) = written  # one record for the write's entries
+        assert key is None
+        assert decode_index(value) == [(partition, 40 + n, f"msg_{n}", "ep", "t", "delivered", 1, "live", 1, 200, 2.5)
+                                       for n in range(3)]  # fmt: skip
+        assert w.outstanding == 1 and not await w.flush(0.01)  # a shutdown's flush waits for the entries too
         producer.acknowledge_all()
         await settle_down()
         assert w.outstanding == 0
