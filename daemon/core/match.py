@@ -91,8 +91,7 @@ class _Index:
 
     def add(self, route: _Route, patterns: Iterable[str]) -> None:
         added = self._by_endpoint.setdefault(route[1], [])
-        distinct = dict.fromkeys(patterns)
-        for pattern in ("*",) if "*" in distinct else distinct:  # '*' takes in every other pattern
+        for pattern in _indexed(patterns):
             if pattern == "*":
                 self._star.append(route)
             elif pattern.endswith("*"):
@@ -104,11 +103,11 @@ class _Index:
                 self._exact.setdefault(pattern, []).append(route)
             added.append((pattern, route))
 
-    def remove(self, endpoint_id: str) -> bool:
-        """Remove every route of an endpoint; False if it had none."""
+    def remove(self, endpoint_id: str) -> list[tuple[str, _Route]]:
+        """Remove every route of an endpoint: each (pattern, route) it was indexed under (none: it had none)."""
         routes = self._by_endpoint.pop(endpoint_id, None)
         if routes is None:
-            return False
+            return []
         for pattern, route in routes:
             if pattern == "*":
                 self._star.remove(route)
@@ -121,7 +120,7 @@ class _Index:
                 del index[key]
                 if index is self._prefixes:
                     self._prefix_lengths = sorted({len(p) for p in self._prefixes})
-        return True
+        return routes
 
     def each(self, event_type: str) -> Iterator[_Route]:
         """The routes whose patterns match ``event_type``; a route matched by several patterns comes once each."""
@@ -137,6 +136,47 @@ class _Index:
         allowing it."""
         found = {route[0]: route for route in self.each(event_type) if _admits(route, topic, event_type)}
         return [found[i] for i in sorted(found)]
+
+
+def _indexed(patterns: Iterable[str]) -> Iterable[str]:
+    """The patterns a route is indexed under: each distinct one once, or '*' alone, which takes in every other."""
+    distinct = dict.fromkeys(patterns)
+    return ("*",) if "*" in distinct else distinct
+
+
+class _Wanted:
+    """Which (topic, type) some route under a scope field may want, whatever its value: each distinct (pattern, topics,
+    catalogue) of those routes indexed once, with how many routes have it, rather than every route a second time (a
+    million endpoints of the API, each scoped to its tenant, share a few)."""
+
+    __slots__ = ("_counts", "_ids", "_index")
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, frozenset[str] | None, frozenset[str] | None], int] = {}
+        self._ids: dict[tuple[str, frozenset[str] | None, frozenset[str] | None], str] = {}
+        self._index = _Index()  # one route per distinct (pattern, topics, catalogue), under an id of its own
+
+    def add(self, route: _Route, patterns: Iterable[str]) -> None:
+        for pattern in _indexed(patterns):
+            key = (pattern, route[2], route[3])
+            held = self._counts.get(key, 0)
+            if not held:
+                self._ids[key] = kind = f"#{id(key)}"  # unique while the key is held
+                self._index.add((0, kind, route[2], route[3], None), (pattern,))
+            self._counts[key] = held + 1
+
+    def remove(self, pattern: str, route: _Route) -> None:
+        """Remove one route's ``pattern`` (as ``_Index.remove`` gave it back)."""
+        key = (pattern, route[2], route[3])
+        left = self._counts[key] - 1
+        if left:
+            self._counts[key] = left
+        else:
+            del self._counts[key]
+            self._index.remove(self._ids.pop(key))
+
+    def wants(self, topic: str, event_type: str) -> bool:
+        return any(_admits(route, topic, event_type) for route in self._index.each(event_type))
 
 
 def _admits(route: _Route, topic: str, event_type: str) -> bool:
@@ -222,7 +262,7 @@ class RoutingTable:
     ) -> None:
         self._routes = _Index()  # the routes without a scope to index them by
         self._scoped: dict[tuple[str, ...], dict[str, _Index]] = {}  # scope field -> value -> its routes
-        self._scoped_any: dict[tuple[str, ...], _Index] = {}  # scope field -> every route under it (any value)
+        self._scoped_any: dict[tuple[str, ...], _Wanted] = {}  # scope field -> what its routes want (any value)
         self._scopes_of: dict[str, list[_Scope]] = {}  # endpoint id -> where its scoped routes are
         self._next_index = 0
         self._cache: dict[tuple[str, str], Match] = {}
@@ -242,15 +282,18 @@ class RoutingTable:
 
     def remove(self, endpoint_id: str) -> bool:
         """Remove every subscription of an endpoint; False if it had none."""
-        removed = self._routes.remove(endpoint_id)
+        removed = bool(self._routes.remove(endpoint_id))
         places = self._scopes_of.pop(endpoint_id, ())
+        gone: dict[tuple[str, int], tuple[tuple[str, ...], str, _Route]] = {}  # a route of several values: once
         for path, value in places:
             by_value = self._scoped[path]
-            by_value[value].remove(endpoint_id)
+            for pattern, route in by_value[value].remove(endpoint_id):
+                gone[(pattern, id(route))] = (path, pattern, route)
             if not by_value[value]:
                 del by_value[value]
+        for path, pattern, route in gone.values():
+            self._scoped_any[path].remove(pattern, route)
         for path in {path for path, _ in places}:
-            self._scoped_any[path].remove(endpoint_id)
             if not self._scoped[path]:
                 del self._scoped[path], self._scoped_any[path]
         self._forget()
@@ -270,7 +313,7 @@ class RoutingTable:
                 self._scoped.setdefault(path, {}).setdefault(value, _Index()).add(route, sub.events)
                 if (path, value) not in places:
                     places.append((path, value))
-            self._scoped_any.setdefault(path, _Index()).add(route, sub.events)
+            self._scoped_any.setdefault(path, _Wanted()).add(route, sub.events)
         self._next_index += 1
 
     def _forget(self) -> None:
@@ -339,10 +382,6 @@ class RoutingTable:
             else:
                 conditional.append((endpoint, where))
         # The scope fields some of whose routes may want this (topic, type): an event is decoded for those only.
-        scopes = tuple(
-            path
-            for path, index in self._scoped_any.items()
-            if any(_admits(route, topic, event_type) for route in index.each(event_type))
-        )
+        scopes = tuple(path for path, wanted in self._scoped_any.items() if wanted.wants(topic, event_type))
         return Match(tuple(plain), tuple((e, w) for e, w in conditional if e not in plain), scopes, self, topic,
                      event_type)  # fmt: skip

@@ -23,8 +23,10 @@ the operator accepts them for a migration window, and then only those that prece
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -142,6 +144,19 @@ def _settings_problem(record: EndpointRecord) -> str | None:
     return f"settings.{unknown[0]}: not a setting the endpoints API can set" if unknown else None
 
 
+def _share(body: dict[str, Any]) -> None:
+    """The strings records repeat (their tenant, the key they are under, their event patterns) made one object each
+    (``sys.intern``: let go with the last record holding one): a million endpoints of 100,000 tenants hold each
+    tenant's name once, not ten times."""
+    for field in ("tenant", "key_id"):
+        value = body.get(field)
+        if type(value) is str:
+            body[field] = sys.intern(value)
+    events = body.get("events")
+    if type(events) is list:
+        body["events"] = [sys.intern(e) if type(e) is str else e for e in events]
+
+
 class Directory:
     """The state the topic describes, built by applying its records in order. Pure.
 
@@ -228,6 +243,7 @@ class Directory:
                 raise RecordRefused("mac", "its MAC does not verify: not written by a holder of the secrets key, or "
                                     "changed since")  # fmt: skip
             self._signed_seen = True
+        _share(body)
         try:
             record: Record = msgspec.convert(body, Record)
         except msgspec.ValidationError as exc:
@@ -331,9 +347,14 @@ def routed(
     Raises as ``opened`` does."""
     config, subscription = opened(record, keyring)
     if tenant_field is not None:
-        scope = WhereConfig(field=tenant_field, one_of=[record.tenant])
-        subscription = msgspec.structs.replace(subscription, scope=scope)
+        subscription = msgspec.structs.replace(subscription, scope=_scope(tenant_field, record.tenant))
     return config, subscription
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _scope(tenant_field: str, tenant: str) -> WhereConfig:
+    """A tenant's scope, one object for all its endpoints (while it is among the most recent 131,072 tenants seen)."""
+    return WhereConfig(field=tenant_field, one_of=[tenant])
 
 
 def next_expiry(record: EndpointRecord, now_ms: int) -> int | None:

@@ -352,3 +352,24 @@ def test_a_tenants_routes_for_a_type_are_resolved_once_and_kept_within_the_same_
         assert table.match("t", f"new.{i}").select(lambda: {"org": {"id": "c"}}) == ("c-1",)
         assert len(table._cache) + len(table._scoped_cache) <= 8
         assert table.match("t", "lead.x").select(b) == ("b-1",)
+
+
+def test_what_scoped_routes_want_is_counted_once_per_pattern_and_follows_every_add_and_remove() -> None:
+    table = RoutingTable(
+        [scoped(f"e-{i}", f"t-{i % 100}", "lead.*", "call.ended") for i in range(1_000)]
+        + [SubscriptionConfig(endpoint="bc", events=["order.*"], topics=["orders"],
+                              scope=WhereConfig(field="org.id", one_of=["b", "c"]))]
+    )  # fmt: skip
+    wanted = table._scoped_any[("org", "id")]
+    assert len(wanted._index._by_endpoint) == 3  # lead.*, call.ended, order.* on orders: not 2,001 routes
+    assert not table.match("t", "lead.x").empty and not table.match("orders", "order.paid").empty
+    assert table.match("t", "order.paid").empty  # order.* is limited to its topic
+    for i in range(999):
+        table.remove(f"e-{i}")
+    assert not table.match("t", "lead.x").empty and not table.match("t", "call.ended").empty
+    assert table.match("t", "lead.x").select(lambda: {"org": {"id": "t-99"}}) == ("e-999",)
+    table.remove("e-999")
+    assert table.match("t", "lead.x").empty and table.match("t", "call.ended").empty
+    assert len(wanted._index._by_endpoint) == 1  # the endpoint of two values counted once, removed once
+    table.remove("bc")
+    assert table.match("orders", "order.paid").empty and table._scoped_any == {}
