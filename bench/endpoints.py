@@ -187,22 +187,27 @@ async def topic_records(bootstrap: str, topic: str, n: int, tenants: int = 1, ca
     return key
 
 
-def one_change(n: int) -> float:
-    """Seconds to apply one changed endpoint to a routing of ``n`` (the median of 200 changes)."""
-    from daemon.core.config import EndpointConfig, SubscriptionConfig
+def one_change(n: int, tenants: int | None = None) -> float:
+    """Seconds to apply one changed endpoint to a routing of ``n`` (the median of 200 changes); with ``tenants``, each
+    endpoint scoped to its tenant's events, as ``api.tenant_field`` scopes the endpoints of the API."""
+    from daemon.core.config import EndpointConfig, SubscriptionConfig, WhereConfig
     from daemon.core.validate import parse_config
     from daemon.engine.routing import Routing
+
+    def scope(i: int) -> WhereConfig | None:
+        return WhereConfig(field="tenant", one_of=[f"t-{i % tenants}"]) if tenants else None
 
     raw = {"kafka": {"bootstrap_servers": "k:9092", "group_id": "g", "topics": ["t"], "results_topic": "r"}}
     routing = Routing(parse_config(raw, {}), {})
     for i in range(n):
         routing.put(EndpointConfig(id=f"api-{i}", url=f"https://h{i % 997}.example.com/in/{i}", secret=SECRET),
-                    SubscriptionConfig(endpoint=f"api-{i}", events=[f"lead.{i % 50}", "call.*"]))  # fmt: skip
+                    SubscriptionConfig(endpoint=f"api-{i}", events=[f"lead.{i % 50}", "call.*"],
+                                       scope=scope(i)))  # fmt: skip
     timings = []
     for k in range(200):
         i = (k * 7919) % n
         config = EndpointConfig(id=f"api-{i}", url=f"https://changed.example.com/{k}", secret=SECRET)
-        sub = SubscriptionConfig(endpoint=f"api-{i}", events=["lead.7"])
+        sub = SubscriptionConfig(endpoint=f"api-{i}", events=["lead.7"], scope=scope(i))
         started = time.perf_counter()
         routing.put(config, sub)
         routing.table.match("t", "lead.7")  # the first match after a change resolves the type again
@@ -231,6 +236,36 @@ def idle_bytes(n: int) -> tuple[float, float]:
         tracemalloc.stop()
     assert routing.endpoints.built == 0
     return parsed / n, routed / n
+
+
+def topic_idle_bytes(n: int, tenants: int) -> dict[str, float]:
+    """Bytes of live objects per idle endpoint of the endpoints topic (``tracemalloc``), by where they are held: the
+    records as the ``Directory`` keeps them, then what routing them adds (each ``routed``, scoped to its tenant, and
+    put into a ``Routing``: its config, subscription and routes), ``n`` records of ``tenants`` tenants."""
+    from daemon.core.registry import Directory, routed
+    from daemon.core.validate import parse_config
+    from daemon.engine.routing import Routing
+
+    key, path = sealed_records(n, tenants)
+    keyring = Keyring(key)
+    raw = {"kafka": {"bootstrap_servers": "k:9092", "group_id": "g", "topics": ["t"], "results_topic": "r"}}
+    routing = Routing(parse_config(raw, {}), {})
+    directory = Directory(keyring)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for record_key, value in _read_records(path):
+            directory.apply(record_key.decode(), value)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+        for record in directory.endpoints.values():
+            routing.put(*routed(record, keyring, "tenant"))
+        gc.collect()
+        routed_bytes = tracemalloc.get_traced_memory()[0] - held
+    finally:
+        tracemalloc.stop()
+    assert len(routing.endpoints) == n and routing.endpoints.built == 0
+    return {"directory": held / n, "routing": routed_bytes / n}
 
 
 async def run(n: int, workdir: Path) -> dict[str, str]:

@@ -27,7 +27,7 @@ async def reloaded(
     refusals = refused(running, new)
     if refusals:
         raise ConfigError(refusals)
-    built = await asyncio.to_thread(Routing, new, environ, routing, list(routing.dynamic.values()))
+    built = await asyncio.to_thread(Routing, new, environ, routing, routing.run_time())
     built.catch_up(routing)
     return new, built
 

@@ -77,20 +77,24 @@ class _Index:
     """Routes by event type: exact types in a dict, prefix wildcards by prefix, ``*`` on its own; each route under
     each distinct pattern of its subscription once."""
 
-    __slots__ = ("_by_endpoint", "_exact", "_prefix_lengths", "_prefixes", "_star")
+    __slots__ = ("_by_endpoint", "_exact", "_prefix_lengths", "_prefixes", "_star", "place")
+    place: tuple[_Scope] | None
 
-    def __init__(self) -> None:
+    def __init__(self, place: _Scope | None = None) -> None:
+        # A scoped index's ((field, value),): where its endpoints' routes are, one object for every endpoint of it.
+        self.place = (place,) if place is not None else None
         self._exact: dict[str, list[_Route]] = {}
         self._prefixes: dict[str, list[_Route]] = {}
         self._star: list[_Route] = []
         self._prefix_lengths: list[int] = []
-        self._by_endpoint: dict[str, list[tuple[str, _Route]]] = {}  # endpoint id -> (pattern, route) it added
+        # endpoint id -> each (pattern, route) it added, flat: (pattern, route, pattern, route...), one tuple a endpoint
+        self._by_endpoint: dict[str, tuple[str | _Route, ...]] = {}
 
     def __bool__(self) -> bool:
         return bool(self._by_endpoint)
 
     def add(self, route: _Route, patterns: Iterable[str]) -> None:
-        added = self._by_endpoint.setdefault(route[1], [])
+        added: list[str | _Route] = []
         for pattern in _indexed(patterns):
             if pattern == "*":
                 self._star.append(route)
@@ -101,13 +105,18 @@ class _Index:
                 self._prefixes.setdefault(prefix, []).append(route)
             else:
                 self._exact.setdefault(pattern, []).append(route)
-            added.append((pattern, route))
+            added += (pattern, route)
+        self._by_endpoint[route[1]] = (*self._by_endpoint.get(route[1], ()), *added)
+
+    def added(self, endpoint_id: str) -> list[tuple[str, _Route]]:
+        """Each (pattern, route) an endpoint was indexed under."""
+        flat = self._by_endpoint.get(endpoint_id, ())
+        return list(zip(flat[::2], flat[1::2], strict=True))  # type: ignore[arg-type]
 
     def remove(self, endpoint_id: str) -> list[tuple[str, _Route]]:
         """Remove every route of an endpoint: each (pattern, route) it was indexed under (none: it had none)."""
-        routes = self._by_endpoint.pop(endpoint_id, None)
-        if routes is None:
-            return []
+        routes = self.added(endpoint_id)
+        self._by_endpoint.pop(endpoint_id, None)
         for pattern, route in routes:
             if pattern == "*":
                 self._star.remove(route)
@@ -263,7 +272,7 @@ class RoutingTable:
         self._routes = _Index()  # the routes without a scope to index them by
         self._scoped: dict[tuple[str, ...], dict[str, _Index]] = {}  # scope field -> value -> its routes
         self._scoped_any: dict[tuple[str, ...], _Wanted] = {}  # scope field -> what its routes want (any value)
-        self._scopes_of: dict[str, list[_Scope]] = {}  # endpoint id -> where its scoped routes are
+        self._scopes_of: dict[str, tuple[_Scope, ...]] = {}  # endpoint id -> where its scoped routes are
         self._next_index = 0
         self._cache: dict[tuple[str, str], Match] = {}
         # (topic, type, scope field, value) -> the routes of that value: sharing the bound of ``_cache``.
@@ -308,11 +317,16 @@ class RoutingTable:
         else:
             route = (self._next_index, sub.endpoint, topics, catalogue, Where.of(sub.where))
             path = tuple(scope.field.split("."))
-            places = self._scopes_of.setdefault(sub.endpoint, [])
+            by_value = self._scoped.setdefault(path, {})
+            places = self._scopes_of.get(sub.endpoint, ())
             for value in dict.fromkeys(scope.one_of):
-                self._scoped.setdefault(path, {}).setdefault(value, _Index()).add(route, sub.events)
-                if (path, value) not in places:
-                    places.append((path, value))
+                index = by_value.get(value)
+                if index is None:
+                    index = by_value[value] = _Index((path, value))
+                index.add(route, sub.events)
+                if index.place is not None and index.place[0] not in places:
+                    places = index.place if not places else (*places, index.place[0])
+            self._scopes_of[sub.endpoint] = places
             self._scoped_any.setdefault(path, _Wanted()).add(route, sub.events)
         self._next_index += 1
 

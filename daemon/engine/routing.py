@@ -31,12 +31,12 @@ class Endpoints(Mapping[str, Endpoint]):
     ``__slots__``: read for every delivery (the hot path).
     """
 
-    __slots__ = ("_api", "_built", "_delivery", "_environ", "configs")
+    __slots__ = ("_built", "_delivery", "_environ", "_file", "configs")
 
     def __init__(self, delivery: DeliveryConfig, environ: Mapping[str, str]) -> None:
         self.configs: dict[str, EndpointConfig] = {}
         self._built: dict[str, Endpoint] = {}
-        self._api: set[str] = set()  # the ids of the endpoints of the API
+        self._file: set[str] = set()  # the ids of the config file's endpoints (the rest are the API's: many more)
         self._delivery = delivery
         self._environ = environ
 
@@ -59,8 +59,9 @@ class Endpoints(Mapping[str, Endpoint]):
         return len(self.configs)
 
     def managed(self, endpoint_id: str) -> Managed:
-        """Where an endpoint comes from: ``"api"`` (the endpoints API) or ``"config"`` (the config file)."""
-        return API if endpoint_id in self._api else CONFIG
+        """Where an endpoint comes from: ``"api"`` (the endpoints API) or ``"config"`` (the config file); an id it does
+        not hold is the API's (the stricter network guard)."""
+        return CONFIG if endpoint_id in self._file else API
 
     def set(self, config: EndpointConfig, managed: Managed = CONFIG) -> None:
         """Add or change one; a built ``Endpoint`` whose config or origin changed is let go (the next use builds
@@ -68,16 +69,16 @@ class Endpoints(Mapping[str, Endpoint]):
         built = self._built.get(config.id)
         if built is not None and (built.config != config or built.managed != managed):
             del self._built[config.id]
-        if managed == API:
-            self._api.add(config.id)
+        if managed == CONFIG:
+            self._file.add(config.id)
         else:
-            self._api.discard(config.id)
+            self._file.discard(config.id)
         self.configs[config.id] = config
 
     def remove(self, endpoint_id: str) -> None:
         self.configs.pop(endpoint_id, None)
         self._built.pop(endpoint_id, None)
-        self._api.discard(endpoint_id)
+        self._file.discard(endpoint_id)
 
     def adopt(self, endpoint: Endpoint) -> bool:
         """Keep ``endpoint`` (built under an earlier routing) as this one's when it delivers exactly as this one's
@@ -131,7 +132,7 @@ class Routing:
         catalogues = {e.id: PROFILES[e.profile].catalogue for e in resolved.endpoints}
         tally = previous.table.tally if previous is not None else None  # what matching cost, over reloads
         self.table = RoutingTable(resolved.subscriptions, catalogues, tally)
-        self.dynamic: dict[str, tuple[EndpointConfig, SubscriptionConfig]] = {}
+        self.dynamic: dict[str, SubscriptionConfig] = {}  # their configs are in ``endpoints.configs``
         for ep_config, subscription in dynamic:
             if ep_config.id not in self.static:
                 self.put(ep_config, subscription)
@@ -147,10 +148,18 @@ class Routing:
                 id_header=kafka.event_id_headers.get(topic),
             )  # fmt: skip
 
+    def run_time(self) -> list[tuple[EndpointConfig, SubscriptionConfig]]:
+        """The endpoints managed at run time, for the next routing to carry over (``dynamic``)."""
+        configs = self.endpoints.configs
+        return [(configs[endpoint_id], subscription) for endpoint_id, subscription in self.dynamic.items()]
+
     def catch_up(self, previous: Routing) -> None:
         """Take the run-time changes ``previous`` saw while this one was built (in a thread), on the loop."""
-        for endpoint_id, (ep_config, subscription) in previous.dynamic.items():
-            if self.dynamic.get(endpoint_id) != (ep_config, subscription) and endpoint_id not in self.static:
+        for endpoint_id, subscription in previous.dynamic.items():
+            ep_config = previous.endpoints.configs[endpoint_id]
+            if endpoint_id in self.static:
+                continue
+            if self.dynamic.get(endpoint_id) != subscription or self.endpoints.configs.get(endpoint_id) != ep_config:
                 self.put(ep_config, subscription)
         for endpoint_id in [i for i in self.dynamic if i not in previous.dynamic]:
             self.drop(endpoint_id)
@@ -162,7 +171,7 @@ class Routing:
         """The tenant an endpoint of the API delivers the events of (``api.tenant_field``); None for the config file's
         endpoints (the platform's), or without a tenant field."""
         held = self.dynamic.get(endpoint_id)
-        scope = held[1].scope if held is not None else None
+        scope = held.scope if held is not None else None
         return scope.one_of[0] if scope is not None and scope.one_of else None
 
     def put(self, config: EndpointConfig, subscription: SubscriptionConfig) -> None:
@@ -171,7 +180,7 @@ class Routing:
             raise ValueError(f"endpoint {config.id!r} is defined in the config file")
         self.endpoints.check(config)
         self.endpoints.set(config, API)
-        self.dynamic[config.id] = (config, subscription)
+        self.dynamic[config.id] = subscription
         self.table.remove(config.id)
         self.table.add([subscription], PROFILES[config.profile].catalogue)
 

@@ -280,7 +280,7 @@ def test_patterns_are_indexed_once_each() -> None:
     table = RoutingTable([sub("a", *(["*"] * 50_000)), sub("b", "x", "x", "y.*", "y.*", "x"), sub("c", "x", "*")])
     index = table._routes
     assert len(index._star) == 2 and len(index._exact["x"]) == 1 and len(index._prefixes["y."]) == 1
-    assert index._by_endpoint["a"] == [("*", index._star[0])] and index._by_endpoint["c"] == [("*", index._star[1])]
+    assert index.added("a") == [("*", index._star[0])] and index.added("c") == [("*", index._star[1])]
     assert table.match("t", "x").endpoints == ("a", "b", "c")
     tenant = RoutingTable([scoped("t-1", "t", *(["lead.*"] * 10_000))])
     assert len(tenant._scoped[("org", "id")]["t"]._prefixes["lead."]) == 1

@@ -717,11 +717,12 @@ async def test_an_endpoint_put_at_run_time_is_built_as_the_apis_and_one_of_the_f
         await settle_down()
         routing = r.settlement.routing
         assert (routing.endpoints["ep_api"].managed, routing.endpoints["a"].managed) == ("api", "config")
-        reloaded = Routing(routing.config, {}, routing, list(routing.dynamic.values()))
+        reloaded = Routing(routing.config, {}, routing, routing.run_time())
         r.settlement.use(reloaded)
         assert (reloaded.endpoints["ep_api"].managed, reloaded.endpoints["a"].managed) == ("api", "config")
         r.settlement.drop("ep_api")
-        assert reloaded.endpoints.managed("ep_api") == "config"  # gone: nothing of it is left
+        assert "ep_api" not in reloaded.endpoints.configs and "ep_api" not in reloaded.dynamic  # nothing of it left
+        assert reloaded.endpoints.managed("ep_api") == "api"  # an id it does not hold: the stricter guard
 
 
 # --- ordered delivery per key ---
