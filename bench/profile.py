@@ -77,6 +77,10 @@ _COMPONENTS = (
         ("Endpoint.request_headers", "(daemon/core/sign.py)"),
     ),
     ("outcome record: build + encode", ("outcome_for ", "utc_now_iso", "encode_outcome", "internal_error ")),
+    (
+        "delivery index on the loop (its entries built and written, its topic followed)",
+        ("index_entry ", "ResultsWriter._index", "DeliveryIndex.", "Follower."),
+    ),
     ("results writer (aiokafka producer, ResultsWriter)", ("aiokafka/producer", "ResultsWriter")),
     ("dispatch (Settlement.dispatch: type, match, jobs)", ("Settlement.dispatch",)),
     (
@@ -114,6 +118,16 @@ def _component(frames: list[str]) -> str:
     return "other"
 
 
+def index_thread(raw: str) -> int:
+    """Samples of the delivery index's own thread (its SQLite copy's inserts and queries, off the event loop)."""
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if count_text.isdigit() and "IndexStore." in stack and "Runner.run " not in stack:
+            total += int(count_text)
+    return total
+
+
 def render(raw: str, top: int = 15, cpu_us: float = 0.0) -> str:
     """Markdown tables: the hot path by component; functions by self time; the daemon's functions by total
     time; packages by self time. ``cpu_us`` (CPU per delivery, measured without the profiler) turns shares
@@ -128,6 +142,11 @@ def render(raw: str, top: int = 15, cpu_us: float = 0.0) -> str:
         share = n / total
         us = f"{share * cpu_us:.0f}" if cpu_us else "-"
         lines.append(f"| {100 * share:.1f} % | {us} | {name} |")
+    beside = index_thread(raw)
+    if beside:
+        us = f"{beside / total * cpu_us:.0f}" if cpu_us else "-"
+        extra = f"(+{100 * beside / total:.1f} %)"
+        lines.append(f"| {extra} | {us} | beside the loop: the delivery index's thread (its SQLite copy) |")
     lines.append("")
     lines += ["| self | function (file) |", "|---:|---|"]
     lines += [f"| {100 * n / total:.1f} % | `{name}` |" for name, n in own]
