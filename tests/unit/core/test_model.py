@@ -538,3 +538,29 @@ def test_an_endpoint_with_an_injected_secret_masks_it() -> None:
     assert endpoint.mask('{"payload": {"workspaceSecret": "workspace-secret-42"}}') == (
         '{"payload": {"workspaceSecret": "***"}}'
     )
+
+
+@given(
+    delivery=st.text(min_size=1, max_size=60),
+    endpoint=st.text(min_size=1, max_size=200),
+    event_type=st.none() | st.text(max_size=2_000),
+    status=st.sampled_from([model.DELIVERED, model.FAILED, model.DEAD_LETTERED, model.SKIPPED_PAUSED]),
+    attempt=st.integers(0, 10_000),
+    trigger=st.sampled_from([model.LIVE, model.PING, model.REDELIVERY, model.REPLAY]),
+    http_status=st.none() | st.integers(100, 599),
+    duration_ms=st.none() | st.floats(0, 1e9, allow_nan=False),
+    position=st.tuples(st.integers(0, 2**31 - 1), st.integers(0, 2**63 - 1)),
+)
+def test_an_index_entry_is_shorter_than_its_results_record_so_a_writes_entries_fit_where_its_records_did(
+    delivery: str, endpoint: str, event_type: str | None, status: str, attempt: int, trigger: str,
+    http_status: int | None, duration_ms: float | None, position: tuple[int, int],
+) -> None:  # fmt: skip
+    outcome = Outcome(delivery_id=delivery, endpoint_id=endpoint, event_type=event_type, attempt=attempt, status=status,
+                      http_status=http_status, duration_ms=duration_ms, source_topic=None, source_partition=None,
+                      source_offset=None, timestamp=utc_now_iso(), trigger=trigger)  # fmt: skip
+    entry = model.index_entry(outcome, int(time.time() * 1000))
+    assert entry is not None
+    row = (*position, *entry)
+    alone = len(model.encode_index(model.IndexRecord(entries=[])))  # the record's own bytes, once per write
+    assert len(model.encode_index(model.IndexRecord(entries=[row]))) - alone < len(encode_outcome(outcome))
+    assert model.decode_index(model.encode_index(model.IndexRecord(entries=[row, row]))) == [row, row]
