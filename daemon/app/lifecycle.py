@@ -217,7 +217,8 @@ class App:
         tiers = Source(settlement.tiers_consumer(kafka), environ, metrics, settlement.take, drain_s, "retries")
         operator = Operator(settlement, health, client_options, (source, tiers), results, retry)
         stack.push_async_callback(self._close, "the read-back consumers and the delivery index", operator.stop)
-        await operator.start(index_topic, self._index_on_demand, metrics)  # in the background: until then, lookups scan
+        on_demand = self._index_on_demand or api.delivery_index_copy == "on_demand"  # else: in the background
+        await operator.start(index_topic, on_demand, metrics)  # until it has read its topic, lookups scan
 
         if api.enabled:  # every endpoint of the topic is applied before the first event is read
             keyring = keyring_from(environ, api)

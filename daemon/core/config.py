@@ -379,9 +379,15 @@ class ApiConfig(msgspec.Struct, **_FROZEN):
     # delivery index cannot answer: switched off, still being read at start-up, or missing the delivery).
     max_scan_records: Annotated[int, Meta(ge=1_000, le=100_000_000)] = 1_000_000
     # The delivery index (``{retry.topic_prefix}.delivery-index``): every results record of a delivery is indexed
-    # there by its delivery id, after it is written, and every instance reads the index, so that a delivery still in
-    # the results topic's retention is found exactly, by its id or by endpoint, outcome, event type and time.
+    # there by its delivery id, after it is written, and the process that answers lookups reads the index, so that a
+    # delivery still in the results topic's retention is found exactly, by its id or by endpoint, outcome, event type
+    # and time.
     delivery_index: bool = True
+    # Where this instance keeps its copy of the index (reading it costs every delivery of the deployment): "always",
+    # from its start (its worker 0 with process.workers); "on_demand", only from the first lookup or search it
+    # answers (the scan answering meanwhile) until none has come for 15 minutes: an instance whose admin address the
+    # platform does not call. Other workers than worker 0 are on demand whatever this says.
+    delivery_index_copy: Literal["always", "on_demand"] = "always"
     # What one tenant may hold (the endpoints of the config file are the platform's: neither applies to them): its
     # endpoints of the API, and the event patterns of one endpoint (each at most 255 characters; repeats are dropped).
     max_endpoints_per_tenant: Annotated[int, Meta(ge=1, le=1_000_000)] = 100

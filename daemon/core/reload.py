@@ -27,7 +27,7 @@ KAFKA_AT_RESTART: tuple[str, ...] = (
 # [api] fields the endpoints store was built with (its keys, what it reads): taken only after a restart.
 API_AT_RESTART: tuple[str, ...] = (
     "enabled", "secrets_key_env", "secrets_key_file", "previous_secrets_key_envs", "previous_secrets_key_files",
-    "accept_unauthenticated_records", "delivery_index",
+    "accept_unauthenticated_records", "delivery_index", "delivery_index_copy",
 )  # fmt: skip
 # [schema_registry] fields its client and cache were built with: taken only after a restart (event_types at once).
 SCHEMA_REGISTRY_AT_RESTART: tuple[str, ...] = (

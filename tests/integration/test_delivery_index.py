@@ -25,7 +25,7 @@ from daemon.core.model import IndexRecord, IndexRow, encode_index
 from daemon.kafka.clients import producer as make_producer
 from daemon.kafka.history import find_delivery
 from daemon.kafka.readers import Readers
-from tests.helpers import Receiver, client_options, eventually, produce
+from tests.helpers import Receiver, client_options, eventually, produce, read_topic
 from tests.integration.conftest import Setup, parts, receiver, running
 from tests.integration.test_endpoints_api import Client, _environment, api, api_config, ev  # noqa: F401
 from tests.integration.test_scan_bounds import endpoint, tenants
@@ -225,3 +225,31 @@ async def test_a_delivery_the_index_lacks_is_found_by_the_scan_which_says_so_and
         assert (status, answer["found_by"]) == (200, "index")
         status, answer = await c.call("GET", "/v1/deliveries")
         assert [e["delivery_id"] for e in answer["data"]] == [second, first]
+
+
+async def test_an_instance_keeping_its_copy_on_demand_reads_the_index_from_its_first_lookup_on(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    r = await receiver(receivers)
+    async with running(setup.write(indexed(setup, delivery_index_copy="on_demand"))) as app, api(setup.admin_port) as c:
+        acme, _ = await tenants(c)
+        await endpoint(c, "acme", r.url)
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=1)])
+        await read_topic(setup.broker.bootstrap, setup.results, lambda records: any(
+            rec["status"] == "delivered" for rec in records))  # fmt: skip
+        assert parts(app).operator.scans.index is None  # written (by this instance), not read
+        assert index_metrics(app) == {"entries": 0, "bytes": 0, "behind_records": 0, "behind_seconds": 0}
+        delivery = r.requests[0].headers["webhook-id"]
+        status, answer = await acme.call("GET", f"/v1/deliveries/{delivery}")  # the first lookup opens the copy
+        assert (status, answer["found_by"]) == (200, "scan"), answer  # the scan answers until it is read
+        assert "the delivery index is still being read from its topic" in answer["note"]
+        index = parts(app).operator.scans.index
+        assert index is not None
+        await eventually(lambda: index.caught_up, 20)
+
+        async def by_index() -> bool:
+            status, answer = await acme.call("GET", f"/v1/deliveries/{delivery}")
+            return status == 200 and (answer["found_by"], answer["note"]) == ("index", None)
+
+        await eventually(by_index, 20)
+        assert index_metrics(app)["entries"] == 1
