@@ -241,8 +241,9 @@ def idle_bytes(n: int) -> tuple[float, float]:
 def topic_idle_bytes(n: int, tenants: int) -> dict[str, float]:
     """Bytes of live objects per idle endpoint of the endpoints topic (``tracemalloc``), by where they are held: the
     records as the ``Directory`` keeps them, then what routing them adds (each ``routed``, scoped to its tenant, and
-    put into a ``Routing``: its config, subscription and routes), ``n`` records of ``tenants`` tenants."""
-    from daemon.core.registry import Directory, routed
+    put into a ``Routing``: its subscription and routes, its record kept sealed), ``n`` records of ``tenants``
+    tenants."""
+    from daemon.core.registry import Directory, Sealed, routed
     from daemon.core.validate import parse_config
     from daemon.engine.routing import Routing
 
@@ -258,8 +259,9 @@ def topic_idle_bytes(n: int, tenants: int) -> dict[str, float]:
             directory.apply(record_key.decode(), value)
         gc.collect()
         held = tracemalloc.get_traced_memory()[0]
-        for record in directory.endpoints.values():
-            routing.put(*routed(record, keyring, "tenant"))
+        for record in directory.endpoints.values():  # as daemon.engine.feed puts them
+            config, subscription = routed(record, keyring, "tenant")
+            routing.put(config, subscription, Sealed(record, keyring))
         gc.collect()
         routed_bytes = tracemalloc.get_traced_memory()[0] - held
     finally:

@@ -34,8 +34,8 @@ async def reloaded(
 
 def follow_config_pauses(health: Health, old: Routing | None, new: Routing) -> None:
     """The config file's ``paused`` flags, as they are now, applied to endpoint health."""
-    was = old.endpoints.configs if old is not None else {}
-    for endpoint_id, config in new.endpoints.configs.items():
+    was = old.endpoints.file_configs() if old is not None else {}
+    for endpoint_id, config in new.endpoints.file_configs().items():
         before = was.get(endpoint_id)
         health.follow_config(endpoint_id, config.paused, before is not None and before.paused)
 

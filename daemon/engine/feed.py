@@ -7,7 +7,7 @@ import logging
 
 import msgspec
 
-from daemon.core.registry import EndpointRecord, routed
+from daemon.core.registry import EndpointRecord, Sealed, routed
 from daemon.core.secretbox import Keyring, SecretError
 from daemon.engine.settle import Settlement
 from daemon.observe.metrics import Metrics
@@ -31,7 +31,8 @@ class EndpointsFeed:
             settlement.drop(endpoint_id)
         else:
             try:
-                settlement.put(*routed(record, self._keyring, self._tenant_field))
+                config, subscription = routed(record, self._keyring, self._tenant_field)
+                settlement.put(config, subscription, Sealed(record, self._keyring))
             except (SecretError, msgspec.ValidationError, ValueError) as exc:
                 # A record this instance cannot use (another key, a config this version refuses): not routed to.
                 log.error("endpoint %s of the endpoints topic not routed to: %s", endpoint_id, exc)

@@ -8,6 +8,7 @@ before keeps its ``Endpoint`` object across a reload (and with it its lane and i
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Final
 
@@ -16,6 +17,7 @@ from daemon.core.config import Config, DeliveryConfig, EndpointConfig, Subscript
 from daemon.core.event import TypeReader
 from daemon.core.match import RoutingTable
 from daemon.core.profiles import PROFILES
+from daemon.core.registry import Sealed
 from daemon.core.resolve import resolve
 from daemon.core.schemas import SchemaCache
 from daemon.delivery.endpoint import API, CONFIG, Endpoint, Managed
@@ -23,18 +25,46 @@ from daemon.delivery.endpoint import API, CONFIG, Endpoint, Managed
 DEFAULT_READER: Final = TypeReader()  # a topic outside the config's (a subscription changed under a fetch)
 
 
+Held = EndpointConfig | Sealed  # an endpoint as the routing keeps it: its config, or its record still sealed
+
+
+class Configs(Mapping[str, EndpointConfig]):
+    """Every endpoint's config by id, a sealed one opened as it is read (``Sealed.open``): to look at a few, or at
+    every one when an operator asks; the routing itself never opens an idle endpoint."""
+
+    __slots__ = ("_endpoints",)
+
+    def __init__(self, endpoints: Endpoints) -> None:
+        self._endpoints = endpoints
+
+    def __getitem__(self, endpoint_id: str) -> EndpointConfig:
+        held = self._endpoints.held(endpoint_id)
+        if held is None:
+            raise KeyError(endpoint_id)
+        return held.open() if isinstance(held, Sealed) else held
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._endpoints)
+
+    def __len__(self) -> int:
+        return len(self._endpoints)
+
+
 class Endpoints(Mapping[str, Endpoint]):
     """The endpoints by id, each ``Endpoint`` built on first use from its config and kept while it is used: an
-    idle endpoint costs its config and its routes, not a prepared ``Endpoint`` (signer, headers, request head).
+    idle endpoint costs its config and its routes, not a prepared ``Endpoint`` (signer, headers, request head); one
+    of the endpoints topic costs its record (``Sealed``), opened only when its ``Endpoint`` is built.
     Each is built as the config file's or the API's (``managed``), which decides the network guard it meets.
 
     ``__slots__``: read for every delivery (the hot path).
     """
 
-    __slots__ = ("_built", "_delivery", "_environ", "_file", "configs")
+    __slots__ = ("_built", "_configs", "_delivery", "_environ", "_file", "_sealed", "configs")
 
     def __init__(self, delivery: DeliveryConfig, environ: Mapping[str, str]) -> None:
-        self.configs: dict[str, EndpointConfig] = {}
+        self._configs: dict[str, EndpointConfig] = {}
+        self._sealed: dict[str, Sealed] = {}
+        self.configs = Configs(self)
         self._built: dict[str, Endpoint] = {}
         self._file: set[str] = set()  # the ids of the config file's endpoints (the rest are the API's: many more)
         self._delivery = delivery
@@ -45,27 +75,37 @@ class Endpoints(Mapping[str, Endpoint]):
             return self._built[endpoint_id]
         except KeyError:
             pass
-        config = self.configs[endpoint_id]
+        config = self._configs.get(endpoint_id)
+        if config is None:
+            config = self._sealed[endpoint_id].open()
         endpoint = self._built[endpoint_id] = Endpoint(config, self._delivery, self._environ, self.managed(endpoint_id))
         return endpoint
 
     def __contains__(self, endpoint_id: object) -> bool:
-        return endpoint_id in self.configs
+        return endpoint_id in self._configs or endpoint_id in self._sealed
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.configs)
+        return itertools.chain(self._configs, self._sealed)
 
     def __len__(self) -> int:
-        return len(self.configs)
+        return len(self._configs) + len(self._sealed)
+
+    def held(self, endpoint_id: str) -> Held | None:
+        """An endpoint as it is kept: its config, or its record still sealed (None: no such endpoint)."""
+        return self._configs.get(endpoint_id) or self._sealed.get(endpoint_id)
+
+    def file_configs(self) -> dict[str, EndpointConfig]:
+        """The config file's endpoints' configs."""
+        return {endpoint_id: self._configs[endpoint_id] for endpoint_id in self._file}
 
     def managed(self, endpoint_id: str) -> Managed:
         """Where an endpoint comes from: ``"api"`` (the endpoints API) or ``"config"`` (the config file); an id it does
         not hold is the API's (the stricter network guard)."""
         return CONFIG if endpoint_id in self._file else API
 
-    def set(self, config: EndpointConfig, managed: Managed = CONFIG) -> None:
+    def set(self, config: EndpointConfig, managed: Managed = CONFIG, sealed: Sealed | None = None) -> None:
         """Add or change one; a built ``Endpoint`` whose config or origin changed is let go (the next use builds
-        anew)."""
+        anew). ``sealed``: ``config`` is that record's, opened: the record is kept, not ``config``."""
         built = self._built.get(config.id)
         if built is not None and (built.config != config or built.managed != managed):
             del self._built[config.id]
@@ -73,17 +113,31 @@ class Endpoints(Mapping[str, Endpoint]):
             self._file.add(config.id)
         else:
             self._file.discard(config.id)
-        self.configs[config.id] = config
+        if sealed is None:
+            self._sealed.pop(config.id, None)
+            self._configs[config.id] = config
+        else:
+            self._configs.pop(config.id, None)
+            self._sealed[config.id] = sealed
+
+    def set_sealed(self, sealed: Sealed) -> None:
+        """Carry over an endpoint of the API kept sealed (by an earlier routing, which checked it)."""
+        self._built.pop(sealed.id, None)  # a routing being built has built none (``adopt`` takes the old ones)
+        self._file.discard(sealed.id)
+        self._configs.pop(sealed.id, None)
+        self._sealed[sealed.id] = sealed
 
     def remove(self, endpoint_id: str) -> None:
-        self.configs.pop(endpoint_id, None)
+        self._configs.pop(endpoint_id, None)
+        self._sealed.pop(endpoint_id, None)
         self._built.pop(endpoint_id, None)
         self._file.discard(endpoint_id)
 
     def adopt(self, endpoint: Endpoint) -> bool:
         """Keep ``endpoint`` (built under an earlier routing) as this one's when it delivers exactly as this one's
         config would; False when it does not (its lane finishes under the old settings)."""
-        config = self.configs.get(endpoint.id)
+        held = self.held(endpoint.id)
+        config = held.open() if isinstance(held, Sealed) else held
         if config is None or endpoint.managed != self.managed(endpoint.id):
             return False
         if not endpoint.delivers_as(config, self._delivery, self._environ):
@@ -117,7 +171,7 @@ class Routing:
         config: Config,
         environ: Mapping[str, str],
         previous: Routing | None = None,
-        dynamic: Iterable[tuple[EndpointConfig, SubscriptionConfig]] = (),
+        dynamic: Iterable[tuple[Held, SubscriptionConfig]] = (),
     ) -> None:
         """``dynamic``: the endpoints managed at run time to carry over (a snapshot: this may run in a thread). The
         writer schemas decoded so far (``schemas``) are ``previous``'s, or a new cache."""
@@ -127,15 +181,15 @@ class Routing:
         endpoints = self.endpoints = Endpoints(config.delivery, environ)
         for ep_config in resolved.endpoints:
             endpoints.set(ep_config)
-        self.static = frozenset(endpoints.configs)  # the config file's; the rest are managed at run time
+        self.static = frozenset(endpoints)  # the config file's; the rest are managed at run time
         self.subscriptions = len(resolved.subscriptions)
         catalogues = {e.id: PROFILES[e.profile].catalogue for e in resolved.endpoints}
         tally = previous.table.tally if previous is not None else None  # what matching cost, over reloads
         self.table = RoutingTable(resolved.subscriptions, catalogues, tally)
-        self.dynamic: dict[str, SubscriptionConfig] = {}  # their configs are in ``endpoints.configs``
-        for ep_config, subscription in dynamic:
-            if ep_config.id not in self.static:
-                self.put(ep_config, subscription)
+        self.dynamic: dict[str, SubscriptionConfig] = {}  # their configs are in ``endpoints``
+        for held, subscription in dynamic:
+            if held.id not in self.static:
+                self._put(held, subscription)
         kafka = config.kafka
         registry = config.schema_registry
         self.schemas: SchemaCache = previous.schemas if previous is not None else SchemaCache(registry.cache_size)
@@ -148,19 +202,20 @@ class Routing:
                 id_header=kafka.event_id_headers.get(topic),
             )  # fmt: skip
 
-    def run_time(self) -> list[tuple[EndpointConfig, SubscriptionConfig]]:
-        """The endpoints managed at run time, for the next routing to carry over (``dynamic``)."""
-        configs = self.endpoints.configs
-        return [(configs[endpoint_id], subscription) for endpoint_id, subscription in self.dynamic.items()]
+    def run_time(self) -> list[tuple[Held, SubscriptionConfig]]:
+        """The endpoints managed at run time as they are kept (a sealed one unopened), for the next routing to carry
+        over (``dynamic``)."""
+        held = self.endpoints.held
+        return [(h, subscription) for i, subscription in self.dynamic.items() if (h := held(i)) is not None]
 
     def catch_up(self, previous: Routing) -> None:
         """Take the run-time changes ``previous`` saw while this one was built (in a thread), on the loop."""
         for endpoint_id, subscription in previous.dynamic.items():
-            ep_config = previous.endpoints.configs[endpoint_id]
-            if endpoint_id in self.static:
+            held = previous.endpoints.held(endpoint_id)
+            if endpoint_id in self.static or held is None:
                 continue
-            if self.dynamic.get(endpoint_id) != subscription or self.endpoints.configs.get(endpoint_id) != ep_config:
-                self.put(ep_config, subscription)
+            if self.dynamic.get(endpoint_id) != subscription or self.endpoints.held(endpoint_id) != held:
+                self._put(held, subscription)
         for endpoint_id in [i for i in self.dynamic if i not in previous.dynamic]:
             self.drop(endpoint_id)
 
@@ -174,15 +229,27 @@ class Routing:
         scope = held.scope if held is not None else None
         return scope.one_of[0] if scope is not None and scope.one_of else None
 
-    def put(self, config: EndpointConfig, subscription: SubscriptionConfig) -> None:
-        """Add or change an endpoint managed at run time (an id of the config file's stays the file's)."""
+    def put(self, config: EndpointConfig, subscription: SubscriptionConfig, sealed: Sealed | None = None) -> None:
+        """Add or change an endpoint managed at run time (an id of the config file's stays the file's). ``sealed``:
+        ``config`` is that record's, opened (and checked here): the record is kept, opened again when it has work."""
         if config.id in self.static:
             raise ValueError(f"endpoint {config.id!r} is defined in the config file")
         self.endpoints.check(config)
-        self.endpoints.set(config, API)
-        self.dynamic[config.id] = subscription
-        self.table.remove(config.id)
-        self.table.add([subscription], PROFILES[config.profile].catalogue)
+        self.endpoints.set(config, API, sealed)
+        self._route(config.id, config.profile, subscription)
+
+    def _put(self, held: Held, subscription: SubscriptionConfig) -> None:
+        """Carry over an endpoint checked when it was first put (a sealed one stays sealed)."""
+        if isinstance(held, Sealed):
+            self.endpoints.set_sealed(held)
+            self._route(held.id, held.profile, subscription)
+        else:
+            self.put(held, subscription)
+
+    def _route(self, endpoint_id: str, profile: str, subscription: SubscriptionConfig) -> None:
+        self.dynamic[endpoint_id] = subscription
+        self.table.remove(endpoint_id)
+        self.table.add([subscription], PROFILES[profile].catalogue)
 
     def drop(self, endpoint_id: str) -> None:
         """Remove an endpoint managed at run time."""

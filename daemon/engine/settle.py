@@ -64,6 +64,7 @@ from daemon.core.offsets import PartitionOffsets
 from daemon.core.ordering import Keys
 from daemon.core.policy import back_from_tier, defer_wait, tier_for, with_retry_after
 from daemon.core.profiles import skip_for
+from daemon.core.registry import Sealed
 from daemon.delivery.endpoint import Endpoint
 from daemon.delivery.job import Job, outcome_for
 from daemon.delivery.lane import Lane, LaneStats, TenantLoad
@@ -171,9 +172,10 @@ class Settlement:
         for endpoint_id in list(self._lanes):
             self._keep_or_retire(endpoint_id)
 
-    def put(self, config: EndpointConfig, subscription: SubscriptionConfig) -> None:
-        """Add or change an endpoint managed at run time; its lane, if it changed, finishes under its old settings."""
-        self._routing.put(config, subscription)
+    def put(self, config: EndpointConfig, subscription: SubscriptionConfig, sealed: Sealed | None = None) -> None:
+        """Add or change an endpoint managed at run time; its lane, if it changed, finishes under its old settings.
+        ``sealed``: the record ``config`` was opened from, kept instead of it (``Routing.put``)."""
+        self._routing.put(config, subscription, sealed)
         self._keep_or_retire(config.id)
 
     def drop(self, endpoint_id: str) -> None:

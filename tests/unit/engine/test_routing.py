@@ -1,0 +1,103 @@
+"""daemon.engine.routing with the endpoints of the topic kept sealed (``daemon.core.registry.Sealed``): what an idle
+one holds, and that the endpoint built from it, carried over a reload, listed or dropped, is the one its opened
+config gives. Pure: no Kafka, no HTTP."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from daemon.core.config import EndpointConfig
+from daemon.core.registry import Directory, EndpointRecord, Sealed, endpoint_key, routed, sealed_record, signed
+from daemon.core.secretbox import Keyring
+from daemon.core.validate import parse_config
+from daemon.engine.routing import Routing
+
+SECRET = "whsec_" + base64.b64encode(b"routing-test-secret-0123456789").decode()
+RAW = {
+    "kafka": {"bootstrap_servers": "k:9092", "group_id": "g", "topics": ["t"], "results_topic": "r"},
+    "endpoints": [{"id": "file-1", "url": "https://file.example.com/in", "secret": SECRET}],
+    "subscriptions": [{"endpoint": "file-1", "events": ["*"]}],
+}
+
+
+def record(keyring: Keyring, i: int, version: int = 1, **settings: object) -> EndpointRecord:
+    written = sealed_record(
+        keyring, endpoint_id=f"api-{i}", tenant=f"t-{i % 3}", version=version, created_at=None,
+        url=f"https://h{i}.example.com/in?v={version}", headers={"X-Token": f"tok-{i}"}, secrets=[(SECRET, None)],
+        events=[f"lead.{i}", "call.*"], topics=None, where=None, description=None, settings=settings,
+    )  # fmt: skip
+    directory = Directory(keyring)
+    directory.apply(endpoint_key(written.id), signed(written, keyring))  # as the topic gives it back: verified
+    return directory.endpoints[written.id]
+
+
+def put(routing: Routing, keyring: Keyring, held: EndpointRecord) -> EndpointConfig:
+    config, subscription = routed(held, keyring, "tenant")
+    routing.put(config, subscription, Sealed(held, keyring))
+    return config
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring(os.urandom(32))
+
+
+def test_an_idle_endpoint_of_the_topic_is_kept_sealed_and_built_as_its_opened_config_would_be(keyring: Keyring) -> None:
+    routing = Routing(parse_config(RAW, {}), {})
+    configs = {i: put(routing, keyring, record(keyring, i, max_concurrency=3)) for i in range(5)}
+    assert all(isinstance(routing.endpoints.held(f"api-{i}"), Sealed) for i in range(5))
+    assert isinstance(routing.endpoints.held("file-1"), EndpointConfig)  # the file's are not sealed
+    assert routing.endpoints.built == 0 and len(routing.endpoints) == 6 and "api-4" in routing.endpoints
+    built = routing.endpoints["api-2"]
+    assert built.config == configs[2] and built.managed == "api" and str(built.url) == "https://h2.example.com/in?v=1"
+    assert built.max_concurrency == 3 and built.secret == SECRET
+    assert routing.endpoints.configs["api-3"] == configs[3]  # read by id: opened then
+    assert dict(routing.endpoints.configs) == {"file-1": routing.endpoints.configs["file-1"], **{
+        f"api-{i}": configs[i] for i in range(5)}}  # fmt: skip
+    assert routing.endpoints.file_configs().keys() == {"file-1"}
+    assert routing.tenant_of("api-4") == "t-1" and routing.tenant_of("file-1") is None
+    assert routing.table.match("t", "lead.2").select(lambda: {"tenant": "t-2"}) == ("file-1", "api-2")
+
+
+def test_a_changed_record_lets_its_built_endpoint_go_and_the_next_one_is_built_from_the_new_record(
+    keyring: Keyring,
+) -> None:
+    routing = Routing(parse_config(RAW, {}), {})
+    put(routing, keyring, record(keyring, 1))
+    before = routing.endpoints["api-1"]
+    put(routing, keyring, record(keyring, 1))  # the same settings again: a new record, the same config
+    assert routing.endpoints["api-1"] is before
+    put(routing, keyring, record(keyring, 1, version=2))
+    after = routing.endpoints["api-1"]
+    assert after is not before and str(after.url) == "https://h1.example.com/in?v=2"
+    routing.drop("api-1")
+    assert "api-1" not in routing.endpoints and routing.endpoints.held("api-1") is None
+    assert routing.table.match("t", "lead.1").select(lambda: {"tenant": "t-1"}) == ("file-1",)
+
+
+def test_a_reload_carries_the_sealed_endpoints_over_unopened_and_catches_up_with_changes_made_meanwhile(
+    keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    routing = Routing(parse_config(RAW, {}), {})
+    for i in range(4):
+        put(routing, keyring, record(keyring, i))
+    opened: list[str] = []
+    real_open = Sealed.open
+
+    def counted(self: Sealed) -> EndpointConfig:
+        opened.append(self.id)
+        return real_open(self)
+
+    monkeypatch.setattr(Sealed, "open", counted)
+    reloaded = Routing(parse_config(RAW, {}), {}, routing, routing.run_time())
+    assert opened == [] and all(reloaded.endpoints.held(f"api-{i}") is routing.endpoints.held(f"api-{i}")
+                                for i in range(4))  # fmt: skip
+    put(routing, keyring, record(keyring, 2, version=2))  # while the new routing was built
+    routing.drop("api-3")
+    reloaded.catch_up(routing)
+    assert opened == [] and "api-3" not in reloaded.endpoints
+    assert str(reloaded.endpoints["api-2"].url) == "https://h2.example.com/in?v=2" and opened == ["api-2"]
+    assert reloaded.table.match("t", "lead.0").select(lambda: {"tenant": "t-0"}) == ("file-1", "api-0")
