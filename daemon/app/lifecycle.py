@@ -40,7 +40,7 @@ from daemon.engine.health import Health, HealthReader
 from daemon.engine.operational import Operational
 from daemon.engine.routing import Routing
 from daemon.engine.settle import Settlement
-from daemon.kafka.clients import RouterProducer, check_credentials, kafka_client_options
+from daemon.kafka.clients import RouterProducer, check_credentials, kafka_client_options, refused
 from daemon.kafka.consume import Source
 from daemon.kafka.contact import Contact, KafkaLogFilter, unretrieved_kafka_errors_quiet
 from daemon.kafka.readback import read_one
@@ -169,9 +169,10 @@ class App:
         results.start()
         stack.push_async_callback(results.stop)
 
-        # A metadata request a second says whether the cluster answers (the current producer's: its few topics only).
+        # A metadata request a second says whether the cluster answers (the current producer's), else if it refuses.
         contact = Contact(lambda: producer.client.force_metadata_update(), kafka.bootstrap_servers,
-                          kafka.contact_timeout_s, self._noise, metrics, _notify_systemd)  # fmt: skip
+                          kafka.contact_timeout_s, self._noise, metrics, _notify_systemd,
+                          refused=functools.partial(refused, kafka, environ))  # fmt: skip
         contact.start()
         stack.push_async_callback(contact.stop)
 
@@ -285,10 +286,9 @@ class App:
         c = self.components
         if c is None:
             return self._status
-        if not c.contact.answering:
-            return f"no contact with Kafka at {self._config.kafka.bootstrap_servers} for {c.contact.silent_s:.0f} s"
-        if problem := c.writes.problem() or c.results.problem() or c.source.problem() or c.tiers.problem():
-            return problem
+        for problem in (c.contact.problem, c.writes.problem, c.results.problem, c.source.problem, c.tiers.problem):
+            if (why := problem()) is not None:
+                return why
         if not c.source.joined:
             return f"not a member of consumer group {self._config.kafka.group_id} (joining, or a rebalance)"
         lagging = self._api.lagging() if self._api is not None else None

@@ -18,6 +18,12 @@ A partition the group has no offset for, or whose committed offset is outside th
 retention while the group was away, or past the end), starts where ``kafka.auto_offset_reset`` says (the beginning
 that is left, or the end), with one log line saying how many events that replays or skips and
 ``offset_resets_total{consumer, reason}``: never a silent replay of a whole partition.
+
+A topic this principal may no longer read (an ACL taken away while the router runs: TOPIC_AUTHORIZATION_FAILED) is
+not a batch that cannot be decoded: nothing is held for an operator to skip. Its partitions wait where they are (the
+fetch asked again a second later, not in a hot loop), one line says so naming the topic and what to grant, ``/readyz``
+says it while it lasts, ``kafka_refused{what="read"}`` counts the topics; once a fetch has gone
+``_REFUSED_CLEAR_S`` without that refusal, one line says the topic is read again.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from aiokafka.errors import (
     KafkaError,
     NoOffsetForPartitionError,
     OffsetOutOfRangeError,
+    TopicAuthorizationFailedError,
 )
 
 from daemon.core.clock import utc_now_iso
@@ -62,6 +69,7 @@ _FAILED_FETCH_WAIT_S = 1.0
 _PROBE_MS = 300  # how long one partition's probe waits for its records after a failed fetch
 _STUCK_LOG_S = 60.0
 COMMIT_WAIT_S = 5.0  # a commit under way this long (its coordinator moving, or away): /readyz says so
+_REFUSED_CLEAR_S = 5.0  # a topic refused (TOPIC_AUTHORIZATION_FAILED) is read again once fetches go this long without
 
 
 class Stuck(msgspec.Struct, frozen=True, kw_only=True):
@@ -125,6 +133,8 @@ class Source:
         self._stuck_gauge = metrics.partitions_stuck.labels(name)
         self._stuck_gauge.set(0)
         self._stuck_logged = Throttle(_STUCK_LOG_S)
+        self._refused: dict[str, tuple[float, float]] = {}  # topic -> (refused since, last refused), monotonic
+        self._refused_gauge = metrics.kafka_refused.labels("read")
         self._consumer = group_consumer(kafka, environ)
         self._listener = _Listener(self)
 
@@ -163,10 +173,16 @@ class Source:
             except OffsetOutOfRangeError as exc:
                 await self._reset(exc.args[0])
                 continue
+            except TopicAuthorizationFailedError as exc:  # an ACL taken away: nothing was taken from any partition
+                self._read_refused(str(exc.args[0]) if exc.args else "?")
+                await asyncio.sleep(_FAILED_FETCH_WAIT_S)
+                continue
             except Exception as exc:  # never the end of the process: what was lost is read again, a bad batch held
                 self._fetch_failed("fetch", exc)
                 await self._isolate()
                 continue
+            if self._refused:
+                self._read_again()
             await self._prepared(batches)
             failed = False
             for tp, records in batches.items():
@@ -336,6 +352,29 @@ class Source:
         log.warning("%s[%d]: the batch at %d skipped by an operator (on the dead-letter topic); reading from %d",
                     tp.topic, tp.partition, offset, next_offset)  # fmt: skip
 
+    def _read_refused(self, topic: str) -> None:
+        self._metrics.fetch_errors.labels(self._name).inc()
+        now = time.monotonic()
+        since, _ = self._refused.get(topic, (now, now))
+        if topic not in self._refused:
+            self._refused_gauge.inc()
+            log.error("%s: its partitions wait, fetched again every %.0f s (see docs/kafka.md, 'Who may write the "
+                      "router's topics')", self._refusal(topic), _FAILED_FETCH_WAIT_S)  # fmt: skip
+        self._refused[topic] = (since, now)
+
+    def _read_again(self) -> None:
+        """The topics refused that fetches have gone ``_REFUSED_CLEAR_S`` without refusing: read again."""
+        now = time.monotonic()
+        for topic, (since, last) in list(self._refused.items()):
+            if now - last >= _REFUSED_CLEAR_S:
+                del self._refused[topic]
+                self._refused_gauge.dec()
+                log.info("topic %s is read again after %.0f s refused", topic, last - since)
+
+    def _refusal(self, topic: str) -> str:
+        setting = "kafka.topics" if self._name == "events" else "retry.topic_prefix: a retry tier"
+        return f"topic {topic} ({setting}): this principal may not read it (TOPIC_AUTHORIZATION_FAILED): grant it Read"
+
     def _fetch_failed(self, what: str, exc: BaseException) -> None:
         self._metrics.fetch_errors.labels(self._name).inc()
         held = self._fetch_errors_logged.ready()
@@ -419,7 +458,11 @@ class Source:
 
     def problem(self) -> str | None:
         """Why this consumer's offsets are not committed now (None: they are): a coordinator moving, the group
-        rebalancing, the cluster away."""
+        rebalancing, the cluster away), or its topics not read (refused)."""
+        if self._refused:
+            topic, (since, _) = next(iter(self._refused.items()))
+            more = f" (and {len(self._refused) - 1} more topics)" if len(self._refused) > 1 else ""
+            return f"{self._refusal(topic)}{more}; its partitions wait, for {time.monotonic() - since:.0f} s"
         waiting = time.monotonic() - (self._committing_since or math.inf)
         if waiting >= COMMIT_WAIT_S:
             return f"an offset commit of {self._name} waiting {waiting:.0f} s for the group's coordinator"

@@ -7,6 +7,12 @@ passes while contact is fine (with the count of those held back), none while it 
 cluster for metadata every second; after ``kafka.contact_timeout_s`` without an answer contact is lost: one
 warning, aiokafka quiet, ``/readyz`` 503 and sd_notify ``STATUS=``; one line again when the cluster answers, with
 how long it was away and how many lines were held back meanwhile.
+
+A cluster that answers but refuses the router's credentials (a token refused once a session's life ended, a password
+changed) is no answer to aiokafka, which says only that it cannot connect: after a probe without an answer,
+``Contact`` asks ``refused`` (a handshake of the router's own, ``clients.refused``, at most every ``_REFUSED_CHECK_S``)
+and, while the cluster refuses, says why: one warning naming the setting, ``refusal`` for ``/readyz``,
+``kafka_refused{what="credentials"}`` 1; one line when an answer comes again.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _AIOKAFKA = "aiokafka"
 _LOG_INTERVAL_S = 60.0
+_REFUSED_CHECK_S = 10.0  # while probes go unanswered, the credentials are checked this often at most
 
 
 class Throttle:
@@ -112,7 +119,9 @@ class KafkaLogFilter(logging.Filter):
 
 class Contact:
     """Whether the cluster answers. ``probe`` is a cheap request (a metadata update) returning True when answered;
-    it is made every ``interval_s``, given at most ``probe_timeout_s``. ``notify`` gets sd_notify lines."""
+    it is made every ``interval_s``, given at most ``probe_timeout_s``. ``notify`` gets sd_notify lines.
+    ``refused``: why the cluster refuses the credentials, naming the setting (None: it does not), asked after a
+    probe without an answer."""
 
     def __init__(
         self,
@@ -123,6 +132,7 @@ class Contact:
         metrics: Metrics,
         notify: Callable[[str], None],
         interval_s: float = 1.0,
+        refused: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self._probe = probe
         self._where = where
@@ -136,6 +146,11 @@ class Contact:
         self._suppressed_when_lost = 0
         self.lost = False
         self._task: asyncio.Task[None] | None = None
+        self._refused = refused
+        self.refusal: str | None = None  # why the cluster refuses the credentials now (None: it does not)
+        self._refused_since = 0.0
+        self._checked_at = -math.inf
+        self._check: asyncio.Task[None] | None = None
         metrics.kafka_contact.set(1)
         metrics.kafka_last_contact.set(time.time())
 
@@ -149,14 +164,23 @@ class Contact:
         """False once the cluster has not answered for ``timeout_s`` (exactly: not only when a probe says so)."""
         return not self.lost and self.silent_s < self._timeout_s
 
+    def problem(self) -> str | None:
+        """Why the cluster cannot be used now (``/readyz``): it refuses the credentials, or it has not answered."""
+        if self.refusal is not None:
+            return f"the cluster refuses the router's credentials: {self.refusal}"
+        if not self.answering:
+            return f"no contact with Kafka at {self._where} for {self.silent_s:.0f} s"
+        return None
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="kafka-contact")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in (self._task, self._check):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._check = None
 
     async def _run(self) -> None:
         while True:
@@ -168,7 +192,46 @@ class Contact:
             except Exception as exc:  # no answer, whatever the reason: the reason is aiokafka's to log
                 log.debug("contact probe failed: %s: %s", type(exc).__name__, exc)
             self.observe(answered)
+            if not answered:
+                self._check_refusal()
             await asyncio.sleep(self._interval_s)
+
+    def _check_refusal(self) -> None:
+        """After a probe without an answer: ask whether the cluster refuses the credentials (one check at a time, at
+        most every ``_REFUSED_CHECK_S``)."""
+        now = time.monotonic()
+        if self._refused is None or (self._check is not None and not self._check.done()):
+            return
+        if now - self._checked_at < _REFUSED_CHECK_S:
+            return
+        self._checked_at = now
+        self._check = asyncio.create_task(self._why_refused(self._refused), name="kafka-credentials")
+
+    async def _why_refused(self, refused: Callable[[], Awaitable[str | None]]) -> None:
+        try:
+            why = await refused()
+        except Exception as exc:  # the check's own failure says nothing about the credentials
+            log.debug("checking the credentials failed: %s: %s", type(exc).__name__, exc)
+            return
+        if why is not None and self.refusal is None:
+            self._refused_since = time.monotonic()
+            self._metrics.kafka_refused.labels("credentials").set(1)
+            log.warning("the cluster refuses the router's credentials: %s. Deliveries already fetched go on; their "
+                        "results wait, nothing is committed, and the clients keep logging in", why)  # fmt: skip
+            self._notify(f"STATUS=the cluster refuses the router's credentials: {why}")
+        elif why is None:
+            self._taken()
+        self.refusal = why or None
+
+    def _taken(self) -> None:
+        """The credentials are taken (again)."""
+        if self.refusal is None:
+            return
+        self.refusal = None
+        self._metrics.kafka_refused.labels("credentials").set(0)
+        log.info("the cluster takes the router's credentials again after %.0f s", time.monotonic() -
+                 self._refused_since)  # fmt: skip
+        self._notify("STATUS=running")
 
     def observe(self, answered: bool) -> None:
         """One probe's result."""
@@ -176,6 +239,7 @@ class Contact:
             silent = self.silent_s
             self._last = time.monotonic()
             self._metrics.kafka_last_contact.set(time.time())
+            self._taken()
             if self.lost:
                 self._back(silent)
         elif not self.lost and self.silent_s >= self._timeout_s:

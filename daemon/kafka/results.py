@@ -15,6 +15,13 @@ sends nothing more: the writer has it renewed (a new producer id, ``RouterProduc
 what failed again through the new one. ``problem()`` says, for ``/readyz``, while a renewal is under way or while
 records have waited ``STALLED_S`` without any acknowledgement.
 
+A topic this principal may no longer write (an ACL taken away while the router runs: TOPIC_AUTHORIZATION_FAILED) is
+said once, naming the topic, its setting and what to grant, counted in ``kafka_refused{what="write"}`` and given to
+``/readyz`` until a record of it is acknowledged again (its records are sent again every ``_RETRY_BACKOFF_S``
+meanwhile, as any failed send). On an idempotent producer the refused sends leave a gap in its sequence of that
+partition, which the broker answers OUT_OF_ORDER_SEQUENCE_NUMBER once the topic is writable again: a fenced producer,
+renewed as above.
+
 While the cluster is unreachable, records wait here until it is back. What waits is bounded by the
 consumers' cap on events in flight (``kafka.max_in_flight_events``, each event owing at most two records
 per endpoint it matched) plus health changes and operator actions; ``results_pending`` shows it.
@@ -28,7 +35,7 @@ import time
 from collections import deque
 from typing import Any
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
 from aiokafka.partitioner import DefaultPartitioner
 
 from daemon.core.model import Ack, Indexed, IndexRecord, encode_index
@@ -66,6 +73,8 @@ class ResultsWriter:
         self._progress_at = time.monotonic()  # the last acknowledgement, or the submit that ended an idle time
         self._renewal: asyncio.Task[None] | None = None
         self._fenced: str | None = None
+        self._refused: dict[str, float] = {}  # topic -> refused since (monotonic)
+        self._refused_gauge = metrics.kafka_refused.labels("write")
         metrics.results_pending.set_function(lambda: self._outstanding)
         metrics.producer_idempotent.set(int(getattr(producer, "idempotent", False)))  # a RouterProducer's
 
@@ -109,6 +118,10 @@ class ResultsWriter:
 
     def problem(self) -> str | None:
         """Why results are not written now (None: they are, or nothing waits)."""
+        if self._refused:
+            topic, since = next(iter(self._refused.items()))
+            more = f" (and {len(self._refused) - 1} more topics)" if len(self._refused) > 1 else ""
+            return f"{self._refusal(topic)}{more}; its records wait, for {time.monotonic() - since:.0f} s"
         if self._fenced is not None:
             return f"the producer of results was fenced ({self._fenced}): a new one is starting"
         waited = time.monotonic() - self._progress_at
@@ -211,6 +224,8 @@ class ResultsWriter:
                 self._failed(item, exc)
             return
         self._metrics.results_written.inc(len(items))
+        if self._refused:
+            self._written_again(items[0][0])
         if self._index_topic is not None:
             self._index(future.result(), items)
         self._progress_at = time.monotonic()
@@ -235,8 +250,29 @@ class ResultsWriter:
             self._queue.append((topic, None, encode_index(IndexRecord(entries=rows)), None, None, sent.partition))
             self._wakeup.set()
 
+    def _refusal(self, topic: str) -> str:
+        setting = "kafka.results_topic" if topic == self._topic else "retry.topic_prefix"
+        return (
+            f"topic {topic} ({setting}): this principal may not write it (TOPIC_AUTHORIZATION_FAILED): grant it Write"
+        )
+
+    def _write_refused(self, topic: str) -> None:
+        if topic not in self._refused:
+            self._refused[topic] = time.monotonic()
+            self._refused_gauge.inc()
+            log.error("%s: its records wait, sent again every %.0f s (see docs/kafka.md, 'Who may write the router's "
+                      "topics')", self._refusal(topic), _RETRY_BACKOFF_S)  # fmt: skip
+
+    def _written_again(self, topic: str) -> None:
+        since = self._refused.pop(topic, None)
+        if since is not None:
+            self._refused_gauge.dec()
+            log.info("writes to %s go on after %.0f s refused", topic, time.monotonic() - since)
+
     def _failed(self, item: _Item, exc: BaseException) -> None:
         self._metrics.results_errors.inc()
+        if isinstance(exc, TopicAuthorizationFailedError):
+            self._write_refused(item[0])
         if isinstance(exc, FENCED) and self._fenced is None:
             self._fenced = type(exc).__name__
             log.warning("the producer of results was fenced (%s: %s): starting a new one; what it held is sent again",

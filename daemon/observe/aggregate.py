@@ -66,6 +66,7 @@ RULES: dict[str, str] = {
     P + "delivery_index_bytes": WORKER,
     P + "fetch_paused": WORKER,
     P + "kafka_contact": WORKER,
+    P + "kafka_refused": WORKER,  # each worker is refused the same credentials and topics: never summed
     P + "kafka_producer_idempotent": WORKER,
     P + "kafka_last_contact_timestamp_seconds": WORKER,
     P + "event_loop_tasks": WORKER,

@@ -317,6 +317,13 @@ class Metrics:
             p + "kafka_contact", "1 while the Kafka cluster answers; 0 once it has not for kafka.contact_timeout_s.",
             registry=r,
         )  # fmt: skip
+        self.kafka_refused = Gauge(
+            p + "kafka_refused", "What the Kafka cluster refuses this router now, by what: credentials (1 while its "
+            "credentials are refused), read (topics it may not read), write (topics it may not write).", ["what"],
+            registry=r,
+        )  # fmt: skip
+        for what in ("credentials", "read", "write"):
+            self.kafka_refused.labels(what)
         self.producer_idempotent = Gauge(
             p + "kafka_producer_idempotent",
             "1 while results, retries and dead letters are written by an idempotent producer "

@@ -1,10 +1,10 @@
 """Security against the broker: one Kafka node of this module's own with an mTLS listener (client certificates
-required), a SASL_SSL one (PLAIN, SCRAM-SHA-512, OAUTHBEARER with Kafka's unsecured JWT validator) and ACLs
-(StandardAuthorizer), as ``tests.kafka.security`` sets them up. In each mode the daemon, ``ping``, ``tail`` and
-``stats`` connect; a wrong password, a refused token or certificate is an error naming the setting (the daemon keeps
-trying, not ready, /readyz saying why; a command exits 2), an expired certificate is refused by the config's check
-(exit 2); a principal allowed only the router's topics and group works, and a topic it may not read (or not even
-describe) stops the start (exit 2) naming the topic and what to grant.
+required), a SASL_SSL one and a SASL_PLAINTEXT one (PLAIN, SCRAM-SHA-256 and -512, OAUTHBEARER with Kafka's unsecured
+JWT validator) and ACLs (StandardAuthorizer), as ``tests.kafka.security`` sets them up. In each mode the daemon,
+``ping``, ``tail`` and ``stats`` connect; a wrong password, a refused token or certificate is an error naming the
+setting (the daemon keeps trying, not ready, /readyz saying why; a command exits 2), an expired certificate is
+refused by the config's check (exit 2); a principal allowed only the router's topics and group works, and a topic it
+may not read (or not even describe) stops the start (exit 2) naming the topic and what to grant.
 
 Kafka only: Tansu has neither client certificates, SCRAM, OAUTHBEARER nor ACLs. One node for all of it (its start
 is 2-4 s with the class-data archive); each case starts the daemon or a command against it."""
@@ -23,9 +23,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import TopicAuthorizationFailedError
 from aiokafka.helpers import create_ssl_context
 
-from tests.helpers import SECRET, DaemonProcess, Receiver, env_with, eventually, produce, unique
+from tests.helpers import SECRET, DaemonProcess, Receiver, committed, env_with, eventually, produce, read_raw, unique
 from tests.integration.conftest import KafkaBroker, Setup, kafka_of_its_own
-from tests.kafka.security import USERS, Security, token
+from tests.kafka.security import REAUTH_MS, USERS, Security, token
 
 PASSWORD_ENV = "WR_KAFKA_PASSWORD"
 
@@ -38,10 +38,14 @@ async def kafka(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Kafka
         yield b
 
 
+MECHANISMS = {"scram": "SCRAM-SHA-512", "scram-256": "SCRAM-SHA-256", "plain": "PLAIN", "oauth": "OAUTHBEARER"}
+
+
 def settings(
     kafka: KafkaBroker, mode: str, tmp_path: Path, user: str = "router", client: str = "router"
 ) -> dict[str, Any]:
-    """The [kafka] settings of ``mode`` for ``user`` (SASL) or the certificate ``client`` (mTLS)."""
+    """The [kafka] settings of ``mode`` for ``user`` (SASL) or the certificate ``client`` (mTLS): ``mtls``, or a key
+    of ``MECHANISMS`` over SASL_SSL, or over SASL_PLAINTEXT with ``-plaintext`` after it (``plain-plaintext``)."""
     security = kafka.cluster.security
     assert security is not None
     ca = str(security.ca)
@@ -49,17 +53,15 @@ def settings(
         cert = security.client(client)
         listener = {"security_protocol": "SSL", "ssl_certfile": str(cert.cert), "ssl_keyfile": str(cert.key)}
         return {"bootstrap_servers": kafka.cluster.bootstrap_of("SSL"), "ssl_cafile": ca, **listener}
-    sasl = {
-        "bootstrap_servers": kafka.cluster.bootstrap_of("SASL_SSL"),
-        "security_protocol": "SASL_SSL",
-        "ssl_cafile": ca,
-    }
+    mode, plaintext, _ = mode.partition("-plaintext")
+    protocol = "SASL_PLAINTEXT" if plaintext else "SASL_SSL"
+    sasl = {"bootstrap_servers": kafka.cluster.bootstrap_of(protocol), "security_protocol": protocol,
+            "sasl_mechanism": MECHANISMS[mode], **({} if plaintext else {"ssl_cafile": ca})}  # fmt: skip
     if mode == "oauth":
         path = tmp_path / "token"
         path.write_text(token(user))
-        return {**sasl, "sasl_mechanism": "OAUTHBEARER", "sasl_oauth_token_file": str(path)}
-    mechanism = {"scram": "SCRAM-SHA-512", "plain": "PLAIN"}[mode]
-    return {**sasl, "sasl_mechanism": mechanism, "sasl_username": user, "sasl_password_env": PASSWORD_ENV}
+        return {**sasl, "sasl_oauth_token_file": str(path)}
+    return {**sasl, "sasl_username": user, "sasl_password_env": PASSWORD_ENV}
 
 
 class Case:
@@ -119,7 +121,10 @@ def event(n: int) -> bytes:
     return json.dumps({"event": "lead.created", "n": n}).encode()
 
 
-@pytest.mark.parametrize("mode", ["mtls", "scram", "plain", "oauth"])
+@pytest.mark.parametrize(
+    "mode",
+    ["mtls", "scram", "scram-256", "plain", "oauth", "plain-plaintext", "scram-plaintext", "scram-256-plaintext"],
+)
 async def test_the_daemon_ping_tail_and_stats_connect(
     case: Case, kafka: KafkaBroker, tmp_path: Path, mode: str
 ) -> None:
@@ -128,6 +133,8 @@ async def test_the_daemon_ping_tail_and_stats_connect(
     tail = await case.begin("tail", "--json", "--count", "1")
     assert tail.stderr is not None
     following = await asyncio.wait_for(tail.stderr.readline(), 60)  # from the end: connected before the event
+    while mode == "plain-plaintext" and b"Sending username and password in the clear" in following:  # aiokafka's
+        following = await asyncio.wait_for(tail.stderr.readline(), 60)
     assert following.startswith(b"following "), following
     await produce(kafka.bootstrap, case.setup.topic, [event(1)])
     await case.receiver.wait_for(1)
@@ -265,3 +272,153 @@ async def test_with_the_documented_acls_a_platform_producer_writes_events_but_ne
         await producer.stop()
     # the router's principal writes them, as the router does
     await produce(kafka.bootstrap, own[0], [b"{}"])
+
+
+# --- refused while the daemon runs ---
+
+
+async def committed_is(case: Case, offset: int) -> bool:
+    """The group's committed offset of the case's events topic (one partition) is ``offset``."""
+    return await committed(case.kafka.bootstrap, case.setup.group, case.setup.topic) == {0: offset}
+
+
+async def ready_or_saying(d: DaemonProcess, expected: str | None) -> bool:
+    """/readyz answers 200 (``expected`` None), or 503 with ``expected`` in its reason."""
+    status, body = await d.get_json("/readyz")
+    if expected is None:
+        return status == 200
+    return status == 503 and expected in json.dumps(body, ensure_ascii=False).replace('\\"', '"')
+
+
+async def test_a_token_refused_while_the_daemon_runs_is_named_on_readyz_and_the_daemon_goes_on_once_one_is_taken(
+    case: Case, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """The token file's sidecar starts writing a token the cluster refuses (expired). Within an OAUTHBEARER session's
+    life (``connections.max.reauth.ms``) the broker closes each connection; the clients log in again with the file's
+    token and are refused: /readyz names the setting, one line says it, nothing is committed past what was recorded.
+    A good token back in the file: ready again, every event delivered."""
+    found = settings(kafka, "oauth", tmp_path)
+    await case.write(found)
+    d = await case.start()
+    await produce(kafka.bootstrap, case.setup.topic, [event(0)])
+    await case.receiver.wait_for(1)
+    path = Path(found["sasl_oauth_token_file"])
+    path.write_text(token("router", lifetime_s=-600))
+    expected = f"kafka.sasl_oauth_token_file ({path}): the cluster refused the token"
+    await eventually(lambda: ready_or_saying(d, expected), REAUTH_MS / 1000 + 60)
+    await produce(kafka.bootstrap, case.setup.topic, [event(n) for n in range(1, 6)])
+    await asyncio.sleep(3)
+    assert await ready_or_saying(d, expected)  # still refused: said while it lasts
+    assert await committed_is(case, 1)  # the first event's, recorded before the refusal; nothing since
+
+    path.write_text(token("router"))
+    await eventually(lambda: ready_or_saying(d, None), 60)
+    await case.receiver.wait_for(6, within_s=60)
+    await eventually(lambda: committed_is(case, 6), 30)
+    delivered = sorted(json.loads(r.body)["n"] for r in case.receiver.requests)
+    assert set(delivered) == set(range(6)), delivered  # nothing lost
+    log = d.log()
+    assert d.alive() and log.count(expected) == 1, log  # one line while it lasted (a minute at most here)
+    assert "the cluster takes the router's credentials again" in log
+
+
+class Limited:
+    """A case run by ``User:limited`` over SCRAM-SHA-256, granted what docs/kafka.md says: the router's own topics and
+    groups by prefix, its events topic (Read, Describe) and results topic (Read, Write, Describe) each by name, so
+    that a test can take one of the latter back while the daemon runs."""
+
+    EVENTS = ("Read", "Describe")
+    RESULTS = ("Read", "Write", "Describe", "Create", "DescribeConfigs")
+
+    def __init__(self, case: Case) -> None:
+        self.case = case
+        self.cluster = case.kafka.cluster
+
+    async def start(self, tmp_path: Path) -> DaemonProcess:
+        setup, grant = self.case.setup, self.cluster.grant
+        await grant("User:limited", ["Read", "Write", "Describe", "Create", "DescribeConfigs"], topic=setup.prefix,
+                    prefixed=True)  # fmt: skip
+        await grant("User:limited", ["Read"], group=setup.group, prefixed=True)
+        await grant("User:limited", self.EVENTS, topic=setup.topic)
+        await grant("User:limited", self.RESULTS, topic=setup.results)
+        self.case.env[PASSWORD_ENV] = USERS["limited"]
+        await self.case.write(settings(self.case.kafka, "scram-256", tmp_path, user="limited"))
+        return await self.case.start()
+
+
+async def test_an_events_topic_whose_read_is_taken_back_while_the_daemon_runs_is_named_and_read_again_once_granted(
+    case: Case, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """kafka-acls --remove of Read on the events topic: the fetches are refused (TOPIC_AUTHORIZATION_FAILED). Not a
+    batch that cannot be decoded (nothing held for an operator to skip), not a fetch tried again in a hot loop: /readyz
+    names the topic and what to grant, one line says it; granted again, the events produced meanwhile are delivered,
+    every one, and committed."""
+    limited = Limited(case)
+    d = await limited.start(tmp_path)
+    await produce(kafka.bootstrap, case.setup.topic, [event(0)])
+    await case.receiver.wait_for(1)
+    await eventually(lambda: committed_is(case, 1), 30)
+    errors_before = await d.metric('webhook_router_fetch_errors_total{consumer="events"}')
+
+    await kafka.cluster.revoke("User:limited", ["Read"], topic=case.setup.topic)
+    expected = f"topic {case.setup.topic} (kafka.topics): this principal may not read it (TOPIC_AUTHORIZATION_FAILED)"
+    await produce(kafka.bootstrap, case.setup.topic, [event(n) for n in range(1, 6)])
+    refused_at = asyncio.get_running_loop().time()
+    await eventually(lambda: ready_or_saying(d, expected), 60)
+    await asyncio.sleep(5)
+    assert await ready_or_saying(d, expected)  # while it lasts
+    errors = await d.metric('webhook_router_fetch_errors_total{consumer="events"}') - errors_before
+    refused_for = asyncio.get_running_loop().time() - refused_at
+    assert 1 <= errors <= 2 * refused_for + 5, (errors, refused_for)  # about one a second: no hot loop
+
+    await kafka.cluster.grant("User:limited", ["Read"], topic=case.setup.topic)
+    await eventually(lambda: ready_or_saying(d, None), 60)
+    await case.receiver.wait_for(6, within_s=60)
+    await eventually(lambda: committed_is(case, 6), 30)
+    assert sorted(json.loads(r.body)["n"] for r in case.receiver.requests) == list(range(6))  # nothing lost
+    log = d.log()
+    assert log.count(expected) == 1 and "cannot be decoded" not in log, log
+    assert f"topic {case.setup.topic} is read again after" in log, log
+
+
+async def test_a_results_topic_whose_write_is_taken_back_while_the_daemon_runs_holds_the_commits_until_granted(
+    case: Case, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """kafka-acls --remove of Write on the results topic: the deliveries go on, their results are refused
+    (TOPIC_AUTHORIZATION_FAILED) and wait, sent again once a second; /readyz names the topic, its setting and what to
+    grant; no offset is committed past what was recorded. Granted again: the results are written and committed.
+
+    The refused writes cost the idempotent producer sequence numbers the broker never saw: its next write to that
+    partition is answered OUT_OF_ORDER_SEQUENCE_NUMBER (a fenced producer, on a real broker): a new producer takes
+    over, said once, and what failed is written through it, every result once."""
+    limited = Limited(case)
+    d = await limited.start(tmp_path)
+    await produce(kafka.bootstrap, case.setup.topic, [event(0)])
+    await case.receiver.wait_for(1)
+    await eventually(lambda: committed_is(case, 1), 30)
+
+    await kafka.cluster.revoke("User:limited", ["Write"], topic=case.setup.results)
+    expected = (f"topic {case.setup.results} (kafka.results_topic): this principal may not write it "
+                "(TOPIC_AUTHORIZATION_FAILED)")  # fmt: skip
+    await asyncio.sleep(2)  # the broker applies the change
+    await produce(kafka.bootstrap, case.setup.topic, [event(n) for n in range(1, 6)])
+    await case.receiver.wait_for(6, within_s=60)  # delivered: only their results wait
+    await eventually(lambda: ready_or_saying(d, expected), 60)
+    await asyncio.sleep(3)
+    assert await ready_or_saying(d, expected) and await committed_is(case, 1)
+
+    await kafka.cluster.grant("User:limited", ["Write"], topic=case.setup.results)
+    await eventually(lambda: ready_or_saying(d, None), 60)
+    await eventually(lambda: committed_is(case, 6), 30)
+    offsets = sorted(
+        json.loads(value)["source_offset"] for value in await read_raw(kafka.bootstrap, case.setup.results)
+    )
+    print(f"results written: {len(offsets)} for 6 events ({len(offsets) - len(set(offsets))} duplicates)")
+    assert set(offsets) == set(range(6)) and len(offsets) == 6, offsets  # nothing lost, nothing twice
+    assert len(case.receiver.requests) == 6
+    log = d.log()
+    assert log.count(expected) == 1, log
+    assert f"writes to {case.setup.results} go on after" in log, log
+    assert log.count("the producer of results was fenced (OutOfOrderSequenceNumber") == 1, log
+    assert log.count("a new producer of results took over") == 1, log
+    assert d.alive()

@@ -67,8 +67,9 @@ async def _up(args: argparse.Namespace) -> int:
     _err(f"Kafka {cluster.version} up in {time.monotonic() - started:.1f} s, cluster id {cluster.cluster_id}:")
     _describe(cluster)
     if security is not None:
-        _err(f"  SSL (client certificates required): {cluster.bootstrap_of('SSL')}; SASL_SSL (PLAIN, SCRAM-SHA-512, "
-             f"OAUTHBEARER): {cluster.bootstrap_of('SASL_SSL')}; users {USERS}; CA and client certificates in "
+        _err(f"  SSL (client certificates required): {cluster.bootstrap_of('SSL')}; SASL_SSL (PLAIN, SCRAM-SHA-256 "
+             f"and -512, OAUTHBEARER): {cluster.bootstrap_of('SASL_SSL')}; SASL_PLAINTEXT (the same): "
+             f"{cluster.bootstrap_of('SASL_PLAINTEXT')}; users {USERS}; CA and client certificates in "
              f"{security.folder}")  # fmt: skip
     print(cluster.bootstrap, flush=True)
     if args.detach:
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--controllers", type=int, default=None, help="dedicated controllers; 0: combined nodes")
     p_up.add_argument("--detach", action="store_true", help="return once it is up, leaving it running")
     p_up.add_argument("--timeout", type=float, default=180)
-    p_up.add_argument("--security", action="store_true", help="also SSL (mTLS) and SASL_SSL listeners, with ACLs")
+    p_up.add_argument(
+        "--security", action="store_true", help="also SSL (mTLS), SASL_SSL and SASL_PLAINTEXT listeners, with ACLs"
+    )
     p_down = sub.add_parser("down", help="stop the cluster DIR/cluster.json names")
     p_down.add_argument("--timeout", type=float, default=20)
     p_status = sub.add_parser("status", help="the nodes of DIR/cluster.json, their pids and RSS")

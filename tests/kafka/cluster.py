@@ -25,9 +25,10 @@ fenced after 3 s (``broker.session.timeout.ms``, default 9 s), so a killed leade
 ``group.initial.rebalance.delay.ms=0``; consumer sessions may be as short as 0.5 s (``group.min.session.timeout.ms``,
 default 6 s: the integration tests use 3 s); the internal topics have 10 partitions, not 50; the log cleaner wakes
 every second. ``overrides`` (a mapping of properties) wins over all of it, for every node. ``security``
-(``tests.kafka.security.Security``) adds an SSL listener (client certificates required) and a SASL_SSL one (PLAIN,
-SCRAM-SHA-512, OAUTHBEARER) to each broker, beside PLAINTEXT (which the harness keeps using, a super user's), with
-StandardAuthorizer and ACLs (``grant``); ``bootstrap_of("SSL")`` and ``bootstrap_of("SASL_SSL")`` name them.
+(``tests.kafka.security.Security``) adds an SSL listener (client certificates required), a SASL_SSL one and a
+SASL_PLAINTEXT one (PLAIN, SCRAM-SHA-256 and -512, OAUTHBEARER) to each broker, beside PLAINTEXT (which the harness
+keeps using, a super user's), with StandardAuthorizer and ACLs (``grant``, ``revoke``); ``bootstrap_of("SSL")``,
+``bootstrap_of("SASL_SSL")`` and ``bootstrap_of("SASL_PLAINTEXT")`` name them.
 
 Each node lives in ``<work_dir>/node-<id>/``: ``server.properties``, ``data/`` (its log dir and metadata log),
 ``logs/server.log`` (Log4j 2, everything at INFO) and ``stdout.log`` (the JVM's own output: crashes, bad flags). A
@@ -64,7 +65,7 @@ From a shell (``--dir`` defaults to ``$TMPDIR/webhook-router-kafka-<uid>``)::
 
     python -m tests.kafka fetch                       # only fetch the jars (CI can do it early)
     python -m tests.kafka up [--brokers 1|3] [--controllers 0|3] [--dir DIR]   # prints the bootstrap, Ctrl-C stops
-    python -m tests.kafka up --security               # also mTLS and SASL_SSL listeners, ACLs (DIR/tls: the CA, certs)
+    python -m tests.kafka up --security               # also mTLS and SASL listeners, ACLs (DIR/tls: the CA, certs)
     python -m tests.kafka up --detach                 # writes DIR/cluster.json, leaves the nodes running, returns
     python -m tests.kafka status                      # nodes, pids, RSS, the active controller
     python -m tests.kafka down                        # stops what DIR/cluster.json names (SIGTERM, then SIGKILL)
@@ -355,7 +356,7 @@ class Node:
     port: int  # the client (PLAINTEXT) listener; 0 for a controller-only node
     controller_port: int  # the CONTROLLER listener; 0 for a broker-only node
     dir: Path
-    secure_ports: dict[str, int] = field(default_factory=dict)  # a broker's SSL and SASL_SSL listeners (security)
+    secure_ports: dict[str, int] = field(default_factory=dict)  # a broker's SSL and SASL listeners (security)
     pid: int | None = None  # of the running JVM, else None
     paused: bool = False
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
@@ -489,7 +490,7 @@ class KafkaCluster:
         return ",".join(n.address for n in self.nodes.values() if n.is_broker)
 
     def bootstrap_of(self, listener: str) -> str:
-        """Every broker's ``listener`` (``PLAINTEXT``, or with ``security`` ``SSL`` or ``SASL_SSL``)."""
+        """Every broker's ``listener``: ``PLAINTEXT``, or with ``security`` one of ``security.LISTENERS``."""
         if listener == "PLAINTEXT":
             return self.bootstrap
         return ",".join(f"{HOST}:{n.secure_ports[listener]}" for n in self.nodes.values() if n.is_broker)
@@ -915,24 +916,26 @@ class KafkaCluster:
             for p in range(partitions):
                 await self.leader(name, p, timeout=timeout)
 
-    async def grant(
-        self,
-        principal: str,
-        operations: Sequence[str],
-        *,
-        topic: str | None = None,
-        group: str | None = None,
-        prefixed: bool = False,
-    ) -> None:
-        """Allow ``principal`` (``User:limited``) ``operations`` (``Read``, ``Write``, ``Describe``, ...) on a topic or
-        a group (``prefixed``: every one whose name starts so): ``kafka-acls --add``, through the PLAINTEXT listener
-        (a super user's). Runs a JVM: 1-2 s."""
+    async def grant(self, principal: str, operations: Sequence[str], **resource: Any) -> None:
+        """Allow ``principal`` (``User:limited``) ``operations`` (``Read``, ``Write``, ``Describe``, ...) on a
+        ``topic=`` or a ``group=`` (``prefixed=True``: every one whose name starts so): ``kafka-acls --add``, through
+        the PLAINTEXT listener (a super user's). Runs a JVM: 1-2 s."""
+        await self._acls("--add", principal, operations, **resource)
+
+    async def revoke(self, principal: str, operations: Sequence[str], **resource: Any) -> None:
+        """Take back what ``grant`` with the same arguments allowed: ``kafka-acls --remove``."""
+        await self._acls("--remove", principal, operations, **resource)
+
+    async def _acls(
+        self, action: str, principal: str, operations: Sequence[str], *, topic: str | None = None,
+        group: str | None = None, prefixed: bool = False,
+    ) -> None:  # fmt: skip
         resource = ["--topic", topic] if topic is not None else ["--group", str(group)]
         ops = [arg for op in operations for arg in ("--operation", op)]
         await self._run_tool(
             "org.apache.kafka.tools.AclCommand", "--bootstrap-server", self.bootstrap, "--command-config",
-            str(self.work_dir / "tools.properties"), "--add", "--allow-principal", principal, *resource, *ops,
-            "--resource-pattern-type", "prefixed" if prefixed else "literal",
+            str(self.work_dir / "tools.properties"), action, "--force", "--allow-principal", principal, *resource,
+            *ops, "--resource-pattern-type", "prefixed" if prefixed else "literal",
         )  # fmt: skip
 
     async def describe_quorum(self, *, timeout: float = 30) -> dict[str, str]:

@@ -10,10 +10,13 @@ listener (which the tests' harness keeps using: its principal, ``User:ANONYMOUS`
 
 - ``SSL``: TLS with client certificates required (mTLS); the principal is the certificate's CN
   (``ssl.principal.mapping.rules``);
-- ``SASL_SSL``: TLS (no client certificate) with SASL ``PLAIN``, ``SCRAM-SHA-512`` and ``OAUTHBEARER``; PLAIN's and
-  SCRAM's users are ``USERS`` (SCRAM's credentials written into the metadata log when the storage is formatted),
-  OAUTHBEARER's tokens are unsigned JWTs (``token()``) checked by Kafka's unsecured validator (its ``sub`` is the
-  principal; an expired one is refused);
+- ``SASL_SSL``: TLS (no client certificate) with SASL ``PLAIN``, ``SCRAM-SHA-256``, ``SCRAM-SHA-512`` and
+  ``OAUTHBEARER``; PLAIN's and SCRAM's users are ``USERS`` (SCRAM's credentials written into the metadata log when the
+  storage is formatted), OAUTHBEARER's tokens are unsigned JWTs (``token()``) checked by Kafka's unsecured validator
+  (its ``sub`` is the principal; an expired one is refused). An OAUTHBEARER session lasts at most ``REAUTH_MS``
+  (``connections.max.reauth.ms``, KIP-368): a client that does not re-authenticate (aiokafka) has its connection
+  closed then, and logs in again with the token it has now, so a token refused at run time is seen within it;
+- ``SASL_PLAINTEXT``: the same mechanisms without TLS;
 - StandardAuthorizer (KRaft's) with ``allow.everyone.if.no.acl.found = false``: ``User:router`` and
   ``User:ANONYMOUS`` are super users, anyone else may do only what ACLs grant (``KafkaCluster.grant``).
 """
@@ -35,8 +38,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 USERS = {"router": "router-secret-1", "limited": "limited-secret-2"}  # PLAIN and SCRAM-SHA-512: name -> password
 SUPER_USERS = ("ANONYMOUS", "router")
-SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-512", "OAUTHBEARER")
-LISTENERS = ("SSL", "SASL_SSL")  # beside PLAINTEXT, in this order on each broker
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
+LISTENERS = ("SSL", "SASL_SSL", "SASL_PLAINTEXT")  # beside PLAINTEXT, in this order on each broker
+SASL_LISTENERS = ("sasl_ssl", "sasl_plaintext")
+REAUTH_MS = 10_000  # an OAUTHBEARER session's longest life (connections.max.reauth.ms)
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,7 @@ class Security:
         """What every broker of the cluster adds to its properties (the listeners themselves are the cluster's)."""
         jaas = "org.apache.kafka.common.security"
         plain_users = " ".join(f'user_{name}="{password}"' for name, password in USERS.items())
-        return {
+        props = {
             "ssl.keystore.type": "PEM",
             "ssl.keystore.location": str(self.broker_store),
             "ssl.truststore.type": "PEM",
@@ -147,12 +152,20 @@ class Security:
             "listener.name.ssl.ssl.client.auth": "required",
             "listener.name.sasl_ssl.ssl.client.auth": "none",
             "ssl.principal.mapping.rules": "RULE:^CN=([^,]+)$/$1/,DEFAULT",
-            "listener.name.sasl_ssl.sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
-            "listener.name.sasl_ssl.plain.sasl.jaas.config": f"{jaas}.plain.PlainLoginModule required {plain_users};",
-            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": f"{jaas}.scram.ScramLoginModule required;",
-            "listener.name.sasl_ssl.oauthbearer.sasl.jaas.config": (
-                f'{jaas}.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="broker";'
-            ),
+        }
+        for listener in SASL_LISTENERS:
+            at = f"listener.name.{listener}"
+            props |= {
+                f"{at}.sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+                f"{at}.plain.sasl.jaas.config": f"{jaas}.plain.PlainLoginModule required {plain_users};",
+                f"{at}.scram-sha-256.sasl.jaas.config": f"{jaas}.scram.ScramLoginModule required;",
+                f"{at}.scram-sha-512.sasl.jaas.config": f"{jaas}.scram.ScramLoginModule required;",
+                f"{at}.oauthbearer.sasl.jaas.config": (
+                    f'{jaas}.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="broker";'
+                ),
+                f"{at}.oauthbearer.connections.max.reauth.ms": str(REAUTH_MS),
+            }
+        return props | {
             "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
             "allow.everyone.if.no.acl.found": "false",
             "super.users": ";".join(f"User:{name}" for name in SUPER_USERS),
@@ -160,10 +173,8 @@ class Security:
 
     def format_arguments(self) -> list[str]:
         """``kafka-storage format`` arguments that write the SCRAM users into the metadata log."""
-        out: list[str] = []
-        for name, password in USERS.items():
-            out += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
-        return out
+        return [arg for name, password in USERS.items() for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+                for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")]  # fmt: skip
 
 
 def token(sub: str, *, lifetime_s: float = 3600) -> str:

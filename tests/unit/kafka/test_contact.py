@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+import daemon.kafka.contact
 from daemon.kafka.contact import Contact, KafkaLogFilter, Throttle, held_note
 from daemon.observe.metrics import Metrics
 
@@ -131,3 +132,45 @@ async def test_a_short_blip_is_not_an_outage(caplog: pytest.LogCaptureFixture) -
     finally:
         await contact.stop()
     assert [r for r in caplog.records if r.name == "daemon.kafka.contact"] == []
+
+
+async def test_credentials_refused_while_running_are_said_once_with_the_setting_until_an_answer_comes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A probe without an answer has ``refused`` asked (a stand-in for the router's own handshake), at most every
+    ``_REFUSED_CHECK_S`` (here 0.1 s); its reason is /readyz's and one warning's, until the cluster answers again."""
+    caplog.set_level(logging.INFO)
+    cluster, metrics, notes, asked = Cluster(), Metrics(), list[str](), list[float]()
+    why = "kafka.sasl_oauth_token_file (/run/token): the cluster refused the token (invalid_token)"
+
+    async def refused() -> str | None:
+        asked.append(time.monotonic())
+        return why if cluster.state == "down" else None
+
+    contact = Contact(cluster.probe, "k:9092", 30.0, KafkaLogFilter(metrics), metrics, notes.append, interval_s=0.02,
+                      refused=refused)  # fmt: skip
+    refused_gauge = metrics.kafka_refused.labels("credentials")
+    contact.start()
+    try:
+        await asyncio.sleep(0.1)
+        assert asked == [] and contact.problem() is None  # answered: never asked
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(daemon.kafka.contact, "_REFUSED_CHECK_S", 0.1)
+            cluster.state = "down"
+            while contact.refusal is None:
+                await asyncio.sleep(0.01)
+            assert contact.problem() == f"the cluster refuses the router's credentials: {why}"
+            assert refused_gauge._value.get() == 1
+            await asyncio.sleep(0.5)
+            # asked again while probes go unanswered (every 0.02 s), but never more often than every 0.1 s
+            assert 2 <= len(asked) <= 2 + (asked[-1] - asked[0]) / 0.1, asked
+            cluster.state = "up"
+            while contact.refusal is not None:
+                await asyncio.sleep(0.01)
+        assert contact.problem() is None and refused_gauge._value.get() == 0
+    finally:
+        await contact.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "daemon.kafka.contact"]
+    assert len(lines) == 2 and lines[0].startswith(f"the cluster refuses the router's credentials: {why}. ")
+    assert lines[1].startswith("the cluster takes the router's credentials again after ")
+    assert notes == [f"STATUS=the cluster refuses the router's credentials: {why}", "STATUS=running"]

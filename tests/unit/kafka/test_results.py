@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
 
 import pytest
-from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber
+from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber, TopicAuthorizationFailedError
 from aiokafka.partitioner import DefaultPartitioner
 
 import daemon.kafka.results
@@ -252,3 +252,40 @@ async def test_records_waiting_without_an_acknowledgement_are_a_problem_until_on
         producer.acknowledge_all()
         await settle_down()
         assert w.problem() is None
+
+
+async def test_a_topic_refused_is_said_once_naming_its_setting_and_a_problem_until_a_record_of_it_is_acknowledged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ACL taken away (TOPIC_AUTHORIZATION_FAILED): the records wait and are sent again, never dropped."""
+    monkeypatch.setattr(daemon.kafka.results, "_RETRY_BACKOFF_S", 0.01)
+    caplog.set_level(logging.INFO, "daemon.kafka.results")
+    producer, acked, metrics = Producer(partitions=1), list[int](), Metrics()
+    w = ResultsWriter(producer, "results", metrics)
+    w.start()
+    refused = ("topic results (kafka.results_topic): this principal may not write it (TOPIC_AUTHORIZATION_FAILED): "
+               "grant it Write")  # fmt: skip
+    try:
+        for n in range(2):
+            w.submit(str(n).encode(), b"v", functools.partial(acked.append, n))
+        for _ in range(3):  # refused again and again: said once
+            await settle_down()
+            for *_, future in producer.sent:
+                if not future.done():
+                    future.set_exception(TopicAuthorizationFailedError("results"))
+            await asyncio.sleep(0.03)
+        problem = w.problem()
+        assert problem is not None and problem.startswith(f"{refused}; its records wait, for "), problem
+        assert metrics.kafka_refused.labels("write")._value.get() == 1
+        await settle_down()
+        producer.acknowledge_all()
+        await settle_down()
+        assert sorted(acked) == [0, 1] and w.problem() is None
+        assert metrics.kafka_refused.labels("write")._value.get() == 0
+    finally:
+        await w.stop()
+    lines = [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.INFO and "not written" not in r.getMessage()
+    ]
+    assert len(lines) == 2 and lines[0].startswith(f"{refused}: its records wait"), lines
+    assert lines[1].startswith("writes to results go on after ")
