@@ -147,7 +147,7 @@ def _settings_problem(record: EndpointRecord) -> str | None:
 def _share(body: dict[str, Any]) -> None:
     """The strings records repeat (their tenant, the key they are under, their event patterns) made one object each
     (``sys.intern``: let go with the last record holding one): a million endpoints of 100,000 tenants hold each
-    tenant's name once, not ten times."""
+    tenant's name once, not ten times. A record never updated holds its one time once."""
     for field in ("tenant", "key_id"):
         value = body.get(field)
         if type(value) is str:
@@ -155,6 +155,12 @@ def _share(body: dict[str, Any]) -> None:
     events = body.get("events")
     if type(events) is list:
         body["events"] = [sys.intern(e) if type(e) is str else e for e in events]
+    if body.get("updated_at") == body.get("created_at"):
+        body["updated_at"] = body.get("created_at")
+
+
+# The settings of every record that has none: one empty dict, never written to (records are read-only values).
+_NO_SETTINGS: dict[str, Any] = {}
 
 
 class Directory:
@@ -253,6 +259,8 @@ class Directory:
         problem = _settings_problem(record) if isinstance(record, EndpointRecord) else None
         if problem is not None:
             raise RecordRefused("invalid", problem)
+        if isinstance(record, EndpointRecord) and not record.settings:
+            msgspec.structs.force_setattr(record, "settings", _NO_SETTINGS)
         return record
 
     def _forget(self, key: str) -> None:

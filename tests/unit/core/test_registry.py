@@ -353,3 +353,19 @@ def test_a_legacy_sealed_value_moved_into_another_field_opens_but_a_v2_one_never
     current = endpoint(1)
     with pytest.raises(SecretError):
         opened(msgspec.structs.replace(current, url=current.secrets[0].value), KEYS)
+
+
+def test_records_read_share_what_they_repeat_and_are_the_records_written() -> None:
+    directory = Directory(KEYS)
+    written = [endpoint(1, f"ep-{i}", settings={"max_concurrency": 4} if i == 2 else {}) for i in range(3)]
+    for w in written:
+        directory.apply(endpoint_key(w.id), signed(w, KEYS))
+    held = [directory.endpoints[f"ep-{i}"] for i in range(3)]
+    assert held == [msgspec.structs.replace(w, mac=held[i].mac) for i, w in enumerate(written)]  # the same values
+    a, b, c = held
+    assert a.tenant is b.tenant and a.key_id is b.key_id and a.events[0] is b.events[0]
+    assert a.settings is b.settings and a.settings == {} and c.settings == {"max_concurrency": 4}
+    assert a.updated_at is a.created_at  # never updated: one time held once
+    updated = msgspec.structs.replace(a, version=2, updated_at="2030-01-01T00:00:00Z", mac=None)
+    directory.apply(endpoint_key("ep-0"), signed(updated, KEYS))
+    assert directory.endpoints["ep-0"].updated_at == "2030-01-01T00:00:00Z" != directory.endpoints["ep-0"].created_at
