@@ -19,11 +19,12 @@ retention while the group was away, or past the end), starts where ``kafka.auto_
 that is left, or the end), with one log line saying how many events that replays or skips and
 ``offset_resets_total{consumer, reason}``: never a silent replay of a whole partition.
 
-A topic this principal may no longer read (an ACL taken away while the router runs: TOPIC_AUTHORIZATION_FAILED) is
-not a batch that cannot be decoded: nothing is held for an operator to skip. Its partitions wait where they are (the
-fetch asked again a second later, not in a hot loop), one line says so naming the topic and what to grant, ``/readyz``
-says it while it lasts, ``kafka_refused{what="read"}`` counts the topics; once a fetch has gone
-``_REFUSED_CLEAR_S`` without that refusal, one line says the topic is read again.
+A topic (or the group) this principal may no longer read (an ACL taken away while the router runs:
+TOPIC_AUTHORIZATION_FAILED, GROUP_AUTHORIZATION_FAILED) is not a batch that cannot be decoded: nothing is held for an
+operator to skip. Its partitions wait where they are (the fetch asked again a second later, not in a hot loop), one
+line says so naming the topic or group and what to grant, ``/readyz`` says it while it lasts,
+``kafka_refused{what="read"}`` counts them; once fetches have gone ``_REFUSED_CLEAR_S`` without that refusal, one line
+says it is over.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import msgspec
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
     CommitFailedError,
+    GroupAuthorizationFailedError,
     IllegalStateError,
     KafkaError,
     NoOffsetForPartitionError,
@@ -69,6 +71,7 @@ _FAILED_FETCH_WAIT_S = 1.0
 _PROBE_MS = 300  # how long one partition's probe waits for its records after a failed fetch
 _STUCK_LOG_S = 60.0
 COMMIT_WAIT_S = 5.0  # a commit under way this long (its coordinator moving, or away): /readyz says so
+_REFUSALS = (TopicAuthorizationFailedError, GroupAuthorizationFailedError)  # never a batch's fault
 _REFUSED_CLEAR_S = 5.0  # a topic refused (TOPIC_AUTHORIZATION_FAILED) is read again once fetches go this long without
 
 
@@ -133,7 +136,8 @@ class Source:
         self._stuck_gauge = metrics.partitions_stuck.labels(name)
         self._stuck_gauge.set(0)
         self._stuck_logged = Throttle(_STUCK_LOG_S)
-        self._refused: dict[str, tuple[float, float]] = {}  # topic -> (refused since, last refused), monotonic
+        # what is refused -> (since, last refused: monotonic, what to say once it is not)
+        self._refused: dict[str, tuple[float, float, str]] = {}
         self._refused_gauge = metrics.kafka_refused.labels("read")
         self._consumer = group_consumer(kafka, environ)
         self._listener = _Listener(self)
@@ -173,8 +177,9 @@ class Source:
             except OffsetOutOfRangeError as exc:
                 await self._reset(exc.args[0])
                 continue
-            except TopicAuthorizationFailedError as exc:  # an ACL taken away: nothing was taken from any partition
-                self._read_refused(str(exc.args[0]) if exc.args else "?")
+            except _REFUSALS as exc:  # an ACL taken away: nothing was taken from any partition
+                for refusal, again in self._refusals(exc):
+                    self._read_refused(refusal, again)
                 await asyncio.sleep(_FAILED_FETCH_WAIT_S)
                 continue
             except Exception as exc:  # never the end of the process: what was lost is read again, a bad batch held
@@ -260,8 +265,8 @@ class Source:
                     except asyncio.CancelledError:
                         raise
                     except Exception as exc:
-                        if isinstance(exc, KafkaError) and exc.retriable:  # the cluster's, not the batch's: wait
-                            raise
+                        if isinstance(exc, KafkaError) and (exc.retriable or isinstance(exc, _REFUSALS)):
+                            raise  # the cluster's (an ACL taken away, too), not the batch's: waited out
                         await self._stick(tp, exc)
                         break
                     records = batch.get(tp)
@@ -352,28 +357,37 @@ class Source:
         log.warning("%s[%d]: the batch at %d skipped by an operator (on the dead-letter topic); reading from %d",
                     tp.topic, tp.partition, offset, next_offset)  # fmt: skip
 
-    def _read_refused(self, topic: str) -> None:
+    def _refusals(self, exc: KafkaError) -> list[tuple[str, str]]:
+        """What ``exc`` refuses, and what is said once it no longer does: one per topic (a topic, or the set of them
+        that the group's metadata names) or the group."""
+        named = exc.args[0] if exc.args else "?"
+        names = sorted(named) if isinstance(named, set | list | tuple) else [str(named)]
+        if isinstance(exc, GroupAuthorizationFailedError):
+            where = "kafka.group_id" if self._name == "events" else "the retry tiers' group"
+            return [(f"consumer group {name} ({where}): this principal may not use it (GROUP_AUTHORIZATION_FAILED): "
+                     "grant it Read on the group", f"consumer group {name} is used again")
+                    for name in names]  # fmt: skip
+        setting = "kafka.topics" if self._name == "events" else "retry.topic_prefix: a retry tier"
+        return [(f"topic {name} ({setting}): this principal may not read it (TOPIC_AUTHORIZATION_FAILED): grant it "
+                 "Read", f"topic {name} is read again") for name in names]  # fmt: skip
+
+    def _read_refused(self, refusal: str, again: str) -> None:
         self._metrics.fetch_errors.labels(self._name).inc()
         now = time.monotonic()
-        since, _ = self._refused.get(topic, (now, now))
-        if topic not in self._refused:
+        if refusal not in self._refused:
             self._refused_gauge.inc()
             log.error("%s: its partitions wait, fetched again every %.0f s (see docs/kafka.md, 'Who may write the "
-                      "router's topics')", self._refusal(topic), _FAILED_FETCH_WAIT_S)  # fmt: skip
-        self._refused[topic] = (since, now)
+                      "router's topics')", refusal, _FAILED_FETCH_WAIT_S)  # fmt: skip
+        self._refused[refusal] = (self._refused.get(refusal, (now, now, again))[0], now, again)
 
     def _read_again(self) -> None:
-        """The topics refused that fetches have gone ``_REFUSED_CLEAR_S`` without refusing: read again."""
+        """The refusals that fetches have gone ``_REFUSED_CLEAR_S`` without: over."""
         now = time.monotonic()
-        for topic, (since, last) in list(self._refused.items()):
+        for refusal, (since, last, again) in list(self._refused.items()):
             if now - last >= _REFUSED_CLEAR_S:
-                del self._refused[topic]
+                del self._refused[refusal]
                 self._refused_gauge.dec()
-                log.info("topic %s is read again after %.0f s refused", topic, last - since)
-
-    def _refusal(self, topic: str) -> str:
-        setting = "kafka.topics" if self._name == "events" else "retry.topic_prefix: a retry tier"
-        return f"topic {topic} ({setting}): this principal may not read it (TOPIC_AUTHORIZATION_FAILED): grant it Read"
+                log.info("%s after %.0f s refused", again, last - since)
 
     def _fetch_failed(self, what: str, exc: BaseException) -> None:
         self._metrics.fetch_errors.labels(self._name).inc()
@@ -460,9 +474,9 @@ class Source:
         """Why this consumer's offsets are not committed now (None: they are): a coordinator moving, the group
         rebalancing, the cluster away), or its topics not read (refused)."""
         if self._refused:
-            topic, (since, _) = next(iter(self._refused.items()))
-            more = f" (and {len(self._refused) - 1} more topics)" if len(self._refused) > 1 else ""
-            return f"{self._refusal(topic)}{more}; its partitions wait, for {time.monotonic() - since:.0f} s"
+            refusal, (since, *_) = next(iter(self._refused.items()))
+            more = f" (and {len(self._refused) - 1} more)" if len(self._refused) > 1 else ""
+            return f"{refusal}{more}; its partitions wait, for {time.monotonic() - since:.0f} s"
         waiting = time.monotonic() - (self._committing_since or math.inf)
         if waiting >= COMMIT_WAIT_S:
             return f"an offset commit of {self._name} waiting {waiting:.0f} s for the group's coordinator"
