@@ -247,8 +247,9 @@ class Routing:
             self.put(held, subscription)
 
     def _route(self, endpoint_id: str, profile: str, subscription: SubscriptionConfig) -> None:
+        if endpoint_id in self.dynamic:  # a change: its routes go first (a new one has none: most of a first read)
+            self.table.remove(endpoint_id)
         self.dynamic[endpoint_id] = subscription
-        self.table.remove(endpoint_id)
         self.table.add([subscription], PROFILES[profile].catalogue)
 
     def drop(self, endpoint_id: str) -> None:
