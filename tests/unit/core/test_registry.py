@@ -369,3 +369,15 @@ def test_records_read_share_what_they_repeat_and_are_the_records_written() -> No
     updated = msgspec.structs.replace(a, version=2, updated_at="2030-01-01T00:00:00Z", mac=None)
     directory.apply(endpoint_key("ep-0"), signed(updated, KEYS))
     assert directory.endpoints["ep-0"].updated_at == "2030-01-01T00:00:00Z" != directory.endpoints["ep-0"].created_at
+
+
+def test_with_nothing_under_an_old_key_no_record_is_looked_at_to_say_so() -> None:
+    d = Directory(KEYS)
+    assert d.apply(endpoint_key("ep"), record(1))[0]
+
+    class Unread(dict[str, EndpointRecord]):
+        def values(self) -> Any:
+            raise AssertionError("every record looked at")
+
+    d.endpoints = Unread(d.endpoints)
+    assert d.stale() == [] and d.under_old_keys() == 0
