@@ -450,15 +450,15 @@ class Source:
             self._committing_since = time.monotonic()
             try:
                 await self._consumer.commit(marks)
-            except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            except Exception as exc:  # a Kafka error, or aiokafka's own on a connection closed under it: tried again
                 self._metrics.commits.labels("error").inc()
                 if self._commit_failing is None:
                     self._commit_failing = (time.monotonic(), type(exc).__name__)
                 held = self._commit_errors_logged.ready()
-                if held is not None:
-                    log.warning(
-                        "offset commit failed (%s: %s); will commit again%s", type(exc).__name__, exc, held_note(held)
-                    )
+                if held is not None:  # aiokafka on uvloop raises RuntimeError writing to a transport it saw closed
+                    trace = None if isinstance(exc, CommitFailedError | IllegalStateError | KafkaError) else exc
+                    log.warning("offset commit failed (%s: %s); will commit again%s", type(exc).__name__, exc,
+                                held_note(held), exc_info=trace)  # fmt: skip
                 return
             finally:
                 self._committing_since = None
@@ -472,7 +472,7 @@ class Source:
 
     def problem(self) -> str | None:
         """Why this consumer's offsets are not committed now (None: they are): a coordinator moving, the group
-        rebalancing, the cluster away), or its topics not read (refused)."""
+        rebalancing, the cluster away; or why its topics are not read (refused)."""
         if self._refused:
             refusal, (since, *_) = next(iter(self._refused.items()))
             more = f" (and {len(self._refused) - 1} more)" if len(self._refused) > 1 else ""

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaError
 
 from daemon.kafka.clients import admin_client
 from tests.helpers import DaemonProcess, client_options, eventually
@@ -41,6 +42,29 @@ async def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int
     finally:
         await admin.close()
     return {tp.partition: meta.offset for tp, meta in found.items() if tp.topic == topic}
+
+
+async def coordinator_of(bootstrap: str, group: str) -> int:
+    """The broker that coordinates ``group`` now (FindCoordinator)."""
+    admin = admin_client(client_options(bootstrap))
+    await admin.start()
+    try:
+        return int(await asyncio.wait_for(admin.find_coordinator(group), 10))
+    finally:
+        await admin.close()
+
+
+async def reasons_of(d: DaemonProcess, said: list[str]) -> None:
+    """Every reason /readyz gives (``ready`` while it answers 200), each time it changes, until cancelled."""
+    while True:
+        try:
+            status, body = await asyncio.wait_for(d.get_json("/readyz"), 5)
+            reason = "ready" if status == 200 else str(body["reason"] if body else status)
+        except (TimeoutError, ValueError, KeyError) as exc:  # a loaded machine: the answer late, or cut
+            reason = f"no answer ({exc!r})"
+        if not said or said[-1] != reason:
+            said.append(reason)
+        await asyncio.sleep(0.1)
 
 
 async def reason_has(d: DaemonProcess, text: str) -> bool:
@@ -179,3 +203,37 @@ async def test_the_active_controller_killed(tmp_path: Path, processes: list[Daem
         return recover_s, {"new_controller": elected}
 
     await under_fault(tmp_path, processes, "active controller killed", fault)
+
+
+async def test_the_group_coordinator_killed(tmp_path: Path, processes: list[DaemonProcess]) -> None:
+    """kill -9 of the broker that coordinates the daemon's group: its offset commits fail or wait until another broker
+    takes the group over (its partition of __consumer_offsets elects a leader), /readyz says so meanwhile, nothing is
+    lost."""
+    said: list[str] = []
+
+    async def fault(cluster: KafkaCluster, s: Setup, receiver: Counting, load: Load) -> tuple[float, dict[str, object]]:
+        coordinator = await coordinator_of(cluster.bootstrap, s.group)
+        watching = asyncio.create_task(reasons_of(processes[0], said))
+        try:
+            await cluster.kill(coordinator)
+            killed = time.monotonic()
+            recover_s = await delivered_after(receiver, load, killed)
+
+            async def moved() -> bool:
+                try:
+                    return await coordinator_of(cluster.bootstrap, s.group) != coordinator
+                except (KafkaError, OSError, TimeoutError):  # the brokers left are still electing
+                    return False
+
+            await eventually(moved, 60)
+            moved_s = time.monotonic() - killed
+            await cluster.start(coordinator)
+            await in_sync(cluster, s)
+        finally:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+        return recover_s, {"coordinator": coordinator, "moved_s": f"{moved_s:.1f}"}
+
+    await under_fault(tmp_path, processes, "group coordinator killed", fault)
+    print("/readyz said meanwhile:", *said, sep="\n  ")
+    assert said[0] == "ready" and said[-1] == "ready", said
