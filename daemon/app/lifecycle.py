@@ -40,7 +40,7 @@ from daemon.engine.health import Health, HealthReader
 from daemon.engine.operational import Operational
 from daemon.engine.routing import Routing
 from daemon.engine.settle import Settlement
-from daemon.kafka.clients import RouterProducer, check_credentials, kafka_client_options, refused
+from daemon.kafka.clients import ClusterProbe, RouterProducer, check_credentials, kafka_client_options, refused
 from daemon.kafka.consume import Source
 from daemon.kafka.contact import Contact, KafkaLogFilter, unretrieved_kafka_errors_quiet
 from daemon.kafka.readback import read_one
@@ -169,17 +169,18 @@ class App:
         results.start()
         stack.push_async_callback(results.stop)
 
-        # A metadata request a second says whether the cluster answers (the current producer's), else if it refuses.
-        contact = Contact(lambda: producer.client.force_metadata_update(), kafka.bootstrap_servers,
-                          kafka.contact_timeout_s, self._noise, metrics, _notify_systemd,
-                          refused=functools.partial(refused, kafka, environ))  # fmt: skip
-        contact.start()
-        stack.push_async_callback(contact.stop)
-
         self._set_status("checking the router's topics")
         on = config.operational.enabled
-        written = await ready_topics(client_options, producer, kafka, retry, api.enabled, index_topic is not None, on)
-        writes = WriteWatch.of(producer, *written).started()
+        written, min_insync = await ready_topics(client_options, producer, kafka, retry, api.enabled,
+                                                 index_topic is not None, on)  # fmt: skip
+        # Every broker asked for metadata each second over the probe's own connections (never behind the producer's
+        # writes): whether the cluster answers, which brokers do not, the written partitions; else if it refuses.
+        probe = ClusterProbe(kafka, environ, written)
+        contact = Contact(probe, kafka.bootstrap_servers, kafka.contact_timeout_s, self._noise, metrics,
+                          _notify_systemd, refused=functools.partial(refused, kafka, environ))  # fmt: skip
+        stack.push_async_callback(contact.stop)
+        await contact.start()
+        writes = WriteWatch.of(probe, min_insync).started()
         stack.push_async_callback(writes.stop)
         operational = Operational(results if on else None, retry.operational_topic, config.operational)
 
@@ -287,8 +288,8 @@ class App:
         if c is None:
             return self._status
         for problem in (c.contact.problem, c.writes.problem, c.results.problem, c.source.problem, c.tiers.problem):
-            if (why := problem()) is not None:
-                return why
+            if (why := problem()) is not None:  # and the brokers that do not answer: what writes may wait for
+                return f"{why} ({silent})" if (silent := c.contact.unanswered()) else why
         if not c.source.joined:
             return f"not a member of consumer group {self._config.kafka.group_id} (joining, or a rebalance)"
         lagging = self._api.lagging() if self._api is not None else None

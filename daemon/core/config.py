@@ -56,6 +56,10 @@ class KafkaConfig(msgspec.Struct, **_FROZEN):
     # cluster must grant it (start-up stops, naming this setting, if not); false: never.
     enable_idempotence: bool | Literal["auto"] = "auto"
     linger_ms: Annotated[int, Meta(ge=0, le=1_000)] = 5
+    # How long the producer of results, retries and dead letters waits for a broker's answer to a write (asked of the
+    # broker as the produce request's timeout, too): then the write is sent again, after the partition's leader is
+    # asked for again. A leader that stopped answering holds its partitions' writes this long.
+    produce_timeout_ms: Annotated[int, Meta(ge=1_000, le=300_000)] = 10_000
     # After this long without an answer from any broker, contact is lost: logged once, /readyz answers 503.
     contact_timeout_s: Annotated[float, Meta(ge=1, le=600)] = 15.0
     # Connection security; which combinations are complete is checked in daemon.core.validate.

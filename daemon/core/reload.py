@@ -20,7 +20,8 @@ REFUSED: tuple[tuple[str, str], ...] = (
 )
 # [kafka] fields the clients were built with: taken only after a restart.
 KAFKA_AT_RESTART: tuple[str, ...] = (
-    "bootstrap_servers", "group_id", "results_topic", "client_id", "contact_timeout_s", "security_protocol",
+    "bootstrap_servers", "group_id", "results_topic", "client_id", "contact_timeout_s", "produce_timeout_ms",
+    "security_protocol",
     "sasl_mechanism", "sasl_username", "sasl_password_env", "sasl_oauth_token_file", "ssl_cafile", "ssl_certfile",
     "ssl_keyfile", "ssl_key_password_env",
 )  # fmt: skip

@@ -16,8 +16,10 @@ aiokafka's insides this module relies on (checked on every upgrade of the pin in
 - ``AIOKafkaConsumer._fetcher`` and its ``_pending_tasks`` (``close_consumer``): tests/integration/test_outages.py.
 - ``aiokafka.protocol.fetch.FetchRequest`` (version 4, a plain Fetch answered with the batch's bytes untouched):
   tests/integration/test_stuck_partitions.py.
-- ``ClusterMetadata._partitions`` (``replicas_of``: the leader and in-sync replicas of each partition the router
-  writes): tests/unit/kafka/test_writes.py, tests/integration/test_brokers_lost.py (two of three brokers away).
+- ``aiokafka.conn.create_conn``, ``AIOKafkaConnection.send`` and ``close`` with a ``MetadataRequest``, its answer's
+  ``to_object()`` (``ClusterProbe``: every broker asked over a connection of the probe's own):
+  tests/unit/kafka/test_writes.py, tests/integration/test_brokers_lost.py (a broker hung, two of three away),
+  tests/integration/test_outages.py.
 - ``AIOKafkaAdminClient._send_request_to_node`` with a ``MetadataRequest`` (``await_topics``: each broker asked
   itself whether it has a topic just created): tests/integration/test_topics.py (a first start logs no error).
 - ``AIOKafkaAdminClient._send_request`` with a ``MetadataRequest`` that creates nothing, and
@@ -32,9 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 import struct
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -143,8 +147,10 @@ class RouterProducer:
         self._current = self._make()
 
     def _make(self) -> AIOKafkaProducer:
-        acks = "all" if self._kafka.results_acks == "all" else 1
-        return AIOKafkaProducer(acks=acks, enable_idempotence=self.idempotent, **self._options)
+        kafka = self._kafka
+        acks = "all" if kafka.results_acks == "all" else 1
+        return AIOKafkaProducer(acks=acks, enable_idempotence=self.idempotent,
+                                request_timeout_ms=kafka.produce_timeout_ms, **self._options)  # fmt: skip
 
     async def start(self) -> None:
         producer = self._current
@@ -185,14 +191,140 @@ class RouterProducer:
         return getattr(self._current, name)
 
 
-def replicas_of(producer: Any, topics: list[str]) -> list[tuple[str, int, int, int, int]]:
-    """(topic, partition, leader or -1, replicas, in-sync replicas) of each partition of ``topics`` in ``producer``'s
-    metadata as it last heard it (aiokafka's ``ClusterMetadata._partitions``), and how many brokers it knows."""
-    known = producer.client.cluster._partitions
+def probe_timeout_s(contact_timeout_s: float) -> float:
+    """How long one probe of the cluster may take (``ClusterProbe``'s asks, ``contact.Contact``'s wait for it)."""
+    return max(0.5, min(5.0, contact_timeout_s / 2))
+
+
+class ClusterProbe:
+    """Whether the cluster answers, and what it says of the partitions of ``topics``: each call asks every broker
+    (those the bootstrap servers name until one answers) for their metadata, over connections of the probe's own,
+    each ask given at most ``probe_timeout_s``; True as soon as one broker answered.
+
+    Its own connections, because a broker takes one request of a connection at a time: on the producer's, a metadata
+    request waits behind ``acks=all`` writes held for their replicas, or behind a write to a broker that stopped
+    answering, and the cluster would seem silent while two brokers of three are fine. A broker whose ask is still
+    pending (hung) is not asked again before it ends: it costs the others nothing.
+
+    A broker the cluster stops listing (a broker that stopped answering its controller is fenced and left out) is
+    still asked, and named by ``silent``, until it answers again or has been silent for ``_FORGET_S``.
+
+    ``partitions()``: (topic, partition, leader or -1, replicas, in-sync replicas) of each partition of ``topics`` from
+    the latest answer; ``brokers()``: how many brokers it lists; ``silent(min_s)``: the brokers that have not answered
+    for ``min_s`` seconds or more, with how long."""
+
+    def __init__(self, kafka: KafkaConfig, environ: Any, topics: list[str]) -> None:
+        options = kafka_client_options(kafka, environ)
+        self._settings = {k: v for k, v in options.items() if k not in ("bootstrap_servers", "client_id")}
+        self._client_id = kafka.client_id
+        self._topics = list(topics)
+        self._timeout_s = probe_timeout_s(kafka.contact_timeout_s)
+        self._bootstrap: dict[int | str, tuple[str, int]] = {}
+        for server in kafka.bootstrap_servers.split(","):
+            host, _, port = server.strip().rpartition(":")
+            self._bootstrap[server.strip()] = (host.strip("[]"), int(port))
+        self._brokers: dict[int | str, tuple[str, int]] = {}  # node id -> (host, port), from the latest answer
+        self._known: dict[int | str, tuple[str, int]] = {}  # those, and those it listed before that are still silent
+        self._conns: dict[int | str, Any] = {}
+        self._asks: dict[int | str, asyncio.Task[bool]] = {}
+        self._answered: dict[int | str, float] = {}  # node -> monotonic time of its latest answer
+        self._seen: dict[int | str, float] = {}  # node -> when it was first listed (silent from then until it answers)
+        self._partitions: list[tuple[str, int, int, int, int]] = []
+
+    async def __call__(self) -> bool:
+        for node, (host, port) in (self._known or self._bootstrap).items():
+            if node not in self._asks:
+                ask = self._asks[node] = asyncio.create_task(self._ask(node, host, port), name=f"kafka-probe-{node}")
+                ask.add_done_callback(functools.partial(self._asked, node))
+        pending = set(self._asks.values())
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if any(not ask.cancelled() and ask.result() for ask in done):
+                return True
+        return False
+
+    def _asked(self, node: int | str, ask: asyncio.Task[bool]) -> None:
+        if self._asks.get(node) is ask:
+            del self._asks[node]
+
+    async def _ask(self, node: int | str, host: str, port: int) -> bool:
+        request = MetadataRequest(self._topics, allow_auto_topic_creation=False)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                conn = self._conns.get(node)
+                if conn is None or not conn.connected():
+                    conn = self._conns[node] = await create_conn(host, port, client_id=self._client_id,
+                        request_timeout_ms=int(self._timeout_s * 1000), **self._settings)  # fmt: skip
+                answer = (await conn.send(request)).to_object()
+            brokers = metadata_brokers(answer)
+            if not brokers:  # not an answer (aiokafka takes a refused OAUTHBEARER token for an accepted one)
+                raise KafkaError("a metadata answer listing no broker")
+        except Exception as exc:  # no answer, whatever the reason (cancelled: BaseException, not caught)
+            log.debug("probe of broker %s at %s:%d: %r", node, host, port, exc)
+            if (conn := self._conns.pop(node, None)) is not None:
+                conn.close()  # a new connection next time: this one may hold requests a hung broker never answers
+            return False
+        self._learn(node, brokers, answer)
+        return True
+
+    def _learn(self, node: int | str, brokers: dict[int | str, tuple[str, int]], answer: dict[str, Any]) -> None:
+        now = time.monotonic()
+        self._answered[node] = now
+        if isinstance(node, int) and node not in brokers:
+            return  # a broker that does not list itself (fenced, catching up after a restart): its view may be stale
+        for new in brokers.keys() - self._known.keys():
+            self._seen.setdefault(new, now)
+        unlisted = {n for n in self._known if n not in brokers}
+        forgotten = {n for n in unlisted if now - self._answered.get(n, -_FORGET_S) < 1.0
+                     or now - self._last_answer(n) >= _FORGET_S}  # fmt: skip
+        self._known = {**{n: a for n, a in self._known.items() if n not in forgotten}, **brokers}
+        for gone in [n for n in self._conns if n not in self._known]:  # the bootstrap servers', once ids are known
+            self._conns.pop(gone).close()
+        self._brokers = brokers
+        self._partitions = metadata_partitions(answer)
+
+    def partitions(self) -> list[tuple[str, int, int, int, int]]:
+        return self._partitions
+
+    def brokers(self) -> int:
+        return len(self._brokers)
+
+    def silent(self, min_s: float) -> list[tuple[str, float]]:
+        now = time.monotonic()
+        return [
+            (f"broker {node} at {host}:{port}", now - self._last_answer(node))
+            for node, (host, port) in sorted(self._known.items(), key=str)
+            if now - self._last_answer(node) >= min_s
+        ]
+
+    def _last_answer(self, node: int | str) -> float:
+        return self._answered.get(node, self._seen.get(node, time.monotonic()))
+
+    async def close(self) -> None:
+        asks = list(self._asks.values())
+        for ask in asks:
+            ask.cancel()
+        await asyncio.gather(*asks, return_exceptions=True)
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+
+_FORGET_S = 3600.0  # a broker no longer listed, silent this long: decommissioned, no longer asked nor named
+
+
+def metadata_brokers(answer: Mapping[str, Any]) -> dict[int | str, tuple[str, int]]:
+    """The brokers a metadata answer (``to_object()``) lists: node id -> (host, port)."""
+    return {b["node_id"]: (b["host"], b["port"]) for b in answer.get("brokers", ())}
+
+
+def metadata_partitions(answer: Mapping[str, Any]) -> list[tuple[str, int, int, int, int]]:
+    """(topic, partition, leader or -1, replicas, in-sync replicas) of each partition a metadata answer lists."""
     return [
-        (topic, p.partition, p.leader if p.leader is not None else -1, len(p.replicas), len(p.isr))
-        for topic in topics
-        for p in known.get(topic, {}).values()
+        (t["topic"], p["partition"], p["leader"] if p["leader"] is not None else -1, len(p["replicas"]), len(p["isr"]))
+        for t in answer.get("topics", ())
+        if not t["error_code"]
+        for p in t["partitions"]
     ]
 
 
@@ -203,11 +335,6 @@ async def committed_notes(
     gives the offset alone: aiokafka's ``_coordinator.fetch_committed_offsets`` gives both)."""
     found = await consumer._coordinator.fetch_committed_offsets(tps)
     return {tp: (meta.offset, meta.metadata or "") for tp, meta in found.items() if meta.offset >= 0}
-
-
-def brokers_of(producer: Any) -> int:
-    """How many brokers ``producer``'s metadata lists."""
-    return len(producer.client.cluster.brokers())
 
 
 def producer(client_options: Mapping[str, Any], **settings: Any) -> AIOKafkaProducer:

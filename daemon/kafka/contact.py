@@ -6,7 +6,9 @@ lines a second. ``KafkaLogFilter`` sits on aiokafka's loggers: of their WARNING 
 passes while contact is fine (with the count of those held back), none while it is lost. ``Contact`` asks the
 cluster for metadata every second; after ``kafka.contact_timeout_s`` without an answer contact is lost: one
 warning, aiokafka quiet, ``/readyz`` 503 and sd_notify ``STATUS=``; one line again when the cluster answers, with
-how long it was away and how many lines were held back meanwhile.
+how long it was away and how many lines were held back meanwhile. The cluster answers while any broker does; a broker
+that alone has not answered for ``kafka.contact_timeout_s`` is named in one warning, and in one line when it answers
+again (``unanswered()`` names it meanwhile: what a write waiting for its partition's leader may be waiting for).
 
 A cluster that answers but refuses the router's credentials (a token refused once a session's life ended, a password
 changed) is no answer to aiokafka, which says only that it cannot connect: after a probe without an answer,
@@ -22,11 +24,12 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from daemon.core.errors import reason_of
+from daemon.kafka.clients import probe_timeout_s
 from daemon.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -117,15 +120,26 @@ class KafkaLogFilter(logging.Filter):
             logger.propagate = True
 
 
+class Probe(Protocol):
+    """A cheap request to the cluster (``clients.ClusterProbe``: metadata, of every broker)."""
+
+    def __call__(self) -> Awaitable[bool]:
+        """True when the cluster answered."""
+
+    def silent(self, min_s: float) -> list[tuple[str, float]]:
+        """The brokers that have not answered for ``min_s`` seconds or more, with how long."""
+
+    async def close(self) -> None: ...
+
+
 class Contact:
-    """Whether the cluster answers. ``probe`` is a cheap request (a metadata update) returning True when answered;
-    it is made every ``interval_s``, given at most ``probe_timeout_s``. ``notify`` gets sd_notify lines.
-    ``refused``: why the cluster refuses the credentials, naming the setting (None: it does not), asked after a
-    probe without an answer."""
+    """Whether the cluster answers, from ``probe``: made every ``interval_s``, given at most ``probe_timeout_s``; the
+    contact owns it (``stop`` closes it). ``notify`` gets sd_notify lines. ``refused``: why the cluster refuses the
+    credentials, naming the setting (None: it does not), asked after a probe without an answer."""
 
     def __init__(
         self,
-        probe: Callable[[], Awaitable[bool]],
+        probe: Probe,
         where: str,
         timeout_s: float,
         noise: KafkaLogFilter,
@@ -141,7 +155,8 @@ class Contact:
         self._metrics = metrics
         self._notify = notify
         self._interval_s = interval_s
-        self._probe_timeout_s = max(0.5, min(5.0, timeout_s / 2))
+        self._silent_named: set[str] = set()  # brokers said to be silent, not said to be back yet
+        self._probe_timeout_s = probe_timeout_s(timeout_s)
         self._last = time.monotonic()  # made at start-up: the cluster had just answered
         self._suppressed_when_lost = 0
         self.lost = False
@@ -172,7 +187,11 @@ class Contact:
             return f"no contact with Kafka at {self._where} for {self.silent_s:.0f} s"
         return None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """The first probe, then one every ``interval_s``. Raises ``KafkaConnectionError`` when the first is not
+        answered (the cluster had just answered the start-up: try it again)."""
+        if not await asyncio.wait_for(self._probe(), self._probe_timeout_s):
+            raise KafkaConnectionError(f"no broker of {self._where} answers a metadata request")
         self._task = asyncio.create_task(self._run(), name="kafka-contact")
 
     async def stop(self) -> None:
@@ -181,6 +200,7 @@ class Contact:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self._task = self._check = None
+        await self._probe.close()
 
     async def _run(self) -> None:
         while True:
@@ -242,8 +262,26 @@ class Contact:
             self._taken()
             if self.lost:
                 self._back(silent)
+            self._brokers_heard()
         elif not self.lost and self.silent_s >= self._timeout_s:
             self._lose()
+
+    def unanswered(self) -> str | None:
+        """The brokers that did not answer the last probes while others did (a whole probe's time or more), or None."""
+        if not self.answering:
+            return None
+        named = self._probe.silent(self._probe_timeout_s + self._interval_s)
+        return "; ".join(f"{broker} has not answered for {s:.0f} s" for broker, s in named) or None
+
+    def _brokers_heard(self) -> None:
+        """While the cluster answers: one line when a broker has not answered for ``timeout_s``, one when it has."""
+        silent = dict(self._probe.silent(self._timeout_s))
+        for broker in sorted(silent.keys() - self._silent_named):
+            log.warning("%s has not answered for %.0f s (the others answer): writes to the partitions it leads wait "
+                        "until it answers or another broker leads them", broker, silent[broker])  # fmt: skip
+        for broker in sorted(self._silent_named - silent.keys()):
+            log.info("%s answers again", broker)
+        self._silent_named = set(silent)
 
     def _lose(self) -> None:
         self.lost = True

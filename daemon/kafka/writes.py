@@ -3,7 +3,7 @@
 With ``acks=all`` a record is acknowledged once every in-sync replica of its partition has it, and refused while the
 partition has fewer in-sync replicas than its ``min.insync.replicas`` (NOT_ENOUGH_REPLICAS; the producer sends it again
 until they are back) or no leader (a leader change under way). ``WriteWatch`` reads the partitions of the topics the
-router writes from the producer's metadata (which the contact probe refreshes every second: no request of its own),
+router writes from the contact probe's latest answer (``clients.ClusterProbe``, every second: no request of its own),
 says once when writes start to wait and why, once when they go on, and gives ``/readyz`` the reason meanwhile. At
 start-up it logs, once, the topics whose replication cannot keep what they acknowledge (``durability_notes``).
 """
@@ -14,9 +14,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-from daemon.kafka.clients import brokers_of, replicas_of
+from daemon.kafka.clients import ClusterProbe
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +94,9 @@ class WriteWatch:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def of(cls, producer: Any, topics: list[str], min_insync: Mapping[str, int]) -> WriteWatch:
-        """The watch of ``topics`` in ``producer``'s metadata (a ``RouterProducer``: its current producer's)."""
-        return cls(lambda: [Partition(*p) for p in replicas_of(producer, topics)], lambda: brokers_of(producer),
-                   min_insync)  # fmt: skip
+    def of(cls, probe: ClusterProbe, min_insync: Mapping[str, int]) -> WriteWatch:
+        """The watch of the topics ``probe`` asks about, as the cluster last told it."""
+        return cls(lambda: [Partition(*p) for p in probe.partitions()], probe.brokers, min_insync)
 
     def problem(self) -> str | None:
         return self._reason

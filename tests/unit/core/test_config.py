@@ -223,6 +223,14 @@ def test_missing_required_fields() -> None:
             doc(kafka=kafka(commit_interval_ms=5, linger_ms=1001)),
             ["kafka.commit_interval_ms: must be >= 10", "kafka.linger_ms: must be <= 1000"],
         ),
+        (
+            doc(kafka=kafka(produce_timeout_ms=999)),
+            ["kafka.produce_timeout_ms: must be >= 1000"],
+        ),
+        (
+            doc(kafka=kafka(produce_timeout_ms=300_001)),
+            ["kafka.produce_timeout_ms: must be <= 300000"],
+        ),
         (doc(admin={"listen": "localhost"}), ["admin.listen: has characters that are not allowed"]),
         (doc(endpoints=[endpoint(id="bad id!")]), ["endpoints[0].id: has characters that are not allowed"]),
         (doc(endpoints=[endpoint(id="")]), ["endpoints[0].id: length must be >= 1"]),

@@ -10,6 +10,7 @@ import re
 import time
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 import daemon.kafka.contact
 from daemon.kafka.contact import Contact, KafkaLogFilter, Throttle, held_note
@@ -71,23 +72,30 @@ async def test_the_line_that_goes_through_says_how_many_were_held(caplog: pytest
 
 
 class Cluster:
-    """Stand-in for the cluster's answer to a metadata request: answers, refuses, or hangs (a suspended broker)."""
+    """Stand-in for the probe (``contact.Probe``) of a cluster: answers, refuses, or hangs (a suspended broker)."""
 
     def __init__(self) -> None:
         self.state = "up"
+        self.closed = False
 
-    async def probe(self) -> bool:
+    async def __call__(self) -> bool:
         if self.state == "hung":
             await asyncio.sleep(3600)
         return self.state == "up"
+
+    def silent(self, min_s: float) -> list[tuple[str, float]]:
+        return []
+
+    async def close(self) -> None:
+        self.closed = True
 
 
 async def test_contact_is_lost_once_after_the_timeout_and_back_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     cluster, metrics, notes = Cluster(), Metrics(), list[str]()
     noise = KafkaLogFilter(metrics)
-    contact = Contact(cluster.probe, "kafka-1:9092", 1.0, noise, metrics, notes.append, interval_s=0.05)
-    contact.start()
+    contact = Contact(cluster, "kafka-1:9092", 1.0, noise, metrics, notes.append, interval_s=0.05)
+    await contact.start()
     try:
         await asyncio.sleep(0.2)
         assert contact.answering and not contact.lost
@@ -121,8 +129,8 @@ async def test_contact_is_lost_once_after_the_timeout_and_back_once(caplog: pyte
 async def test_a_short_blip_is_not_an_outage(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     cluster, metrics = Cluster(), Metrics()
-    contact = Contact(cluster.probe, "k:9092", 1.0, KafkaLogFilter(metrics), metrics, lambda _: None, interval_s=0.05)
-    contact.start()
+    contact = Contact(cluster, "k:9092", 1.0, KafkaLogFilter(metrics), metrics, lambda _: None, interval_s=0.05)
+    await contact.start()
     try:
         cluster.state = "down"
         await asyncio.sleep(0.3)
@@ -147,10 +155,10 @@ async def test_credentials_refused_while_running_are_said_once_with_the_setting_
         asked.append(time.monotonic())
         return why if cluster.state == "down" else None
 
-    contact = Contact(cluster.probe, "k:9092", 30.0, KafkaLogFilter(metrics), metrics, notes.append, interval_s=0.02,
+    contact = Contact(cluster, "k:9092", 30.0, KafkaLogFilter(metrics), metrics, notes.append, interval_s=0.02,
                       refused=refused)  # fmt: skip
     refused_gauge = metrics.kafka_refused.labels("credentials")
-    contact.start()
+    await contact.start()
     try:
         await asyncio.sleep(0.1)
         assert asked == [] and contact.problem() is None  # answered: never asked
@@ -174,3 +182,64 @@ async def test_credentials_refused_while_running_are_said_once_with_the_setting_
     assert len(lines) == 2 and lines[0].startswith(f"the cluster refuses the router's credentials: {why}. ")
     assert lines[1].startswith("the cluster takes the router's credentials again after ")
     assert notes == [f"STATUS=the cluster refuses the router's credentials: {why}", "STATUS=running"]
+
+
+class Brokers(Cluster):
+    """Stand-in for the probe of a cluster of several brokers: when each last answered (``hung`` ones stop)."""
+
+    def __init__(self, *names: str) -> None:
+        super().__init__()
+        self.answered = dict.fromkeys(names, time.monotonic())
+        self.hung: set[str] = set()
+
+    async def __call__(self) -> bool:
+        now = time.monotonic()
+        for name in self.answered.keys() - self.hung:
+            self.answered[name] = now
+        return len(self.hung) < len(self.answered)
+
+    def silent(self, min_s: float) -> list[tuple[str, float]]:
+        now = time.monotonic()
+        return [(name, now - at) for name, at in sorted(self.answered.items()) if now - at >= min_s]
+
+
+async def test_one_broker_silent_while_the_others_answer_is_named_not_a_lost_contact(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    brokers, metrics = Brokers("broker 1", "broker 2", "broker 3"), Metrics()
+    contact = Contact(brokers, "k:9092", 1.0, KafkaLogFilter(metrics), metrics, lambda _: None, interval_s=0.05)
+    await contact.start()
+    try:
+        await asyncio.sleep(0.2)
+        assert contact.unanswered() is None
+        brokers.hung.add("broker 2")
+        hung, answered = time.monotonic(), brokers.answered["broker 2"]  # its last answer
+        while contact.unanswered() is None:
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - answered >= 0.5 + 0.05  # never early: a whole probe's time (0.5 s) and an interval
+        assert time.monotonic() - hung < 5.0  # nor late, with room for a busy machine
+        assert re.fullmatch(r"broker 2 has not answered for \d+ s", contact.unanswered() or ""), contact.unanswered()
+        await asyncio.sleep(1.2)  # past the contact timeout: contact is not lost, two brokers of three answer
+        assert contact.answering and not contact.lost
+        brokers.hung.clear()
+        await asyncio.sleep(0.2)
+        assert contact.unanswered() is None
+    finally:
+        await contact.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "daemon.kafka.contact"]
+    assert len(lines) == 2, lines
+    assert re.match(
+        r"broker 2 has not answered for \d+ s \(the others answer\): writes to the partitions it leads", lines[0]
+    )
+    assert lines[1] == "broker 2 answers again"
+
+
+async def test_a_first_probe_unanswered_fails_the_start_and_stop_closes_the_probe() -> None:
+    cluster, metrics = Cluster(), Metrics()
+    cluster.state = "down"
+    contact = Contact(cluster, "k:9092", 1.0, KafkaLogFilter(metrics), metrics, lambda _: None, interval_s=0.05)
+    with pytest.raises(KafkaConnectionError, match="no broker of k:9092 answers"):
+        await contact.start()
+    await contact.stop()
+    assert cluster.closed

@@ -1,9 +1,11 @@
-"""daemon.kafka.results.ResultsWriter at its seam: records reach the producer in batches, acks run only once Kafka
-acknowledged, a failed send is sent again and never dropped, a fenced producer is renewed once, records that wait
-are a problem for /readyz.
+"""daemon.kafka.results.ResultsWriter at its seam: records reach the producer in batches, one batch per partition at a
+time and in order, acks run only once Kafka acknowledged, a failed send is sent again before anything after it and never
+dropped, a partition that waits holds none of the others, a fenced producer is renewed once, records that wait are a
+problem for /readyz naming their partitions.
 
 The producer is an in-memory stand-in with aiokafka's shape (``create_batch``, ``send_batch``, ``send``,
-``partitions_for``): the test decides when each send is acknowledged or fails.
+``partitions_for``): the test decides when each send is acknowledged or fails, and can hold the hand-over of a
+partition's batches (aiokafka's ``send_batch`` waits while a batch of that partition is queued in it).
 """
 
 from __future__ import annotations
@@ -11,12 +13,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
 
 import pytest
-from aiokafka.errors import KafkaConnectionError, OutOfOrderSequenceNumber, TopicAuthorizationFailedError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    OutOfOrderSequenceNumber,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 
 import daemon.kafka.results
@@ -30,12 +38,16 @@ class Batch:
     def __init__(self, room: int) -> None:
         self.room = room
         self.records: list[tuple[bytes | None, bytes]] = []
+        self.closed = False
 
     def append(self, *, key: bytes | None, value: bytes, timestamp: Any) -> object | None:
-        if len(self.records) >= self.room:
+        if len(self.records) >= self.room or self.closed:
             return None
         self.records.append((key, value))
         return object()
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class Producer:
@@ -45,14 +57,23 @@ class Producer:
         self.partitions = partitions
         self.batch_room = batch_room
         self.sent: list[tuple[str, int, list[tuple[bytes | None, bytes]], asyncio.Future[Any]]] = []
+        self.batches: list[Batch] = []
+        self.held: dict[int, asyncio.Event] = {}  # partition -> set once its batches may be handed over
+        self.unknown: dict[str, int] = {}  # topic -> how many more times asking for its partitions fails
 
     async def partitions_for(self, topic: str) -> set[int]:
+        if self.unknown.get(topic):
+            self.unknown[topic] -= 1
+            raise UnknownTopicOrPartitionError()
         return set(range(self.partitions))
 
     def create_batch(self) -> Batch:
         return Batch(self.batch_room)
 
     async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        if partition in self.held:
+            await self.held[partition].wait()
+        self.batches.append(batch)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.sent.append((topic, partition, batch.records, future))
         return future
@@ -248,7 +269,9 @@ async def test_records_waiting_without_an_acknowledgement_are_a_problem_until_on
         await settle_down()
         assert w.problem() is None  # never early
         await asyncio.sleep(0.25)
-        assert w.problem() == "1 records waiting 0 s for Kafka's acknowledgement"
+        partition = producer.sent[0][1]
+        waiting = rf"1 records for results\[{partition}\] waiting \d+ s for Kafka's acknowledgement"
+        assert re.fullmatch(waiting, w.problem() or ""), w.problem()
         producer.acknowledge_all()
         await settle_down()
         assert w.problem() is None
@@ -289,3 +312,92 @@ async def test_a_topic_refused_is_said_once_naming_its_setting_and_a_problem_unt
     ]
     assert len(lines) == 2 and lines[0].startswith(f"{refused}: its records wait"), lines
     assert lines[1].startswith("writes to results go on after ")
+
+
+def key_in(partition: int, partitions: int = 3) -> bytes:
+    """A key Kafka's default partitioner puts in ``partition``."""
+    parts = list(range(partitions))
+    return next(k for n in range(1000) if DefaultPartitioner()(k := b"k%d" % n, parts, parts) == partition)
+
+
+async def test_a_partition_whose_batches_wait_holds_only_its_own_records_and_readyz_names_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(daemon.kafka.results, "STALLED_S", 0.2)
+    producer, acked = Producer(partitions=3), list[int]()
+    producer.held[0] = asyncio.Event()  # partition 0's leader does not answer: its hand-over waits
+    async with writer(producer) as w:
+        for n, partition in enumerate([0, 1, 2, 0, 1, 2]):  # partition 0's first: it used to hold the others
+            w.submit(key_in(partition), b"r%d" % n, functools.partial(acked.append, n))
+        await settle_down()
+        assert sorted(partition for _, partition, *_ in producer.sent) == [1, 2]
+        producer.acknowledge_all()
+        await settle_down()
+        assert sorted(acked) == [1, 2, 4, 5] and w.outstanding == 2
+        w.submit(key_in(1), b"later", functools.partial(acked.append, 6))  # partition 1 goes on meanwhile
+        await settle_down()
+        producer.acknowledge_all()
+        await settle_down()
+        assert 6 in acked
+        assert w.problem() is None  # never early
+        await asyncio.sleep(0.25)
+        waiting = r"2 records for results\[0\] waiting \d+ s for Kafka's acknowledgement"
+        assert re.fullmatch(waiting, w.problem() or ""), w.problem()
+        producer.held.pop(0).set()
+        await settle_down()
+        producer.acknowledge_all()
+        await settle_down()
+        assert sorted(acked) == [0, 1, 2, 3, 4, 5, 6] and w.outstanding == 0
+        assert w.problem() is None
+
+
+async def test_a_partition_has_one_batch_out_at_a_time_and_a_failed_one_is_sent_again_before_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(daemon.kafka.results, "_RETRY_BACKOFF_S", 0.01)
+    producer, acked = Producer(), list[int]()
+    async with writer(producer) as w:
+        for n in range(3):
+            w.submit(b"k", b"r%d" % n, functools.partial(acked.append, n))
+        await settle_down()
+        for n in range(3, 5):  # while the first batch is out: they wait behind it
+            w.submit(b"k", b"r%d" % n, functools.partial(acked.append, n))
+        await settle_down()
+        assert [len(records) for _, _, records, _ in producer.sent] == [3]
+        assert not producer.batches[0].closed  # fresh records: the producer's linger_ms may fill the batch
+        producer.sent[0][3].set_exception(ConnectionError("broker gone"))
+        await asyncio.sleep(0.05)
+        ((*_, records, future),) = producer.sent[1:]
+        assert [value for _, value in records] == [b"r0", b"r1", b"r2", b"r3", b"r4"]  # the failed ones first
+        assert producer.batches[1].closed  # records that waited: sent without lingering again
+        w.submit(b"k", b"r5", functools.partial(acked.append, 5))
+        await settle_down()
+        assert len(producer.sent) == 2
+        future.set_result(None)
+        await settle_down()
+        assert acked == [0, 1, 2, 3, 4]
+        assert [value for _, value in producer.sent[2][2]] == [b"r5"]
+        producer.acknowledge_all()
+        await settle_down()
+        assert acked == [0, 1, 2, 3, 4, 5] and w.outstanding == 0
+
+
+async def test_a_topic_whose_partitions_are_not_known_holds_its_own_records_in_order_and_no_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(daemon.kafka.results, "_RETRY_BACKOFF_S", 0.05)
+    producer = Producer(partitions=1)
+    producer.unknown["dead-letters"] = 2  # the cluster does not know it yet: asked again until it does
+    async with writer(producer) as w:
+        w.submit(b"k", b"d0", None, topic="dead-letters")
+        w.submit(b"k", b"r0", None)
+        w.submit(b"k", b"d1", None, topic="dead-letters")
+        await settle_down()
+        assert [(topic, [v for _, v in records]) for topic, _, records, _ in producer.sent] == [("results", [b"r0"])]
+        await asyncio.sleep(0.2)
+        assert [(topic, [v for _, v in records]) for topic, _, records, _ in producer.sent][1:] == [
+            ("dead-letters", [b"d0", b"d1"])
+        ]
+        producer.acknowledge_all()
+        await settle_down()
+        assert w.outstanding == 0

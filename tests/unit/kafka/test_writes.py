@@ -1,7 +1,7 @@
 """daemon.kafka.writes: why writes wait, from the partitions' leaders and in-sync replicas; the start-up notes on
 replication; the watch says it once when writes start to wait and once when they go on. The partitions are given as
-plain tuples (what ``clients.replicas_of`` reads from aiokafka's metadata); the last test reads them from a real
-producer's metadata (aiokafka's insides: ``ClusterMetadata._partitions``)."""
+plain tuples (what ``clients.ClusterProbe`` reads from the cluster's metadata answers); the last test reads them from a
+real metadata answer of aiokafka's protocol (``to_object()``, as the probe does)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from aiokafka.protocol.metadata import MetadataResponse_v5
 
-from daemon.core.config import KafkaConfig
-from daemon.kafka.clients import RouterProducer, brokers_of, replicas_of
+from daemon.kafka.clients import metadata_brokers, metadata_partitions
 from daemon.kafka.writes import Partition, WriteWatch, durability_notes, write_problems
 
 
@@ -71,15 +70,12 @@ def test_the_watch_says_once_when_writes_wait_and_once_when_they_go_on(caplog: p
     assert lines[1].startswith("writes to Kafka go on after ")
 
 
-async def test_replicas_are_read_from_the_producers_metadata() -> None:
-    kafka = KafkaConfig(bootstrap_servers="127.0.0.1:1", group_id="g", topics=["t"], results_topic="results")
-    producer = RouterProducer(kafka, {})
+def test_replicas_and_brokers_are_read_from_a_metadata_answer() -> None:
     brokers = [(1, "127.0.0.1", 1, None), (2, "127.0.0.1", 2, None), (3, "127.0.0.1", 3, None)]
-    topics: list[Any] = [(0, "results", False, [(0, 0, 1, [1, 2, 3], [1, 3], []), (0, 1, -1, [1, 2, 3], [], [])])]
-    producer.client.cluster.update_metadata(MetadataResponse_v5(0, brokers, "cluster", 1, topics))
-    try:
-        found = sorted(replicas_of(producer, ["results", "other"]))
-        assert found == [("results", 0, 1, 3, 2), ("results", 1, -1, 3, 0)]
-        assert brokers_of(producer) == 3
-    finally:
-        await producer.stop()
+    topics: list[Any] = [
+        (0, "results", False, [(0, 0, 1, [1, 2, 3], [1, 3], []), (0, 1, -1, [1, 2, 3], [], [])]),
+        (3, "unknown", False, []),  # UNKNOWN_TOPIC_OR_PARTITION: nothing of it
+    ]
+    answer = MetadataResponse_v5(0, brokers, "cluster", 1, topics).to_object()
+    assert sorted(metadata_partitions(answer)) == [("results", 0, 1, 3, 2), ("results", 1, -1, 3, 0)]
+    assert metadata_brokers(answer) == {1: ("127.0.0.1", 1), 2: ("127.0.0.1", 2), 3: ("127.0.0.1", 3)}
