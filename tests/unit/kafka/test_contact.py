@@ -10,10 +10,10 @@ import re
 import time
 
 import pytest
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 import daemon.kafka.contact
-from daemon.kafka.contact import Contact, KafkaLogFilter, Throttle, held_note
+from daemon.kafka.contact import Contact, KafkaLogFilter, Throttle, held_note, unretrieved_kafka_errors_quiet
 from daemon.observe.metrics import Metrics
 
 
@@ -243,3 +243,31 @@ async def test_a_first_probe_unanswered_fails_the_start_and_stop_closes_the_prob
         await contact.start()
     await contact.stop()
     assert cluster.closed
+
+
+class Fetcher:
+    """Named as aiokafka's: its ``_update_fetch_positions`` fails as aiokafka 0.14's does when left running."""
+
+    async def _update_fetch_positions(self) -> None:
+        raise AssertionError("<FetchError error=NoOffsetForPartitionError(TopicPartition(topic='t', partition=1))>")
+
+    async def _other(self) -> None:
+        raise AssertionError("a real fault")
+
+
+async def test_unretrieved_kafka_errors_and_aiokafkas_known_race_are_one_line_anything_else_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = asyncio.get_running_loop()
+    caplog.set_level(logging.DEBUG)
+    for coro in (Fetcher()._update_fetch_positions(), Fetcher()._other()):
+        task = asyncio.ensure_future(coro)
+        await asyncio.gather(task, return_exceptions=True)
+        context = {"message": "Task exception was never retrieved", "exception": task.exception(), "future": task}
+        unretrieved_kafka_errors_quiet(loop, context)
+    unretrieved_kafka_errors_quiet(loop, {"message": "Task exception was never retrieved", "exception": KafkaError()})
+    race, fault = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert race.levelname == "WARNING" and race.exc_info is None
+    assert race.getMessage().startswith("aiokafka's Fetcher._update_fetch_positions, left running by its fetcher")
+    assert fault.levelname == "ERROR" and fault.exc_info is not None  # asyncio's handler: the traceback shown
+    assert any(r.getMessage().startswith("a Kafka request nobody waited for") for r in caplog.records)
