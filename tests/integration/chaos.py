@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from daemon.tools.embedded import free_port
 from tests.helpers import SECRET, TEST_KAFKA_BROKERS, DaemonProcess, client_options, eventually, unique
@@ -85,11 +86,13 @@ class Counting:
 @dataclass
 class Load:
     """Numbered events produced at ``rate`` a second (acks=all, idempotent: the test's own retries write none twice)
-    until stopped; ``acked`` are the numbers Kafka acknowledged, ``sent_at`` when each was handed to the producer."""
+    until stopped; ``acked`` are the numbers Kafka acknowledged, ``sent_at`` when each was handed to the producer.
+    With ``kinds`` above 1, event ``n`` is of type ``chaos.tick.{n % kinds}`` (one endpoint each: ``config_of``)."""
 
     bootstrap: str
     topic: str
     rate: float = RATE
+    kinds: int = 1
     acked: set[int] = field(default_factory=set)
     sent_at: dict[int, float] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
@@ -109,7 +112,8 @@ class Load:
             while not self._stop.is_set():
                 due = int((time.monotonic() - started) * self.rate)
                 while n < due and len(pending) < 20_000:  # writes that wait (brokers away) hold the load back
-                    value = json.dumps({"event": "chaos.tick", "n": n}).encode()
+                    kind = "chaos.tick" if self.kinds == 1 else f"chaos.tick.{n % self.kinds}"
+                    value = json.dumps({"event": kind, "n": n}).encode()
                     try:
                         future = await producer.send(self.topic, value, key=str(n).encode())
                     except KafkaError:  # its buffer full while brokers are away: the same number again, later
@@ -146,15 +150,36 @@ def setup_of(broker: KafkaBroker, tmp_path: Path) -> Setup:
     return Setup(broker, unique("events"), unique("results"), unique("group"), tmp_path / "router.toml")
 
 
-def config_of(s: Setup, receiver: Counting, **kafka: object) -> dict[str, object]:
-    ep = {"id": "sink", "url": receiver.url, "secret": SECRET, "max_concurrency": 64, "queue_size": 100_000}
-    return s.config([ep], [{"endpoint": "sink", "events": ["*"]}], contact_timeout_s=5, **kafka)
+def spread_ids(partitions: int = PARTITIONS) -> list[str]:
+    """Endpoint ids whose results records (keyed by the endpoint's id) go to results partitions 0, 1, ... in turn."""
+    parts, found = list(range(partitions)), dict[int, str]()
+    for n in range(10_000):
+        found.setdefault(DefaultPartitioner()(f"sink-{n}".encode(), parts, parts), f"sink-{n}")
+        if len(found) == partitions:
+            return [found[p] for p in parts]
+    raise AssertionError("no endpoint ids for every partition")
+
+
+def config_of(s: Setup, receiver: Counting, endpoints: int = 1, **kafka: object) -> dict[str, object]:
+    """One endpoint taking every event; or, with ``endpoints`` (``Load.kinds``), one per kind of event, the results of
+    endpoint ``i`` in results partition ``i``."""
+    settings = {"url": receiver.url, "secret": SECRET, "max_concurrency": 64, "queue_size": 100_000}
+    if endpoints == 1:
+        return s.config([{"id": "sink", **settings}], [{"endpoint": "sink", "events": ["*"]}], contact_timeout_s=5,
+                        **kafka)  # fmt: skip
+    ids = spread_ids(endpoints)
+    eps = [{"id": i, **settings} for i in ids]
+    subs = [{"endpoint": i, "events": [f"chaos.tick.{n}"]} for n, i in enumerate(ids)]
+    return s.config(eps, subs, contact_timeout_s=5, **kafka)
 
 
 @contextlib.asynccontextmanager
-async def under_load(tmp_path: Path, **kafka: object) -> AsyncIterator[tuple[KafkaBroker, Setup, Counting, Load]]:
+async def under_load(
+    tmp_path: Path, endpoints: int = 1, **kafka: object
+) -> AsyncIterator[tuple[KafkaBroker, Setup, Counting, Load]]:
     """A three-broker cluster of the test's own, its topics, a receiver and the daemon ready (started with
-    ``spawn``), and the load running; at the end the load stops and every acknowledged event is awaited."""
+    ``spawn``), and the load running; at the end the load stops and every acknowledged event is awaited. With
+    ``endpoints`` (at most ``PARTITIONS``), the events are of as many kinds, one endpoint each (``config_of``)."""
     quiet = logging.getLogger("aiokafka")  # the test's own clients meet the same losses: hundreds of lines a second
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
@@ -166,8 +191,8 @@ async def under_load(tmp_path: Path, **kafka: object) -> AsyncIterator[tuple[Kaf
         await broker.create_topics([s.results], partitions=PARTITIONS)
         receiver = await Counting().start()
         stack.push_async_callback(receiver.stop)
-        s.write(config_of(s, receiver, **kafka))
-        load = Load(broker.bootstrap, s.topic).start()
+        s.write(config_of(s, receiver, endpoints, **kafka))
+        load = Load(broker.bootstrap, s.topic, kinds=endpoints).start()
         stack.push_async_callback(load.cancel)
         yield broker, s, receiver, load
 

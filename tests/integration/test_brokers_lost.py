@@ -5,11 +5,12 @@ bench/RESULTS.md keeps the figures). Skipped on Tansu and on one Kafka node (``c
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from daemon.kafka.clients import admin_client
@@ -84,9 +85,9 @@ async def test_two_brokers_away_writes_wait_commits_stop_nothing_is_lost_and_rea
         for node in away:
             await cluster.kill(node)
         gone = time.monotonic()
-        # The one broker left leads every partition with one in-sync replica of the two asked for. Until the daemon's
-        # probe hears from it (seconds to tens of seconds on a loaded machine: aiokafka tries the dead brokers of its
-        # metadata first) /readyz says there is no contact; then why writes wait.
+        # The one broker left leads every partition with one in-sync replica of the two asked for, once the
+        # controllers have fenced the two others (seconds): /readyz then says why writes wait (the probe asks every
+        # broker at once, so the one left is heard meanwhile: contact is never lost).
         await eventually(lambda: reason_has(d, "fewer in-sync replicas than min.insync.replicas"), 120)
         status, body = await d.get_json("/readyz")
         assert status == 503 and "(NOT_ENOUGH_REPLICAS)" in body["reason"], body
@@ -157,12 +158,6 @@ async def test_the_leader_of_a_results_partition_killed(tmp_path: Path, processe
     await under_fault(tmp_path, processes, "leader of a results partition killed", fault)
 
 
-@pytest.mark.skip(
-    reason="found stalling (2026-12-05): with one broker of three killed under load the daemon's producer got "
-    "KafkaTimeoutError on every results batch and its metadata probe no answer ('lost contact' 7 s after the kill), "
-    "10,000 events in flight, and nothing was delivered for 30 s even after the broker was back: to be fixed, then "
-    "this test runs"
-)
 async def test_one_broker_away_and_back(tmp_path: Path, processes: list[DaemonProcess]) -> None:
     async def fault(cluster: KafkaCluster, s: Setup, receiver: Counting, load: Load) -> tuple[float, dict[str, object]]:
         node = await cluster.leader(s.topic, 0)
@@ -176,6 +171,67 @@ async def test_one_broker_away_and_back(tmp_path: Path, processes: list[DaemonPr
         return recover_s, {"away_s": f"{back - gone:.0f}", "in_sync_again_s": f"{time.monotonic() - back:.1f}"}
 
     await under_fault(tmp_path, processes, "one broker away and back", fault)
+
+
+async def test_a_hung_leader_of_results_partitions_holds_only_their_results_and_readyz_names_it(
+    tmp_path: Path, processes: list[DaemonProcess]
+) -> None:
+    """A broker hung (SIGSTOP: its sockets open, nothing answers) while it leads results partitions, under the load:
+    the other partitions' results go on being written (one endpoint's results in each partition), the cluster is still
+    in contact (two brokers of three answer its probe), ``/readyz`` names the partitions that wait and the broker that
+    does not answer; once it is back nothing is lost. The produce timeout is 30 s here (10 s by default) so that the
+    hung leader's partitions are seen waiting while the others go on: the writer used to wait for the first of them,
+    every other partition's results behind it."""
+    async with under_load(tmp_path, PARTITIONS, produce_timeout_ms=30_000) as (broker, s, receiver, load):
+        d = await daemon_of(processes, s)
+        began = time.monotonic()
+        await eventually(lambda: len(receiver.seen) > 1000, 60)
+        cluster = broker.cluster
+        leaders = {p: await cluster.leader(s.results, p) for p in range(PARTITIONS)}
+        coordinators = {await coordinator_of(broker.bootstrap, g) for g in (s.group, f"{s.group}.retry")}
+        # A leader of results partitions that coordinates neither group (its commits and heartbeats go on).
+        node = next((n for n in leaders.values() if n not in coordinators), leaders[0])
+        held = sorted(p for p, n in leaders.items() if n == node)
+        tps = [TopicPartition(s.results, p) for p, n in leaders.items() if n != node]
+        consumer = AIOKafkaConsumer(**client_options(broker.bootstrap), request_timeout_ms=5000)
+        await consumer.start()  # its metadata read before the hang: it asks the other partitions' leaders only
+        try:
+            before = await consumer.end_offsets(tps)
+            cluster.pause(node)
+            paused = time.monotonic()
+            try:
+
+                async def others_written() -> bool:
+                    ends = await consumer.end_offsets(tps)
+                    return all(ends[tp] >= before[tp] + 200 for tp in tps)
+
+                await eventually(others_written, 25)  # the hung leader's partitions wait 30 s
+                written_s = time.monotonic() - paused
+                waiting = [f"{s.results}[{p}]" for p in held]
+                await eventually(lambda: reason_has(d, f"broker {node} at "), 25)
+                status, body = await d.get_json("/readyz")
+                assert status == 503, body
+                reason = body["reason"]
+                assert "records for " in reason and "waiting" in reason and f"broker {node} at " in reason, reason
+                named = re.findall(r"\S+\[\d+\]", reason.split(" waiting ")[0])
+                assert named and set(named) <= set(waiting), (reason, waiting)  # the held ones, no other
+                assert "no contact" not in reason
+                await eventually(lambda: f"broker {node} at " in d.log(), 25)  # said once it is silent 5 s
+            finally:
+                cluster.resume(node)
+        finally:
+            await consumer.stop()
+        resumed = time.monotonic()
+        recover_s = await delivered_after(receiver, load, resumed)
+        await settle(receiver, load)
+        lost = report("a hung leader of results partitions", receiver, load, recover_s, time.monotonic() - began,
+                      hung_s=f"{resumed - paused:.0f}", others_written_s=f"{written_s:.1f}")  # fmt: skip
+        assert lost == 0
+        log = d.log()
+        assert "lost contact" not in log, log
+        silent = re.findall(rf"broker {node} at \S+ has not answered for \d+ s \(the others answer\)", log)
+        assert len(silent) == 1 and re.search(rf"broker {node} at \S+ answers again", log), log  # and once back
+        assert "Traceback" not in log
 
 
 async def test_a_rolling_restart_of_every_broker(tmp_path: Path, processes: list[DaemonProcess]) -> None:
