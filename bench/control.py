@@ -113,7 +113,7 @@ async def control_plane(bench: Bench) -> None:
               f"{slowest_start * 1000:.0f} / {slowest_change * 1000:.0f} ms", target="< 50 ms",
               met=verdict(slowest < 50))  # fmt: skip
     bench.row("control-plane", "live objects per idle endpoint of the topic (tracemalloc, ten per tenant): its record "
-              "in the directory + its routing (config, subscription, routes)",
+              "in the directory + its routing (its subscription, its routes, a handle on its sealed record)",
               f"{held['directory']:.0f} + {held['routing']:.0f} bytes")  # fmt: skip
     bench.row("control-plane", "live objects per idle endpoint of the config file (tracemalloc): its config + its "
               "routes", f"{parsed:.0f} + {routed:.0f} bytes")  # fmt: skip
