@@ -93,8 +93,12 @@ async def soak(bench: Bench) -> None:
             for i in range(count):
                 kind = "fail" if i % 100 == 0 else "slow" if i % 100 == 1 else "hook"
                 eps.append(endpoint(f"ep-{i}", receiver.url(f"/{kind}/{i}"), opts.concurrency))
+            # The daemon's own session timeout and heartbeat, not the throughput scenarios' 3 s and 0.3 s (which
+            # make Tansu form a group fast): an hour on a busy machine measures the steady state, and 3 s without a
+            # heartbeat answered is a rebalance there (59 of them in the first 35 minutes of a run on Kafka).
             config = router_config(bootstrap=broker.bootstrap, group=f"group-{label}", topic=topic, results=results,
-                                   admin_port=free_port(), endpoints=eps)  # fmt: skip
+                                   admin_port=free_port(), endpoints=eps, session_timeout_ms=10_000,
+                                   heartbeat_interval_ms=3_000)  # fmt: skip
             config["subscriptions"] = [{"endpoint": f"ep-{i}", "events": [f"soak.{i}"]} for i in range(count)]
             config["retry"] = {"topic_prefix": f"retry-{label}"}
             router = await Router(f"{label}-router", bench.workdir, config).start()

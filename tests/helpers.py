@@ -316,10 +316,16 @@ class DaemonProcess:
         except aiohttp.ClientConnectionError:
             return None, None
 
-    async def metrics(self) -> str:
+    async def metrics(self, *names: str) -> str:
+        """The daemon's /metrics; with ``names``, the ``name[]`` scrape of those series alone."""
         import aiohttp
 
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.admin_port}/metrics") as r:
+        params = [("name[]", name) for name in names]
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"http://127.0.0.1:{self.admin_port}/metrics", params=params) as r,
+        ):
+            assert r.status == 200, await r.text()
             return await r.text()
 
     async def metric(self, line_prefix: str) -> float:

@@ -30,6 +30,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -39,6 +40,7 @@ from daemon.admin import web as http
 from daemon.core.breaker import CLOSED, HALF_OPEN, OPEN
 from daemon.core.errors import Unavailable
 from daemon.observe.aggregate import Aggregate
+from daemon.observe.metrics import exposition
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +166,31 @@ class Front:
                 log.warning("worker %d's /metrics could not be read (%s): its last scrape is served", member.index,
                             exc)  # fmt: skip
 
-        await asyncio.gather(*(scrape(m) for m in self._members))
-        body = self._aggregate.render(generate_latest(self._own).decode())
+        names = http.scrape_names(request)
+        if names:
+            body = await self._metrics_only(names)
+        else:
+            await asyncio.gather(*(scrape(m) for m in self._members))
+            body = self._aggregate.render(generate_latest(self._own).decode())
         return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _metrics_only(self, names: list[str]) -> str:
+        """The series ``names`` alone: each worker asked for those only (a scraper polling one counter often costs
+        the workers that counter, not every family), merged as a full scrape is, none of it kept."""
+        path = "/metrics?" + urlencode([("name[]", name) for name in names])
+        scrapes: dict[str, tuple[int, str]] = {}
+
+        async def ask(member: Member) -> None:
+            incarnation = member.incarnation
+            answer = await self._ask(member, path, _SCRAPE_S)
+            if answer.status == 200 and isinstance(answer.body, str):
+                scrapes[str(member.index)] = (incarnation, answer.body)
+
+        await asyncio.gather(*(ask(m) for m in self._members))
+        try:
+            return self._aggregate.render_only(names, scrapes, exposition(self._own, names).decode())
+        except ValueError as exc:
+            raise Unavailable(f"a worker's /metrics could not be read ({exc})") from None
 
     async def _healthz(self, request: web.Request) -> web.Response:
         stalled = self._served.stalled()

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from daemon.admin import web as http
 from daemon.admin.operate import Operator, Redelivery, Replay, SkipRequest
@@ -71,7 +71,7 @@ class AdminServer:
         await self._served.stop()
 
     async def _handle_metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self._metrics.registry)
+        body = self._metrics.exposition(http.scrape_names(request))
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _handle_healthz(self, request: web.Request) -> web.Response:

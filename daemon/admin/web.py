@@ -100,6 +100,18 @@ def bearer(request: web.Request) -> str | None:
     return given[7:]
 
 
+MAX_SCRAPE_NAMES = 256
+
+
+def scrape_names(request: web.Request) -> list[str]:
+    """The ``name[]`` parameters of a ``/metrics`` scrape (Prometheus's ``params``, as prometheus_client's own server
+    reads them): only those series are served. BadRequest past ``MAX_SCRAPE_NAMES``."""
+    names = request.query.getall("name[]", [])
+    if len(names) > MAX_SCRAPE_NAMES:
+        raise BadRequest(f"at most {MAX_SCRAPE_NAMES} name[] parameters")
+    return names
+
+
 @web.middleware
 async def answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every route's errors, answered one way."""

@@ -266,6 +266,39 @@ class Aggregate:
         scrapes["supervisor"] = parse(own)
         return merge(scrapes, self._carried.values())
 
+    def render_only(self, names: Iterable[str], scrapes: Mapping[str, tuple[int, str]], own: str) -> str:
+        """The series ``names`` alone (a scrape's ``name[]``): ``scrapes`` are the workers' answers to the same
+        question, (incarnation, text) by worker, merged with what retired workers left as ``render`` merges, and not
+        kept (each worker's last full scrape stays its last). A worker that did not answer is counted as its last full
+        scrape had it; a later incarnation than the one last seen retires the earlier first, as ``observe`` does.
+        ValueError when an answer is not an exposition."""
+        wanted = frozenset(names)
+        answered = {worker: (incarnation, parse(text)) for worker, (incarnation, text) in scrapes.items()}
+        parts: dict[str, Families] = {}
+        for worker in sorted({*self._last, *answered}, key=lambda w: _by_index((w, None))):
+            if worker in answered:
+                incarnation, families = answered[worker]
+                if incarnation <= self._gone.get(worker, 0):
+                    continue
+                last = self._last.get(worker)
+                if last is not None and last[0] != incarnation:
+                    self.retire(worker, last[0])
+            else:
+                families = self._last[worker][1]
+            parts[worker] = _only(families, wanted)
+        parts["supervisor"] = parse(own)
+        return merge(parts, _only(self._carried.values(), wanted))
+
+
+def _only(families: Iterable[Family], wanted: frozenset[str]) -> Families:
+    """The families that have samples named in ``wanted``, with only those samples."""
+    out: Families = []
+    for family in families:
+        samples = {key: value for key, value in family.samples.items() if key[0] in wanted}
+        if samples:
+            out.append(Family(family.name, family.documentation, family.kind, samples))
+    return out
+
 
 def _by_index(item: tuple[str, object]) -> tuple[int, str]:
     return (int(item[0]), item[0]) if item[0].isdigit() else (1 << 30, item[0])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import platform
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -28,6 +28,7 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily
 
@@ -134,7 +135,9 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = _process_registry()
-        before_read = _BeforeRead(r)  # before every metric below: what the hot path tallied is folded in first
+        before_read = self._before_read = _BeforeRead(
+            r
+        )  # before every metric below: what the hot path tallied is folded in first
         p = "webhook_router_"
         self.events_consumed = Counter(p + "events_consumed", "Events read from Kafka.", ["topic"], registry=r)
         self.events_invalid = Counter(
@@ -351,6 +354,13 @@ class Metrics:
             self.config_reloads.labels(result)
             self.commits.labels(result)
 
+    def exposition(self, names: Collection[str] = ()) -> bytes:
+        """The registry in the text format, or only the series ``names`` (``exposition``); what the hot path
+        tallied folded in first (a restricted read would not run the fold, which has no name of its own)."""
+        if names:
+            self._before_read.collect()
+        return exposition(self.registry, names)
+
     def mark_endpoints(self, marked: Iterable[str]) -> None:
         """The endpoints that get ``endpoint_*`` series (``metrics.endpoints`` of the config, at start and on each
         reload); the series of an endpoint no longer marked are dropped."""
@@ -385,6 +395,13 @@ class SupervisorMetrics:
             p + "worker_scrape_errors", "Scrapes of a worker's /metrics that failed (its last one was served), by "
             "worker.", ["worker"], registry=r,
         )  # fmt: skip
+
+
+def exposition(registry: CollectorRegistry, names: Collection[str] = ()) -> bytes:
+    """``registry`` in Prometheus's text format; with ``names`` (a scrape's ``name[]`` parameters, as
+    prometheus_client's own HTTP server reads them) only the series of those names: a scraper that wants one
+    counter does not pay for every family."""
+    return generate_latest(registry.restricted_registry(names) if names else registry)
 
 
 def _process_registry() -> CollectorRegistry:

@@ -132,6 +132,12 @@ async def test_two_workers_share_the_partitions_and_deliver_every_event_once_cou
     # Each worker delivered its own partitions' events: the instance's count is their sum, not twice anything.
     own = [_value(await _worker_metrics(pid), DELIVERED) for pid in pids]
     assert all(n > 0 for n in own) and sum(own) == total, own
+    # A scrape of one series (name[]): the workers asked for it alone, merged the same, nothing else served.
+    only = await d.metrics("webhook_router_deliveries_total")
+    assert _value(only, DELIVERED) == total
+    assert {line.split("{")[0] for line in only.splitlines() if not line.startswith("#")} == {
+        "webhook_router_deliveries_total"
+    }, only
 
     async def partitions(pid: int) -> int:
         return len(re.findall(r"^webhook_router_consumer_offset\{", await _worker_metrics(pid), re.M))

@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import web
 
 from daemon.admin.server import AdminServer
-from daemon.admin.web import NO_ROUTE, SHUTDOWN_S
+from daemon.admin.web import MAX_SCRAPE_NAMES, NO_ROUTE, SHUTDOWN_S
 from daemon.core.errors import Conflict
 from daemon.observe.metrics import Metrics
 
@@ -69,3 +69,23 @@ async def test_a_stopping_server_cancels_a_request_still_under_way_instead_of_wa
         await asyncio.gather(request, return_exceptions=True)
     # Never before the grace it gives; well under aiohttp's default minute, with room for a busy machine.
     assert SHUTDOWN_S <= took < SHUTDOWN_S + 20
+
+
+async def test_metrics_serves_the_series_a_scrape_names_alone_and_refuses_too_many_names() -> None:
+    metrics = Metrics()
+    metrics.attempts.add("delivered", "2xx", 0.01)
+    server = AdminServer("127.0.0.1:0", metrics, lambda: None)
+    await server.start()
+    base = f"http://127.0.0.1:{server.port}/metrics"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(base, params=[("name[]", "webhook_router_deliveries_total")]) as resp:
+                assert resp.status == 200
+                lines = [line for line in (await resp.text()).splitlines() if not line.startswith("#")]
+            assert lines == ['webhook_router_deliveries_total{outcome="delivered",status_class="2xx"} 1.0']
+            async with http.get(base) as resp:
+                assert "process_resident_memory_bytes" in await resp.text()  # no name[]: everything
+            async with http.get(base, params=[("name[]", f"n{i}") for i in range(MAX_SCRAPE_NAMES + 1)]) as resp:
+                assert resp.status == 400 and "name[]" in (await resp.json())["error"]
+    finally:
+        await server.stop()

@@ -214,3 +214,28 @@ def test_the_merged_exposition_passes_promtool() -> None:
     text = aggregate.render(generate_latest(SupervisorMetrics(workers=2).registry).decode())
     linted = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+def test_a_scrape_of_some_names_alone_is_merged_as_a_full_one_and_keeps_nothing() -> None:
+    def delivered(n: int) -> Callable[[Metrics], None]:
+        def setup(m: Metrics) -> None:
+            m.deliveries.labels("delivered", "2xx").inc(n)
+            m.requests_in_flight.set(n)
+
+        return setup
+
+    names = ["webhook_router_deliveries_total"]
+    key = 'webhook_router_deliveries_total{outcome="delivered",status_class="2xx"}'
+    aggregate = Aggregate()
+    own = generate_latest(SupervisorMetrics(workers=3).registry.restricted_registry(names)).decode()
+    aggregate.observe("0", 1, scrape(delivered(5)))
+    aggregate.observe("1", 1, scrape(delivered(10)))
+    aggregate.observe("2", 1, scrape(delivered(1)))
+    aggregate.retire("2", 1)  # gone: its count is carried
+    partial = {"0": (1, scrape(delivered(7)))}  # worker 1 did not answer: its last full scrape counts
+    got = samples(aggregate.render_only(names, partial, own))
+    assert got == {key: 7 + 10 + 1}  # that series alone: no gauge, no other family, not even an empty one
+    assert samples(aggregate.render(own))[key] == 5 + 10 + 1  # the partial scrape was not kept
+    got = samples(aggregate.render_only(names, {"1": (2, scrape(delivered(3)))}, own))  # worker 1 restarted
+    assert got[key] == 5 + 10 + 3 + 1  # its first process retired: counted once, never lost
+    assert samples(aggregate.render(own))[key] == 5 + 10 + 1  # worker 1's new process not scraped in full yet

@@ -53,3 +53,19 @@ def test_attempts_tallied_read_as_if_each_had_been_observed() -> None:
     assert 'webhook_router_delivery_duration_seconds_bucket{le="0.001",outcome="delivered"} 2.0' in _exposition(tallied)
     timeouts = {"outcome": "failed", "status_class": "timeout"}
     assert tallied.registry.get_sample_value("webhook_router_deliveries_total", timeouts) == 1
+
+
+def test_a_scrape_of_some_names_serves_those_series_alone_with_what_was_tallied() -> None:
+    metrics = Metrics()
+    metrics.attempts.add("delivered", "2xx", 0.002)
+    metrics.attempts.add("failed", "5xx", 0.002)
+    metrics.requests_in_flight.set(3)
+    text = metrics.exposition(["webhook_router_deliveries_total"]).decode()
+    samples = [line for line in text.splitlines() if not line.startswith("#")]
+    assert sorted(samples) == [
+        'webhook_router_deliveries_total{outcome="delivered",status_class="2xx"} 1.0',
+        'webhook_router_deliveries_total{outcome="failed",status_class="5xx"} 1.0',
+    ]  # folded in although the fold has no name of its own; nothing else
+    metrics.attempts.add("delivered", "2xx", 0.002)
+    assert 'status_class="2xx"} 2.0' in metrics.exposition(["webhook_router_deliveries_total"]).decode()
+    assert metrics.exposition() == generate_latest(metrics.registry)  # no names: everything
