@@ -158,7 +158,9 @@ class Source:
     # --- the fetch loop ---
 
     async def run(self) -> None:
-        """Fetch and dispatch until ``stopping`` is set."""
+        """Fetch and dispatch until ``stopping`` is set. What a fetch under way returns once it is set is not
+        dispatched: the shutdown's drain may be over and its commit made, so it would be delivered uncommitted, then
+        again by whoever reads the partition next; not dispatched, it is read from the last commit."""
         consumer, offsets = self._consumer, self.offsets
         next_lag = time.monotonic()
         max_records = self._kafka.max_poll_records
@@ -189,6 +191,8 @@ class Source:
             if self._refused:
                 self._read_again()
             await self._prepared(batches)
+            if self.stopping:  # asked for while the fetch waited: none of its records is dispatched
+                break
             failed = False
             for tp, records in batches.items():
                 failed = not self._take(tp, records) or failed
@@ -272,6 +276,8 @@ class Source:
                     records = batch.get(tp)
                     if records:
                         await self._prepared(batch)
+                    if self.stopping:
+                        return
                     if not records or not self._take(tp, records):
                         break
         except KafkaError as exc:  # the cluster itself: waited out, tried again
