@@ -532,6 +532,7 @@ class Source:
         self.joined = False
         if not revoked:
             return
+        began = time.monotonic()
         if not await self.drain(self._drain_timeout_s, revoked):
             log.warning(
                 "revoke: %d events still unfinished after %.0f s; they will be read again by the new owner",
@@ -546,7 +547,8 @@ class Source:
         for tp in revoked:
             self.offsets.revoke(tp)
             self._remove_lag(tp)
-        log.info("partitions revoked: %s", _names(revoked))
+        log.info("%s: partitions revoked: %s (drained and committed in %.2f s)", self._name, _names(revoked),
+                 time.monotonic() - began)  # fmt: skip
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         notes = await self._notes(assigned)
@@ -563,7 +565,7 @@ class Source:
         if self._paused and assigned:
             self._consumer.pause(*assigned)
         self.joined = True
-        log.info("partitions assigned: %s", _names(assigned) or "none")
+        log.info("%s: partitions assigned: %s", self._name, _names(assigned) or "none")
 
     async def _notes(self, tps: set[TopicPartition]) -> dict[TopicPartition, tuple[int, str]]:
         """The last commit of each of ``tps`` with its note (none where the cluster does not answer: then every event

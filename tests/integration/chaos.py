@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -86,8 +87,9 @@ class Counting:
 @dataclass
 class Load:
     """Numbered events produced at ``rate`` a second (acks=all, idempotent: the test's own retries write none twice)
-    until stopped; ``acked`` are the numbers Kafka acknowledged, ``sent_at`` when each was handed to the producer.
-    With ``kinds`` above 1, event ``n`` is of type ``chaos.tick.{n % kinds}`` (one endpoint each: ``config_of``)."""
+    until stopped; ``acked`` are the numbers Kafka acknowledged, ``sent_at`` when each was handed to the producer,
+    ``partition_of`` the partition each acknowledged one went to. With ``kinds`` above 1, event ``n`` is of type
+    ``chaos.tick.{n % kinds}`` (one endpoint each: ``config_of``)."""
 
     bootstrap: str
     topic: str
@@ -95,10 +97,13 @@ class Load:
     kinds: int = 1
     acked: set[int] = field(default_factory=set)
     sent_at: dict[int, float] = field(default_factory=dict)
+    partition_of: dict[int, int] = field(default_factory=dict)
+    began: float = 0.0  # monotonic
     _task: asyncio.Task[None] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def start(self) -> Load:
+        self.began = time.monotonic()
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -120,7 +125,7 @@ class Load:
                         await asyncio.sleep(0.1)
                         continue
                     self.sent_at[n] = time.monotonic()
-                    future.add_done_callback(lambda f, n=n: None if f.exception() else self.acked.add(n))
+                    future.add_done_callback(lambda f, n=n: self._done(n, f))
                     pending.add(future)
                     future.add_done_callback(pending.discard)
                     n += 1
@@ -129,6 +134,11 @@ class Load:
                 await asyncio.wait(pending, timeout=120)
         finally:
             await producer.stop()
+
+    def _done(self, n: int, future: asyncio.Future[Any]) -> None:
+        if future.exception() is None:
+            self.acked.add(n)
+            self.partition_of[n] = future.result().partition
 
     async def stop(self) -> None:
         self._stop.set()
@@ -206,6 +216,22 @@ async def delivered_after(receiver: Counting, load: Load, moment: float, within_
     return receiver.arrived[n] - moment
 
 
+async def delivered_from_every_partition(receiver: Counting, load: Load, moment: float, within_s: float = 300) -> float:
+    """Seconds from ``moment`` until, from every partition, an event produced after it was delivered (the time to
+    recover when some partitions stopped while the others went on, as in a rebalance)."""
+    firsts: dict[int, int] = {}  # partition -> an event produced on it after moment
+
+    def found() -> bool:
+        for n, at in list(load.sent_at.items()):
+            if at > moment and n in load.partition_of:
+                firsts.setdefault(load.partition_of[n], n)
+        return len(firsts) == PARTITIONS
+
+    await eventually(found, within_s)
+    await eventually(lambda: set(firsts.values()) <= receiver.arrived.keys(), within_s)
+    return max(receiver.arrived[n] for n in firsts.values()) - moment
+
+
 async def settle(receiver: Counting, load: Load, quiet_s: float = 30, within_s: float = 600) -> None:
     """Stop the load and wait until every event Kafka acknowledged was delivered, or nothing new arrived for
     ``quiet_s`` (a backlog still draining is waited for: only what never comes is lost)."""
@@ -240,6 +266,9 @@ async def processes() -> AsyncIterator[list[DaemonProcess]]:
 
 
 async def daemon_of(pool: list[DaemonProcess], s: Setup, n: int = 0) -> DaemonProcess:
-    d = DaemonProcess(s.path, s.admin_port, s.path.parent / f"daemon-{n}.log")
+    """Instance ``n`` of the router of ``s``, started and ready: the first on ``s``'s config, another on a copy with an
+    admin port of its own (``Setup.instance``), each logging to ``daemon-<n>.log``."""
+    own = s if n == 0 else s.instance(n)
+    d = DaemonProcess(own.path, own.admin_port, s.path.parent / f"daemon-{n}.log")
     pool.append(d)
     return await d.start()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import tomllib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +224,15 @@ class Setup:
         path = path or self.path
         path.write_text(tomli_w.dumps(doc))
         return path
+
+    def instance(self, n: int) -> Setup:
+        """Instance ``n`` of the same router (another member of its group): the config written so far, in a file of
+        its own with an admin port of its own."""
+        port = free_port()
+        other = dataclasses.replace(self, path=self.path.with_name(f"router-{n}.toml"), admin_port=port)
+        doc = tomllib.loads(self.path.read_text())
+        other.write({**doc, "admin": {**doc["admin"], "listen": f"127.0.0.1:{port}"}})
+        return other
 
 
 @pytest.fixture

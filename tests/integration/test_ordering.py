@@ -6,11 +6,9 @@ order), while other keys keep flowing past one that waits on a retry."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import signal
 import time
-import tomllib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,7 +17,6 @@ import pytest
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
-from daemon.tools.embedded import free_port
 from tests.helpers import SECRET, DaemonProcess, client_options, serve
 from tests.integration.conftest import Setup, spawn
 
@@ -145,11 +142,7 @@ async def test_each_key_in_offset_order_one_at_a_time_across_two_rebalances(
     move): what waited for its key on a partition that moved is delivered by the new owner, never by both."""
 
     async def join_then_leave() -> None:
-        port = free_port()  # the second instance: the same config but its own admin port
-        other = dataclasses.replace(setup, path=setup.path.with_name("router-2.toml"), admin_port=port)
-        doc = tomllib.loads(setup.path.read_text())
-        other.write({**doc, "admin": {**doc["admin"], "listen": f"127.0.0.1:{port}"}})
-        await spawn(daemons, other)
+        await spawn(daemons, setup.instance(2))
         await asyncio.sleep(2)
         daemons[0].signal(signal.SIGTERM)
 
