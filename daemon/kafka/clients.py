@@ -399,8 +399,10 @@ async def not_authorized(
     return hidden, unreadable, refused_groups
 
 
-def group_consumer(kafka: KafkaConfig, environ: Any) -> AIOKafkaConsumer:
-    """A member of ``kafka.group_id`` that commits only what it is told to (the events' and the retry tiers').
+def group_consumer(kafka: KafkaConfig, environ: Any, rebalance_timeout_ms: int) -> AIOKafkaConsumer:
+    """A member of ``kafka.group_id`` that commits only what it is told to (the events' and the retry tiers'), given
+    ``rebalance_timeout_ms`` to rejoin the group in a rebalance (aiokafka's default, ``session_timeout_ms``, is often
+    shorter than a drain on revoke: a member still draining then is dropped from the group and its commit refused).
 
     It never moves a position itself (``auto_offset_reset="none"``): a partition the group has no offset for, or
     whose offset is outside the log, raises ``NoOffsetForPartitionError`` or ``OffsetOutOfRangeError`` from
@@ -415,6 +417,7 @@ def group_consumer(kafka: KafkaConfig, environ: Any) -> AIOKafkaConsumer:
         session_timeout_ms=kafka.session_timeout_ms,
         heartbeat_interval_ms=kafka.heartbeat_interval_ms,
         max_poll_interval_ms=kafka.max_poll_interval_ms,
+        rebalance_timeout_ms=rebalance_timeout_ms,
         **kafka_client_options(kafka, environ),
     )
 

@@ -73,6 +73,8 @@ _STUCK_LOG_S = 60.0
 COMMIT_WAIT_S = 5.0  # a commit under way this long (its coordinator moving, or away): /readyz says so
 _REFUSALS = (TopicAuthorizationFailedError, GroupAuthorizationFailedError)  # never a batch's fault
 _REFUSED_CLEAR_S = 5.0  # a topic refused (TOPIC_AUTHORIZATION_FAILED) is read again once fetches go this long without
+# What a rebalance waits for a member beyond its drain on revoke: the commit after the drain, then its JoinGroup.
+_REJOIN_AFTER_DRAIN_MS = 10_000
 
 
 class Stuck(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,7 +141,8 @@ class Source:
         # what is refused -> (since, last refused: monotonic, what to say once it is not)
         self._refused: dict[str, tuple[float, float, str]] = {}
         self._refused_gauge = metrics.kafka_refused.labels("read")
-        self._consumer = group_consumer(kafka, environ)
+        rejoin_ms = max(kafka.session_timeout_ms, round(drain_timeout_s * 1000) + _REJOIN_AFTER_DRAIN_MS)
+        self._consumer = group_consumer(kafka, environ, rejoin_ms)
         self._listener = _Listener(self)
 
     async def start(self) -> None:

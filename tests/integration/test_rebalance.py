@@ -47,3 +47,28 @@ async def test_pause_survives_a_rebalance_and_nothing_is_lost(setup: Setup, rece
 
             await read_topic(setup.broker.bootstrap, setup.results, all_delivered, within_s=60)
     assert {json.loads(req.body)["n"] for req in r.requests} == set(range(total))
+
+
+async def test_a_drain_on_revoke_longer_than_the_session_timeout_keeps_the_member_and_delivers_nothing_twice(
+    setup: Setup, receivers: list[Receiver], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second member joins while the first has deliveries under way that take 4 s, longer than the session timeout
+    (3 s): the group waits for the first one's drain and commit (kafka's rebalance timeout covers
+    ``delivery.drain_timeout_s``) instead of dropping it, which made its commit fail and the next owner deliver what
+    it had drained again, and the next rebalance the same. Tansu waits for every member however long it takes: there
+    this passes either way; Apache Kafka dropped the member."""
+    r = await receiver(receivers, delay_s=4)
+    ep = {"id": "slow", "url": r.url, "secret": SECRET, "max_concurrency": 5, "timeout_s": 30}
+    config = setup.config([ep], [{"endpoint": "slow", "events": ["*"]}])
+    first_path = setup.write(config)
+    second_path = setup.instance(2).path
+    total = 5
+    await produce_keyed(setup.broker.bootstrap, setup.topic, total)
+
+    async with running(first_path) as first:
+        await r.wait_for(total)
+        async with running(second_path) as second:
+            await eventually(lambda: parts(first).source.joined and parts(second).source.joined, 30)
+            await asyncio.sleep(5)  # whatever the next owner would read again has arrived by now
+    assert sorted(json.loads(req.body)["n"] for req in r.requests) == list(range(total))
+    assert "offset commit failed" not in caplog.text
