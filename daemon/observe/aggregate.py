@@ -237,12 +237,18 @@ class Aggregate:
         a process retired already is dropped (it answered just before it ended). ValueError when ``text`` is not an
         exposition (the last scrape is kept)."""
         families = parse(text)
+        if self._admit(worker, incarnation):
+            self._last[worker] = (incarnation, families)
+
+    def _admit(self, worker: str, incarnation: int) -> bool:
+        """Whether a scrape of ``worker``'s process ``incarnation`` counts: not of a process retired already; one of a
+        later process than the one last seen retires the earlier first."""
         if incarnation <= self._gone.get(worker, 0):
-            return
+            return False
         last = self._last.get(worker)
         if last is not None and last[0] != incarnation:
             self.retire(worker, last[0])
-        self._last[worker] = (incarnation, families)
+        return True
 
     def retire(self, worker: str, incarnation: int) -> None:
         """``worker``'s process ``incarnation`` has ended: its counts stay in the sums, its gauges go."""
@@ -278,11 +284,8 @@ class Aggregate:
         for worker in sorted({*self._last, *answered}, key=lambda w: _by_index((w, None))):
             if worker in answered:
                 incarnation, families = answered[worker]
-                if incarnation <= self._gone.get(worker, 0):
+                if not self._admit(worker, incarnation):
                     continue
-                last = self._last.get(worker)
-                if last is not None and last[0] != incarnation:
-                    self.retire(worker, last[0])
             else:
                 families = self._last[worker][1]
             parts[worker] = _only(families, wanted)
