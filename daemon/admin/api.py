@@ -632,7 +632,7 @@ class Api:
 
     def _endpoints_of(self, tenant: str) -> frozenset[str]:
         """The ids of a tenant's endpoints (of the API: the config file's belong to the platform)."""
-        return frozenset(i for i, record in self._store.directory.endpoints.items() if record.tenant == tenant)
+        return frozenset(self._store.directory.ids_of(tenant))
 
     def view_of(self, endpoint_id: str, caller: Caller) -> dict[str, Any]:
         """What ``GET /v1/endpoints/{id}`` answers; NotFound for an endpoint the caller may not see."""
@@ -642,9 +642,12 @@ class Api:
 
     def _ids(self, caller: Caller, tenant: str | None) -> list[str]:
         """The endpoint ids a caller may list (of one tenant, when given), in order; views are built per page."""
-        api = self._store.directory.endpoints
-        ids = [i for i, record in api.items() if tenant is None or record.tenant == tenant]
-        if caller.tenant is None and tenant is None:
+        directory = self._store.directory
+        if tenant is not None:
+            return directory.ids_of(tenant)
+        api = directory.endpoints
+        ids = list(api)
+        if caller.tenant is None:
             ids += [i for i in self._settlement.routing.endpoints if i not in api]
         ids.sort()
         return ids

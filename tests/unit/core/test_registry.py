@@ -144,18 +144,21 @@ def test_the_endpoints_a_tenant_has_are_counted_through_updates_and_deletes() ->
         assert d.apply(endpoint_key(endpoint_id), signed(marker, KEYS))[0]
         assert d.apply(endpoint_key(endpoint_id), None)[0]  # then its tombstone
 
-    for i in range(3):
+    for i in (2, 0, 1):
         put(1, f"a{i}", "a")
     put(1, "b0", "b")
     assert (d.endpoints_of("a"), d.endpoints_of("b"), d.endpoints_of("c")) == (3, 1, 0)
+    assert (d.ids_of("a"), d.ids_of("b"), d.ids_of("c")) == (["a0", "a1", "a2"], ["b0"], [])  # in id order
     put(2, "a0", "a")  # an update is the same endpoint
     put(2, "a0", "a")  # a rejected one changes nothing
-    assert d.endpoints_of("a") == 3
+    assert d.endpoints_of("a") == 3 and d.ids_of("a") == ["a0", "a1", "a2"]
     delete(2, "a1", "a")
-    assert (d.endpoints_of("a"), d.endpoints_of("b")) == (2, 1)
-    delete(2, "a2", "a")
+    assert (d.endpoints_of("a"), d.endpoints_of("b")) == (2, 1) and d.ids_of("a") == ["a0", "a2"]
+    put(2, "a2", "b")  # a record that names another tenant moves the endpoint
+    assert (d.ids_of("a"), d.ids_of("b")) == (["a0"], ["a2", "b0"])
+    delete(3, "a2", "b")
     delete(3, "a0", "a")
-    assert d.endpoints_of("a") == 0 and "a" not in d._held and d.endpoints_of("b") == 1
+    assert d.endpoints_of("a") == 0 and "a" not in d._held and d.endpoints_of("b") == 1 and d.ids_of("a") == []
 
 
 def test_tenant_tokens_are_known_by_their_hash_only() -> None:
