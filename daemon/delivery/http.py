@@ -42,6 +42,8 @@ against real sockets):
    ``addrinfo`` just before that socket connects, in the task that called ``connect`` (or one it started,
    which sees its context variables), also for literal IP hosts; ``ClientRequest(proxy=, proxy_auth=)``
    and the connector's CONNECT tunnel for https through a proxy (the guard and proxy tests).
+8. ``TCPConnector._release(key, protocol, should_close=)`` appends to the deque ``_conns[key]`` of
+   ``(protocol, time)``, which ``_get`` takes from the left (``_NewestFirst``: the burst test).
 """
 
 from __future__ import annotations
@@ -169,6 +171,23 @@ class Response:
         self.body = body
 
 
+class _NewestFirst(aiohttp.TCPConnector):
+    """A ``TCPConnector`` that hands out a host's idle connections newest first.
+
+    aiohttp 3.14 takes them oldest first (``_get``: ``popleft``) and puts them back at the end: at any steady rate
+    every pooled connection is used in turn and none stays idle for ``keepalive_timeout``, so a pool keeps the most
+    connections a burst ever opened, for good (an hour's soak at 2,000 events/s over 1,000 endpoints of one host
+    ratcheted from 2,580 to 2,732 sockets). Put back at the front instead, the connections a steady rate needs
+    stay warm and the rest fall idle and are closed by the connector's own cleanup after ``keepalive_timeout``.
+    """
+
+    def _release(self, key: Any, protocol: ResponseHandler, *, should_close: bool = False) -> None:
+        super()._release(key, protocol, should_close=should_close)
+        conns = self._conns.get(key)
+        if conns and conns[-1][0] is protocol:
+            conns.rotate(1)  # the one just put back, last, to the front where _get takes from: O(1)
+
+
 class Client:
     """Sends POSTs over one pooled connector; owned by one event loop.
 
@@ -186,11 +205,13 @@ class Client:
         proxy: URL | None = None,
         resolver: AbstractResolver | None = None,
         dns_cache_s: float | None = 300,
+        keepalive_s: float = 15.0,
     ) -> None:
         self._guard = guard if guard is not None else NetGuard()
         self._proxy = proxy
         self._vets = proxy is None
-        self._connector = aiohttp.TCPConnector(
+        self._connector = _NewestFirst(
+            keepalive_timeout=keepalive_s,
             limit=0,
             limit_per_host=0,
             use_dns_cache=dns_cache_s is not None,

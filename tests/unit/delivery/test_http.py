@@ -142,6 +142,48 @@ async def test_keep_alive_connection_is_reused() -> None:
     assert (len(script.requests), script.connections) == (5, 1)
 
 
+async def test_a_burst_s_extra_connections_are_closed_once_a_steady_rate_needs_fewer() -> None:
+    """aiohttp 3.14 hands out a host's idle connections oldest first: every pooled connection stays in use at any
+    steady rate and none is ever idle long enough to be closed, so a pool keeps its all-time peak (the soak's
+    sockets ratcheted up with each burst). Reused newest first, those a burst opened fall idle and are closed."""
+    open_now = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_now
+        open_now += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+                await reader.readexactly(length)
+                await asyncio.sleep(0.05 if b"burst" in head else 0)
+                writer.write(OK)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        open_now -= 1
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    c = Client(LOOPBACK, keepalive_s=1.0)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        burst, steady = c.route(URL(base + "/burst"), {}), c.route(URL(base + "/"), {})
+        await asyncio.gather(*(c.post(burst, {}, b"{}", 4096, 10) for _ in range(20)))
+        assert open_now == 20
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 3.5  # the idle ones are closed at the cleanup after 1 s idle: within 2 s
+        while loop.time() < until:  # one request every 20 ms: oldest first, each of 20 is used every 0.4 s
+            assert (await c.post(steady, {}, b"{}", 4096, 10)).status == 200
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # the server sees the last FINs
+        assert open_now <= 2
+    finally:
+        await c.close()
+        server.close()
+
+
 async def test_connection_close_answer_is_not_reused() -> None:
     script = Script(lambda n: b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", close_after=True)
     async with script.running() as url, client() as c:
