@@ -14,6 +14,9 @@ aiokafka's insides this module relies on (checked on every upgrade of the pin in
 - ``AIOKafkaConsumer._coordinator.fetch_committed_offsets`` (``committed_notes``: the metadata of a commit, which
   ``committed()`` leaves out): tests/integration/test_settled_notes.py.
 - ``AIOKafkaConsumer._fetcher`` and its ``_pending_tasks`` (``close_consumer``): tests/integration/test_outages.py.
+- ``Fetcher._fetch_max_wait_ms``, which the fetcher reads for each Fetch request it builds (``fetch_wait_ms``,
+  ``set_fetch_wait_ms``: a broker that answers with nothing within the wait gets a longer one):
+  tests/unit/kafka/test_consume.py.
 - ``aiokafka.protocol.fetch.FetchRequest`` (version 4, a plain Fetch answered with the batch's bytes untouched):
   tests/integration/test_stuck_partitions.py.
 - ``aiokafka.conn.create_conn``, ``AIOKafkaConnection.send`` and ``close`` with a ``MetadataRequest``, its answer's
@@ -594,6 +597,18 @@ class FileTokenProvider(AbstractTokenProvider):  # type: ignore[misc]
 
     def __repr__(self) -> str:  # the token itself is never shown
         return f"FileTokenProvider({self.path!r})"
+
+
+def fetch_wait_ms(consumer: Any) -> int | None:
+    """How long ``consumer``'s fetches wait for records at most, in ms (None before it started: no fetcher yet)."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    wait = getattr(fetcher, "_fetch_max_wait_ms", None)
+    return wait if isinstance(wait, int) else None
+
+
+def set_fetch_wait_ms(consumer: Any, wait_ms: int) -> None:
+    """Make ``consumer``'s next fetches wait up to ``wait_ms`` for records (a started consumer: ``fetch_wait_ms``)."""
+    consumer._fetcher._fetch_max_wait_ms = wait_ms
 
 
 async def close_consumer(consumer: AIOKafkaConsumer) -> None:

@@ -52,7 +52,7 @@ from aiokafka.errors import (
 from daemon.core.clock import utc_now_iso
 from daemon.core.config import KafkaConfig
 from daemon.core.offsets import OffsetTracker, PartitionOffsets, Settled
-from daemon.kafka.clients import close_consumer, committed_notes, group_consumer
+from daemon.kafka.clients import close_consumer, committed_notes, fetch_wait_ms, group_consumer, set_fetch_wait_ms
 from daemon.kafka.contact import Throttle, held_note
 from daemon.observe.metrics import Metrics
 
@@ -75,6 +75,10 @@ _REFUSALS = (TopicAuthorizationFailedError, GroupAuthorizationFailedError)  # ne
 _REFUSED_CLEAR_S = 5.0  # a topic refused (TOPIC_AUTHORIZATION_FAILED) is read again once fetches go this long without
 # What a rebalance waits for a member beyond its drain on revoke: the commit after the drain, then its JoinGroup.
 _REJOIN_AFTER_DRAIN_MS = 10_000
+# A partition with records ahead that fetches answered with none this many looks at the lag in a row (one a second)
+# doubles the fetch's wait, up to _FETCH_WAIT_MAX_MS (``Source._watch_fetches``).
+_STARVED_LOOKS = 3
+_FETCH_WAIT_MAX_MS = 1_000
 
 
 class Stuck(msgspec.Struct, frozen=True, kw_only=True):
@@ -133,6 +137,11 @@ class Source:
         self.stopping = False
         self._lag_labels: set[tuple[str, str]] = set()
         self._high: dict[TopicPartition, int] = {}  # last known high watermarks (the lag during an outage)
+        self._fed: set[TopicPartition] = set()  # partitions a fetch returned records of since the last look
+        self._starved: dict[TopicPartition, int] = {}  # looks in a row with records ahead and none returned
+        self._reset_to: dict[TopicPartition, int] = {}  # where a reset started a partition nothing was read of yet
+        self._fetch_wait = metrics.fetch_max_wait.labels(name)
+        self._fetch_wait.set(kafka.fetch_max_wait_ms / 1000)
         self._held: dict[TopicPartition, asyncio.TimerHandle] = {}
         self.stuck: dict[TopicPartition, Stuck] = {}
         self._stuck_gauge = metrics.partitions_stuck.labels(name)
@@ -209,6 +218,7 @@ class Source:
             if time.monotonic() >= next_lag:
                 next_lag = time.monotonic() + _LAG_INTERVAL_S
                 self._update_lag()
+                self._watch_fetches()
             # getmany() does not yield while fetched records wait: let the lanes start on this batch before
             # the next is dispatched (deliveries begin sooner; a lane's pace is known before its queue fills).
             await asyncio.sleep(0)
@@ -232,6 +242,8 @@ class Source:
         taken = skipped = 0
         ok = True
         settled = part.settled
+        if records:
+            self._fed.add(tp)
         for record in records:
             if settled is not None:  # only after an assignment whose last commit noted settled offsets
                 if record.offset < settled.end:
@@ -304,6 +316,7 @@ class Source:
                 return
             target = start if where == "earliest" else end
             consumer.seek(tp, target)
+            self._reset_to[tp] = target
             name = f"{tp.topic}[{tp.partition}]"
             says = f"as kafka.auto_offset_reset = {where!r} says"
             if offset is None:
@@ -550,6 +563,8 @@ class Source:
         for tp in revoked:
             self.offsets.revoke(tp)
             self._remove_lag(tp)
+            self._reset_to.pop(tp, None)
+            self._starved.pop(tp, None)
         log.info("%s: partitions revoked: %s (drained and committed in %.2f s)", self._name, _names(revoked),
                  time.monotonic() - began)  # fmt: skip
 
@@ -581,6 +596,42 @@ class Source:
             log.info("the notes of the last commits could not be read (%s): what they settled is delivered again",
                      _error_of(exc))  # fmt: skip
             return {}
+
+    def _watch_fetches(self) -> None:
+        """Raise the fetch's wait for a broker that answers with nothing while records are ahead.
+
+        A broker that cannot read a partition's records within a fetch's ``max_wait`` may answer with none: Tansu's
+        memory store once it holds a few hundred thousand records (every answer empty at 20 ms, full at 500 ms), or a
+        read from a remote tier. At the router's 20 ms it then fetched nothing for good, its lag climbing, nothing said
+        (a soak on Tansu, 300,000 records in). A partition that may be fetched (not paused, held or stuck), with
+        records ahead of the next one to read and none returned for ``_STARVED_LOOKS`` looks in a row, doubles the
+        wait, up to ``_FETCH_WAIT_MAX_MS``: one line and ``fetch_max_wait_seconds`` say so. Never lowered again."""
+        fed, self._fed = self._fed, set()
+        wait_ms = fetch_wait_ms(self._consumer)
+        if wait_ms is None or wait_ms >= _FETCH_WAIT_MAX_MS or self._paused or self._refused:
+            self._starved.clear()
+            return
+        parts = self.offsets.partitions
+        for tp in self._consumer.assignment():
+            part, high = parts.get(tp), self._high.get(tp)
+            position = part.next_offset if part is not None else None
+            position = self._reset_to.get(tp) if position is None else position
+            waiting = tp not in fed and tp not in self._held and tp not in self.stuck
+            if not waiting or high is None or position is None or high <= position:
+                self._starved.pop(tp, None)
+                continue
+            looks = self._starved[tp] = self._starved.get(tp, 0) + 1
+            if looks < _STARVED_LOOKS:
+                continue
+            longer = min(_FETCH_WAIT_MAX_MS, max(10, wait_ms * 2))
+            set_fetch_wait_ms(self._consumer, longer)
+            self._fetch_wait.set(longer / 1000)
+            self._starved.clear()
+            log.warning("%s[%d]: fetches answered with no records for %d looks in a row (one a second) while %d "
+                        "records are ahead: the broker did not read them within the fetch's wait "
+                        "(kafka.fetch_max_wait_ms, now %d ms); fetching with %d ms from now on", tp.topic, tp.partition,
+                        looks, high - position, wait_ms, longer)  # fmt: skip
+            return
 
     def _update_lag(self) -> None:
         """Lag per assigned partition from its high watermark: the last one a fetch reported, so that while the

@@ -65,6 +65,7 @@ RULES: dict[str, str] = {
     P + "delivery_index_entries": WORKER,
     P + "delivery_index_bytes": WORKER,
     P + "fetch_paused": WORKER,
+    P + "fetch_max_wait_seconds": WORKER,
     P + "kafka_contact": WORKER,
     P + "kafka_refused": WORKER,  # each worker is refused the same credentials and topics: never summed
     P + "kafka_producer_idempotent": WORKER,

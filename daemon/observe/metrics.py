@@ -205,6 +205,11 @@ class Metrics:
             ["consumer"],
             registry=r,
         )
+        self.fetch_max_wait = Gauge(
+            p + "fetch_max_wait_seconds", "How long a fetch waits for records at most, per consumer: "
+            "kafka.fetch_max_wait_ms, or longer once the broker answered with none while records were ahead.",
+            ["consumer"], registry=r,
+        )  # fmt: skip
         self.fetch_errors = Counter(
             p + "fetch_errors", "Fetches or dispatches that failed and were tried again, per consumer.", ["consumer"],
             registry=r,

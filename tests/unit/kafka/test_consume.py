@@ -10,6 +10,7 @@ a rolling restart)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from typing import Any
 
@@ -108,3 +109,103 @@ async def test_a_stop_asked_for_during_a_fetch_dispatches_none_of_its_records() 
     assert dispatched == []
     assert source.offsets.in_flight == 0
     assert source.uncommitted() == []  # nothing read: the next owner reads them from the last commit
+
+
+class EmptyAnswers:
+    """Stand-in for AIOKafkaConsumer's fetch against a broker that cannot read a partition's records within the
+    fetch's wait (Tansu's memory store once it holds some 300,000 records: at ``fetch_max_wait_ms`` 20 every answer
+    came back empty, at 500 full): after a first answer of ten records, answers with nothing, its high watermark
+    ``ahead`` records past the position, until the fetcher's wait reaches ``reads_at_ms``."""
+
+    class Fetcher:
+        def __init__(self, wait_ms: int) -> None:
+            self._fetch_max_wait_ms = wait_ms  # aiokafka's Fetcher keeps it there and reads it for each request
+
+    def __init__(self, tp: TopicPartition, wait_ms: int, reads_at_ms: int, ahead: int = 1_000) -> None:
+        self.tp, self.reads_at_ms, self.ahead = tp, reads_at_ms, ahead
+        self._fetcher = self.Fetcher(wait_ms)
+        self.offset = 0
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        await asyncio.sleep(0.01)
+        if self.offset and self._fetcher._fetch_max_wait_ms < self.reads_at_ms:  # the first answered: mid-stream
+            return {}
+        records = [Record(self.offset + i) for i in range(min(max_records, 10))]
+        self.offset += len(records)
+        return {self.tp: records}
+
+    def assignment(self) -> set[TopicPartition]:
+        return {self.tp}
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return self.offset + self.ahead
+
+
+async def test_a_broker_answering_nothing_while_records_wait_gets_a_longer_fetch_wait_and_it_is_said(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A soak on Tansu (2,000 events/s) stopped consuming for good 300,000 records in: every fetch answered empty at the
+    router's 20 ms wait, the lag climbing, nothing said. A partition that may be fetched, with records ahead and none
+    returned for three looks at the lag in a row, doubles the wait (up to 1 s): one line and a gauge say so."""
+    monkeypatch.setattr("daemon.kafka.consume._LAG_INTERVAL_S", 0.05)
+    caplog.set_level(logging.INFO)
+    metrics = Metrics()
+    taken: list[int] = []
+
+    def dispatch(record: Record, part: PartitionOffsets) -> None:
+        part.add(record.offset, 0)
+        taken.append(record.offset)
+
+    kafka = parse_config(doc(), {}).kafka
+    source = Source(kafka, {}, metrics, dispatch, 1.0)
+    tp = TopicPartition("leads", 0)
+    real, consumer = source._consumer, EmptyAnswers(tp, kafka.fetch_max_wait_ms, reads_at_ms=160)
+    source._consumer = consumer
+    source.offsets.assign(tp)
+    run = asyncio.create_task(source.run())
+    try:
+        async with asyncio.timeout(20):
+            while len(taken) < 100:
+                await asyncio.sleep(0.01)
+                assert not run.done(), run
+    finally:
+        source.stopping = True
+        await asyncio.wait_for(run, 5)
+        await real.stop()  # never started: closes nothing but says so
+    assert consumer._fetcher._fetch_max_wait_ms == 160  # 20 -> 40 -> 80 -> 160, not past what was needed
+    assert metrics.registry.get_sample_value("webhook_router_fetch_max_wait_seconds", {"consumer": "events"}) == 0.16
+    said = [r.getMessage() for r in caplog.records if "fetch" in r.getMessage() and "wait" in r.getMessage()]
+    assert len(said) == 3, said
+    assert said[0].startswith("leads[0]: fetches answered with no records for 3 looks in a row")
+    assert "kafka.fetch_max_wait_ms" in said[0] and "40 ms" in said[0]
+
+
+async def test_a_partition_caught_up_or_paused_never_raises_the_fetch_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing ahead (the high watermark at the position), or fetching paused at the in-flight cap: empty answers are
+    what they should be, and the wait stays as configured."""
+    monkeypatch.setattr("daemon.kafka.consume._LAG_INTERVAL_S", 0.02)
+    kafka = parse_config(doc(), {}).kafka
+    for ahead, paused in ((0, False), (1_000, True)):
+        source = Source(kafka, {}, Metrics(), lambda record, part: None, 1.0)
+        tp = TopicPartition("leads", 0)
+        real, consumer = source._consumer, EmptyAnswers(tp, kafka.fetch_max_wait_ms, reads_at_ms=10**6, ahead=ahead)
+        consumer.pause = lambda *tps: None  # type: ignore[attr-defined]
+        source._consumer = consumer
+        source.offsets.assign(tp)
+        if paused:
+            source._pause()
+        run = asyncio.create_task(source.run())
+        await asyncio.sleep(0.5)
+        source.stopping = True
+        await asyncio.wait_for(run, 5)
+        await real.stop()
+        assert consumer._fetcher._fetch_max_wait_ms == kafka.fetch_max_wait_ms, (ahead, paused)
+
+
+def test_aiokafkas_fetcher_reads_its_wait_for_each_request_it_builds() -> None:
+    """What ``set_fetch_wait_ms`` relies on (daemon/kafka/clients.py names it): the wait is an attribute of the fetcher
+    read when each Fetch request is built, not a value copied into something built once."""
+    from aiokafka.consumer.fetcher import Fetcher
+
+    assert "self._fetch_max_wait_ms = fetch_max_wait_ms" in inspect.getsource(Fetcher.__init__)
+    assert "self._fetch_max_wait_ms," in inspect.getsource(Fetcher._get_actions_per_node)
