@@ -134,12 +134,17 @@ class PartitionOffsets:
             return ""
         pending = self._pending
         spans: list[list[int]] = []  # the unfinished offsets as [first, last] runs, ascending
+        left = len(pending)  # unfinished offsets not walked yet, all of them from here to ``end``
         for offset in self._order:
             if offset in pending:
+                last = end - 1 if left == end - offset else offset  # every one from here on unfinished: one run
                 if spans and offset == spans[-1][1] + 1:
-                    spans[-1][1] = offset
+                    spans[-1][1] = last
                 else:
-                    spans.append([offset, offset])
+                    spans.append([offset, last])
+                if last != offset:  # the walk ends: at the in-flight cap, 10,000 offsets walked at every commit
+                    break
+                left -= 1
         runs: list[str] = []
         size = len(_NOTE) + 12  # the span, generously
         span = end - mark
