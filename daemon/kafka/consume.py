@@ -137,8 +137,9 @@ class Source:
         self.stopping = False
         self._lag_labels: set[tuple[str, str]] = set()
         self._high: dict[TopicPartition, int] = {}  # last known high watermarks (the lag during an outage)
-        self._fed: set[TopicPartition] = set()  # partitions a fetch returned records of since the last look
-        self._starved: dict[TopicPartition, int] = {}  # looks in a row with records ahead and none returned
+        self._fed = False  # a fetch returned records since the last look (``_watch_fetches``)
+        self._interrupted = False  # fetching was paused, held, failed or rebalanced since the last look
+        self._starved = 0  # looks in a row at which records were ahead and no fetch returned any
         self._reset_to: dict[TopicPartition, int] = {}  # where a reset started a partition nothing was read of yet
         self._fetch_wait = metrics.fetch_max_wait.labels(name)
         self._fetch_wait.set(kafka.fetch_max_wait_ms / 1000)
@@ -243,7 +244,7 @@ class Source:
         ok = True
         settled = part.settled
         if records:
-            self._fed.add(tp)
+            self._fed = True
         for record in records:
             if settled is not None:  # only after an assignment whose last commit noted settled offsets
                 if record.offset < settled.end:
@@ -302,6 +303,7 @@ class Source:
     async def _reset(self, positions: dict[TopicPartition, int | None]) -> None:
         """Start each partition (of ``positions``: the offset the group had, None for none) where
         ``kafka.auto_offset_reset`` says, and say so: one line and ``offset_resets_total`` per partition."""
+        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
         consumer = self._consumer
         where = self._kafka.auto_offset_reset
         for tp, offset in positions.items():
@@ -338,6 +340,7 @@ class Source:
             self._metrics.offset_resets.labels(self._name, reason).inc()
 
     async def _rewind(self, tps: list[TopicPartition]) -> None:
+        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
         consumer = self._consumer
         for tp in tps:
             part = self.offsets.partitions.get(tp)
@@ -351,6 +354,7 @@ class Source:
                 await consumer.seek_to_beginning(tp)
 
     async def _stick(self, tp: TopicPartition, exc: BaseException) -> None:
+        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
         consumer = self._consumer
         offset = await consumer.position(tp)
         consumer.pause(tp)
@@ -394,6 +398,7 @@ class Source:
                  "Read", f"topic {name} is read again") for name in names]  # fmt: skip
 
     def _read_refused(self, refusal: str, again: str) -> None:
+        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
         self._metrics.fetch_errors.labels(self._name).inc()
         now = time.monotonic()
         if refusal not in self._refused:
@@ -412,6 +417,7 @@ class Source:
                 log.info("%s after %.0f s refused", again, last - since)
 
     def _fetch_failed(self, what: str, exc: BaseException) -> None:
+        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
         self._metrics.fetch_errors.labels(self._name).inc()
         held = self._fetch_errors_logged.ready()
         if held is not None:  # a Kafka error is the cluster's; anything else is a bug, shown with its traceback
@@ -421,6 +427,7 @@ class Source:
             )
 
     def _pause(self) -> None:
+        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
         self._paused = True
         self._paused_gauge.set(1)
         self._consumer.pause(*self._consumer.assignment())
@@ -443,6 +450,7 @@ class Source:
 
         The records of the batch past ``offset`` were already returned: seek back, then pause.
         """
+        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
         self._consumer.seek(tp, offset)
         self._consumer.pause(tp)
         old = self._held.pop(tp, None)
@@ -564,11 +572,12 @@ class Source:
             self.offsets.revoke(tp)
             self._remove_lag(tp)
             self._reset_to.pop(tp, None)
-            self._starved.pop(tp, None)
+        self._interrupted = True
         log.info("%s: partitions revoked: %s (drained and committed in %.2f s)", self._name, _names(revoked),
                  time.monotonic() - began)  # fmt: skip
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
         notes = await self._notes(assigned)
         for tp in assigned:
             part = self.offsets.assign(tp)
@@ -603,35 +612,42 @@ class Source:
         A broker that cannot read a partition's records within a fetch's ``max_wait`` may answer with none: Tansu's
         memory store once it holds a few hundred thousand records (every answer empty at 20 ms, full at 500 ms), or a
         read from a remote tier. At the router's 20 ms it then fetched nothing for good, its lag climbing, nothing said
-        (a soak on Tansu, 300,000 records in). A partition that may be fetched (not paused, held or stuck), with
-        records ahead of the next one to read and none returned for ``_STARVED_LOOKS`` looks in a row, doubles the
-        wait, up to ``_FETCH_WAIT_MAX_MS``: one line and ``fetch_max_wait_seconds`` say so. Never lowered again."""
-        fed, self._fed = self._fed, set()
+        (a soak on Tansu, 300,000 records in). When for ``_STARVED_LOOKS`` looks in a row (one a second) no fetch
+        returned a record, while a partition that may be fetched (not held or stuck) had records ahead of the next
+        one to read, and nothing paused, held, failed or rebalanced fetching meanwhile (the in-flight cap pausing and
+        resuming every few seconds is not a broker's silence: a first version took it for one on Kafka), the wait is
+        doubled, up to ``_FETCH_WAIT_MAX_MS``: one line and ``fetch_max_wait_seconds`` say so. Never lowered again."""
+        fed, self._fed = self._fed, False
+        interrupted, self._interrupted = self._interrupted, False
         wait_ms = fetch_wait_ms(self._consumer)
-        if wait_ms is None or wait_ms >= _FETCH_WAIT_MAX_MS or self._paused or self._refused:
-            self._starved.clear()
+        if fed or interrupted or wait_ms is None or wait_ms >= _FETCH_WAIT_MAX_MS or self._paused or self._refused:
+            self._starved = 0
             return
         parts = self.offsets.partitions
+        ahead: list[tuple[int, str]] = []
         for tp in self._consumer.assignment():
             part, high = parts.get(tp), self._high.get(tp)
             position = part.next_offset if part is not None else None
             position = self._reset_to.get(tp) if position is None else position
-            waiting = tp not in fed and tp not in self._held and tp not in self.stuck
-            if not waiting or high is None or position is None or high <= position:
-                self._starved.pop(tp, None)
+            if tp in self._held or tp in self.stuck or high is None or position is None or high <= position:
                 continue
-            looks = self._starved[tp] = self._starved.get(tp, 0) + 1
-            if looks < _STARVED_LOOKS:
-                continue
-            longer = min(_FETCH_WAIT_MAX_MS, max(10, wait_ms * 2))
-            set_fetch_wait_ms(self._consumer, longer)
-            self._fetch_wait.set(longer / 1000)
-            self._starved.clear()
-            log.warning("%s[%d]: fetches answered with no records for %d looks in a row (one a second) while %d "
-                        "records are ahead: the broker did not read them within the fetch's wait "
-                        "(kafka.fetch_max_wait_ms, now %d ms); fetching with %d ms from now on", tp.topic, tp.partition,
-                        looks, high - position, wait_ms, longer)  # fmt: skip
+            ahead.append((high - position, f"{tp.topic}[{tp.partition}]"))
+        if not ahead:
+            self._starved = 0
             return
+        self._starved += 1
+        if self._starved < _STARVED_LOOKS:
+            return
+        longer = min(_FETCH_WAIT_MAX_MS, max(10, wait_ms * 2))
+        set_fetch_wait_ms(self._consumer, longer)
+        self._fetch_wait.set(longer / 1000)
+        ahead.sort(reverse=True)
+        more = f" and {len(ahead) - 1} more partitions" if len(ahead) > 1 else ""
+        log.warning("%s: fetches answered with no records for %d looks in a row (one a second) while %d records are "
+                    "ahead (%s%s): the broker did not read them within the fetch's wait (kafka.fetch_max_wait_ms, now "
+                    "%d ms); fetching with %d ms from now on", self._name, self._starved, sum(n for n, _ in ahead),
+                    ahead[0][1], more, wait_ms, longer)  # fmt: skip
+        self._starved = 0
 
     def _update_lag(self) -> None:
         """Lag per assigned partition from its high watermark: the last one a fetch reported, so that while the

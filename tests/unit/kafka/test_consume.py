@@ -140,6 +140,12 @@ class EmptyAnswers:
     def highwater(self, tp: TopicPartition) -> int:
         return self.offset + self.ahead
 
+    def pause(self, *tps: TopicPartition) -> None:
+        pass
+
+    def resume(self, *tps: TopicPartition) -> None:
+        pass
+
 
 async def test_a_broker_answering_nothing_while_records_wait_gets_a_longer_fetch_wait_and_it_is_said(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
@@ -176,7 +182,10 @@ async def test_a_broker_answering_nothing_while_records_wait_gets_a_longer_fetch
     assert metrics.registry.get_sample_value("webhook_router_fetch_max_wait_seconds", {"consumer": "events"}) == 0.16
     said = [r.getMessage() for r in caplog.records if "fetch" in r.getMessage() and "wait" in r.getMessage()]
     assert len(said) == 3, said
-    assert said[0].startswith("leads[0]: fetches answered with no records for 3 looks in a row")
+    assert said[0].startswith(
+        "events: fetches answered with no records for 3 looks in a row (one a second) while "
+        "1000 records are ahead (leads[0])"
+    )
     assert "kafka.fetch_max_wait_ms" in said[0] and "40 ms" in said[0]
 
 
@@ -189,7 +198,6 @@ async def test_a_partition_caught_up_or_paused_never_raises_the_fetch_wait(monke
         source = Source(kafka, {}, Metrics(), lambda record, part: None, 1.0)
         tp = TopicPartition("leads", 0)
         real, consumer = source._consumer, EmptyAnswers(tp, kafka.fetch_max_wait_ms, reads_at_ms=10**6, ahead=ahead)
-        consumer.pause = lambda *tps: None  # type: ignore[attr-defined]
         source._consumer = consumer
         source.offsets.assign(tp)
         if paused:
@@ -209,3 +217,32 @@ def test_aiokafkas_fetcher_reads_its_wait_for_each_request_it_builds() -> None:
 
     assert "self._fetch_max_wait_ms = fetch_max_wait_ms" in inspect.getsource(Fetcher.__init__)
     assert "self._fetch_max_wait_ms," in inspect.getsource(Fetcher._get_actions_per_node)
+
+
+async def test_fetching_paused_and_resumed_or_records_of_another_partition_never_raise_the_fetch_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A first version raised it to 1 s on Kafka in an hour's soak: the in-flight cap paused and resumed fetching
+    every few seconds, and a fetch limited to the cap's room returned one partition's records while the others waited.
+    Neither is a broker answering with nothing."""
+    monkeypatch.setattr("daemon.kafka.consume._LAG_INTERVAL_S", 0.02)
+    kafka = parse_config(doc(), {}).kafka
+    for case in ("cap toggling", "another partition fed"):
+        source = Source(kafka, {}, Metrics(), lambda record, part: part.add(record.offset, 0), 1.0)
+        tp, other = TopicPartition("leads", 0), TopicPartition("leads", 1)
+        real, consumer = source._consumer, EmptyAnswers(tp, kafka.fetch_max_wait_ms, reads_at_ms=10**6)
+        source._consumer = consumer
+        source.offsets.assign(tp)
+        source.offsets.assign(other)
+        run = asyncio.create_task(source.run())
+        for n in range(40):  # 0.8 s: 40 looks
+            await asyncio.sleep(0.02)
+            if case == "cap toggling":
+                source._pause()
+                source._paused = False  # resumed at once, as _on_done does below the low water
+            else:
+                source._take(other, [Record(n)])
+        source.stopping = True
+        await asyncio.wait_for(run, 5)
+        await real.stop()
+        assert consumer._fetcher._fetch_max_wait_ms == kafka.fetch_max_wait_ms, case
