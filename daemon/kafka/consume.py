@@ -75,8 +75,8 @@ _REFUSALS = (TopicAuthorizationFailedError, GroupAuthorizationFailedError)  # ne
 _REFUSED_CLEAR_S = 5.0  # a topic refused (TOPIC_AUTHORIZATION_FAILED) is read again once fetches go this long without
 # What a rebalance waits for a member beyond its drain on revoke: the commit after the drain, then its JoinGroup.
 _REJOIN_AFTER_DRAIN_MS = 10_000
-# A partition with records ahead that fetches answered with none this many looks at the lag in a row (one a second)
-# doubles the fetch's wait, up to _FETCH_WAIT_MAX_MS (``Source._watch_fetches``).
+# Looks at the lag in a row (one a second) at which no fetch returned a record while records were ahead, before the
+# fetch's wait is doubled, up to _FETCH_WAIT_MAX_MS (``Source._watch_fetches``).
 _STARVED_LOOKS = 3
 _FETCH_WAIT_MAX_MS = 1_000
 
@@ -138,7 +138,9 @@ class Source:
         self._lag_labels: set[tuple[str, str]] = set()
         self._high: dict[TopicPartition, int] = {}  # last known high watermarks (the lag during an outage)
         self._fed = False  # a fetch returned records since the last look (``_watch_fetches``)
-        self._interrupted = False  # fetching was paused, held, failed or rebalanced since the last look
+        # fetching was paused, held, failed, refused, reset or rebalanced since the last look: empty fetches then are
+        # no broker's silence (set where each happens; a failed fetch's rewind and hold come after _fetch_failed)
+        self._interrupted = False
         self._starved = 0  # looks in a row at which records were ahead and no fetch returned any
         self._reset_to: dict[TopicPartition, int] = {}  # where a reset started a partition nothing was read of yet
         self._fetch_wait = metrics.fetch_max_wait.labels(name)
@@ -303,7 +305,7 @@ class Source:
     async def _reset(self, positions: dict[TopicPartition, int | None]) -> None:
         """Start each partition (of ``positions``: the offset the group had, None for none) where
         ``kafka.auto_offset_reset`` says, and say so: one line and ``offset_resets_total`` per partition."""
-        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
+        self._interrupted = True
         consumer = self._consumer
         where = self._kafka.auto_offset_reset
         for tp, offset in positions.items():
@@ -340,7 +342,6 @@ class Source:
             self._metrics.offset_resets.labels(self._name, reason).inc()
 
     async def _rewind(self, tps: list[TopicPartition]) -> None:
-        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
         consumer = self._consumer
         for tp in tps:
             part = self.offsets.partitions.get(tp)
@@ -354,7 +355,6 @@ class Source:
                 await consumer.seek_to_beginning(tp)
 
     async def _stick(self, tp: TopicPartition, exc: BaseException) -> None:
-        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
         consumer = self._consumer
         offset = await consumer.position(tp)
         consumer.pause(tp)
@@ -398,7 +398,7 @@ class Source:
                  "Read", f"topic {name} is read again") for name in names]  # fmt: skip
 
     def _read_refused(self, refusal: str, again: str) -> None:
-        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
+        self._interrupted = True
         self._metrics.fetch_errors.labels(self._name).inc()
         now = time.monotonic()
         if refusal not in self._refused:
@@ -417,7 +417,7 @@ class Source:
                 log.info("%s after %.0f s refused", again, last - since)
 
     def _fetch_failed(self, what: str, exc: BaseException) -> None:
-        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
+        self._interrupted = True
         self._metrics.fetch_errors.labels(self._name).inc()
         held = self._fetch_errors_logged.ready()
         if held is not None:  # a Kafka error is the cluster's; anything else is a bug, shown with its traceback
@@ -427,7 +427,7 @@ class Source:
             )
 
     def _pause(self) -> None:
-        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
+        self._interrupted = True
         self._paused = True
         self._paused_gauge.set(1)
         self._consumer.pause(*self._consumer.assignment())
@@ -450,7 +450,7 @@ class Source:
 
         The records of the batch past ``offset`` were already returned: seek back, then pause.
         """
-        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
+        self._interrupted = True
         self._consumer.seek(tp, offset)
         self._consumer.pause(tp)
         old = self._held.pop(tp, None)
@@ -577,7 +577,7 @@ class Source:
                  time.monotonic() - began)  # fmt: skip
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._interrupted = True  # not a broker answering with nothing (_watch_fetches)
+        self._interrupted = True
         notes = await self._notes(assigned)
         for tp in assigned:
             part = self.offsets.assign(tp)
