@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, NamedTuple
 
@@ -31,6 +31,7 @@ import daemon.kafka.results
 from daemon.core.model import Indexed, decode_index
 from daemon.kafka.results import ResultsWriter
 from daemon.observe.metrics import Metrics
+from tests.helpers import eventually
 from tests.unit.standins import settle_down
 
 
@@ -140,14 +141,6 @@ async def test_a_record_larger_than_a_batch_goes_alone() -> None:
     assert [records for _, _, records, _ in producer.sent] == [[(b"k", b"big")]]
 
 
-async def resent(producer: Producer, done: Callable[[], bool]) -> None:
-    """Wait for what the writer sends after its back-off (0.01 s here): waited for, never slept for a fixed time (a
-    sleep of 0.05 s failed on a machine busy with a soak and a CI run)."""
-    async with asyncio.timeout(10):
-        while not done():
-            await asyncio.sleep(0.01)
-
-
 async def test_a_failed_send_is_sent_again_never_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(daemon.kafka.results, "_RETRY_BACKOFF_S", 0.01)
     producer, acked = Producer(), []
@@ -155,7 +148,7 @@ async def test_a_failed_send_is_sent_again_never_dropped(monkeypatch: pytest.Mon
         w.submit(b"k", b"v", lambda: acked.append(1))
         await settle_down()
         producer.sent[0][3].set_exception(ConnectionError("broker gone"))
-        await resent(producer, lambda: len(producer.sent) >= 2)
+        await eventually(lambda: len(producer.sent) >= 2, 10)
         assert len(producer.sent) == 2 and acked == []
         assert not await w.flush(0.01)
         producer.acknowledge_all()
@@ -255,7 +248,7 @@ async def test_a_fenced_producer_is_renewed_once_and_what_it_held_is_sent_again(
         await settle_down()
         assert w.problem() == "the producer of results was fenced (OutOfOrderSequenceNumber): a new one is starting"
         await asyncio.wait_for(producer.renewed.wait(), 5)
-        await resent(producer, lambda: sum(len(r) for *_, r, f in producer.sent if not f.done()) == 3)
+        await eventually(lambda: sum(len(r) for *_, r, f in producer.sent if not f.done()) == 3, 10)
         producer.acknowledge_all()
         await settle_down()
         assert sorted(acked) == [0, 1, 2] and w.outstanding == 0
@@ -374,7 +367,7 @@ async def test_a_partition_has_one_batch_out_at_a_time_and_a_failed_one_is_sent_
         assert [len(records) for _, _, records, _ in producer.sent] == [3]
         assert not producer.batches[0].closed  # fresh records: the producer's linger_ms may fill the batch
         producer.sent[0][3].set_exception(ConnectionError("broker gone"))
-        await resent(producer, lambda: len(producer.sent) >= 2)
+        await eventually(lambda: len(producer.sent) >= 2, 10)
         ((*_, records, future),) = producer.sent[1:]
         assert [value for _, value in records] == [b"r0", b"r1", b"r2", b"r3", b"r4"]  # the failed ones first
         assert producer.batches[1].closed  # records that waited: sent without lingering again
@@ -402,7 +395,7 @@ async def test_a_topic_whose_partitions_are_not_known_holds_its_own_records_in_o
         w.submit(b"k", b"d1", None, topic="dead-letters")
         await settle_down()
         assert [(topic, [v for _, v in records]) for topic, _, records, _ in producer.sent] == [("results", [b"r0"])]
-        await resent(producer, lambda: len(producer.sent) >= 2)
+        await eventually(lambda: len(producer.sent) >= 2, 10)
         assert [(topic, [v for _, v in records]) for topic, _, records, _ in producer.sent][1:] == [
             ("dead-letters", [b"d0", b"d1"])
         ]
