@@ -628,7 +628,8 @@ class Source:
         for tp in self._consumer.assignment():
             part, high = parts.get(tp), self._high.get(tp)
             position = part.next_offset if part is not None else None
-            position = self._reset_to.get(tp) if position is None else position
+            if position is None:  # nothing read of it yet: fetched from a reset's target, or from the group's commit
+                position = self._reset_to.get(tp, part.committed if part is not None else None)
             if tp in self._held or tp in self.stuck or high is None or position is None or high <= position:
                 continue
             ahead.append((high - position, f"{tp.topic}[{tp.partition}]"))

@@ -121,10 +121,10 @@ class EmptyAnswers:
         def __init__(self, wait_ms: int) -> None:
             self._fetch_max_wait_ms = wait_ms  # aiokafka's Fetcher keeps it there and reads it for each request
 
-    def __init__(self, tp: TopicPartition, wait_ms: int, reads_at_ms: int, ahead: int = 1_000) -> None:
+    def __init__(self, tp: TopicPartition, wait_ms: int, reads_at_ms: int, ahead: int = 1_000, start: int = 0) -> None:
         self.tp, self.reads_at_ms, self.ahead = tp, reads_at_ms, ahead
         self._fetcher = self.Fetcher(wait_ms)
-        self.offset = 0
+        self.offset = start  # above 0: the group's committed offset, fetched from (a restart), answered with nothing
 
     async def getmany(self, *partitions: TopicPartition, timeout_ms: int, max_records: int) -> dict[Any, Any]:
         await asyncio.sleep(0.01)
@@ -187,6 +187,38 @@ async def test_a_broker_answering_nothing_while_records_wait_gets_a_longer_fetch
         "1000 records are ahead (leads[0])"
     )
     assert "kafka.fetch_max_wait_ms" in said[0] and "40 ms" in said[0]
+
+
+async def test_a_restart_against_a_broker_already_answering_nothing_gets_a_longer_fetch_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Started again where the group committed (5,000) with the broker already answering every fetch with nothing: no
+    record of the partition was read, so its position is the committed offset the assignment found, not unknown (the
+    watch once skipped such a partition, and the router fetched nothing for good)."""
+    monkeypatch.setattr("daemon.kafka.consume._LAG_INTERVAL_S", 0.05)
+    taken: list[int] = []
+
+    def dispatch(record: Record, part: PartitionOffsets) -> None:
+        part.add(record.offset, 0)
+        taken.append(record.offset)
+
+    kafka = parse_config(doc(), {}).kafka
+    source = Source(kafka, {}, Metrics(), dispatch, 1.0)
+    tp = TopicPartition("leads", 0)
+    real, consumer = source._consumer, EmptyAnswers(tp, kafka.fetch_max_wait_ms, reads_at_ms=80, start=5_000)
+    source._consumer = consumer
+    source.offsets.assign(tp).committed = 5_000  # as on_assigned sets it from the group's last commit
+    run = asyncio.create_task(source.run())
+    try:
+        async with asyncio.timeout(20):
+            while not taken:
+                await asyncio.sleep(0.01)
+                assert not run.done(), run
+    finally:
+        source.stopping = True
+        await asyncio.wait_for(run, 5)
+        await real.stop()  # never started: closes nothing but says so
+    assert taken[0] == 5_000 and consumer._fetcher._fetch_max_wait_ms == 80
 
 
 async def test_a_partition_caught_up_or_paused_never_raises_the_fetch_wait(monkeypatch: pytest.MonkeyPatch) -> None:
