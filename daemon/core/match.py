@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from daemon.core.config import SubscriptionConfig, WhereConfig
+from daemon.core.shards import Shards
 
 # The answers cached per (topic, type): event types come from outside, so the number of entries and the bytes they
 # hold (their keys' text and their matches: about 8 bytes an endpoint that always applies, 80 one under a condition)
@@ -272,7 +273,7 @@ class RoutingTable:
         self._routes = _Index()  # the routes without a scope to index them by
         self._scoped: dict[tuple[str, ...], dict[str, _Index]] = {}  # scope field -> value -> its routes
         self._scoped_any: dict[tuple[str, ...], _Wanted] = {}  # scope field -> what its routes want (any value)
-        self._scopes_of: dict[str, tuple[_Scope, ...]] = {}  # endpoint id -> where its scoped routes are
+        self._scopes_of: Shards[str, tuple[_Scope, ...]] = Shards()  # endpoint id -> where its scoped routes are
         self._next_index = 0
         self._cache: dict[tuple[str, str], Match] = {}
         # (topic, type, scope field, value) -> the routes of that value: sharing the bound of ``_cache``.

@@ -38,6 +38,7 @@ from daemon.core.clock import utc_now_iso
 from daemon.core.config import EndpointConfig, SubscriptionConfig, WhereConfig
 from daemon.core.errors import RouterError
 from daemon.core.secretbox import Keyring, SecretError
+from daemon.core.shards import Shards
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class Directory:
     """
 
     def __init__(self, keyring: Keyring, accept_unauthenticated: bool = False) -> None:
-        self.endpoints: dict[str, EndpointRecord] = {}
+        self.endpoints: Shards[str, EndpointRecord] = Shards()  # a million, grown without a long stop
         self.tenants: dict[str, TenantRecord] = {}
         self.graves: dict[str, int] = {}  # key -> the version it was deleted at
         self._tokens: dict[str, str] = {}  # sha256 of a token -> its tenant

@@ -20,6 +20,7 @@ from daemon.core.profiles import PROFILES
 from daemon.core.registry import Sealed
 from daemon.core.resolve import resolve
 from daemon.core.schemas import SchemaCache
+from daemon.core.shards import Shards
 from daemon.delivery.endpoint import API, CONFIG, Endpoint, Managed
 
 DEFAULT_READER: Final = TypeReader()  # a topic outside the config's (a subscription changed under a fetch)
@@ -63,7 +64,7 @@ class Endpoints(Mapping[str, Endpoint]):
 
     def __init__(self, delivery: DeliveryConfig, environ: Mapping[str, str]) -> None:
         self._configs: dict[str, EndpointConfig] = {}
-        self._sealed: dict[str, Sealed] = {}
+        self._sealed: Shards[str, Sealed] = Shards()  # the API's endpoints: up to a million
         self.configs = Configs(self)
         self._built: dict[str, Endpoint] = {}
         self._file: set[str] = set()  # the ids of the config file's endpoints (the rest are the API's: many more)
@@ -186,7 +187,7 @@ class Routing:
         catalogues = {e.id: PROFILES[e.profile].catalogue for e in resolved.endpoints}
         tally = previous.table.tally if previous is not None else None  # what matching cost, over reloads
         self.table = RoutingTable(resolved.subscriptions, catalogues, tally)
-        self.dynamic: dict[str, SubscriptionConfig] = {}  # their configs are in ``endpoints``
+        self.dynamic: Shards[str, SubscriptionConfig] = Shards()  # their configs are in ``endpoints``
         for held, subscription in dynamic:
             if held.id not in self.static:
                 self._put(held, subscription)

@@ -33,6 +33,7 @@ from daemon.core.registry import (
     token_hash,
 )
 from daemon.core.secretbox import Keyring, SecretBox, SecretError
+from daemon.core.shards import Shards
 
 KEY, OTHER_KEY = os.urandom(32), os.urandom(32)
 KEYS = Keyring(KEY, [OTHER_KEY])  # a previous key too: a record may name it, and must then verify under it
@@ -378,9 +379,12 @@ def test_with_nothing_under_an_old_key_no_record_is_looked_at_to_say_so() -> Non
     d = Directory(KEYS)
     assert d.apply(endpoint_key("ep"), record(1))[0]
 
-    class Unread(dict[str, EndpointRecord]):
+    class Unread(Shards[str, EndpointRecord]):
         def values(self) -> Any:
             raise AssertionError("every record looked at")
 
-    d.endpoints = Unread(d.endpoints)
+    unread = Unread()
+    for ident, held in d.endpoints.items():
+        unread[ident] = held
+    d.endpoints = unread
     assert d.stale() == [] and d.under_old_keys() == 0
