@@ -915,6 +915,29 @@ class KafkaCluster:
         for name in names:
             for p in range(partitions):
                 await self.leader(name, p, timeout=timeout)
+        await self._known_everywhere(names, partitions, timeout)
+
+    async def _known_everywhere(self, names: list[str], partitions: int, timeout: float) -> None:
+        """Until every running broker's own metadata has each partition of ``names`` with a leader: the controller
+        answers CreateTopics before its brokers learn of the topics, and one broker knowing a leader is not all of
+        them (a test asking another right after heard UNKNOWN_TOPIC_OR_PARTITION, error code 3)."""
+        deadline = time.monotonic() + timeout
+        for node in self.running_brokers():
+            while True:
+                with contextlib.suppress(KafkaError, OSError, TimeoutError):
+                    meta = await self._metadata(node, names)
+                    led = {
+                        (t["topic"], p["partition"])
+                        for t in meta["topics"]
+                        if t["error_code"] == 0
+                        for p in t["partitions"]
+                        if p["leader"] >= 0
+                    }
+                    if all((n, p) in led for n in names for p in range(partitions)):
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"broker {node.node_id} does not know every partition of {names} in {timeout} s")
+                await asyncio.sleep(0.1)
 
     async def grant(self, principal: str, operations: Sequence[str], **resource: Any) -> None:
         """Allow ``principal`` (``User:limited``) ``operations`` (``Read``, ``Write``, ``Describe``, ...) on a
