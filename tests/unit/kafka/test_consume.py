@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -147,6 +148,30 @@ class EmptyAnswers:
         pass
 
 
+def _taking(taken: list[int]) -> Callable[[Record, PartitionOffsets], None]:
+    """A dispatch that settles nothing, noting each offset it is handed."""
+
+    def dispatch(record: Record, part: PartitionOffsets) -> None:
+        part.add(record.offset, 0)
+        taken.append(record.offset)
+
+    return dispatch
+
+
+async def _run_until(source: Source, real: Any, enough: Callable[[], bool]) -> None:
+    """Run ``source`` until ``enough()`` (at most 20 s), then stop it and the real consumer its stand-in replaced."""
+    run = asyncio.create_task(source.run())
+    try:
+        async with asyncio.timeout(20):
+            while not enough():
+                await asyncio.sleep(0.01)
+                assert not run.done(), run
+    finally:
+        source.stopping = True
+        await asyncio.wait_for(run, 5)
+        await real.stop()  # never started: closes nothing but says so
+
+
 async def test_a_broker_answering_nothing_while_records_wait_gets_a_longer_fetch_wait_and_it_is_said(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -157,27 +182,14 @@ async def test_a_broker_answering_nothing_while_records_wait_gets_a_longer_fetch
     caplog.set_level(logging.INFO)
     metrics = Metrics()
     taken: list[int] = []
-
-    def dispatch(record: Record, part: PartitionOffsets) -> None:
-        part.add(record.offset, 0)
-        taken.append(record.offset)
-
+    dispatch = _taking(taken)
     kafka = parse_config(doc(), {}).kafka
     source = Source(kafka, {}, metrics, dispatch, 1.0)
     tp = TopicPartition("leads", 0)
     real, consumer = source._consumer, EmptyAnswers(tp, kafka.fetch_max_wait_ms, reads_at_ms=160)
     source._consumer = consumer
     source.offsets.assign(tp)
-    run = asyncio.create_task(source.run())
-    try:
-        async with asyncio.timeout(20):
-            while len(taken) < 100:
-                await asyncio.sleep(0.01)
-                assert not run.done(), run
-    finally:
-        source.stopping = True
-        await asyncio.wait_for(run, 5)
-        await real.stop()  # never started: closes nothing but says so
+    await _run_until(source, real, lambda: len(taken) >= 100)
     assert consumer._fetcher._fetch_max_wait_ms == 160  # 20 -> 40 -> 80 -> 160, not past what was needed
     assert metrics.registry.get_sample_value("webhook_router_fetch_max_wait_seconds", {"consumer": "events"}) == 0.16
     said = [r.getMessage() for r in caplog.records if "fetch" in r.getMessage() and "wait" in r.getMessage()]
@@ -197,27 +209,14 @@ async def test_a_restart_against_a_broker_already_answering_nothing_gets_a_longe
     watch once skipped such a partition, and the router fetched nothing for good)."""
     monkeypatch.setattr("daemon.kafka.consume._LAG_INTERVAL_S", 0.05)
     taken: list[int] = []
-
-    def dispatch(record: Record, part: PartitionOffsets) -> None:
-        part.add(record.offset, 0)
-        taken.append(record.offset)
-
+    dispatch = _taking(taken)
     kafka = parse_config(doc(), {}).kafka
     source = Source(kafka, {}, Metrics(), dispatch, 1.0)
     tp = TopicPartition("leads", 0)
     real, consumer = source._consumer, EmptyAnswers(tp, kafka.fetch_max_wait_ms, reads_at_ms=80, start=5_000)
     source._consumer = consumer
     source.offsets.assign(tp).committed = 5_000  # as on_assigned sets it from the group's last commit
-    run = asyncio.create_task(source.run())
-    try:
-        async with asyncio.timeout(20):
-            while not taken:
-                await asyncio.sleep(0.01)
-                assert not run.done(), run
-    finally:
-        source.stopping = True
-        await asyncio.wait_for(run, 5)
-        await real.stop()  # never started: closes nothing but says so
+    await _run_until(source, real, lambda: bool(taken))
     assert taken[0] == 5_000 and consumer._fetcher._fetch_max_wait_ms == 80
 
 
