@@ -912,10 +912,7 @@ class KafkaCluster:
             name, code = entry[0], entry[1]
             if code not in (0, 36):  # 36: TOPIC_ALREADY_EXISTS
                 raise KafkaSetupError(f"creating {name}: error code {code} ({entry[2:]})")
-        for name in names:
-            for p in range(partitions):
-                await self.leader(name, p, timeout=timeout)
-        await self._known_everywhere(names, partitions, timeout)
+        await self._known_everywhere(names, partitions, timeout)  # a leader for each partition, on every broker
 
     async def _known_everywhere(self, names: list[str], partitions: int, timeout: float) -> None:
         """Until every running broker's own metadata has each partition of ``names`` with a leader: the controller
