@@ -8,6 +8,7 @@ before keeps its ``Endpoint`` object across a reload (and with it its lane and i
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Final
@@ -20,7 +21,7 @@ from daemon.core.profiles import PROFILES
 from daemon.core.registry import Sealed
 from daemon.core.resolve import resolve
 from daemon.core.schemas import SchemaCache
-from daemon.core.shards import Shards
+from daemon.core.shards import PARTS, Shards
 from daemon.delivery.endpoint import API, CONFIG, Endpoint, Managed
 
 DEFAULT_READER: Final = TypeReader()  # a topic outside the config's (a subscription changed under a fetch)
@@ -60,12 +61,11 @@ class Endpoints(Mapping[str, Endpoint]):
     ``__slots__``: read for every delivery (the hot path).
     """
 
-    __slots__ = ("_built", "_configs", "_delivery", "_environ", "_file", "_sealed", "configs")
+    __slots__ = ("_built", "_configs", "_delivery", "_environ", "_file", "_sealed")
 
     def __init__(self, delivery: DeliveryConfig, environ: Mapping[str, str]) -> None:
         self._configs: dict[str, EndpointConfig] = {}
         self._sealed: Shards[str, Sealed] = Shards()  # the API's endpoints: up to a million
-        self.configs = Configs(self)
         self._built: dict[str, Endpoint] = {}
         self._file: set[str] = set()  # the ids of the config file's endpoints (the rest are the API's: many more)
         self._delivery = delivery
@@ -91,9 +91,23 @@ class Endpoints(Mapping[str, Endpoint]):
     def __len__(self) -> int:
         return len(self._configs) + len(self._sealed)
 
+    @property
+    def configs(self) -> Configs:
+        """Every endpoint's config by id (a view made on each call: kept, it would tie the two in a cycle that only the
+        cyclic collector frees, and a routing let go after a freeze must go by its references alone)."""
+        return Configs(self)
+
     def held(self, endpoint_id: str) -> Held | None:
         """An endpoint as it is kept: its config, or its record still sealed (None: no such endpoint)."""
         return self._configs.get(endpoint_id) or self._sealed.get(endpoint_id)
+
+    def unsealed(self) -> dict[str, EndpointConfig]:
+        """A copy of the endpoints kept as configs: the file's, and the API's put unsealed (none of the topic's)."""
+        return self._configs.copy()
+
+    def sealed_part(self, index: int) -> dict[str, Sealed]:
+        """A copy of part ``index`` of the sealed endpoints (``Shards.copy_part``)."""
+        return self._sealed.copy_part(index)
 
     def file_configs(self) -> dict[str, EndpointConfig]:
         """The config file's endpoints' configs."""
@@ -159,11 +173,34 @@ class Endpoints(Mapping[str, Endpoint]):
         return len(self._built)
 
 
+class RunTime:
+    """The endpoints managed at run time of a running routing, for the next routing to carry over (``dynamic``):
+    copied a part at a time (``Routing.copy_run_time``) with the event loop going on between parts, so the parts are
+    of different moments; the running routing records every id put or dropped from the copy's start on
+    (``Routing.changed``) and ``catch_up`` applies those, so the moments do not matter. Iterated in the thread that
+    builds the next routing, as (held, subscription) pairs: a sealed one unopened."""
+
+    __slots__ = ("parts", "unsealed")
+
+    def __init__(self, unsealed: dict[str, EndpointConfig]) -> None:
+        self.unsealed = unsealed
+        self.parts: list[tuple[dict[str, SubscriptionConfig], dict[str, Sealed]]] = []
+
+    def __iter__(self) -> Iterator[tuple[Held, SubscriptionConfig]]:
+        unsealed = self.unsealed
+        for subscriptions, sealed in self.parts:
+            for endpoint_id, subscription in subscriptions.items():
+                held = unsealed.get(endpoint_id) or sealed.get(endpoint_id)
+                if held is not None:
+                    yield held, subscription
+
+
 class Routing:
     """``__slots__``: read for every record (the hot path)."""
 
     __slots__ = (
-        "catalogue", "config", "dynamic", "endpoints", "readers", "schemas", "static", "subscriptions", "table",
+        "catalogue", "changed", "config", "dynamic", "endpoints", "readers", "schemas", "static", "subscriptions",
+        "table",
     )  # fmt: skip
     table: RoutingTable
 
@@ -188,6 +225,7 @@ class Routing:
         tally = previous.table.tally if previous is not None else None  # what matching cost, over reloads
         self.table = RoutingTable(resolved.subscriptions, catalogues, tally)
         self.dynamic: Shards[str, SubscriptionConfig] = Shards()  # their configs are in ``endpoints``
+        self.changed: set[str] | None = None  # the ids put or dropped since ``copy_run_time`` began (None: not copied)
         for held, subscription in dynamic:
             if held.id not in self.static:
                 self._put(held, subscription)
@@ -203,22 +241,35 @@ class Routing:
                 id_header=kafka.event_id_headers.get(topic),
             )  # fmt: skip
 
-    def run_time(self) -> list[tuple[Held, SubscriptionConfig]]:
-        """The endpoints managed at run time as they are kept (a sealed one unopened), for the next routing to carry
-        over (``dynamic``)."""
-        held = self.endpoints.held
-        return [(h, subscription) for i, subscription in self.dynamic.items() if (h := held(i)) is not None]
+    async def copy_run_time(self) -> RunTime:
+        """The endpoints managed at run time as they are kept, a part at a time with the loop going on between parts
+        (a million at once held the loop for seconds); from now on until ``catch_up`` (or ``stop_recording``) every
+        id put or dropped is recorded (``changed``)."""
+        self.changed = set()
+        copy = RunTime(self.endpoints.unsealed())
+        for index in range(PARTS):
+            copy.parts.append((self.dynamic.copy_part(index), self.endpoints.sealed_part(index)))
+            await asyncio.sleep(0)
+        return copy
+
+    def stop_recording(self) -> None:
+        """No more recording of the ids put or dropped (a reload that failed, or was caught up with)."""
+        self.changed = None
 
     def catch_up(self, previous: Routing) -> None:
-        """Take the run-time changes ``previous`` saw while this one was built (in a thread), on the loop."""
-        for endpoint_id, subscription in previous.dynamic.items():
-            held = previous.endpoints.held(endpoint_id)
-            if endpoint_id in self.static or held is None:
+        """Take, on the loop, the run-time changes ``previous`` saw since its endpoints were copied for this one
+        (``copy_run_time``): the ids it recorded, not every endpoint; ``previous`` records no more."""
+        changed = previous.changed or set()
+        previous.stop_recording()
+        for endpoint_id in changed:
+            if endpoint_id in self.static:
                 continue
-            if self.dynamic.get(endpoint_id) != subscription or self.endpoints.held(endpoint_id) != held:
+            held = previous.endpoints.held(endpoint_id)
+            subscription = previous.dynamic.get(endpoint_id)
+            if held is None or subscription is None:
+                self.drop(endpoint_id)
+            elif self.dynamic.get(endpoint_id) != subscription or self.endpoints.held(endpoint_id) != held:
                 self._put(held, subscription)
-        for endpoint_id in [i for i in self.dynamic if i not in previous.dynamic]:
-            self.drop(endpoint_id)
 
     def reader(self, topic: str) -> TypeReader:
         return self.readers.get(topic, DEFAULT_READER)
@@ -238,6 +289,8 @@ class Routing:
         self.endpoints.check(config)
         self.endpoints.set(config, API, sealed)
         self._route(config.id, config.profile, subscription)
+        if self.changed is not None:
+            self.changed.add(config.id)
 
     def _put(self, held: Held, subscription: SubscriptionConfig) -> None:
         """Carry over an endpoint checked when it was first put (a sealed one stays sealed)."""
@@ -255,6 +308,8 @@ class Routing:
 
     def drop(self, endpoint_id: str) -> None:
         """Remove an endpoint managed at run time."""
+        if self.changed is not None:
+            self.changed.add(endpoint_id)
         if endpoint_id in self.static or self.dynamic.pop(endpoint_id, None) is None:
             return
         self.endpoints.remove(endpoint_id)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections import deque
@@ -22,6 +21,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
+from daemon.core.heap import freeze_built
 from daemon.kafka.clients import close_consumer, reader, refresh_metadata
 from daemon.kafka.contact import Throttle, held_note
 
@@ -78,15 +78,6 @@ class Behind:
         return max(0.0, now - min(self._caught_up.values()))
 
 
-def _freeze_what_was_read() -> None:
-    """Move what the first read built (a state of a million endpoints is tens of millions of objects) out of the cyclic
-    garbage collector's reach: its full passes traverse every tracked object and, over such a state, stop the event
-    loop for seconds each time. The young generations are collected first, so only what lives on is frozen; frozen
-    objects are still freed when their last reference goes (a record replaced later)."""
-    gc.collect(1)
-    gc.freeze()
-
-
 class Follower:
     def __init__(self, topic: str, client_options: Mapping[str, Any], apply: Apply, name: str) -> None:
         self._topic = topic
@@ -121,7 +112,7 @@ class Follower:
         # The end is the high watermark a fetch reports (not end_offsets, which some brokers under-report).
         while True:
             fetched = await self._step(200)
-            _freeze_what_was_read()
+            freeze_built()  # a first read of a million endpoints: its full collections would stop the loop for seconds
             if not fetched and await self._at_end(tps):
                 break
         self._task = asyncio.create_task(self._follow(), name=f"follow-{self._name}")

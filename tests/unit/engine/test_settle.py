@@ -717,7 +717,7 @@ async def test_an_endpoint_put_at_run_time_is_built_as_the_apis_and_one_of_the_f
         await settle_down()
         routing = r.settlement.routing
         assert (routing.endpoints["ep_api"].managed, routing.endpoints["a"].managed) == ("api", "config")
-        reloaded = Routing(routing.config, {}, routing, routing.run_time())
+        reloaded = Routing(routing.config, {}, routing, await routing.copy_run_time())
         r.settlement.use(reloaded)
         assert (reloaded.endpoints["ep_api"].managed, reloaded.endpoints["a"].managed) == ("api", "config")
         r.settlement.drop("ep_api")
