@@ -224,7 +224,7 @@ class App:
 
         if api.enabled:  # every endpoint of the topic is applied before the first event is read
             keyring = keyring_from(environ, api)
-            feed = EndpointsFeed(settlement, keyring, api.tenant_field, metrics)
+            feed = EndpointsFeed(settlement, keyring, api.tenant_field)
             store = Store(retry.endpoints_topic, client_options, producer, feed, keyring, metrics,
                           api.accept_unauthenticated_records)  # fmt: skip
             stack.push_async_callback(self._close, "the endpoints reader", store.stop)

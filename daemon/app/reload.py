@@ -57,5 +57,5 @@ def follow_config_pauses(health: Health, old: Routing | None, new: Routing) -> N
 
 
 def count_routing(metrics: Metrics, routing: Routing) -> None:
-    metrics.endpoints.set(len(routing.endpoints))
+    """The config file's subscriptions (the endpoints are read off the routing in use: ``Settlement.expose``)."""
     metrics.subscriptions.set(routing.subscriptions)

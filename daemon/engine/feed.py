@@ -10,7 +10,6 @@ import msgspec
 from daemon.core.registry import EndpointRecord, Sealed, routed
 from daemon.core.secretbox import Keyring, SecretError
 from daemon.engine.settle import Settlement
-from daemon.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +17,10 @@ log = logging.getLogger(__name__)
 class EndpointsFeed:
     """The store's ``apply``: routes by an endpoint of the topic as soon as this instance reads it."""
 
-    def __init__(self, settlement: Settlement, keyring: Keyring, tenant_field: str | None, metrics: Metrics) -> None:
+    def __init__(self, settlement: Settlement, keyring: Keyring, tenant_field: str | None) -> None:
         self._settlement = settlement
         self._keyring = keyring
         self._tenant_field = tenant_field  # a reload cannot change it (daemon.core.reload)
-        self._metrics = metrics
 
     def __call__(self, endpoint_id: str, record: EndpointRecord | None) -> None:
         """An endpoint was added or changed, or deleted (``record`` None): route by it now."""
@@ -37,4 +35,3 @@ class EndpointsFeed:
                 # A record this instance cannot use (another key, a config this version refuses): not routed to.
                 log.error("endpoint %s of the endpoints topic not routed to: %s", endpoint_id, exc)
                 settlement.drop(endpoint_id)
-        self._metrics.endpoints.set(len(settlement.routing.endpoints))

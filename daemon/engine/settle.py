@@ -780,8 +780,9 @@ class Settlement:
         self._hand_over(endpoint, job)
 
     def expose(self, metrics: Metrics) -> None:
-        """The gauges read off the settlement when scraped: deliveries under way and queued, routes checked, the
-        routing cache's bytes."""
+        """The gauges read off the settlement when scraped: the endpoints of the routing in use, deliveries under way
+        and queued, routes checked, the routing cache's bytes."""
+        metrics.endpoints.set_function(lambda: len(self._routing.endpoints))
         metrics.requests_in_flight.set_function(lambda: self.stats.busy)
         metrics.deliveries_queued.set_function(lambda: self.stats.queued)
         metrics.routes_checked.set_function(lambda: self._routing.table.tally.checked)

@@ -232,7 +232,7 @@ class Metrics:
             ["consumer"], registry=r,
         )  # fmt: skip
         self.commits = Counter(p + "offset_commits", "Offset commits by result.", ["result"], registry=r)
-        self.endpoints = Gauge(p + "endpoints", "Endpoints in the loaded config.", registry=r)
+        self.endpoints = Gauge(p + "endpoints", "Endpoints routed to: the config file's and the API's.", registry=r)
         self.endpoints_paused = Gauge(
             p + "endpoints_paused", "Endpoints paused, by reason (failures, gone, operator, config, tenant).",
             ["reason"], registry=r,
