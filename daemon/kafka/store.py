@@ -149,6 +149,8 @@ class Store:
                   offset, refusal)  # fmt: skip
 
     def _outcome(self, record: Any, outcome: bool | str) -> None:
+        if self._held is not None:  # the first read: no writer of this instance waits (the API is made after it)
+            return
         self._outcomes[(record.partition, record.offset)] = outcome
         while len(self._outcomes) > _OUTCOMES_KEPT:
             self._outcomes.popitem(last=False)
