@@ -28,7 +28,7 @@ from daemon.admin.operate import Operator
 from daemon.admin.portal.site import serve_api
 from daemon.admin.server import AdminServer
 from daemon.app.connect import until_connected
-from daemon.app.reload import count_routing, follow_config_pauses, reloaded
+from daemon.app.reload import count_routing, follow_config_pauses, let_go, reloaded
 from daemon.app.signals import Signals
 from daemon.core.config import Config
 from daemon.core.errors import ConfigError
@@ -390,6 +390,7 @@ class App:
             c.source.subscribe(new.kafka.topics)
         self.metrics.config_reloads.labels("ok").inc()
         log.info("config reloaded: %d endpoints, %d subscriptions", len(routing.endpoints), routing.subscriptions)
+        self._spawn(let_go([old_routing]), "let-go-of-the-old-routing")
 
     def _refused(self, errors: list[str]) -> None:
         self.metrics.config_reloads.labels("error").inc()

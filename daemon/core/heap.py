@@ -23,14 +23,24 @@ def freeze_built() -> None:
     gc.freeze()
 
 
+def collect_all() -> None:
+    """A full pass over what is not frozen (little, when the big states are), before a big state is built and frozen:
+    so that what is frozen then is not old garbage."""
+    gc.collect()
+
+
+def freeze_now() -> None:
+    """Move everything tracked out of the collector's reach at once, the young generations too: for a big copy just
+    made, that each young pass would traverse (millions of entries) and that is let go of a piece at a time later."""
+    gc.freeze()
+
+
 @contextlib.contextmanager
 def no_full_collections() -> Iterator[None]:
     """No full pass of the collector inside (the young generations are still collected): each one would traverse what
-    is being built, growing (284-663 ms each, building the routing of a million endpoints). A full pass is made first,
-    over what is not frozen (little, when the big states are), so that what is frozen after is not old garbage; the
-    thresholds are put back after, whatever happens inside."""
+    is being built, growing (284-663 ms each, building the routing of a million endpoints). The thresholds are put
+    back after, whatever happens inside."""
     young, middle, old = gc.get_threshold()
-    gc.collect()
     gc.set_threshold(young, middle, _NEVER)
     try:
         yield

@@ -132,6 +132,18 @@ class _Index:
                     self._prefix_lengths = sorted({len(p) for p in self._prefixes})
         return routes
 
+    def take_apart(self) -> None:
+        """Empty it a route at a time (``Shards.take_apart``): a million unscoped endpoints: one list of a million."""
+        for by_pattern in (self._exact, self._prefixes):
+            while by_pattern:
+                routes = by_pattern.popitem()[1]
+                while routes:
+                    routes.pop()
+        while self._star:
+            self._star.pop()
+        while self._by_endpoint:
+            self._by_endpoint.popitem()
+
     def each(self, event_type: str) -> Iterator[_Route]:
         """The routes whose patterns match ``event_type``; a route matched by several patterns comes once each."""
         yield from self._exact.get(event_type, ())
@@ -288,6 +300,16 @@ class RoutingTable:
         """Add subscriptions (of one endpoint, whose contract knows ``catalogue``), after every earlier one."""
         for sub in subscriptions:
             self._add(sub, catalogue)
+        self._forget()
+
+    def take_apart(self) -> None:
+        """Empty the table a piece at a time, once nothing routes by it (``Routing.take_apart``): its scoped indexes,
+        one per tenant, and where each endpoint's routes are."""
+        self._scopes_of.take_apart()
+        for by_value in self._scoped.values():
+            while by_value:
+                by_value.popitem()[1].take_apart()
+        self._routes.take_apart()
         self._forget()
 
     def remove(self, endpoint_id: str) -> bool:

@@ -73,3 +73,15 @@ def test_the_entries_are_spread_over_the_parts_so_none_grows_by_the_whole() -> N
     sizes = [len(part) for part in shards._parts]
     assert len(sizes) == daemon.core.shards.PARTS
     assert max(sizes) < 2 * 64_000 // len(sizes)  # 1,000 each on average: no part holds a large share
+
+
+def test_taken_apart_it_is_empty_and_its_values_live_on_where_they_are_held() -> None:
+    shards: Shards[str, list[int]] = Shards()
+    held = [[i] for i in range(1_000)]
+    for i, value in enumerate(held):
+        shards[f"k{i}"] = value
+    shards.take_apart()
+    assert len(shards) == 0 and list(shards.items()) == [] and "k1" not in shards
+    assert held[999] == [999]  # a value is let go of, not emptied
+    shards["k1"] = held[1]
+    assert len(shards) == 1 and shards["k1"] == [1]

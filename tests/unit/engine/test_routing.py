@@ -177,3 +177,34 @@ async def test_a_routing_let_go_is_freed_by_its_references_alone(keyring: Keyrin
         gc.garbage.clear()
         gc.enable()
     assert kept == []
+
+
+async def test_a_routing_swapped_out_is_taken_apart_and_the_one_in_use_keeps_all_it_shares_with_it(
+    keyring: Keyring,
+) -> None:
+    """``take_apart`` (in a thread, after a reload) empties the old routing's own maps and routes a piece at a time;
+    the sealed records, subscriptions and built endpoints the new one shares with it are let go of, not emptied."""
+    config = parse_config(RAW, {})
+    routing = Routing(config, {})
+    for i in range(40):
+        held = record(keyring, i)
+        if i % 2:
+            put(routing, keyring, held)
+        else:  # unscoped (no tenant field): in the table's index of every event
+            unscoped, subscription = routed(held, keyring, None)
+            routing.put(unscoped, subscription, Sealed(held, keyring))
+    built = routing.endpoints["api-3"]
+    reloaded = Routing(config, {}, routing, await routing.copy_run_time())
+    reloaded.catch_up(routing)
+    assert reloaded.endpoints.adopt(built)
+    routing.take_apart()
+    assert len(routing.dynamic) == 0 and len(routing.endpoints) == 1  # the file's endpoint only
+    assert routing.table.match("t", "lead.3").select(lambda: {"tenant": "t-0"}) == ()  # nothing routes by it now
+    assert len(reloaded.dynamic) == 40 and len(reloaded.endpoints) == 41
+    assert (
+        reloaded.endpoints["api-3"] is built and str(reloaded.endpoints["api-8"].url) == "https://h8.example.com/in?v=1"
+    )
+    assert reloaded.table.match("t", "lead.3").select(lambda: {"tenant": "t-0"}) == ("file-1", "api-3")
+    assert reloaded.table.match("t", "lead.4").select(lambda: {"tenant": "t-9"}) == ("file-1", "api-4")
+    assert set(reloaded.table.match("t", "call.x").select(lambda: {"tenant": "t-1"})) == {
+        "file-1", *(f"api-{i}" for i in range(40) if i % 2 == 0 or i % 3 == 1)}  # fmt: skip
