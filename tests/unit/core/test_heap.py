@@ -25,7 +25,7 @@ def test_no_full_pass_runs_while_a_state_is_built_and_the_thresholds_are_put_bac
     young_before = gc.get_stats()[0]["collections"]
     built: list[list[list[object]]] = []
     with no_full_collections():
-        passes = full_passes()  # after the one made on entering
+        passes = full_passes()
         for _ in range(20):
             built.append(build(100_000))  # 2,000,000 tracked objects: several full passes at the usual thresholds
         assert full_passes() == passes
