@@ -297,10 +297,10 @@ async def run(n: int, workdir: Path) -> dict[str, str]:
             changed = daemon_config(broker.bootstrap, port, "cfg", n, False, version=2)
             (workdir / "config.toml").write_text(tomli_w.dumps(changed))
             slowest = 0.0
-            reloaded_before = await _reloads(session, port)
+            reloaded_before = await reloads(session, port)
             started = time.perf_counter()
             os.kill(child.pid, signal.SIGHUP)
-            while await _reloads(session, port) == reloaded_before:
+            while await reloads(session, port) == reloaded_before:
                 before = time.perf_counter()
                 await get(session, f"http://127.0.0.1:{port}/healthz")
                 slowest = max(slowest, time.perf_counter() - before)
@@ -337,7 +337,7 @@ async def run(n: int, workdir: Path) -> dict[str, str]:
     return out
 
 
-async def _reloads(session: aiohttp.ClientSession, port: int) -> float:
+async def reloads(session: aiohttp.ClientSession, port: int) -> float:
     try:
         async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
             text = await resp.text()
