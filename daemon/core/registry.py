@@ -395,9 +395,12 @@ class Sealed:
         return self.record.id
 
     @property
+    def keyring(self) -> Keyring:
+        return self._keyring
+
+    @property
     def profile(self) -> str:
-        profile = self.record.settings.get("profile", _DEFAULT_PROFILE)
-        return profile if isinstance(profile, str) else _DEFAULT_PROFILE
+        return profile_of(self.record)
 
     def open(self) -> EndpointConfig:
         """Its config, opened now (secrets whose grace has ended left out); raises as ``opened`` does."""
@@ -405,6 +408,12 @@ class Sealed:
 
 
 _DEFAULT_PROFILE: str = next(f.default for f in msgspec.structs.fields(EndpointConfig) if f.name == "profile")
+
+
+def profile_of(record: EndpointRecord) -> str:
+    """The platform contract an endpoint record delivers by (its ``profile`` setting, or the default)."""
+    profile = record.settings.get("profile", _DEFAULT_PROFILE)
+    return profile if isinstance(profile, str) else _DEFAULT_PROFILE
 
 
 def next_expiry(record: EndpointRecord, now_ms: int) -> int | None:

@@ -18,20 +18,23 @@ from daemon.core.config import Config, DeliveryConfig, EndpointConfig, Subscript
 from daemon.core.event import TypeReader
 from daemon.core.match import RoutingTable
 from daemon.core.profiles import PROFILES
-from daemon.core.registry import Sealed
+from daemon.core.registry import EndpointRecord, Sealed, profile_of
 from daemon.core.resolve import resolve
 from daemon.core.schemas import SchemaCache
+from daemon.core.secretbox import Keyring
 from daemon.core.shards import PARTS, Shards
 from daemon.delivery.endpoint import API, CONFIG, Endpoint, Managed
 
 DEFAULT_READER: Final = TypeReader()  # a topic outside the config's (a subscription changed under a fetch)
 
 
-Held = EndpointConfig | Sealed  # an endpoint as the routing keeps it: its config, or its record still sealed
+# An endpoint as the routing keeps it: its config, or its record still sealed (opened with the routing's keyring: a
+# record is kept without a handle of its own, 48 bytes an endpoint, 46 MiB at a million).
+Held = EndpointConfig | EndpointRecord
 
 
 class Configs(Mapping[str, EndpointConfig]):
-    """Every endpoint's config by id, a sealed one opened as it is read (``Sealed.open``): to look at a few, or at
+    """Every endpoint's config by id, a sealed one opened as it is read (``Endpoints.opened``): to look at a few, or at
     every one when an operator asks; the routing itself never opens an idle endpoint."""
 
     __slots__ = ("_endpoints",)
@@ -43,7 +46,7 @@ class Configs(Mapping[str, EndpointConfig]):
         held = self._endpoints.held(endpoint_id)
         if held is None:
             raise KeyError(endpoint_id)
-        return held.open() if isinstance(held, Sealed) else held
+        return self._endpoints.opened(held)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._endpoints)
@@ -55,17 +58,19 @@ class Configs(Mapping[str, EndpointConfig]):
 class Endpoints(Mapping[str, Endpoint]):
     """The endpoints by id, each ``Endpoint`` built on first use from its config and kept while it is used: an
     idle endpoint costs its config and its routes, not a prepared ``Endpoint`` (signer, headers, request head); one
-    of the endpoints topic costs its record (``Sealed``), opened only when its ``Endpoint`` is built.
+    of the endpoints topic costs its record, opened only when its ``Endpoint`` is built, with the one keyring every
+    record of the routing is sealed under (the API's secrets key, which a reload cannot change).
     Each is built as the config file's or the API's (``managed``), which decides the network guard it meets.
 
     ``__slots__``: read for every delivery (the hot path).
     """
 
-    __slots__ = ("_built", "_configs", "_delivery", "_environ", "_file", "_sealed")
+    __slots__ = ("_built", "_configs", "_delivery", "_environ", "_file", "_sealed", "keyring")
 
-    def __init__(self, delivery: DeliveryConfig, environ: Mapping[str, str]) -> None:
+    def __init__(self, delivery: DeliveryConfig, environ: Mapping[str, str], keyring: Keyring | None = None) -> None:
         self._configs: dict[str, EndpointConfig] = {}
-        self._sealed: Shards[str, Sealed] = Shards()  # the API's endpoints: up to a million
+        self._sealed: Shards[str, EndpointRecord] = Shards()  # the API's endpoints: up to a million
+        self.keyring = keyring  # what the records are opened with: the first ``Sealed``'s, or an earlier routing's
         self._built: dict[str, Endpoint] = {}
         self._file: set[str] = set()  # the ids of the config file's endpoints (the rest are the API's: many more)
         self._delivery = delivery
@@ -78,7 +83,7 @@ class Endpoints(Mapping[str, Endpoint]):
             pass
         config = self._configs.get(endpoint_id)
         if config is None:
-            config = self._sealed[endpoint_id].open()
+            config = self.opened(self._sealed[endpoint_id])
         endpoint = self._built[endpoint_id] = Endpoint(config, self._delivery, self._environ, self.managed(endpoint_id))
         return endpoint
 
@@ -101,11 +106,19 @@ class Endpoints(Mapping[str, Endpoint]):
         """An endpoint as it is kept: its config, or its record still sealed (None: no such endpoint)."""
         return self._configs.get(endpoint_id) or self._sealed.get(endpoint_id)
 
+    def opened(self, held: Held) -> EndpointConfig:
+        """An endpoint's config: a record opened now (``Sealed.open``), a config as it is."""
+        if not isinstance(held, EndpointRecord):
+            return held
+        if self.keyring is None:
+            raise ValueError(f"endpoint {held.id!r}: a sealed record and no keyring to open it with")
+        return Sealed(held, self.keyring).open()
+
     def unsealed(self) -> dict[str, EndpointConfig]:
         """A copy of the endpoints kept as configs: the file's, and the API's put unsealed (none of the topic's)."""
         return self._configs.copy()
 
-    def sealed_part(self, index: int) -> dict[str, Sealed]:
+    def sealed_part(self, index: int) -> dict[str, EndpointRecord]:
         """A copy of part ``index`` of the sealed endpoints (``Shards.copy_part``)."""
         return self._sealed.copy_part(index)
 
@@ -136,15 +149,19 @@ class Endpoints(Mapping[str, Endpoint]):
             self._sealed.pop(config.id, None)
             self._configs[config.id] = config
         else:
+            if self.keyring is None:
+                self.keyring = sealed.keyring
+            elif sealed.keyring is not self.keyring:
+                raise ValueError(f"endpoint {config.id!r}: sealed under another keyring than the routing's others")
             self._configs.pop(config.id, None)
-            self._sealed[config.id] = sealed
+            self._sealed[config.id] = sealed.record
 
-    def set_sealed(self, sealed: Sealed) -> None:
+    def set_sealed(self, record: EndpointRecord) -> None:
         """Carry over an endpoint of the API kept sealed (by an earlier routing, which checked it)."""
-        self._built.pop(sealed.id, None)  # a routing being built has built none (``adopt`` takes the old ones)
-        self._file.discard(sealed.id)
-        self._configs.pop(sealed.id, None)
-        self._sealed[sealed.id] = sealed
+        self._built.pop(record.id, None)  # a routing being built has built none (``adopt`` takes the old ones)
+        self._file.discard(record.id)
+        self._configs.pop(record.id, None)
+        self._sealed[record.id] = record
 
     def remove(self, endpoint_id: str) -> None:
         self._configs.pop(endpoint_id, None)
@@ -156,7 +173,7 @@ class Endpoints(Mapping[str, Endpoint]):
         """Keep ``endpoint`` (built under an earlier routing) as this one's when it delivers exactly as this one's
         config would; False when it does not (its lane finishes under the old settings)."""
         held = self.held(endpoint.id)
-        config = held.open() if isinstance(held, Sealed) else held
+        config = self.opened(held) if held is not None else None
         if config is None or endpoint.managed != self.managed(endpoint.id):
             return False
         if not endpoint.delivers_as(config, self._delivery, self._environ):
@@ -188,7 +205,7 @@ class RunTime:
 
     def __init__(self, unsealed: dict[str, EndpointConfig]) -> None:
         self.unsealed = unsealed
-        self.parts: list[tuple[dict[str, SubscriptionConfig], dict[str, Sealed]]] = []
+        self.parts: list[tuple[dict[str, SubscriptionConfig], dict[str, EndpointRecord]]] = []
 
     def take_apart(self) -> None:
         """Let the copy go a part at a time, in the thread that used it."""
@@ -212,6 +229,7 @@ class Routing:
         "table",
     )  # fmt: skip
     table: RoutingTable
+    endpoints: Endpoints
 
     def __init__(
         self,
@@ -225,7 +243,8 @@ class Routing:
         self.config = config
         self.catalogue = Catalogue(config.event_types)  # each validating schema compiled once per config
         resolved = resolve(config)
-        endpoints = self.endpoints = Endpoints(config.delivery, environ)
+        keyring = previous.endpoints.keyring if previous is not None else None
+        endpoints = self.endpoints = Endpoints(config.delivery, environ, keyring)
         for ep_config in resolved.endpoints:
             endpoints.set(ep_config)
         self.static = frozenset(endpoints)  # the config file's; the rest are managed at run time
@@ -312,9 +331,9 @@ class Routing:
 
     def _put(self, held: Held, subscription: SubscriptionConfig) -> None:
         """Carry over an endpoint checked when it was first put (a sealed one stays sealed)."""
-        if isinstance(held, Sealed):
+        if isinstance(held, EndpointRecord):
             self.endpoints.set_sealed(held)
-            self._route(held.id, held.profile, subscription)
+            self._route(held.id, profile_of(held), subscription)
         else:
             self.put(held, subscription)
 

@@ -52,7 +52,7 @@ def keyring() -> Keyring:
 def test_an_idle_endpoint_of_the_topic_is_kept_sealed_and_built_as_its_opened_config_would_be(keyring: Keyring) -> None:
     routing = Routing(parse_config(RAW, {}), {})
     configs = {i: put(routing, keyring, record(keyring, i, max_concurrency=3)) for i in range(5)}
-    assert all(isinstance(routing.endpoints.held(f"api-{i}"), Sealed) for i in range(5))
+    assert all(isinstance(routing.endpoints.held(f"api-{i}"), EndpointRecord) for i in range(5))  # no handle each
     assert isinstance(routing.endpoints.held("file-1"), EndpointConfig)  # the file's are not sealed
     assert routing.endpoints.built == 0 and len(routing.endpoints) == 6 and "api-4" in routing.endpoints
     built = routing.endpoints["api-2"]
@@ -208,3 +208,15 @@ async def test_a_routing_swapped_out_is_taken_apart_and_the_one_in_use_keeps_all
     assert reloaded.table.match("t", "lead.4").select(lambda: {"tenant": "t-9"}) == ("file-1", "api-4")
     assert set(reloaded.table.match("t", "call.x").select(lambda: {"tenant": "t-1"})) == {
         "file-1", *(f"api-{i}" for i in range(40) if i % 2 == 0 or i % 3 == 1)}  # fmt: skip
+
+
+def test_the_records_are_opened_with_the_routings_one_keyring_and_one_of_another_is_refused(keyring: Keyring) -> None:
+    """A record is kept without a handle of its own (48 bytes an endpoint): every record of a routing is opened with
+    its one keyring, the API's secrets key; a record sealed under another is refused, not opened with the wrong key."""
+    routing = Routing(parse_config(RAW, {}), {})
+    put(routing, keyring, record(keyring, 1))
+    assert routing.endpoints.keyring is keyring
+    other = Keyring(os.urandom(32))
+    with pytest.raises(ValueError, match="another keyring"):
+        put(routing, other, record(other, 2))
+    assert "api-2" not in routing.endpoints and str(routing.endpoints["api-1"].url) == "https://h1.example.com/in?v=1"
