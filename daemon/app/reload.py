@@ -11,7 +11,7 @@ from pathlib import Path
 
 from daemon.core.config import Config
 from daemon.core.errors import ConfigError
-from daemon.core.heap import collect_all, freeze_built, freeze_now, no_full_collections
+from daemon.core.heap import collect_all, freeze_built, freeze_now, give_back, no_full_collections
 from daemon.core.reload import refused
 from daemon.core.validate import load_config
 from daemon.engine.health import Health
@@ -61,7 +61,12 @@ async def let_go(swapped: list[Routing]) -> None:
     routing = swapped.pop()
     if sys.getrefcount(routing) > 2:  # this frame's and the call's own
         return
-    await asyncio.to_thread(routing.take_apart)
+    await asyncio.to_thread(_taken_apart, routing)
+
+
+def _taken_apart(routing: Routing) -> None:
+    routing.take_apart()
+    give_back()  # the routing's memory, and the copy's, back to the system
 
 
 def follow_config_pauses(health: Health, old: Routing | None, new: Routing) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from daemon.core.heap import freeze_built
+from daemon.core.heap import freeze_built, give_back
 from daemon.kafka.clients import close_consumer, reader, refresh_metadata
 from daemon.kafka.contact import Throttle, held_note
 
@@ -115,6 +115,7 @@ class Follower:
             freeze_built()  # a first read of a million endpoints: its full collections would stop the loop for seconds
             if not fetched and await self._at_end(tps):
                 break
+        give_back()  # what decoding and applying every record freed on the way, back to the system
         self._task = asyncio.create_task(self._follow(), name=f"follow-{self._name}")
         return self.records
 
