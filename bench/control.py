@@ -145,7 +145,7 @@ async def control_plane(bench: Bench) -> None:
               f"{slowest_reload * 1000:.0f} ms / {rss_reloaded_mb:,.0f} MiB", target="/healthz < 50 ms",
               met=verdict(slowest_reload < 0.05))  # fmt: skip
     bench.row("control-plane", "live objects per idle endpoint of the topic (tracemalloc, ten per tenant): its record "
-              "in the directory + its routing (its subscription, its routes, a handle on its sealed record)",
+              "in the directory + its routing (its subscription, its routes, its entries in the maps by id)",
               f"{held['directory']:.0f} + {held['routing']:.0f} bytes")  # fmt: skip
     bench.row("control-plane", "live objects per idle endpoint of the config file (tracemalloc): its config + its "
               "routes", f"{parsed:.0f} + {routed:.0f} bytes")  # fmt: skip
