@@ -289,6 +289,8 @@ class Routing:
         (``copy_run_time``): the ids it recorded, not every endpoint; ``previous`` records no more."""
         changed = previous.changed or set()
         previous.stop_recording()
+        if self.endpoints.keyring is None:  # its first sealed record came during the build
+            self.endpoints.keyring = previous.endpoints.keyring
         for endpoint_id in changed:
             if endpoint_id in self.static:
                 continue

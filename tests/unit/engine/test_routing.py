@@ -220,3 +220,14 @@ def test_the_records_are_opened_with_the_routings_one_keyring_and_one_of_another
     with pytest.raises(ValueError, match="another keyring"):
         put(routing, other, record(other, 2))
     assert "api-2" not in routing.endpoints and str(routing.endpoints["api-1"].url) == "https://h1.example.com/in?v=1"
+
+
+async def test_the_first_sealed_record_put_while_a_reload_builds_is_opened_by_the_new_routing(keyring: Keyring) -> None:
+    """The new routing learns the keyring from the one it replaces: at its copy, that one may have had no sealed record
+    yet (an empty endpoints topic); the first comes during the build and is caught up with, and must open."""
+    routing = Routing(parse_config(RAW, {}), {})
+    reloaded = Routing(parse_config(RAW, {}), {}, routing, await routing.copy_run_time())
+    put(routing, keyring, record(keyring, 1))
+    reloaded.catch_up(routing)
+    assert reloaded.endpoints.keyring is keyring
+    assert str(reloaded.endpoints["api-1"].url) == "https://h1.example.com/in?v=1"
