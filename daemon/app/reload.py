@@ -59,7 +59,9 @@ async def let_go(swapped: list[Routing]) -> None:
     last reference, as before."""
     await asyncio.sleep(0)  # the reload's own references are gone by the next turn of the loop
     routing = swapped.pop()
-    if sys.getrefcount(routing) > 2:  # this frame's and the call's own
+    routing.table.forget_cache()  # its cached matches point back at it: a cycle, never collected once frozen
+    alone = object()  # held as ``routing`` is, by this frame alone: the count of an object nothing else holds
+    if sys.getrefcount(routing) > sys.getrefcount(alone):  # compared, not a number: counts differ between versions
         return
     await asyncio.to_thread(_taken_apart, routing)
 

@@ -353,6 +353,11 @@ class RoutingTable:
             self._scoped_any.setdefault(path, _Wanted()).add(route, sub.events)
         self._next_index += 1
 
+    def forget_cache(self) -> None:
+        """Let the cached answers go: a ``Match`` points back at its table, so a table let go of with its cache is a
+        cycle (never collected once frozen: ``daemon.app.reload.let_go``)."""
+        self._forget()
+
     def _forget(self) -> None:
         self._cache = {}
         self._scoped_cache = {}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import os
 
 import pytest
@@ -18,6 +17,7 @@ from daemon.core.shards import PARTS as SHARDS
 from daemon.core.shards import Shards
 from daemon.core.validate import parse_config
 from daemon.engine.routing import Routing
+from tests.helpers import cycles_left
 
 SECRET = "whsec_" + base64.b64encode(b"routing-test-secret-0123456789").decode()
 RAW = {
@@ -158,9 +158,7 @@ async def test_a_routing_let_go_is_freed_by_its_references_alone(keyring: Keyrin
     """After a reload the routing swapped out is frozen (``gc.freeze``: out of the cyclic collector's reach, so that its
     full passes do not stop the loop): a cycle in it would be kept for good, a million endpoints' maps a SIGHUP."""
     config = parse_config(RAW, {})
-    gc.collect()
-    gc.disable()
-    try:
+    with cycles_left() as kept:
         routing = Routing(config, {})
         for i in range(20):
             put(routing, keyring, record(keyring, i))
@@ -169,13 +167,6 @@ async def test_a_routing_let_go_is_freed_by_its_references_alone(keyring: Keyrin
         reloaded = Routing(config, {}, routing, await routing.copy_run_time())
         reloaded.catch_up(routing)
         del routing, reloaded
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        kept = [type(o).__qualname__ for o in gc.garbage if type(o).__module__.startswith("daemon.")]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
     assert kept == []
 
 
