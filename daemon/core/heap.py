@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import gc
 from collections.abc import Callable, Iterator
+from typing import Any
 
 _NEVER: int = 2**31 - 1  # a threshold the count of the old generation does not reach
 # glibc's malloc_trim; None where the C library has none (musl, macOS): then what is freed stays with the process.
@@ -24,6 +25,15 @@ def freeze_built() -> None:
     lives on is frozen."""
     gc.collect(1)
     gc.freeze()
+
+
+def drain(items: dict[Any, Any] | list[Any]) -> None:
+    """Empty ``items`` an entry at a time (``popitem``, ``pop``): each let go of on its own, so that a thread doing it
+    lets the interpreter go to the event loop between entries, where emptying or dropping it whole frees every entry
+    in one step (a routing swapped out: ``Routing.take_apart``)."""
+    pop = items.popitem if isinstance(items, dict) else items.pop
+    while items:
+        pop()
 
 
 def give_back() -> bool:

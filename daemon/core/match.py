@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from daemon.core.config import SubscriptionConfig, WhereConfig
+from daemon.core.heap import drain
 from daemon.core.shards import Shards
 
 # The answers cached per (topic, type): event types come from outside, so the number of entries and the bytes they
@@ -133,16 +134,12 @@ class _Index:
         return routes
 
     def take_apart(self) -> None:
-        """Empty it a route at a time (``Shards.take_apart``): a million unscoped endpoints: one list of a million."""
+        """Empty it a route at a time (``heap.drain``): a million unscoped endpoints are one list of a million."""
         for by_pattern in (self._exact, self._prefixes):
             while by_pattern:
-                routes = by_pattern.popitem()[1]
-                while routes:
-                    routes.pop()
-        while self._star:
-            self._star.pop()
-        while self._by_endpoint:
-            self._by_endpoint.popitem()
+                drain(by_pattern.popitem()[1])
+        drain(self._star)
+        drain(self._by_endpoint)
 
     def each(self, event_type: str) -> Iterator[_Route]:
         """The routes whose patterns match ``event_type``; a route matched by several patterns comes once each."""

@@ -14,6 +14,8 @@ import itertools
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar, overload
 
+from daemon.core.heap import drain
+
 K = TypeVar("K")
 V = TypeVar("V")
 T = TypeVar("T")
@@ -29,7 +31,7 @@ class Shards(Generic[K, V]):
 
     def __init__(self) -> None:
         self._parts: tuple[dict[K, V], ...] = tuple({} for _ in range(PARTS))
-        self._len = 0  # kept, not summed: the endpoints gauge reads it at every record of a first read
+        self._len = 0  # kept, not summed over the parts
 
     def __getitem__(self, key: K) -> V:
         return self._parts[hash(key) & 63][key]
@@ -84,12 +86,9 @@ class Shards(Generic[K, V]):
         return self._parts[index].copy()
 
     def take_apart(self) -> None:
-        """Empty it an entry at a time: each value let go on its own (``dict.popitem``), so that a thread doing it lets
-        the interpreter go to the event loop between entries, where dropping the map whole frees every entry in one
-        step (``Routing.take_apart``)."""
+        """Empty it an entry at a time (``daemon.core.heap.drain``)."""
         for part in self._parts:
-            while part:
-                part.popitem()
+            drain(part)
         self._len = 0
 
     def keys(self) -> Iterator[K]:

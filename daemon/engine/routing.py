@@ -16,6 +16,7 @@ from typing import Final
 from daemon.core.catalogue import Catalogue
 from daemon.core.config import Config, DeliveryConfig, EndpointConfig, SubscriptionConfig
 from daemon.core.event import TypeReader
+from daemon.core.heap import drain
 from daemon.core.match import RoutingTable
 from daemon.core.profiles import PROFILES
 from daemon.core.registry import EndpointRecord, Sealed, profile_of
@@ -209,8 +210,7 @@ class RunTime:
 
     def take_apart(self) -> None:
         """Let the copy go a part at a time, in the thread that used it."""
-        while self.parts:
-            self.parts.pop()
+        drain(self.parts)
 
     def __iter__(self) -> Iterator[tuple[Held, SubscriptionConfig]]:
         unsealed = self.unsealed
