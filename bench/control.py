@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import signal
 import statistics
 import time
 
@@ -28,8 +27,8 @@ from bench.endpoints import (
     idle_bytes,
     one_change,
     produce_file,
-    reloads,
     sealed_records,
+    sighup,
     start,
     topic_idle_bytes,
     topic_record,
@@ -49,28 +48,6 @@ async def _changed(session: aiohttp.ClientSession, port: int, token: str, i: int
             return resp.status == 200 and (await resp.json()).get("url") == url
     except aiohttp.ClientError:
         return False
-
-
-async def _sighup(session: aiohttp.ClientSession, port: int, pid: int) -> tuple[float, float]:
-    """SIGHUP with the config unchanged (every endpoint of the topic carried over to the routing built anew): seconds
-    until ``config_reloads_total{result="ok"}`` moves, and the slowest ``/healthz`` answer, polled every 10 ms from the
-    signal until ``_AFTER_S`` after (the routing swapped out is let go of then)."""
-    before = await reloads(session, port)
-    began = time.perf_counter()
-    os.kill(pid, signal.SIGHUP)
-    applied: float | None = None
-    slowest = 0.0
-    while applied is None or time.perf_counter() - began < applied + _AFTER_S:
-        asked = time.perf_counter()
-        await get(session, f"http://127.0.0.1:{port}/healthz")
-        slowest = max(slowest, time.perf_counter() - asked)
-        if applied is None and await reloads(session, port) != before:
-            applied = time.perf_counter() - began
-        if time.perf_counter() - began > 300:
-            raise TimeoutError("control-plane: a SIGHUP not applied within 300 s")
-        await asyncio.sleep(0.01)
-    assert applied is not None
-    return applied, slowest
 
 
 async def control_plane(bench: Bench) -> None:
@@ -118,7 +95,7 @@ async def control_plane(bench: Bench) -> None:
                     applied.append(time.perf_counter() - began)
             finally:
                 await producer.stop()
-            reload_s, slowest_reload = await _sighup(session, port, child.pid)
+            reload_s, slowest_reload = await sighup(session, port, child.pid, poll_s=0.01, after_s=_AFTER_S)
             rss_reloaded_mb = child.status_kb("VmRSS") / 1024
         finally:
             await child.stop(within_s=60)
