@@ -11,11 +11,11 @@ from pathlib import Path
 
 from daemon.core.config import Config
 from daemon.core.errors import ConfigError
-from daemon.core.heap import collect_all, freeze_built, freeze_now, give_back, no_full_collections
+from daemon.core.heap import give_back, no_full_collections
 from daemon.core.reload import refused
 from daemon.core.validate import load_config
 from daemon.engine.health import Health
-from daemon.engine.routing import Routing, RunTime
+from daemon.engine.routing import Routing
 from daemon.observe.metrics import Metrics
 
 
@@ -23,38 +23,28 @@ async def reloaded(
     path: str | Path, environ: Mapping[str, str], running: Config, routing: Routing
 ) -> tuple[Config, Routing]:
     """The config at ``path`` and its routing, ready to swap in; ConfigError (every fault, or what a reload may not
-    change) leaves the running ones alone. The routing is built in a thread (100,000 endpoints take seconds; the loop
-    keeps answering) from a copy of the endpoints managed at run time taken a part at a time, then brought up to date on
-    the loop with the run-time changes applied since the copy began (the ids recorded, not every endpoint)."""
+    change) leaves the running ones alone. The routing of the config file's endpoints is built in a thread (100,000
+    endpoints take seconds; the loop keeps answering); the endpoints managed at run time are the running routing's,
+    shared, not copied (``daemon.engine.routing.RunTimeEndpoints``): what they changed meanwhile is already there."""
     new = await asyncio.to_thread(load_config, path, dict(environ))
     refusals = refused(running, new)
     if refusals:
         raise ConfigError(refusals)
-    collect_all()
-    try:
-        run_time = await routing.copy_run_time()
-        freeze_now()  # the copy: let go of in the thread, a part at a time, never traversed meanwhile
-        built = await asyncio.to_thread(_built, new, environ, routing, run_time)
-        built.catch_up(routing)
-    finally:
-        routing.stop_recording()
+    built = await asyncio.to_thread(_built, new, environ, routing)
+    built.find_shadowed()  # on the loop, with nothing awaited before the swap: an endpoint put meanwhile is seen
     return new, built
 
 
-def _built(config: Config, environ: Mapping[str, str], previous: Routing, run_time: RunTime) -> Routing:
-    """The routing of ``config`` (in a thread), with no full collection while it is built, and frozen once built
-    (``daemon.core.heap``): a million endpoints' routing, traversed by each full pass, held the interpreter from the
-    loop for 284-663 ms a pass."""
+def _built(config: Config, environ: Mapping[str, str], previous: Routing) -> Routing:
+    """The routing of ``config`` (in a thread), with no full collection while it is built (``daemon.core.heap``): a
+    full pass holds the interpreter from the loop for as long as it traverses what is live."""
     with no_full_collections():
-        routing = Routing(config, environ, previous, run_time)
-        run_time.take_apart()  # here, a part at a time: the loop would free the copy in one step
-        freeze_built()
-    return routing
+        return Routing(config, environ, previous)
 
 
 async def let_go(swapped: list[Routing]) -> None:
     """Free the routing a reload swapped out (``swapped``, its only item), in a thread and a piece at a time
-    (``Routing.take_apart``): dropped at once, a million endpoints' routes were freed in one step on the loop. Only
+    (``Routing.take_apart``): its own part, the config file's endpoints and routes (100,000 are seconds to free). Only
     when nothing else holds it (a request that took it before the swap reads it whole): otherwise it goes with its
     last reference, as before."""
     await asyncio.sleep(0)  # the reload's own references are gone by the next turn of the loop
@@ -68,7 +58,7 @@ async def let_go(swapped: list[Routing]) -> None:
 
 def _taken_apart(routing: Routing) -> None:
     routing.take_apart()
-    give_back()  # the routing's memory, and the copy's, back to the system
+    give_back()  # the routing's memory back to the system
 
 
 def follow_config_pauses(health: Health, old: Routing | None, new: Routing) -> None:

@@ -3,8 +3,8 @@
 A full pass of the collector traverses every object it tracks and holds the interpreter while it does: over such a
 state, the event loop stopped for hundreds of milliseconds to seconds (or a thread holding the interpreter from it).
 What is built to last is frozen (``gc.freeze``): out of the collector's reach, still freed when its last reference
-goes, which is why a state let go must hold no cycle (``Routing``). While a big state is built beside the running one
-(a reload), no full pass runs at all: only the young generations are collected, then what was built is frozen.
+goes, which is why a state let go must hold no cycle (``Routing``). While a routing is built beside the running one
+(a reload), no full pass runs at all: only the young generations are collected.
 """
 
 from __future__ import annotations
@@ -44,18 +44,6 @@ def give_back() -> bool:
         return False
     _MALLOC_TRIM(0)
     return True
-
-
-def collect_all() -> None:
-    """A full pass over what is not frozen (little, when the big states are), before a big state is built and frozen:
-    so that what is frozen then is not old garbage."""
-    gc.collect()
-
-
-def freeze_now() -> None:
-    """Move everything tracked out of the collector's reach at once, the young generations too: for a big copy just
-    made, that each young pass would traverse (millions of entries) and that is let go of a piece at a time later."""
-    gc.freeze()
 
 
 @contextlib.contextmanager

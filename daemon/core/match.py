@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from daemon.core.config import SubscriptionConfig, WhereConfig
 from daemon.core.heap import drain
@@ -203,21 +203,30 @@ def _admits(route: _Route, topic: str, event_type: str) -> bool:
     return (topics is None or topic in topics) and (catalogue is None or event_type in catalogue)
 
 
+class _Scoping(Protocol):
+    """What a ``Match`` looks scoped routes up in: a ``RoutingTable``, or a ``Layered`` pair of them."""
+
+    @property
+    def tally(self) -> Tally: ...
+
+    def scoped(self, path: tuple[str, ...], value: str, topic: str, event_type: str) -> tuple[_Route, ...]: ...
+
+
 class Match:
     """The endpoints for one (topic, event type): those that always apply, those under a condition, and the scopes
     (fields, such as ``api.tenant_field``) some of whose routes may apply: those are looked up in the table by the
     value the event has for the field, so that an event is checked against its own tenant's routes only."""
 
-    __slots__ = ("_scopes", "_table", "_topic", "_type", "conditional", "endpoints")
+    __slots__ = ("_table", "_topic", "_type", "conditional", "endpoints", "scopes")
 
     def __init__(
         self, endpoints: tuple[str, ...], conditional: tuple[tuple[str, Where], ...],
-        scopes: tuple[tuple[str, ...], ...] = (), table: RoutingTable | None = None, topic: str = "",
+        scopes: tuple[tuple[str, ...], ...] = (), table: _Scoping | None = None, topic: str = "",
         event_type: str = "",
     ) -> None:  # fmt: skip
         self.endpoints = endpoints
         self.conditional = conditional
-        self._scopes = scopes
+        self.scopes = scopes
         self._table = table
         self._topic = topic
         self._type = event_type
@@ -225,11 +234,11 @@ class Match:
     @property
     def empty(self) -> bool:
         """True when no event of this (topic, type) can go anywhere."""
-        return not self.endpoints and not self.conditional and not self._scopes
+        return not self.endpoints and not self.conditional and not self.scopes
 
     def select(self, event: Callable[[], Any]) -> tuple[str, ...]:
         """Endpoint ids for one event; ``event()`` decodes it, called only when a condition needs it."""
-        if not self.conditional and not self._scopes:
+        if not self.conditional and not self.scopes:
             return self.endpoints
         decoded = event()
         chosen = dict.fromkeys(self.endpoints)
@@ -241,7 +250,7 @@ class Match:
                     chosen[endpoint] = None
         table = self._table
         if table is not None:
-            for path in self._scopes:
+            for path in self.scopes:
                 value = field_value(decoded, path)  # the event's tenant, read once
                 if value is None:
                     continue
@@ -270,7 +279,7 @@ class RoutingTable:
 
     __slots__ = (
         "_cache", "_cache_bytes", "_next_index", "_routes", "_scoped", "_scoped_any", "_scoped_cache", "_scopes_of",
-        "tally",
+        "generation", "tally",
     )  # fmt: skip
 
     def __init__(
@@ -288,6 +297,7 @@ class RoutingTable:
         # (topic, type, scope field, value) -> the routes of that value: sharing the bound of ``_cache``.
         self._scoped_cache: dict[tuple[str, str, tuple[str, ...], str], tuple[_Route, ...]] = {}
         self._cache_bytes = 0
+        self.generation = 0  # moved on by every change (and every emptying of the caches): what ``Layered`` caches by
         self.tally = tally or Tally()
         catalogues = catalogues or {}
         for sub in subscriptions:
@@ -359,6 +369,7 @@ class RoutingTable:
         self._cache = {}
         self._scoped_cache = {}
         self._cache_bytes = 0
+        self.generation += 1
 
     def _room(self, size: int) -> bool:
         """Whether an answer of ``size`` bytes may be kept, the caches emptied first when they are full."""
@@ -424,3 +435,92 @@ class RoutingTable:
         scopes = tuple(path for path, wanted in self._scoped_any.items() if wanted.wants(topic, event_type))
         return Match(tuple(plain), tuple((e, w) for e, w in conditional if e not in plain), scopes, self, topic,
                      event_type)  # fmt: skip
+
+
+class Layered:
+    """The config file's table over the one of the endpoints managed at run time, answering as one table of both would:
+    the file's routes first, then the run-time ones, less those of an endpoint id the file defines too (``shadowed``:
+    the file's endpoint is the one of that id). The run-time table is shared by every routing of a daemon and changed in
+    place (``daemon.engine.routing``): a reload builds the file's table alone. Answers merged from both are cached, by
+    the same bounds as a table's, for as long as neither table changed (their ``generation``).
+
+    ``__slots__``: matched for every record (the hot path).
+    """
+
+    __slots__ = ("_cache", "_cache_bytes", "_file_seen", "_run_seen", "_shadowed", "file", "run_time")
+
+    def __init__(self, file: RoutingTable, run_time: RoutingTable, shadowed: set[str]) -> None:
+        """``shadowed``: the caller's set, kept up to date by it; the cache is emptied when it changes
+        (``forget_cache``)."""
+        self.file = file
+        self.run_time = run_time
+        self._shadowed = shadowed
+        self._cache: dict[tuple[str, str], Match] = {}
+        self._cache_bytes = 0
+        self._file_seen = self._run_seen = -1
+
+    @property
+    def tally(self) -> Tally:
+        return self.run_time.tally
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.file.cache_bytes + self.run_time.cache_bytes + self._cache_bytes
+
+    def match(self, topic: str, event_type: str) -> Match:
+        """What is subscribed to ``event_type`` on ``topic``, in either table: each endpoint once, the file's first."""
+        file, run = self.file, self.run_time
+        if self._file_seen != file.generation or self._run_seen != run.generation:
+            self._reset()
+        key = (topic, event_type)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        own, theirs = file.match(topic, event_type), run.match(topic, event_type)
+        shadowed = self._shadowed
+        if theirs.empty:
+            found = own
+        elif own.empty and not shadowed:
+            found = theirs
+        else:
+            endpoints, conditional = theirs.endpoints, theirs.conditional
+            if shadowed:
+                endpoints = tuple(e for e in endpoints if e not in shadowed)
+                conditional = tuple(c for c in conditional if c[0] not in shadowed)
+            scopes = tuple(dict.fromkeys((*own.scopes, *theirs.scopes)))
+            found = Match(own.endpoints + endpoints, own.conditional + conditional, scopes, self, topic, event_type)
+        size = (len(topic) + len(event_type) + _ENTRY_BYTES + _PLAIN_BYTES * len(found.endpoints)
+                + _CONDITIONAL_BYTES * len(found.conditional))  # fmt: skip
+        if self._file_seen != file.generation or self._run_seen != run.generation:
+            self._reset()  # either table changed or emptied its caches while answering: what is kept starts from now
+        if len(event_type) <= _CACHED_TYPE_MAX and size <= _CACHE_BYTES // 4:
+            if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes + size > _CACHE_BYTES:
+                self._cache, self._cache_bytes = {}, 0
+            self._cache[key] = found
+            self._cache_bytes += size
+        return found
+
+    def scoped(self, path: tuple[str, ...], value: str, topic: str, event_type: str) -> tuple[_Route, ...]:
+        """The routes scoped to ``value`` of the field ``path`` for (topic, type): the file's, then the run-time ones
+        (less the shadowed)."""
+        theirs = self.run_time.scoped(path, value, topic, event_type)
+        shadowed = self._shadowed
+        if shadowed and theirs:
+            theirs = tuple(route for route in theirs if route[1] not in shadowed)
+        own = self.file.scoped(path, value, topic, event_type)
+        return own + theirs if own else theirs
+
+    def forget_cache(self) -> None:
+        """Let the merged answers and the file table's go (the run-time table is shared: its own are kept). A cached
+        ``Match`` points back at its table: a cycle, let go of here (``daemon.app.reload.let_go``)."""
+        self.file.forget_cache()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cache, self._cache_bytes = {}, 0
+        self._file_seen, self._run_seen = self.file.generation, self.run_time.generation
+
+    def take_apart(self) -> None:
+        """Empty the file's table (``RoutingTable.take_apart``); the run-time one is shared, never emptied here."""
+        self.file.take_apart()
+        self._cache, self._cache_bytes = {}, 0

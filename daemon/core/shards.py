@@ -80,11 +80,6 @@ class Shards(Generic[K, V]):
             return part.pop(key)
         return part.pop(key) if default is _MISSING else default
 
-    def copy_part(self, index: int) -> dict[K, V]:
-        """A copy of part ``index`` (0 to ``PARTS - 1``), taken in one step: a map of a million copied a part at a time
-        lets the event loop run between parts. Two maps keyed alike have a key in the same part."""
-        return self._parts[index].copy()
-
     def take_apart(self) -> None:
         """Empty it an entry at a time (``daemon.core.heap.drain``)."""
         for part in self._parts:

@@ -1,29 +1,29 @@
 """The routing: the endpoints, the table of who gets which event, and each topic's type reader.
 
-Built once per config (start-up, SIGHUP) beside the running one and swapped whole, carrying over the
-endpoints managed at run time; those change in place, one at a time (``put``, ``drop``), without a rebuild.
+The config file's part is built once per config (start-up, SIGHUP) beside the running one and swapped whole; the
+endpoints managed at run time and their routes (``RunTimeEndpoints``) are shared by every routing of the daemon and
+change in place, one at a time (``put``, ``drop``), never rebuilt nor copied.
 An ``Endpoint`` is prepared only for an endpoint that has work (``Endpoints``); one that delivers exactly as
 before keeps its ``Endpoint`` object across a reload (and with it its lane and its connections).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Final
 
 from daemon.core.catalogue import Catalogue
 from daemon.core.config import Config, DeliveryConfig, EndpointConfig, SubscriptionConfig
 from daemon.core.event import TypeReader
 from daemon.core.heap import drain
-from daemon.core.match import RoutingTable
+from daemon.core.match import Layered, RoutingTable
 from daemon.core.profiles import PROFILES
-from daemon.core.registry import EndpointRecord, Sealed, profile_of
+from daemon.core.registry import EndpointRecord, Sealed
 from daemon.core.resolve import resolve
 from daemon.core.schemas import SchemaCache
 from daemon.core.secretbox import Keyring
-from daemon.core.shards import PARTS, Shards
+from daemon.core.shards import Shards
 from daemon.delivery.endpoint import API, CONFIG, Endpoint, Managed
 
 DEFAULT_READER: Final = TypeReader()  # a topic outside the config's (a subscription changed under a fetch)
@@ -56,26 +56,59 @@ class Configs(Mapping[str, EndpointConfig]):
         return len(self._endpoints)
 
 
-class Endpoints(Mapping[str, Endpoint]):
-    """The endpoints by id, each ``Endpoint`` built on first use from its config and kept while it is used: an
-    idle endpoint costs its config and its routes, not a prepared ``Endpoint`` (signer, headers, request head); one
-    of the endpoints topic costs its record, opened only when its ``Endpoint`` is built, with the one keyring every
-    record of the routing is sealed under (the API's secrets key, which a reload cannot change).
-    Each is built as the config file's or the API's (``managed``), which decides the network guard it meets.
+class RunTimeEndpoints:
+    """The endpoints managed at run time (the API's, the endpoints topic's: up to a million) and their routing table:
+    one for the life of a daemon, shared by each routing it builds (start-up, every SIGHUP) and changed in place by
+    ``Routing.put`` and ``drop``. A reload builds the config file's part alone: the run-time endpoints are neither
+    copied nor routed again (a second routing of a million endpoints built beside the first took 12-15 s and left the
+    process 420 MiB larger). ``version`` moves on at every put and drop.
 
     ``__slots__``: read for every delivery (the hot path).
     """
 
-    __slots__ = ("_built", "_configs", "_delivery", "_environ", "_file", "_sealed", "keyring")
+    __slots__ = ("keyring", "sealed", "subscriptions", "table", "unsealed", "version")
 
-    def __init__(self, delivery: DeliveryConfig, environ: Mapping[str, str], keyring: Keyring | None = None) -> None:
-        self._configs: dict[str, EndpointConfig] = {}
-        self._sealed: Shards[str, EndpointRecord] = Shards()  # the API's endpoints: up to a million
-        self.keyring = keyring  # what the records are opened with: the first ``Sealed``'s, or an earlier routing's
+    def __init__(self) -> None:
+        self.unsealed: dict[str, EndpointConfig] = {}  # those put unsealed (none of the topic's)
+        self.sealed: Shards[str, EndpointRecord] = Shards()  # the topic's, as records: up to a million
+        self.keyring: Keyring | None = None  # what the records are opened with: the first ``Sealed``'s
+        self.subscriptions: Shards[str, SubscriptionConfig] = Shards()
+        self.table = RoutingTable(())
+        self.version = 0
+
+    def held(self, endpoint_id: str) -> Held | None:
+        return self.unsealed.get(endpoint_id) or self.sealed.get(endpoint_id)
+
+    def __contains__(self, endpoint_id: str) -> bool:
+        return endpoint_id in self.unsealed or endpoint_id in self.sealed
+
+    def __len__(self) -> int:
+        return len(self.unsealed) + len(self.sealed)
+
+
+class Endpoints(Mapping[str, Endpoint]):
+    """The endpoints by id, each ``Endpoint`` built on first use from its config and kept while it is used: an
+    idle endpoint costs its config and its routes, not a prepared ``Endpoint`` (signer, headers, request head); one
+    of the endpoints topic costs its record, opened only when its ``Endpoint`` is built, with the one keyring every
+    record is sealed under (the API's secrets key, which a reload cannot change).
+    The config file's endpoints are this routing's own; the run-time ones are shared (``RunTimeEndpoints``), less any
+    whose id the file defines too (``shadowed``: the file's endpoint is the one of that id; the run-time one comes
+    back if a reload takes the file's away). Each is built as the config file's or the API's (``managed``), which
+    decides the network guard it meets.
+
+    ``__slots__``: read for every delivery (the hot path).
+    """
+
+    __slots__ = ("_built", "_configs", "_delivery", "_environ", "_run", "_seen", "shadowed")
+
+    def __init__(self, delivery: DeliveryConfig, environ: Mapping[str, str], run_time: RunTimeEndpoints) -> None:
+        self._configs: dict[str, EndpointConfig] = {}  # the config file's
+        self._run = run_time
         self._built: dict[str, Endpoint] = {}
-        self._file: set[str] = set()  # the ids of the config file's endpoints (the rest are the API's: many more)
         self._delivery = delivery
         self._environ = environ
+        self.shadowed: set[str] = set()  # ids of both the file and the run-time endpoints
+        self._seen = -1  # the run-time endpoints' version ``shadowed`` was found at
 
     def __getitem__(self, endpoint_id: str) -> Endpoint:
         try:
@@ -83,92 +116,108 @@ class Endpoints(Mapping[str, Endpoint]):
         except KeyError:
             pass
         config = self._configs.get(endpoint_id)
+        managed: Managed = CONFIG
         if config is None:
-            config = self.opened(self._sealed[endpoint_id])
-        endpoint = self._built[endpoint_id] = Endpoint(config, self._delivery, self._environ, self.managed(endpoint_id))
+            held = self._run.held(endpoint_id)
+            if held is None:
+                raise KeyError(endpoint_id)
+            config, managed = self.opened(held), API
+        endpoint = self._built[endpoint_id] = Endpoint(config, self._delivery, self._environ, managed)
         return endpoint
 
     def __contains__(self, endpoint_id: object) -> bool:
-        return endpoint_id in self._configs or endpoint_id in self._sealed
+        return endpoint_id in self._configs or (isinstance(endpoint_id, str) and endpoint_id in self._run)
 
     def __iter__(self) -> Iterator[str]:
-        return itertools.chain(self._configs, self._sealed)
+        run = self._run
+        theirs: Iterator[str] = itertools.chain(run.unsealed, run.sealed)
+        if self.shadowed:
+            theirs = (i for i in theirs if i not in self._configs)
+        return itertools.chain(self._configs, theirs)
 
     def __len__(self) -> int:
-        return len(self._configs) + len(self._sealed)
+        return len(self._configs) + len(self._run) - len(self.shadowed)
+
+    @property
+    def keyring(self) -> Keyring | None:
+        return self._run.keyring
 
     @property
     def configs(self) -> Configs:
         """Every endpoint's config by id (a view made on each call: kept, it would tie the two in a cycle that only the
-        cyclic collector frees, and a routing let go after a freeze must go by its references alone)."""
+        cyclic collector frees, and a routing let go of must go by its references alone)."""
         return Configs(self)
 
     def held(self, endpoint_id: str) -> Held | None:
         """An endpoint as it is kept: its config, or its record still sealed (None: no such endpoint)."""
-        return self._configs.get(endpoint_id) or self._sealed.get(endpoint_id)
+        return self._configs.get(endpoint_id) or self._run.held(endpoint_id)
 
     def opened(self, held: Held) -> EndpointConfig:
         """An endpoint's config: a record opened now (``Sealed.open``), a config as it is."""
         if not isinstance(held, EndpointRecord):
             return held
-        if self.keyring is None:
+        keyring = self._run.keyring
+        if keyring is None:
             raise ValueError(f"endpoint {held.id!r}: a sealed record and no keyring to open it with")
-        return Sealed(held, self.keyring).open()
-
-    def unsealed(self) -> dict[str, EndpointConfig]:
-        """A copy of the endpoints kept as configs: the file's, and the API's put unsealed (none of the topic's)."""
-        return self._configs.copy()
-
-    def sealed_part(self, index: int) -> dict[str, EndpointRecord]:
-        """A copy of part ``index`` of the sealed endpoints (``Shards.copy_part``)."""
-        return self._sealed.copy_part(index)
+        return Sealed(held, keyring).open()
 
     def take_apart(self) -> None:
-        """Empty the sealed endpoints an entry at a time (``Routing.take_apart``)."""
-        self._sealed.take_apart()
+        """Empty the file's endpoints an entry at a time (``Routing.take_apart``); the run-time ones are shared."""
+        drain(self._configs)
 
     def file_configs(self) -> dict[str, EndpointConfig]:
         """The config file's endpoints' configs."""
-        return {endpoint_id: self._configs[endpoint_id] for endpoint_id in self._file}
+        return self._configs.copy()
 
     def managed(self, endpoint_id: str) -> Managed:
         """Where an endpoint comes from: ``"api"`` (the endpoints API) or ``"config"`` (the config file); an id it does
         not hold is the API's (the stricter network guard)."""
-        return CONFIG if endpoint_id in self._file else API
+        return CONFIG if endpoint_id in self._configs else API
 
-    def set(self, config: EndpointConfig, managed: Managed = CONFIG, sealed: Sealed | None = None) -> None:
-        """Add or change one; a built ``Endpoint`` whose config or origin changed is let go (the next use builds
-        anew). ``sealed``: ``config`` is that record's, opened: the record is kept, not ``config``."""
-        built = self._built.get(config.id)
-        if built is not None and (built.config != config or built.managed != managed):
-            del self._built[config.id]
-        if managed == CONFIG:
-            self._file.add(config.id)
-        else:
-            self._file.discard(config.id)
-        if sealed is None:
-            self._sealed.pop(config.id, None)
-            self._configs[config.id] = config
-        else:
-            if self.keyring is None:
-                self.keyring = sealed.keyring
-            elif sealed.keyring is not self.keyring:
+    def set_file(self, config: EndpointConfig) -> None:
+        """Add one of the config file's (building the routing)."""
+        self._configs[config.id] = config
+
+    def set(self, config: EndpointConfig, sealed: Sealed | None = None) -> None:
+        """Add or change one managed at run time (not an id of the file's: ``Routing.put`` refuses those); a built
+        ``Endpoint`` whose config changed is let go (the next use builds anew). ``sealed``: ``config`` is that record's,
+        opened: the record is kept, not ``config``."""
+        run = self._run
+        if sealed is not None:
+            if run.keyring is None:
+                run.keyring = sealed.keyring
+            elif sealed.keyring is not run.keyring:
                 raise ValueError(f"endpoint {config.id!r}: sealed under another keyring than the routing's others")
-            self._configs.pop(config.id, None)
-            self._sealed[config.id] = sealed.record
-
-    def set_sealed(self, record: EndpointRecord) -> None:
-        """Carry over an endpoint of the API kept sealed (by an earlier routing, which checked it)."""
-        self._built.pop(record.id, None)  # a routing being built has built none (``adopt`` takes the old ones)
-        self._file.discard(record.id)
-        self._configs.pop(record.id, None)
-        self._sealed[record.id] = record
+        built = self._built.get(config.id)
+        if built is not None and built.config != config:
+            del self._built[config.id]
+        if sealed is None:
+            run.sealed.pop(config.id, None)
+            run.unsealed[config.id] = config
+        else:
+            run.unsealed.pop(config.id, None)
+            run.sealed[config.id] = sealed.record
 
     def remove(self, endpoint_id: str) -> None:
-        self._configs.pop(endpoint_id, None)
-        self._sealed.pop(endpoint_id, None)
-        self._built.pop(endpoint_id, None)
-        self._file.discard(endpoint_id)
+        """Remove one managed at run time (a file's endpoint of the same id stays)."""
+        run = self._run
+        run.unsealed.pop(endpoint_id, None)
+        run.sealed.pop(endpoint_id, None)
+        if endpoint_id not in self._configs:
+            self._built.pop(endpoint_id, None)
+        self.shadowed.discard(endpoint_id)
+
+    def find_shadowed(self) -> bool:
+        """Find the run-time endpoints whose id the file defines too, unless none was put or dropped since they were
+        last found (a reload finds them in its thread, then again on the loop only if one changed meanwhile). True
+        when they were found anew."""
+        run = self._run
+        if self._seen == run.version:
+            return False
+        self._seen = run.version  # read first: a change while this looks moves it on, and it is looked at again
+        self.shadowed.clear()
+        self.shadowed.update(endpoint_id for endpoint_id in self._configs if endpoint_id in run)
+        return True
 
     def adopt(self, endpoint: Endpoint) -> bool:
         """Keep ``endpoint`` (built under an earlier routing) as this one's when it delivers exactly as this one's
@@ -195,68 +244,35 @@ class Endpoints(Mapping[str, Endpoint]):
         return len(self._built)
 
 
-class RunTime:
-    """The endpoints managed at run time of a running routing, for the next routing to carry over (``dynamic``):
-    copied a part at a time (``Routing.copy_run_time``) with the event loop going on between parts, so the parts are
-    of different moments; the running routing records every id put or dropped from the copy's start on
-    (``Routing.changed``) and ``catch_up`` applies those, so the moments do not matter. Iterated in the thread that
-    builds the next routing, as (held, subscription) pairs: a sealed one unopened."""
-
-    __slots__ = ("parts", "unsealed")
-
-    def __init__(self, unsealed: dict[str, EndpointConfig]) -> None:
-        self.unsealed = unsealed
-        self.parts: list[tuple[dict[str, SubscriptionConfig], dict[str, EndpointRecord]]] = []
-
-    def take_apart(self) -> None:
-        """Let the copy go a part at a time, in the thread that used it."""
-        drain(self.parts)
-
-    def __iter__(self) -> Iterator[tuple[Held, SubscriptionConfig]]:
-        unsealed = self.unsealed
-        for subscriptions, sealed in self.parts:
-            for endpoint_id, subscription in subscriptions.items():
-                held = unsealed.get(endpoint_id) or sealed.get(endpoint_id)
-                if held is not None:
-                    yield held, subscription
-
-
 class Routing:
     """``__slots__``: read for every record (the hot path)."""
 
     __slots__ = (
-        "catalogue", "changed", "config", "dynamic", "endpoints", "readers", "schemas", "static", "subscriptions",
-        "table",
+        "catalogue", "config", "endpoints", "readers", "run_time", "schemas", "static", "subscriptions", "table",
     )  # fmt: skip
-    table: RoutingTable
+    table: Layered
     endpoints: Endpoints
+    run_time: RunTimeEndpoints
 
-    def __init__(
-        self,
-        config: Config,
-        environ: Mapping[str, str],
-        previous: Routing | None = None,
-        dynamic: Iterable[tuple[Held, SubscriptionConfig]] = (),
-    ) -> None:
-        """``dynamic``: the endpoints managed at run time to carry over (a snapshot: this may run in a thread). The
-        writer schemas decoded so far (``schemas``) are ``previous``'s, or a new cache."""
+    def __init__(self, config: Config, environ: Mapping[str, str], previous: Routing | None = None) -> None:
+        """The routing of ``config``: the file's endpoints and routes its own, the run-time ones ``previous``'s (shared,
+        not copied: this may run in a thread while the loop changes them), or none yet. The writer schemas decoded so
+        far (``schemas``) are ``previous``'s, or a new cache."""
         self.config = config
         self.catalogue = Catalogue(config.event_types)  # each validating schema compiled once per config
         resolved = resolve(config)
-        keyring = previous.endpoints.keyring if previous is not None else None
-        endpoints = self.endpoints = Endpoints(config.delivery, environ, keyring)
+        run_time: RunTimeEndpoints = previous.run_time if previous is not None else RunTimeEndpoints()
+        self.run_time = run_time
+        endpoints = self.endpoints = Endpoints(config.delivery, environ, run_time)
         for ep_config in resolved.endpoints:
-            endpoints.set(ep_config)
-        self.static = frozenset(endpoints)  # the config file's; the rest are managed at run time
+            endpoints.set_file(ep_config)
+        self.static = frozenset(endpoints.file_configs())  # the config file's; the rest are managed at run time
         self.subscriptions = len(resolved.subscriptions)
         catalogues = {e.id: PROFILES[e.profile].catalogue for e in resolved.endpoints}
-        tally = previous.table.tally if previous is not None else None  # what matching cost, over reloads
-        self.table = RoutingTable(resolved.subscriptions, catalogues, tally)
-        self.dynamic: Shards[str, SubscriptionConfig] = Shards()  # their configs are in ``endpoints``
-        self.changed: set[str] | None = None  # the ids put or dropped since ``copy_run_time`` began (None: not copied)
-        for held, subscription in dynamic:
-            if held.id not in self.static:
-                self._put(held, subscription)
+        # What matching cost, over reloads: the run-time table's tally, which every routing shares.
+        own = RoutingTable(resolved.subscriptions, catalogues, run_time.table.tally)
+        self.table = Layered(own, run_time.table, endpoints.shadowed)
+        endpoints.find_shadowed()
         kafka = config.kafka
         registry = config.schema_registry
         self.schemas: SchemaCache = previous.schemas if previous is not None else SchemaCache(registry.cache_size)
@@ -269,44 +285,21 @@ class Routing:
                 id_header=kafka.event_id_headers.get(topic),
             )  # fmt: skip
 
-    async def copy_run_time(self) -> RunTime:
-        """The endpoints managed at run time as they are kept, a part at a time with the loop going on between parts
-        (a million at once held the loop for seconds); from now on until ``catch_up`` (or ``stop_recording``) every
-        id put or dropped is recorded (``changed``)."""
-        self.changed = set()
-        copy = RunTime(self.endpoints.unsealed())
-        for index in range(PARTS):
-            copy.parts.append((self.dynamic.copy_part(index), self.endpoints.sealed_part(index)))
-            await asyncio.sleep(0)
-        return copy
+    @property
+    def dynamic(self) -> Shards[str, SubscriptionConfig]:
+        """The run-time endpoints' subscriptions by id (shared by every routing; a shadowed one's too)."""
+        return self.run_time.subscriptions
 
-    def stop_recording(self) -> None:
-        """No more recording of the ids put or dropped (a reload that failed, or was caught up with)."""
-        self.changed = None
-
-    def catch_up(self, previous: Routing) -> None:
-        """Take, on the loop, the run-time changes ``previous`` saw since its endpoints were copied for this one
-        (``copy_run_time``): the ids it recorded, not every endpoint; ``previous`` records no more."""
-        changed = previous.changed or set()
-        previous.stop_recording()
-        if self.endpoints.keyring is None:  # its first sealed record came during the build
-            self.endpoints.keyring = previous.endpoints.keyring
-        for endpoint_id in changed:
-            if endpoint_id in self.static:
-                continue
-            held = previous.endpoints.held(endpoint_id)
-            subscription = previous.dynamic.get(endpoint_id)
-            if held is None or subscription is None:
-                self.drop(endpoint_id)
-            elif self.dynamic.get(endpoint_id) != subscription or self.endpoints.held(endpoint_id) != held:
-                self._put(held, subscription)
+    def find_shadowed(self) -> None:
+        """On the loop, just before this routing is used: the run-time endpoints the file defines too, found again if
+        one was put or dropped since this routing was built (``Endpoints.find_shadowed``)."""
+        if self.endpoints.find_shadowed():
+            self.table.forget_cache()
 
     def take_apart(self) -> None:
-        """Empty this routing a piece at a time, in a thread, once it is swapped out and nothing else holds it
-        (``daemon.app.reload.let_go``): let go whole, a million endpoints' routes and maps were freed in one step on
-        the event loop (500-950 ms). What the next routing shares with it (the sealed records, the subscriptions, the
-        built ``Endpoint`` objects, the tally and the schema cache) is only let go of here, never emptied."""
-        self.dynamic.take_apart()
+        """Empty this routing's own part (the file's endpoints and table) a piece at a time, in a thread, once it is
+        swapped out and nothing else holds it (``daemon.app.reload.let_go``). The run-time endpoints, their table, the
+        built ``Endpoint`` objects, the tally and the schema cache are shared with the next routing: never emptied."""
         self.endpoints.take_apart()
         self.table.take_apart()
 
@@ -316,7 +309,9 @@ class Routing:
     def tenant_of(self, endpoint_id: str) -> str | None:
         """The tenant an endpoint of the API delivers the events of (``api.tenant_field``); None for the config file's
         endpoints (the platform's), or without a tenant field."""
-        held = self.dynamic.get(endpoint_id)
+        if endpoint_id in self.static:
+            return None
+        held = self.run_time.subscriptions.get(endpoint_id)
         scope = held.scope if held is not None else None
         return scope.one_of[0] if scope is not None and scope.one_of else None
 
@@ -326,30 +321,19 @@ class Routing:
         if config.id in self.static:
             raise ValueError(f"endpoint {config.id!r} is defined in the config file")
         self.endpoints.check(config)
-        self.endpoints.set(config, API, sealed)
-        self._route(config.id, config.profile, subscription)
-        if self.changed is not None:
-            self.changed.add(config.id)
-
-    def _put(self, held: Held, subscription: SubscriptionConfig) -> None:
-        """Carry over an endpoint checked when it was first put (a sealed one stays sealed)."""
-        if isinstance(held, EndpointRecord):
-            self.endpoints.set_sealed(held)
-            self._route(held.id, profile_of(held), subscription)
-        else:
-            self.put(held, subscription)
-
-    def _route(self, endpoint_id: str, profile: str, subscription: SubscriptionConfig) -> None:
-        if endpoint_id in self.dynamic:  # a change: its routes go first (a new one has none: most of a first read)
-            self.table.remove(endpoint_id)
-        self.dynamic[endpoint_id] = subscription
-        self.table.add([subscription], PROFILES[profile].catalogue)
+        self.endpoints.set(config, sealed)
+        run = self.run_time
+        if config.id in run.subscriptions:  # a change: its routes go first (a new one has none: most of a first read)
+            run.table.remove(config.id)
+        run.subscriptions[config.id] = subscription
+        run.table.add([subscription], PROFILES[config.profile].catalogue)
+        run.version += 1
 
     def drop(self, endpoint_id: str) -> None:
-        """Remove an endpoint managed at run time."""
-        if self.changed is not None:
-            self.changed.add(endpoint_id)
-        if endpoint_id in self.static or self.dynamic.pop(endpoint_id, None) is None:
+        """Remove an endpoint managed at run time (one the file defines too goes from the run-time ones alone)."""
+        run = self.run_time
+        if run.subscriptions.pop(endpoint_id, None) is None:
             return
         self.endpoints.remove(endpoint_id)
-        self.table.remove(endpoint_id)
+        run.table.remove(endpoint_id)
+        run.version += 1

@@ -15,35 +15,48 @@ SECRET = "whsec_" + base64.b64encode(b"reload-test-secret-0123456789ab").decode(
 RAW = {"kafka": {"bootstrap_servers": "k:9092", "group_id": "g", "topics": ["t"], "results_topic": "r"}}
 
 
-def routing_of(count: int) -> Routing:
-    routing = Routing(parse_config(RAW, {}), {})
-    for i in range(count):
-        config = EndpointConfig(id=f"ep_{i}", url=f"https://h{i}.example.com/in", secret=SECRET)
-        routing.put(config, SubscriptionConfig(endpoint=f"ep_{i}", events=["*"]))
+def routing_of(count: int, run_time: int = 5) -> Routing:
+    """``count`` endpoints of the config file (the routing's own part) and ``run_time`` put at run time (shared)."""
+    raw = {
+        **RAW,
+        "endpoints": [{"id": f"ep_{i}", "url": f"https://h{i}.example.com/in", "secret": SECRET} for i in range(count)],
+        "subscriptions": [{"endpoint": f"ep_{i}", "events": ["*"]} for i in range(count)],
+    }
+    routing = Routing(parse_config(raw, {}), {})
+    for i in range(run_time):
+        config = EndpointConfig(id=f"api_{i}", url=f"https://a{i}.example.com/in", secret=SECRET)
+        routing.put(config, SubscriptionConfig(endpoint=f"api_{i}", events=["*"]))
     return routing
 
 
-async def test_a_routing_nothing_else_holds_is_taken_apart() -> None:
+EVERY = (*(f"ep_{i}" for i in range(50)), *(f"api_{i}" for i in range(5)))
+
+
+async def test_a_routing_nothing_else_holds_is_taken_apart_and_what_it_shares_is_left_whole() -> None:
     swapped = [routing_of(50)]
-    watched = swapped[0].dynamic  # its map, not the routing: the routing itself is let go of
+    watched = swapped[0].table.file  # its own table, not the routing: the routing itself is let go of
+    shared = swapped[0].run_time
     await let_go(swapped)
-    assert swapped == [] and len(watched) == 0
+    assert swapped == [] and watched.match("t", "x").endpoints == ()
+    assert len(shared) == 5 and shared.table.match("t", "x").endpoints == tuple(f"api_{i}" for i in range(5))
 
 
 async def test_a_routing_still_held_elsewhere_is_left_whole() -> None:
     routing = routing_of(50)
     await let_go([routing])  # this test still holds it, as a request under way would
-    assert len(routing.dynamic) == 50 and len(routing.endpoints) == 50
-    assert routing.table.match("t", "x").select(lambda: {}) == tuple(f"ep_{i}" for i in range(50))
+    assert len(routing.dynamic) == 5 and len(routing.endpoints) == 55
+    assert routing.table.match("t", "x").select(lambda: {}) == EVERY
 
 
 async def test_a_routing_still_held_elsewhere_has_no_cycle_left_once_its_last_holder_lets_go() -> None:
-    """Its cached matches point back at its table: a cycle, and a frozen one is never collected (its routes kept for
+    """Its cached matches point back at its tables: a cycle, and a frozen one is never collected (its routes kept for
     good). ``let_go`` empties the caches even when it leaves the routing whole, so its last holder frees it alone."""
     routing = routing_of(50)
-    assert routing.table.match("t", "x").select(lambda: {}) == tuple(f"ep_{i}" for i in range(50))  # one cached
+    kept_alive = Routing(routing.config, {}, routing)  # the routing in use, sharing the run-time endpoints
+    assert routing.table.match("t", "x").select(lambda: {}) == EVERY  # one cached
     with cycles_left() as kept:
         await let_go([routing])  # still held here, as a replay under way holds it
-        assert len(routing.dynamic) == 50 and len(routing.endpoints) == 50  # left whole
+        assert len(routing.dynamic) == 5 and len(routing.endpoints) == 55  # left whole
         del routing
     assert kept == []
+    assert len(kept_alive.endpoints) == 55

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 
 import daemon.core.match
 from daemon.core.config import SubscriptionConfig, WhereConfig
-from daemon.core.match import RoutingTable
+from daemon.core.match import Layered, RoutingTable
 
 
 def sub(endpoint: str, *events: str, topics: list[str] | None = None) -> SubscriptionConfig:
@@ -373,3 +374,66 @@ def test_what_scoped_routes_want_is_counted_once_per_pattern_and_follows_every_a
     assert len(wanted._index._by_endpoint) == 1  # the endpoint of two values counted once, removed once
     table.remove("bc")
     assert table.match("orders", "order.paid").empty and table._scoped_any == {}
+
+
+# --- the file's table over the run-time one (daemon.engine.routing shares the latter between routings) ---
+
+
+def _mixed(seed: int, count: int) -> list[SubscriptionConfig]:
+    """Subscriptions of every kind: exact types, prefixes, ``*``, topic limits, conditions, tenant scopes."""
+    rng = random.Random(seed)
+    subs = []
+    for i in range(count):
+        events = rng.choice([["lead.created"], ["lead.*"], ["*"], ["call.ended", "lead.created"], ["call.*"]])
+        topics = rng.choice([None, None, ["a"]])
+        where = rng.choice([None, None, WhereConfig(field="size", one_of=["big"])])
+        scope = rng.choice([None, WhereConfig(field="org.id", one_of=[f"t{i % 4}"])])
+        subs.append(SubscriptionConfig(endpoint=f"e{i}", events=events, topics=topics, where=where, scope=scope))
+    return subs
+
+
+def test_the_layered_tables_answer_as_one_table_of_both_would_across_changes() -> None:
+    subs = _mixed(7, 120)
+    one, file, run_time = RoutingTable(subs), RoutingTable(subs[:40]), RoutingTable(subs[40:])
+    layered = Layered(file, run_time, set())
+    events = [{"org": {"id": f"t{t}"}, "size": size} for t in range(5) for size in ("big", "small")]
+    for round_ in range(3):
+        for topic in ("a", "b"):
+            for event_type in ("lead.created", "lead.x", "call.ended", "other"):
+                for event in events:
+                    expected = one.match(topic, event_type).select(lambda: event)  # noqa: B023
+                    got = layered.match(topic, event_type).select(lambda: event)  # noqa: B023
+                    assert got == expected, (round_, topic, event_type, event)
+        for i in range(40 + round_ * 7, 40 + round_ * 7 + 5):  # changes to the run-time table: seen at once
+            one.remove(f"e{i}")
+            run_time.remove(f"e{i}")
+        one.add([SubscriptionConfig(endpoint=f"n{round_}", events=["*"])])
+        run_time.add([SubscriptionConfig(endpoint=f"n{round_}", events=["*"])])
+
+
+def test_the_layered_tables_leave_out_a_run_time_route_of_an_id_the_file_defines() -> None:
+    file = RoutingTable([sub("x", "lead.*")])
+    run_time = RoutingTable([sub("x", "*"), scoped("x", "acme", "call.*"), sub("y", "*"), scoped("z", "acme", "*")])
+    shadowed = {"x"}
+    layered = Layered(file, run_time, shadowed)
+    acme = {"org": {"id": "acme"}}
+    assert layered.match("t", "lead.a").select(lambda: acme) == ("x", "y", "z")
+    assert layered.match("t", "call.a").select(lambda: acme) == ("y", "z")  # neither x's wildcard nor its scoped route
+    shadowed.clear()
+    layered.forget_cache()  # the caller's set changed: as ``Routing.find_shadowed`` does
+    assert layered.match("t", "call.a").select(lambda: acme) == ("x", "y", "z")
+
+
+def test_the_layered_cache_is_bounded_and_counts_one_tally(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(daemon.core.match, "_CACHE_LIMIT", 8)
+    run_time = RoutingTable([scoped("acme-1", "acme", "*", where=WhereConfig(field="size", one_of=["big"]))])
+    file = RoutingTable([sub("crm", "lead.*")], tally=run_time.tally)
+    layered = Layered(file, run_time, set())
+    huge = "lead." + "x" * 1_000
+    for i in range(50):
+        assert layered.match("t", f"lead.e{i}").select(lambda: {"org": {"id": "acme"}, "size": "big"}) == (
+            "crm", "acme-1")  # fmt: skip
+        assert layered.match("t", f"{huge}{i}").endpoints == ("crm",)  # answered, never kept
+        assert len(layered._cache) <= 8
+    assert layered.tally is run_time.tally and run_time.tally.checked == 50
+    assert layered.cache_bytes >= file.cache_bytes + run_time.cache_bytes

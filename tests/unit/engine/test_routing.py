@@ -4,7 +4,6 @@ config gives. Pure: no Kafka, no HTTP."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 
@@ -13,8 +12,6 @@ import pytest
 from daemon.core.config import EndpointConfig
 from daemon.core.registry import Directory, EndpointRecord, Sealed, endpoint_key, routed, sealed_record, signed
 from daemon.core.secretbox import Keyring
-from daemon.core.shards import PARTS as SHARDS
-from daemon.core.shards import Shards
 from daemon.core.validate import parse_config
 from daemon.engine.routing import Routing
 from tests.helpers import cycles_left
@@ -82,9 +79,13 @@ def test_a_changed_record_lets_its_built_endpoint_go_and_the_next_one_is_built_f
     assert routing.table.match("t", "lead.1").select(lambda: {"tenant": "t-1"}) == ("file-1",)
 
 
-async def test_a_reload_carries_the_sealed_endpoints_over_unopened_and_catches_up_with_changes_made_meanwhile(
+def test_a_reload_shares_the_run_time_endpoints_unopened_and_uncopied_and_sees_what_changes_meanwhile(
     keyring: Keyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A reload builds the config file's part alone: the run-time endpoints (a million of the topic) and their routes
+    are the running routing's own maps, not copies (a second routing of a million built beside the first took 12-15 s
+    and left the process 420 MiB larger); a change made on the running routing while the new one is built is the new
+    one's at once, with nothing to catch up."""
     routing = Routing(parse_config(RAW, {}), {})
     for i in range(4):
         put(routing, keyring, record(keyring, i))
@@ -96,85 +97,109 @@ async def test_a_reload_carries_the_sealed_endpoints_over_unopened_and_catches_u
         return real_open(self)
 
     monkeypatch.setattr(Sealed, "open", counted)
-    reloaded = Routing(parse_config(RAW, {}), {}, routing, await routing.copy_run_time())
-    assert opened == [] and all(reloaded.endpoints.held(f"api-{i}") is routing.endpoints.held(f"api-{i}")
-                                for i in range(4))  # fmt: skip
-    put(routing, keyring, record(keyring, 2, version=2))  # while the new routing was built
+    raw = {
+        **RAW,
+        "endpoints": [*RAW["endpoints"], {"id": "file-2", "url": "https://f2.example.com/", "secret": SECRET}],
+    }
+    reloaded = Routing(parse_config(raw, {}), {}, routing)
+    assert opened == [] and reloaded.run_time is routing.run_time and reloaded.dynamic is routing.dynamic
+    assert reloaded.table.run_time is routing.table.run_time and reloaded.table.file is not routing.table.file
+    put(routing, keyring, record(keyring, 2, version=2))  # on the running routing, while the new one was built
     routing.drop("api-3")
     put(routing, keyring, record(keyring, 4))
-    reloaded.catch_up(routing)
     assert opened == [] and "api-3" not in reloaded.endpoints and "api-4" in reloaded.endpoints
     assert str(reloaded.endpoints["api-2"].url) == "https://h2.example.com/in?v=2" and opened == ["api-2"]
     assert reloaded.table.match("t", "lead.0").select(lambda: {"tenant": "t-0"}) == ("file-1", "api-0")
-    routing.drop("api-0")  # the routing swapped out records no more changes
-    assert routing.changed is None and "api-0" in reloaded.endpoints
+    assert reloaded.table.match("t", "lead.4").select(lambda: {"tenant": "t-1"}) == ("file-1", "api-4")
+    assert routing.table.match("t", "lead.4").select(lambda: {"tenant": "t-1"}) == ("file-1", "api-4")
+    assert len(reloaded.endpoints) == 6 and len(routing.endpoints) == 5  # file-2 is the new routing's alone
+    assert set(reloaded.endpoints) == {"file-1", "file-2", "api-0", "api-1", "api-2", "api-4"}
 
 
-async def test_the_run_time_endpoints_are_copied_a_part_at_a_time_and_what_changes_between_parts_is_caught_up(
+def test_a_run_time_endpoint_whose_id_a_reload_gives_the_file_is_shadowed_and_comes_back_when_the_file_lets_it_go(
     keyring: Keyring,
 ) -> None:
-    """The copy of a million endpoints is taken in parts with the loop going on between them (a SIGHUP at a million
-    held /healthz 2.2 s when the pairs were listed in one step); what a put or a drop changes meanwhile, in a part
-    copied already or not yet, is recorded by the running routing, and ``catch_up`` applies those alone."""
+    """The file's endpoint is the one of its id: a run-time endpoint of the same id (put before the file named it) is
+    neither routed to, nor counted, nor its tenant's, while the file defines it; a reload that takes the file's away
+    routes to it again (it was lost until its record changed, when the reload dropped it from the copy)."""
     routing = Routing(parse_config(RAW, {}), {})
-    records = [record(keyring, i) for i in range(670)]
-    for held in records[:600]:
-        put(routing, keyring, held)
-    changed: set[str] = set()
-
-    async def meanwhile() -> None:  # a change after each part the copy takes
-        for i in range(600, 670):
-            await asyncio.sleep(0)
-            put(routing, keyring, records[i])
-            routing.drop(f"api-{i - 600}")
-            changed.update((f"api-{i}", f"api-{i - 600}"))
-
-    copying = asyncio.create_task(routing.copy_run_time())
-    changes = asyncio.create_task(meanwhile())
-    copied = await copying
-    assert len(changed) >= SHARDS  # the loop ran between the parts
-    await changes
-    reloaded = Routing(parse_config(RAW, {}), {}, routing, copied)
-    compared: list[str] = []
-    real_get = Shards.get
-
-    def counted(self: Shards[str, object], key: str, default: object = None) -> object:
-        compared.append(key)
-        return real_get(self, key, default)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Shards, "get", counted)
-        reloaded.catch_up(routing)
-    assert set(reloaded.endpoints) == set(routing.endpoints) == {"file-1", *(f"api-{i}" for i in range(70, 670))}
-    assert set(reloaded.dynamic) == set(routing.dynamic)
-    assert compared and set(compared) <= changed  # the ids changed since the copy began, not every endpoint
-    for i in (0, 69, 70, 599, 600, 669):
-        expected = ("file-1", f"api-{i}") if i >= 70 else ("file-1",)
-        tenant = {"tenant": f"t-{i % 3}"}
-        assert reloaded.table.match("t", f"lead.{i}").select(lambda: tenant) == expected  # noqa: B023
+    for i in range(3):
+        put(routing, keyring, record(keyring, i))
+    named = {"id": "api-1", "url": "https://f.example.com/", "secret": SECRET}
+    taken = {**RAW, "endpoints": [*RAW["endpoints"], named],
+             "subscriptions": [*RAW["subscriptions"], {"endpoint": "api-1", "events": ["other.*"]}]}  # fmt: skip
+    reloaded = Routing(parse_config(taken, {}), {}, routing)
+    reloaded.find_shadowed()
+    tenant = {"tenant": "t-1"}
+    assert reloaded.table.match("t", "lead.1").select(lambda: tenant) == ("file-1",)  # not by the tenant's route
+    assert reloaded.table.match("t", "call.x").select(lambda: tenant) == ("file-1",)  # nor by its wildcard
+    assert reloaded.table.match("t", "other.x").select(lambda: tenant) == ("file-1", "api-1")  # by the file's
+    assert reloaded.table.match("t", "call.x").select(lambda: {"tenant": "t-0"}) == ("file-1", "api-0")
+    assert reloaded.tenant_of("api-1") is None and reloaded.endpoints.managed("api-1") == "config"
+    assert (
+        reloaded.endpoints["api-1"].managed == "config"
+        and str(reloaded.endpoints["api-1"].url) == "https://f.example.com/"
+    )
+    assert len(reloaded.endpoints) == 4 and sorted(reloaded.endpoints) == ["api-0", "api-1", "api-2", "file-1"]
+    with pytest.raises(ValueError, match="defined in the config file"):
+        put(reloaded, keyring, record(keyring, 1, version=2))
+    back = Routing(parse_config(RAW, {}), {}, reloaded)
+    assert back.table.match("t", "lead.1").select(lambda: tenant) == ("file-1", "api-1")
+    assert back.tenant_of("api-1") == "t-1" and back.endpoints["api-1"].managed == "api"
+    assert len(back.endpoints) == 4
 
 
-async def test_a_routing_let_go_is_freed_by_its_references_alone(keyring: Keyring) -> None:
-    """After a reload the routing swapped out is frozen (``gc.freeze``: out of the cyclic collector's reach, so that its
-    full passes do not stop the loop): a cycle in it would be kept for good, a million endpoints' maps a SIGHUP."""
-    config = parse_config(RAW, {})
-    with cycles_left() as kept:
-        routing = Routing(config, {})
-        for i in range(20):
-            put(routing, keyring, record(keyring, i))
-        routing.endpoints["api-3"]  # one built, as a delivery builds it
-        assert dict(routing.endpoints.configs).keys() == {"file-1", *(f"api-{i}" for i in range(20))}
-        reloaded = Routing(config, {}, routing, await routing.copy_run_time())
-        reloaded.catch_up(routing)
-        del routing, reloaded
-    assert kept == []
-
-
-async def test_a_routing_swapped_out_is_taken_apart_and_the_one_in_use_keeps_all_it_shares_with_it(
+def test_an_endpoint_put_while_a_reload_builds_with_an_id_the_new_file_defines_is_shadowed_once_swapped_in(
     keyring: Keyring,
 ) -> None:
-    """``take_apart`` (in a thread, after a reload) empties the old routing's own maps and routes a piece at a time;
-    the sealed records, subscriptions and built endpoints the new one shares with it are let go of, not emptied."""
+    """The new routing finds the shadowed ids in the reload's thread; one put on the running routing meanwhile (whose
+    file does not define it) is found again on the loop before the swap (``find_shadowed``)."""
+    routing = Routing(parse_config(RAW, {}), {})
+    taken = {
+        **RAW,
+        "endpoints": [*RAW["endpoints"], {"id": "api-1", "url": "https://f.example.com/", "secret": SECRET}],
+    }
+    reloaded = Routing(parse_config(taken, {}), {}, routing)
+    assert reloaded.table.match("t", "lead.1").select(lambda: {"tenant": "t-1"}) == ("file-1",)
+    put(routing, keyring, record(keyring, 1))  # after the thread looked
+    reloaded.find_shadowed()
+    assert reloaded.table.match("t", "lead.1").select(lambda: {"tenant": "t-1"}) == ("file-1",)
+    assert reloaded.tenant_of("api-1") is None and len(reloaded.endpoints) == 2
+    reloaded.drop("api-1")  # the topic's record deleted: the run-time one goes, the file's stays
+    assert "api-1" in reloaded.endpoints and reloaded.endpoints["api-1"].managed == "config"
+    assert len(reloaded.endpoints) == 2 and not reloaded.endpoints.shadowed
+
+
+def test_a_routing_let_go_is_freed_by_its_references_alone(keyring: Keyring) -> None:
+    """The first read's state is frozen (``gc.freeze``: out of the cyclic collector's reach, so that its full passes
+    do not stop the loop): a cycle in a routing swapped out would be kept for good. Its cached answers point back at
+    its tables (``let_go`` lets them go first); the run-time endpoints it shared live on in the routing in use."""
+    config = parse_config(RAW, {})
+    routing = Routing(config, {})
+    for i in range(20):
+        put(routing, keyring, record(keyring, i))
+    with cycles_left() as kept:
+        swapped = Routing(config, {}, routing)
+        for i in range(20, 25):
+            put(swapped, keyring, record(keyring, i))
+        swapped.endpoints["api-3"]  # one built, as a delivery builds it
+        assert swapped.table.match("t", "lead.3").select(lambda: {"tenant": "t-0"}) == ("file-1", "api-3")
+        assert swapped.table.match("t", "lead.21").select(lambda: {"tenant": "t-0"}) == ("file-1", "api-21")
+        assert dict(swapped.endpoints.configs).keys() == {"file-1", *(f"api-{i}" for i in range(25))}
+        routing = Routing(config, {}, swapped)
+        assert routing.table.match("t", "lead.3").select(lambda: {"tenant": "t-0"}) == ("file-1", "api-3")
+        swapped.table.forget_cache()  # as let_go does
+        del swapped
+    assert kept == []
+    assert len(routing.endpoints) == 26
+
+
+def test_a_routing_swapped_out_is_taken_apart_and_the_one_in_use_keeps_all_it_shares_with_it(
+    keyring: Keyring,
+) -> None:
+    """``take_apart`` (in a thread, after a reload) empties the old routing's own part, the file's endpoints and
+    routes; the run-time endpoints and their routes, the built endpoints and the tally it shares with the new one are
+    left whole."""
     config = parse_config(RAW, {})
     routing = Routing(config, {})
     for i in range(40):
@@ -185,12 +210,11 @@ async def test_a_routing_swapped_out_is_taken_apart_and_the_one_in_use_keeps_all
             unscoped, subscription = routed(held, keyring, None)
             routing.put(unscoped, subscription, Sealed(held, keyring))
     built = routing.endpoints["api-3"]
-    reloaded = Routing(config, {}, routing, await routing.copy_run_time())
-    reloaded.catch_up(routing)
+    reloaded = Routing(config, {}, routing)
     assert reloaded.endpoints.adopt(built)
     routing.take_apart()
-    assert len(routing.dynamic) == 0 and len(routing.endpoints) == 1  # the file's endpoint only
-    assert routing.table.match("t", "lead.3").select(lambda: {"tenant": "t-0"}) == ()  # nothing routes by it now
+    assert "file-1" not in routing.endpoints.file_configs()  # its own part emptied
+    assert routing.table.file.match("t", "lead.3").endpoints == ()
     assert len(reloaded.dynamic) == 40 and len(reloaded.endpoints) == 41
     assert (
         reloaded.endpoints["api-3"] is built and str(reloaded.endpoints["api-8"].url) == "https://h8.example.com/in?v=1"
@@ -213,12 +237,11 @@ def test_the_records_are_opened_with_the_routings_one_keyring_and_one_of_another
     assert "api-2" not in routing.endpoints and str(routing.endpoints["api-1"].url) == "https://h1.example.com/in?v=1"
 
 
-async def test_the_first_sealed_record_put_while_a_reload_builds_is_opened_by_the_new_routing(keyring: Keyring) -> None:
-    """The new routing learns the keyring from the one it replaces: at its copy, that one may have had no sealed record
-    yet (an empty endpoints topic); the first comes during the build and is caught up with, and must open."""
+def test_the_first_sealed_record_put_while_a_reload_builds_is_opened_by_the_new_routing(keyring: Keyring) -> None:
+    """The keyring is the run-time endpoints' own, shared: the first sealed record may come while a reload builds (an
+    endpoints topic empty until then), and the new routing opens it."""
     routing = Routing(parse_config(RAW, {}), {})
-    reloaded = Routing(parse_config(RAW, {}), {}, routing, await routing.copy_run_time())
+    reloaded = Routing(parse_config(RAW, {}), {}, routing)
     put(routing, keyring, record(keyring, 1))
-    reloaded.catch_up(routing)
     assert reloaded.endpoints.keyring is keyring
     assert str(reloaded.endpoints["api-1"].url) == "https://h1.example.com/in?v=1"

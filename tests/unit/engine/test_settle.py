@@ -588,8 +588,7 @@ async def test_the_endpoints_gauge_is_read_off_the_routing_in_use_when_scraped()
         r.settlement.drop("ep_1")
         assert shown() == 3
         routing = r.settlement.routing
-        reloaded = Routing(routing.config, {}, routing, await routing.copy_run_time())
-        reloaded.catch_up(routing)
+        reloaded = Routing(routing.config, {}, routing)
         r.settlement.use(reloaded)
         r.settlement.drop("ep_0")
         assert shown() == 2
@@ -743,7 +742,7 @@ async def test_an_endpoint_put_at_run_time_is_built_as_the_apis_and_one_of_the_f
         await settle_down()
         routing = r.settlement.routing
         assert (routing.endpoints["ep_api"].managed, routing.endpoints["a"].managed) == ("api", "config")
-        reloaded = Routing(routing.config, {}, routing, await routing.copy_run_time())
+        reloaded = Routing(routing.config, {}, routing)
         r.settlement.use(reloaded)
         assert (reloaded.endpoints["ep_api"].managed, reloaded.endpoints["a"].managed) == ("api", "config")
         r.settlement.drop("ep_api")
