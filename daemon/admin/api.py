@@ -616,7 +616,7 @@ class Api:
     def _own(self, endpoint_id: str, caller: Caller) -> EndpointRecord:
         """An API endpoint the caller may change; 409 for one of the config file, 404 for any it may not see."""
         record = self._store.directory.endpoints.get(endpoint_id)
-        if record is not None and (caller.tenant is None or caller.tenant == record.tenant):
+        if record is not None and (caller.tenant is None or self._tenants_own(record, caller.tenant)):
             return record
         if caller.tenant is None and endpoint_id in self._settlement.routing.endpoints:
             raise Conflict(f"endpoint {endpoint_id!r} is defined in the config file: read-only here")
@@ -624,15 +624,21 @@ class Api:
 
     def _visible(self, endpoint_id: str, caller: Caller) -> str:
         record = self._store.directory.endpoints.get(endpoint_id)
-        if record is not None and (caller.tenant is None or caller.tenant == record.tenant):
+        if record is not None and (caller.tenant is None or self._tenants_own(record, caller.tenant)):
             return endpoint_id
         if caller.tenant is None and endpoint_id in self._settlement.routing.endpoints:
             return endpoint_id  # the config file's: the platform may act on it
         raise NotFound(f"no endpoint {endpoint_id!r}")
 
+    def _tenants_own(self, record: EndpointRecord, tenant: str) -> bool:
+        """A tenant's record, and not of an id the config file defines (the platform named one of its endpoints as a
+        tenant's: the id, its deliveries, health and actions are the file endpoint's now, the record is not routed)."""
+        return record.tenant == tenant and record.id not in self._settlement.routing.static
+
     def _endpoints_of(self, tenant: str) -> frozenset[str]:
         """The ids of a tenant's endpoints (of the API: the config file's belong to the platform)."""
-        return frozenset(self._store.directory.ids_of(tenant))
+        static = self._settlement.routing.static
+        return frozenset(i for i in self._store.directory.ids_of(tenant) if i not in static)
 
     def view_of(self, endpoint_id: str, caller: Caller) -> dict[str, Any]:
         """What ``GET /v1/endpoints/{id}`` answers; NotFound for an endpoint the caller may not see."""
@@ -644,7 +650,8 @@ class Api:
         """The endpoint ids a caller may list (of one tenant, when given), in order; views are built per page."""
         directory = self._store.directory
         if tenant is not None:
-            return directory.ids_of(tenant)
+            static = self._settlement.routing.static
+            return [i for i in directory.ids_of(tenant) if i not in static]
         api = directory.endpoints
         ids = list(api)
         if caller.tenant is None:

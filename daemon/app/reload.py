@@ -5,6 +5,7 @@ swap brings up to date (the config file's pauses, the routing's gauges). What a 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,10 @@ from daemon.core.validate import load_config
 from daemon.engine.health import Health
 from daemon.engine.routing import Routing
 from daemon.observe.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_NAMED = 10  # ids named in a log line; the rest counted
 
 
 async def reloaded(
@@ -31,7 +36,11 @@ async def reloaded(
     if refusals:
         raise ConfigError(refusals)
     built = await asyncio.to_thread(_built, new, environ, routing)
-    built.find_shadowed()  # on the loop, with nothing awaited before the swap: an endpoint put meanwhile is seen
+    claimed = built.claim()  # on the loop, with nothing awaited before the swap: an endpoint put meanwhile is seen
+    if claimed:
+        more = f" and {len(claimed) - _NAMED} more" if len(claimed) > _NAMED else ""
+        log.warning("endpoints %s%s of the endpoints API no longer routed to: the config file defines them now",
+                    ", ".join(sorted(claimed)[:_NAMED]), more)  # fmt: skip
     return new, built
 
 

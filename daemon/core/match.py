@@ -279,7 +279,7 @@ class RoutingTable:
 
     __slots__ = (
         "_cache", "_cache_bytes", "_next_index", "_routes", "_scoped", "_scoped_any", "_scoped_cache", "_scopes_of",
-        "generation", "tally",
+        "_share", "generation", "tally",
     )  # fmt: skip
 
     def __init__(
@@ -287,7 +287,11 @@ class RoutingTable:
         subscriptions: Iterable[SubscriptionConfig],
         catalogues: Mapping[str, frozenset[str] | None] | None = None,
         tally: Tally | None = None,
+        share: float = 1.0,
     ) -> None:
+        """``share``: the part of the caches' bound (``_CACHE_LIMIT`` entries, ``_CACHE_BYTES``) its own may hold (a
+        ``Layered`` pair shares one bound)."""
+        self._share = share
         self._routes = _Index()  # the routes without a scope to index them by
         self._scoped: dict[tuple[str, ...], dict[str, _Index]] = {}  # scope field -> value -> its routes
         self._scoped_any: dict[tuple[str, ...], _Wanted] = {}  # scope field -> what its routes want (any value)
@@ -373,9 +377,11 @@ class RoutingTable:
 
     def _room(self, size: int) -> bool:
         """Whether an answer of ``size`` bytes may be kept, the caches emptied first when they are full."""
-        if size > _CACHE_BYTES // 4:
+        most = _CACHE_BYTES * self._share  # read here, on a miss: a test lowers the bounds
+        if size > most // 4:
             return False
-        if len(self._cache) + len(self._scoped_cache) >= _CACHE_LIMIT or self._cache_bytes + size > _CACHE_BYTES:
+        entries = len(self._cache) + len(self._scoped_cache)
+        if entries >= _CACHE_LIMIT * self._share or self._cache_bytes + size > most:
             self._forget()
         self._cache_bytes += size
         return True
@@ -439,22 +445,20 @@ class RoutingTable:
 
 class Layered:
     """The config file's table over the one of the endpoints managed at run time, answering as one table of both would:
-    the file's routes first, then the run-time ones, less those of an endpoint id the file defines too (``shadowed``:
-    the file's endpoint is the one of that id). The run-time table is shared by every routing of a daemon and changed in
-    place (``daemon.engine.routing``): a reload builds the file's table alone. Answers merged from both are cached, by
-    the same bounds as a table's, for as long as neither table changed (their ``generation``).
+    the file's routes first, then the run-time ones (their ids never the file's: ``daemon.engine.routing`` drops a
+    run-time endpoint whose id a reload gives the file). The run-time table is shared by every routing of a daemon and
+    changed in place: a reload builds the file's table alone. Answers merged from both are cached for as long as
+    neither table changed (their ``generation``); the three caches share one bound (``_CACHE_BYTES``, ``_CACHE_LIMIT``):
+    the file's table and the merged answers a quarter of it each, the run-time table half.
 
     ``__slots__``: matched for every record (the hot path).
     """
 
-    __slots__ = ("_cache", "_cache_bytes", "_file_seen", "_run_seen", "_shadowed", "file", "run_time")
+    __slots__ = ("_cache", "_cache_bytes", "_file_seen", "_run_seen", "file", "run_time")
 
-    def __init__(self, file: RoutingTable, run_time: RoutingTable, shadowed: set[str]) -> None:
-        """``shadowed``: the caller's set, kept up to date by it; the cache is emptied when it changes
-        (``forget_cache``)."""
+    def __init__(self, file: RoutingTable, run_time: RoutingTable) -> None:
         self.file = file
         self.run_time = run_time
-        self._shadowed = shadowed
         self._cache: dict[tuple[str, str], Match] = {}
         self._cache_bytes = 0
         self._file_seen = self._run_seen = -1
@@ -465,6 +469,8 @@ class Layered:
 
     @property
     def cache_bytes(self) -> int:
+        """The bytes the cached answers hold, about: the file table's, the run-time table's and the merged ones (a
+        ``Match`` kept by both a table and the merged cache counted twice)."""
         return self.file.cache_bytes + self.run_time.cache_bytes + self._cache_bytes
 
     def match(self, topic: str, event_type: str) -> Match:
@@ -477,36 +483,28 @@ class Layered:
         if hit is not None:
             return hit
         own, theirs = file.match(topic, event_type), run.match(topic, event_type)
-        shadowed = self._shadowed
         if theirs.empty:
             found = own
-        elif own.empty and not shadowed:
+        elif own.empty:
             found = theirs
         else:
-            endpoints, conditional = theirs.endpoints, theirs.conditional
-            if shadowed:
-                endpoints = tuple(e for e in endpoints if e not in shadowed)
-                conditional = tuple(c for c in conditional if c[0] not in shadowed)
             scopes = tuple(dict.fromkeys((*own.scopes, *theirs.scopes)))
-            found = Match(own.endpoints + endpoints, own.conditional + conditional, scopes, self, topic, event_type)
+            found = Match(own.endpoints + theirs.endpoints, own.conditional + theirs.conditional, scopes, self, topic,
+                          event_type)  # fmt: skip
+        if self._file_seen != file.generation or self._run_seen != run.generation:
+            self._reset()  # either table emptied its caches while answering: what is kept starts from now
         size = (len(topic) + len(event_type) + _ENTRY_BYTES + _PLAIN_BYTES * len(found.endpoints)
                 + _CONDITIONAL_BYTES * len(found.conditional))  # fmt: skip
-        if self._file_seen != file.generation or self._run_seen != run.generation:
-            self._reset()  # either table changed or emptied its caches while answering: what is kept starts from now
-        if len(event_type) <= _CACHED_TYPE_MAX and size <= _CACHE_BYTES // 4:
-            if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes + size > _CACHE_BYTES:
+        if len(event_type) <= _CACHED_TYPE_MAX and size <= _CACHE_BYTES // 16:
+            if len(self._cache) >= _CACHE_LIMIT // 4 or self._cache_bytes + size > _CACHE_BYTES // 4:
                 self._cache, self._cache_bytes = {}, 0
             self._cache[key] = found
             self._cache_bytes += size
         return found
 
     def scoped(self, path: tuple[str, ...], value: str, topic: str, event_type: str) -> tuple[_Route, ...]:
-        """The routes scoped to ``value`` of the field ``path`` for (topic, type): the file's, then the run-time ones
-        (less the shadowed)."""
+        """The routes scoped to ``value`` of the field ``path`` for (topic, type): the file's, then the run-time's."""
         theirs = self.run_time.scoped(path, value, topic, event_type)
-        shadowed = self._shadowed
-        if shadowed and theirs:
-            theirs = tuple(route for route in theirs if route[1] not in shadowed)
         own = self.file.scoped(path, value, topic, event_type)
         return own + theirs if own else theirs
 

@@ -73,7 +73,9 @@ class RunTimeEndpoints:
         self.sealed: Shards[str, EndpointRecord] = Shards()  # the topic's, as records: up to a million
         self.keyring: Keyring | None = None  # what the records are opened with: the first ``Sealed``'s
         self.subscriptions: Shards[str, SubscriptionConfig] = Shards()
-        self.table = RoutingTable(())
+        self.table = RoutingTable(
+            (), share=0.5
+        )  # of the caches' bound: the file's table and the merged answers share it
         self.version = 0
 
     def held(self, endpoint_id: str) -> Held | None:
@@ -91,15 +93,14 @@ class Endpoints(Mapping[str, Endpoint]):
     idle endpoint costs its config and its routes, not a prepared ``Endpoint`` (signer, headers, request head); one
     of the endpoints topic costs its record, opened only when its ``Endpoint`` is built, with the one keyring every
     record is sealed under (the API's secrets key, which a reload cannot change).
-    The config file's endpoints are this routing's own; the run-time ones are shared (``RunTimeEndpoints``), less any
-    whose id the file defines too (``shadowed``: the file's endpoint is the one of that id; the run-time one comes
-    back if a reload takes the file's away). Each is built as the config file's or the API's (``managed``), which
-    decides the network guard it meets.
+    The config file's endpoints are this routing's own; the run-time ones are shared (``RunTimeEndpoints``), never of
+    an id the file defines (``Routing.put`` refuses one, ``Routing.claim`` drops one a reload gives the file). Each is
+    built as the config file's or the API's (``managed``), which decides the network guard it meets.
 
     ``__slots__``: read for every delivery (the hot path).
     """
 
-    __slots__ = ("_built", "_configs", "_delivery", "_environ", "_run", "_seen", "shadowed")
+    __slots__ = ("_built", "_configs", "_delivery", "_environ", "_run")
 
     def __init__(self, delivery: DeliveryConfig, environ: Mapping[str, str], run_time: RunTimeEndpoints) -> None:
         self._configs: dict[str, EndpointConfig] = {}  # the config file's
@@ -107,8 +108,6 @@ class Endpoints(Mapping[str, Endpoint]):
         self._built: dict[str, Endpoint] = {}
         self._delivery = delivery
         self._environ = environ
-        self.shadowed: set[str] = set()  # ids of both the file and the run-time endpoints
-        self._seen = -1  # the run-time endpoints' version ``shadowed`` was found at
 
     def __getitem__(self, endpoint_id: str) -> Endpoint:
         try:
@@ -130,13 +129,10 @@ class Endpoints(Mapping[str, Endpoint]):
 
     def __iter__(self) -> Iterator[str]:
         run = self._run
-        theirs: Iterator[str] = itertools.chain(run.unsealed, run.sealed)
-        if self.shadowed:
-            theirs = (i for i in theirs if i not in self._configs)
-        return itertools.chain(self._configs, theirs)
+        return itertools.chain(self._configs, run.unsealed, run.sealed)
 
     def __len__(self) -> int:
-        return len(self._configs) + len(self._run) - len(self.shadowed)
+        return len(self._configs) + len(self._run)
 
     @property
     def keyring(self) -> Keyring | None:
@@ -199,25 +195,11 @@ class Endpoints(Mapping[str, Endpoint]):
             run.sealed[config.id] = sealed.record
 
     def remove(self, endpoint_id: str) -> None:
-        """Remove one managed at run time (a file's endpoint of the same id stays)."""
+        """Remove one managed at run time."""
         run = self._run
         run.unsealed.pop(endpoint_id, None)
         run.sealed.pop(endpoint_id, None)
-        if endpoint_id not in self._configs:
-            self._built.pop(endpoint_id, None)
-        self.shadowed.discard(endpoint_id)
-
-    def find_shadowed(self) -> bool:
-        """Find the run-time endpoints whose id the file defines too, unless none was put or dropped since they were
-        last found (a reload finds them in its thread, then again on the loop only if one changed meanwhile). True
-        when they were found anew."""
-        run = self._run
-        if self._seen == run.version:
-            return False
-        self._seen = run.version  # read first: a change while this looks moves it on, and it is looked at again
-        self.shadowed.clear()
-        self.shadowed.update(endpoint_id for endpoint_id in self._configs if endpoint_id in run)
-        return True
+        self._built.pop(endpoint_id, None)
 
     def adopt(self, endpoint: Endpoint) -> bool:
         """Keep ``endpoint`` (built under an earlier routing) as this one's when it delivers exactly as this one's
@@ -248,7 +230,8 @@ class Routing:
     """``__slots__``: read for every record (the hot path)."""
 
     __slots__ = (
-        "catalogue", "config", "endpoints", "readers", "run_time", "schemas", "static", "subscriptions", "table",
+        "_claimed", "_claimed_at", "catalogue", "config", "endpoints", "readers", "run_time", "schemas", "static",
+        "subscriptions", "table",
     )  # fmt: skip
     table: Layered
     endpoints: Endpoints
@@ -270,9 +253,10 @@ class Routing:
         self.subscriptions = len(resolved.subscriptions)
         catalogues = {e.id: PROFILES[e.profile].catalogue for e in resolved.endpoints}
         # What matching cost, over reloads: the run-time table's tally, which every routing shares.
-        own = RoutingTable(resolved.subscriptions, catalogues, run_time.table.tally)
-        self.table = Layered(own, run_time.table, endpoints.shadowed)
-        endpoints.find_shadowed()
+        own = RoutingTable(resolved.subscriptions, catalogues, run_time.table.tally, share=0.25)
+        self.table = Layered(own, run_time.table)
+        self._claimed_at = run_time.version  # read first: a change while this looks moves it on, and is looked at again
+        self._claimed = [endpoint_id for endpoint_id in self.static if endpoint_id in run_time]
         kafka = config.kafka
         registry = config.schema_registry
         self.schemas: SchemaCache = previous.schemas if previous is not None else SchemaCache(registry.cache_size)
@@ -287,14 +271,27 @@ class Routing:
 
     @property
     def dynamic(self) -> Shards[str, SubscriptionConfig]:
-        """The run-time endpoints' subscriptions by id (shared by every routing; a shadowed one's too)."""
+        """The run-time endpoints' subscriptions by id (shared by every routing)."""
         return self.run_time.subscriptions
 
-    def find_shadowed(self) -> None:
-        """On the loop, just before this routing is used: the run-time endpoints the file defines too, found again if
-        one was put or dropped since this routing was built (``Endpoints.find_shadowed``)."""
-        if self.endpoints.find_shadowed():
-            self.table.forget_cache()
+    def claim(self) -> list[str]:
+        """On the loop, just before this routing is used: drop the run-time endpoints whose id this config file defines
+        (the file's endpoint is the one of its id, and a run-time one of it is not routed to, nor its tenant's, nor
+        brought back should a later reload take the file's away: a retry or a pause kept by its id is the file
+        endpoint's). Found in the reload's thread, found again here if one was put or dropped since. The ids dropped."""
+        run = self.run_time
+        claimed = self._claimed
+        if run.version != self._claimed_at:
+            claimed = [endpoint_id for endpoint_id in self.static if endpoint_id in run]
+        for endpoint_id in claimed:
+            run.subscriptions.pop(endpoint_id, None)
+            run.unsealed.pop(endpoint_id, None)
+            run.sealed.pop(endpoint_id, None)
+            run.table.remove(endpoint_id)
+        if claimed:
+            run.version += 1
+        self._claimed, self._claimed_at = [], run.version
+        return claimed
 
     def take_apart(self) -> None:
         """Empty this routing's own part (the file's endpoints and table) a piece at a time, in a thread, once it is
@@ -330,9 +327,9 @@ class Routing:
         run.version += 1
 
     def drop(self, endpoint_id: str) -> None:
-        """Remove an endpoint managed at run time (one the file defines too goes from the run-time ones alone)."""
+        """Remove an endpoint managed at run time (an id of the config file's stays the file's)."""
         run = self.run_time
-        if run.subscriptions.pop(endpoint_id, None) is None:
+        if endpoint_id in self.static or run.subscriptions.pop(endpoint_id, None) is None:
             return
         self.endpoints.remove(endpoint_id)
         run.table.remove(endpoint_id)

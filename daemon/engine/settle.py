@@ -179,7 +179,10 @@ class Settlement:
         self._keep_or_retire(config.id)
 
     def drop(self, endpoint_id: str) -> None:
-        """Remove an endpoint managed at run time; what it has queued is still attempted."""
+        """Remove an endpoint managed at run time; what it has queued is still attempted. An id of the config file's
+        (a record of the endpoints topic refused for it) leaves the file's endpoint and its lane alone."""
+        if endpoint_id in self._routing.static:
+            return
         self._routing.drop(endpoint_id)
         self._retire(endpoint_id)
 

@@ -160,6 +160,45 @@ async def test_every_error_code_names_what_is_wrong(setup: Setup, receivers: lis
             assert (resp.status, resp.headers["WWW-Authenticate"]) == (401, "Bearer")
 
 
+async def test_an_id_the_config_file_takes_from_a_tenant_is_the_file_endpoints_and_the_tenant_sees_it_no_more(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    """The platform names one of its config file's endpoints with the id of a tenant's endpoint, and reloads: the
+    tenant's route is dropped at the swap (the id, its retries, health and deliveries are the file endpoint's now), and
+    the tenant's token can neither see nor act on the id any more (it would reach the platform's endpoint)."""
+    tenants, platforms = await receiver(receivers), await receiver(receivers)
+    doc = api_config(setup)
+    async with running(setup.write(doc)) as app, api(setup.admin_port) as c:
+        await c.call("POST", "/v1/tenants", {"id": "acme"})
+        _, token = await c.call("POST", "/v1/tenants/acme/tokens")
+        acme = c.as_(token["token"])
+        status, mine = await c.call("POST", "/v1/endpoints", new("acme", tenants.url, ["lead.*"]))  # http: the admin
+        assert status == 201, mine
+        assert (await acme.call("GET", f"/v1/endpoints/{mine['id']}"))[0] == 200
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=1)])
+        await tenants.wait_for(1)
+        secret = "whsec_" + base64.b64encode(b"p" * 24).decode()
+        doc["endpoints"] = [{"id": mine["id"], "url": platforms.url, "secret": secret}]
+        doc["subscriptions"] = [{"endpoint": mine["id"], "events": ["call.*"]}]
+        setup.write(doc)
+        app.reload()
+        await eventually(lambda: app.metrics.config_reloads.labels("ok")._value.get() == 1, 20)
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=2), ev("call.ended", n=3)])
+        (got,) = await platforms.wait_for(1)
+        assert json.loads(got.body)["n"] == 3
+        await asyncio.sleep(1.0)
+        assert len(tenants.requests) == 1  # the tenant's route went at the swap
+        for method, path in (("GET", ""), ("PATCH", ""), ("DELETE", ""), ("POST", "/pause"), ("POST", "/ping"),
+                             ("POST", "/replay"), ("GET", "/attempts")):  # fmt: skip
+            status, answer = await acme.call(
+                method, f"/v1/endpoints/{mine['id']}{path}", {} if method != "GET" else None
+            )
+            assert (status, answer["error"]) == (404, f"no endpoint {mine['id']!r}"), (method, path)
+        _, listed = await acme.call("GET", "/v1/endpoints")
+        assert listed["data"] == []
+        assert (await c.call("GET", f"/v1/endpoints/{mine['id']}"))[0] == 200  # the platform sees it
+
+
 async def test_a_tenant_token_sees_its_own_endpoints_only(setup: Setup, receivers: list[Receiver]) -> None:
     r = await receiver(receivers)
     async with running(setup.write(api_config(setup))), api(setup.admin_port) as c:

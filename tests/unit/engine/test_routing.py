@@ -116,12 +116,12 @@ def test_a_reload_shares_the_run_time_endpoints_unopened_and_uncopied_and_sees_w
     assert set(reloaded.endpoints) == {"file-1", "file-2", "api-0", "api-1", "api-2", "api-4"}
 
 
-def test_a_run_time_endpoint_whose_id_a_reload_gives_the_file_is_shadowed_and_comes_back_when_the_file_lets_it_go(
+def test_a_run_time_endpoint_whose_id_a_reload_gives_the_file_is_dropped_at_the_swap_and_stays_dropped(
     keyring: Keyring,
 ) -> None:
     """The file's endpoint is the one of its id: a run-time endpoint of the same id (put before the file named it) is
-    neither routed to, nor counted, nor its tenant's, while the file defines it; a reload that takes the file's away
-    routes to it again (it was lost until its record changed, when the reload dropped it from the copy)."""
+    dropped when the new routing is swapped in (``claim``), never routed to nor its tenant's, and not brought back by a
+    later reload that takes the file's away (a retry, a pause or a failure count kept by the id are the file's)."""
     routing = Routing(parse_config(RAW, {}), {})
     for i in range(3):
         put(routing, keyring, record(keyring, i))
@@ -129,45 +129,42 @@ def test_a_run_time_endpoint_whose_id_a_reload_gives_the_file_is_shadowed_and_co
     taken = {**RAW, "endpoints": [*RAW["endpoints"], named],
              "subscriptions": [*RAW["subscriptions"], {"endpoint": "api-1", "events": ["other.*"]}]}  # fmt: skip
     reloaded = Routing(parse_config(taken, {}), {}, routing)
-    reloaded.find_shadowed()
+    assert reloaded.claim() == ["api-1"]
     tenant = {"tenant": "t-1"}
     assert reloaded.table.match("t", "lead.1").select(lambda: tenant) == ("file-1",)  # not by the tenant's route
     assert reloaded.table.match("t", "call.x").select(lambda: tenant) == ("file-1",)  # nor by its wildcard
     assert reloaded.table.match("t", "other.x").select(lambda: tenant) == ("file-1", "api-1")  # by the file's
     assert reloaded.table.match("t", "call.x").select(lambda: {"tenant": "t-0"}) == ("file-1", "api-0")
     assert reloaded.tenant_of("api-1") is None and reloaded.endpoints.managed("api-1") == "config"
-    assert (
-        reloaded.endpoints["api-1"].managed == "config"
-        and str(reloaded.endpoints["api-1"].url) == "https://f.example.com/"
-    )
+    assert reloaded.endpoints["api-1"].managed == "config"
+    assert str(reloaded.endpoints["api-1"].url) == "https://f.example.com/"
     assert len(reloaded.endpoints) == 4 and sorted(reloaded.endpoints) == ["api-0", "api-1", "api-2", "file-1"]
+    assert "api-1" not in reloaded.dynamic
     with pytest.raises(ValueError, match="defined in the config file"):
         put(reloaded, keyring, record(keyring, 1, version=2))
+    reloaded.drop("api-1")  # the topic's record deleted meanwhile: the file's endpoint stays
+    assert reloaded.endpoints["api-1"].managed == "config"
     back = Routing(parse_config(RAW, {}), {}, reloaded)
-    assert back.table.match("t", "lead.1").select(lambda: tenant) == ("file-1", "api-1")
-    assert back.tenant_of("api-1") == "t-1" and back.endpoints["api-1"].managed == "api"
-    assert len(back.endpoints) == 4
+    assert back.claim() == []
+    assert back.table.match("t", "lead.1").select(lambda: tenant) == ("file-1",) and "api-1" not in back.endpoints
 
 
-def test_an_endpoint_put_while_a_reload_builds_with_an_id_the_new_file_defines_is_shadowed_once_swapped_in(
+def test_an_endpoint_put_while_a_reload_builds_with_an_id_the_new_file_defines_is_dropped_at_the_swap(
     keyring: Keyring,
 ) -> None:
-    """The new routing finds the shadowed ids in the reload's thread; one put on the running routing meanwhile (whose
-    file does not define it) is found again on the loop before the swap (``find_shadowed``)."""
+    """The new routing finds the ids to claim in the reload's thread; one put on the running routing meanwhile (whose
+    file does not define it) is found again on the loop, at the swap."""
     routing = Routing(parse_config(RAW, {}), {})
-    taken = {
-        **RAW,
-        "endpoints": [*RAW["endpoints"], {"id": "api-1", "url": "https://f.example.com/", "secret": SECRET}],
-    }
+    named = {"id": "api-1", "url": "https://f.example.com/", "secret": SECRET}
+    taken = {**RAW, "endpoints": [*RAW["endpoints"], named]}
     reloaded = Routing(parse_config(taken, {}), {}, routing)
-    assert reloaded.table.match("t", "lead.1").select(lambda: {"tenant": "t-1"}) == ("file-1",)
     put(routing, keyring, record(keyring, 1))  # after the thread looked
-    reloaded.find_shadowed()
+    put(routing, keyring, record(keyring, 2))
+    assert reloaded.claim() == ["api-1"]
     assert reloaded.table.match("t", "lead.1").select(lambda: {"tenant": "t-1"}) == ("file-1",)
-    assert reloaded.tenant_of("api-1") is None and len(reloaded.endpoints) == 2
-    reloaded.drop("api-1")  # the topic's record deleted: the run-time one goes, the file's stays
-    assert "api-1" in reloaded.endpoints and reloaded.endpoints["api-1"].managed == "config"
-    assert len(reloaded.endpoints) == 2 and not reloaded.endpoints.shadowed
+    assert reloaded.table.match("t", "lead.2").select(lambda: {"tenant": "t-2"}) == ("file-1", "api-2")
+    assert reloaded.tenant_of("api-1") is None and len(reloaded.endpoints) == 3
+    assert reloaded.claim() == []  # once
 
 
 def test_a_routing_let_go_is_freed_by_its_references_alone(keyring: Keyring) -> None:

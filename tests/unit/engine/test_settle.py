@@ -569,6 +569,19 @@ async def test_an_endpoint_put_at_run_time_is_routed_to_at_once_and_a_dropped_on
                              SubscriptionConfig(endpoint="a", events=["*"]))  # fmt: skip
 
 
+async def test_a_drop_of_an_id_of_the_config_file_leaves_its_endpoint_and_lane_alone() -> None:
+    """The feed drops a record of the endpoints topic it cannot route (here: its id is the file's): the file's
+    endpoint keeps its lane (what it has queued is not retired) and its routes."""
+    async with rig() as r:
+        r.dispatch(0, event(1))
+        lane = r.settlement._lanes["a"]
+        r.settlement.drop("a")
+        assert r.settlement._lanes.get("a") is lane and "a" in r.settlement.routing.endpoints
+        r.dispatch(1, event(2))
+        await settle_down()
+        assert [rec.json()["endpoint_id"] for rec in r.writer.on(None)] == ["a", "a"]
+
+
 async def test_the_endpoints_gauge_is_read_off_the_routing_in_use_when_scraped() -> None:
     """Not set at each record of a first read (a million sets, about 2 % of it): read when /metrics is scraped, from
     the routing in use, across puts, drops and a reload."""
