@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import hmac
 from collections.abc import Sequence
+from typing import Any
 
 
 def standard_webhooks_signature(keys: Sequence[bytes], msg_id: str, timestamp: int, body: bytes) -> str:
@@ -24,24 +25,40 @@ def hmac_sha256_hex(key: bytes, body: bytes) -> str:
     return hmac.digest(key, body, "sha256").hex()
 
 
-class StandardSigner:
-    """``standard_webhooks_signature`` with the keys set up once: each signature copies a keyed HMAC state
-    instead of hashing the key again, and feeds the body without copying it."""
+_BLOCK = 64  # SHA-256's block size: HMAC's key pads (RFC 2104)
+_INNER = bytes(x ^ 0x36 for x in range(256))
+_OUTER = bytes(x ^ 0x5C for x in range(256))
 
-    __slots__ = ("_states",)  # used per request (the hot path)
+
+class StandardSigner:
+    """``standard_webhooks_signature`` with the keys set up once: HMAC-SHA256 done as RFC 2104 defines it over two
+    SHA-256 states keyed once (the key's inner and outer pads hashed), each signature copying them: about half the
+    CPU of copying a keyed ``hmac`` object (whose ``copy``, ``update`` and ``digest`` are Python) per request."""
+
+    __slots__ = ("_pads",)  # used per request (the hot path)
 
     def __init__(self, keys: Sequence[bytes]) -> None:
-        self._states = [hmac.new(key, digestmod=hashlib.sha256) for key in keys]
+        self._pads = [_keyed(key) for key in keys]
 
     def sign(self, msg_id: str, timestamp: int, body: bytes) -> str:
         prefix = b"%s.%d." % (msg_id.encode(), timestamp)
         entries = []
-        for state in self._states:
-            mac = state.copy()
+        for inner, outer in self._pads:
+            mac = inner.copy()
             mac.update(prefix)
             mac.update(body)
-            entries.append("v1," + base64.b64encode(mac.digest()).decode())
+            out = outer.copy()
+            out.update(mac.digest())
+            entries.append("v1," + binascii.b2a_base64(out.digest(), newline=False).decode())
         return " ".join(entries)
+
+
+def _keyed(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 states after the key's inner and outer pads (a key longer than a block is hashed first)."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return hashlib.sha256(key.translate(_INNER)), hashlib.sha256(key.translate(_OUTER))
 
 
 def decode_whsec(secret: str) -> bytes:

@@ -34,7 +34,7 @@ against real sockets):
    ``await ResponseHandler.read()`` returning ``(RawResponseMessage, StreamReader)``; ``message.code`` and
    ``message.headers``; ``EofStream`` when the server closes without an answer (the 100-continue,
    garbage-answer and disconnect tests).
-4. ``StreamReader.read(n)`` and ``.is_eof()`` (the chunked and cut-at-the-limit tests).
+4. ``StreamReader.read(n)``, ``.read_nowait(n)`` and ``.is_eof()`` (the chunked and cut-at-the-limit tests).
 5. ``aiohttp.helpers.TimerNoop`` and ``strip_auth_from_url`` (the Basic-auth test).
 6. The exception types raised along the way: ``ClientConnectorError`` (``.os_error``),
    ``ServerDisconnectedError``, ``ClientSSLError``, ``HttpProcessingError`` (``.message``) (the error tests).
@@ -272,7 +272,8 @@ class Client:
             protocol.set_response_params(timer=_TIMER, read_until_eof=True, auto_decompress=False)
             transport.writelines((route.head, b"%sContent-Length: %d\r\n\r\n" % (extra.encode(), len(body)), body))
             status, message_headers, payload = await _response(protocol)
-            content = await _read_at_most(payload, limit)
+            # An answer that came whole with its head (most do) is read as it is, without waiting on the stream.
+            content = payload.read_nowait(limit) if payload.is_eof() else await _read_at_most(payload, limit)
         except BaseException:
             _discard(conn)
             raise

@@ -130,3 +130,14 @@ def test_standard_signer_matches_the_function_and_verifies() -> None:
         assert signer.sign("msg_1", 1718900000, body) == standard_webhooks_signature(keys, "msg_1", 1718900000, body)
     # the keyed states are copied, never consumed: signing twice gives the same answer
     assert signer.sign("msg_2", 5, b"b") == signer.sign("msg_2", 5, b"b")
+
+
+@pytest.mark.parametrize("size", [1, 16, 32, 63, 64, 65, 100, 200])
+def test_standard_signer_is_hmac_for_a_key_of_any_length(size: int) -> None:
+    """RFC 2104 over SHA-256's 64-byte block: a key shorter than a block padded, a longer one hashed first."""
+    from daemon.core.sign import StandardSigner
+
+    key = bytes(range(size))
+    body = b"x" * 1_000
+    expected = "v1," + base64.b64encode(hmac.new(key, b"msg_9.77." + body, hashlib.sha256).digest()).decode()
+    assert StandardSigner([key]).sign("msg_9", 77, body) == expected

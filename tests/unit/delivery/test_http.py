@@ -227,6 +227,19 @@ async def test_a_long_answer_is_cut_at_the_limit_and_its_connection_closed() -> 
     assert script.connections == 2
 
 
+async def test_a_whole_answer_longer_than_the_limit_is_cut_and_its_connection_kept() -> None:
+    """Come whole with its head, the answer is read as it is (no wait on the stream): cut at the limit, and its
+    connection reused (the answer ended on the wire)."""
+    whole = b"HTTP/1.1 200 OK\r\nContent-Length: 6000\r\n\r\n" + b"a" * 3000 + b"b" * 3000
+    script = Script(lambda n: whole if n == 1 else OK)
+    async with script.running() as url, client() as c:
+        route = c.route(url, {})
+        reply = await c.post(route, {}, b"{}", 4096, 10)
+        assert (await c.post(route, {}, b"{}", 4096, 10)).body == b"ok"
+    assert reply.body == b"a" * 3000 + b"b" * 1096
+    assert script.connections == 1
+
+
 async def test_interim_100_continue_is_skipped() -> None:
     script = Script(lambda n: b"HTTP/1.1 100 Continue\r\n\r\n" + OK)
     async with script.running() as url, client() as c:
