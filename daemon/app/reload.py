@@ -58,7 +58,7 @@ async def let_go(swapped: list[Routing]) -> None:
     last reference, as before."""
     await asyncio.sleep(0)  # the reload's own references are gone by the next turn of the loop
     routing = swapped.pop()
-    routing.table.forget_cache()  # its cached matches point back at it: a cycle, never collected once frozen
+    routing.table.retire()  # its cached matches point back at it: cycles, never collected once frozen
     alone = object()  # held as ``routing`` is, by this frame alone: the count of an object nothing else holds
     if sys.getrefcount(routing) > sys.getrefcount(alone):  # compared, not a number: counts differ between versions
         return

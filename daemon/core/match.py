@@ -364,9 +364,11 @@ class RoutingTable:
             self._scoped_any.setdefault(path, _Wanted()).add(route, sub.events)
         self._next_index += 1
 
-    def forget_cache(self) -> None:
-        """Let the cached answers go: a ``Match`` points back at its table, so a table let go of with its cache is a
-        cycle (never collected once frozen: ``daemon.app.reload.let_go``)."""
+    def retire(self) -> None:
+        """Let the cached answers go and keep none from now on: a ``Match`` points back at its table, so a table let go
+        of with its cache is a cycle (never collected once frozen: ``daemon.app.reload.let_go``), and one still read by
+        a request under way would make new ones."""
+        self._share = 0.0  # no room for any answer
         self._forget()
 
     def _forget(self) -> None:
@@ -454,7 +456,7 @@ class Layered:
     ``__slots__``: matched for every record (the hot path).
     """
 
-    __slots__ = ("_cache", "_cache_bytes", "_file_seen", "_run_seen", "file", "run_time")
+    __slots__ = ("_cache", "_cache_bytes", "_file_seen", "_keeping", "_run_seen", "file", "run_time")
 
     def __init__(self, file: RoutingTable, run_time: RoutingTable) -> None:
         self.file = file
@@ -462,6 +464,7 @@ class Layered:
         self._cache: dict[tuple[str, str], Match] = {}
         self._cache_bytes = 0
         self._file_seen = self._run_seen = -1
+        self._keeping = True  # False once retired
 
     @property
     def tally(self) -> Tally:
@@ -495,7 +498,7 @@ class Layered:
             self._reset()  # either table emptied its caches while answering: what is kept starts from now
         size = (len(topic) + len(event_type) + _ENTRY_BYTES + _PLAIN_BYTES * len(found.endpoints)
                 + _CONDITIONAL_BYTES * len(found.conditional))  # fmt: skip
-        if len(event_type) <= _CACHED_TYPE_MAX and size <= _CACHE_BYTES // 16:
+        if self._keeping and len(event_type) <= _CACHED_TYPE_MAX and size <= _CACHE_BYTES // 16:
             if len(self._cache) >= _CACHE_LIMIT // 4 or self._cache_bytes + size > _CACHE_BYTES // 4:
                 self._cache, self._cache_bytes = {}, 0
             self._cache[key] = found
@@ -508,10 +511,11 @@ class Layered:
         own = self.file.scoped(path, value, topic, event_type)
         return own + theirs if own else theirs
 
-    def forget_cache(self) -> None:
-        """Let the merged answers and the file table's go (the run-time table is shared: its own are kept). A cached
-        ``Match`` points back at its table: a cycle, let go of here (``daemon.app.reload.let_go``)."""
-        self.file.forget_cache()
+    def retire(self) -> None:
+        """Let the merged answers and the file table's go, and keep none from now on (``RoutingTable.retire``: a routing
+        swapped out); the run-time table is shared, its own are kept."""
+        self.file.retire()
+        self._keeping = False
         self._reset()
 
     def _reset(self) -> None:

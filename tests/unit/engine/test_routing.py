@@ -185,7 +185,7 @@ def test_a_routing_let_go_is_freed_by_its_references_alone(keyring: Keyring) -> 
         assert dict(swapped.endpoints.configs).keys() == {"file-1", *(f"api-{i}" for i in range(25))}
         routing = Routing(config, {}, swapped)
         assert routing.table.match("t", "lead.3").select(lambda: {"tenant": "t-0"}) == ("file-1", "api-3")
-        swapped.table.forget_cache()  # as let_go does
+        swapped.table.retire()  # as let_go does
         del swapped
     assert kept == []
     assert len(routing.endpoints) == 26
