@@ -318,13 +318,13 @@ class Routing:
         if config.id in self.static:
             raise ValueError(f"endpoint {config.id!r} is defined in the config file")
         self.endpoints.check(config)
-        self.endpoints.set(config, sealed)
         run = self.run_time
+        run.version += 1  # first: a change that fails half-way is still looked at again by a reload's ``claim``
+        self.endpoints.set(config, sealed)
         if config.id in run.subscriptions:  # a change: its routes go first (a new one has none: most of a first read)
             run.table.remove(config.id)
         run.subscriptions[config.id] = subscription
         run.table.add([subscription], PROFILES[config.profile].catalogue)
-        run.version += 1
 
     def drop(self, endpoint_id: str) -> None:
         """Remove an endpoint managed at run time (an id of the config file's stays the file's)."""
