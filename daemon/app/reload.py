@@ -5,7 +5,6 @@ swap brings up to date (the config file's pauses, the routing's gauges). What a 
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,9 +18,7 @@ from daemon.engine.health import Health
 from daemon.engine.routing import Routing
 from daemon.observe.metrics import Metrics
 
-log = logging.getLogger(__name__)
-
-_NAMED = 10  # ids named in a log line; the rest counted
+_NAMED = 10  # ids named in a refusal
 
 
 async def reloaded(
@@ -36,12 +33,20 @@ async def reloaded(
     if refusals:
         raise ConfigError(refusals)
     built = await asyncio.to_thread(_built, new, environ, routing)
-    claimed = built.claim()  # on the loop, with nothing awaited before the swap: an endpoint put meanwhile is seen
-    if claimed:
-        more = f" and {len(claimed) - _NAMED} more" if len(claimed) > _NAMED else ""
-        log.warning("endpoints %s%s of the endpoints API no longer routed to: the config file defines them now",
-                    ", ".join(sorted(claimed)[:_NAMED]), more)  # fmt: skip
+    taken = built.taken()  # on the loop, with nothing awaited before the swap: an endpoint put meanwhile is seen
+    if taken:
+        raise ConfigError([_taken_id(new, routing, endpoint_id) for endpoint_id in sorted(taken)[:_NAMED]])
     return new, built
+
+
+def _taken_id(config: Config, running: Routing, endpoint_id: str) -> str:
+    """The refusal of one id the new config file would take from an endpoint of the API, naming its field."""
+    indexes = [i for i, endpoint in enumerate(config.endpoints) if endpoint.id == endpoint_id]
+    field = f"endpoints[{indexes[0]}].id" if indexes else "endpoints"
+    tenant = running.tenant_of(endpoint_id)
+    whose = f" (tenant {tenant})" if tenant is not None else ""
+    return (f"{field}: {endpoint_id!r} is an endpoint of the endpoints API{whose}: give this one another "
+            "id, or delete that one first")  # fmt: skip
 
 
 def _built(config: Config, environ: Mapping[str, str], previous: Routing) -> Routing:

@@ -94,7 +94,7 @@ class Endpoints(Mapping[str, Endpoint]):
     of the endpoints topic costs its record, opened only when its ``Endpoint`` is built, with the one keyring every
     record is sealed under (the API's secrets key, which a reload cannot change).
     The config file's endpoints are this routing's own; the run-time ones are shared (``RunTimeEndpoints``), never of
-    an id the file defines (``Routing.put`` refuses one, ``Routing.claim`` drops one a reload gives the file). Each is
+    an id the file defines (``Routing.put`` refuses one; a reload whose file would take one is refused). Each is
     built as the config file's or the API's (``managed``), which decides the network guard it meets.
 
     ``__slots__``: read for every delivery (the hot path).
@@ -230,7 +230,7 @@ class Routing:
     """``__slots__``: read for every record (the hot path)."""
 
     __slots__ = (
-        "_claimed", "_claimed_at", "catalogue", "config", "endpoints", "readers", "run_time", "schemas", "static",
+        "_taken", "_taken_at", "catalogue", "config", "endpoints", "readers", "run_time", "schemas", "static",
         "subscriptions", "table",
     )  # fmt: skip
     table: Layered
@@ -255,8 +255,8 @@ class Routing:
         # What matching cost, over reloads: the run-time table's tally, which every routing shares.
         own = RoutingTable(resolved.subscriptions, catalogues, run_time.table.tally, share=0.25)
         self.table = Layered(own, run_time.table)
-        self._claimed_at = run_time.version  # read first: a change while this looks moves it on, and is looked at again
-        self._claimed = [endpoint_id for endpoint_id in self.static if endpoint_id in run_time]
+        self._taken_at = run_time.version  # read first: a change while this looks moves it on, and is looked at again
+        self._taken = [endpoint_id for endpoint_id in self.static if endpoint_id in run_time]
         kafka = config.kafka
         registry = config.schema_registry
         self.schemas: SchemaCache = previous.schemas if previous is not None else SchemaCache(registry.cache_size)
@@ -274,24 +274,16 @@ class Routing:
         """The run-time endpoints' subscriptions by id (shared by every routing)."""
         return self.run_time.subscriptions
 
-    def claim(self) -> list[str]:
-        """On the loop, just before this routing is used: drop the run-time endpoints whose id this config file defines
-        (the file's endpoint is the one of its id, and a run-time one of it is not routed to, nor its tenant's, nor
-        brought back should a later reload take the file's away: a retry or a pause kept by its id is the file
-        endpoint's). Found in the reload's thread, found again here if one was put or dropped since. The ids dropped."""
+    def taken(self) -> list[str]:
+        """The ids of this config file's endpoints that endpoints managed at run time hold: a reload that would give one
+        to the file is refused (its retries, pause and failures are kept by the id: the tenant's would become the
+        platform's, and the platform's the tenant's should the file let the id go again). Looked for in the reload's
+        thread, and again on the loop, just before the swap, if one was put or dropped since."""
         run = self.run_time
-        claimed = self._claimed
-        if run.version != self._claimed_at:
-            claimed = [endpoint_id for endpoint_id in self.static if endpoint_id in run]
-        for endpoint_id in claimed:
-            run.subscriptions.pop(endpoint_id, None)
-            run.unsealed.pop(endpoint_id, None)
-            run.sealed.pop(endpoint_id, None)
-            run.table.remove(endpoint_id)
-        if claimed:
-            run.version += 1
-        self._claimed, self._claimed_at = [], run.version
-        return claimed
+        if run.version != self._taken_at:
+            self._taken_at = run.version
+            self._taken = [endpoint_id for endpoint_id in self.static if endpoint_id in run]
+        return self._taken
 
     def take_apart(self) -> None:
         """Empty this routing's own part (the file's endpoints and table) a piece at a time, in a thread, once it is
@@ -319,18 +311,26 @@ class Routing:
             raise ValueError(f"endpoint {config.id!r} is defined in the config file")
         self.endpoints.check(config)
         run = self.run_time
-        run.version += 1  # first: a change that fails half-way is still looked at again by a reload's ``claim``
-        self.endpoints.set(config, sealed)
-        if config.id in run.subscriptions:  # a change: its routes go first (a new one has none: most of a first read)
-            run.table.remove(config.id)
-        run.subscriptions[config.id] = subscription
-        run.table.add([subscription], PROFILES[config.profile].catalogue)
+        # Moved on before and after: a reload's thread that looks while this changes, or after it failed half-way,
+        # is sure to look again (``taken``).
+        run.version += 1
+        try:
+            self.endpoints.set(config, sealed)
+            if config.id in run.subscriptions:  # a change: its routes go first (a new one has none: a first read's)
+                run.table.remove(config.id)
+            run.subscriptions[config.id] = subscription
+            run.table.add([subscription], PROFILES[config.profile].catalogue)
+        finally:
+            run.version += 1
 
     def drop(self, endpoint_id: str) -> None:
         """Remove an endpoint managed at run time (an id of the config file's stays the file's)."""
         run = self.run_time
         if endpoint_id in self.static or run.subscriptions.pop(endpoint_id, None) is None:
             return
-        self.endpoints.remove(endpoint_id)
-        run.table.remove(endpoint_id)
         run.version += 1
+        try:
+            self.endpoints.remove(endpoint_id)
+            run.table.remove(endpoint_id)
+        finally:
+            run.version += 1

@@ -160,21 +160,22 @@ async def test_every_error_code_names_what_is_wrong(setup: Setup, receivers: lis
             assert (resp.status, resp.headers["WWW-Authenticate"]) == (401, "Bearer")
 
 
-async def test_an_id_the_config_file_takes_from_a_tenant_is_the_file_endpoints_and_the_tenant_sees_it_no_more(
+async def test_a_config_file_that_takes_the_id_of_a_tenants_endpoint_is_refused_at_a_reload_and_wins_at_a_start(
     setup: Setup, receivers: list[Receiver]
 ) -> None:
-    """The platform names one of its config file's endpoints with the id of a tenant's endpoint, and reloads: the
-    tenant's route is dropped at the swap (the id, its retries, health and deliveries are the file endpoint's now), and
-    the tenant's token can neither see nor act on the id any more (it would reach the platform's endpoint)."""
+    """The platform names one of its config file's endpoints with the id of a tenant's endpoint: a reload is refused,
+    naming the field (retries, pauses and failures are kept by the id: the tenant's would become the platform's), and
+    the tenant's endpoint goes on; a start with that file gives the id to the file (the topic's record is not routed)
+    and the tenant's token neither sees nor acts on it any more (it would reach the platform's endpoint)."""
     tenants, platforms = await receiver(receivers), await receiver(receivers)
     doc = api_config(setup)
-    async with running(setup.write(doc)) as app, api(setup.admin_port) as c:
+    path = setup.write(doc)
+    async with running(path) as app, api(setup.admin_port) as c:
         await c.call("POST", "/v1/tenants", {"id": "acme"})
         _, token = await c.call("POST", "/v1/tenants/acme/tokens")
         acme = c.as_(token["token"])
         status, mine = await c.call("POST", "/v1/endpoints", new("acme", tenants.url, ["lead.*"]))  # http: the admin
         assert status == 201, mine
-        assert (await acme.call("GET", f"/v1/endpoints/{mine['id']}"))[0] == 200
         await produce(setup.broker.bootstrap, setup.topic, [ev(n=1)])
         await tenants.wait_for(1)
         secret = "whsec_" + base64.b64encode(b"p" * 24).decode()
@@ -182,18 +183,22 @@ async def test_an_id_the_config_file_takes_from_a_tenant_is_the_file_endpoints_a
         doc["subscriptions"] = [{"endpoint": mine["id"], "events": ["call.*"]}]
         setup.write(doc)
         app.reload()
-        await eventually(lambda: app.metrics.config_reloads.labels("ok")._value.get() == 1, 20)
+        await eventually(lambda: app.metrics.config_reloads.labels("error")._value.get() == 1, 20)
         await produce(setup.broker.bootstrap, setup.topic, [ev(n=2), ev("call.ended", n=3)])
+        (second,) = (await tenants.wait_for(2))[1:]
+        assert json.loads(second.body)["n"] == 2 and platforms.requests == []
+    async with running(path), api(setup.admin_port) as c:  # a start with the file as it is now
+        acme = c.as_(token["token"])
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=4), ev("call.ended", n=5)])
         (got,) = await platforms.wait_for(1)
-        assert json.loads(got.body)["n"] == 3
+        assert json.loads(got.body)["n"] == 5
         await asyncio.sleep(1.0)
-        assert len(tenants.requests) == 1  # the tenant's route went at the swap
-        for method, path in (("GET", ""), ("PATCH", ""), ("DELETE", ""), ("POST", "/pause"), ("POST", "/ping"),
-                             ("POST", "/replay"), ("GET", "/attempts")):  # fmt: skip
-            status, answer = await acme.call(
-                method, f"/v1/endpoints/{mine['id']}{path}", {} if method != "GET" else None
-            )
-            assert (status, answer["error"]) == (404, f"no endpoint {mine['id']!r}"), (method, path)
+        assert [json.loads(r.body)["n"] for r in tenants.requests] == [1, 2]  # the topic's record not routed
+        for method, path_ in (("GET", ""), ("PATCH", ""), ("DELETE", ""), ("POST", "/pause"), ("POST", "/ping"),
+                              ("POST", "/replay"), ("GET", "/attempts")):  # fmt: skip
+            body: dict[str, Any] | None = {} if method != "GET" else None
+            status, answer = await acme.call(method, f"/v1/endpoints/{mine['id']}{path_}", body)
+            assert (status, answer["error"]) == (404, f"no endpoint {mine['id']!r}"), (method, path_)
         _, listed = await acme.call("GET", "/v1/endpoints")
         assert listed["data"] == []
         assert (await c.call("GET", f"/v1/endpoints/{mine['id']}"))[0] == 200  # the platform sees it

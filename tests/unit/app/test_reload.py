@@ -4,9 +4,13 @@ it (a request that took the routing before the swap reads it whole). Pure: a rea
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
-from daemon.app.reload import let_go
+import pytest
+
+from daemon.app.reload import let_go, reloaded
 from daemon.core.config import EndpointConfig, SubscriptionConfig
+from daemon.core.errors import ConfigError
 from daemon.core.validate import parse_config
 from daemon.engine.routing import Routing
 from tests.helpers import cycles_left
@@ -62,3 +66,24 @@ async def test_a_routing_still_held_elsewhere_has_no_cycle_left_once_its_last_ho
         del routing
     assert kept == []
     assert len(kept_alive.endpoints) == 55
+
+
+async def test_a_reload_whose_file_takes_the_id_of_an_endpoint_of_the_api_is_refused_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    """Its retries, pause and failures are kept by the id: the tenant's would become the platform's. The running
+    routing is left as it was."""
+    routing = routing_of(1, run_time=3)
+    path = tmp_path / "router.toml"
+    path.write_text(
+        '[kafka]\nbootstrap_servers = "k:9092"\ngroup_id = "g"\ntopics = ["t"]\nresults_topic = "r"\n'
+        f'[[endpoints]]\nid = "ep_0"\nurl = "https://h0.example.com/in"\nsecret = "{SECRET}"\n'
+        f'[[endpoints]]\nid = "api_2"\nurl = "https://p.example.com/in"\nsecret = "{SECRET}"\n'
+    )
+    with pytest.raises(ConfigError) as refused:
+        await reloaded(path, {}, routing.config, routing)
+    assert refused.value.errors == [
+        "endpoints[1].id: 'api_2' is an endpoint of the endpoints API: give this one another id, "
+        "or delete that one first"
+    ]
+    assert routing.endpoints["api_2"].managed == "api" and len(routing.endpoints) == 4

@@ -10,6 +10,7 @@ import os
 import pytest
 
 from daemon.core.config import EndpointConfig
+from daemon.core.match import RoutingTable
 from daemon.core.registry import Directory, EndpointRecord, Sealed, endpoint_key, routed, sealed_record, signed
 from daemon.core.secretbox import Keyring
 from daemon.core.validate import parse_config
@@ -116,55 +117,41 @@ def test_a_reload_shares_the_run_time_endpoints_unopened_and_uncopied_and_sees_w
     assert set(reloaded.endpoints) == {"file-1", "file-2", "api-0", "api-1", "api-2", "api-4"}
 
 
-def test_a_run_time_endpoint_whose_id_a_reload_gives_the_file_is_dropped_at_the_swap_and_stays_dropped(
+def test_the_ids_a_new_config_file_would_take_from_run_time_endpoints_are_found_and_found_again_before_the_swap(
     keyring: Keyring,
 ) -> None:
-    """The file's endpoint is the one of its id: a run-time endpoint of the same id (put before the file named it) is
-    dropped when the new routing is swapped in (``claim``), never routed to nor its tenant's, and not brought back by a
-    later reload that takes the file's away (a retry, a pause or a failure count kept by the id are the file's)."""
+    """A reload whose file defines the id of an endpoint of the API is refused (``daemon.app.reload``): a retry, a pause
+    or a failure count is kept by the id. The new routing looks for such ids in the reload's thread; one put on the
+    running routing meanwhile is found when it looks again, on the loop; nothing of the running routing changes."""
     routing = Routing(parse_config(RAW, {}), {})
     for i in range(3):
         put(routing, keyring, record(keyring, i))
-    named = {"id": "api-1", "url": "https://f.example.com/", "secret": SECRET}
-    taken = {**RAW, "endpoints": [*RAW["endpoints"], named],
-             "subscriptions": [*RAW["subscriptions"], {"endpoint": "api-1", "events": ["other.*"]}]}  # fmt: skip
+    named = [{"id": f"api-{i}", "url": f"https://f{i}.example.com/", "secret": SECRET} for i in (1, 4)]
+    taken = {**RAW, "endpoints": [*RAW["endpoints"], *named]}
     reloaded = Routing(parse_config(taken, {}), {}, routing)
-    assert reloaded.claim() == ["api-1"]
-    tenant = {"tenant": "t-1"}
-    assert reloaded.table.match("t", "lead.1").select(lambda: tenant) == ("file-1",)  # not by the tenant's route
-    assert reloaded.table.match("t", "call.x").select(lambda: tenant) == ("file-1",)  # nor by its wildcard
-    assert reloaded.table.match("t", "other.x").select(lambda: tenant) == ("file-1", "api-1")  # by the file's
-    assert reloaded.table.match("t", "call.x").select(lambda: {"tenant": "t-0"}) == ("file-1", "api-0")
-    assert reloaded.tenant_of("api-1") is None and reloaded.endpoints.managed("api-1") == "config"
-    assert reloaded.endpoints["api-1"].managed == "config"
-    assert str(reloaded.endpoints["api-1"].url) == "https://f.example.com/"
-    assert len(reloaded.endpoints) == 4 and sorted(reloaded.endpoints) == ["api-0", "api-1", "api-2", "file-1"]
-    assert "api-1" not in reloaded.dynamic
-    with pytest.raises(ValueError, match="defined in the config file"):
-        put(reloaded, keyring, record(keyring, 1, version=2))
-    reloaded.drop("api-1")  # the topic's record deleted meanwhile: the file's endpoint stays
-    assert reloaded.endpoints["api-1"].managed == "config"
-    back = Routing(parse_config(RAW, {}), {}, reloaded)
-    assert back.claim() == []
-    assert back.table.match("t", "lead.1").select(lambda: tenant) == ("file-1",) and "api-1" not in back.endpoints
+    assert reloaded.taken() == ["api-1"]
+    put(routing, keyring, record(keyring, 4))  # after the thread looked
+    assert sorted(reloaded.taken()) == ["api-1", "api-4"]
+    routing.drop("api-1")
+    assert reloaded.taken() == ["api-4"]
+    assert routing.table.match("t", "lead.4").select(lambda: {"tenant": "t-1"}) == ("file-1", "api-4")
+    assert routing.endpoints["api-4"].managed == "api" and routing.tenant_of("api-4") == "t-1"
 
 
-def test_an_endpoint_put_while_a_reload_builds_with_an_id_the_new_file_defines_is_dropped_at_the_swap(
-    keyring: Keyring,
+def test_a_put_that_fails_half_way_moves_the_version_on_all_the_same(
+    keyring: Keyring, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The new routing finds the ids to claim in the reload's thread; one put on the running routing meanwhile (whose
-    file does not define it) is found again on the loop, at the swap."""
+    """A reload's thread that looked before a put, or while it changed the maps, must look again."""
     routing = Routing(parse_config(RAW, {}), {})
-    named = {"id": "api-1", "url": "https://f.example.com/", "secret": SECRET}
-    taken = {**RAW, "endpoints": [*RAW["endpoints"], named]}
-    reloaded = Routing(parse_config(taken, {}), {}, routing)
-    put(routing, keyring, record(keyring, 1))  # after the thread looked
-    put(routing, keyring, record(keyring, 2))
-    assert reloaded.claim() == ["api-1"]
-    assert reloaded.table.match("t", "lead.1").select(lambda: {"tenant": "t-1"}) == ("file-1",)
-    assert reloaded.table.match("t", "lead.2").select(lambda: {"tenant": "t-2"}) == ("file-1", "api-2")
-    assert reloaded.tenant_of("api-1") is None and len(reloaded.endpoints) == 3
-    assert reloaded.claim() == []  # once
+    before = routing.run_time.version
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("half-way")
+
+    monkeypatch.setattr(RoutingTable, "add", broken)
+    with pytest.raises(RuntimeError):
+        put(routing, keyring, record(keyring, 1))
+    assert routing.run_time.version >= before + 2 and "api-1" in routing.endpoints
 
 
 def test_a_routing_let_go_is_freed_by_its_references_alone(keyring: Keyring) -> None:
