@@ -341,6 +341,11 @@ class Operator:
                         except InvalidEvent:
                             continue
                         routing = self._settlement.routing
+                        current = routing.endpoints.get(endpoint_id)
+                        if current is None or current.managed != endpoint.managed:
+                            complete = False  # the endpoint went (or its id is another's) while the replay ran
+                            break
+                        endpoint = current  # as changed meanwhile: its lane, its settings
                         if endpoint_id not in routing.table.match(record.topic, event.event_type).select(event.decoded):
                             continue
                         if matched == most:
@@ -357,7 +362,9 @@ class Operator:
                             trigger=REPLAY,
                             endpoint_id=endpoint_id,
                         )
-                        await self._settlement.queue_wait(endpoint, job)  # never pushes live traffic into the tiers
+                        if not await self._settlement.queue_wait(endpoint, job):  # never pushes live traffic aside
+                            complete = False  # the endpoint went (or its id is another's) while the replay waited
+                            break
             except TooMany:
                 raise BadRequest(
                     f"to_offset: a replay delivers at most {most:,} events (api.replay_max_events), and the partition "

@@ -104,6 +104,7 @@ class Lane:
         self._sender = sender
         self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self._room = asyncio.Event()
+        self.closing = False  # closed or cancelled: no more jobs (``put_wait`` says so to who waits for room)
         self.busy = 0
         self.mean_s = 0.0  # moving average of an attempt's duration (the last ~20; 0: none finished yet)
         self._first_start = 0.0  # when the first attempt started (monotonic; 0: none yet)
@@ -142,11 +143,15 @@ class Lane:
         rated = left / self.pace.current if self.pace is not None else 0.0
         return max(left * pace / self.endpoint.max_concurrency, rated)
 
-    async def put_wait(self, job: Job) -> None:
-        """Queue a job, waiting for room in the endpoint's queue."""
-        while not self.put(job):
+    async def put_wait(self, job: Job) -> bool:
+        """Queue a job, waiting for room in the endpoint's queue; False (not queued) once the lane is closing: its
+        workers finish what they hold and stop, and a job queued behind them would never be attempted."""
+        while not self.closing:
+            if self.put(job):
+                return True
             self._room.clear()
             await self._room.wait()
+        return False
 
     def put(self, job: Job, force: bool = False) -> bool:
         """Queue a job. False when the endpoint's queue is full (the caller defers the job), unless ``force``."""
@@ -284,10 +289,15 @@ class Lane:
 
     async def close(self) -> None:
         """Finish every queued job under this lane's settings, then stop the workers."""
+        self._stop_taking()
         for _ in self._workers:
             self._queue.put_nowait(None)
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._forget_circuit()
+
+    def _stop_taking(self) -> None:
+        self.closing = True
+        self._room.set()  # who waits for room looks again, and is told
 
     def _forget_circuit(self) -> None:
         """A lane that goes takes its breaker with it: no longer counted open."""
@@ -297,6 +307,7 @@ class Lane:
 
     async def cancel(self) -> int:
         """Stop now. Returns how many deliveries were abandoned (queued or under way)."""
+        self._stop_taking()
         pacing = self._pacing
         abandoned = self.busy + pacing + sum(1 for job in self._drain() if job is not None)
         self.stats.queued -= pacing

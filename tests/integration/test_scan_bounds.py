@@ -239,6 +239,33 @@ async def test_a_tenants_replay_counts_only_what_it_delivered_to_its_own_endpoin
         await mine.wait_for(6)
 
 
+async def test_an_endpoint_changed_while_its_replay_runs_takes_its_live_traffic_to_the_new_url_at_once(
+    setup: Setup, receivers: list[Receiver]
+) -> None:
+    """A replay waits for room in its endpoint's queue; the tenant moves the endpoint's URL meanwhile. The replay goes
+    on under the endpoint as changed: it never brings back a lane of the old settings, which would have taken the live
+    traffic that came after the change to the old URL."""
+    old, moved = await receiver(receivers, delay_s=0.2), await receiver(receivers)
+    since = rfc3339(time.time() - 60)
+    async with running(setup.write(api_config(setup))), api(setup.admin_port) as c:
+        await tenants(c)
+        acme_ep = await endpoint(c, "acme", old.url, ["lead.*"], max_concurrency=1, queue_size=1)
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=n) for n in range(1, 11)])
+        await old.wait_for(10)
+        replay = asyncio.create_task(c.call("POST", f"/v1/endpoints/{acme_ep}/replay", {"from_time": since}))
+        await old.wait_for(12)  # the replay under way, waiting for room
+        status, changed = await c.call("PATCH", f"/v1/endpoints/{acme_ep}", {"url": moved.url})
+        assert status == 200, changed
+        await produce(setup.broker.bootstrap, setup.topic, [ev(n=100)])
+        status, answer = await replay
+        assert status == 200 and answer["matched"] == 10, answer
+        arrived = await moved.wait_for(1)
+        await asyncio.sleep(1.0)
+        after = [json.loads(r.body)["n"] for r in old.requests[12:]]
+        assert 100 not in after, after  # the live event of after the change went to the new URL
+        assert 100 in [json.loads(r.body)["n"] for r in moved.requests], arrived
+
+
 async def test_what_an_unauthenticated_caller_sees_carries_no_tenant_data(
     setup: Setup, receivers: list[Receiver]
 ) -> None:

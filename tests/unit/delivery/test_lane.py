@@ -67,6 +67,28 @@ async def test_at_most_max_concurrency_attempts_at_once_and_the_rest_queued() ->
         await lane.cancel()
 
 
+async def test_a_job_waiting_for_room_in_a_lane_that_closes_is_told_and_never_queued_behind_its_workers() -> None:
+    """A replay waits for room; the lane closes meanwhile (its endpoint changed or went): its workers finish what they
+    hold and stop, so a job queued after them would never be attempted. ``put_wait`` says False instead."""
+    gate = asyncio.Event()
+    sender, settles = ScriptedSender(gate=gate), Settles()
+    lane = lane_of(sender, settles, max_concurrency=1, queue_size=1)
+    assert lane.put(job(0)) and (await _taken(lane)) and lane.put(job(1))  # one under way, one queued: full
+    waiting = asyncio.create_task(lane.put_wait(job(2, REPLAY)))
+    await settle_down()
+    assert not waiting.done()
+    closing = asyncio.create_task(lane.close())
+    gate.set()
+    assert await waiting is False
+    await closing
+    assert sorted(o.delivery_id or "" for o in settles.settled) == ["msg_0", "msg_1"]  # job 2 was never taken
+
+
+async def _taken(lane: Lane) -> bool:
+    await settle_down()
+    return lane.busy == 1
+
+
 async def test_a_full_queue_refuses_unless_forced() -> None:
     gate = asyncio.Event()
     lane = lane_of(ScriptedSender(gate=gate), Settles(), max_concurrency=1, queue_size=2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -625,6 +626,26 @@ async def test_a_lane_without_work_for_a_while_is_closed_and_comes_back_with_wor
             assert len(r.writer.on(None)) == 2  # a new lane for the next delivery
         finally:
             sweeper.cancel()
+
+
+async def test_the_sweep_of_idle_lanes_gives_the_allocators_free_pages_back_each_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a burst freed goes back to the system (``heap.give_back``), at each sweep, off the loop."""
+    import daemon.engine.settle
+
+    given: list[str] = []
+    monkeypatch.setattr(daemon.engine.settle, "give_back", lambda: given.append(threading.current_thread().name))
+    async with rig() as r:
+        sweeper = asyncio.create_task(r.settlement.retire_idle_every(0.02))
+        try:
+            for _ in range(200):
+                if len(given) >= 3:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            sweeper.cancel()
+    assert len(given) >= 3 and threading.main_thread().name not in given
 
 
 async def test_an_endpoint_is_prepared_only_once_it_has_work() -> None:
