@@ -637,8 +637,12 @@ class Api:
 
     def _endpoints_of(self, tenant: str) -> frozenset[str]:
         """The ids of a tenant's endpoints (of the API: the config file's belong to the platform)."""
+        return frozenset(self._ids_of(tenant))
+
+    def _ids_of(self, tenant: str) -> list[str]:
+        """A tenant's endpoint ids in order, less any the config file defines (``_tenants_own``)."""
         static = self._settlement.routing.static
-        return frozenset(i for i in self._store.directory.ids_of(tenant) if i not in static)
+        return [i for i in self._store.directory.ids_of(tenant) if i not in static]
 
     def view_of(self, endpoint_id: str, caller: Caller) -> dict[str, Any]:
         """What ``GET /v1/endpoints/{id}`` answers; NotFound for an endpoint the caller may not see."""
@@ -650,8 +654,7 @@ class Api:
         """The endpoint ids a caller may list (of one tenant, when given), in order; views are built per page."""
         directory = self._store.directory
         if tenant is not None:
-            static = self._settlement.routing.static
-            return [i for i in directory.ids_of(tenant) if i not in static]
+            return self._ids_of(tenant)
         api = directory.endpoints
         ids = list(api)
         if caller.tenant is None:

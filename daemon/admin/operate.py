@@ -341,8 +341,8 @@ class Operator:
                         except InvalidEvent:
                             continue
                         routing = self._settlement.routing
-                        current = routing.endpoints.get(endpoint_id)
-                        if current is None or current.managed != endpoint.managed:
+                        current = self._settlement.current(endpoint)
+                        if current is None:
                             complete = False  # the endpoint went (or its id is another's) while the replay ran
                             break
                         endpoint = current  # as changed meanwhile: its lane, its settings

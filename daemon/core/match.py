@@ -263,6 +263,12 @@ class Match:
         return tuple(chosen)
 
 
+def _size(topic: str, event_type: str, found: Match) -> int:
+    """The bytes a cached answer holds, about."""
+    return (len(topic) + len(event_type) + _ENTRY_BYTES + _PLAIN_BYTES * len(found.endpoints)
+            + _CONDITIONAL_BYTES * len(found.conditional))  # fmt: skip
+
+
 class RoutingTable:
     """An index by event type (``_Index``), and one per scope value: a subscription scoped to the values of a field
     (an endpoint of the API, scoped to its tenant) is indexed under each value, so that an event is matched against
@@ -425,8 +431,7 @@ class RoutingTable:
         if hit is not None:
             return hit
         found = self._resolve(topic, event_type)
-        size = (len(topic) + len(event_type) + _ENTRY_BYTES + _PLAIN_BYTES * len(found.endpoints)
-                + _CONDITIONAL_BYTES * len(found.conditional))  # fmt: skip
+        size = _size(topic, event_type, found)
         if len(event_type) <= _CACHED_TYPE_MAX and self._room(size):
             self._cache[key] = found
         return found
@@ -496,8 +501,7 @@ class Layered:
                           event_type)  # fmt: skip
         if self._file_seen != file.generation or self._run_seen != run.generation:
             self._reset()  # either table emptied its caches while answering: what is kept starts from now
-        size = (len(topic) + len(event_type) + _ENTRY_BYTES + _PLAIN_BYTES * len(found.endpoints)
-                + _CONDITIONAL_BYTES * len(found.conditional))  # fmt: skip
+        size = _size(topic, event_type, found)
         if self._keeping and len(event_type) <= _CACHED_TYPE_MAX and size <= _CACHE_BYTES // 16:
             if len(self._cache) >= _CACHE_LIMIT // 4 or self._cache_bytes + size > _CACHE_BYTES // 4:
                 self._cache, self._cache_bytes = {}, 0

@@ -73,9 +73,8 @@ class RunTimeEndpoints:
         self.sealed: Shards[str, EndpointRecord] = Shards()  # the topic's, as records: up to a million
         self.keyring: Keyring | None = None  # what the records are opened with: the first ``Sealed``'s
         self.subscriptions: Shards[str, SubscriptionConfig] = Shards()
-        self.table = RoutingTable(
-            (), share=0.5
-        )  # of the caches' bound: the file's table and the merged answers share it
+        # Half the caches' bound: each routing's file table and merged answers share the other half.
+        self.table = RoutingTable((), share=0.5)
         self.version = 0
 
     def held(self, endpoint_id: str) -> Held | None:
@@ -255,8 +254,9 @@ class Routing:
         # What matching cost, over reloads: the run-time table's tally, which every routing shares.
         own = RoutingTable(resolved.subscriptions, catalogues, run_time.table.tally, share=0.25)
         self.table = Layered(own, run_time.table)
-        self._taken_at = run_time.version  # read first: a change while this looks moves it on, and is looked at again
-        self._taken = [endpoint_id for endpoint_id in self.static if endpoint_id in run_time]
+        self._taken_at = -1
+        self._taken: list[str] = []
+        self.taken()  # looked for here, in the reload's thread
         kafka = config.kafka
         registry = config.schema_registry
         self.schemas: SchemaCache = previous.schemas if previous is not None else SchemaCache(registry.cache_size)
@@ -281,7 +281,7 @@ class Routing:
         thread, and again on the loop, just before the swap, if one was put or dropped since."""
         run = self.run_time
         if run.version != self._taken_at:
-            self._taken_at = run.version
+            self._taken_at = run.version  # read first: a change while this looks moves it on, and is looked at again
             self._taken = [endpoint_id for endpoint_id in self.static if endpoint_id in run]
         return self._taken
 
@@ -323,14 +323,16 @@ class Routing:
         finally:
             run.version += 1
 
-    def drop(self, endpoint_id: str) -> None:
-        """Remove an endpoint managed at run time (an id of the config file's stays the file's)."""
+    def drop(self, endpoint_id: str) -> bool:
+        """Remove an endpoint managed at run time (an id of the config file's stays the file's); False when there was
+        none of that id."""
         run = self.run_time
         if endpoint_id in self.static or run.subscriptions.pop(endpoint_id, None) is None:
-            return
+            return False
         run.version += 1
         try:
             self.endpoints.remove(endpoint_id)
             run.table.remove(endpoint_id)
         finally:
             run.version += 1
+        return True

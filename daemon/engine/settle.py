@@ -182,10 +182,8 @@ class Settlement:
     def drop(self, endpoint_id: str) -> None:
         """Remove an endpoint managed at run time; what it has queued is still attempted. An id of the config file's
         (a record of the endpoints topic refused for it) leaves the file's endpoint and its lane alone."""
-        if endpoint_id in self._routing.static:
-            return
-        self._routing.drop(endpoint_id)
-        self._retire(endpoint_id)
+        if self._routing.drop(endpoint_id):
+            self._retire(endpoint_id)
 
     async def retire_idle_every(self, idle_s: float) -> None:
         """Close the lanes that had no work for ``idle_s`` and let their ``Endpoint`` go: an idle endpoint costs
@@ -561,10 +559,16 @@ class Settlement:
                 return True
             if self._lanes.get(endpoint.id) is lane:  # closing and still the endpoint's: every lane stops (a shutdown)
                 return False
-            current = self._routing.endpoints.get(endpoint.id)
-            if current is None or current.managed != endpoint.managed:
+            current = self.current(endpoint)
+            if current is None:
                 return False
             endpoint = current
+
+    def current(self, endpoint: Endpoint) -> Endpoint | None:
+        """``endpoint`` as the routing in use has it now (changed meanwhile, or not); None when it went, or when its id
+        is another's (an endpoint of the API and one of the config file are never each other)."""
+        current = self._routing.endpoints.get(endpoint.id)
+        return current if current is not None and current.managed == endpoint.managed else None
 
     def load(self, endpoint_id: str) -> tuple[int, int]:
         """(under way, queued) deliveries of an endpoint."""
