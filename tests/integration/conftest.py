@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import inspect
+import sys
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +54,55 @@ BROKER_KIND = "tansu" if OUTSIDE_BOOTSTRAP is None and TEST_KAFKA_BROKERS is Non
 def pytest_sessionstart(session: pytest.Session) -> None:
     if TEST_KAFKA_BROKERS is not None and (reason := missing_tools()) is not None:
         pytest.exit(f"WEBHOOK_ROUTER_TEST_KAFKA={TEST_KAFKA_BROKERS} asks for a Kafka cluster: {reason}", returncode=4)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each coroutine test here ends when its time is up, at the loop's own deadline: pytest-timeout's SIGALRM raises
+    inside whatever the loop runs then, and an exception raised in a callback is logged and swallowed by the loop (a
+    test that hung held a CI run for 27 minutes past its 600 s). The deadline comes 10 % before pytest-timeout's (so
+    its fixtures' teardown has time); when it passes, every task's stack is printed and the test is cancelled where it
+    waits, failing with that place in its traceback."""
+    here = Path(__file__).parent
+    for item in items:
+        if not isinstance(item, pytest.Function) or here not in item.path.parents:
+            continue
+        if inspect.iscoroutinefunction(item.obj) and not hasattr(item.obj, "hypothesis"):
+            marker = item.get_closest_marker("timeout")
+            given = (marker.args[0] if marker.args else marker.kwargs.get("timeout")) if marker else None
+            limit = float(given if given is not None else item.config.getini("timeout") or 0)
+            if limit > 0:
+                item.obj = _bounded(item.obj, 0.9 * limit)
+
+
+def _bounded(test: Callable[..., Awaitable[None]], limit_s: float) -> Callable[..., Awaitable[None]]:
+    @functools.wraps(test)
+    async def bounded(*args: Any, **kwargs: Any) -> None:
+        shown = asyncio.get_running_loop().call_later(limit_s, _show_tasks, limit_s)
+        bound = asyncio.timeout(limit_s)
+        try:
+            async with bound:
+                await test(*args, **kwargs)
+        except TimeoutError:
+            if not bound.expired():
+                raise
+            pytest.fail(f"still running after {limit_s:.0f} s: cancelled where it waited (every task's stack above)")
+        finally:
+            shown.cancel()
+
+    return bounded
+
+
+def _show_tasks(limit_s: float) -> None:
+    """Each task of the loop with where it waits: its coroutine and every coroutine it awaits, down to the last."""
+    print(f"--- the test still runs after {limit_s:.0f} s; its loop's tasks, each where it waits:", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        print(f"- {task.get_name()}", file=sys.stderr)
+        step: Any = task.get_coro()
+        while step is not None:
+            frame = getattr(step, "cr_frame", None) or getattr(step, "gi_frame", None)
+            if frame is not None:
+                print(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}", file=sys.stderr)
+            step = getattr(step, "cr_await", None) or getattr(step, "gi_yieldfrom", None)
 
 
 class OutsideCluster:

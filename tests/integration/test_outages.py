@@ -85,11 +85,17 @@ async def test_a_broker_suspended_for_30_s_under_load_is_waited_out_and_nothing_
         total += 1
         await r.wait_for(total, within_s=120)
 
+        read: list[dict[str, Any]] = []
+
         def all_delivered(records: list[dict[str, Any]]) -> bool:
+            read[:] = records
             done = {(rec["source_partition"], rec["source_offset"]) for rec in records if rec["status"] == "delivered"}
             return len(done) == total
 
-        await read_topic(broker.bootstrap, s.results, all_delivered, within_s=120)
+        try:
+            await read_topic(broker.bootstrap, s.results, all_delivered, within_s=120)
+        except TimeoutError:  # which outcomes are missing, and what the results say of their events
+            pytest.fail(_missing_outcomes(read, d.log()))
         seen = {json.loads(req.body)["n"] for req in r.requests}
         assert seen == set(range(total))
         outage_log = d.log().splitlines()[lines_before:]
@@ -107,6 +113,22 @@ async def test_a_broker_suspended_for_30_s_under_load_is_waited_out_and_nothing_
         clean(d.log())
         d.signal(signal.SIGTERM)
         assert await d.wait(30) == 0
+
+
+def _missing_outcomes(records: list[dict[str, Any]], log: str) -> str:
+    by_event: dict[tuple[int, int], list[str]] = {}
+    for rec in records:
+        by_event.setdefault((rec["source_partition"], rec["source_offset"]), []).append(rec["status"])
+    missing = sorted(where for where, said in by_event.items() if "delivered" not in said)
+    ends = {p: max(o for q, o in by_event if q == p) for p, _ in by_event}
+    absent = [(p, o) for p, end in ends.items() for o in range(end) if (p, o) not in by_event]
+    lines = [line for line in log.splitlines() if "results" in line or "commit" in line][-30:]
+    return (
+        f"{len(records)} results records; events with no 'delivered' outcome: "
+        f"{[(w, by_event[w]) for w in missing[:20]]} ({len(missing)} in all); the highest offset seen by partition: "
+        f"{ends}, offsets below it with no record at all: {absent[:20]} ({len(absent)}); the daemon's last log lines "
+        "of results and commits:\n" + "\n".join(lines)
+    )
 
 
 async def _not_ready(d: DaemonProcess) -> bool:
