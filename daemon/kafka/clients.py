@@ -14,6 +14,10 @@ aiokafka's insides this module relies on (checked on every upgrade of the pin in
 - ``AIOKafkaConsumer._coordinator.fetch_committed_offsets`` (``committed_notes``: the metadata of a commit, which
   ``committed()`` leaves out): tests/integration/test_settled_notes.py.
 - ``AIOKafkaConsumer._fetcher`` and its ``_pending_tasks`` (``close_consumer``): tests/integration/test_outages.py.
+- ``AIOKafkaConsumer._closed``, ``_coordinator`` with its ``_closing``, ``_coordination_task``, ``_heartbeat_task``
+  and ``_commit_refresh_task``, ``_fetcher`` with its ``_closed`` and ``_fetch_task`` (``consumer_broken``: a
+  background task of aiokafka's that ended, which aiokafka never starts again), ``_client.close()``
+  (``discard_consumer``): tests/integration/test_consumer_broken.py.
 - ``Fetcher._fetch_max_wait_ms``, which the fetcher reads for each Fetch request it builds (``fetch_wait_ms``,
   ``set_fetch_wait_ms``: a broker that answers with nothing within the wait gets a longer one):
   tests/unit/kafka/test_consume.py.
@@ -635,6 +639,54 @@ def fetch_wait_ms(consumer: Any) -> int | None:
 def set_fetch_wait_ms(consumer: Any, wait_ms: int) -> None:
     """Make ``consumer``'s next fetches wait up to ``wait_ms`` for records (a started consumer: ``fetch_wait_ms``)."""
     consumer._fetcher._fetch_max_wait_ms = wait_ms
+
+
+def consumer_broken(consumer: AIOKafkaConsumer) -> tuple[str, BaseException | None] | None:
+    """Which of aiokafka's background tasks of ``consumer`` ended, and with what (None for a task cancelled); None when
+    none did (or the consumer is closed, or not started).
+
+    aiokafka never starts these again, and the consumer goes on as if it could fetch and commit: the group's
+    coordination task, once ended, has ``getmany`` and ``commit`` raise its exception for good; a heartbeat or commit
+    refresh task ended by an exception has the coordination task hand that exception to every ``getmany`` after it
+    (the member's heartbeats stop: the group drops it); the fetcher's task, once ended, fetches nothing more and says
+    nothing. A heartbeat task that returned (the member left the group) is started again by the next join: not
+    broken."""
+    coordinator, fetcher = consumer._coordinator, consumer._fetcher
+    if consumer._closed or coordinator is None or fetcher is None or coordinator._closing.done() or fetcher._closed:
+        return None
+    tasks = (
+        ("coordination", coordinator._coordination_task, True),
+        ("heartbeat", coordinator._heartbeat_task, False),
+        ("commit refresh", coordinator._commit_refresh_task, False),
+        ("fetcher", fetcher._fetch_task, True),
+    )
+    for what, task, runs_until_closed in tasks:
+        if task is None or not task.done():
+            continue
+        if task.cancelled():
+            if runs_until_closed:
+                return what, None
+            continue
+        exc = task.exception()
+        if exc is not None or runs_until_closed:
+            return what, exc
+    return None
+
+
+async def discard_consumer(consumer: AIOKafkaConsumer, within_s: float = 10.0) -> None:
+    """Close a consumer ``consumer_broken`` found broken, whatever state its tasks are in: its ``stop()`` re-raises
+    the exception that ended its fetcher's task, and may wait on a coordinator that no longer answers; its
+    connections are closed in any case, within about ``within_s``."""
+    try:
+        await asyncio.wait_for(close_consumer(consumer), within_s)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception as exc:  # what ended it, raised again by its close; or the close's time out
+        log.debug("closing a broken consumer: %s: %s", type(exc).__name__, exc)
+    with contextlib.suppress(Exception):
+        await consumer._client.close()
 
 
 async def close_consumer(consumer: AIOKafkaConsumer) -> None:

@@ -25,6 +25,14 @@ operator to skip. Its partitions wait where they are (the fetch asked again a se
 line says so naming the topic or group and what to grant, ``/readyz`` says it while it lasts,
 ``kafka_refused{what="read"}`` counts them; once fetches have gone ``_REFUSED_CLEAR_S`` without that refusal, one line
 says it is over.
+
+A consumer aiokafka can no longer run (one of its background tasks ended: the group's coordination, heartbeat or commit
+refresh, or the fetcher; aiokafka starts none of them again, and every fetch after raises the same exception, or
+returns nothing for good) is not a batch that cannot be decoded either: nothing is held. It is replaced, as a
+rebalance would take its partitions away: what is in flight is drained (``drain_timeout_s``), committed where the old
+consumer still can, and a new consumer joins the group, which assigns the partitions again from their last commit.
+One error line names the task and its exception, ``consumer_rebuilds_total{consumer}`` counts it, ``/readyz`` says
+it while it lasts; a consumer that breaks again soon waits longer before the next (1, 3, 7... up to 60 s).
 """
 
 from __future__ import annotations
@@ -52,7 +60,15 @@ from aiokafka.errors import (
 from daemon.core.clock import utc_now_iso
 from daemon.core.config import KafkaConfig
 from daemon.core.offsets import OffsetTracker, PartitionOffsets, Settled
-from daemon.kafka.clients import close_consumer, committed_notes, fetch_wait_ms, group_consumer, set_fetch_wait_ms
+from daemon.kafka.clients import (
+    close_consumer,
+    committed_notes,
+    consumer_broken,
+    discard_consumer,
+    fetch_wait_ms,
+    group_consumer,
+    set_fetch_wait_ms,
+)
 from daemon.kafka.contact import Throttle, held_note
 from daemon.observe.metrics import Metrics
 
@@ -79,6 +95,9 @@ _REJOIN_AFTER_DRAIN_MS = 10_000
 # fetch's wait is doubled, up to _FETCH_WAIT_MAX_MS (``Source._watch_fetches``).
 _STARVED_LOOKS = 3
 _FETCH_WAIT_MAX_MS = 1_000
+_REBUILD_WINDOW_S = 300.0  # rebuilds of a consumer within this long make the next one wait: 2 ** n - 1 seconds
+_REBUILD_WAIT_MAX_S = 60.0
+_REBUILD_COMMIT_S = 10.0  # what the commit of a broken consumer's partitions may take (it may no longer answer)
 
 
 class Stuck(msgspec.Struct, frozen=True, kw_only=True):
@@ -153,16 +172,22 @@ class Source:
         # what is refused -> (since, last refused: monotonic, what to say once it is not)
         self._refused: dict[str, tuple[float, float, str]] = {}
         self._refused_gauge = metrics.kafka_refused.labels("read")
-        rejoin_ms = max(kafka.session_timeout_ms, round(drain_timeout_s * 1000) + _REJOIN_AFTER_DRAIN_MS)
-        self._consumer = group_consumer(kafka, environ, rejoin_ms)
+        self._rebuilds = metrics.consumer_rebuilds.labels(name)
+        self._rebuilt: list[float] = []  # when this consumer was last replaced (monotonic), within _REBUILD_WINDOW_S
+        self._rebuilding: tuple[float, str] | None = None  # since (monotonic), why: while a new consumer is built
+        self._environ = environ
+        self._rejoin_ms = max(kafka.session_timeout_ms, round(drain_timeout_s * 1000) + _REJOIN_AFTER_DRAIN_MS)
+        self._consumer = group_consumer(kafka, environ, self._rejoin_ms)
+        self._topics = list(kafka.topics)
         self._listener = _Listener(self)
 
     async def start(self) -> None:
         await self._consumer.start()
-        self.subscribe(self._kafka.topics)
+        self.subscribe(self._topics)
 
     def subscribe(self, topics: list[str]) -> None:
-        self._consumer.subscribe(topics=list(topics), listener=self._listener)
+        self._topics = list(topics)
+        self._consumer.subscribe(topics=self._topics, listener=self._listener)
 
     async def stop(self) -> None:
         """Leave the group. Commit first: aiokafka does not call on_partitions_revoked on stop()."""
@@ -176,18 +201,24 @@ class Source:
         """Fetch and dispatch until ``stopping`` is set. What a fetch under way returns once it is set is not
         dispatched: the shutdown's drain may be over and its commit made, so it would be delivered uncommitted, then
         again by whoever reads the partition next; not dispatched, it is read from the last commit."""
-        consumer, offsets = self._consumer, self.offsets
+        offsets = self.offsets
         next_lag = time.monotonic()
         max_records = self._kafka.max_poll_records
         while not self.stopping:
+            consumer = self._consumer  # a new one once the one before broke (``_mend``)
             # Never fetch more than the cap has room for: the cap on events in flight is exact.
             room = self._cap - offsets.in_flight
             if (room <= 0 or offsets.in_flight_bytes >= self._bytes_cap) and not self._paused:
                 self._pause()
             try:
                 batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=max(1, min(max_records, room)))
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                if _ours():
+                    raise
+                if not await self._mend():  # aiokafka's own task cancelled: its consumer broken, replaced
+                    self._fetch_failed("fetch", exc)
+                    await asyncio.sleep(_FAILED_FETCH_WAIT_S)
+                continue
             except NoOffsetForPartitionError as exc:
                 await self._reset({exc.args[0]: None})
                 continue
@@ -200,8 +231,9 @@ class Source:
                 await asyncio.sleep(_FAILED_FETCH_WAIT_S)
                 continue
             except Exception as exc:  # never the end of the process: what was lost is read again, a bad batch held
-                self._fetch_failed("fetch", exc)
-                await self._isolate()
+                if not await self._mend():  # the consumer broken is replaced (and says so); a batch, isolated
+                    self._fetch_failed("fetch", exc)
+                    await self._isolate()
                 continue
             if self._refused:
                 self._read_again()
@@ -222,6 +254,7 @@ class Source:
                 next_lag = time.monotonic() + _LAG_INTERVAL_S
                 self._update_lag()
                 self._watch_fetches()
+                await self._mend()  # a fetcher's task that ended says nothing: its fetches only return no records
             # getmany() does not yield while fetched records wait: let the lanes start on this batch before
             # the next is dispatched (deliveries begin sooner; a lane's pace is known before its queue fills).
             await asyncio.sleep(0)
@@ -278,6 +311,9 @@ class Source:
         up to ``max_poll_records`` each: the partition whose batch fails is held there (``stuck``)."""
         consumer = self._consumer
         suspects = sorted(tp for tp in consumer.assignment() if tp not in self.stuck)
+        if not suspects:  # every partition held already: no batch of theirs failed this fetch; never a hot loop
+            await asyncio.sleep(_FAILED_FETCH_WAIT_S)
+            return
         try:
             await self._rewind(suspects)
             for tp in suspects:
@@ -289,6 +325,8 @@ class Source:
                     except Exception as exc:
                         if isinstance(exc, KafkaError) and (exc.retriable or isinstance(exc, _REFUSALS)):
                             raise  # the cluster's (an ACL taken away, too), not the batch's: waited out
+                        if consumer_broken(consumer) is not None:
+                            return  # the consumer's, not the batch's: the fetch loop replaces it
                         await self._stick(tp, exc)
                         break
                     records = batch.get(tp)
@@ -469,6 +507,69 @@ class Source:
             if tps is None or tp in tps:
                 self._held.pop(tp).cancel()
 
+    # --- a consumer aiokafka can no longer run ---
+
+    async def _mend(self) -> bool:
+        """Replace the consumer if one of aiokafka's background tasks of it ended (``consumer_broken``): True when it
+        was (or the daemon began stopping meanwhile)."""
+        broken = consumer_broken(self._consumer)
+        if broken is None:
+            return False
+        what, exc = broken
+        why = f"aiokafka's {what} task ended: " + (_error_of(exc) if exc is not None else "cancelled")
+        now = time.monotonic()
+        self._rebuilt = [t for t in self._rebuilt if now - t < _REBUILD_WINDOW_S]
+        wait = min(_REBUILD_WAIT_MAX_S, 2.0 ** len(self._rebuilt) - 1)
+        self._rebuilt.append(now)
+        self._rebuilding = (now, why)
+        self._rebuilds.inc()
+        self._interrupted = True
+        before = len(self._rebuilt) - 1
+        again = f" ({before} times already in {_REBUILD_WINDOW_S:.0f} s: after {wait:.0f} s)" if before else ""
+        trace = None if exc is None or isinstance(exc, KafkaError) else exc
+        log.error("%s: %s; aiokafka does not start it again: this consumer would fetch and commit "
+                  "nothing more. Replacing it with a new one, as a rebalance would: what is in flight is drained and "
+                  "committed, the group assigns its partitions again%s", self._name, why, again,
+                  exc_info=trace)  # fmt: skip
+        try:
+            await self._rebuild(wait)
+        finally:
+            self._rebuilding = None
+        return True
+
+    async def _rebuild(self, wait_s: float) -> None:
+        old = self._consumer
+        began = time.monotonic()
+        held = set(self.offsets.partitions)
+        self.joined = False
+        if held:
+            if not await self.drain(self._drain_timeout_s, held):
+                log.warning("%s: %d events still unfinished after %.0f s; they will be read again", self._name,
+                            self._unfinished(held), self._drain_timeout_s)  # fmt: skip
+            with contextlib.suppress(TimeoutError):  # failed or not, said by commit(); what is not is read again
+                await asyncio.wait_for(self.commit(held), _REBUILD_COMMIT_S)
+            self._forget(held)
+        wait_ms = fetch_wait_ms(old)
+        await discard_consumer(old)
+        await asyncio.sleep(wait_s)
+        while not self.stopping:
+            new = self._consumer = group_consumer(self._kafka, self._environ, self._rejoin_ms)
+            try:
+                await new.start()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the cluster away: tried again
+                self._fetch_failed(f"starting a new {self._name} consumer", exc)
+                await discard_consumer(new)
+                await asyncio.sleep(_FAILED_FETCH_WAIT_S)
+                continue
+            if wait_ms is not None:
+                set_fetch_wait_ms(new, wait_ms)
+            self.subscribe(self._topics)
+            log.info("%s: a new consumer replaced the broken one in %.1f s (its partitions: %s); the group assigns "
+                     "them again", self._name, time.monotonic() - began, _names(held) or "none")  # fmt: skip
+            return
+
     # --- commits and draining ---
 
     async def commit(self, tps: set[TopicPartition] | None = None) -> None:
@@ -503,6 +604,10 @@ class Source:
     def problem(self) -> str | None:
         """Why this consumer's offsets are not committed now (None: they are): a coordinator moving, the group
         rebalancing, the cluster away; or why its topics are not read (refused)."""
+        if self._rebuilding is not None:
+            since, why = self._rebuilding
+            waited = time.monotonic() - since
+            return f"the {self._name} consumer broke ({why}): a new one is joining the group, for {waited:.0f} s"
         if self._refused:
             refusal, (since, *_) = next(iter(self._refused.items()))
             more = f" (and {len(self._refused) - 1} more)" if len(self._refused) > 1 else ""
@@ -564,6 +669,11 @@ class Source:
                 self._drain_timeout_s,
             )
         await self.commit(revoked)
+        self._forget(revoked)
+        log.info("%s: partitions revoked: %s (drained and committed in %.2f s)", self._name, _names(revoked),
+                 time.monotonic() - began)  # fmt: skip
+
+    def _forget(self, revoked: set[TopicPartition]) -> None:
         self._drop_holds(revoked)  # whoever reads them next holds them again if they are not due
         for tp in revoked:
             self.stuck.pop(tp, None)  # the next owner finds the batch again
@@ -573,8 +683,6 @@ class Source:
             self._remove_lag(tp)
             self._reset_to.pop(tp, None)
         self._interrupted = True
-        log.info("%s: partitions revoked: %s (drained and committed in %.2f s)", self._name, _names(revoked),
-                 time.monotonic() - began)  # fmt: skip
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self._interrupted = True
@@ -685,6 +793,12 @@ class Source:
                 self._metrics.retries_due_later,)  # fmt: skip
             for gauge in gauges:
                 gauge.remove(*labels)
+
+
+def _ours() -> bool:
+    """A cancellation of the task that awaits, rather than one of aiokafka's own tasks re-raised from it."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 def _error_of(exc: BaseException) -> str:

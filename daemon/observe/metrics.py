@@ -222,6 +222,11 @@ class Metrics:
             p + "batches_undecodable", "Record batches found that cannot be decoded, per consumer.", ["consumer"],
             registry=r,
         )  # fmt: skip
+        self.consumer_rebuilds = Counter(
+            p + "consumer_rebuilds", "Kafka consumers replaced by a new one, per consumer: one of aiokafka's "
+            "background tasks (the group's coordination, heartbeat or commit refresh, or the fetcher) had ended.",
+            ["consumer"], registry=r,
+        )  # fmt: skip
         self.offset_resets = Counter(
             p + "offset_resets", "Partitions of a consumer group started where kafka.auto_offset_reset says, per "
             "consumer and reason (deleted: its offset's records were deleted by retention; past_end: its offset is "

@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 
 from daemon.core.offsets import PartitionOffsets
 from daemon.core.validate import parse_config
-from daemon.kafka.consume import Source
+from daemon.kafka.consume import Source, Stuck
 from daemon.observe.metrics import Metrics
 from tests.unit.core.test_config import doc
 
@@ -70,6 +70,9 @@ async def test_a_commit_failing_outside_kafkas_errors_is_counted_said_and_made_a
 class StoppedWhileFetching:
     """Stand-in for AIOKafkaConsumer's fetch: answers the first with three records of ``tp``, the stop having been
     asked for while it waited."""
+
+    _closed = False
+    _coordinator = _fetcher = None  # what ``consumer_broken`` looks at: aiokafka's, before its start
 
     def __init__(self, source: Source, tp: TopicPartition) -> None:
         self._source, self._tp = source, tp
@@ -121,6 +124,9 @@ class EmptyAnswers:
     class Fetcher:
         def __init__(self, wait_ms: int) -> None:
             self._fetch_max_wait_ms = wait_ms  # aiokafka's Fetcher keeps it there and reads it for each request
+
+    _closed = False
+    _coordinator = None  # what ``consumer_broken`` looks at: aiokafka's, before its start (nothing broken)
 
     def __init__(self, tp: TopicPartition, wait_ms: int, reads_at_ms: int, ahead: int = 1_000, start: int = 0) -> None:
         self.tp, self.reads_at_ms, self.ahead = tp, reads_at_ms, ahead
@@ -277,3 +283,42 @@ async def test_fetching_paused_and_resumed_or_records_of_another_partition_never
         await asyncio.wait_for(run, 5)
         await real.stop()
         assert consumer._fetcher._fetch_max_wait_ms == kafka.fetch_max_wait_ms, case
+
+
+class FailingWithEveryPartitionHeld:
+    """Stand-in for AIOKafkaConsumer's fetch whose every ``getmany`` raises what is not Kafka's, its one partition
+    already held as at a batch that cannot be decoded; counts the fetches."""
+
+    _closed = False
+    _coordinator = _fetcher = None  # not broken, as ``consumer_broken`` sees it
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp, self.fetches = tp, 0
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        self.fetches += 1
+        await asyncio.sleep(0)
+        raise ValueError("a batch that cannot be decoded")
+
+    def assignment(self) -> set[TopicPartition]:
+        return {self.tp}
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 3
+
+
+async def test_a_fetch_failing_while_every_partition_is_held_already_is_tried_again_a_second_later() -> None:
+    """Seen with a consumer whose coordination task had ended (every fetch raising its error, every partition held in
+    turn): the fetch loop then failed and found no partition to hold, millions of times a minute, on one core."""
+    source = Source(parse_config(doc(), {}).kafka, {}, Metrics(), lambda record, part: None, 1.0)
+    tp = TopicPartition("leads", 0)
+    real, consumer = source._consumer, FailingWithEveryPartitionHeld(tp)
+    source._consumer = consumer
+    source.offsets.assign(tp)
+    source.stuck[tp] = Stuck(topic="leads", partition=0, offset=0, error="ValueError", since="now")
+    run = asyncio.create_task(source.run())
+    await asyncio.sleep(0.5)
+    source.stopping = True
+    await asyncio.wait_for(run, 5)
+    await real.stop()
+    assert consumer.fetches == 1  # the next waits _FAILED_FETCH_WAIT_S (1 s): never early
