@@ -23,9 +23,9 @@ aiokafka's insides this module relies on (checked on every upgrade of the pin in
   tests/unit/kafka/test_consume.py.
 - ``aiokafka.protocol.fetch.FetchRequest`` (version 4, a plain Fetch answered with the batch's bytes untouched):
   tests/integration/test_stuck_partitions.py.
-- ``AIOKafkaConnection.send`` itself, wrapped (``_send``): a write on a connection its broker reset raises
-  ``KafkaConnectionError`` under uvloop as under asyncio, reading its ``_writer``, ``_host``, ``_port``:
-  tests/unit/kafka/test_clients.py.
+- ``AIOKafkaConnection.send`` and ``_send_sasl_token`` themselves, wrapped (``_broken_as_kafka_says``): a write on
+  a connection its broker reset raises ``KafkaConnectionError`` under uvloop as under asyncio, reading its
+  ``_writer``, ``_host``, ``_port``: tests/unit/kafka/test_clients.py.
 - ``aiokafka.conn.create_conn``, ``AIOKafkaConnection.send`` and ``close`` with a ``MetadataRequest``, its answer's
   ``to_object()`` (``ClusterProbe``: every broker asked over a connection of the probe's own):
   tests/unit/kafka/test_writes.py, tests/integration/test_brokers_lost.py (a broker hung, two of three away),
@@ -80,27 +80,32 @@ from daemon.core.errors import ConfigError, KafkaRefused
 
 log = logging.getLogger(__name__)
 
-_aiokafka_send = AIOKafkaConnection.send
+
+def _broken_as_kafka_says(write: Any) -> Any:
+    """aiokafka's ``AIOKafkaConnection.send`` (or ``_send_sasl_token``), for a connection its broker reset: the
+    connection still says it is connected (its reader has an error, not an end) and the write fails. aiokafka turns
+    an ``OSError`` of the write into a ``KafkaConnectionError`` and closes the connection; uvloop's transport raises
+    ``RuntimeError`` instead ("the handler is closed"), which went past aiokafka as a bug of its own: from the group's
+    heartbeat it killed the heartbeat's task, every fetch after raised it, and each partition was held as if at a
+    batch that cannot be decoded (a broker killed under load, CI of 2026-12-06); from a SASL handshake it would end the
+    connect with it. Here it is what aiokafka makes of the same failure."""
+
+    @functools.wraps(write)
+    def wrapped(conn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return write(conn, *args, **kwargs)
+        except RuntimeError as exc:
+            writer = conn._writer
+            if writer is None or not writer.transport.is_closing():
+                raise
+            conn.close(reason=CloseReason.CONNECTION_BROKEN)
+            raise KafkaConnectionError(f"Connection at {conn._host}:{conn._port} broken: {exc}") from exc
+
+    return wrapped
 
 
-def _send(conn: Any, request: Any, expect_response: bool = True) -> Any:
-    """``AIOKafkaConnection.send``, for a connection its broker reset: the connection still says it is connected (its
-    reader has an error, not an end) and the write fails. aiokafka turns an ``OSError`` of the write into a
-    ``KafkaConnectionError`` and closes the connection; uvloop's transport raises ``RuntimeError`` instead ("the
-    handler is closed"), which went past aiokafka as a bug of its own: from the group's heartbeat it killed the
-    heartbeat's task, every fetch after raised it, and each partition was held as if at a batch that cannot be
-    decoded (a broker killed under load, CI of 2026-12-06). Here it is what aiokafka makes of the same failure."""
-    try:
-        return _aiokafka_send(conn, request, expect_response)
-    except RuntimeError as exc:
-        writer = conn._writer
-        if writer is None or not writer.transport.is_closing():
-            raise
-        conn.close(reason=CloseReason.CONNECTION_BROKEN)
-        raise KafkaConnectionError(f"Connection at {conn._host}:{conn._port} broken: {exc}") from exc
-
-
-AIOKafkaConnection.send = _send
+AIOKafkaConnection.send = _broken_as_kafka_says(AIOKafkaConnection.send)
+AIOKafkaConnection._send_sasl_token = _broken_as_kafka_says(AIOKafkaConnection._send_sasl_token)
 
 
 def kafka_client_options(kafka: KafkaConfig, environ: Any) -> dict[str, Any]:

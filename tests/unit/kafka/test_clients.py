@@ -1,5 +1,6 @@
-"""``daemon.kafka.clients``' wrap of aiokafka's ``AIOKafkaConnection.send``: a real connection over a real socket
-that its peer reset, on uvloop (the daemon's loop), no broker (the write fails before any request reaches one)."""
+"""``daemon.kafka.clients``' wrap of aiokafka's ``AIOKafkaConnection.send`` and ``_send_sasl_token``: a real
+connection over a real socket that its peer reset, on uvloop (the daemon's loop), no broker (the write fails before
+any request reaches one)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from aiokafka.conn import AIOKafkaConnection
 from aiokafka.errors import KafkaConnectionError
 from aiokafka.protocol.metadata import MetadataRequest
 
-import daemon.kafka.clients  # noqa: F401  (wraps AIOKafkaConnection.send)
+import daemon.kafka.clients  # noqa: F401  (wraps AIOKafkaConnection.send and _send_sasl_token)
 
 
 async def _reset_connection() -> AIOKafkaConnection:
@@ -48,5 +49,18 @@ def test_a_write_on_a_connection_its_broker_reset_is_a_connection_error_on_uvloo
         with pytest.raises(KafkaConnectionError, match="broken"):
             await conn.send(MetadataRequest([]))
         assert conn._writer is None, "the connection is closed, as aiokafka closes one whose write failed"
+
+    uvloop.run(scenario())
+
+
+def test_a_sasl_token_written_on_a_connection_its_broker_reset_is_a_connection_error_on_uvloop() -> None:
+    """The SASL handshake writes its tokens past ``send``: a broker resetting a connection while it authenticates
+    must end the connect with a connection error (which aiokafka's callers try again), not uvloop's RuntimeError."""
+
+    async def scenario() -> None:
+        conn = await _reset_connection()
+        with pytest.raises(KafkaConnectionError, match="broken"):
+            await conn._send_sasl_token(b"\x00router\x00secret")
+        assert conn._writer is None
 
     uvloop.run(scenario())
