@@ -647,11 +647,11 @@ def set_fetch_wait_ms(consumer: Any, wait_ms: int) -> None:
 
 
 def consumer_broken(consumer: AIOKafkaConsumer) -> tuple[str, BaseException | None] | None:
-    """Which of aiokafka's background tasks of ``consumer`` ended, and with what (None for a task cancelled); None when
-    none did (or the consumer is closed, or not started).
+    """Which of aiokafka's background tasks of ``consumer`` ended, and with what (None: cancelled, or returned); None
+    when none did (or the consumer is closed, or not started).
 
     aiokafka never starts these again, and the consumer goes on as if it could fetch and commit: the group's
-    coordination task, once ended, has ``getmany`` and ``commit`` raise its exception for good; a heartbeat or commit
+    coordination task, once ended, has ``getmany`` raise its exception for good; a heartbeat or commit
     refresh task ended by an exception has the coordination task hand that exception to every ``getmany`` after it
     (the member's heartbeats stop: the group drops it); the fetcher's task, once ended, fetches nothing more and says
     nothing. A heartbeat task that returned (the member left the group) is started again by the next join: not
@@ -680,18 +680,33 @@ def consumer_broken(consumer: AIOKafkaConsumer) -> tuple[str, BaseException | No
 
 async def discard_consumer(consumer: AIOKafkaConsumer, within_s: float = 10.0) -> None:
     """Close a consumer ``consumer_broken`` found broken, whatever state its tasks are in: its ``stop()`` re-raises
-    the exception that ended its fetcher's task, and may wait on a coordinator that no longer answers; its
-    connections are closed in any case, within about ``within_s``."""
+    the exception that ended its fetcher's task, and may wait on a coordinator that no longer answers. Whatever its
+    close left running after ``within_s`` (a LeaveGroup unanswered, a fetcher never closed, a heartbeat) is cancelled,
+    and its connections are closed in any case: aiokafka's client has no closed state, and a task of it left running
+    would open new ones (or keep a member in the group)."""
     try:
-        await asyncio.wait_for(close_consumer(consumer), within_s)
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-    except Exception as exc:  # what ended it, raised again by its close; or the close's time out
-        log.debug("closing a broken consumer: %s: %s", type(exc).__name__, exc)
-    with contextlib.suppress(Exception):
-        await consumer._client.close()
+        try:
+            await asyncio.wait_for(close_consumer(consumer), within_s)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        except Exception as exc:  # what ended it, raised again by its close; or the close's time out
+            log.debug("closing a broken consumer: %s: %s", type(exc).__name__, exc)
+        coordinator, fetcher = consumer._coordinator, consumer._fetcher
+        tasks = [*(fetcher._pending_tasks if fetcher is not None else ())]
+        if coordinator is not None:
+            tasks += [coordinator._coordination_task, coordinator._heartbeat_task, coordinator._commit_refresh_task]
+        if fetcher is not None:
+            tasks.append(fetcher._fetch_task)
+        left = [task for task in tasks if task is not None and not task.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            await asyncio.wait(left, timeout=within_s)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(consumer._client.close())
 
 
 async def close_consumer(consumer: AIOKafkaConsumer) -> None:

@@ -152,6 +152,7 @@ class Source:
         self._commit_lock = asyncio.Lock()
         self._commit_failing: tuple[float, str] | None = None  # since (monotonic), why: until a commit succeeds
         self._committing_since: float | None = None  # a commit under way (aiokafka waits for a coordinator in it)
+        self._commit_under_way: tuple[Any, asyncio.Future[None]] | None = None  # the consumer it goes through
         self.joined = False
         self.stopping = False
         self._lag_labels: set[tuple[str, str]] = set()
@@ -175,11 +176,15 @@ class Source:
         self._rebuilds = metrics.consumer_rebuilds.labels(name)
         self._rebuilt: list[float] = []  # when this consumer was last replaced (monotonic), within _REBUILD_WINDOW_S
         self._rebuilding: tuple[float, str] | None = None  # since (monotonic), why: while a new consumer is built
+        self.retiring: Any = None  # the consumer being replaced (``hears``)
         self._environ = environ
         self._rejoin_ms = max(kafka.session_timeout_ms, round(drain_timeout_s * 1000) + _REJOIN_AFTER_DRAIN_MS)
         self._consumer = group_consumer(kafka, environ, self._rejoin_ms)
         self._topics = list(kafka.topics)
-        self._listener = _Listener(self)
+
+    def hears(self, consumer: Any) -> bool:
+        """Whether the rebalance callbacks of ``consumer`` are this source's: not once it is being replaced."""
+        return consumer is self._consumer and consumer is not self.retiring
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -187,7 +192,7 @@ class Source:
 
     def subscribe(self, topics: list[str]) -> None:
         self._topics = list(topics)
-        self._consumer.subscribe(topics=self._topics, listener=self._listener)
+        self._consumer.subscribe(topics=self._topics, listener=_Listener(self, self._consumer))
 
     async def stop(self) -> None:
         """Leave the group. Commit first: aiokafka does not call on_partitions_revoked on stop()."""
@@ -516,7 +521,7 @@ class Source:
         if broken is None:
             return False
         what, exc = broken
-        why = f"aiokafka's {what} task ended: " + (_error_of(exc) if exc is not None else "cancelled")
+        why = f"aiokafka's {what} task ended: " + (_error_of(exc) if exc is not None else "without an error")
         now = time.monotonic()
         self._rebuilt = [t for t in self._rebuilt if now - t < _REBUILD_WINDOW_S]
         wait = min(_REBUILD_WAIT_MAX_S, 2.0 ** len(self._rebuilt) - 1)
@@ -538,7 +543,13 @@ class Source:
         return True
 
     async def _rebuild(self, wait_s: float) -> None:
-        old = self._consumer
+        old = self.retiring = self._consumer
+        try:
+            await self._replace(old, wait_s)
+        finally:
+            self.retiring = None
+
+    async def _replace(self, old: Any, wait_s: float) -> None:
         began = time.monotonic()
         held = set(self.offsets.partitions)
         self.joined = False
@@ -549,9 +560,12 @@ class Source:
             with contextlib.suppress(TimeoutError):  # failed or not, said by commit(); what is not is read again
                 await asyncio.wait_for(self.commit(held), _REBUILD_COMMIT_S)
             self._forget(held)
+        under_way = self._commit_under_way
+        if under_way is not None and under_way[0] is old:  # a commit_every's, waiting on the old consumer for good
+            under_way[1].cancel()
         wait_ms = fetch_wait_ms(old)
         await discard_consumer(old)
-        await asyncio.sleep(wait_s)
+        await asyncio.sleep(wait_s)  # a shutdown meanwhile cancels it with the fetch loop
         while not self.stopping:
             new = self._consumer = group_consumer(self._kafka, self._environ, self._rejoin_ms)
             try:
@@ -579,8 +593,16 @@ class Source:
             if not marks:
                 return
             self._committing_since = time.monotonic()
+            consumer = self._consumer
+            under_way = asyncio.ensure_future(consumer.commit(marks))
+            self._commit_under_way = (consumer, under_way)
             try:
-                await self._consumer.commit(marks)
+                await under_way
+            except asyncio.CancelledError:
+                if _ours():
+                    raise
+                self._metrics.commits.labels("error").inc()  # abandoned with the consumer it went through (_rebuild)
+                return
             except Exception as exc:  # a Kafka error, or aiokafka's own on a connection closed under it: tried again
                 self._metrics.commits.labels("error").inc()
                 if self._commit_failing is None:
@@ -593,6 +615,7 @@ class Source:
                 return
             finally:
                 self._committing_since = None
+                self._commit_under_way = None
             self.offsets.mark_committed(marks)
             self._metrics.commits.labels("ok").inc()
             if self._commit_failing is not None:
@@ -815,11 +838,19 @@ def _names(tps: set[TopicPartition]) -> str:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, source: Source) -> None:
-        self._source = source
+    """The rebalance callbacks of one consumer of ``source``: none once it is being replaced (``Source._rebuild``
+    forgets its partitions itself; a consumer whose fetcher alone had ended still rebalances meanwhile)."""
+
+    def __init__(self, source: Source, consumer: Any) -> None:
+        self._source, self._consumer = source, consumer
+
+    def _current(self) -> bool:
+        return self._source.hears(self._consumer)
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._source.on_revoked(set(revoked))
+        if self._current():
+            await self._source.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._source.on_assigned(set(assigned))
+        if self._current():
+            await self._source.on_assigned(set(assigned))

@@ -82,6 +82,12 @@ async def test_a_consumer_whose_background_task_ended_is_replaced_and_every_even
         await eventually(lambda: len(got()) == 2 * PER_PARTITION, 60)
         assert got() == {(p, n) for p in (0, 1) for n in range(PER_PARTITION)}
         assert source._consumer is not old
+        # the old one closed whole: no task of it left running (it would fetch, or keep a member in the group), no
+        # connection left open
+        coordinator, fetcher = old._coordinator, old._fetcher
+        tasks = [coordinator._coordination_task, coordinator._heartbeat_task, coordinator._commit_refresh_task]
+        assert all(t is None or t.done() for t in [*tasks, fetcher._fetch_task, *fetcher._pending_tasks])
+        assert not any(conn.connected() for conn in old._client._conns.values())  # close() keeps them, closed
         assert _rebuilds(app) == 1
         assert source.stuck == {}  # nothing held as at a batch that cannot be decoded
         await eventually(app.ready, 30)

@@ -322,3 +322,37 @@ async def test_a_fetch_failing_while_every_partition_is_held_already_is_tried_ag
     await asyncio.wait_for(run, 5)
     await real.stop()
     assert consumer.fetches == 1  # the next waits _FAILED_FETCH_WAIT_S (1 s): never early
+
+
+class CommitNeverAnswered:
+    """Stand-in for AIOKafkaConsumer's ``commit`` through a consumer whose coordinator never answers (aiokafka's
+    commit then tries again for good, also once the consumer is closed)."""
+
+    async def commit(self, marks: dict[TopicPartition, Any]) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_commit_waiting_on_a_consumer_being_replaced_is_abandoned_and_the_commits_go_on() -> None:
+    """The replacement of a broken consumer cancels a commit still waiting on it (``Source._replace``): otherwise
+    that commit held the commit lock for good, and the new consumer never committed."""
+    source = Source(parse_config(doc(), {}).kafka, {}, Metrics(), lambda record, part: None, 1.0)
+    real, old, new = source._consumer, CommitNeverAnswered(), Consumer([])
+    source._consumer = old
+    tp = TopicPartition("leads", 0)
+    source.offsets.assign(tp).add(0, 0)
+    loop = asyncio.create_task(source.commit_every(0.01))
+    try:
+        while source._commit_under_way is None:
+            await asyncio.sleep(0.01)
+        consumer, under_way = source._commit_under_way
+        assert consumer is old
+        source._consumer = new
+        under_way.cancel()  # what _replace does to a commit under way on the consumer it replaces
+        while not new.committed:
+            await asyncio.sleep(0.01)
+            assert not loop.done(), loop  # the commit loop goes on: the cancellation was not its own
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await real.stop()
+    assert new.committed == [{tp: (1, "")}]
