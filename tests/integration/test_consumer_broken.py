@@ -9,6 +9,7 @@ batch that cannot be decoded, and the third fetched nothing more, saying nothing
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -114,3 +115,32 @@ async def test_a_consumer_whose_background_task_ended_is_replaced_and_every_even
 async def _committed(setup: Setup, expected: dict[int, int]) -> bool:
     marks: dict[int, Any] = await committed(setup.broker.bootstrap, setup.group, setup.topic, 2)
     return marks == expected
+
+
+async def test_the_retry_tiers_consumer_broken_is_replaced_and_every_retry_delivered(
+    setup: Setup, receivers: list[Receiver], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The retry tiers' consumer is the same ``Source``: its heartbeat ended while ten retries wait in a tier (each
+    held until due), it is replaced, and each retry is delivered when due, once."""
+    count = 10
+    r = await receiver(receivers, statuses=[500] * count + [200])
+    retry = {"policy": "schedule", "delays_s": [2]}
+    endpoint = {"id": "x", "url": r.url, "secret": SECRET, "retry": retry}
+    path = setup.write(setup.config([endpoint], [{"endpoint": "x", "events": ["*"]}]))
+    async with running(path) as app:
+        tiers = parts(app).tiers
+        await produce(setup.broker.bootstrap, setup.topic, [_ev(0, n) for n in range(count)])
+        await r.wait_for(count)  # every first attempt failed: ten retries written to the 2 s tier
+        old = tiers._consumer
+        caplog.set_level(logging.INFO, logger="daemon.kafka.consume")
+        _break(old, "heartbeat")
+        await eventually(lambda: consumer_broken(old) is not None or tiers._consumer is not old, 30)
+        await r.wait_for(2 * count, within_s=60)
+        await asyncio.sleep(1)  # nothing more comes: each retry once
+        assert len(r.requests) == 2 * count
+        assert sorted(json.loads(q.body)["n"] for q in r.requests[count:]) == list(range(count))
+        assert tiers._consumer is not old and tiers.stuck == {}
+        value = app.metrics.registry.get_sample_value("webhook_router_consumer_rebuilds_total", {"consumer": "retries"})
+        assert value == 1
+    said = [rec.getMessage() for rec in caplog.records if "Replacing it with a new one" in rec.getMessage()]
+    assert len(said) == 1 and said[0].startswith("retries: aiokafka's heartbeat task ended: RuntimeError"), said
