@@ -233,7 +233,8 @@ class Source:
             except _REFUSALS as exc:  # an ACL taken away: nothing was taken from any partition
                 for refusal, again in self._refusals(exc):
                     self._read_refused(refusal, again)
-                await asyncio.sleep(_FAILED_FETCH_WAIT_S)
+                if not await self._mend():  # a refusal that ended the heartbeat: never joined again, once granted
+                    await asyncio.sleep(_FAILED_FETCH_WAIT_S)
                 continue
             except Exception as exc:  # never the end of the process: what was lost is read again, a bad batch held
                 if not await self._mend():  # the consumer broken is replaced (and says so); a batch, isolated
@@ -532,10 +533,14 @@ class Source:
         before = len(self._rebuilt) - 1
         again = f" ({before} times already in {_REBUILD_WINDOW_S:.0f} s: after {wait:.0f} s)" if before else ""
         trace = None if exc is None or isinstance(exc, KafkaError) else exc
-        log.error("%s: %s; aiokafka does not start it again: this consumer would fetch and commit "
-                  "nothing more. Replacing it with a new one, as a rebalance would: what is in flight is drained and "
-                  "committed, the group assigns its partitions again%s", self._name, why, again,
-                  exc_info=trace)  # fmt: skip
+        if isinstance(exc, _REFUSALS):  # said already (``_read_refused``): the group's, not aiokafka's bug
+            log.warning("%s: %s; aiokafka would not join the group again once it is granted: a new consumer "
+                        "replaces it, which joins (refused until then)%s", self._name, why, again)  # fmt: skip
+        else:
+            log.error("%s: %s; aiokafka does not start it again: this consumer would fetch and commit "
+                      "nothing more. Replacing it with a new one, as a rebalance would: what is in flight is drained "
+                      "and committed, the group assigns its partitions again%s", self._name, why, again,
+                      exc_info=trace)  # fmt: skip
         try:
             await self._rebuild(wait)
         finally:

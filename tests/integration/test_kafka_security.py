@@ -424,13 +424,14 @@ async def test_a_results_topic_whose_write_is_taken_back_while_the_daemon_runs_h
     assert d.alive()
 
 
-async def test_a_group_whose_read_is_taken_back_while_the_daemon_runs_is_named_never_held_as_undecodable(
+async def test_a_group_whose_read_is_taken_back_while_the_daemon_runs_is_named_never_held_and_goes_on_once_granted(
     case: Case, kafka: KafkaBroker, tmp_path: Path
 ) -> None:
     """kafka-acls --remove of Read on the router's groups (GROUP_AUTHORIZATION_FAILED to its heartbeats and commits):
     /readyz names the group and what to grant, one line each, no partition held as undecodable, nothing committed.
-    Not proven here: going on once it is granted again. aiokafka's consumer, refused its group, was seen not to
-    rejoin it within 60 s of the grant (docs/kafka.md: restart the router after granting it)."""
+    Granted again, the daemon goes on without a restart: the refusal had ended aiokafka's heartbeat task, which
+    aiokafka never starts again (its consumer was seen not to rejoin within 60 s of the grant), so the router
+    replaced the consumer, and the new one joins once it may."""
     limited = Limited(case)
     d = await limited.start(tmp_path)
     await produce(kafka.bootstrap, case.setup.topic, [event(0)])
@@ -446,3 +447,11 @@ async def test_a_group_whose_read_is_taken_back_while_the_daemon_runs_is_named_n
     assert await ready_or_saying(d, expected) and await committed_is(case, 1)
     log = d.log()
     assert log.count(expected) == 1 and "cannot be decoded" not in log and d.alive(), log
+
+    await kafka.cluster.grant("User:limited", ["Read"], group=case.setup.group, prefixed=True)
+    await eventually(lambda: ready_or_saying(d, None), 90)
+    await eventually(lambda: committed_is(case, 6), 30)
+    assert {json.loads(q.body)["n"] for q in case.receiver.requests} == set(range(6))  # each, at least once
+    log = d.log()
+    assert log.count(expected) == 1 and f"consumer group {case.setup.group} is used again" in log, log
+    assert "a new consumer replaced the broken one" in log and "cannot be decoded" not in log and d.alive(), log
