@@ -632,14 +632,14 @@ class Source:
     def problem(self) -> str | None:
         """Why this consumer's offsets are not committed now (None: they are): a coordinator moving, the group
         rebalancing, the cluster away; or why its topics are not read (refused)."""
+        if self._refused:  # first: a consumer replaced because of it is no news to an operator
+            refusal, (since, *_) = next(iter(self._refused.items()))
+            more = f" (and {len(self._refused) - 1} more)" if len(self._refused) > 1 else ""
+            return f"{refusal}{more}; its partitions wait, for {time.monotonic() - since:.0f} s"
         if self._rebuilding is not None:
             since, why = self._rebuilding
             waited = time.monotonic() - since
             return f"the {self._name} consumer broke ({why}): a new one is joining the group, for {waited:.0f} s"
-        if self._refused:
-            refusal, (since, *_) = next(iter(self._refused.items()))
-            more = f" (and {len(self._refused) - 1} more)" if len(self._refused) > 1 else ""
-            return f"{refusal}{more}; its partitions wait, for {time.monotonic() - since:.0f} s"
         waiting = time.monotonic() - (self._committing_since or math.inf)
         if waiting >= COMMIT_WAIT_S:
             return f"an offset commit of {self._name} waiting {waiting:.0f} s for the group's coordinator"

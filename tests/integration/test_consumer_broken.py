@@ -136,7 +136,8 @@ async def test_the_retry_tiers_consumer_broken_is_replaced_and_every_retry_deliv
         _break(old, "heartbeat")
         await eventually(lambda: consumer_broken(old) is not None or tiers._consumer is not old, 30)
         await r.wait_for(2 * count, within_s=60)
-        await asyncio.sleep(1)  # nothing more comes: each retry once
+        await eventually(app.ready, 30)
+        await asyncio.sleep(4)  # nothing more comes (the tier's 2 s, the new member's join): each retry once
         assert len(r.requests) == 2 * count
         assert sorted(json.loads(q.body)["n"] for q in r.requests[count:]) == list(range(count))
         assert tiers._consumer is not old and tiers.stuck == {}

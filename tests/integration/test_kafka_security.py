@@ -455,3 +455,7 @@ async def test_a_group_whose_read_is_taken_back_while_the_daemon_runs_is_named_n
     log = d.log()
     assert log.count(expected) == 1 and f"consumer group {case.setup.group} is used again" in log, log
     assert "a new consumer replaced the broken one" in log and "cannot be decoded" not in log and d.alive(), log
+    # replaced once, at the refusal (a warning); never again while refused, nor taken for aiokafka's bug
+    assert await d.metric('webhook_router_consumer_rebuilds_total{consumer="events"}') == 1
+    assert await d.metric('webhook_router_consumer_rebuilds_total{consumer="retries"}') in (0, 1)
+    assert "Replacing it with a new one" not in log, log
