@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import GroupAuthorizationFailedError
 
 from daemon.core.offsets import PartitionOffsets
 from daemon.core.validate import parse_config
@@ -356,3 +357,116 @@ async def test_a_commit_waiting_on_a_consumer_being_replaced_is_abandoned_and_th
         await asyncio.gather(loop, return_exceptions=True)
         await real.stop()
     assert new.committed == [{tp: (1, "")}]
+
+
+class RefusedGroup:
+    """Stand-in for AIOKafkaConsumer whose group is refused (GROUP_AUTHORIZATION_FAILED): every ``getmany`` raises
+    the refusal. ``heartbeat_ended``: the refusal had ended aiokafka's heartbeat task (a member refused while joined),
+    which ``consumer_broken`` reads as this consumer's ``_coordinator._heartbeat_task``; else it was refused joining,
+    by a coordination that goes on (a new member's). Its tasks are real ones."""
+
+    class Fetcher:
+        def __init__(self) -> None:
+            self._closed = False
+            self._fetch_max_wait_ms = 20
+            self._pending_tasks: set[asyncio.Task[None]] = set()
+            self._fetch_task = asyncio.create_task(asyncio.Event().wait())
+
+    class Coordinator:
+        def __init__(self, heartbeat: asyncio.Task[None] | None) -> None:
+            self._closing = asyncio.get_running_loop().create_future()
+            self._coordination_task = asyncio.create_task(asyncio.Event().wait())
+            self._heartbeat_task = heartbeat
+            self._commit_refresh_task = None
+
+    class Client:
+        async def close(self) -> None:
+            pass
+
+    def __init__(self, tp: TopicPartition, heartbeat_ended: bool) -> None:
+        self.tp, self._closed, self.fetches, self.subscribed = tp, False, 0, False
+        heartbeat = None
+        if heartbeat_ended:
+            heartbeat = asyncio.create_task(self._refused())
+        self._coordinator = self.Coordinator(heartbeat)
+        self._fetcher = self.Fetcher()
+        self._client = self.Client()
+
+    async def _refused(self) -> None:
+        raise GroupAuthorizationFailedError("group-1")
+
+    async def start(self) -> None:
+        pass
+
+    def subscribe(self, topics: list[str], listener: Any) -> None:
+        self.subscribed = True
+
+    async def getmany(self, *partitions: TopicPartition, timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        self.fetches += 1
+        await asyncio.sleep(0)
+        raise GroupAuthorizationFailedError("group-1")
+
+    async def commit(self, marks: dict[TopicPartition, Any]) -> None:
+        raise GroupAuthorizationFailedError("group-1")
+
+    def assignment(self) -> set[TopicPartition]:
+        return {self.tp}
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 0
+
+    async def stop(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in (self._coordinator._coordination_task, self._fetcher._fetch_task):
+            task.cancel()
+        self._coordinator._closing.set_result(None)
+
+
+async def test_a_refusal_that_ended_the_heartbeat_replaces_the_consumer_once_and_the_refusal_is_said_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Read on the group taken away from a member: aiokafka's heartbeat task ends with the refusal and aiokafka never
+    joins again, even once granted. The consumer is replaced at once (a warning: the refusal is the operator's, said
+    once, and what /readyz names); the new member, refused joining, ends no task: never replaced again."""
+    tp = TopicPartition("leads", 0)
+    old = RefusedGroup(tp, heartbeat_ended=True)
+    built: list[RefusedGroup] = []
+
+    def new_consumer(*args: Any) -> RefusedGroup:
+        built.append(RefusedGroup(tp, heartbeat_ended=False))
+        return built[-1]
+
+    metrics = Metrics()
+    source = Source(parse_config(doc(), {}).kafka, {}, metrics, lambda record, part: None, 1.0)
+    monkeypatch.setattr("daemon.kafka.consume.group_consumer", new_consumer)  # what _replace builds
+    real, source._consumer = source._consumer, old
+    ended = old._coordinator._heartbeat_task
+    assert ended is not None
+    await asyncio.gather(ended, return_exceptions=True)
+    source.offsets.assign(tp)
+    caplog.set_level(logging.INFO, logger="daemon.kafka.consume")
+    run = asyncio.create_task(source.run())
+    try:
+        async with asyncio.timeout(10):
+            while not built or built[0].fetches < 3:  # the new one refused, fetched again each second
+                await asyncio.sleep(0.01)
+                assert not run.done(), run
+        assert "consumer group" in (source.problem() or "") and "GROUP_AUTHORIZATION_FAILED" in (source.problem() or "")
+    finally:
+        source.stopping = True
+        await asyncio.wait_for(run, 5)
+        await real.stop()
+        for each in (old, *built):
+            await each.stop()
+    assert len(built) == 1 and built[0].subscribed and source._consumer is built[0]
+    assert old._closed  # closed whole
+    assert metrics.registry.get_sample_value("webhook_router_consumer_rebuilds_total", {"consumer": "events"}) == 1
+    replaced = [
+        rec for rec in caplog.records if "a new consumer" in rec.getMessage() and "replaces it" in rec.getMessage()
+    ]
+    assert len(replaced) == 1 and replaced[0].levelno == logging.WARNING
+    assert not [rec for rec in caplog.records if "Replacing it with a new one" in rec.getMessage()]
+    refused = [rec for rec in caplog.records if "GROUP_AUTHORIZATION_FAILED" in rec.getMessage()]
+    assert len(refused) == 1, [rec.getMessage() for rec in refused]
