@@ -659,13 +659,7 @@ def consumer_broken(consumer: AIOKafkaConsumer) -> tuple[str, BaseException | No
     coordinator, fetcher = consumer._coordinator, consumer._fetcher
     if consumer._closed or coordinator is None or fetcher is None or coordinator._closing.done() or fetcher._closed:
         return None
-    tasks = (
-        ("coordination", coordinator._coordination_task, True),
-        ("heartbeat", coordinator._heartbeat_task, False),
-        ("commit refresh", coordinator._commit_refresh_task, False),
-        ("fetcher", fetcher._fetch_task, True),
-    )
-    for what, task, runs_until_closed in tasks:
+    for what, task, runs_until_closed in _background_tasks(consumer):
         if task is None or not task.done():
             continue
         if task.cancelled():
@@ -678,6 +672,23 @@ def consumer_broken(consumer: AIOKafkaConsumer) -> tuple[str, BaseException | No
     return None
 
 
+def _background_tasks(consumer: AIOKafkaConsumer) -> list[tuple[str, asyncio.Task[Any] | None, bool]]:
+    """aiokafka's tasks of a started ``consumer``: what each is, the task (None: not running now), and whether it runs
+    until the consumer closes (else aiokafka starts it again: the heartbeat at a join, the commit refresh at an
+    assignment)."""
+    coordinator, fetcher = consumer._coordinator, consumer._fetcher
+    tasks: list[tuple[str, asyncio.Task[Any] | None, bool]] = []
+    if coordinator is not None:
+        tasks += [
+            ("coordination", coordinator._coordination_task, True),
+            ("heartbeat", coordinator._heartbeat_task, False),
+            ("commit refresh", coordinator._commit_refresh_task, False),
+        ]
+    if fetcher is not None:
+        tasks.append(("fetcher", fetcher._fetch_task, True))
+    return tasks
+
+
 async def discard_consumer(consumer: AIOKafkaConsumer, within_s: float = 10.0) -> None:
     """Close a consumer ``consumer_broken`` found broken, whatever state its tasks are in: its ``stop()`` re-raises
     the exception that ended its fetcher's task, and may wait on a coordinator that no longer answers. Whatever its
@@ -688,17 +699,13 @@ async def discard_consumer(consumer: AIOKafkaConsumer, within_s: float = 10.0) -
         try:
             await asyncio.wait_for(close_consumer(consumer), within_s)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if cancelled_by_caller():
                 raise
         except Exception as exc:  # what ended it, raised again by its close; or the close's time out
             log.debug("closing a broken consumer: %s: %s", type(exc).__name__, exc)
-        coordinator, fetcher = consumer._coordinator, consumer._fetcher
-        tasks = [*(fetcher._pending_tasks if fetcher is not None else ())]
-        if coordinator is not None:
-            tasks += [coordinator._coordination_task, coordinator._heartbeat_task, coordinator._commit_refresh_task]
-        if fetcher is not None:
-            tasks.append(fetcher._fetch_task)
+        fetcher = consumer._fetcher
+        tasks = [task for _, task, _ in _background_tasks(consumer)]
+        tasks += fetcher._pending_tasks if fetcher is not None else ()
         left = [task for task in tasks if task is not None and not task.done()]
         for task in left:
             task.cancel()
@@ -707,6 +714,13 @@ async def discard_consumer(consumer: AIOKafkaConsumer, within_s: float = 10.0) -
     finally:
         with contextlib.suppress(Exception):
             await asyncio.shield(consumer._client.close())
+
+
+def cancelled_by_caller() -> bool:
+    """Whether a CancelledError caught is a cancellation of the task that awaits, rather than one of aiokafka's own
+    tasks, cancelled, re-raised out of what it awaited."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
 
 
 async def close_consumer(consumer: AIOKafkaConsumer) -> None:
@@ -719,8 +733,7 @@ async def close_consumer(consumer: AIOKafkaConsumer) -> None:
     try:
         await consumer.stop()
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if cancelled_by_caller():
             raise
         log.debug("consumer stop interrupted by a cancelled fetch: finishing it")
         fetcher = consumer._fetcher

@@ -61,6 +61,7 @@ from daemon.core.clock import utc_now_iso
 from daemon.core.config import KafkaConfig
 from daemon.core.offsets import OffsetTracker, PartitionOffsets, Settled
 from daemon.kafka.clients import (
+    cancelled_by_caller,
     close_consumer,
     committed_notes,
     consumer_broken,
@@ -176,15 +177,15 @@ class Source:
         self._rebuilds = metrics.consumer_rebuilds.labels(name)
         self._rebuilt: list[float] = []  # when this consumer was last replaced (monotonic), within _REBUILD_WINDOW_S
         self._rebuilding: tuple[float, str] | None = None  # since (monotonic), why: while a new consumer is built
-        self.retiring: Any = None  # the consumer being replaced (``hears``)
         self._environ = environ
         self._rejoin_ms = max(kafka.session_timeout_ms, round(drain_timeout_s * 1000) + _REJOIN_AFTER_DRAIN_MS)
         self._consumer = group_consumer(kafka, environ, self._rejoin_ms)
         self._topics = list(kafka.topics)
 
     def hears(self, consumer: Any) -> bool:
-        """Whether the rebalance callbacks of ``consumer`` are this source's: not once it is being replaced."""
-        return consumer is self._consumer and consumer is not self.retiring
+        """Whether the rebalance callbacks of ``consumer`` are this source's: not once it is being replaced (the new
+        one is subscribed, so called back, only as the replacement ends)."""
+        return consumer is self._consumer and self._rebuilding is None
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -218,7 +219,7 @@ class Source:
             try:
                 batches = await consumer.getmany(timeout_ms=_POLL_MS, max_records=max(1, min(max_records, room)))
             except asyncio.CancelledError as exc:
-                if _ours():
+                if cancelled_by_caller():
                     raise
                 if not await self._mend():  # aiokafka's own task cancelled: its consumer broken, replaced
                     self._fetch_failed("fetch", exc)
@@ -542,29 +543,15 @@ class Source:
                       "and committed, the group assigns its partitions again%s", self._name, why, again,
                       exc_info=trace)  # fmt: skip
         try:
-            await self._rebuild(wait)
+            await self._replace(self._consumer, wait)
         finally:
             self._rebuilding = None
         return True
 
-    async def _rebuild(self, wait_s: float) -> None:
-        old = self.retiring = self._consumer
-        try:
-            await self._replace(old, wait_s)
-        finally:
-            self.retiring = None
-
     async def _replace(self, old: Any, wait_s: float) -> None:
         began = time.monotonic()
         held = set(self.offsets.partitions)
-        self.joined = False
-        if held:
-            if not await self.drain(self._drain_timeout_s, held):
-                log.warning("%s: %d events still unfinished after %.0f s; they will be read again", self._name,
-                            self._unfinished(held), self._drain_timeout_s)  # fmt: skip
-            with contextlib.suppress(TimeoutError):  # failed or not, said by commit(); what is not is read again
-                await asyncio.wait_for(self.commit(held), _REBUILD_COMMIT_S)
-            self._forget(held)
+        await self.on_revoked(held, _REBUILD_COMMIT_S)
         under_way = self._commit_under_way
         if under_way is not None and under_way[0] is old:  # a commit_every's, waiting on the old consumer for good
             under_way[1].cancel()
@@ -604,9 +591,9 @@ class Source:
             try:
                 await under_way
             except asyncio.CancelledError:
-                if _ours():
+                if cancelled_by_caller():
                     raise
-                self._metrics.commits.labels("error").inc()  # abandoned with the consumer it went through (_rebuild)
+                self._metrics.commits.labels("error").inc()  # abandoned with the consumer it went through (_replace)
                 return
             except Exception as exc:  # a Kafka error, or aiokafka's own on a connection closed under it: tried again
                 self._metrics.commits.labels("error").inc()
@@ -685,7 +672,9 @@ class Source:
 
     # --- rebalances ---
 
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+    async def on_revoked(self, revoked: set[TopicPartition], commit_within_s: float | None = None) -> None:
+        """Drain, commit and forget ``revoked``: a rebalance's, or a broken consumer's (``_replace``: its commit
+        bounded by ``commit_within_s``, as the consumer may no longer answer; what is not committed is read again)."""
         self.joined = False
         if not revoked:
             return
@@ -696,7 +685,8 @@ class Source:
                 self._unfinished(revoked),
                 self._drain_timeout_s,
             )
-        await self.commit(revoked)
+        with contextlib.suppress(TimeoutError):  # failed or not, said by commit()
+            await asyncio.wait_for(self.commit(revoked), commit_within_s)
         self._forget(revoked)
         log.info("%s: partitions revoked: %s (drained and committed in %.2f s)", self._name, _names(revoked),
                  time.monotonic() - began)  # fmt: skip
@@ -823,12 +813,6 @@ class Source:
                 gauge.remove(*labels)
 
 
-def _ours() -> bool:
-    """A cancellation of the task that awaits, rather than one of aiokafka's own tasks re-raised from it."""
-    task = asyncio.current_task()
-    return task is None or task.cancelling() > 0
-
-
 def _error_of(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
@@ -843,7 +827,7 @@ def _names(tps: set[TopicPartition]) -> str:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """The rebalance callbacks of one consumer of ``source``: none once it is being replaced (``Source._rebuild``
+    """The rebalance callbacks of one consumer of ``source``: none once it is being replaced (``Source._replace``
     forgets its partitions itself; a consumer whose fetcher alone had ended still rebalances meanwhile)."""
 
     def __init__(self, source: Source, consumer: Any) -> None:
