@@ -1,4 +1,4 @@
-"""Webhook POSTs over aiohttp's connection pool and response parser, without a ClientSession per request.
+"""Webhook POSTs over connections made by aiohttp's connector, answers read by its parser, without a ClientSession.
 
 Two requests to one endpoint differ only in their signature headers and body. ``ClientSession.post``
 rebuilds everything else every time (a ``ClientRequest``, a merged ``CIMultiDict`` of headers, a
@@ -6,11 +6,13 @@ payload object, a timeout handle, a writer task), which costs about as much CPU 
 delivery together. Here the request line, ``Host`` and the endpoint's own headers are serialised once
 (``Route``), and a request is one write of that head, the per-request headers and the body.
 
-aiohttp keeps the parts that are hard to get right: the ``TCPConnector`` (keep-alive pool, DNS cache,
-TLS with verification, connect errors), and ``ResponseHandler`` with its C parser for the response
-(status line, headers, chunked or sized bodies, ``Connection: close``). A connection goes back to the
-pool only when its response was read to the end, the whole request was sent and the server keeps it
-open; otherwise it is aborted.
+aiohttp keeps the parts that are hard to get right: the ``TCPConnector`` makes each connection (DNS cache, TLS
+with verification, a proxy's tunnel, connect errors) and its C parser (llhttp) reads every answer (status line,
+headers, chunked or sized bodies, ``Connection: close``). The keep-alive pool is the client's own (``_Pool``, newest
+first) and so is the connection's protocol (``_Wire``: one parser for the connection's life, one future an
+exchange): aiohttp's pool and ``ResponseHandler`` cost about as much CPU again as everything else a request
+takes. A connection goes back to the pool only when its answer was read to the end, the whole request was sent,
+nothing came but the answer and the server keeps it open; otherwise it is aborted.
 Every address the connector is about to connect to is vetted just before its socket is made (a
 ``socket_factory`` on the ``TCPConnector``), on every new connection, whatever the DNS cache holds: an address
 ``daemon.core.netguard`` refuses is never connected to, and when every address of the URL's host is refused the
@@ -28,27 +30,32 @@ against real sockets):
 
 1. ``ClientRequest(method, url, loop=, auth=, ssl=)`` builds without a session, and its ``headers["Host"]``
    and ``connection_key`` are what the connector pools by (the Host/IDNA/IPv6/default-port tests).
-2. ``TCPConnector.connect(req, traces, timeout)`` returns a ``Connection`` with ``.protocol``
-   (a ``ResponseHandler``), ``.transport``, ``.release()`` and ``.close()`` (the keep-alive tests).
-3. ``ResponseHandler.set_response_params(timer=, read_until_eof=, auto_decompress=)`` and
-   ``await ResponseHandler.read()`` returning ``(RawResponseMessage, StreamReader)``; ``message.code`` and
-   ``message.headers``; ``EofStream`` when the server closes without an answer (the 100-continue,
-   garbage-answer and disconnect tests).
+2. ``TCPConnector.connect(req, traces, timeout)`` returns a ``Connection`` with ``.protocol``, ``.transport`` and
+   ``._key``; ``TCPConnector._release_acquired(key, protocol)`` forgets it, and ``Connection._protocol = None``
+   gives it away (``Client._open``; the test that the connector keeps nothing); the transport takes the client's
+   protocol (``set_protocol``, on asyncio's loop and uvloop alike: the tests run on both).
+3. ``aiohttp.http_parser.HttpResponseParser(protocol, loop, limit, timer=, payload_exception=, read_until_eof=,
+   auto_decompress=)``: ``feed_data(data)`` returning ``(messages, upgraded, tail)``, each message a
+   ``(RawResponseMessage, StreamReader)`` with ``.code``, ``.headers`` and ``.should_close``, raising
+   ``HttpProcessingError`` on a bad answer; ``feed_eof()``, raising on a body cut short; a parser that goes on
+   from one answer to the next on one connection; ``BaseProtocol``'s flow control for a body's stream
+   (``pause_reading``, ``resume_reading``, ``connected``), and ``EMPTY_BODY_STATUS_CODES`` / ``EMPTY_PAYLOAD``
+   (the 100-continue, chunked, garbage-answer, pieces, cut-short and disconnect tests).
 4. ``StreamReader.read(n)``, ``.read_nowait(n)`` and ``.is_eof()`` (the chunked and cut-at-the-limit tests).
 5. ``aiohttp.helpers.TimerNoop`` and ``strip_auth_from_url`` (the Basic-auth test).
 6. The exception types raised along the way: ``ClientConnectorError`` (``.os_error``),
-   ``ServerDisconnectedError``, ``ClientSSLError``, ``HttpProcessingError`` (``.message``) (the error tests).
+   ``ServerDisconnectedError``, ``ClientOSError``, ``ClientPayloadError``, ``ClientSSLError``,
+   ``HttpProcessingError`` (``.message``) (the error tests).
 7. ``TCPConnector(socket_factory=, resolver=)``: the factory is called with each resolved address's
    ``addrinfo`` just before that socket connects, in the task that called ``connect`` (or one it started,
    which sees its context variables), also for literal IP hosts; ``ClientRequest(proxy=, proxy_auth=)``
    and the connector's CONNECT tunnel for https through a proxy (the guard and proxy tests).
-8. ``TCPConnector._release(key, protocol, should_close=)`` appends to the deque ``_conns[key]`` of
-   ``(protocol, time)``, which ``_get`` takes from the left (``_NewestFirst``: the burst test).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import errno
 import re
@@ -59,11 +66,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from aiohttp.client_proto import ResponseHandler
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.client_reqrep import ClientRequest
 from aiohttp.connector import Connection
-from aiohttp.helpers import TimerNoop, strip_auth_from_url
-from aiohttp.streams import EofStream, StreamReader
+from aiohttp.helpers import EMPTY_BODY_STATUS_CODES, TimerNoop, strip_auth_from_url
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import HttpResponseParser, RawResponseMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -73,6 +82,7 @@ from daemon.delivery.deadline import Deadlines
 
 _NO_TIMEOUT = aiohttp.ClientTimeout()  # the exchange's deadline covers connect, send and response
 _TIMER = TimerNoop()
+_READ_BUFSIZE = 2**16  # aiohttp's: a body's stream pauses reading past it
 
 
 # CR, LF and NUL end a header (or the head) early: never written from a name or a value.
@@ -125,7 +135,7 @@ class Route:
     ``__slots__``: read on every request (the hot path).
     """
 
-    __slots__ = ("head", "key")
+    __slots__ = ("head", "key", "pool")
 
     def __init__(
         self,
@@ -140,6 +150,7 @@ class Route:
         # A ClientRequest is built once per endpoint, only as the connector's key: it carries host,
         # port, TLS settings, the proxy and the Host header exactly as aiohttp would compute them.
         self.key = ClientRequest("POST", bare, loop=loop, auth=auth, ssl=tls, proxy=proxy_url, proxy_auth=proxy_auth)
+        self.pool: object = self.key.connection_key  # what the client's pool keeps this endpoint's connections by
         # The endpoint's own headers never carry Host, a hop-by-hop or a Proxy-* header (validation refuses them; an
         # endpoint that got past it all the same is filtered here), whatever their case; its own Authorization
         # replaces the one its URL's credentials make.
@@ -171,21 +182,179 @@ class Response:
         self.body = body
 
 
-class _NewestFirst(aiohttp.TCPConnector):
-    """A ``TCPConnector`` that hands out a host's idle connections newest first.
+class _Wire(BaseProtocol):
+    """One keep-alive connection of the client's own pool, its answers parsed by aiohttp's parser (C, llhttp).
 
-    aiohttp 3.14 takes them oldest first (``_get``: ``popleft``) and puts them back at the end: at any steady rate
-    every pooled connection is used in turn and none stays idle for ``keepalive_timeout``, so a pool keeps the most
-    connections a burst ever opened, for good (an hour's soak at 2,000 events/s over 1,000 endpoints of one host
-    ratcheted from 2,580 to 2,732 sockets). Put back at the front instead, the connections a steady rate needs
-    stay warm and the rest fall idle and are closed by the connector's own cleanup after ``keepalive_timeout``.
+    The connector makes the connection (the guard, DNS, TLS, a proxy's tunnel) and forgets it at once: the client
+    keeps it, its protocol this one rather than aiohttp's ``ResponseHandler``. ``ResponseHandler`` is built for
+    ``ClientSession``: a new parser per response, a queue of messages with a future per read, a read timeout timer,
+    and the connector's pool around it (a ``Connection`` per request, its release, the pool's bookkeeping): about
+    half of the router's HTTP path. Here a connection keeps one parser for its life, an exchange waits on one future
+    for the final answer's head, and the pool is a list per host. ``BaseProtocol`` brings aiohttp's flow control for
+    a body read through its ``StreamReader`` (``pause_reading``, ``resume_reading``, ``connected``).
+
+    ``__slots__``: used on every request (the hot path).
     """
 
-    def _release(self, key: Any, protocol: ResponseHandler, *, should_close: bool = False) -> None:
-        super()._release(key, protocol, should_close=should_close)
-        conns = self._conns.get(key)
-        if conns and conns[-1][0] is protocol:
-            conns.rotate(1)  # the one just put back, last, to the front where _get takes from: O(1)
+    __slots__ = ("_answer", "_broken", "_busy", "_close_after", "_payload", "idle_since")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
+        super().__init__(loop)
+        self._parser = HttpResponseParser(
+            self,
+            loop,
+            _READ_BUFSIZE,
+            timer=_TIMER,
+            payload_exception=aiohttp.ClientPayloadError,
+            read_until_eof=True,
+            auto_decompress=False,
+        )
+        self.transport = transport
+        self._answer: asyncio.Future[tuple[RawResponseMessage, StreamReader]] | None = None
+        self._payload: StreamReader | None = None  # the body of the answer being read
+        self._busy = False  # an exchange uses it: data now is an answer, data while idle is a broken connection
+        self._broken = False  # never to be used again (a protocol error, data while idle, a second answer)
+        self._close_after = False  # the answer said Connection: close, or HTTP/1.0
+        self.idle_since = 0.0
+
+    def ask(self, parts: tuple[bytes, ...]) -> asyncio.Future[tuple[RawResponseMessage, StreamReader]]:
+        """Write one request; the future is the final answer's head and its body's stream."""
+        self._busy = True
+        self._answer = answer = self._loop.create_future()
+        self.transport.writelines(parts)  # type: ignore[union-attr]  # taken from the pool only while connected
+        return answer
+
+    def reusable(self) -> bool:
+        """The answer was read to its end and the connection may carry the next request (call once it was)."""
+        transport = self.transport
+        return not (
+            self._broken
+            or self._close_after
+            or self._upgraded
+            or transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size()  # an answer before the whole request was sent
+        )
+
+    def idle(self, now: float) -> None:
+        self._busy = False
+        self._answer = self._payload = None
+        self.idle_since = now
+
+    def open(self) -> bool:
+        return not self._broken and self.transport is not None and not self.transport.is_closing()
+
+    def abort(self) -> None:
+        self._broken = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if data and not self._busy:
+            self.abort()  # a server that talks while no request is out: never used again
+            return
+        try:
+            messages, upgraded, _ = self._parser.feed_data(data)  # type: ignore[union-attr]  # set for good
+        except Exception as exc:
+            self._fail(exc if isinstance(exc, HttpProcessingError) else HttpProcessingError(message=repr(exc)))
+            return
+        if upgraded:
+            self._upgraded = True
+        for message, payload in messages:
+            code = message.code
+            if 100 <= code <= 199 and code != 101:
+                continue  # an interim answer (100 Continue): the final one follows
+            answer = self._answer
+            if answer is None or answer.done():
+                self._fail(HttpProcessingError(message="an answer no request asked for"))
+                return
+            if message.should_close:
+                self._close_after = True
+            if code in EMPTY_BODY_STATUS_CODES:
+                payload = EMPTY_PAYLOAD
+            self._payload = payload
+            answer.set_result((message, payload))
+
+    def _fail(self, exc: BaseException) -> None:
+        answer = self._answer
+        if answer is not None and not answer.done():
+            answer.set_exception(exc)
+        elif self._payload is not None and self._payload.exception() is None and not self._payload.is_eof():
+            self._payload.set_exception(exc)
+        self.abort()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._broken = True
+        payload = self._payload
+        try:
+            self._parser.feed_eof()  # type: ignore[union-attr]  # ends a body read until the connection closes
+        except Exception as underlying:
+            if payload is not None and payload.exception() is None:
+                payload.set_exception(aiohttp.ClientPayloadError(f"Response payload is not completed: {underlying!r}"))
+        if payload is not None and not payload.is_eof() and payload.exception() is None:
+            payload.set_exception(aiohttp.ClientPayloadError("Response payload is not completed"))
+        answer = self._answer
+        if answer is not None and not answer.done():
+            if exc is None:
+                answer.set_exception(aiohttp.ServerDisconnectedError())
+            elif isinstance(exc, OSError):
+                answer.set_exception(aiohttp.ClientOSError(*exc.args))
+            else:
+                answer.set_exception(exc)
+        super().connection_lost(exc)
+
+
+class _Pool:
+    """The client's idle keep-alive connections, per connection key (host, port, TLS, proxy), newest first.
+
+    Taken newest first, the connections a steady rate needs stay warm and the rest fall idle: one sweep every
+    ``keepalive_s`` closes those idle for ``keepalive_s`` or more (a connection idles at most twice that). Taken
+    oldest first (aiohttp's pool), every connection a burst ever opened stays in use at any steady rate, for good.
+    """
+
+    def __init__(self, keepalive_s: float) -> None:
+        self._keepalive = keepalive_s
+        self._idle: dict[object, collections.deque[_Wire]] = {}
+        self._sweep_handle: asyncio.TimerHandle | None = None
+
+    def take(self, key: object) -> _Wire | None:
+        idle = self._idle.get(key)
+        while idle:
+            wire = idle.pop()
+            if wire.open():
+                return wire
+            wire.abort()
+        return None
+
+    def put(self, key: object, wire: _Wire, loop: asyncio.AbstractEventLoop) -> None:
+        wire.idle(loop.time())
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = collections.deque()
+        idle.append(wire)
+        if self._sweep_handle is None:
+            self._sweep_handle = loop.call_later(self._keepalive, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweep_handle = None
+        oldest = loop.time() - self._keepalive
+        for key in list(self._idle):
+            idle = self._idle[key]
+            while idle and (idle[0].idle_since <= oldest or not idle[0].open()):
+                idle.popleft().abort()
+            if not idle:
+                del self._idle[key]
+        if self._idle:
+            self._sweep_handle = loop.call_later(self._keepalive, self._sweep, loop)
+
+    def close(self) -> None:
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        for idle in self._idle.values():
+            for wire in idle:
+                wire.abort()
+        self._idle.clear()
 
 
 class Client:
@@ -210,7 +379,7 @@ class Client:
         self._guard = guard if guard is not None else NetGuard()
         self._proxy = proxy
         self._vets = proxy is None
-        self._connector = _NewestFirst(
+        self._connector = aiohttp.TCPConnector(  # makes connections; the client pools them itself (_Pool)
             keepalive_timeout=keepalive_s,
             limit=0,
             limit_per_host=0,
@@ -221,6 +390,7 @@ class Client:
             socket_factory=self._socket if self._vets else None,
         )
         self._deadlines = Deadlines()
+        self._pool = _Pool(keepalive_s)
 
     def route(self, url: URL, headers: Mapping[str, str], tls: ssl.SSLContext | bool = True) -> Route:
         return Route(url, headers, asyncio.get_running_loop(), tls, self._proxy)
@@ -262,50 +432,43 @@ class Client:
         finally:
             _VETTING.reset(token)
 
+    async def _open(self, route: Route) -> _Wire:
+        """A new connection made by the connector, which then forgets it: the client's own pool keeps it."""
+        conn = await self._connect(route)
+        handler, transport = conn.protocol, conn.transport
+        if handler is not None:
+            self._connector._release_acquired(conn._key, handler)  # pooled here, never by the connector
+        conn._protocol = None  # given away: neither released nor closed with the Connection
+        if handler is None or transport is None or transport.is_closing():
+            raise aiohttp.ServerDisconnectedError()
+        wire = _Wire(asyncio.get_running_loop(), transport)
+        transport.set_protocol(wire)
+        return wire
+
     async def _exchange(self, route: Route, headers: Mapping[str, str], body: bytes, limit: int) -> Response:
         extra = _checked(headers)
-        conn = await self._connect(route)
+        wire = self._pool.take(route.pool) or await self._open(route)
         try:
-            protocol, transport = conn.protocol, conn.transport
-            if protocol is None or transport is None or transport.is_closing():
-                raise aiohttp.ServerDisconnectedError()
-            protocol.set_response_params(timer=_TIMER, read_until_eof=True, auto_decompress=False)
-            transport.writelines((route.head, b"%sContent-Length: %d\r\n\r\n" % (extra.encode(), len(body)), body))
-            status, message_headers, payload = await _response(protocol)
+            answer = wire.ask((route.head, b"%sContent-Length: %d\r\n\r\n" % (extra.encode(), len(body)), body))
+            message, payload = await answer
             # An answer that came whole with its head (most do) is read as it is, without waiting on the stream.
             content = payload.read_nowait(limit) if payload.is_eof() else await _read_at_most(payload, limit)
         except BaseException:
-            _discard(conn)
+            wire.abort()
             raise
-        if status == 101 or not payload.is_eof() or transport.get_write_buffer_size():
-            # An upgrade, an answer longer than we read, or one that came before the whole request was
-            # sent (the rest would reach the server as the start of the next request): never reused.
-            _discard(conn)
+        status = message.code
+        if status == 101 or not payload.is_eof() or not wire.reusable():
+            # An upgrade, an answer longer than we read, one that said Connection: close, or one that came before
+            # the whole request was sent (the rest would reach the server as the start of the next request).
+            wire.abort()
         else:
-            conn.release()
-        return Response(status, message_headers, content)
+            self._pool.put(route.pool, wire, asyncio.get_running_loop())
+        return Response(status, message.headers, content)
 
     async def close(self) -> None:
         self._deadlines.close()
+        self._pool.close()
         await self._connector.close()
-
-
-def _discard(conn: Connection) -> None:
-    """Close a connection abandoned mid-exchange at once: ``close()`` alone would keep a socket open for as
-    long as a receiver that stopped reading leaves the rest of the request unsent."""
-    if conn.transport is not None:
-        conn.transport.abort()
-    conn.close()
-
-
-async def _response(protocol: ResponseHandler) -> tuple[int, CIMultiDictProxy[str], StreamReader]:
-    while True:
-        try:
-            message, payload = await protocol.read()
-        except EofStream:
-            raise aiohttp.ServerDisconnectedError() from None
-        if not 100 <= message.code <= 199 or message.code == 101:  # skip interim responses (100 Continue)
-            return message.code, message.headers, payload
 
 
 async def _read_at_most(stream: StreamReader, limit: int) -> bytes:

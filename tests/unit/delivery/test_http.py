@@ -32,17 +32,22 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 class Script:
-    """A server that reads each request whole and answers with ``answer(n)`` (n counts requests)."""
+    """A server that reads each request whole and answers with ``answer(n)`` (n counts requests): bytes written at
+    once, or a list of pieces written 20 ms apart."""
 
-    def __init__(self, answer: Callable[[int], bytes], close_after: bool = False) -> None:
+    def __init__(self, answer: Callable[[int], bytes | list[bytes]], close_after: bool = False) -> None:
         self.answer = answer
         self.close_after = close_after  # close the connection after each answer (without saying so)
         self.requests: list[bytes] = []
-        self.connections = 0
+        self.writers: list[asyncio.StreamWriter] = []  # one a connection
         self.port = 0
 
+    @property
+    def connections(self) -> int:
+        return len(self.writers)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
+        self.writers.append(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -52,8 +57,12 @@ class Script:
                     if line.lower().startswith(b"content-length:")
                 )
                 self.requests.append(head + await reader.readexactly(length))
-                writer.write(self.answer(len(self.requests)))
-                await writer.drain()
+                answer = self.answer(len(self.requests))
+                for piece in [answer] if isinstance(answer, bytes) else answer:
+                    if piece is not answer:
+                        await asyncio.sleep(0.02)
+                    writer.write(piece)
+                    await writer.drain()
                 if self.close_after:
                     break
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -261,6 +270,73 @@ async def test_server_closing_without_an_answer_is_a_disconnect() -> None:
             await c.post(c.route(url, {}), {}, b"{}", 4096, 10)
 
 
+async def test_an_http_1_0_answer_is_not_reused() -> None:
+    script = Script(lambda n: b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    async with script.running() as url, client() as c:
+        route = c.route(url, {})
+        for _ in range(2):
+            assert (await c.post(route, {}, b"{}", 4096, 10)).body == b"ok"
+    assert script.connections == 2
+
+
+async def test_a_second_answer_in_the_same_write_retires_the_connection() -> None:
+    """An answer no request asked for would be taken for the next request's: that connection is never used again.
+    (Bytes after the answer that are not yet a whole answer are aiohttp's parser's: the next answer on that
+    connection fails to parse, as it does through aiohttp's own pool.)"""
+    script = Script(lambda n: OK + OK if n == 1 else OK)
+    async with script.running() as url, client() as c:
+        route = c.route(url, {})
+        first = await c.post(route, {}, b"{}", 4096, 10)
+        await asyncio.sleep(0.05)
+        second = await c.post(route, {}, b"{}", 4096, 10)
+        assert (await c.post(route, {}, b"{}", 4096, 10)).body == b"ok"
+    assert (first.body, second.body) == (b"ok", b"ok")
+    assert script.connections == 2
+
+
+async def test_an_answer_late_after_an_idle_connection_retires_it() -> None:
+    """A server that speaks on an idle connection, even less than a whole answer: the client drops it at once (and
+    never reads it as the start of the next request's answer)."""
+    script = Script(lambda n: OK)
+    async with script.running() as url, client() as c:
+        route = c.route(url, {})
+        assert (await c.post(route, {}, b"{}", 4096, 10)).status == 200
+        script.writers[0].write(b"HTTP/1.1 500 Unas")
+        await asyncio.sleep(0.05)
+        assert (await c.post(route, {}, b"{}", 4096, 10)).status == 200
+    assert script.connections == 2
+
+
+async def test_a_body_cut_short_by_the_server_is_a_payload_error() -> None:
+    script = Script(lambda n: b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", close_after=True)
+    async with script.running() as url, client() as c:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await c.post(c.route(url, {}), {}, b"{}", 4096, 10)
+
+
+async def test_a_body_that_comes_in_pieces_is_read_whole_and_the_connection_kept() -> None:
+    """A body larger than a read, written in pieces with pauses (the stream's flow control between them)."""
+    pieces = [b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n", b"a" * 70_000, b"b" * 70_000, b"c" * 60_000]
+    script = Script(lambda n: pieces)
+    async with script.running() as url, client() as c:
+        route = c.route(url, {})
+        for _ in range(2):
+            assert (await c.post(route, {}, b"{}", 1_000_000, 10)).body == b"".join(pieces[1:])
+    assert script.connections == 1
+
+
+async def test_the_connector_keeps_nothing_of_the_connections_it_made() -> None:
+    """The connector makes each connection and forgets it: its pool and its acquired set stay empty (a connection
+    left in them would be closed under the client, or kept for good)."""
+    script = Script(lambda n: OK if n % 2 else b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    async with script.running() as url, client() as c:
+        route = c.route(url, {})
+        for _ in range(6):
+            assert (await c.post(route, {}, b"{}", 4096, 10)).status == 200
+        assert not c._connector._acquired and not c._connector._conns
+    assert script.connections == 3
+
+
 async def test_refused_connection_is_a_connector_error() -> None:
     async with Script(lambda n: OK).running() as url:
         pass  # closed: nothing listens on the port any more
@@ -357,18 +433,20 @@ async def test_tls_exchange_with_a_trusted_certificate_carries_large_bodies() ->
 
 async def test_an_answer_before_the_whole_request_was_sent_closes_the_connection() -> None:
     """The server answers 413 after the head and never reads the 8 MB body: the connection is not reused."""
-    answered = asyncio.Event()
+    answered, ended = asyncio.Event(), asyncio.Event()
     connections = 0
+    handlers: list[asyncio.Task[object]] = []
 
     async def early(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connections
         connections += 1
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
         head = await reader.readuntil(b"\r\n\r\n")
         if connections == 1:
             writer.write(b"HTTP/1.1 413 Too Large\r\nContent-Length: 3\r\n\r\nbig")
             await writer.drain()
             answered.set()
-            await asyncio.sleep(1)  # the body stays unread: the client's write buffer does not empty
+            await ended.wait()  # the body stays unread: the client's write buffer does not empty
         else:
             length = next(int(v[15:]) for v in head.lower().split(b"\r\n") if v.startswith(b"content-length:"))
             await reader.readexactly(length)
@@ -384,7 +462,9 @@ async def test_an_answer_before_the_whole_request_was_sent_closes_the_connection
             first = await c.post(route, {}, b"x" * 8_000_000, 4096, 10)
             second = await c.post(route, {}, b"{}", 4096, 10)
     finally:
+        ended.set()
         server.close()
+        await asyncio.gather(*handlers, return_exceptions=True)  # none left for the loop's close (uvloop's refuses)
     assert (first.status, first.body, second.status) == (413, b"big", 200)
     assert answered.is_set() and connections == 2
 
