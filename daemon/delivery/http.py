@@ -33,7 +33,8 @@ against real sockets):
 2. ``TCPConnector.connect(req, traces, timeout)`` returns a ``Connection`` with ``.protocol``, ``.transport`` and
    ``._key``; ``TCPConnector._release_acquired(key, protocol)`` forgets it, and ``Connection._protocol = None``
    gives it away (``Client._open``; the test that the connector keeps nothing); the transport takes the client's
-   protocol (``set_protocol``, on asyncio's loop and uvloop alike: the tests run on both).
+   protocol (``set_protocol``, on asyncio's loop and uvloop alike: the tests run on both); what the server sent
+   before that is in the ``ResponseHandler``'s ``_tail`` (the banner test).
 3. ``aiohttp.http_parser.HttpResponseParser(protocol, loop, limit, timer=, payload_exception=, read_until_eof=,
    auto_decompress=)``: ``feed_data(data)`` returning ``(messages, upgraded, tail)``, each message a
    ``(RawResponseMessage, StreamReader)`` with ``.code``, ``.headers`` and ``.should_close``, raising
@@ -187,29 +188,24 @@ class _Wire(BaseProtocol):
 
     The connector makes the connection (the guard, DNS, TLS, a proxy's tunnel) and forgets it at once: the client
     keeps it, its protocol this one rather than aiohttp's ``ResponseHandler``. ``ResponseHandler`` is built for
-    ``ClientSession``: a new parser per response, a queue of messages with a future per read, a read timeout timer,
-    and the connector's pool around it (a ``Connection`` per request, its release, the pool's bookkeeping): about
-    half of the router's HTTP path. Here a connection keeps one parser for its life, an exchange waits on one future
-    for the final answer's head, and the pool is a list per host. ``BaseProtocol`` brings aiohttp's flow control for
-    a body read through its ``StreamReader`` (``pause_reading``, ``resume_reading``, ``connected``).
+    ``ClientSession``: a queue of messages with a future per read, a read timeout timer, and the connector's pool
+    around it (a ``Connection`` per request, its release, the pool's bookkeeping): about half of the router's HTTP
+    path. Here an exchange writes its request and waits on one future for the final answer's head, and the pool is
+    a list per host. Each exchange has a parser of its own (as aiohttp's has): whatever a server sent after an
+    answer (the start of another) dies with that answer's parser, never read as the next request's answer.
+    ``BaseProtocol`` brings aiohttp's flow control for a body read through its stream (``pause_reading``,
+    ``resume_reading``, ``connected``).
 
     ``__slots__``: used on every request (the hot path).
     """
 
-    __slots__ = ("_answer", "_broken", "_busy", "_close_after", "_payload", "idle_since")
+    __slots__ = ("_answer", "_broken", "_busy", "_close_after", "_open", "_payload", "idle_since")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, every: set[_Wire]) -> None:
         super().__init__(loop)
-        self._parser = HttpResponseParser(
-            self,
-            loop,
-            _READ_BUFSIZE,
-            timer=_TIMER,
-            payload_exception=aiohttp.ClientPayloadError,
-            read_until_eof=True,
-            auto_decompress=False,
-        )
         self.transport = transport
+        self._open = every  # the client's open connections, in use or idle: closed with it
+        every.add(self)
         self._answer: asyncio.Future[tuple[RawResponseMessage, StreamReader]] | None = None
         self._payload: StreamReader | None = None  # the body of the answer being read
         self._busy = False  # an exchange uses it: data now is an answer, data while idle is a broken connection
@@ -219,6 +215,15 @@ class _Wire(BaseProtocol):
 
     def ask(self, parts: tuple[bytes, ...]) -> asyncio.Future[tuple[RawResponseMessage, StreamReader]]:
         """Write one request; the future is the final answer's head and its body's stream."""
+        self._parser = HttpResponseParser(
+            self,
+            self._loop,
+            _READ_BUFSIZE,
+            timer=_TIMER,
+            payload_exception=aiohttp.ClientPayloadError,
+            read_until_eof=True,
+            auto_decompress=False,
+        )
         self._busy = True
         self._answer = answer = self._loop.create_future()
         self.transport.writelines(parts)  # type: ignore[union-attr]  # taken from the pool only while connected
@@ -231,6 +236,7 @@ class _Wire(BaseProtocol):
             self._broken
             or self._close_after
             or self._upgraded
+            or self._reading_paused  # more came with the answer than its stream would hold
             or transport is None
             or transport.is_closing()
             or transport.get_write_buffer_size()  # an answer before the whole request was sent
@@ -238,10 +244,10 @@ class _Wire(BaseProtocol):
 
     def idle(self, now: float) -> None:
         self._busy = False
-        self._answer = self._payload = None
+        self._answer = self._payload = self._parser = None
         self.idle_since = now
 
-    def open(self) -> bool:
+    def usable(self) -> bool:
         return not self._broken and self.transport is not None and not self.transport.is_closing()
 
     def abort(self) -> None:
@@ -250,24 +256,26 @@ class _Wire(BaseProtocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        if data and not self._busy:
-            self.abort()  # a server that talks while no request is out: never used again
+        parser = self._parser
+        if parser is None or (data and not self._busy):
+            if data:
+                self.abort()  # a server that talks while no request is out: never used again
             return
         try:
-            messages, upgraded, _ = self._parser.feed_data(data)  # type: ignore[union-attr]  # set for good
+            messages, upgraded, _ = parser.feed_data(data)
         except Exception as exc:
             self._fail(exc if isinstance(exc, HttpProcessingError) else HttpProcessingError(message=repr(exc)))
             return
         if upgraded:
             self._upgraded = True
         for message, payload in messages:
-            code = message.code
-            if 100 <= code <= 199 and code != 101:
-                continue  # an interim answer (100 Continue): the final one follows
             answer = self._answer
             if answer is None or answer.done():
                 self._fail(HttpProcessingError(message="an answer no request asked for"))
                 return
+            code = message.code
+            if 100 <= code <= 199 and code != 101:
+                continue  # an interim answer (100 Continue): the final one follows
             if message.should_close:
                 self._close_after = True
             if code in EMPTY_BODY_STATUS_CODES:
@@ -285,12 +293,15 @@ class _Wire(BaseProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._broken = True
+        self._open.discard(self)
         payload = self._payload
-        try:
-            self._parser.feed_eof()  # type: ignore[union-attr]  # ends a body read until the connection closes
-        except Exception as underlying:
-            if payload is not None and payload.exception() is None:
-                payload.set_exception(aiohttp.ClientPayloadError(f"Response payload is not completed: {underlying!r}"))
+        if self._parser is not None:
+            try:
+                self._parser.feed_eof()  # ends a body read until the connection closes
+            except Exception as underlying:
+                if payload is not None and payload.exception() is None:
+                    text = f"Response payload is not completed: {underlying!r}"
+                    payload.set_exception(aiohttp.ClientPayloadError(text))
         if payload is not None and not payload.is_eof() and payload.exception() is None:
             payload.set_exception(aiohttp.ClientPayloadError("Response payload is not completed"))
         answer = self._answer
@@ -310,23 +321,29 @@ class _Pool:
     Taken newest first, the connections a steady rate needs stay warm and the rest fall idle: one sweep every
     ``keepalive_s`` closes those idle for ``keepalive_s`` or more (a connection idles at most twice that). Taken
     oldest first (aiohttp's pool), every connection a burst ever opened stays in use at any steady rate, for good.
+    ``every`` holds each open connection, idle or in use, for ``close``.
     """
 
     def __init__(self, keepalive_s: float) -> None:
         self._keepalive = keepalive_s
         self._idle: dict[object, collections.deque[_Wire]] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self.every: set[_Wire] = set()
+        self._closed = False
 
     def take(self, key: object) -> _Wire | None:
         idle = self._idle.get(key)
         while idle:
             wire = idle.pop()
-            if wire.open():
+            if wire.usable():
                 return wire
             wire.abort()
         return None
 
     def put(self, key: object, wire: _Wire, loop: asyncio.AbstractEventLoop) -> None:
+        if self._closed:
+            wire.abort()  # an exchange that ended after the client closed
+            return
         wire.idle(loop.time())
         idle = self._idle.get(key)
         if idle is None:
@@ -340,7 +357,7 @@ class _Pool:
         oldest = loop.time() - self._keepalive
         for key in list(self._idle):
             idle = self._idle[key]
-            while idle and (idle[0].idle_since <= oldest or not idle[0].open()):
+            while idle and (idle[0].idle_since <= oldest or not idle[0].usable()):
                 idle.popleft().abort()
             if not idle:
                 del self._idle[key]
@@ -348,12 +365,13 @@ class _Pool:
             self._sweep_handle = loop.call_later(self._keepalive, self._sweep, loop)
 
     def close(self) -> None:
+        self._closed = True
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
-        for idle in self._idle.values():
-            for wire in idle:
-                wire.abort()
+        for wire in list(self.every):
+            wire.abort()
+        self.every.clear()
         self._idle.clear()
 
 
@@ -441,7 +459,10 @@ class Client:
         conn._protocol = None  # given away: neither released nor closed with the Connection
         if handler is None or transport is None or transport.is_closing():
             raise aiohttp.ServerDisconnectedError()
-        wire = _Wire(asyncio.get_running_loop(), transport)
+        if handler._tail:  # the server spoke before any request: not HTTP as the router speaks it
+            transport.abort()
+            raise HttpProcessingError(message="the server sent bytes before the request")
+        wire = _Wire(asyncio.get_running_loop(), transport, self._pool.every)
         transport.set_protocol(wire)
         return wire
 

@@ -279,19 +279,21 @@ async def test_an_http_1_0_answer_is_not_reused() -> None:
     assert script.connections == 2
 
 
-async def test_a_second_answer_in_the_same_write_retires_the_connection() -> None:
-    """An answer no request asked for would be taken for the next request's: that connection is never used again.
-    (Bytes after the answer that are not yet a whole answer are aiohttp's parser's: the next answer on that
-    connection fails to parse, as it does through aiohttp's own pool.)"""
-    script = Script(lambda n: OK + OK if n == 1 else OK)
+@pytest.mark.parametrize(
+    "extra",
+    [OK, b"HTTP/1.1 599 Injected\r\nX-Pad: ", b"HTTP/1.1 103 Early Hints\r\n\r\n"],
+    ids=["a second answer", "half an answer", "an interim answer after the final one"],
+)
+async def test_bytes_after_an_answer_are_never_read_as_the_next_requests_answer(extra: bytes) -> None:
+    """Whatever a server writes after the answer asked for would be read as (the start of) the next request's answer
+    on that connection: each exchange has a parser of its own, and a whole answer no request asked for (an interim
+    one included) retires the connection."""
+    script = Script(lambda n: OK + extra if n == 1 else OK)
     async with script.running() as url, client() as c:
         route = c.route(url, {})
-        first = await c.post(route, {}, b"{}", 4096, 10)
-        await asyncio.sleep(0.05)
-        second = await c.post(route, {}, b"{}", 4096, 10)
-        assert (await c.post(route, {}, b"{}", 4096, 10)).body == b"ok"
-    assert (first.body, second.body) == (b"ok", b"ok")
-    assert script.connections == 2
+        replies = [await c.post(route, {}, b"{}", 4096, 10) for _ in range(3)]
+    assert [(reply.status, reply.body) for reply in replies] == [(200, b"ok")] * 3
+    assert script.connections == (1 if b"599" in extra else 2)
 
 
 async def test_an_answer_late_after_an_idle_connection_retires_it() -> None:
@@ -335,6 +337,51 @@ async def test_the_connector_keeps_nothing_of_the_connections_it_made() -> None:
             assert (await c.post(route, {}, b"{}", 4096, 10)).status == 200
         assert not c._connector._acquired and not c._connector._conns
     assert script.connections == 3
+
+
+async def test_a_server_that_speaks_before_the_request_is_a_protocol_error() -> None:
+    async def banner(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 smtp.example ESMTP\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(banner, "127.0.0.1", 0)
+    url = URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/")
+    try:
+        async with client() as c:
+            route = c.route(url, {})
+            made = c._connector._create_connection
+
+            async def late(*args: Any, **kwargs: Any) -> Any:  # the banner arrives before the connect returns
+                made_now = await made(*args, **kwargs)
+                await asyncio.sleep(0.05)
+                return made_now
+
+            c._connector._create_connection = late  # type: ignore[method-assign]
+            with pytest.raises(HttpProcessingError, match="before the request"):
+                await c.post(route, {}, b"{}", 4096, 10)
+    finally:
+        server.close()
+
+
+async def test_closing_the_client_closes_its_connections_in_use_and_idle() -> None:
+    """The connector no longer knows the connections it made: the client closes them itself, those idle and those an
+    exchange still uses (whose exchange then ends with the connection closed, never put back in a pool)."""
+    script = Script(lambda n: OK if n < 3 else [b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok", b"ok"])
+    async with script.running() as url:
+        c = Client(LOOPBACK)
+        route = c.route(url, {})
+        await asyncio.gather(*(c.post(route, {}, b"{}", 4096, 10) for _ in range(2)))  # two connections, idle
+        exchange = asyncio.create_task(c.post(route, {}, b"{}", 4096, 10))  # one of them in use: half its body read
+        while len(script.requests) < 3:
+            await asyncio.sleep(0.005)
+        await c.close()
+        with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+            await exchange
+        await asyncio.sleep(0.05)
+        assert len(script.writers) == 2 and all(writer.transport.is_closing() for writer in script.writers)
+        assert not c._pool.every and not c._pool._idle and c._pool._sweep_handle is None
 
 
 async def test_refused_connection_is_a_connector_error() -> None:
