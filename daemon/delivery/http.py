@@ -9,10 +9,10 @@ delivery together. Here the request line, ``Host`` and the endpoint's own header
 aiohttp keeps the parts that are hard to get right: the ``TCPConnector`` makes each connection (DNS cache, TLS
 with verification, a proxy's tunnel, connect errors) and its C parser (llhttp) reads every answer (status line,
 headers, chunked or sized bodies, ``Connection: close``). The keep-alive pool is the client's own (``_Pool``, newest
-first) and so is the connection's protocol (``_Wire``: one parser for the connection's life, one future an
-exchange): aiohttp's pool and ``ResponseHandler`` cost about as much CPU again as everything else a request
-takes. A connection goes back to the pool only when its answer was read to the end, the whole request was sent,
-nothing came but the answer and the server keeps it open; otherwise it is aborted.
+first) and so is the connection's protocol (``_Wire``: a parser and one future an exchange): aiohttp's pool and
+``ResponseHandler`` cost about as much CPU again as everything else a request takes. A connection goes back to the
+pool only when its answer was read to the end, the whole request was sent (over TLS: handed to TLS, the bytes
+below it are not seen), nothing came but the answer and the server keeps it open; otherwise it is aborted.
 Every address the connector is about to connect to is vetted just before its socket is made (a
 ``socket_factory`` on the ``TCPConnector``), on every new connection, whatever the DNS cache holds: an address
 ``daemon.core.netguard`` refuses is never connected to, and when every address of the URL's host is refused the
@@ -25,7 +25,7 @@ or NUL is refused (``HeaderError``) before anything is written, as aiohttp's own
 that came from outside (an event type in ``X-Agora-Event``) can add a header or a request.
 
 aiohttp internals this module relies on (``pyproject.toml`` pins aiohttp to the minor release they were
-checked on; on an upgrade, check each and run ``tests/unit/delivery/test_http.py``, which exercises every one
+checked on; on an upgrade, check each and run ``tests/unit/delivery/http/test_http.py``, which exercises every one
 against real sockets):
 
 1. ``ClientRequest(method, url, loop=, auth=, ssl=)`` builds without a session, and its ``headers["Host"]``
@@ -38,8 +38,8 @@ against real sockets):
 3. ``aiohttp.http_parser.HttpResponseParser(protocol, loop, limit, timer=, payload_exception=, read_until_eof=,
    auto_decompress=)``: ``feed_data(data)`` returning ``(messages, upgraded, tail)``, each message a
    ``(RawResponseMessage, StreamReader)`` with ``.code``, ``.headers`` and ``.should_close``, raising
-   ``HttpProcessingError`` on a bad answer; ``feed_eof()``, raising on a body cut short; a parser that goes on
-   from one answer to the next on one connection; ``BaseProtocol``'s flow control for a body's stream
+   ``HttpProcessingError`` on a bad answer; ``feed_eof()``, raising on a body cut short and returning a message
+   when another answer had begun; ``BaseProtocol``'s flow control for a body's stream
    (``pause_reading``, ``resume_reading``, ``connected``), and ``EMPTY_BODY_STATUS_CODES`` / ``EMPTY_PAYLOAD``
    (the 100-continue, chunked, garbage-answer, pieces, cut-short and disconnect tests).
 4. ``StreamReader.read(n)``, ``.read_nowait(n)`` and ``.is_eof()`` (the chunked and cut-at-the-limit tests).
@@ -191,8 +191,9 @@ class _Wire(BaseProtocol):
     ``ClientSession``: a queue of messages with a future per read, a read timeout timer, and the connector's pool
     around it (a ``Connection`` per request, its release, the pool's bookkeeping): about half of the router's HTTP
     path. Here an exchange writes its request and waits on one future for the final answer's head, and the pool is
-    a list per host. Each exchange has a parser of its own (as aiohttp's has): whatever a server sent after an
-    answer (the start of another) dies with that answer's parser, never read as the next request's answer.
+    a list per host. Each exchange has a parser of its own (as aiohttp's has), and a connection whose parser saw
+    anything after the answer (another answer, or its start: its rest would come as the next request's answer) is
+    not reused.
     ``BaseProtocol`` brings aiohttp's flow control for a body read through its stream (``pause_reading``,
     ``resume_reading``, ``connected``).
 
@@ -232,15 +233,19 @@ class _Wire(BaseProtocol):
     def reusable(self) -> bool:
         """The answer was read to its end and the connection may carry the next request (call once it was)."""
         transport = self.transport
-        return not (
+        if (
             self._broken
             or self._close_after
             or self._upgraded
-            or self._reading_paused  # more came with the answer than its stream would hold
             or transport is None
             or transport.is_closing()
             or transport.get_write_buffer_size()  # an answer before the whole request was sent
-        )
+        ):
+            return False
+        try:  # bytes after the answer that began another (the rest of it would come as the next request's answer)
+            return self._parser is None or self._parser.feed_eof() is None
+        except Exception:
+            return False
 
     def idle(self, now: float) -> None:
         self._busy = False
@@ -276,8 +281,8 @@ class _Wire(BaseProtocol):
             code = message.code
             if 100 <= code <= 199 and code != 101:
                 continue  # an interim answer (100 Continue): the final one follows
-            if message.should_close:
-                self._close_after = True
+            if message.should_close or self.transport.get_write_buffer_size():  # type: ignore[union-attr]
+                self._close_after = True  # asked to close, or answered before the whole request was sent
             if code in EMPTY_BODY_STATUS_CODES:
                 payload = EMPTY_PAYLOAD
             self._payload = payload
@@ -329,7 +334,6 @@ class _Pool:
         self._idle: dict[object, collections.deque[_Wire]] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
         self.every: set[_Wire] = set()
-        self._closed = False
 
     def take(self, key: object) -> _Wire | None:
         idle = self._idle.get(key)
@@ -341,9 +345,6 @@ class _Pool:
         return None
 
     def put(self, key: object, wire: _Wire, loop: asyncio.AbstractEventLoop) -> None:
-        if self._closed:
-            wire.abort()  # an exchange that ended after the client closed
-            return
         wire.idle(loop.time())
         idle = self._idle.get(key)
         if idle is None:
@@ -365,7 +366,7 @@ class _Pool:
             self._sweep_handle = loop.call_later(self._keepalive, self._sweep, loop)
 
     def close(self) -> None:
-        self._closed = True
+        """Every connection aborted, idle or in use (whose exchange then fails, and never puts it back)."""
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
