@@ -200,7 +200,7 @@ class _Wire(BaseProtocol):
     ``__slots__``: used on every request (the hot path).
     """
 
-    __slots__ = ("_answer", "_broken", "_busy", "_close_after", "_open", "_payload", "idle_since")
+    __slots__ = ("_answer", "_broken", "_close_after", "_open", "_payload", "idle_since")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, transport: asyncio.Transport, every: set[_Wire]) -> None:
         super().__init__(loop)
@@ -209,7 +209,6 @@ class _Wire(BaseProtocol):
         every.add(self)
         self._answer: asyncio.Future[tuple[RawResponseMessage, StreamReader]] | None = None
         self._payload: StreamReader | None = None  # the body of the answer being read
-        self._busy = False  # an exchange uses it: data now is an answer, data while idle is a broken connection
         self._broken = False  # never to be used again (a protocol error, data while idle, a second answer)
         self._close_after = False  # the answer said Connection: close, or HTTP/1.0
         self.idle_since = 0.0
@@ -225,30 +224,22 @@ class _Wire(BaseProtocol):
             read_until_eof=True,
             auto_decompress=False,
         )
-        self._busy = True
         self._answer = answer = self._loop.create_future()
         self.transport.writelines(parts)  # type: ignore[union-attr]  # taken from the pool only while connected
         return answer
 
     def reusable(self) -> bool:
         """The answer was read to its end and the connection may carry the next request (call once it was)."""
-        transport = self.transport
-        if (
-            self._broken
-            or self._close_after
-            or self._upgraded
-            or transport is None
-            or transport.is_closing()
-            or transport.get_write_buffer_size()  # an answer before the whole request was sent
-        ):
+        if not self.usable() or self._close_after or self._upgraded:
             return False
+        if self.transport.get_write_buffer_size():  # type: ignore[union-attr]  # usable: connected
+            return False  # an answer before the whole request was sent
         try:  # bytes after the answer that began another (the rest of it would come as the next request's answer)
             return self._parser is None or self._parser.feed_eof() is None
         except Exception:
             return False
 
     def idle(self, now: float) -> None:
-        self._busy = False
         self._answer = self._payload = self._parser = None
         self.idle_since = now
 
@@ -261,8 +252,8 @@ class _Wire(BaseProtocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        parser = self._parser
-        if parser is None or (data and not self._busy):
+        parser = self._parser  # an exchange's from its request to its put back: data without one is a broken connection
+        if parser is None:
             if data:
                 self.abort()  # a server that talks while no request is out: never used again
             return

@@ -26,7 +26,7 @@ from daemon.delivery.job import Job
 from daemon.delivery.lane import Lane, LaneStats
 from daemon.delivery.sender import Sender
 from daemon.observe.metrics import Metrics
-from tests.helpers import FakeDNS, Proxy
+from tests.helpers import FakeDNS, Proxy, eventually
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -77,15 +77,6 @@ class Script:
             yield URL(f"http://127.0.0.1:{self.port}/hook?tenant=a%20b")
         finally:
             server.close()
-
-
-async def _until(condition: Callable[[], bool], within_s: float = 10.0) -> None:
-    """Wait for what the other end does (a busy machine takes its time); AssertionError when it never comes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within_s
-    while not condition():
-        assert loop.time() < deadline, "never came"
-        await asyncio.sleep(0.005)
 
 
 def _connect_late(c: Client, seconds: float) -> None:
@@ -338,7 +329,7 @@ async def test_an_answer_late_after_an_idle_connection_retires_it() -> None:
         route = c.route(url, {})
         assert (await c.post(route, {}, b"{}", 4096, 10)).status == 200
         script.writers[0].write(b"HTTP/1.1 500 Unas")
-        await _until(lambda: not c._pool.every)  # dropped as the bytes came
+        await eventually(lambda: not c._pool.every)  # dropped as the bytes came
         assert (await c.post(route, {}, b"{}", 4096, 10)).status == 200
     assert script.connections == 2
 
@@ -376,7 +367,7 @@ async def test_a_connection_made_while_the_client_closes_is_closed_and_carries_n
         await c.close()
         with pytest.raises(aiohttp.ClientConnectionError, match="closed"):  # the connector's own check
             await exchange
-        await _until(lambda: all(writer.transport.is_closing() for writer in script.writers))
+        await eventually(lambda: all(writer.transport.is_closing() for writer in script.writers))
         assert script.requests == [] and not c._pool.every and len(script.writers) == 1
 
 
@@ -425,7 +416,7 @@ async def test_closing_the_client_closes_its_connections_in_use_and_idle() -> No
         await c.close()
         with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
             await exchange
-        await _until(lambda: all(writer.transport.is_closing() for writer in script.writers))
+        await eventually(lambda: all(writer.transport.is_closing() for writer in script.writers))
         assert len(script.writers) == 2
         assert not c._pool.every and not c._pool._idle and c._pool._sweep_handle is None
 
