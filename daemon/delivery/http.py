@@ -386,6 +386,8 @@ class Client:
         dns_cache_s: float | None = 300,
         keepalive_s: float = 15.0,
     ) -> None:
+        # Its loop, looked up once (on Python 3.11 each lookup is a getpid system call); aiohttp's connector needs one.
+        self._loop = asyncio.get_running_loop()
         self._guard = guard if guard is not None else NetGuard()
         self._proxy = proxy
         self._vets = proxy is None
@@ -403,7 +405,7 @@ class Client:
         self._pool = _Pool(keepalive_s)
 
     def route(self, url: URL, headers: Mapping[str, str], tls: ssl.SSLContext | bool = True) -> Route:
-        return Route(url, headers, asyncio.get_running_loop(), tls, self._proxy)
+        return Route(url, headers, self._loop, tls, self._proxy)
 
     def _socket(self, addr_info: tuple[Any, ...]) -> socket.socket:
         """The connector's socket factory: a socket for an address the guard lets through; OSError for any other,
@@ -454,7 +456,7 @@ class Client:
         if handler._tail:  # the server spoke before any request: not HTTP as the router speaks it
             transport.abort()
             raise HttpProcessingError(message="the server sent bytes before the request")
-        wire = _Wire(asyncio.get_running_loop(), transport, self._pool.every)
+        wire = _Wire(self._loop, transport, self._pool.every)
         transport.set_protocol(wire)
         return wire
 
@@ -475,7 +477,7 @@ class Client:
             # the whole request was sent (the rest would reach the server as the start of the next request).
             wire.abort()
         else:
-            self._pool.put(route.pool, wire, asyncio.get_running_loop())
+            self._pool.put(route.pool, wire, self._loop)
         return Response(status, message.headers, content)
 
     async def close(self) -> None:
