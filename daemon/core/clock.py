@@ -1,4 +1,4 @@
-"""Time as the router writes it: RFC 3339 UTC with milliseconds, the formatted second cached."""
+"""Time as the router writes it: RFC 3339 UTC with milliseconds, the formatted second and millisecond cached."""
 
 from __future__ import annotations
 
@@ -7,15 +7,21 @@ from datetime import datetime
 from typing import Any
 
 _second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+_milli: list[tuple[int, str]] = [(-1, "")]  # the last millisecond formatted and its text: a dozen outcomes share one
 
 
 def utc_now_iso() -> str:
     """Current UTC time as RFC 3339 with milliseconds, e.g. ``2026-11-23T11:30:00.123Z``."""
-    now = time.time()
-    second = int(now)
+    ms = int(time.time() * 1000)
+    last = _milli[0]
+    if last[0] == ms:
+        return last[1]
+    second = ms // 1000  # of the same milliseconds: never a second off at a second's last instant
     if second != _second[0]:
         _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    return f"{_second[1]}.{int(now * 1000) % 1000:03d}Z"
+    text = f"{_second[1]}.{ms % 1000:03d}Z"
+    _milli[0] = (ms, text)
+    return text
 
 
 def iso_ms(ms: int) -> str:

@@ -32,7 +32,7 @@ from daemon.core.netguard import NetGuard
 from daemon.core.policy import parse_retry_after
 from daemon.delivery.endpoint import API, Endpoint
 from daemon.delivery.http import Blocked, Client, HeaderError
-from daemon.delivery.job import Job, outcome_for
+from daemon.delivery.job import Job, attempt_outcome, outcome_for
 from daemon.observe.logs import sampled as sampled_delivery
 from daemon.observe.metrics import Metrics, status_class
 from daemon.observe.tracing import Tracing
@@ -162,19 +162,18 @@ class Sender:
                        "status": status, "http_status": http_status, "duration_ms": round(elapsed * 1000, 3),
                        "event_type": job.event.event_type, "trigger": job.trigger},
             )  # fmt: skip
-        return outcome_for(
+        return attempt_outcome(
             endpoint.id,
             job,
             status,
-            http_status=http_status,
-            duration_ms=round(elapsed * 1000, 3),
-            response_body=response,
-            error=error,
-            profile=endpoint.profile.name,
-            attempt_id=new_attempt_id(job.delivery_id, job.attempt),
-            sent_id=wire_id,
-            redelivery_of_id=job.history[-1].attempt_id if job.history else job.redelivery_of_id,
-            retry_after_s=retry_after,
+            http_status,
+            round(elapsed * 1000, 3),
+            response,
+            error,
+            endpoint.profile.name,
+            new_attempt_id(job.delivery_id, job.attempt),
+            wire_id,
+            retry_after,
         )
 
 

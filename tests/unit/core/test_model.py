@@ -564,3 +564,19 @@ def test_an_index_entry_is_shorter_than_its_results_record_so_a_writes_entries_f
     alone = len(model.encode_index(model.IndexRecord(entries=[])))  # the record's own bytes, once per write
     assert len(model.encode_index(model.IndexRecord(entries=[row]))) - alone < len(encode_outcome(outcome))
     assert model.decode_index(model.encode_index(model.IndexRecord(entries=[row, row]))) == [row, row]
+
+
+def test_utc_now_iso_follows_the_clock_through_its_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The text of the last millisecond is kept: calls in the same millisecond share it, the next one is new, and a
+    # second's last millisecond is followed by the next second's first.
+    times = iter([1763897400.2501, 1763897400.2509, 1763897400.2511, 1763897400.9995, 1763897401.0004, 1763897400.0])
+    monkeypatch.setattr(time, "time", lambda: next(times))
+    got = [utc_now_iso() for _ in range(6)]
+    assert got == [
+        "2025-11-23T11:30:00.250Z",
+        "2025-11-23T11:30:00.250Z",
+        "2025-11-23T11:30:00.251Z",
+        "2025-11-23T11:30:00.999Z",
+        "2025-11-23T11:30:01.000Z",
+        "2025-11-23T11:30:00.000Z",  # a clock set back: written as it says
+    ]
