@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Any
 
-_second: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+_second: list[tuple[int, str]] = [(-1, "")]  # the last whole second formatted and its text, replaced whole
 _milli: list[tuple[int, str]] = [(-1, "")]  # the last millisecond formatted and its text: a dozen outcomes share one
 
 
@@ -16,10 +15,12 @@ def utc_now_iso() -> str:
     last = _milli[0]
     if last[0] == ms:
         return last[1]
-    second = ms // 1000  # of the same milliseconds: never a second off at a second's last instant
-    if second != _second[0]:
-        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-    text = f"{_second[1]}.{ms % 1000:03d}Z"
+    second, prefix = _second[0]
+    if ms // 1000 != second:  # the second of the same milliseconds
+        second = ms // 1000
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second[0] = (second, prefix)
+    text = f"{prefix}.{ms % 1000:03d}Z"
     _milli[0] = (ms, text)
     return text
 

@@ -20,6 +20,7 @@ def _job(history: list[Attempt] | None = None, redelivery_of_id: str | None = No
     [
         (_job(), DELIVERED, 200, None, None, None),  # what most attempts have: the optional fields left empty
         (_job(redelivery_of_id="msg_1-1-a"), FAILED, 503, "HTTP 503", "wire-1", 2.5),
+        (_job(), FAILED, 429, "", "", 0.0),  # empty but set: kept as they are, not taken for None
         (
             _job(
                 history=[
