@@ -108,8 +108,11 @@ class Load:
         return self
 
     async def _run(self) -> None:
+        # A partition's batch has room for minutes of its events (about 50 bytes each): aiokafka's send waits, up to its
+        # request timeout, for room in a partition's full batch, and with its leader hung (SIGSTOP) a 16 KiB batch
+        # filled in 4 s here, after which the load held back every other partition's events too.
         producer = AIOKafkaProducer(**client_options(self.bootstrap), acks="all", enable_idempotence=True,
-                                    linger_ms=5)  # fmt: skip
+                                    linger_ms=5, max_batch_size=512 * 1024)  # fmt: skip
         await producer.start()
         pending: set[asyncio.Future[object]] = set()
         try:
