@@ -600,20 +600,32 @@ class NotifySocket:
             Path(self.dir).rmdir()
 
 
+def _of_the_daemon(o: object) -> bool:
+    module = type(o).__module__  # a metaclass's may be a descriptor
+    return isinstance(module, str) and module.startswith("daemon.")
+
+
 @contextlib.contextmanager
 def cycles_left() -> Iterator[list[str]]:
     """The daemon's objects that only the cyclic collector would free, of what the block builds and lets go (a frozen
     state holding a cycle is never freed): the automatic collector is off inside; on leaving, the names of the daemon's
-    types a full pass finds unreachable are put in the list."""
+    types a full pass finds unreachable are put in the list.
+
+    Only what the block builds: every object of the daemon's that exists on entering is held until the check is done,
+    so that an earlier test's garbage whose last reference the event loop lets go inside the block (a test's cycle that
+    the session's loop held until one of the next test's awaits) is not taken for this block's. Build what the check is
+    about inside the block."""
     found: list[str] = []
     gc.collect()
+    earlier = [o for o in gc.get_objects() if _of_the_daemon(o)]
     gc.disable()
     try:
         yield found
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
-        found.extend(type(o).__qualname__ for o in gc.garbage if type(o).__module__.startswith("daemon."))
+        found.extend(type(o).__qualname__ for o in gc.garbage if _of_the_daemon(o))
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
+        del earlier
         gc.enable()

@@ -61,10 +61,10 @@ async def test_a_routing_still_held_elsewhere_has_no_cycle_left_once_its_last_ho
     """Its cached matches point back at its tables: a cycle, and a frozen one is never collected (its routes kept for
     good). ``let_go`` empties the caches even when it leaves the routing whole, and they keep nothing more while its
     last holder reads on, so that holder frees it alone."""
-    routing = routing_of(50)
-    kept_alive = Routing(routing.config, {}, routing)  # the routing in use, sharing the run-time endpoints
-    assert routing.table.match("t", "x").select(lambda: {}) == EVERY  # one cached
     with cycles_left() as kept:
+        routing = routing_of(50)
+        kept_alive = Routing(routing.config, {}, routing)  # the routing in use, sharing the run-time endpoints
+        assert routing.table.match("t", "x").select(lambda: {}) == EVERY  # one cached
         await let_go([routing])  # still held here, as a replay under way holds it
         assert len(routing.dynamic) == 5 and len(routing.endpoints) == 55  # left whole
         assert routing.table.match("t", "y").select(lambda: {}) == EVERY  # the replay reads on: nothing kept

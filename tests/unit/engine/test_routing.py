@@ -159,10 +159,10 @@ def test_a_routing_let_go_is_freed_by_its_references_alone(keyring: Keyring) -> 
     do not stop the loop): a cycle in a routing swapped out would be kept for good. Its cached answers point back at
     its tables (``let_go`` lets them go first); the run-time endpoints it shared live on in the routing in use."""
     config = parse_config(RAW, {})
-    routing = Routing(config, {})
-    for i in range(20):
-        put(routing, keyring, record(keyring, i))
     with cycles_left() as kept:
+        routing = Routing(config, {})
+        for i in range(20):
+            put(routing, keyring, record(keyring, i))
         swapped = Routing(config, {}, routing)
         for i in range(20, 25):
             put(swapped, keyring, record(keyring, i))
