@@ -7,7 +7,11 @@ aiohttp's connector and response parser, the request head serialised once) inste
 ``ClientSession.post``: the floor of the router's own HTTP path, for comparison. Two modes:
 
 - ``--requests N``: as fast as it goes; prints the rate over the middle 80 % of the requests.
-- ``--rate R --duration S``: paced; each body carries its send time (the recording receiver measures).
+- ``--rate R --duration S``: paced; each body carries the time its event was due (the recording receiver
+  measures). With ``--fanout K`` each event is posted to K URLs (the K ``--url``s, one copy each), all copies
+  carrying the event's time: a bare sender's fan-out, as the router's 1 -> K is. ``--warmup W`` sends W seconds of
+  events first whose bodies carry no time (the receiver does not time them): connections made, as the router's are
+  before its latency is measured.
 
 Prints one JSON object on stdout.
 """
@@ -117,15 +121,27 @@ async def run_fixed(poster: _Poster, concurrency: int, requests: int, size: int)
     }
 
 
-async def run_paced(poster: _Poster, concurrency: int, rate: float, duration_s: float, size: int) -> dict[str, Any]:
-    total = int(rate * duration_s)
-    queue: asyncio.Queue[int | None] = asyncio.Queue()
+async def run_paced(
+    poster: _Poster,
+    concurrency: int,
+    rate: float,
+    duration_s: float,
+    size: int,
+    fanout: int = 1,
+    warmup_s: float = 0.0,
+) -> dict[str, Any]:
+    """``rate`` events a second for ``warmup_s`` (untimed) then ``duration_s``; each event is ``fanout`` requests
+    (request ``n`` goes to URL ``n % len(urls)``: with as many URLs as copies, copy ``i`` to URL ``i``)."""
+    warm = int(rate * warmup_s)
+    total = warm + int(rate * duration_s)
+    queue: asyncio.Queue[tuple[int, int, float] | None] = asyncio.Queue()
     errors = 0
 
     async def worker() -> None:
         nonlocal errors
-        while (n := await queue.get()) is not None:
-            body = event_body(EVENT_TYPES[n % len(EVENT_TYPES)], n, size, time.time())
+        while (item := await queue.get()) is not None:
+            n, event, at = item
+            body = event_body(EVENT_TYPES[event % len(EVENT_TYPES)], event, size, at)
             try:
                 ok = await poster.post(n, body)
             except (aiohttp.ClientError, TimeoutError, OSError):
@@ -138,20 +154,24 @@ async def run_paced(poster: _Poster, concurrency: int, rate: float, duration_s: 
     while queued < total:
         due = min(total, int((time.perf_counter() - started) * rate) + 1)
         while queued < due:
-            queue.put_nowait(queued)
+            at = time.time() if queued >= warm else 0.0  # 0: not timed (bench.receiver)
+            for copy in range(fanout):
+                queue.put_nowait((queued * fanout + copy, queued, at))
             queued += 1
         await asyncio.sleep(0.0005)
     for _ in workers:
         queue.put_nowait(None)
     await asyncio.gather(*workers)
-    return {"requests": total, "errors": errors, "seconds": round(time.perf_counter() - started, 3)}
+    return {"requests": total * fanout, "errors": errors, "seconds": round(time.perf_counter() - started, 3)}
 
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
     poster = _Poster(args.client, [URL(u) for u in args.url])
     try:
         if args.rate > 0:
-            return await run_paced(poster, args.concurrency, args.rate, args.duration, args.size)
+            return await run_paced(
+                poster, args.concurrency, args.rate, args.duration, args.size, args.fanout, args.warmup
+            )
         return await run_fixed(poster, args.concurrency, args.requests, args.size)
     finally:
         await poster.close()
@@ -165,6 +185,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=0)
     parser.add_argument("--rate", type=float, default=0.0)
     parser.add_argument("--duration", type=float, default=0.0)
+    parser.add_argument("--fanout", type=int, default=1, help="with --rate: requests an event (one to each URL)")
+    parser.add_argument("--warmup", type=float, default=0.0, help="with --rate: seconds of untimed events first")
     parser.add_argument("--client", choices=("aiohttp", "router"), default="aiohttp")
     args = parser.parse_args()
     import uvloop

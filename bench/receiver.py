@@ -4,7 +4,8 @@
 that port on one line. ``ok`` answers every request ``200 ok``; ``blackhole`` accepts connections, reads
 and never answers (an endpoint that times out). With ``--record`` every POST whose body carries
 ``"sent":<unix seconds>`` adds ``arrival - sent`` to a list that ``GET /__stats`` returns as JSON
-(``GET /__stats?reset=1`` also empties it), and the body's ``"id":<n>`` beside it (``ids``). In ``ok`` mode a
+(``GET /__stats?reset=1`` also empties it), and the body's ``"id":<n>`` beside it (``ids``); a ``"sent":0`` is not
+timed (a warm-up's). In ``ok`` mode a
 POST to a path under ``/fail/`` is answered ``500``, one under ``/slow/`` ``200`` after ``--slow-ms`` (the soak's
 failing and slow endpoints; the router never pipelines, so a late answer keeps its connection's order).
 Requests are read by Content-Length; chunked bodies are not supported (neither aiohttp with a bytes body nor the
@@ -123,7 +124,7 @@ def _record(stats: Stats, body: bytes) -> None:
         ident = int(n) if n is not None else -1
     except ValueError:
         return
-    if at is not None:
+    if at is not None and at > 0:
         stats.latencies_ms.append((time.time() - at) * 1000)
         stats.ids.append(ident)
 
