@@ -17,6 +17,14 @@ async def _get(port: int, path: str) -> tuple[int, str]:
         return r.status, await r.text()
 
 
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
 async def test_metrics_healthz_readyz(setup: Setup, receivers: list[Receiver]) -> None:
     r = await receiver(receivers)
     ep = {"id": "m", "url": r.url, "secret": SECRET}
@@ -30,14 +38,16 @@ async def test_metrics_healthz_readyz(setup: Setup, receivers: list[Receiver]) -
         assert (status, json.loads(body)["ok"]) == (200, True)
         status, body = await _get(port, "/readyz")
         assert (status, json.loads(body)) == (200, {"ready": True, "stuck": []})
-        await asyncio.sleep(0.3)
-        status, text = await _get(port, "/metrics")
-    assert status == 200
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+        # The settled offsets committed (a commit interval, then the coordinator's answer): waited for, not slept.
+        samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+        async def committed() -> bool:
+            nonlocal samples
+            status, text = await _get(port, "/metrics")
+            samples = _samples(text) if status == 200 else {}
+            return samples.get(("webhook_router_offset_commits_total", (("result", "ok"),)), 0) >= 1
+
+        await eventually(committed, 10)
     t = setup.topic
     assert samples[("webhook_router_events_consumed_total", (("topic", t),))] == 2
     assert samples[("webhook_router_events_invalid_total", (("topic", t),))] == 1

@@ -37,14 +37,15 @@ async def test_concurrency_limit_holds(setup: Setup, receivers: list[Receiver]) 
 
 
 async def test_waiting_for_a_slot_is_not_part_of_the_timeout(setup: Setup, receivers: list[Receiver]) -> None:
-    # One slot, 0.6 s per request, 1 s timeout: the fifth request waits ~2.4 s for the slot and still succeeds.
-    r = await receiver(receivers, delay_s=0.6)
+    # One slot, 0.3 s per request, 1 s timeout: the eighth request waits ~2.1 s for the slot and still succeeds (each
+    # request keeps 0.7 s of its timeout for a busy machine).
+    r = await receiver(receivers, delay_s=0.3)
     ep = {"id": "one", "url": r.url, "secret": SECRET, "max_concurrency": 1, "timeout_s": 1}
     path = setup.write(setup.config([ep], [{"endpoint": "one", "events": ["*"]}]))
     async with running(path):
-        await produce(setup.broker.bootstrap, setup.topic, _events(5))
-        records = await read_topic(setup.broker.bootstrap, setup.results, lambda recs: len(recs) >= 5)
-    assert [rec["status"] for rec in records] == ["delivered"] * 5
+        await produce(setup.broker.bootstrap, setup.topic, _events(8))
+        records = await read_topic(setup.broker.bootstrap, setup.results, lambda recs: len(recs) >= 8)
+    assert [rec["status"] for rec in records] == ["delivered"] * 8
     assert r.max_concurrent == 1
 
 

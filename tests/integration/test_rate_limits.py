@@ -106,7 +106,9 @@ async def test_a_429_with_retry_after_holds_the_endpoint_for_it_slows_it_down_an
     recovered = times[-60:]  # back at the configured pace, never above it
     assert most_in_any_window(recovered, 1.0) <= 1 + per_second * (1.0 + jitter)
     gaps = sorted(b - a for a, b in itertools.pairwise(recovered))
-    assert gaps[len(gaps) // 2] <= 1 / per_second * 1.1  # the median gap: a stall of the busy machine aside
+    # The median gap: back at the configured pace (50 ms), not at the slowed one (100 ms). With a burst of 1 a late
+    # start is never made up, so every gap carries the timer's and the machine's lateness: 30 % of room for it.
+    assert gaps[len(gaps) // 2] <= 1 / per_second * 1.3
     assert await d.metric("webhook_router_endpoint_slowdowns_total") == 1
     results = await read_topic(setup.broker.bootstrap, setup.results, lambda rs: len(rs) >= count + 1)
     assert sum(1 for r in results if r["status"] == "delivered") == count

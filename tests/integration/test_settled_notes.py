@@ -9,7 +9,7 @@ import asyncio
 import json
 from typing import Any
 
-from tests.helpers import SECRET, DaemonProcess, Receiver, produce
+from tests.helpers import SECRET, DaemonProcess, Receiver, produce, read_topic
 from tests.integration.conftest import BROKER_KIND, Setup, receiver, spawn
 
 
@@ -29,7 +29,11 @@ async def test_what_the_last_commit_noted_as_settled_is_not_delivered_again_afte
     await produce(setup.broker.bootstrap, setup.topic, values)
     await fast.wait_for(100)
     await stuck.wait_for(1)
-    await asyncio.sleep(1.0)  # commits every 100 ms: the watermark stays at 0, the note says 1..99 are settled
+    # Every fast delivery's results record acknowledged (so settled), then ten commit intervals (100 ms): the
+    # watermark stays at 0, the last commit's note says 1..99 are settled.
+    fast_settled = lambda rs: sum(r["endpoint_id"] == "fast" for r in rs) >= 100  # noqa: E731
+    await read_topic(setup.broker.bootstrap, setup.results, fast_settled)
+    await asyncio.sleep(1.0)
     await d.kill()
 
     again = await spawn(daemons, setup)
