@@ -460,15 +460,19 @@ class KafkaCluster:
         self._libs: Path | None = None
         self._archive: Path | None = None
         self.nodes: dict[int, Node] = {}
+        # Every port of the cluster from one call: ports taken by separate calls may be the same one (each call's are
+        # free while it holds them, and let go when it returns), which a clean-clone CI run met once (a SASL listener
+        # on the controller's port: the brokers would not start).
+        own = 2 * brokers if controllers == 0 else brokers + controllers
+        secure = len(LISTENERS) * brokers if security is not None else 0
+        ports = _free_ports(own + secure)
         if controllers == 0:
-            ports = _free_ports(2 * brokers)
             for i in range(brokers):
                 node_id = i + 1
                 self.nodes[node_id] = Node(
                     node_id, ("broker", "controller"), ports[2 * i], ports[2 * i + 1], self.work_dir / f"node-{node_id}"
                 )
         else:
-            ports = _free_ports(brokers + controllers)
             for i in range(brokers):
                 node_id = i + 1
                 self.nodes[node_id] = Node(node_id, ("broker",), ports[i], 0, self.work_dir / f"node-{node_id}")
@@ -477,9 +481,8 @@ class KafkaCluster:
                 port = ports[brokers + i]
                 self.nodes[node_id] = Node(node_id, ("controller",), 0, port, self.work_dir / f"node-{node_id}")
         if security is not None:
-            brokers_ = [n for n in self.nodes.values() if n.is_broker]
-            extra = iter(_free_ports(len(LISTENERS) * len(brokers_)))
-            for node in brokers_:
+            extra = iter(ports[own:])
+            for node in (n for n in self.nodes.values() if n.is_broker):
                 node.secure_ports = {name: next(extra) for name in LISTENERS}
 
     # -- what the tests read ---------------------------------------------------------------------------------------
