@@ -130,8 +130,10 @@ async def run_paced(
     fanout: int = 1,
     warmup_s: float = 0.0,
 ) -> dict[str, Any]:
-    """``rate`` events a second for ``warmup_s`` (untimed) then ``duration_s``; each event is ``fanout`` requests
-    (request ``n`` goes to URL ``n % len(urls)``: with as many URLs as copies, copy ``i`` to URL ``i``)."""
+    """``rate`` events a second for ``warmup_s`` (untimed; every one answered before the timed ones start, as the
+    router's rounds wait for their warm-up's deliveries) then ``duration_s``; each event is ``fanout`` requests
+    (request ``n`` goes to URL ``n % len(urls)``: with as many URLs as copies, copy ``i`` to URL ``i``). An event's
+    time is when it was due: a wait for a free worker counts, as an event's wait in the router does."""
     warm = int(rate * warmup_s)
     total = warm + int(rate * duration_s)
     queue: asyncio.Queue[tuple[int, int, float] | None] = asyncio.Queue()
@@ -146,19 +148,28 @@ async def run_paced(
                 ok = await poster.post(n, body)
             except (aiohttp.ClientError, TimeoutError, OSError):
                 ok = False
+            finally:
+                queue.task_done()
             errors += not ok
+
+    async def pace(first: int, last: int, timed: bool) -> None:
+        began = time.perf_counter()
+        queued = first
+        while queued < last:
+            due = min(last, first + int((time.perf_counter() - began) * rate) + 1)
+            while queued < due:
+                at = time.time() if timed else 0.0  # 0: not timed (bench.receiver)
+                for copy in range(fanout):
+                    queue.put_nowait((queued * fanout + copy, queued, at))
+                queued += 1
+            await asyncio.sleep(0.0005)
 
     workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
     started = time.perf_counter()
-    queued = 0
-    while queued < total:
-        due = min(total, int((time.perf_counter() - started) * rate) + 1)
-        while queued < due:
-            at = time.time() if queued >= warm else 0.0  # 0: not timed (bench.receiver)
-            for copy in range(fanout):
-                queue.put_nowait((queued * fanout + copy, queued, at))
-            queued += 1
-        await asyncio.sleep(0.0005)
+    if warm:
+        await pace(0, warm, timed=False)
+        await queue.join()
+    await pace(warm, total, timed=True)
     for _ in workers:
         queue.put_nowait(None)
     await asyncio.gather(*workers)
@@ -189,6 +200,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=0.0, help="with --rate: seconds of untimed events first")
     parser.add_argument("--client", choices=("aiohttp", "router"), default="aiohttp")
     args = parser.parse_args()
+    if args.fanout < 1 or (args.fanout > 1 and args.fanout != len(args.url)):
+        parser.error("--fanout: at least 1, and as many as the --url given (one copy of each event to each)")
     import uvloop
 
     print(json.dumps(uvloop.run(_run(args))), flush=True)

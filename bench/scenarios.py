@@ -354,7 +354,8 @@ async def latency(bench: Bench) -> None:
     bench.note(
         f"latency: {len(rounds)} rounds, the one with the median router p50 shown (p50 / p99, ms: {each}). "
         f"{len(routed):,} events in {duration} s through Kafka and the router; the limit column is the "
-        f"bare loop posting at the same rate straight to the same recording receiver ({len(bare):,} requests); "
+        f"bare loop posting at the same rate straight to the same recording receiver ({len(bare):,} requests, each "
+        "timed from when it was due, as of 2026-12-07: a wait for one of its workers counts); "
         "'Kafka alone' is the paced producer and a bare aiokafka consumer with the same fetch_max_wait_ms, "
         "the floor the router starts from, on a fresh broker of its own (the router's is fresh too). "
         "The run is short because Tansu's "

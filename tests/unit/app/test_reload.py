@@ -43,7 +43,7 @@ async def test_a_routing_nothing_else_holds_is_taken_apart_and_what_it_shares_is
     await let_go(swapped)
     assert swapped == [] and watched.match("t", "x").endpoints == ()
     assert len(shared) == 5 and shared.table.match("t", "x").endpoints == tuple(f"api_{i}" for i in range(5))
-    shared.table.retire()  # its cached answer points back at it: no cycle left for a later test's check (below)
+    shared.table.retire()  # its cached answer points back at it: a cycle, in the daemon shared with the routing in use
 
 
 async def test_a_routing_still_held_elsewhere_is_left_whole() -> None:
@@ -52,8 +52,8 @@ async def test_a_routing_still_held_elsewhere_is_left_whole() -> None:
     assert len(routing.dynamic) == 5 and len(routing.endpoints) == 55
     assert routing.table.match("t", "x").select(lambda: {}) == EVERY
     # The run-time table cached that answer, which points back at it: in the daemon that table is shared with the
-    # routing in use, here nothing else holds it. Let the answer go, or its cycle (RoutingTable, Match...) is freed
-    # whenever the session's loop drops this test's last reference: inside the next test's check for cycles, once.
+    # routing in use, here nothing else holds it; its cycle (RoutingTable, Match...) is let go here rather than left to
+    # the collector.
     routing.table.run_time.retire()
 
 

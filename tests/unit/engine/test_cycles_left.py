@@ -19,7 +19,8 @@ RAW = {
 
 
 def cyclic() -> Routing:
-    """A routing whose table cached an answer that points back at it: a cycle only the collector frees."""
+    """A routing whose table cached an answer that points back at it: a cycle only the collector frees (the daemon's
+    own, let go by ``retire``; should it ever go, these tests need another cycle of the daemon's types)."""
     routing = Routing(parse_config(RAW, {}), {})
     assert routing.table.match("t", "x").select(lambda: {}) == ("ep",)
     return routing
